@@ -1,0 +1,28 @@
+//! The `StreamingJob` manifest shared by the Sluice runtime and operator: Rust types, YAML
+//! parsing with field paths, validation, and the job fingerprint that guards checkpoints.
+//!
+//! This crate knows nothing of how jobs run; it must stay free of engine, network and
+//! Kubernetes client code so both sides can depend on it cheaply.
+
+mod duration;
+mod fingerprint;
+mod parse;
+pub mod spec;
+mod validate;
+
+pub use duration::{format_duration, parse_duration};
+pub use fingerprint::fingerprint;
+pub use parse::parse_yaml;
+pub use spec::*;
+pub use validate::{Problem, Shape, validate};
+
+/// Reads and validates a manifest: every problem found, or the job.
+pub fn load(text: &str) -> Result<StreamingJob, Vec<Problem>> {
+    let job = parse_yaml(text).map_err(|p| vec![p])?;
+    let problems = validate(&job);
+    if problems.is_empty() {
+        Ok(job)
+    } else {
+        Err(problems)
+    }
+}

@@ -1,0 +1,423 @@
+//! The `StreamingJob` manifest: the file `sluice run` reads and `kubectl apply` takes.
+//!
+//! Kubernetes-style "one of" groups are optional fields of which exactly one is set (a source is
+//! a `socket`, `files` or `generator`); `validate` enforces that, and the structural schema stays
+//! simple for the API server.
+//! Field docs are written for users: they become the descriptions `kubectl explain` shows.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The `apiVersion` of every StreamingJob.
+pub const API_VERSION: &str = "sluice.dev/v1alpha1";
+/// The `kind` of every StreamingJob.
+pub const KIND: &str = "StreamingJob";
+
+/// A whole StreamingJob manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamingJob {
+    /// Always `sluice.dev/v1alpha1`.
+    pub api_version: String,
+    /// Always `StreamingJob`.
+    pub kind: String,
+    /// Name and labels, as in any Kubernetes object.
+    pub metadata: Metadata,
+    /// What the job computes.
+    pub spec: StreamingJobSpec,
+}
+
+/// The part of Kubernetes object metadata a local run uses; other keys are accepted and ignored.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Metadata {
+    /// The job's name: a DNS label (lower case letters, digits and `-`).
+    #[serde(default)]
+    pub name: String,
+    /// The namespace, when the manifest is applied to a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels, copied to what the operator creates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The job: where records come from, what is computed every batch, and where results go.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamingJobSpec {
+    /// How often a batch is cut from the live stream, e.g. `100ms`, `1s`. At least 10ms.
+    pub batch_interval: String,
+    /// Number of partitions every batch is split into (and keyed state is sharded by). Default 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    /// What to do with a record an operation cannot process (a bad JSON line, an expression
+    /// error): `skip` counts and logs it and goes on (default); `fail` stops the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_record_error: Option<OnRecordError>,
+    /// Named inputs. The pipeline reads their union, in this order.
+    pub sources: Vec<SourceSpec>,
+    /// DStream operations applied in order to the sources' records.
+    #[serde(default)]
+    pub pipeline: Vec<PipelineStep>,
+    /// Where every batch's result goes.
+    pub sinks: Vec<SinkSpec>,
+    /// Where progress and state are checkpointed. Without it a restart begins from scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSpec>,
+}
+
+/// What happens to a record that an operation cannot process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnRecordError {
+    /// Count it in the batch's error count, log it with the operation's name, and go on.
+    #[default]
+    Skip,
+    /// Stop the job with the error.
+    Fail,
+}
+
+/// One input. Set `name` and exactly one of `socket`, `files`, `generator`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Unique name of the source; its positions are checkpointed under it.
+    pub name: String,
+    /// Newline-delimited text from a TCP server (like `nc -lk 9999`). Not replayable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketSource>,
+    /// Every new file that appears in a directory, each read once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesSource>,
+    /// Deterministic text or JSON lines at a target rate, for examples and benchmarks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<GeneratorSource>,
+}
+
+/// A TCP text source.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SocketSource {
+    /// Host name or address to connect to.
+    pub host: String,
+    /// TCP port, 1-65535.
+    pub port: u32,
+}
+
+/// A directory watched for new files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilesSource {
+    /// The directory. Write files elsewhere (or under a name starting with `.`) and rename them
+    /// in, so a batch never sees half a file.
+    pub path: String,
+}
+
+/// A seeded generator of lines.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GeneratorSource {
+    /// Lines per second of batch time.
+    pub rate: u64,
+    /// Seed; the same seed gives the same lines. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// `text` (words from a Zipf vocabulary, hashtags included) or `json` (user events). Default text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<GeneratorFormat>,
+    /// Number of distinct words (text) or users (json). Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocabulary: Option<u32>,
+    /// Approximate length of a text line in bytes. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_bytes: Option<u32>,
+}
+
+/// The shape of generated lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum GeneratorFormat {
+    /// Space-separated words, some of them `#hashtags`.
+    #[default]
+    Text,
+    /// JSON objects `{"user":..., "action":..., "amount":..., "text":...}`.
+    Json,
+}
+
+/// One DStream operation. Set exactly one field.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PipelineStep {
+    /// Replace each record (each value, on a keyed stream) by a field or an expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<Selector>,
+    /// Parse each text record as JSON, so later steps can read its fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parse_json: Option<Empty>,
+    /// Turn each record into zero or more records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flat_map: Option<FlatMapStep>,
+    /// Keep the records for which a condition holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterStep>,
+    /// Make a keyed stream of (key, value) pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_by: Option<KeyByStep>,
+    /// Every `slide`, emit the records of the last `length`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowStep>,
+    /// Count each distinct record in the batch: a keyed stream of (record, count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_by_value: Option<Empty>,
+    /// Count the records of the batch: one record per batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<Empty>,
+    /// Aggregate the values of each key in the batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce_by_key: Option<ReduceStep>,
+    /// Count each distinct record over a sliding window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_by_value_and_window: Option<WindowStep>,
+    /// Aggregate the values of each key over a sliding window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce_by_key_and_window: Option<WindowedReduceStep>,
+    /// Keep a running aggregate per key across batches (checkpointed state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_state_by_key: Option<StateStep>,
+    /// Join or filter against a static data set loaded from a file when the job starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_static: Option<StaticJoinStep>,
+}
+
+/// A step with no settings: write `{}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// Picks a value out of a record: set exactly one of `field` or `expr`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Selector {
+    /// A field of a JSON record, dotted for nesting: `user`, `geo.country`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// A CEL expression over `record` (or `key` and `value` on a keyed stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expr: Option<String>,
+}
+
+/// How a record becomes several. Set exactly one of `split`, `regex`, `expr`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlatMapStep {
+    /// Split text on this separator (`" "` splits on runs of whitespace); empty pieces are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<String>,
+    /// Emit every match of this regular expression, e.g. `#\w+` for hashtags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// A CEL expression over `record` that returns a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expr: Option<String>,
+    /// Lower-case the pieces. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lowercase: Option<bool>,
+}
+
+/// A condition. Set exactly one of `expr` or `regex`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilterStep {
+    /// A CEL expression that returns a bool, over `record` (or `key` and `value`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expr: Option<String>,
+    /// Keep text records that contain a match of this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// Turns records into (key, value) pairs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyByStep {
+    /// Where the key comes from.
+    pub key: Selector,
+    /// Where the value comes from. Default: the whole record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Selector>,
+}
+
+/// A sliding window. Both durations are multiples of `spec.batchInterval`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WindowStep {
+    /// How much of the stream a window covers, e.g. `10s`.
+    pub length: String,
+    /// How often a window is emitted. Default: `spec.batchInterval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<String>,
+}
+
+/// A per-batch aggregation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReduceStep {
+    /// `sum`, `min`, `max`, `count` or `avg`.
+    pub op: Aggregation,
+}
+
+/// An aggregation over a sliding window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WindowedReduceStep {
+    /// `sum`, `min`, `max`, `count` or `avg`.
+    pub op: Aggregation,
+    /// How much of the stream a window covers.
+    pub length: String,
+    /// How often a window is emitted. Default: `spec.batchInterval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<String>,
+    /// Update the previous window incrementally (add what enters, subtract what leaves) instead
+    /// of recomputing it; only for `sum` and `count`. Keys whose value falls to zero are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inverse: Option<bool>,
+}
+
+/// A running aggregate per key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StateStep {
+    /// `sum`, `min`, `max`, `count`, `avg` or `last`.
+    pub op: Aggregation,
+    /// Forget a key that has had no new value for this long, e.g. `10m`. Default: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// A built-in aggregation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Aggregation {
+    /// Sum of numeric values.
+    Sum,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Number of values.
+    Count,
+    /// Mean of numeric values.
+    Avg,
+    /// The latest value (state only).
+    Last,
+}
+
+/// A join with a data set read once when the job starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticJoinStep {
+    /// The data set: a path or `file://` URI. One entry per line; for `mode: join`,
+    /// `key,value` lines.
+    pub uri: String,
+    /// `exclude` drops records whose key is in the set (a spam filter), `include` keeps only
+    /// those, `join` pairs each keyed value with the set's value for its key (inner join).
+    pub mode: StaticJoinMode,
+    /// What to look up, for unkeyed streams. Default: the whole record. Keyed streams use the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Selector>,
+}
+
+/// How records meet a static data set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StaticJoinMode {
+    /// Drop records found in the set.
+    Exclude,
+    /// Keep only records found in the set.
+    Include,
+    /// Inner join of a keyed stream with `key,value` lines: values become `[value, static]`.
+    Join,
+}
+
+/// One output. Set exactly one of `stdout` or `files`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SinkSpec {
+    /// Print the first records of every batch, like Spark's `print()`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<StdoutSink>,
+    /// One file per batch in a directory, written atomically; a re-run batch overwrites its file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesSink>,
+}
+
+/// Printing to standard output.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StdoutSink {
+    /// How many records of each batch to print. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Files in a directory, one per batch time.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilesSink {
+    /// The output directory (created if missing). A path or `file://` URI.
+    pub path: String,
+    /// File name prefix; files are named `PREFIX-<batch time in ms>.txt`. Default `batch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// `text` (Spark-like `(key,value)`) or `json` (one JSON value per line). Default text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<OutputFormat>,
+}
+
+/// How records are written as lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OutputFormat {
+    /// Text; pairs as `(key,value)`.
+    #[default]
+    Text,
+    /// One JSON value per line; pairs as `{"key":..,"value":..}`.
+    Json,
+}
+
+/// Where checkpoints go and how often.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// `file:///absolute/dir` (local mode).
+    pub uri: String,
+    /// Snapshot keyed state every this many batches. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<u32>,
+    /// How many complete state snapshots to keep. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain: Option<u32>,
+}
+
+/// Defaults, in one place so docs, validation and runtime agree.
+pub mod defaults {
+    /// `spec.parallelism`.
+    pub const PARALLELISM: u32 = 4;
+    /// `spec.checkpoint.interval`, in batches.
+    pub const CHECKPOINT_INTERVAL: u32 = 10;
+    /// `spec.checkpoint.retain`.
+    pub const CHECKPOINT_RETAIN: u32 = 3;
+    /// `stdout.limit`.
+    pub const STDOUT_LIMIT: u32 = 10;
+    /// `generator.seed`.
+    pub const GENERATOR_SEED: u64 = 1;
+    /// `generator.vocabulary`.
+    pub const GENERATOR_VOCABULARY: u32 = 10_000;
+    /// `generator.lineBytes`.
+    pub const GENERATOR_LINE_BYTES: u32 = 100;
+    /// `files.prefix`.
+    pub const FILES_PREFIX: &str = "batch";
+}

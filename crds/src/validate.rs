@@ -1,0 +1,623 @@
+//! Validation of a parsed manifest: every problem, each with the field path and the fix.
+//!
+//! Pure functions only. Expressions and regular expressions are compiled by the runtime, which
+//! owns those engines; everything else about a manifest is checked here.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use crate::duration::{format_duration, parse_duration};
+use crate::spec::*;
+
+/// One thing wrong with a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Field path, e.g. `spec.pipeline[2].window.slide`.
+    pub path: String,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+/// Whether a stream holds plain records or (key, value) pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// Plain records.
+    Records,
+    /// (key, value) pairs.
+    Keyed,
+}
+
+impl PipelineStep {
+    /// The camelCase names of the operations set in this step (exactly one when valid).
+    pub fn operations(&self) -> Vec<&'static str> {
+        let set = [
+            ("map", self.map.is_some()),
+            ("parseJson", self.parse_json.is_some()),
+            ("flatMap", self.flat_map.is_some()),
+            ("filter", self.filter.is_some()),
+            ("keyBy", self.key_by.is_some()),
+            ("window", self.window.is_some()),
+            ("countByValue", self.count_by_value.is_some()),
+            ("count", self.count.is_some()),
+            ("reduceByKey", self.reduce_by_key.is_some()),
+            (
+                "countByValueAndWindow",
+                self.count_by_value_and_window.is_some(),
+            ),
+            (
+                "reduceByKeyAndWindow",
+                self.reduce_by_key_and_window.is_some(),
+            ),
+            ("updateStateByKey", self.update_state_by_key.is_some()),
+            ("joinStatic", self.join_static.is_some()),
+        ];
+        set.iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+}
+
+/// Batch interval bounds: below 10ms the per-batch overhead dominates; above an hour a
+/// "micro" batch is a daily job in disguise.
+const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
+const MAX_BATCH_INTERVAL: Duration = Duration::from_secs(3600);
+const MAX_PARALLELISM: u32 = 1024;
+
+/// Checks a parsed manifest and returns every problem found (empty when it is valid).
+pub fn validate(job: &StreamingJob) -> Vec<Problem> {
+    let mut v = Validator::default();
+    if job.api_version != API_VERSION {
+        v.add(
+            "apiVersion",
+            format!(
+                "{:?} is not supported; write {API_VERSION}",
+                job.api_version
+            ),
+        );
+    }
+    if job.kind != KIND {
+        v.add(
+            "kind",
+            format!("{:?} is not supported; write {KIND}", job.kind),
+        );
+    }
+    v.dns_label("metadata.name", &job.metadata.name);
+    v.spec(&job.spec);
+    v.problems
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::new(path, message));
+    }
+
+    fn dns_label(&mut self, path: &str, name: &str) {
+        let ok_chars = name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        let ok_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if name.is_empty() {
+            self.add(path, "is required: a name such as word-count");
+        } else if name.len() > 63 || !ok_chars || !ok_ends {
+            self.add(
+                path,
+                format!("{name:?} is not a DNS label: use at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"),
+            );
+        }
+    }
+
+    fn duration(&mut self, path: &str, text: &str) -> Option<Duration> {
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.add(path, "must be greater than zero");
+                None
+            }
+            Ok(d) if d.subsec_nanos() % 1_000_000 != 0 => {
+                self.add(
+                    path,
+                    format!("{text} has a finer unit than milliseconds; round it to whole ms"),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(message) => {
+                self.add(path, message);
+                None
+            }
+        }
+    }
+
+    fn spec(&mut self, spec: &StreamingJobSpec) {
+        let interval = self.duration("spec.batchInterval", &spec.batch_interval);
+        if let Some(d) = interval {
+            if d < MIN_BATCH_INTERVAL || d > MAX_BATCH_INTERVAL {
+                self.add(
+                    "spec.batchInterval",
+                    format!(
+                        "{} is out of range; use between 10ms and 1h",
+                        spec.batch_interval
+                    ),
+                );
+            }
+        }
+        if let Some(p) = spec.parallelism {
+            if p == 0 || p > MAX_PARALLELISM {
+                self.add(
+                    "spec.parallelism",
+                    format!("{p} is out of range; use 1 to {MAX_PARALLELISM}"),
+                );
+            }
+        }
+        self.sources(&spec.sources);
+        self.pipeline(&spec.pipeline, interval);
+        self.sinks(&spec.sinks);
+        if let Some(ckpt) = &spec.checkpoint {
+            self.checkpoint(ckpt);
+        }
+    }
+
+    fn exactly_one(&mut self, path: &str, set: &[(&str, bool)]) -> bool {
+        let names: Vec<&str> = set.iter().map(|(n, _)| *n).collect();
+        match set.iter().filter(|(_, on)| *on).count() {
+            1 => true,
+            0 => {
+                self.add(path, format!("set one of {}", names.join(", ")));
+                false
+            }
+            _ => {
+                let on: Vec<&str> = set.iter().filter(|(_, on)| *on).map(|(n, _)| *n).collect();
+                self.add(
+                    path,
+                    format!(
+                        "sets {}; set only one of {}",
+                        on.join(" and "),
+                        names.join(", ")
+                    ),
+                );
+                false
+            }
+        }
+    }
+
+    fn sources(&mut self, sources: &[SourceSpec]) {
+        if sources.is_empty() {
+            self.add(
+                "spec.sources",
+                "needs at least one source (socket, files or generator)",
+            );
+        }
+        let mut names = BTreeSet::new();
+        for (i, source) in sources.iter().enumerate() {
+            let path = format!("spec.sources[{i}]");
+            let name_ok = !source.name.is_empty()
+                && source.name.len() <= 63
+                && source
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !name_ok {
+                self.add(
+                    format!("{path}.name"),
+                    format!(
+                        "{:?} is not a valid source name; use 1-63 letters, digits, '-' or '_'",
+                        source.name
+                    ),
+                );
+            } else if !names.insert(source.name.as_str()) {
+                self.add(
+                    format!("{path}.name"),
+                    format!(
+                        "{:?} is used by an earlier source; names must be unique",
+                        source.name
+                    ),
+                );
+            }
+            let kinds = [
+                ("socket", source.socket.is_some()),
+                ("files", source.files.is_some()),
+                ("generator", source.generator.is_some()),
+            ];
+            if !self.exactly_one(&path, &kinds) {
+                continue;
+            }
+            if let Some(socket) = &source.socket {
+                if socket.host.trim().is_empty() {
+                    self.add(
+                        format!("{path}.socket.host"),
+                        "is empty; write a host name or address",
+                    );
+                }
+                if socket.port == 0 || socket.port > 65535 {
+                    self.add(
+                        format!("{path}.socket.port"),
+                        format!("{} is not a TCP port; use 1-65535", socket.port),
+                    );
+                }
+            }
+            if let Some(files) = &source.files {
+                if files.path.trim().is_empty() {
+                    self.add(
+                        format!("{path}.files.path"),
+                        "is empty; write the directory to watch",
+                    );
+                }
+            }
+            if let Some(g) = &source.generator {
+                if g.rate == 0 || g.rate > 100_000_000 {
+                    self.add(
+                        format!("{path}.generator.rate"),
+                        format!("{} is out of range; use 1 to 100000000 lines/s", g.rate),
+                    );
+                }
+                if let Some(v) = g.vocabulary {
+                    if v == 0 || v > 10_000_000 {
+                        self.add(
+                            format!("{path}.generator.vocabulary"),
+                            format!("{v} is out of range; use 1 to 10000000"),
+                        );
+                    }
+                }
+                if let Some(b) = g.line_bytes {
+                    if !(8..=65536).contains(&b) {
+                        self.add(
+                            format!("{path}.generator.lineBytes"),
+                            format!("{b} is out of range; use 8 to 65536"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn selector(&mut self, path: &str, s: &Selector) {
+        if self.exactly_one(
+            path,
+            &[("field", s.field.is_some()), ("expr", s.expr.is_some())],
+        ) {
+            if let Some(field) = &s.field {
+                if field.is_empty() || field.split('.').any(str::is_empty) {
+                    self.add(
+                        format!("{path}.field"),
+                        format!("{field:?} is not a field path; write e.g. user or geo.country"),
+                    );
+                }
+            }
+            if let Some(expr) = &s.expr {
+                if expr.trim().is_empty() {
+                    self.add(format!("{path}.expr"), "is empty; write a CEL expression");
+                }
+            }
+        }
+    }
+
+    /// Checks a window's durations against the batch interval and the stream's current slide.
+    /// Returns the window's slide when valid.
+    fn window(
+        &mut self,
+        path: &str,
+        length: &str,
+        slide: Option<&str>,
+        interval: Option<Duration>,
+        parent_slide: Option<Duration>,
+    ) -> Option<Duration> {
+        let length_d = self.duration(&format!("{path}.length"), length);
+        let slide_d = match slide {
+            Some(s) => self.duration(&format!("{path}.slide"), s),
+            None => interval,
+        };
+        let interval = interval?;
+        let parent = parent_slide.unwrap_or(interval);
+        for (field, d) in [("length", length_d), ("slide", slide_d)] {
+            let Some(d) = d else { continue };
+            let text = format_duration(d);
+            if d.as_millis() % interval.as_millis() != 0 {
+                self.add(
+                    format!("{path}.{field}"),
+                    format!(
+                        "{text} is not a multiple of spec.batchInterval {}",
+                        format_duration(interval)
+                    ),
+                );
+            } else if d.as_millis() % parent.as_millis() != 0 {
+                self.add(
+                    format!("{path}.{field}"),
+                    format!(
+                        "{text} is not a multiple of the slide {} of the window before it",
+                        format_duration(parent)
+                    ),
+                );
+            }
+        }
+        if let (Some(l), Some(s)) = (length_d, slide_d) {
+            if l < s {
+                self.add(
+                    format!("{path}.length"),
+                    format!(
+                        "{} is shorter than the slide {}; records would be skipped",
+                        format_duration(l),
+                        format_duration(s)
+                    ),
+                );
+            }
+        }
+        slide_d
+    }
+
+    fn pipeline(&mut self, steps: &[PipelineStep], interval: Option<Duration>) {
+        let mut shape = Shape::Records;
+        let mut slide: Option<Duration> = None;
+        for (i, step) in steps.iter().enumerate() {
+            let path = format!("spec.pipeline[{i}]");
+            let ops = step.operations();
+            if ops.len() != 1 {
+                if ops.is_empty() {
+                    self.add(&path, "is empty; set one operation such as map, flatMap, filter, window or reduceByKey");
+                } else {
+                    self.add(
+                        &path,
+                        format!(
+                            "sets {}; put each operation in its own step",
+                            ops.join(" and ")
+                        ),
+                    );
+                }
+                continue;
+            }
+            let op = ops[0];
+            let current = shape;
+            let needs = move |want: Shape| -> Option<String> {
+                (current != want).then(|| match want {
+                    Shape::Keyed => format!("{op} needs a keyed stream; add a keyBy or countByValue step before it"),
+                    Shape::Records => format!("{op} works on plain records, but the stream is keyed here; use it before keyBy, or map the values"),
+                })
+            };
+            let require = |v: &mut Self, want: Shape| {
+                if let Some(message) = needs(want) {
+                    v.add(format!("{path}.{op}"), message);
+                }
+            };
+            if let Some(s) = &step.map {
+                self.selector(&format!("{path}.map"), s);
+            }
+            if step.parse_json.is_some() {
+                require(self, Shape::Records);
+            }
+            if let Some(f) = &step.flat_map {
+                require(self, Shape::Records);
+                let p = format!("{path}.flatMap");
+                if self.exactly_one(
+                    &p,
+                    &[
+                        ("split", f.split.is_some()),
+                        ("regex", f.regex.is_some()),
+                        ("expr", f.expr.is_some()),
+                    ],
+                ) {
+                    if f.split.as_deref() == Some("") {
+                        self.add(
+                            format!("{p}.split"),
+                            "is empty; write a separator such as \" \" or \",\"",
+                        );
+                    }
+                }
+            }
+            if let Some(f) = &step.filter {
+                self.exactly_one(
+                    &format!("{path}.filter"),
+                    &[("expr", f.expr.is_some()), ("regex", f.regex.is_some())],
+                );
+                if f.regex.is_some() && shape == Shape::Keyed {
+                    self.add(format!("{path}.filter.regex"), "needs plain text records; on a keyed stream write an expr over key and value");
+                }
+            }
+            if let Some(k) = &step.key_by {
+                require(self, Shape::Records);
+                self.selector(&format!("{path}.keyBy.key"), &k.key);
+                if let Some(value) = &k.value {
+                    self.selector(&format!("{path}.keyBy.value"), value);
+                }
+                shape = Shape::Keyed;
+            }
+            if let Some(w) = &step.window {
+                slide = self
+                    .window(
+                        &format!("{path}.window"),
+                        &w.length,
+                        w.slide.as_deref(),
+                        interval,
+                        slide,
+                    )
+                    .or(slide);
+            }
+            if step.count_by_value.is_some() {
+                require(self, Shape::Records);
+                shape = Shape::Keyed;
+            }
+            if step.count.is_some() {
+                shape = Shape::Records;
+            }
+            if let Some(r) = &step.reduce_by_key {
+                require(self, Shape::Keyed);
+                if r.op == Aggregation::Last {
+                    self.add(
+                        format!("{path}.reduceByKey.op"),
+                        "last is only for updateStateByKey; use sum, min, max, count or avg",
+                    );
+                }
+            }
+            if let Some(w) = &step.count_by_value_and_window {
+                require(self, Shape::Records);
+                slide = self
+                    .window(
+                        &format!("{path}.countByValueAndWindow"),
+                        &w.length,
+                        w.slide.as_deref(),
+                        interval,
+                        slide,
+                    )
+                    .or(slide);
+                shape = Shape::Keyed;
+            }
+            if let Some(w) = &step.reduce_by_key_and_window {
+                require(self, Shape::Keyed);
+                let p = format!("{path}.reduceByKeyAndWindow");
+                slide = self
+                    .window(&p, &w.length, w.slide.as_deref(), interval, slide)
+                    .or(slide);
+                if w.op == Aggregation::Last {
+                    self.add(
+                        format!("{p}.op"),
+                        "last is only for updateStateByKey; use sum, min, max, count or avg",
+                    );
+                }
+                if w.inverse == Some(true) && !matches!(w.op, Aggregation::Sum | Aggregation::Count)
+                {
+                    self.add(
+                        format!("{p}.inverse"),
+                        format!(
+                            "{:?} has no inverse; inverse works with sum and count only",
+                            w.op
+                        )
+                        .to_lowercase(),
+                    );
+                }
+            }
+            if let Some(s) = &step.update_state_by_key {
+                require(self, Shape::Keyed);
+                if let Some(t) = &s.timeout {
+                    self.duration(&format!("{path}.updateStateByKey.timeout"), t);
+                }
+            }
+            if let Some(j) = &step.join_static {
+                let p = format!("{path}.joinStatic");
+                if j.uri.trim().is_empty() {
+                    self.add(
+                        format!("{p}.uri"),
+                        "is empty; write the path or file:// URI of the data set",
+                    );
+                } else if j.uri.contains("://") && !j.uri.starts_with("file://") {
+                    self.add(
+                        format!("{p}.uri"),
+                        format!(
+                            "{:?}: only local paths and file:// URIs are supported",
+                            j.uri
+                        ),
+                    );
+                }
+                if j.mode == StaticJoinMode::Join {
+                    require(self, Shape::Keyed);
+                }
+                if let Some(key) = &j.key {
+                    if shape == Shape::Keyed {
+                        self.add(
+                            format!("{p}.key"),
+                            "a keyed stream is joined on its key; remove key",
+                        );
+                    } else {
+                        self.selector(&format!("{p}.key"), key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn sinks(&mut self, sinks: &[SinkSpec]) {
+        if sinks.is_empty() {
+            self.add("spec.sinks", "needs at least one sink (stdout or files)");
+        }
+        for (i, sink) in sinks.iter().enumerate() {
+            let path = format!("spec.sinks[{i}]");
+            if !self.exactly_one(
+                &path,
+                &[
+                    ("stdout", sink.stdout.is_some()),
+                    ("files", sink.files.is_some()),
+                ],
+            ) {
+                continue;
+            }
+            if let Some(limit) = sink.stdout.as_ref().and_then(|s| s.limit) {
+                if limit > 100_000 {
+                    self.add(
+                        format!("{path}.stdout.limit"),
+                        format!("{limit} is too many to print; use at most 100000"),
+                    );
+                }
+            }
+            if let Some(files) = &sink.files {
+                if files.path.trim().is_empty() {
+                    self.add(
+                        format!("{path}.files.path"),
+                        "is empty; write the output directory",
+                    );
+                } else if files.path.contains("://") && !files.path.starts_with("file://") {
+                    self.add(
+                        format!("{path}.files.path"),
+                        format!(
+                            "{:?}: only local paths and file:// URIs are supported",
+                            files.path
+                        ),
+                    );
+                }
+                if let Some(prefix) = &files.prefix {
+                    if prefix.is_empty()
+                        || !prefix
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                    {
+                        self.add(format!("{path}.files.prefix"), format!("{prefix:?} is not a safe file name prefix; use letters, digits, '-' or '_'"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn checkpoint(&mut self, ckpt: &CheckpointSpec) {
+        match ckpt.uri.strip_prefix("file://") {
+            Some(path) if path.starts_with('/') => {}
+            Some(_) => self.add(
+                "spec.checkpoint.uri",
+                format!("{:?} is not absolute; write file:///absolute/dir", ckpt.uri),
+            ),
+            None => self.add(
+                "spec.checkpoint.uri",
+                format!(
+                    "{:?} is not supported; write file:///absolute/dir",
+                    ckpt.uri
+                ),
+            ),
+        }
+        if ckpt.interval == Some(0) {
+            self.add("spec.checkpoint.interval", "must be at least 1 batch");
+        }
+        if ckpt.retain == Some(0) {
+            self.add("spec.checkpoint.retain", "must be at least 1 snapshot");
+        }
+    }
+}

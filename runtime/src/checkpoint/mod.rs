@@ -1,0 +1,353 @@
+//! Checkpoints: the protocol (what is written where, in which order, and how a restart decides
+//! where to resume) on top of a [`CheckpointStore`].
+//!
+//! Layout under the checkpoint URI:
+//!
+//! ```text
+//! job.json                              fingerprint, zero time, interval, partitions
+//! offsets/<batch>.json                  source ranges of a batch, written BEFORE it runs
+//! commits/<batch>.json                  written AFTER its outputs (and snapshot) are durable
+//! state/<batch>/<operation>/<part>.bin  state of each stateful operation and partition
+//! state/<batch>/MANIFEST.json           sizes and CRC32s of the above, written LAST
+//! ```
+//!
+//! A snapshot without a manifest, or whose files do not match it, is ignored (with a warning)
+//! and the previous one is used. On restart the newest good snapshot is loaded and every batch
+//! logged in `offsets/` after it is run again from its logged ranges, so state and outputs come
+//! out as if the process had never stopped.
+
+mod store;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+pub use store::{CheckpointStore, LocalStore, MemoryStore};
+
+use crate::error::{Error, Result};
+
+/// Bumped when the layout changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a checkpoint belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobMeta {
+    pub format_version: u32,
+    pub job: String,
+    pub fingerprint: String,
+    pub zero_time_ms: u64,
+    pub interval_ms: u64,
+    pub partitions: usize,
+}
+
+/// A batch's input, logged before the batch runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OffsetEntry {
+    pub batch: u64,
+    pub time_ms: u64,
+    /// What each source contributes to the batch.
+    pub ranges: BTreeMap<String, Json>,
+    /// Where each source stands after planning the batch.
+    pub positions: BTreeMap<String, Json>,
+}
+
+/// A completed batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommitEntry {
+    pub batch: u64,
+    pub time_ms: u64,
+    pub records: u64,
+    pub record_errors: u64,
+    pub processing_ms: u64,
+    pub committed_at_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Manifest {
+    batch: u64,
+    files: Vec<ManifestFile>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ManifestFile {
+    key: String,
+    len: u64,
+    crc32: u32,
+}
+
+/// State of every stateful operation and partition at the end of a batch.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub batch: u64,
+    /// By (operation name, partition).
+    pub parts: BTreeMap<(String, usize), Vec<u8>>,
+}
+
+fn batch_key(batch: u64) -> String {
+    format!("{batch:020}")
+}
+
+fn parse_batch(name: &str) -> Option<u64> {
+    name.trim_end_matches(".json").parse().ok()
+}
+
+/// Reads and writes one job's checkpoints.
+pub struct Checkpointer {
+    store: Box<dyn CheckpointStore>,
+    /// Snapshot state every this many batches.
+    pub interval: u64,
+    /// Complete snapshots to keep.
+    pub retain: usize,
+}
+
+impl Checkpointer {
+    /// A checkpointer over `store`.
+    pub fn new(store: Box<dyn CheckpointStore>, interval: u64, retain: usize) -> Self {
+        Self {
+            store,
+            interval: interval.max(1),
+            retain: retain.max(1),
+        }
+    }
+
+    /// Where checkpoints go.
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    fn get_json<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>> {
+        match self.store.get(key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Error::Checkpoint(format!("{}/{key} is unreadable: {e}", self.describe()))
+            }),
+        }
+    }
+
+    fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(value)
+            .map_err(|e| Error::Internal(format!("cannot encode {key}: {e}")))?;
+        self.store.put(key, &bytes)
+    }
+
+    /// The job a checkpoint belongs to, if any was written.
+    pub fn load_meta(&self) -> Result<Option<JobMeta>> {
+        self.get_json("job.json")
+    }
+
+    /// Records the job this checkpoint belongs to.
+    pub fn write_meta(&self, meta: &JobMeta) -> Result<()> {
+        self.put_json("job.json", meta)
+    }
+
+    /// Logs a batch's input before it runs.
+    pub fn write_offsets(&self, entry: &OffsetEntry) -> Result<()> {
+        self.put_json(&format!("offsets/{}.json", batch_key(entry.batch)), entry)
+    }
+
+    /// The logged input of one batch.
+    pub fn read_offsets(&self, batch: u64) -> Result<Option<OffsetEntry>> {
+        self.get_json(&format!("offsets/{}.json", batch_key(batch)))
+    }
+
+    /// Logged batches after `batch`, in order.
+    pub fn offsets_after(&self, batch: u64) -> Result<Vec<OffsetEntry>> {
+        let mut out = Vec::new();
+        for name in self.store.list("offsets")? {
+            if parse_batch(&name).is_some_and(|b| b > batch) {
+                let entry = self
+                    .get_json::<OffsetEntry>(&format!("offsets/{name}"))?
+                    .ok_or_else(|| {
+                        Error::Checkpoint(format!("offsets/{name} vanished while reading"))
+                    })?;
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks a batch complete.
+    pub fn write_commit(&self, entry: &CommitEntry) -> Result<()> {
+        self.put_json(&format!("commits/{}.json", batch_key(entry.batch)), entry)
+    }
+
+    /// The newest completed batch.
+    pub fn last_commit(&self) -> Result<Option<CommitEntry>> {
+        match self.store.list("commits")?.last() {
+            Some(name) => self.get_json(&format!("commits/{name}")),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a snapshot: the state files first, the manifest last.
+    pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        let dir = format!("state/{}", batch_key(snapshot.batch));
+        let mut files = Vec::new();
+        for ((name, part), bytes) in &snapshot.parts {
+            let key = format!("{dir}/{name}/{part}.bin");
+            self.store.put(&key, bytes)?;
+            files.push(ManifestFile {
+                key,
+                len: bytes.len() as u64,
+                crc32: crc32fast::hash(bytes),
+            });
+        }
+        self.put_json(
+            &format!("{dir}/MANIFEST.json"),
+            &Manifest {
+                batch: snapshot.batch,
+                files,
+            },
+        )
+    }
+
+    fn read_snapshot(&self, name: &str) -> Result<Snapshot> {
+        let manifest: Manifest = self
+            .get_json(&format!("state/{name}/MANIFEST.json"))?
+            .ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "state/{name} has no manifest (an interrupted snapshot)"
+                ))
+            })?;
+        let mut snapshot = Snapshot {
+            batch: manifest.batch,
+            parts: BTreeMap::new(),
+        };
+        for file in manifest.files {
+            let bytes = self
+                .store
+                .get(&file.key)?
+                .ok_or_else(|| Error::Checkpoint(format!("{} is missing", file.key)))?;
+            if bytes.len() as u64 != file.len || crc32fast::hash(&bytes) != file.crc32 {
+                return Err(Error::Checkpoint(format!(
+                    "{} does not match its checksum",
+                    file.key
+                )));
+            }
+            let rest = file
+                .key
+                .strip_prefix(&format!("state/{name}/"))
+                .unwrap_or(&file.key);
+            let (op, part) = rest
+                .rsplit_once('/')
+                .ok_or_else(|| Error::Checkpoint(format!("bad state key {}", file.key)))?;
+            let part = part
+                .trim_end_matches(".bin")
+                .parse()
+                .map_err(|_| Error::Checkpoint(format!("bad state key {}", file.key)))?;
+            snapshot.parts.insert((op.to_string(), part), bytes);
+        }
+        Ok(snapshot)
+    }
+
+    /// The newest snapshot that reads back whole; corrupt or torn ones are skipped with a
+    /// warning. `None` when there is none.
+    pub fn latest_snapshot(&self) -> Result<Option<Snapshot>> {
+        for name in self.store.list("state")?.iter().rev() {
+            match self.read_snapshot(name) {
+                Ok(s) => return Ok(Some(s)),
+                Err(Error::Checkpoint(why)) => {
+                    tracing::warn!(checkpoint = %self.describe(), snapshot = %name, %why, "skipping an unusable snapshot; trying the previous one");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes snapshots beyond the newest `retain` complete ones, and logs older than the
+    /// oldest kept snapshot (its own offsets stay: they hold the source positions to resume at).
+    pub fn prune(&self) -> Result<()> {
+        let names = self.store.list("state")?;
+        let complete: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                self.store
+                    .get(&format!("state/{n}/MANIFEST.json"))
+                    .ok()
+                    .flatten()
+                    .is_some()
+            })
+            .collect();
+        if complete.len() <= self.retain {
+            return Ok(());
+        }
+        let oldest_kept = complete[complete.len() - self.retain];
+        let Some(floor) = parse_batch(oldest_kept) else {
+            return Ok(());
+        };
+        for name in &names {
+            if parse_batch(name).is_some_and(|b| b < floor) {
+                self.store.delete(&format!("state/{name}"))?;
+            }
+        }
+        for dir in ["offsets", "commits"] {
+            for name in self.store.list(dir)? {
+                if parse_batch(&name).is_some_and(|b| b < floor) {
+                    self.store.delete(&format!("{dir}/{name}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(batch: u64) -> Snapshot {
+        let mut s = Snapshot {
+            batch,
+            parts: BTreeMap::new(),
+        };
+        s.parts
+            .insert(("000-state".into(), 0), vec![batch as u8; 4]);
+        s
+    }
+
+    #[test]
+    fn torn_newest_snapshot_falls_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Checkpointer::new(Box::new(LocalStore::open(dir.path()).expect("store")), 1, 3);
+        c.write_snapshot(&snapshot(1)).expect("write");
+        c.write_snapshot(&snapshot(2)).expect("write");
+        // Corrupt batch 2's state file behind the manifest's back.
+        std::fs::write(
+            dir.path()
+                .join("state/00000000000000000002/000-state/0.bin"),
+            b"xx",
+        )
+        .expect("corrupt");
+        assert_eq!(c.latest_snapshot().expect("read").map(|s| s.batch), Some(1));
+        // A snapshot without a manifest is ignored too.
+        c.store
+            .put("state/00000000000000000003/000-state/0.bin", b"x")
+            .expect("put");
+        assert_eq!(c.latest_snapshot().expect("read").map(|s| s.batch), Some(1));
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_snapshots_and_their_logs() {
+        let c = Checkpointer::new(Box::new(MemoryStore::default()), 1, 2);
+        for b in 1..=4 {
+            let entry = OffsetEntry {
+                batch: b,
+                time_ms: b,
+                ranges: BTreeMap::new(),
+                positions: BTreeMap::new(),
+            };
+            c.write_offsets(&entry).expect("offsets");
+            c.write_snapshot(&snapshot(b)).expect("snapshot");
+        }
+        c.prune().expect("prune");
+        assert_eq!(c.store.list("state").expect("list").len(), 2);
+        assert!(c.read_offsets(2).expect("read").is_none());
+        assert!(c.read_offsets(3).expect("read").is_some());
+        assert_eq!(c.latest_snapshot().expect("read").map(|s| s.batch), Some(4));
+    }
+}

@@ -1,0 +1,142 @@
+//! The checkpoint store: a few blocking object operations, so the protocol above it works the
+//! same on a local directory, in memory, or (with the distributed runtime) on S3.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::exec::lock_unpoisoned;
+use crate::sink::files::write_atomically;
+
+/// Objects named by `/`-separated keys.
+pub trait CheckpointStore: Send + Sync {
+    /// Where the store is, for messages.
+    fn describe(&self) -> String;
+    /// Writes an object atomically: a reader sees the old bytes or the new, never a mix.
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<()>;
+    /// Reads an object; `None` when it does not exist.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Keys under `prefix` (one level: the next path segment), sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Deletes everything under `prefix` (an object or a "directory").
+    fn delete(&self, prefix: &str) -> Result<()>;
+}
+
+/// A directory on a local file system.
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// A store rooted at `root`, created if missing.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        fs::create_dir_all(&root)
+            .map_err(|e| Error::io("create checkpoint directory", &root, e))?;
+        Ok(Self { root })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+}
+
+impl CheckpointStore for LocalStore {
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.path(key);
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        write_atomically(&dir, &path, bytes)
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path(key);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", path, e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = self.path(prefix);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("list", dir, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                if !name.starts_with('.') {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn delete(&self, prefix: &str) -> Result<()> {
+        let path = self.path(prefix);
+        let result = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("delete", path, e)),
+        }
+    }
+}
+
+/// Checkpoints in memory: a job without `spec.checkpoint` still recovers from a failed batch
+/// within the process, through the same code path.
+#[derive(Default)]
+pub struct MemoryStore {
+    objects: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl CheckpointStore for MemoryStore {
+    fn describe(&self) -> String {
+        "memory".to_string()
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        lock_unpoisoned(&self.objects).insert(key.to_string(), bytes.to_vec());
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(lock_unpoisoned(&self.objects).get(key).cloned())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let dir = format!("{}/", prefix.trim_end_matches('/'));
+        let objects = lock_unpoisoned(&self.objects);
+        let mut names: Vec<String> = objects
+            .keys()
+            .filter_map(|k| k.strip_prefix(&dir))
+            .map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn delete(&self, prefix: &str) -> Result<()> {
+        let dir = format!("{}/", prefix.trim_end_matches('/'));
+        lock_unpoisoned(&self.objects).retain(|k, _| k != prefix && !k.starts_with(&dir));
+        Ok(())
+    }
+}

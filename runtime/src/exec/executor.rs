@@ -1,0 +1,56 @@
+//! Runs a batch plan on a local thread pool: stage after stage, partitions in parallel.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::exec::{BatchContext, Task};
+use crate::plan::{BatchPlan, StageKind};
+
+/// The tasks of a job by stage kind, and the pool that runs them.
+pub struct Executor {
+    pool: rayon::ThreadPool,
+    pub(crate) shuffles: Vec<Arc<dyn Task>>,
+    pub(crate) materializers: Vec<Arc<dyn Task>>,
+    pub(crate) outputs: Vec<Arc<dyn Task>>,
+}
+
+impl Executor {
+    pub(crate) fn new(
+        threads: usize,
+        shuffles: Vec<Arc<dyn Task>>,
+        materializers: Vec<Arc<dyn Task>>,
+        outputs: Vec<Arc<dyn Task>>,
+    ) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("sluice-task-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start the task thread pool: {e}")))?;
+        Ok(Self {
+            pool,
+            shuffles,
+            materializers,
+            outputs,
+        })
+    }
+
+    /// Runs every stage of `plan`, in order.
+    pub fn run(&self, plan: &BatchPlan, cx: &BatchContext) -> Result<()> {
+        for stage in &plan.stages {
+            let task = match stage.kind {
+                StageKind::ShuffleMap(s) => &self.shuffles[s],
+                StageKind::Materialize(m) => &self.materializers[m],
+                StageKind::Output(o) => &self.outputs[o],
+            };
+            self.pool.install(|| {
+                (0..plan.partitions)
+                    .into_par_iter()
+                    .try_for_each(|p| task.run(cx, p))
+            })?;
+            task.finish(cx)?;
+        }
+        Ok(())
+    }
+}

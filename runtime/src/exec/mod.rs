@@ -1,0 +1,19 @@
+//! Running batches: the per-batch context shared by tasks, and the executor that runs a
+//! [`BatchPlan`](crate::plan::BatchPlan)'s stages on a thread pool.
+
+mod context;
+mod executor;
+
+pub use context::{BatchContext, RecordErrors};
+pub(crate) use context::{Shared, lock_unpoisoned};
+pub use executor::Executor;
+
+use crate::error::Result;
+
+/// The work of one stage: `run` once per partition (in parallel), then `finish` once.
+pub(crate) trait Task: Send + Sync {
+    fn run(&self, cx: &BatchContext, part: usize) -> Result<()>;
+    fn finish(&self, _cx: &BatchContext) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,229 @@
+//! A built job: the frozen graph, its tasks, sources and state, able to run one batch at a time.
+//! The [`driver`](crate::driver) decides which batches run when, and checkpoints them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+use crate::checkpoint::Snapshot;
+use crate::dstream::{Builder, Stateful};
+use crate::error::{Error, Result};
+use crate::exec::{BatchContext, Executor, Shared};
+use crate::plan::JobGraph;
+use crate::source::ErasedSource;
+use crate::time::BatchInfo;
+
+/// What one batch did.
+#[derive(Clone, Debug)]
+pub struct BatchReport {
+    pub batch: BatchInfo,
+    /// Records read from all sources.
+    pub records: u64,
+    /// Records an operation refused (`onRecordError: skip`).
+    pub record_errors: u64,
+    /// The first refusal messages.
+    pub error_samples: Vec<String>,
+    /// Wall time to read input and run every stage.
+    pub processing: Duration,
+    /// Whether the batch was recomputed from the checkpoint log.
+    pub replay: bool,
+}
+
+/// A runnable job.
+pub struct Job {
+    graph: JobGraph,
+    executor: Executor,
+    sources: Vec<Box<dyn ErasedSource>>,
+    stateful: Vec<(String, Arc<dyn Stateful>)>,
+    shared: Shared,
+    interval_ms: u64,
+    next_unpaced: u64,
+}
+
+impl Job {
+    pub(crate) fn from_builder(b: Builder) -> Result<Self> {
+        if !b.problems.is_empty() {
+            return Err(Error::Config(b.problems.join("; ")));
+        }
+        if b.sources.is_empty() {
+            return Err(Error::Config("the job has no source".into()));
+        }
+        if b.graph.outputs.is_empty() {
+            return Err(Error::Config(
+                "the job has no output: add foreach_batch, print or save_as_text_files".into(),
+            ));
+        }
+        let executor = Executor::new(
+            b.threads,
+            b.shuffle_tasks,
+            b.materializer_tasks,
+            b.output_tasks,
+        )?;
+        let shared = Shared {
+            consumers: Arc::new(b.graph.consumers.clone()),
+            sources: b.sources.len(),
+            shuffles: b.graph.shuffles.len(),
+            outputs: b.graph.outputs.len(),
+            policy: b.policy,
+        };
+        Ok(Self {
+            graph: b.graph,
+            executor,
+            sources: b.sources,
+            stateful: b.stateful,
+            shared,
+            interval_ms: b.interval_ms,
+            next_unpaced: 1,
+        })
+    }
+
+    /// The job graph as data.
+    pub fn graph(&self) -> &JobGraph {
+        &self.graph
+    }
+
+    /// The batch interval in milliseconds.
+    pub fn interval_ms(&self) -> u64 {
+        self.interval_ms
+    }
+
+    /// Partitions per batch.
+    pub fn partitions(&self) -> usize {
+        self.graph.partitions
+    }
+
+    /// Names of the sources, in order.
+    pub fn source_names(&self) -> Vec<String> {
+        self.sources.iter().map(|s| s.name().to_string()).collect()
+    }
+
+    /// Whether every source can replay its input after a restart.
+    pub fn all_replayable(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter(|s| !s.replayable())
+            .map(|s| s.name().to_string())
+            .collect()
+    }
+
+    /// Runs the next `n` batches back to back, without a clock or checkpoints; for tests and
+    /// examples. Batch times start at 0.
+    pub fn run_batches(&mut self, n: u64) -> Result<Vec<BatchReport>> {
+        if self.next_unpaced == 1 {
+            self.start_sources()?;
+        }
+        let mut reports = Vec::new();
+        for _ in 0..n {
+            let batch = BatchInfo::new(0, self.interval_ms, self.next_unpaced);
+            let (ranges, _) = self.plan_inputs(&batch)?;
+            reports.push(self.execute(batch, &ranges, false)?);
+            self.next_unpaced += 1;
+        }
+        Ok(reports)
+    }
+
+    pub(crate) fn start_sources(&mut self) -> Result<()> {
+        self.sources.iter_mut().try_for_each(|s| s.on_start())
+    }
+
+    pub(crate) fn close_sources(&mut self) {
+        self.sources.iter_mut().for_each(|s| s.on_close());
+    }
+
+    /// Asks every source for its part of `batch`: (ranges, positions after) by source name.
+    pub(crate) fn plan_inputs(
+        &mut self,
+        batch: &BatchInfo,
+    ) -> Result<(BTreeMap<String, Json>, BTreeMap<String, Json>)> {
+        let mut ranges = BTreeMap::new();
+        for s in &mut self.sources {
+            ranges.insert(s.name().to_string(), s.plan(batch)?);
+        }
+        Ok((ranges, self.positions()))
+    }
+
+    pub(crate) fn positions(&self) -> BTreeMap<String, Json> {
+        self.sources
+            .iter()
+            .map(|s| (s.name().to_string(), s.position()))
+            .collect()
+    }
+
+    pub(crate) fn seek(&mut self, positions: &BTreeMap<String, Json>) -> Result<()> {
+        for s in &mut self.sources {
+            if let Some(p) = positions.get(s.name()) {
+                s.seek(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the batch's input and runs its plan.
+    pub(crate) fn execute(
+        &mut self,
+        batch: BatchInfo,
+        ranges: &BTreeMap<String, Json>,
+        replay: bool,
+    ) -> Result<BatchReport> {
+        let started = Instant::now();
+        let cx = BatchContext::new(batch, self.graph.partitions, replay, &self.shared);
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            let range = ranges.get(s.name()).ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "batch {} has no logged range for source {}",
+                    batch.index,
+                    s.name()
+                ))
+            })?;
+            s.read_into(&cx, i, range)?;
+        }
+        let plan = self.graph.plan(batch);
+        self.executor.run(&plan, &cx)?;
+        Ok(BatchReport {
+            batch,
+            records: cx.input_records(),
+            record_errors: cx.errors().count(),
+            error_samples: cx.errors().samples(),
+            processing: started.elapsed(),
+            replay,
+        })
+    }
+
+    /// The state of every stateful operation, for a checkpoint after `batch`.
+    pub(crate) fn snapshot(&self, batch: u64) -> Result<Snapshot> {
+        let mut snapshot = Snapshot {
+            batch,
+            parts: BTreeMap::new(),
+        };
+        for (name, state) in &self.stateful {
+            for part in 0..self.graph.partitions {
+                snapshot
+                    .parts
+                    .insert((name.clone(), part), state.snapshot(part)?);
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Replaces all state with a snapshot's (or empties it).
+    pub(crate) fn restore(&self, snapshot: Option<&Snapshot>) -> Result<()> {
+        for (name, state) in &self.stateful {
+            for part in 0..self.graph.partitions {
+                let bytes = snapshot.and_then(|s| s.parts.get(&(name.clone(), part)));
+                if snapshot.is_some() && bytes.is_none() {
+                    return Err(Error::Checkpoint(format!(
+                        "snapshot has no state for {name} partition {part}"
+                    )));
+                }
+                state.restore(part, bytes.map(Vec::as_slice))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn on_checkpoint(&mut self, batch: &BatchInfo) {
+        self.sources.iter_mut().for_each(|s| s.on_checkpoint(batch));
+    }
+}

@@ -1,0 +1,27 @@
+//! Sluice: micro-batch stream processing with Spark Streaming's DStream model.
+//!
+//! - [`dstream`]: the typed API ([`StreamingContext`], [`DStream`]).
+//! - [`plan`]: the job graph and per-batch stage plans, as plain data.
+//! - [`exec`]: running a plan's stages on a thread pool.
+//! - [`source`] and [`sink`]: inputs and outputs.
+//! - [`checkpoint`] and [`driver`]: the batch clock, offset log, snapshots and recovery.
+//! - [`manifest`]: StreamingJob manifests compiled into DStreams.
+//! - [`cli`]: the `sluice` command.
+
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod driver;
+pub mod dstream;
+pub mod error;
+pub mod exec;
+pub mod job;
+pub mod manifest;
+pub mod plan;
+pub mod sink;
+pub mod source;
+pub mod time;
+
+pub use dstream::{DStream, StreamingConfig, StreamingContext};
+pub use error::{Error, Result};
+pub use job::Job;

@@ -1,0 +1,1 @@
+//! StreamingJob manifests compiled into DStreams.

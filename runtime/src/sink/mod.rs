@@ -1,0 +1,27 @@
+//! Where batches go: the [`Sink`] trait and the built-in sinks.
+//!
+//! Delivery: a sink sees a batch again when the batch is re-run after a failure. The files sink
+//! names its output by batch time and replaces it atomically, so re-runs overwrite and the
+//! result is exactly once; a custom sink must be idempotent per batch time to say the same.
+
+pub(crate) mod files;
+mod stdout;
+mod text;
+
+pub use files::FilesSink;
+pub use stdout::StdoutSink;
+pub use text::ToText;
+
+use crate::error::Result;
+use crate::time::BatchInfo;
+
+/// Receives every batch of an output stream, in partition order.
+pub trait Sink<T>: Send + Sync + 'static {
+    /// Name for logs and errors.
+    fn name(&self) -> &str;
+    /// Writes one batch. An error fails the batch, which is retried from the last checkpoint.
+    fn write(&self, batch: &BatchInfo, records: Vec<T>) -> Result<()>;
+}
+
+/// Formats a record as one line of text.
+pub type LineFormat<T> = std::sync::Arc<dyn Fn(&T, &mut String) + Send + Sync>;

@@ -1,0 +1,147 @@
+//! Where records come from: the [`Source`] trait and the built-in sources.
+//!
+//! Every batch, the driver asks each source to *plan* the batch (decide its range and move
+//! past it) and logs that range in the checkpoint before the batch runs; then it *reads* the
+//! range. After a crash the logged ranges are read again, so a replayable source gives the
+//! same records to the same batch.
+//!
+//! | source | replayable | guarantee across a crash |
+//! |---|---|---|
+//! | `generator` | yes | exactly once |
+//! | `files` | yes (while the files stay) | exactly once |
+//! | `socket` | no | at most once: records received but not checkpointed are lost |
+//! | `queue` | no | at most once (tests and the Rust API) |
+
+mod files;
+mod generator;
+mod queue;
+mod socket;
+
+use serde_json::Value as Json;
+
+pub use files::FilesSource;
+pub use generator::{GeneratorConfig, GeneratorSource, TextGenerator};
+pub use queue::QueueSource;
+pub use socket::SocketSource;
+
+use crate::data::Data;
+use crate::error::Result;
+use crate::exec::BatchContext;
+use crate::time::BatchInfo;
+
+/// A stream's input.
+pub trait Source: Send + 'static {
+    /// The records it produces.
+    type Item: Data;
+
+    /// Unique name; positions are checkpointed under it.
+    fn name(&self) -> &str;
+
+    /// Whether `read` can produce a planned range again after the process restarts.
+    fn replayable(&self) -> bool;
+
+    /// Decides which records make up `batch` and moves past them. The returned range is written
+    /// to the checkpoint before the batch runs.
+    fn plan(&mut self, batch: &BatchInfo) -> Result<Json>;
+
+    /// Reads the records of a planned range, split into `partitions` partitions.
+    fn read(&mut self, range: &Json, partitions: usize) -> Result<Vec<Vec<Self::Item>>>;
+
+    /// Where the source stands after the last planned batch.
+    fn position(&self) -> Json;
+
+    /// Moves to a position returned by `position` (after a restart).
+    fn seek(&mut self, position: &Json) -> Result<()>;
+
+    /// Called before the first batch.
+    fn on_start(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// State up to and including `batch` is checkpointed: those batches are never re-read, so
+    /// data held for them may go.
+    fn on_checkpoint(&mut self, _batch: &BatchInfo) {}
+
+    /// Called when the job stops.
+    fn on_close(&mut self) {}
+}
+
+/// A source with its item type hidden, as the job holds it.
+pub(crate) trait ErasedSource: Send {
+    fn name(&self) -> &str;
+    fn replayable(&self) -> bool;
+    fn plan(&mut self, batch: &BatchInfo) -> Result<Json>;
+    fn read_into(&mut self, cx: &BatchContext, index: usize, range: &Json) -> Result<()>;
+    fn position(&self) -> Json;
+    fn seek(&mut self, position: &Json) -> Result<()>;
+    fn on_start(&mut self) -> Result<()>;
+    fn on_checkpoint(&mut self, batch: &BatchInfo);
+    fn on_close(&mut self);
+}
+
+pub(crate) struct SourceNode<S>(S);
+
+impl<S> SourceNode<S> {
+    pub(crate) fn new(source: S) -> Self {
+        Self(source)
+    }
+}
+
+impl<S: Source> ErasedSource for SourceNode<S> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+    fn replayable(&self) -> bool {
+        self.0.replayable()
+    }
+    fn plan(&mut self, batch: &BatchInfo) -> Result<Json> {
+        self.0.plan(batch)
+    }
+    fn read_into(&mut self, cx: &BatchContext, index: usize, range: &Json) -> Result<()> {
+        let parts = self.0.read(range, cx.partitions)?;
+        cx.put_input(index, parts)
+    }
+    fn position(&self) -> Json {
+        self.0.position()
+    }
+    fn seek(&mut self, position: &Json) -> Result<()> {
+        self.0.seek(position)
+    }
+    fn on_start(&mut self) -> Result<()> {
+        self.0.on_start()
+    }
+    fn on_checkpoint(&mut self, batch: &BatchInfo) {
+        self.0.on_checkpoint(batch)
+    }
+    fn on_close(&mut self) {
+        self.0.on_close()
+    }
+}
+
+/// Splits records into `partitions` contiguous runs of (nearly) equal length.
+pub fn split_even<T>(records: Vec<T>, partitions: usize) -> Vec<Vec<T>> {
+    let partitions = partitions.max(1);
+    let n = records.len();
+    let mut out = Vec::with_capacity(partitions);
+    let mut it = records.into_iter();
+    for p in 0..partitions {
+        let take = n / partitions + usize::from(p < n % partitions);
+        out.push(it.by_ref().take(take).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_even;
+
+    #[test]
+    fn split_even_keeps_order_and_balance() {
+        let parts = split_even((0..10).collect(), 3);
+        assert_eq!(parts, vec![vec![0, 1, 2, 3], vec![4, 5, 6], vec![7, 8, 9]]);
+        assert_eq!(
+            split_even(Vec::<u8>::new(), 2),
+            vec![Vec::<u8>::new(), Vec::new()]
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! Newline-delimited text from a TCP server, reconnecting with backoff.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, ErrorKind};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+
+use super::{Source, split_even};
+use crate::error::{Error, Result};
+use crate::exec::lock_unpoisoned;
+use crate::time::BatchInfo;
+
+/// Lines buffered between batches before the receiver stops reading (and TCP pushes back).
+const MAX_BUFFERED_LINES: usize = 4_000_000;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A receiver thread reads lines into a buffer; each batch takes what has arrived. Not
+/// replayable: lines received but not yet checkpointed are lost if the process dies.
+pub struct SocketSource {
+    name: String,
+    addr: String,
+    buffer: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    receiver: Option<JoinHandle<()>>,
+    held: BTreeMap<u64, Vec<String>>,
+}
+
+impl SocketSource {
+    /// A source reading from `host:port` once started.
+    pub fn new(name: &str, host: &str, port: u16) -> Self {
+        Self {
+            name: name.to_string(),
+            addr: format!("{host}:{port}"),
+            buffer: Arc::default(),
+            stop: Arc::default(),
+            receiver: None,
+            held: BTreeMap::new(),
+        }
+    }
+}
+
+fn receive(name: String, addr: String, buffer: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_millis(100);
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match TcpStream::connect(&addr) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(source = %name, %addr, error = %e, retry_in = ?backoff, "cannot connect; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        tracing::info!(source = %name, %addr, "connected");
+        backoff = Duration::from_millis(100);
+        // A read timeout lets the thread notice `stop` on an idle connection.
+        let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if lock_unpoisoned(&buffer).len() >= MAX_BUFFERED_LINES {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            match reader.read_line(&mut line) {
+                Ok(0) => {
+                    tracing::warn!(source = %name, %addr, "connection closed by the server; reconnecting");
+                    break;
+                }
+                Ok(_) => {
+                    if line.ends_with('\n') {
+                        let text = line.trim_end_matches(['\n', '\r']).to_string();
+                        lock_unpoisoned(&buffer).push(text);
+                        line.clear();
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    tracing::warn!(source = %name, %addr, error = %e, "connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Source for SocketSource {
+    type Item = String;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn replayable(&self) -> bool {
+        false
+    }
+
+    fn on_start(&mut self) -> Result<()> {
+        let (name, addr, buffer, stop) = (
+            self.name.clone(),
+            self.addr.clone(),
+            self.buffer.clone(),
+            self.stop.clone(),
+        );
+        let handle = std::thread::Builder::new()
+            .name(format!("sluice-socket-{}", self.name))
+            .spawn(move || receive(name, addr, buffer, stop))
+            .map_err(|e| Error::Source {
+                source_name: self.name.clone(),
+                message: format!("cannot start the receiver: {e}"),
+            })?;
+        self.receiver = Some(handle);
+        Ok(())
+    }
+
+    fn plan(&mut self, batch: &BatchInfo) -> Result<Json> {
+        let lines = std::mem::take(&mut *lock_unpoisoned(&self.buffer));
+        let n = lines.len();
+        self.held.insert(batch.index, lines);
+        Ok(json!({ "batch": batch.index, "records": n }))
+    }
+
+    fn read(&mut self, range: &Json, partitions: usize) -> Result<Vec<Vec<String>>> {
+        let index = range["batch"].as_u64().unwrap_or(0);
+        let lines = self.held.get(&index).cloned().unwrap_or_else(|| {
+            tracing::warn!(source = %self.name, batch = index, records = %range["records"], "socket data of this batch was lost with the previous process; the batch is empty");
+            Vec::new()
+        });
+        Ok(split_even(lines, partitions))
+    }
+
+    fn position(&self) -> Json {
+        Json::Null
+    }
+
+    fn seek(&mut self, _position: &Json) -> Result<()> {
+        Ok(())
+    }
+
+    fn on_checkpoint(&mut self, batch: &BatchInfo) {
+        self.held.retain(|&i, _| i > batch.index);
+    }
+
+    fn on_close(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.receiver.take() {
+            let _ = handle.join();
+        }
+    }
+}
