@@ -211,7 +211,7 @@ impl Driver {
         if last > self.last_snapshot {
             // A snapshot at shutdown means the next start replays nothing.
             self.snapshot(last)?;
-            tracing::info!(batch = last, checkpoint = %self.ckpt.describe(), "final checkpoint written");
+            tracing::debug!(batch = last, checkpoint = %self.ckpt.describe(), "final checkpoint written");
         }
         Ok(())
     }

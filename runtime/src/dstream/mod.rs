@@ -32,12 +32,12 @@ mod map;
 mod map_with_state;
 mod output;
 mod reduce_by_key;
-mod shuffle;
+pub(crate) mod shuffle;
 mod transform;
 mod union;
 mod update_state;
 mod window;
-mod windowed_reduce;
+pub(crate) mod windowed_reduce;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -25,25 +25,26 @@ struct StateStore<K, C, S> {
     parts: Vec<Mutex<KeyMap<K, S>>>,
 }
 
-impl<K: Key, C: Send + Default + 'static, S: Data> Task for StateStore<K, C, S> {
+impl<K: Key, C: Send + 'static, S: Data> Task for StateStore<K, C, S> {
     fn run(&self, cx: &BatchContext, part: usize) -> Result<()> {
-        let mut fresh = read_grouped::<K, C>(cx, self.shuffle, part, &*self.merge)?;
-        let mut seen = vec![false; fresh.len()];
+        let mut fresh: KeyMap<K, Option<C>> =
+            read_grouped::<K, C>(cx, self.shuffle, part, &*self.merge)?
+                .into_iter()
+                .map(|(k, c)| (k, Some(c)))
+                .collect();
         let mut state = lock_unpoisoned(&self.parts[part]);
         let old = std::mem::take(&mut *state);
         let mut next =
             KeyMap::with_capacity_and_hasher(old.len() + fresh.len(), Default::default());
         for (k, s) in old {
-            let values = fresh.get_index_of(&k).map(|i| {
-                seen[i] = true;
-                std::mem::take(&mut fresh[i])
-            });
+            let values = fresh.get_mut(&k).and_then(Option::take);
             if let Some(s) = (self.update)(&cx.batch, &k, values, Some(s)) {
                 next.insert(k, s);
             }
         }
-        for ((k, values), seen) in fresh.into_iter().zip(seen) {
-            if !seen {
+        // Keys new in this batch, in arrival order; the values of old keys were taken above.
+        for (k, values) in fresh {
+            if let Some(values) = values {
                 if let Some(s) = (self.update)(&cx.batch, &k, Some(values), None) {
                     next.insert(k, s);
                 }
@@ -86,7 +87,7 @@ impl<K: Key, C: Send + 'static, S: Data> Compute<(K, S)> for StateRead<K, C, S> 
 
 impl<T: Data> DStream<T> {
     /// State by key, fed by a custom map-side combine of this stream's records into `C`.
-    pub(crate) fn state_by_key<K: Key, C: Data + Default, S: Data>(
+    pub(crate) fn state_by_key<K: Key, C: Data, S: Data>(
         &self,
         op: &str,
         combine: impl Fn(&BatchContext, Vec<T>, &mut KeyMap<K, C>) -> Result<()> + Send + Sync + 'static,

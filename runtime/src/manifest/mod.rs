@@ -1,1 +1,12 @@
-//! StreamingJob manifests compiled into DStreams.
+//! StreamingJob manifests compiled into DStreams: the dynamic [`Value`] records, CEL
+//! expressions, built-in aggregations and the compiler.
+
+mod aggregate;
+mod compile;
+mod expr;
+mod value;
+
+pub use aggregate::Acc;
+pub use compile::{CompileOptions, compile, local_path};
+pub use expr::{Expr, root_context};
+pub use value::{StrKey, Value};

@@ -1,0 +1,235 @@
+//! `sluice bench`: throughput and latency of the reference jobs, printed as figures.
+//!
+//! Each scenario runs twice through the real driver: back to back with 1 s batches (the most
+//! records per second the engine sustains, generation included), then paced with 100 ms
+//! batches at half that rate (processing time and delay per batch, as a live job sees them).
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+
+use super::EXIT_FAILED;
+use crate::driver::{self, BatchProgress, DriverOptions};
+use crate::manifest::{CompileOptions, compile};
+use crate::source::{GeneratorConfig, TextGenerator};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Which job to measure.
+    #[arg(long, value_enum, default_value = "all")]
+    pub scenario: Scenario,
+    /// Seconds of stream time for each throughput run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Generated lines per second for the throughput run (one batch holds one second).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rate: u64,
+    /// Seconds of wall time for each paced 100 ms run; 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    pub paced_seconds: u64,
+    /// Task threads. Default: one per core.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Partitions.
+    #[arg(long, default_value_t = 4)]
+    pub parallelism: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    All,
+    /// flatMap(split) + countByValue.
+    Wordcount,
+    /// flatMap(split) + countByValueAndWindow(10s, 2s).
+    Windowed,
+    /// flatMap(split) + countByValue + updateStateByKey(sum).
+    Stateful,
+}
+
+fn manifest(scenario: Scenario, interval: &str, rate: u64, parallelism: u32) -> String {
+    let steps = match scenario {
+        Scenario::Windowed => {
+            "    - flatMap: {split: \" \"}\n    - countByValueAndWindow: {length: 10s, slide: 2s}\n"
+        }
+        Scenario::Stateful => {
+            "    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - updateStateByKey: {op: sum}\n"
+        }
+        _ => "    - flatMap: {split: \" \"}\n    - countByValue: {}\n",
+    };
+    format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: bench}}\nspec:\n  batchInterval: {interval}\n  parallelism: {parallelism}\n  sources:\n    - name: lines\n      generator: {{rate: {rate}, seed: 42, vocabulary: 10000, lineBytes: 100}}\n  pipeline:\n{steps}  sinks:\n    - stdout: {{}}\n"
+    )
+}
+
+struct Figures {
+    records: u64,
+    wall: Duration,
+    processing: Vec<Duration>,
+    total_delay: Vec<Duration>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn measure(
+    scenario: Scenario,
+    interval: &str,
+    rate: u64,
+    batches: u64,
+    paced: bool,
+    args: &BenchArgs,
+    threads: usize,
+) -> Result<Figures, String> {
+    let text = manifest(scenario, interval, rate, args.parallelism);
+    let job_spec = sluice_crds::load(&text).map_err(|p| format!("{p:?}"))?;
+    let job = compile(
+        &job_spec,
+        &CompileOptions {
+            threads,
+            discard_output: true,
+        },
+    )
+    .map_err(|p| format!("{p:?}"))?;
+    let seen: Arc<Mutex<Vec<BatchProgress>>> = Arc::default();
+    let sink = seen.clone();
+    let started = Instant::now();
+    driver::run(
+        job,
+        DriverOptions {
+            job_name: "bench".into(),
+            fingerprint: sluice_crds::fingerprint(&job_spec.spec),
+            store: None,
+            snapshot_interval: 10,
+            retain: 2,
+            stop_after: Some(batches),
+            stop: Arc::new(AtomicBool::new(false)),
+            paced,
+            on_batch: Box::new(move |p| {
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(p.clone())
+            }),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let wall = started.elapsed();
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let mut processing: Vec<Duration> = seen.iter().map(|p| p.report.processing).collect();
+    let mut total_delay: Vec<Duration> = seen.iter().map(|p| p.total_delay).collect();
+    processing.sort();
+    total_delay.sort();
+    Ok(Figures {
+        records: seen.iter().map(|p| p.report.records).sum(),
+        wall,
+        processing,
+        total_delay,
+    })
+}
+
+pub(crate) fn bench(args: BenchArgs) -> ExitCode {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| CompileOptions::default().threads)
+        .max(1);
+    let scenarios = match args.scenario {
+        Scenario::All => vec![Scenario::Wordcount, Scenario::Windowed, Scenario::Stateful],
+        s => vec![s],
+    };
+    println!(
+        "sluice bench: {threads} task threads, {} partitions, 100-byte lines, 10,000-word Zipf vocabulary",
+        args.parallelism
+    );
+    let generator = TextGenerator::new(GeneratorConfig {
+        name: "g".into(),
+        rate: args.rate,
+        seed: 42,
+        format: Default::default(),
+        vocabulary: 10_000,
+        line_bytes: 100,
+    });
+    let started = Instant::now();
+    let lines = generator.lines(0, args.rate, threads);
+    let gen_rate = args.rate as f64 / started.elapsed().as_secs_f64();
+    let words: usize = lines.iter().flatten().map(|l| l.split(' ').count()).sum();
+    println!(
+        "generator alone: {:.2} M lines/s ({:.2} M/s per thread); {:.1} words per line",
+        gen_rate / 1e6,
+        gen_rate / 1e6 / threads as f64,
+        words as f64 / args.rate.max(1) as f64
+    );
+    drop(lines);
+    println!(
+        "{:<10} {:>12} {:>14} {:>10} {:>10} | {:>14} {:>11} {:>11} {:>11}",
+        "job",
+        "lines/s",
+        "lines/s/core",
+        "p50 1s",
+        "p99 1s",
+        "paced rate",
+        "p50 100ms",
+        "p99 100ms",
+        "p99 delay"
+    );
+    for scenario in scenarios {
+        let name = format!("{scenario:?}").to_lowercase();
+        // Windows need a warm-up of one window length before batches carry their full cost.
+        let warm = if scenario == Scenario::Windowed {
+            10
+        } else {
+            0
+        };
+        let full = match measure(
+            scenario,
+            "1s",
+            args.rate,
+            args.seconds + warm,
+            false,
+            &args,
+            threads,
+        ) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("sluice bench: {name}: {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        };
+        let per_sec = full.records as f64 / full.wall.as_secs_f64();
+        let mut line = format!(
+            "{name:<10} {:>12.0} {:>14.0} {:>8}ms {:>8}ms |",
+            per_sec,
+            per_sec / threads as f64,
+            percentile(&full.processing, 0.5).as_millis(),
+            percentile(&full.processing, 0.99).as_millis()
+        );
+        if args.paced_seconds > 0 {
+            let paced_rate = (per_sec / 2.0) as u64;
+            match measure(
+                scenario,
+                "100ms",
+                paced_rate.max(1),
+                args.paced_seconds * 10,
+                true,
+                &args,
+                threads,
+            ) {
+                Ok(p) => line.push_str(&format!(
+                    " {:>14} {:>9}ms {:>9}ms {:>9}ms",
+                    paced_rate,
+                    percentile(&p.processing, 0.5).as_millis(),
+                    percentile(&p.processing, 0.99).as_millis(),
+                    percentile(&p.total_delay, 0.99).as_millis()
+                )),
+                Err(e) => line.push_str(&format!(" paced run failed: {e}")),
+            }
+        }
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,141 @@
+//! `sluice run`: a job in this process, with the batch clock, checkpoints and signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::Args;
+use sluice_crds::defaults;
+
+use super::validate::{check, print_problems};
+use super::{EXIT_FAILED, EXIT_INVALID};
+use crate::checkpoint::{CheckpointStore, LocalStore};
+use crate::driver::{self, BatchProgress, DriverOptions};
+use crate::manifest::{CompileOptions, local_path};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The StreamingJob manifest.
+    pub file: PathBuf,
+    /// Stop after this batch (counted from the job's first batch, so a resumed run stops at the
+    /// same point). Default: run until interrupted.
+    #[arg(long)]
+    pub batches: Option<u64>,
+    /// Task threads. Default: one per core.
+    #[arg(long, env = "SLUICE_THREADS")]
+    pub threads: Option<usize>,
+    /// Run batches back to back instead of waiting for each batch's time (replays, catch-up,
+    /// tests). Batch times stay those of the clock.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+fn progress_line(p: &BatchProgress) {
+    let r = &p.report;
+    let replay = if r.replay { " (replayed)" } else { "" };
+    tracing::info!(
+        "batch {} {}{replay}: {} records, {} errors, processing {}ms, scheduling delay {}ms, total delay {}ms",
+        r.batch.index,
+        r.batch.display_time(),
+        r.records,
+        r.record_errors,
+        r.processing.as_millis(),
+        p.scheduling_delay.as_millis(),
+        p.total_delay.as_millis()
+    );
+    for sample in &r.error_samples {
+        tracing::warn!(batch = r.batch.index, "record refused: {sample}");
+    }
+}
+
+pub(crate) fn run(args: RunArgs) -> ExitCode {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| CompileOptions::default().threads);
+    if threads == 0 {
+        eprintln!("sluice: --threads must be at least 1");
+        return ExitCode::from(EXIT_INVALID);
+    }
+    let (manifest, job) = match check(
+        &args.file,
+        &CompileOptions {
+            threads,
+            discard_output: false,
+        },
+    ) {
+        Ok(ok) => ok,
+        Err(problems) => {
+            print_problems(&args.file, &problems);
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while stopping exits at once.
+        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()));
+        if let Err(e) = registered {
+            eprintln!("sluice: cannot handle signal {signal}: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    }
+    let ckpt = manifest.spec.checkpoint.as_ref();
+    let store: Option<Box<dyn CheckpointStore>> = match ckpt {
+        Some(c) => match LocalStore::open(local_path(&c.uri)) {
+            Ok(s) => Some(Box::new(s)),
+            Err(e) => {
+                eprintln!("sluice: spec.checkpoint.uri: {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        },
+        None => {
+            tracing::warn!(
+                "no spec.checkpoint: state lives in memory only and a restart begins from scratch"
+            );
+            None
+        }
+    };
+    tracing::info!(
+        job = %manifest.metadata.name,
+        batch_interval = %manifest.spec.batch_interval,
+        partitions = job.partitions(),
+        threads,
+        "starting"
+    );
+    let options = DriverOptions {
+        job_name: manifest.metadata.name.clone(),
+        fingerprint: sluice_crds::fingerprint(&manifest.spec),
+        store,
+        snapshot_interval: ckpt
+            .and_then(|c| c.interval)
+            .unwrap_or(defaults::CHECKPOINT_INTERVAL) as u64,
+        retain: ckpt
+            .and_then(|c| c.retain)
+            .unwrap_or(defaults::CHECKPOINT_RETAIN) as usize,
+        stop_after: args.batches,
+        stop,
+        paced: !args.no_wait,
+        on_batch: Box::new(progress_line),
+    };
+    match driver::run(job, options) {
+        Ok(summary) => {
+            tracing::info!(
+                last_batch = summary.last_batch,
+                batches = summary.batches,
+                replayed = summary.replayed,
+                recoveries = summary.recoveries,
+                "stopped"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("job failed: {e}");
+            ExitCode::from(if e.domain() == crate::error::Domain::User {
+                EXIT_INVALID
+            } else {
+                EXIT_FAILED
+            })
+        }
+    }
+}
