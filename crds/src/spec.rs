@@ -281,7 +281,7 @@ pub struct WindowedReduceStep {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slide: Option<String>,
     /// Update the previous window incrementally (add what enters, subtract what leaves) instead
-    /// of recomputing it; only for `sum` and `count`. Keys whose value falls to zero are dropped.
+    /// of recomputing it; only for `sum` and `count`. Keys with no value left in the window are dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inverse: Option<bool>,
 }

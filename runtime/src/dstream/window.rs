@@ -49,6 +49,9 @@ impl<T: Data> Buffer<T> {
 
     /// Runs `f` over the partition's buffered batches within `range`, oldest first.
     pub(crate) fn visit(&self, part: usize, range: RangeInclusive<u64>, mut f: impl FnMut(&[T])) {
+        if range.is_empty() {
+            return;
+        }
         for records in lock_unpoisoned(&self.parts[part])
             .range(range)
             .map(|(_, v)| v)

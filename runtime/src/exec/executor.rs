@@ -54,3 +54,16 @@ impl Executor {
         Ok(())
     }
 }
+
+/// Turns a panic in a task (a user function's, say) into an error of the batch instead of
+/// taking the process down.
+fn contain(f: impl FnOnce() -> Result<()>) -> Result<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(Error::Internal(format!("a task panicked: {message}")))
+    })
+}

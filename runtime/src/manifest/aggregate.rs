@@ -9,11 +9,19 @@ use super::value::Value;
 /// A partial aggregate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Acc {
-    Sum(Value),
+    /// The total and how many values made it, so an inverse window knows when a key is empty
+    /// (a sum of zero may still hold values).
+    Sum {
+        total: Value,
+        n: i64,
+    },
     Count(i64),
     Min(Value),
     Max(Value),
-    Avg { sum: f64, n: u64 },
+    Avg {
+        sum: f64,
+        n: u64,
+    },
     Last(Value),
 }
 
@@ -48,7 +56,10 @@ impl Acc {
     /// The aggregate of one value.
     pub fn start(op: Aggregation, v: Value) -> Result<Acc, String> {
         Ok(match op {
-            Aggregation::Sum => Acc::Sum(number(v, "sum")?),
+            Aggregation::Sum => Acc::Sum {
+                total: number(v, "sum")?,
+                n: 1,
+            },
             Aggregation::Count => Acc::Count(1),
             Aggregation::Min => Acc::Min(v),
             Aggregation::Max => Acc::Max(v),
@@ -70,7 +81,10 @@ impl Acc {
     /// Merges another partial aggregate of the same operation (`other` is the later one).
     pub fn merge(&mut self, other: Acc) {
         match (self, other) {
-            (Acc::Sum(a), Acc::Sum(b)) => *a = add(a, &b),
+            (Acc::Sum { total, n }, Acc::Sum { total: t2, n: n2 }) => {
+                *total = add(total, &t2);
+                *n += n2;
+            }
             (Acc::Count(a), Acc::Count(b)) => *a += b,
             (Acc::Min(a), Acc::Min(b)) => {
                 if b < *a {
@@ -94,17 +108,19 @@ impl Acc {
     /// Removes a partial aggregate that was merged before (`sum` and `count` only).
     pub fn subtract(&mut self, other: &Acc) {
         match (self, other) {
-            (Acc::Sum(a), Acc::Sum(b)) => *a = sub(a, b),
+            (Acc::Sum { total, n }, Acc::Sum { total: t2, n: n2 }) => {
+                *total = sub(total, t2);
+                *n -= n2;
+            }
             (Acc::Count(a), Acc::Count(b)) => *a -= b,
             _ => {}
         }
     }
 
-    /// Whether nothing is left after subtractions.
-    pub fn is_zero(&self) -> bool {
+    /// Whether no value is left after subtractions.
+    pub fn is_empty(&self) -> bool {
         match self {
-            Acc::Sum(v) => v.as_f64() == Some(0.0),
-            Acc::Count(n) => *n == 0,
+            Acc::Sum { n, .. } | Acc::Count(n) => *n <= 0,
             _ => false,
         }
     }
@@ -112,7 +128,7 @@ impl Acc {
     /// The result.
     pub fn finish(&self) -> Value {
         match self {
-            Acc::Sum(v) | Acc::Min(v) | Acc::Max(v) | Acc::Last(v) => v.clone(),
+            Acc::Sum { total: v, .. } | Acc::Min(v) | Acc::Max(v) | Acc::Last(v) => v.clone(),
             Acc::Count(n) => Value::Int(*n),
             Acc::Avg { sum, n } => Value::Float(if *n == 0 { 0.0 } else { sum / *n as f64 }),
         }
@@ -149,8 +165,11 @@ mod tests {
                 .unwrap_err()
                 .contains("sum needs numbers")
         );
-        let mut a = Acc::Sum(Value::Int(5));
-        a.subtract(&Acc::Sum(Value::Int(5)));
-        assert!(a.is_zero());
+        let mut a = Acc::start(Aggregation::Sum, Value::Int(5)).expect("start");
+        a.add(Aggregation::Sum, Value::Int(-5)).expect("add");
+        assert!(!a.is_empty(), "a zero sum still holds values");
+        a.subtract(&Acc::start(Aggregation::Sum, Value::Int(5)).expect("start"));
+        a.subtract(&Acc::start(Aggregation::Sum, Value::Int(-5)).expect("start"));
+        assert!(a.is_empty());
     }
 }

@@ -590,7 +590,7 @@ impl Compiler {
                     a.subtract(&b);
                     a
                 }) as Arc<dyn Fn(Acc, Acc) -> Acc + Send + Sync>,
-                keep: Some(Arc::new(|_: &Value, a: &Acc| !a.is_zero())
+                keep: Some(Arc::new(|_: &Value, a: &Acc| !a.is_empty())
                     as Arc<dyn Fn(&Value, &Acc) -> bool + Send + Sync>),
             });
             let merge = Arc::new(|mut a: Acc, b: Acc| {

@@ -1,0 +1,292 @@
+//! Semantics of the DStream operations against hand-computed expectations, driven in-process
+//! batch by batch.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use sluice::dstream::{State, StateSpec};
+use sluice::source::QueueSource;
+use sluice::{StreamingConfig, StreamingContext};
+
+fn ctx(parallelism: usize) -> StreamingContext {
+    StreamingContext::new(
+        StreamingConfig::new(Duration::from_secs(1))
+            .parallelism(parallelism)
+            .threads(2),
+    )
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+#[test]
+fn window_length_equal_to_slide_tumbles() {
+    let c = ctx(2);
+    let q = QueueSource::new("q");
+    for b in 1..=6 {
+        q.push(vec![b]);
+    }
+    let out = c.source(q).window(secs(3), secs(3)).collect_batches();
+    c.build().expect("build").run_batches(6).expect("run");
+    let got: Vec<(u64, Vec<i32>)> = out
+        .take()
+        .into_iter()
+        .map(|(b, r)| (b.index, sorted(r)))
+        .collect();
+    assert_eq!(got, vec![(3, vec![1, 2, 3]), (6, vec![4, 5, 6])]);
+}
+
+#[test]
+fn window_longer_than_history_holds_what_exists() {
+    let c = ctx(1);
+    let q = QueueSource::new("q");
+    q.push(vec!["a".to_string()]);
+    let out = c.source(q).window(secs(5), secs(1)).collect_batches();
+    c.build().expect("build").run_batches(7).expect("run");
+    let sizes: Vec<usize> = out.take().into_iter().map(|(_, r)| r.len()).collect();
+    // The record of batch 1 stays in the windows ending at batches 1 to 5, then leaves.
+    assert_eq!(sizes, vec![1, 1, 1, 1, 1, 0, 0]);
+}
+
+#[test]
+fn window_of_a_window_slides_on_multiples() {
+    let c = ctx(2);
+    let q = QueueSource::new("q");
+    for b in 1..=8 {
+        q.push(vec![b]);
+    }
+    let w = c
+        .source(q)
+        .window(secs(2), secs(2))
+        .window(secs(4), secs(4));
+    let out = w.collect_batches();
+    c.build().expect("build").run_batches(8).expect("run");
+    let got: Vec<(u64, Vec<i32>)> = out
+        .take()
+        .into_iter()
+        .map(|(b, r)| (b.index, sorted(r)))
+        .collect();
+    assert_eq!(got, vec![(4, vec![1, 2, 3, 4]), (8, vec![5, 6, 7, 8])]);
+}
+
+#[test]
+fn windows_that_do_not_fit_the_interval_are_refused() {
+    let c = ctx(1);
+    let q = QueueSource::<i32>::new("q");
+    let s = c.source(q);
+    s.window(Duration::from_millis(2500), secs(1))
+        .collect_batches();
+    let err = c.build().err().expect("must fail").to_string();
+    assert!(
+        err.contains("length 2500ms is not a multiple of the batch interval 1000ms"),
+        "{err}"
+    );
+
+    let c = ctx(1);
+    let s = c
+        .source(QueueSource::<i32>::new("q"))
+        .window(secs(4), secs(2));
+    s.window(secs(6), secs(3)).collect_batches();
+    let err = c.build().err().expect("must fail").to_string();
+    assert!(
+        err.contains("slide 3000ms is not a multiple of the parent stream's slide 2000ms"),
+        "{err}"
+    );
+}
+
+#[test]
+fn state_sees_all_values_of_a_batch_and_keeps_idle_keys() {
+    let c = ctx(3);
+    let q = QueueSource::new("q");
+    q.push(vec![
+        ("a".to_string(), 1),
+        ("b".to_string(), 10),
+        ("a".to_string(), 2),
+    ]);
+    q.push(vec![]);
+    q.push(vec![("a".to_string(), 4)]);
+    let calls =
+        c.source(q)
+            .update_state_by_key(|values: Vec<i64>, state: Option<Vec<Vec<i64>>>| {
+                let mut history = state.unwrap_or_default();
+                history.push(values);
+                Some(history)
+            });
+    let out = calls.collect_batches();
+    c.build().expect("build").run_batches(3).expect("run");
+    let last: BTreeMap<String, Vec<Vec<i64>>> =
+        out.take().pop().expect("batches").1.into_iter().collect();
+    assert_eq!(last["a"], vec![vec![1, 2], vec![], vec![4]]);
+    assert_eq!(last["b"], vec![vec![10], vec![], vec![]]);
+}
+
+#[test]
+fn state_removed_by_returning_none() {
+    let c = ctx(2);
+    let q = QueueSource::new("q");
+    q.push(vec![("x".to_string(), 5)]);
+    q.push(vec![("x".to_string(), -5)]);
+    q.push(vec![]);
+    let totals = c
+        .source(q)
+        .update_state_by_key(|v: Vec<i64>, s: Option<i64>| {
+            let t = s.unwrap_or(0) + v.iter().sum::<i64>();
+            (t != 0).then_some(t)
+        });
+    let out = totals.collect_batches();
+    c.build().expect("build").run_batches(3).expect("run");
+    let got: Vec<Vec<(String, i64)>> = out.take().into_iter().map(|(_, r)| r).collect();
+    assert_eq!(got, vec![vec![("x".into(), 5)], vec![], vec![]]);
+}
+
+#[test]
+fn map_with_state_times_out_idle_keys_once() {
+    let c = ctx(2);
+    let q = QueueSource::new("q");
+    q.push(vec![("u".to_string(), 1), ("v".to_string(), 1)]);
+    q.push(vec![("v".to_string(), 1)]);
+    q.push(vec![("v".to_string(), 1)]);
+    q.push(vec![]);
+    let spec = StateSpec::function(|_, k: &String, v: Option<i64>, s: &mut State<i64>| {
+        if s.is_timing_out() {
+            return Some(format!(
+                "{k} timed out at {}",
+                s.get().copied().unwrap_or(0)
+            ));
+        }
+        let n = s.get().copied().unwrap_or(0) + v.unwrap_or(0);
+        s.update(n);
+        None
+    })
+    .timeout(secs(2));
+    let mapped = c.source(q).map_with_state(spec);
+    let emitted = mapped.emitted.collect_batches();
+    let snapshots = mapped.snapshots.collect_batches();
+    c.build().expect("build").run_batches(4).expect("run");
+    let got: Vec<Vec<String>> = emitted.take().into_iter().map(|(_, r)| r).collect();
+    assert_eq!(
+        got,
+        vec![vec![], vec![], vec!["u timed out at 1".to_string()], vec![]]
+    );
+    let last = snapshots.take().pop().expect("batches").1;
+    assert_eq!(last, vec![("v".to_string(), 3)]);
+}
+
+#[test]
+fn joins_pair_every_match_and_keep_unmatched_on_the_left() {
+    let c = ctx(3);
+    let (l, r) = (QueueSource::new("l"), QueueSource::new("r"));
+    l.push(vec![
+        (1, "a".to_string()),
+        (1, "b".to_string()),
+        (2, "c".to_string()),
+    ]);
+    r.push(vec![(1, 10), (1, 11), (3, 30)]);
+    let (left, right) = (c.source(l), c.source(r));
+    let inner = left.join(&right).collect_batches();
+    let outer = left.left_outer_join(&right).collect_batches();
+    c.build().expect("build").run_batches(1).expect("run");
+    assert_eq!(
+        sorted(inner.take().remove(0).1),
+        vec![
+            (1, ("a".to_string(), 10)),
+            (1, ("a".to_string(), 11)),
+            (1, ("b".to_string(), 10)),
+            (1, ("b".to_string(), 11))
+        ]
+    );
+    let outer = sorted(outer.take().remove(0).1);
+    assert_eq!(outer.len(), 5);
+    assert!(outer.contains(&(2, ("c".to_string(), None))));
+}
+
+#[test]
+fn a_stream_read_twice_is_computed_once_per_batch() {
+    let c = ctx(2);
+    let q = QueueSource::new("q");
+    q.push(vec![1, 2, 3]);
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    let doubled = c.source(q).map(move |x: i64| {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        x * 2
+    });
+    let a = doubled.collect_batches();
+    let b = doubled.filter(|x| *x > 2).collect_batches();
+    c.build().expect("build").run_batches(1).expect("run");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 3);
+    assert_eq!(sorted(a.take().remove(0).1), vec![2, 4, 6]);
+    assert_eq!(sorted(b.take().remove(0).1), vec![4, 6]);
+}
+
+/// Per-key sums of the batches in each window, computed by brute force.
+fn expected_windows(
+    batches: &[Vec<(u8, i64)>],
+    len: usize,
+    slide: usize,
+) -> Vec<(u64, BTreeMap<u8, i64>)> {
+    let mut out = Vec::new();
+    for end in 1..=batches.len() {
+        if end % slide != 0 {
+            continue;
+        }
+        let mut sums = BTreeMap::new();
+        for batch in &batches[end.saturating_sub(len)..end] {
+            for (k, v) in batch {
+                *sums.entry(*k).or_insert(0) += v;
+            }
+        }
+        out.push((end as u64, sums));
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// reduce_by_key_and_window with an inverse equals recomputing each window, and both equal
+    /// a brute-force computation (ignoring keys whose sum is zero, which the inverse form drops).
+    #[test]
+    fn inverse_window_equals_full_recomputation(
+        batches in prop::collection::vec(prop::collection::vec((0u8..6, -3i64..8), 0..12), 1..14),
+        len in 1usize..5,
+        slide_pick in 0usize..4,
+        parallelism in 1usize..4,
+    ) {
+        let slide = [1, 1, 2, len][slide_pick].min(len).max(1);
+        let len = len.div_ceil(slide) * slide;
+        let c = ctx(parallelism);
+        let q = QueueSource::new("q");
+        for b in &batches {
+            q.push(b.clone());
+        }
+        let s = c.source(q);
+        let full = s.reduce_by_key_and_window(|a, b| a + b, secs(len as u64), secs(slide as u64)).collect_batches();
+        // Sums can pass through zero and come back, so no key may be dropped here.
+        let inv = s.reduce_by_key_and_window_inv(|a, b| a + b, |a, b| a - b, secs(len as u64), secs(slide as u64), None).collect_batches();
+        // Counts at zero have nothing left to subtract: dropping them is safe.
+        let counted = s.map(|(k, _)| k).count_by_value_and_window(secs(len as u64), secs(slide as u64)).collect_batches();
+        c.build().expect("build").run_batches(batches.len() as u64).expect("run");
+        let nonzero = |m: BTreeMap<u8, i64>| m.into_iter().filter(|(_, v)| *v != 0).collect::<BTreeMap<_, _>>();
+        let expected: Vec<(u64, BTreeMap<u8, i64>)> = expected_windows(&batches, len, slide).into_iter().map(|(i, m)| (i, nonzero(m))).collect();
+        let full: Vec<(u64, BTreeMap<u8, i64>)> = full.take().into_iter().map(|(b, r)| (b.index, nonzero(r.into_iter().collect()))).collect();
+        let inv: Vec<(u64, BTreeMap<u8, i64>)> = inv.take().into_iter().map(|(b, r)| (b.index, nonzero(r.into_iter().collect()))).collect();
+        prop_assert_eq!(&full, &expected);
+        prop_assert_eq!(&inv, &expected);
+        let ones: Vec<Vec<(u8, i64)>> = batches.iter().map(|b| b.iter().map(|(k, _)| (*k, 1)).collect()).collect();
+        let expected_counts: Vec<(u64, BTreeMap<u8, u64>)> = expected_windows(&ones, len, slide)
+            .into_iter()
+            .map(|(i, m)| (i, m.into_iter().map(|(k, v)| (k, v as u64)).collect()))
+            .collect();
+        let counted: Vec<(u64, BTreeMap<u8, u64>)> = counted.take().into_iter().map(|(b, r)| (b.index, r.into_iter().collect())).collect();
+        prop_assert_eq!(&counted, &expected_counts);
+    }
+}
