@@ -11,8 +11,16 @@ pub fn parse_yaml(text: &str) -> Result<StreamingJob, Problem> {
     let deserializer = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
+        // An error between fields has no field of its own: name the enclosing one.
+        let path = path.strip_suffix(".?").unwrap_or(&path).to_string();
         let inner = err.into_inner();
-        let message = inner.to_string();
+        let mut message = inner.to_string();
+        // The YAML parser names the enclosing mapping itself; our path is more precise.
+        if let Some((prefix, rest)) = message.split_once(": ") {
+            if !prefix.contains(' ') && path.starts_with(prefix) {
+                message = rest.to_string();
+            }
+        }
         if path == "." || path.is_empty() {
             Problem::new("manifest", message)
         } else {

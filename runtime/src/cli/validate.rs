@@ -22,7 +22,14 @@ pub(crate) fn check(
 
 pub(crate) fn print_problems(file: &Path, problems: &[Problem]) {
     for p in problems {
-        eprintln!("{}: {p}", file.display());
+        // One line per problem, even when a parser's message spans several.
+        let one_line: Vec<&str> = p
+            .message
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        eprintln!("{}: {}: {}", file.display(), p.path, one_line.join(" "));
     }
 }
 

@@ -1,0 +1,170 @@
+//! The `sluice` binary as users run it: `validate` on a corpus of bad manifests, the examples,
+//! and a refused checkpoint of another job.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn sluice() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.env("SLUICE_LOG", "warn");
+    c
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn every_invalid_manifest_is_refused_with_its_message() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("corpus")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20, "the corpus shrank: {}", files.len());
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .expect("first line: # expect: MESSAGE");
+        let out = sluice()
+            .arg("validate")
+            .arg(&file)
+            .output()
+            .expect("run sluice");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}: exit code; stderr: {stderr}",
+            file.display()
+        );
+        assert!(
+            stderr.contains(expect),
+            "{}: expected {expect:?} in:\n{stderr}",
+            file.display()
+        );
+        assert!(!stderr.contains("panicked"), "{}: {stderr}", file.display());
+        // `run` refuses the same manifest the same way, before doing anything.
+        let out = sluice().arg("run").arg(&file).output().expect("run sluice");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}: run exit code",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn examples_are_valid() {
+    let examples = repo().join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .expect("examples")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 4);
+    let out = sluice()
+        .current_dir(repo())
+        .arg("validate")
+        .args(&files)
+        .output()
+        .expect("run sluice");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches(": valid")
+            .count(),
+        files.len()
+    );
+}
+
+#[test]
+fn wordcount_example_prints_counts() {
+    let out = sluice()
+        .current_dir(repo())
+        .args([
+            "run",
+            "examples/wordcount.yaml",
+            "--batches",
+            "2",
+            "--no-wait",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("Time: ").count(), 2, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with('(') && l.ends_with(')') && l.contains(',')),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn missing_file_and_bad_flags_exit_2() {
+    let out = sluice()
+        .args(["validate", "/nonexistent.yaml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read it"));
+    let out = sluice()
+        .args(["run", "x.yaml", "--batches", "many"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let out = sluice().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sluice run examples/wordcount.yaml"));
+}
+
+#[test]
+fn checkpoint_of_another_job_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = |split: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: fp}}\nspec:\n  batchInterval: 100ms\n  sources: [{{name: g, generator: {{rate: 100}}}}]\n  pipeline: [{{flatMap: {{split: \"{split}\"}}}}]\n  sinks: [{{stdout: {{limit: 0}}}}]\n  checkpoint: {{uri: \"file://{}\"}}\n",
+            dir.path().join("ckpt").display()
+        )
+    };
+    let first = dir.path().join("a.yaml");
+    std::fs::write(&first, manifest(" ")).expect("write");
+    let out = sluice()
+        .arg("run")
+        .arg(&first)
+        .args(["--batches", "2", "--no-wait"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = dir.path().join("b.yaml");
+    std::fs::write(&second, manifest(",")).expect("write");
+    let out = sluice()
+        .arg("run")
+        .arg(&second)
+        .args(["--batches", "4", "--no-wait"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("belongs to a different job"), "{stderr}");
+}
