@@ -99,8 +99,8 @@ impl Job {
         self.sources.iter().map(|s| s.name().to_string()).collect()
     }
 
-    /// Whether every source can replay its input after a restart.
-    pub fn all_replayable(&self) -> Vec<String> {
+    /// Names of the sources that cannot replay their input after a restart.
+    pub fn non_replayable_sources(&self) -> Vec<String> {
         self.sources
             .iter()
             .filter(|s| !s.replayable())

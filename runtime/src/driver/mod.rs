@@ -103,7 +103,7 @@ pub fn run(mut job: Job, options: DriverOptions) -> Result<RunSummary> {
             meta
         }
     };
-    let not_replayable = job.all_replayable();
+    let not_replayable = job.non_replayable_sources();
     if !not_replayable.is_empty() {
         tracing::info!(sources = ?not_replayable, "these sources are not replayable: records they delivered after the last checkpoint are lost if the process dies");
     }
