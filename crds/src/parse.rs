@@ -16,10 +16,11 @@ pub fn parse_yaml(text: &str) -> Result<StreamingJob, Problem> {
         let inner = err.into_inner();
         let mut message = inner.to_string();
         // The YAML parser names the enclosing mapping itself; our path is more precise.
-        if let Some((prefix, rest)) = message.split_once(": ") {
-            if !prefix.contains(' ') && path.starts_with(prefix) {
-                message = rest.to_string();
-            }
+        if let Some((prefix, rest)) = message.split_once(": ")
+            && !prefix.contains(' ')
+            && path.starts_with(prefix)
+        {
+            message = rest.to_string();
         }
         if path == "." || path.is_empty() {
             Problem::new("manifest", message)

@@ -155,24 +155,24 @@ impl Validator {
 
     fn spec(&mut self, spec: &StreamingJobSpec) {
         let interval = self.duration("spec.batchInterval", &spec.batch_interval);
-        if let Some(d) = interval {
-            if d < MIN_BATCH_INTERVAL || d > MAX_BATCH_INTERVAL {
-                self.add(
-                    "spec.batchInterval",
-                    format!(
-                        "{} is out of range; use between 10ms and 1h",
-                        spec.batch_interval
-                    ),
-                );
-            }
+        if let Some(d) = interval
+            && (d < MIN_BATCH_INTERVAL || d > MAX_BATCH_INTERVAL)
+        {
+            self.add(
+                "spec.batchInterval",
+                format!(
+                    "{} is out of range; use between 10ms and 1h",
+                    spec.batch_interval
+                ),
+            );
         }
-        if let Some(p) = spec.parallelism {
-            if p == 0 || p > MAX_PARALLELISM {
-                self.add(
-                    "spec.parallelism",
-                    format!("{p} is out of range; use 1 to {MAX_PARALLELISM}"),
-                );
-            }
+        if let Some(p) = spec.parallelism
+            && (p == 0 || p > MAX_PARALLELISM)
+        {
+            self.add(
+                "spec.parallelism",
+                format!("{p} is out of range; use 1 to {MAX_PARALLELISM}"),
+            );
         }
         self.sources(&spec.sources);
         self.pipeline(&spec.pipeline, interval);
@@ -260,13 +260,13 @@ impl Validator {
                     );
                 }
             }
-            if let Some(files) = &source.files {
-                if files.path.trim().is_empty() {
-                    self.add(
-                        format!("{path}.files.path"),
-                        "is empty; write the directory to watch",
-                    );
-                }
+            if let Some(files) = &source.files
+                && files.path.trim().is_empty()
+            {
+                self.add(
+                    format!("{path}.files.path"),
+                    "is empty; write the directory to watch",
+                );
             }
             if let Some(g) = &source.generator {
                 if g.rate == 0 || g.rate > 100_000_000 {
@@ -275,21 +275,21 @@ impl Validator {
                         format!("{} is out of range; use 1 to 100000000 lines/s", g.rate),
                     );
                 }
-                if let Some(v) = g.vocabulary {
-                    if v == 0 || v > 10_000_000 {
-                        self.add(
-                            format!("{path}.generator.vocabulary"),
-                            format!("{v} is out of range; use 1 to 10000000"),
-                        );
-                    }
+                if let Some(v) = g.vocabulary
+                    && (v == 0 || v > 10_000_000)
+                {
+                    self.add(
+                        format!("{path}.generator.vocabulary"),
+                        format!("{v} is out of range; use 1 to 10000000"),
+                    );
                 }
-                if let Some(b) = g.line_bytes {
-                    if !(8..=65536).contains(&b) {
-                        self.add(
-                            format!("{path}.generator.lineBytes"),
-                            format!("{b} is out of range; use 8 to 65536"),
-                        );
-                    }
+                if let Some(b) = g.line_bytes
+                    && !(8..=65536).contains(&b)
+                {
+                    self.add(
+                        format!("{path}.generator.lineBytes"),
+                        format!("{b} is out of range; use 8 to 65536"),
+                    );
                 }
             }
         }
@@ -300,18 +300,18 @@ impl Validator {
             path,
             &[("field", s.field.is_some()), ("expr", s.expr.is_some())],
         ) {
-            if let Some(field) = &s.field {
-                if field.is_empty() || field.split('.').any(str::is_empty) {
-                    self.add(
-                        format!("{path}.field"),
-                        format!("{field:?} is not a field path; write e.g. user or geo.country"),
-                    );
-                }
+            if let Some(field) = &s.field
+                && (field.is_empty() || field.split('.').any(str::is_empty))
+            {
+                self.add(
+                    format!("{path}.field"),
+                    format!("{field:?} is not a field path; write e.g. user or geo.country"),
+                );
             }
-            if let Some(expr) = &s.expr {
-                if expr.trim().is_empty() {
-                    self.add(format!("{path}.expr"), "is empty; write a CEL expression");
-                }
+            if let Some(expr) = &s.expr
+                && expr.trim().is_empty()
+            {
+                self.add(format!("{path}.expr"), "is empty; write a CEL expression");
             }
         }
     }
@@ -354,17 +354,17 @@ impl Validator {
                 );
             }
         }
-        if let (Some(l), Some(s)) = (length_d, slide_d) {
-            if l < s {
-                self.add(
-                    format!("{path}.length"),
-                    format!(
-                        "{} is shorter than the slide {}; records would be skipped",
-                        format_duration(l),
-                        format_duration(s)
-                    ),
-                );
-            }
+        if let (Some(l), Some(s)) = (length_d, slide_d)
+            && l < s
+        {
+            self.add(
+                format!("{path}.length"),
+                format!(
+                    "{} is shorter than the slide {}; records would be skipped",
+                    format_duration(l),
+                    format_duration(s)
+                ),
+            );
         }
         slide_d
     }
@@ -418,13 +418,12 @@ impl Validator {
                         ("regex", f.regex.is_some()),
                         ("expr", f.expr.is_some()),
                     ],
-                ) {
-                    if f.split.as_deref() == Some("") {
-                        self.add(
-                            format!("{p}.split"),
-                            "is empty; write a separator such as \" \" or \",\"",
-                        );
-                    }
+                ) && f.split.as_deref() == Some("")
+                {
+                    self.add(
+                        format!("{p}.split"),
+                        "is empty; write a separator such as \" \" or \",\"",
+                    );
                 }
             }
             if let Some(f) = &step.filter {
@@ -562,13 +561,13 @@ impl Validator {
             ) {
                 continue;
             }
-            if let Some(limit) = sink.stdout.as_ref().and_then(|s| s.limit) {
-                if limit > 100_000 {
-                    self.add(
-                        format!("{path}.stdout.limit"),
-                        format!("{limit} is too many to print; use at most 100000"),
-                    );
-                }
+            if let Some(limit) = sink.stdout.as_ref().and_then(|s| s.limit)
+                && limit > 100_000
+            {
+                self.add(
+                    format!("{path}.stdout.limit"),
+                    format!("{limit} is too many to print; use at most 100000"),
+                );
             }
             if let Some(files) = &sink.files {
                 if files.path.trim().is_empty() {
@@ -585,14 +584,13 @@ impl Validator {
                         ),
                     );
                 }
-                if let Some(prefix) = &files.prefix {
-                    if prefix.is_empty()
+                if let Some(prefix) = &files.prefix
+                    && (prefix.is_empty()
                         || !prefix
                             .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                    {
-                        self.add(format!("{path}.files.prefix"), format!("{prefix:?} is not a safe file name prefix; use letters, digits, '-' or '_'"));
-                    }
+                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                {
+                    self.add(format!("{path}.files.prefix"), format!("{prefix:?} is not a safe file name prefix; use letters, digits, '-' or '_'"));
                 }
             }
         }

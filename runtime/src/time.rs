@@ -33,7 +33,7 @@ impl BatchInfo {
 
     /// Whether a stream that emits every `slide_ms` emits at this batch.
     pub fn is_multiple_of(&self, slide_ms: u64) -> bool {
-        slide_ms == 0 || self.offset_ms() % slide_ms == 0
+        slide_ms == 0 || self.offset_ms().is_multiple_of(slide_ms)
     }
 
     /// The batch time as RFC 3339 text with milliseconds.

@@ -184,16 +184,31 @@ fn disk_job(dir: &Path) -> PathBuf {
 }
 
 fn batch_files(out: &Path) -> Vec<Vec<u8>> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(out).expect("out").map(|e| e.expect("entry").path()).collect();
+    let mut names: Vec<PathBuf> = std::fs::read_dir(out)
+        .expect("out")
+        .map(|e| e.expect("entry").path())
+        .collect();
     names.sort();
-    names.iter().map(|p| std::fs::read(p).expect("read")).collect()
+    names
+        .iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect()
 }
 
 #[test]
 fn unwritable_output_fails_batches_visibly_then_recovers_exactly_once() {
     let reference = tempfile::tempdir().expect("tempdir");
-    let ok = sluice().arg("run").arg(disk_job(reference.path())).args(["--batches", "6", "--no-wait"]).output().expect("run");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = sluice()
+        .arg("run")
+        .arg(disk_job(reference.path()))
+        .args(["--batches", "6", "--no-wait"])
+        .output()
+        .expect("run");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let job = disk_job(dir.path());
@@ -213,8 +228,62 @@ fn unwritable_output_fails_batches_visibly_then_recovers_exactly_once() {
     let result = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(result.status.success(), "{stderr}");
-    assert!(stderr.contains("batch failed; it will be recomputed from the last checkpoint"), "{stderr}");
-    assert!(stderr.contains(&format!("create directory {}", out.display())), "the error names what failed: {stderr}");
+    assert!(
+        stderr.contains("batch failed; it will be recomputed from the last checkpoint"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("create directory {}", out.display())),
+        "the error names what failed: {stderr}"
+    );
     // Running totals equal the undisturbed run's: no batch was lost or applied twice.
-    assert_eq!(batch_files(&out), batch_files(&reference.path().join("out")));
+    assert_eq!(
+        batch_files(&out),
+        batch_files(&reference.path().join("out"))
+    );
+}
+
+fn bad_records_job(dir: &Path, policy: &str) -> PathBuf {
+    let job = dir.join(format!("{policy}.yaml"));
+    // Text lines are not JSON: every record is refused by parseJson.
+    std::fs::write(
+        &job,
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: bad-records}}\nspec:\n  batchInterval: 100ms\n  onRecordError: {policy}\n  sources: [{{name: g, generator: {{rate: 100}}}}]\n  pipeline: [{{parseJson: {{}}}}]\n  sinks: [{{stdout: {{limit: 1}}}}]\n"
+        ),
+    )
+    .expect("write");
+    job
+}
+
+#[test]
+fn refused_records_are_counted_and_skipped_or_fail_the_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = sluice()
+        .env("SLUICE_LOG", "info")
+        .arg("run")
+        .arg(bad_records_job(dir.path(), "skip"))
+        .args(["--batches", "2", "--no-wait"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("10 records, 10 errors"), "{stderr}");
+    assert!(
+        stderr.contains("record refused: spec.pipeline[0].parseJson: not JSON"),
+        "{stderr}"
+    );
+
+    let out = sluice()
+        .arg("run")
+        .arg(bad_records_job(dir.path(), "fail"))
+        .args(["--batches", "2", "--no-wait"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("job failed: spec.pipeline[0].parseJson: not JSON"),
+        "{stderr}"
+    );
 }

@@ -18,7 +18,8 @@ fn socket_source_reconnects_after_the_server_drops_it() {
             // Dropping the connection makes the source reconnect for the next lines.
         }
     });
-    let ctx = StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(2));
+    let ctx =
+        StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(2));
     let words = ctx
         .source(SocketSource::new("tcp", "127.0.0.1", port))
         .flat_map(|l: String| l.split(' ').map(String::from).collect::<Vec<_>>())
@@ -39,8 +40,11 @@ fn socket_source_reconnects_after_the_server_drops_it() {
 #[test]
 fn files_source_reads_each_new_file_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ctx = StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(2));
-    let lines = ctx.source(FilesSource::new("in", dir.path())).collect_batches();
+    let ctx =
+        StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(2));
+    let lines = ctx
+        .source(FilesSource::new("in", dir.path()))
+        .collect_batches();
     let mut job = ctx.build().expect("build");
     std::fs::write(dir.path().join("1.txt"), "a\nb\n").expect("write");
     job.run_batches(1).expect("batch");
@@ -50,5 +54,13 @@ fn files_source_reads_each_new_file_once() {
     std::fs::rename(dir.path().join(".2.txt"), dir.path().join("2.txt")).expect("rename");
     job.run_batches(2).expect("batches");
     let got: Vec<Vec<String>> = lines.take().into_iter().map(|(_, l)| l).collect();
-    assert_eq!(got, vec![vec!["a".to_string(), "b".to_string()], vec![], vec!["c".to_string()], vec![]]);
+    assert_eq!(
+        got,
+        vec![
+            vec!["a".to_string(), "b".to_string()],
+            vec![],
+            vec!["c".to_string()],
+            vec![]
+        ]
+    );
 }

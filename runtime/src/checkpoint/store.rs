@@ -76,10 +76,10 @@ impl CheckpointStore for LocalStore {
         let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
-            if let Ok(name) = entry.file_name().into_string() {
-                if !name.starts_with('.') {
-                    names.push(name);
-                }
+            if let Ok(name) = entry.file_name().into_string()
+                && !name.starts_with('.')
+            {
+                names.push(name);
             }
         }
         names.sort();

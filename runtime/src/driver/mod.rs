@@ -293,7 +293,7 @@ impl Driver {
         on_batch: &mut (dyn FnMut(&BatchProgress) + Send),
     ) -> Result<()> {
         let batch = report.batch;
-        if batch.index % self.ckpt.interval == 0 {
+        if batch.index.is_multiple_of(self.ckpt.interval) {
             self.snapshot(batch.index)?;
         }
         let now = now_ms();

@@ -46,15 +46,17 @@ where
     }
 }
 
+type Batches<T> = Vec<(BatchInfo, Vec<T>)>;
+
 /// Batches gathered by [`DStream::collect_batches`].
 #[derive(Clone, Default)]
 pub struct Collected<T> {
-    batches: Arc<Mutex<Vec<(BatchInfo, Vec<T>)>>>,
+    batches: Arc<Mutex<Batches<T>>>,
 }
 
 impl<T> Collected<T> {
     /// Takes the batches gathered so far.
-    pub fn take(&self) -> Vec<(BatchInfo, Vec<T>)> {
+    pub fn take(&self) -> Batches<T> {
         std::mem::take(&mut *lock_unpoisoned(&self.batches))
     }
 }

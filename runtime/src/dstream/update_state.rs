@@ -44,10 +44,10 @@ impl<K: Key, C: Send + 'static, S: Data> Task for StateStore<K, C, S> {
         }
         // Keys new in this batch, in arrival order; the values of old keys were taken above.
         for (k, values) in fresh {
-            if let Some(values) = values {
-                if let Some(s) = (self.update)(&cx.batch, &k, Some(values), None) {
-                    next.insert(k, s);
-                }
+            if let Some(values) = values
+                && let Some(s) = (self.update)(&cx.batch, &k, Some(values), None)
+            {
+                next.insert(k, s);
             }
         }
         *state = next;

@@ -17,7 +17,8 @@ use crate::exec::{BatchContext, Task, lock_unpoisoned};
 use crate::plan::Dep;
 
 type Reduce<V> = Arc<dyn Fn(V, V) -> V + Send + Sync>;
-type Keep<K, V> = Arc<dyn Fn(&K, &V) -> bool + Send + Sync>;
+/// Decides which keys stay in an incrementally updated window.
+pub type Keep<K, V> = Arc<dyn Fn(&K, &V) -> bool + Send + Sync>;
 
 fn merge_into<K: Key, V: Data>(map: &mut KeyMap<K, V>, pairs: &[(K, V)], f: &dyn Fn(V, V) -> V) {
     for (k, v) in pairs {
@@ -221,7 +222,7 @@ impl<K: Key, V: Data> DStream<(K, V)> {
         inverse: impl Fn(V, V) -> V + Send + Sync + 'static,
         length: Duration,
         slide: Duration,
-        keep: Option<Arc<dyn Fn(&K, &V) -> bool + Send + Sync>>,
+        keep: Option<Keep<K, V>>,
     ) -> DStream<(K, V)> {
         let f: Reduce<V> = Arc::new(f);
         let g = f.clone();

@@ -47,9 +47,9 @@ impl Executor {
             self.pool.install(|| {
                 (0..plan.partitions)
                     .into_par_iter()
-                    .try_for_each(|p| task.run(cx, p))
+                    .try_for_each(|p| contain(|| task.run(cx, p)))
             })?;
-            task.finish(cx)?;
+            contain(|| task.finish(cx))?;
         }
         Ok(())
     }

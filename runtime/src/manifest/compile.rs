@@ -299,14 +299,14 @@ impl Compiler {
             (&step.flat_map, steps.get(i + 1), &stream)
         {
             let counts = next.count_by_value.is_some() || next.count_by_value_and_window.is_some();
-            if counts && fm.expr.is_none() {
-                if let Some(splitter) = self.splitter(&format!("{path}.flatMap"), fm) {
-                    let op = format!("{path}.flatMap");
-                    let counted =
-                        count_pieces(records, splitter, fm.lowercase.unwrap_or(false), op);
-                    let next_path = format!("spec.pipeline[{}]", i + 1);
-                    return (self.finish_count(counted, next, &next_path), 2);
-                }
+            if counts
+                && fm.expr.is_none()
+                && let Some(splitter) = self.splitter(&format!("{path}.flatMap"), fm)
+            {
+                let op = format!("{path}.flatMap");
+                let counted = count_pieces(records, splitter, fm.lowercase.unwrap_or(false), op);
+                let next_path = format!("spec.pipeline[{}]", i + 1);
+                return (self.finish_count(counted, next, &next_path), 2);
             }
         }
         let out = match stream {
@@ -351,7 +351,8 @@ impl Compiler {
             let op = format!("{path}.map");
             return Stream::Records(s.map_partitions(&op.clone(), move |cx, recs| {
                 per_record(cx, &op, recs, |root, r, out| {
-                    Ok(out.push(sel.record(root, &r)?))
+                    let _: () = out.push(sel.record(root, &r)?);
+                    Ok(())
                 })
             }));
         }
@@ -455,7 +456,10 @@ impl Compiler {
             return Stream::Records(s.map_partitions(&op.clone(), move |cx, recs| {
                 per_record(cx, &op, recs, |root, r, out| {
                     match e.eval_record(root, &r)? {
-                        Value::Bool(true) => Ok(out.push(r)),
+                        Value::Bool(true) => {
+                            let _: () = out.push(r);
+                            Ok(())
+                        }
                         Value::Bool(false) => Ok(()),
                         other => Err(format!(
                             "filter expr must return a bool, got {}",
@@ -558,7 +562,10 @@ impl Compiler {
             return Stream::Keyed(s.map_partitions(&op.clone(), move |cx, pairs| {
                 per_record(cx, &op, pairs, |root, (k, v), out| {
                     match e.eval_pair(root, &k, &v)? {
-                        Value::Bool(true) => Ok(out.push((k, v))),
+                        Value::Bool(true) => {
+                            let _: () = out.push((k, v));
+                            Ok(())
+                        }
                         Value::Bool(false) => Ok(()),
                         other => Err(format!(
                             "filter expr must return a bool, got {}",

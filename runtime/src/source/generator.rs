@@ -108,7 +108,7 @@ impl TextGenerator {
             }
         }
         let mut s = seed ^ (i as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93);
-        if splitmix(&mut s) % 20 == 0 {
+        if splitmix(&mut s).is_multiple_of(20) {
             format!("#{w}")
         } else {
             w
