@@ -1,0 +1,88 @@
+//! A whole test cluster: the control plane plus a node agent process, torn down on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+
+use crate::control_plane::{ControlPlane, bin_dir};
+use crate::process::Process;
+
+/// What a test cluster runs.
+pub struct ClusterOptions {
+    /// Work directory (certificates, logs, pod directories).
+    pub dir: PathBuf,
+    /// Node names.
+    pub nodes: Vec<String>,
+    /// Image name → local binary, for the node agent.
+    pub images: Vec<(String, PathBuf)>,
+    /// The `sluice-node-agent` binary.
+    pub agent_bin: PathBuf,
+}
+
+/// A running cluster.
+pub struct TestCluster {
+    // Field order is drop order: the agent (and its pods) go before the control plane.
+    agent: Process,
+    pub control_plane: ControlPlane,
+    pub client: Client,
+    pub started_in: Duration,
+}
+
+impl TestCluster {
+    /// Starts the control plane and the node agent; waits until every node is Ready.
+    pub async fn start(options: ClusterOptions) -> Result<Self> {
+        let started = Instant::now();
+        let control_plane = ControlPlane::start(&bin_dir()?, &options.dir).await?;
+        let client = control_plane.client().await?;
+        let mut cmd = Command::new(&options.agent_bin);
+        cmd.arg("--kubeconfig").arg(&control_plane.kubeconfig).arg("--dir").arg(options.dir.join("agent"));
+        cmd.arg("--nodes").arg(options.nodes.join(","));
+        for (image, bin) in &options.images {
+            cmd.arg("--image").arg(format!("{image}={}", bin.display()));
+        }
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        let agent = Process::spawn("sluice-node-agent", cmd, &options.dir.join("node-agent.log"))?;
+        let mut cluster = TestCluster { agent, control_plane, client, started_in: Duration::ZERO };
+        cluster.wait_nodes_ready(&options.nodes, Duration::from_secs(60)).await?;
+        cluster.started_in = started.elapsed();
+        Ok(cluster)
+    }
+
+    async fn wait_nodes_ready(&mut self, nodes: &[String], timeout: Duration) -> Result<()> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(code) = self.agent.exited() {
+                bail!("the node agent exited ({code:?}):\n{}", self.agent.tail(30));
+            }
+            let mut ready = 0;
+            for n in nodes {
+                let node = api.get_opt(n).await?;
+                let is_ready = node
+                    .and_then(|n| n.status)
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                ready += usize::from(is_ready);
+            }
+            if ready == nodes.len() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("nodes not Ready after {timeout:?}; agent log:\n{}", self.agent.tail(30))
+    }
+
+    /// The node agent's recent log, for failure messages.
+    pub fn agent_log(&self, lines: usize) -> String {
+        self.agent.tail(lines)
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.control_plane.kubeconfig
+    }
+}
