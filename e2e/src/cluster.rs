@@ -39,15 +39,32 @@ impl TestCluster {
         let control_plane = ControlPlane::start(&bin_dir()?, &options.dir).await?;
         let client = control_plane.client().await?;
         let mut cmd = Command::new(&options.agent_bin);
-        cmd.arg("--kubeconfig").arg(&control_plane.kubeconfig).arg("--dir").arg(options.dir.join("agent"));
+        cmd.arg("--kubeconfig")
+            .arg(&control_plane.kubeconfig)
+            .arg("--dir")
+            .arg(options.dir.join("agent"));
         cmd.arg("--nodes").arg(options.nodes.join(","));
         for (image, bin) in &options.images {
             cmd.arg("--image").arg(format!("{image}={}", bin.display()));
         }
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
-        let agent = Process::spawn("sluice-node-agent", cmd, &options.dir.join("node-agent.log"))?;
-        let mut cluster = TestCluster { agent, control_plane, client, started_in: Duration::ZERO };
-        cluster.wait_nodes_ready(&options.nodes, Duration::from_secs(60)).await?;
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let agent = Process::spawn(
+            "sluice-node-agent",
+            cmd,
+            &options.dir.join("node-agent.log"),
+        )?;
+        let mut cluster = TestCluster {
+            agent,
+            control_plane,
+            client,
+            started_in: Duration::ZERO,
+        };
+        cluster
+            .wait_nodes_ready(&options.nodes, Duration::from_secs(60))
+            .await?;
         cluster.started_in = started.elapsed();
         Ok(cluster)
     }
@@ -73,7 +90,10 @@ impl TestCluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        bail!("nodes not Ready after {timeout:?}; agent log:\n{}", self.agent.tail(30))
+        bail!(
+            "nodes not Ready after {timeout:?}; agent log:\n{}",
+            self.agent.tail(30)
+        )
     }
 
     /// The node agent's recent log, for failure messages.

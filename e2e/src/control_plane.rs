@@ -27,13 +27,24 @@ pub fn bin_dir() -> Result<PathBuf> {
         return Ok(PathBuf::from(dir));
     }
     let version = std::env::var("K8S_VERSION").unwrap_or_else(|_| "v1.34.4".into());
-    let cache = std::env::var("SLUICE_E2E_CACHE").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/sluice-e2e")
-    });
+    let cache = std::env::var("SLUICE_E2E_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/sluice-e2e")
+        });
     let dir = cache.join(version).join("bin");
-    for bin in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+    for bin in [
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
         if !dir.join(bin).exists() {
-            bail!("{} is missing: run e2e/scripts/build-control-plane.sh first (or set SLUICE_E2E_BIN)", dir.join(bin).display());
+            bail!(
+                "{} is missing: run e2e/scripts/build-control-plane.sh first (or set SLUICE_E2E_BIN)",
+                dir.join(bin).display()
+            );
         }
     }
     Ok(dir)
@@ -57,7 +68,13 @@ impl ControlPlane {
         std::fs::create_dir_all(dir)?;
         let pki = Pki::generate(&dir.join("pki"))?;
         let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
-        let mut cp = ControlPlane { dir: dir.to_path_buf(), kubeconfig: dir.join("kubeconfig"), api_port, pki, processes: Vec::new() };
+        let mut cp = ControlPlane {
+            dir: dir.to_path_buf(),
+            kubeconfig: dir.join("kubeconfig"),
+            api_port,
+            pki,
+            processes: Vec::new(),
+        };
 
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -65,10 +82,21 @@ impl ControlPlane {
         etcd.args(["--name", "e2e", "--log-level", "warn", "--unsafe-no-fsync"])
             .arg("--data-dir")
             .arg(dir.join("etcd"))
-            .args(["--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
-            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .args([
+                "--listen-client-urls",
+                &etcd_url,
+                "--advertise-client-urls",
+                &etcd_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
             .args(["--initial-cluster", &format!("e2e={peer_url}")]);
-        cp.processes.push(Process::spawn("etcd", etcd, &dir.join("etcd.log"))?);
+        cp.processes
+            .push(Process::spawn("etcd", etcd, &dir.join("etcd.log"))?);
 
         let p = &cp.pki;
         let mut api = Command::new(bin.join("kube-apiserver"));
@@ -81,10 +109,25 @@ impl ControlPlane {
             .arg(format!("--client-ca-file={}", p.ca_cert.display()))
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg(format!("--service-account-key-file={}", p.sa_pub.display()))
-            .arg(format!("--service-account-signing-key-file={}", p.sa_key.display()))
-            .args(["--authorization-mode=RBAC", "--allow-privileged=true", "--service-cluster-ip-range=10.0.0.0/24"])
-            .args(["--endpoint-reconciler-type=none", "--profiling=false", "--enable-priority-and-fairness=false"]);
-        cp.processes.push(Process::spawn("kube-apiserver", api, &dir.join("kube-apiserver.log"))?);
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                p.sa_key.display()
+            ))
+            .args([
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                "--service-cluster-ip-range=10.0.0.0/24",
+            ])
+            .args([
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--enable-priority-and-fairness=false",
+            ]);
+        cp.processes.push(Process::spawn(
+            "kube-apiserver",
+            api,
+            &dir.join("kube-apiserver.log"),
+        )?);
 
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://127.0.0.1:{api_port}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    client-certificate: {cert}\n    client-key: {key}\ncontexts:\n- name: e2e\n  context:\n    cluster: e2e\n    user: admin\ncurrent-context: e2e\n",
@@ -96,17 +139,41 @@ impl ControlPlane {
 
         let mut cm = Command::new(bin.join("kube-controller-manager"));
         cm.arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
-            .args(["--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false"])
-            .arg(format!("--service-account-private-key-file={}", p.sa_key.display()))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--secure-port=0",
+                "--leader-elect=false",
+            ])
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                p.sa_key.display()
+            ))
             .arg(format!("--root-ca-file={}", p.ca_cert.display()))
-            .arg(format!("--cluster-signing-cert-file={}", p.ca_cert.display()))
+            .arg(format!(
+                "--cluster-signing-cert-file={}",
+                p.ca_cert.display()
+            ))
             .arg(format!("--cluster-signing-key-file={}", p.ca_key.display()))
             .arg("--use-service-account-credentials=false");
-        cp.processes.push(Process::spawn("kube-controller-manager", cm, &dir.join("kube-controller-manager.log"))?);
+        cp.processes.push(Process::spawn(
+            "kube-controller-manager",
+            cm,
+            &dir.join("kube-controller-manager.log"),
+        )?);
 
         let mut sched = Command::new(bin.join("kube-scheduler"));
-        sched.arg(format!("--kubeconfig={}", cp.kubeconfig.display())).args(["--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false"]);
-        cp.processes.push(Process::spawn("kube-scheduler", sched, &dir.join("kube-scheduler.log"))?);
+        sched
+            .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--secure-port=0",
+                "--leader-elect=false",
+            ]);
+        cp.processes.push(Process::spawn(
+            "kube-scheduler",
+            sched,
+            &dir.join("kube-scheduler.log"),
+        )?);
 
         cp.wait_ready(Duration::from_secs(120)).await?;
         tracing::info!(elapsed = ?started.elapsed(), port = api_port, "control plane ready");
@@ -124,25 +191,43 @@ impl ControlPlane {
         while Instant::now() < deadline {
             for p in &mut self.processes {
                 if let Some(code) = p.exited() {
-                    bail!("{} exited ({code:?}) during start-up:\n{}", p.name, p.tail(30));
+                    bail!(
+                        "{} exited ({code:?}) during start-up:\n{}",
+                        p.name,
+                        p.tail(30)
+                    );
                 }
             }
             match self.client().await {
                 Ok(client) => {
-                    let ready = Api::<Namespace>::all(client.clone()).get_opt("default").await;
-                    let sa = Api::<ServiceAccount>::namespaced(client, "default").get_opt("default").await;
+                    let ready = Api::<Namespace>::all(client.clone())
+                        .get_opt("default")
+                        .await;
+                    let sa = Api::<ServiceAccount>::namespaced(client, "default")
+                        .get_opt("default")
+                        .await;
                     match (ready, sa) {
                         (Ok(Some(_)), Ok(Some(_))) => return Ok(()),
                         (Err(e), _) | (_, Err(e)) => last_error = e.to_string(),
-                        _ => last_error = "waiting for the default namespace and service account".into(),
+                        _ => {
+                            last_error =
+                                "waiting for the default namespace and service account".into()
+                        }
                     }
                 }
                 Err(e) => last_error = e.to_string(),
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        let logs: Vec<String> = self.processes.iter().map(|p| format!("--- {}:\n{}", p.name, p.tail(15))).collect();
-        bail!("control plane not ready after {timeout:?}: {last_error}\n{}", logs.join("\n"))
+        let logs: Vec<String> = self
+            .processes
+            .iter()
+            .map(|p| format!("--- {}:\n{}", p.name, p.tail(15)))
+            .collect();
+        bail!(
+            "control plane not ready after {timeout:?}: {last_error}\n{}",
+            logs.join("\n")
+        )
     }
 
     /// Stops every process, newest first.
@@ -161,7 +246,8 @@ impl Drop for ControlPlane {
 
 /// A client from a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
-    let kc = Kubeconfig::read_from(kubeconfig).with_context(|| format!("read {}", kubeconfig.display()))?;
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("read {}", kubeconfig.display()))?;
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     Ok(Client::try_from(config)?)
 }

@@ -20,9 +20,17 @@ pub struct Pki {
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl").current_dir(dir).args(args).output().context("run openssl (apt-get install openssl)")?;
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .context("run openssl (apt-get install openssl)")?;
     if !out.status.success() {
-        bail!("openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -36,16 +44,84 @@ impl Pki {
             &ext,
             "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1\n",
         )?;
-        std::fs::write(dir.join("client.ext"), "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n")?;
-        openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "30", "-subj", "/CN=sluice-e2e-ca"])?;
-        for (name, subject, ext) in [("server", "/CN=kube-apiserver", "server.ext"), ("admin", "/O=system:masters/CN=sluice-e2e-admin", "client.ext")] {
-            openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", subject])?;
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+        )?;
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=sluice-e2e-ca",
+            ],
+        )?;
+        for (name, subject, ext) in [
+            ("server", "/CN=kube-apiserver", "server.ext"),
+            (
+                "admin",
+                "/O=system:masters/CN=sluice-e2e-admin",
+                "client.ext",
+            ),
+        ] {
             openssl(
                 dir,
-                &["x509", "-req", "-in", &format!("{name}.csr"), "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{name}.crt"), "-days", "30", "-extfile", ext],
+                &[
+                    "req",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                    "-subj",
+                    subject,
+                ],
+            )?;
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &format!("{name}.csr"),
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &format!("{name}.crt"),
+                    "-days",
+                    "30",
+                    "-extfile",
+                    ext,
+                ],
             )?;
         }
-        openssl(dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key"])?;
+        openssl(
+            dir,
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                "sa.key",
+            ],
+        )?;
         openssl(dir, &["pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub"])?;
         Ok(Self {
             ca_cert: dir.join("ca.crt"),

@@ -22,11 +22,25 @@ pub struct Process {
 impl Process {
     /// Starts `command` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, mut command: Command, log: &Path) -> Result<Self> {
-        let out = File::options().create(true).append(true).open(log).with_context(|| format!("open {}", log.display()))?;
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
         let err = out.try_clone()?;
-        command.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
-        let child = command.spawn().with_context(|| format!("start {name} ({command:?})"))?;
-        Ok(Self { name: name.to_string(), log: log.to_path_buf(), child: Some(child) })
+        command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = command
+            .spawn()
+            .with_context(|| format!("start {name} ({command:?})"))?;
+        Ok(Self {
+            name: name.to_string(),
+            log: log.to_path_buf(),
+            child: Some(child),
+        })
     }
 
     /// The process id (also its process group id).
@@ -49,7 +63,9 @@ impl Process {
 
     /// Sends SIGTERM to the group, waits up to `grace`, then SIGKILL.
     pub fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let group = Pid::from_raw(child.id() as i32);
         let _ = killpg(group, Signal::SIGTERM);
         let deadline = Instant::now() + grace;

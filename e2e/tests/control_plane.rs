@@ -18,7 +18,11 @@ use kube::{Api, Client};
 use serde_json::json;
 use sluice_e2e::cluster::{ClusterOptions, TestCluster};
 
-async fn wait_for<T>(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> Result<Option<T>>) -> Result<T> {
+async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -42,15 +46,26 @@ fn request(ip: &str, line: &str) -> Result<String> {
 }
 
 async fn running_pod(pods: &Api<Pod>, name: &str) -> Result<Option<Pod>> {
-    let Some(pod) = pods.get_opt(name).await? else { return Ok(None) };
+    let Some(pod) = pods.get_opt(name).await? else {
+        return Ok(None);
+    };
     let status = pod.status.clone().unwrap_or_default();
-    let ready = status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    Ok((status.phase.as_deref() == Some("Running") && ready && pod.metadata.deletion_timestamp.is_none()).then_some(pod))
+    let ready = status
+        .conditions
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    Ok((status.phase.as_deref() == Some("Running")
+        && ready
+        && pod.metadata.deletion_timestamp.is_none())
+    .then_some(pod))
 }
 
 /// Processes whose executable is `bin`.
 fn processes_of(bin: &Path) -> Vec<u32> {
-    let Ok(target) = bin.canonicalize() else { return vec![] };
+    let Ok(target) = bin.canonicalize() else {
+        return vec![];
+    };
     std::fs::read_dir("/proc")
         .map(|entries| {
             entries
@@ -65,9 +80,19 @@ fn processes_of(bin: &Path) -> Vec<u32> {
 }
 
 async fn apply_workload(client: &Client, ns: &str) -> Result<()> {
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?).await?;
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
     Api::<Secret>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}}))?)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}}),
+            )?,
+        )
         .await?;
     Api::<ConfigMap>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "cfg"}, "data": {"greeting": "hello from a configmap"}}))?)
@@ -104,13 +129,18 @@ async fn apply_workload(client: &Client, ns: &str) -> Result<()> {
             }
         }
     });
-    Api::<StatefulSet>::namespaced(client.clone(), ns).create(&PostParams::default(), &serde_json::from_value(sts)?).await?;
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &serde_json::from_value(sts)?)
+        .await?;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statefulset_pods_run_as_local_processes() -> Result<()> {
-    let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir()?;
     let echo = Path::new(env!("CARGO_BIN_EXE_e2e-echo"));
     let cluster = TestCluster::start(ClusterOptions {
@@ -120,7 +150,10 @@ async fn statefulset_pods_run_as_local_processes() -> Result<()> {
         agent_bin: env!("CARGO_BIN_EXE_sluice-node-agent").into(),
     })
     .await?;
-    eprintln!("control plane and 2 nodes ready in {:?}", cluster.started_in);
+    eprintln!(
+        "control plane and 2 nodes ready in {:?}",
+        cluster.started_in
+    );
     let result = scenario(&cluster, echo).await;
     if result.is_err() {
         eprintln!("--- node agent log:\n{}", cluster.agent_log(60));
@@ -134,52 +167,105 @@ async fn scenario(cluster: &TestCluster, echo: &Path) -> Result<()> {
     apply_workload(&client, ns).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let t = Instant::now();
-    let web0 = wait_for("web-0 running", Duration::from_secs(90), async || running_pod(&pods, "web-0").await).await?;
-    let web1 = wait_for("web-1 running", Duration::from_secs(90), async || running_pod(&pods, "web-1").await).await?;
+    let web0 = wait_for("web-0 running", Duration::from_secs(90), async || {
+        running_pod(&pods, "web-0").await
+    })
+    .await?;
+    let web1 = wait_for("web-1 running", Duration::from_secs(90), async || {
+        running_pod(&pods, "web-1").await
+    })
+    .await?;
     eprintln!("StatefulSet of 2 running in {:?}", t.elapsed());
-    let ip = |p: &Pod| p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+    let ip = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .unwrap_or_default()
+    };
     let (ip0, ip1) = (ip(&web0), ip(&web1));
-    assert!(ip0.starts_with("127.") && ip1.starts_with("127.") && ip0 != ip1, "pods have their own addresses: {ip0} {ip1}");
+    assert!(
+        ip0.starts_with("127.") && ip1.starts_with("127.") && ip0 != ip1,
+        "pods have their own addresses: {ip0} {ip1}"
+    );
 
     assert_eq!(request(&ip0, "whoami")?, "web-0");
     // By name, through the headless Service, from inside a pod.
-    let answer = wait_for("web-0 reaching web-1.web", Duration::from_secs(30), async || {
-        let a = request(&ip0, "ask web-1.web")?;
-        Ok((a == "web-1").then_some(a))
-    })
+    let answer = wait_for(
+        "web-0 reaching web-1.web",
+        Duration::from_secs(30),
+        async || {
+            let a = request(&ip0, "ask web-1.web")?;
+            Ok((a == "web-1").then_some(a))
+        },
+    )
     .await?;
     assert_eq!(answer, "web-1");
-    assert_eq!(request(&ip1, "ask web-0.web.e2e-sts.svc.cluster.local")?, "web-0");
+    assert_eq!(
+        request(&ip1, "ask web-0.web.e2e-sts.svc.cluster.local")?,
+        "web-0"
+    );
     assert_eq!(request(&ip0, "env TOKEN")?, "s3cr3t", "secretKeyRef env");
-    assert_eq!(request(&ip0, "read /etc/e2e/greeting")?, "hello from a configmap", "ConfigMap volume");
+    assert_eq!(
+        request(&ip0, "read /etc/e2e/greeting")?,
+        "hello from a configmap",
+        "ConfigMap volume"
+    );
     assert_eq!(processes_of(echo).len(), 2, "one process per pod");
 
     // A container that exits is restarted and its exit code reported.
     let _ = request(&ip0, "exit 3");
     let restarted = wait_for("web-0 restarted", Duration::from_secs(30), async || {
-        let Some(pod) = running_pod(&pods, "web-0").await? else { return Ok(None) };
-        let cs = pod.status.and_then(|s| s.container_statuses).unwrap_or_default();
+        let Some(pod) = running_pod(&pods, "web-0").await? else {
+            return Ok(None);
+        };
+        let cs = pod
+            .status
+            .and_then(|s| s.container_statuses)
+            .unwrap_or_default();
         Ok(cs.first().filter(|c| c.restart_count == 1).cloned())
     })
     .await?;
-    let last_exit = restarted.last_state.and_then(|s| s.terminated).map(|t| t.exit_code);
+    let last_exit = restarted
+        .last_state
+        .and_then(|s| s.terminated)
+        .map(|t| t.exit_code);
     assert_eq!(last_exit, Some(3));
-    wait_for("web-0 answering again", Duration::from_secs(10), async || Ok(request(&ip0, "whoami").ok().filter(|a| a == "web-0"))).await?;
+    wait_for(
+        "web-0 answering again",
+        Duration::from_secs(10),
+        async || Ok(request(&ip0, "whoami").ok().filter(|a| a == "web-0")),
+    )
+    .await?;
 
     // A deleted pod comes back (the StatefulSet controller recreates it) as a new process.
     let old_uid = web1.metadata.uid.clone();
     pods.delete("web-1", &DeleteParams::default()).await?;
     let t = Instant::now();
     let new1 = wait_for("web-1 back", Duration::from_secs(60), async || {
-        Ok(running_pod(&pods, "web-1").await?.filter(|p| p.metadata.uid != old_uid))
+        Ok(running_pod(&pods, "web-1")
+            .await?
+            .filter(|p| p.metadata.uid != old_uid))
     })
     .await?;
     eprintln!("deleted pod back in {:?}", t.elapsed());
     assert_eq!(request(&ip(&new1), "whoami")?, "web-1");
 
     // Deleting the StatefulSet removes every pod and every process.
-    Api::<StatefulSet>::namespaced(client.clone(), ns).delete("web", &DeleteParams::background()).await?;
-    wait_for("pods gone", Duration::from_secs(60), async || Ok(pods.list(&Default::default()).await?.items.is_empty().then_some(()))).await?;
-    wait_for("processes gone", Duration::from_secs(15), async || Ok(processes_of(echo).is_empty().then_some(()))).await?;
+    Api::<StatefulSet>::namespaced(client.clone(), ns)
+        .delete("web", &DeleteParams::background())
+        .await?;
+    wait_for("pods gone", Duration::from_secs(60), async || {
+        Ok(pods
+            .list(&Default::default())
+            .await?
+            .items
+            .is_empty()
+            .then_some(()))
+    })
+    .await?;
+    wait_for("processes gone", Duration::from_secs(15), async || {
+        Ok(processes_of(echo).is_empty().then_some(()))
+    })
+    .await?;
     Ok(())
 }

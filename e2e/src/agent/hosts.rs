@@ -25,7 +25,9 @@ struct Entry {
 
 /// Renders the hosts file of `namespace`.
 fn render(entries: &BTreeSet<Entry>, namespace: &str) -> String {
-    let mut out = String::from("# Written by the sluice e2e node agent.\n127.0.0.1 localhost\n::1 localhost\n");
+    let mut out = String::from(
+        "# Written by the sluice e2e node agent.\n127.0.0.1 localhost\n::1 localhost\n",
+    );
     for e in entries {
         let full = format!("{}.{}.{DOMAIN}", e.name, e.namespace);
         let svc = format!("{}.{}.svc", e.name, e.namespace);
@@ -48,7 +50,10 @@ pub struct Hosts {
 impl Hosts {
     pub fn new(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        Ok(Self { dir: dir.to_path_buf(), written: BTreeMap::new() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            written: BTreeMap::new(),
+        })
     }
 
     /// The file for `namespace`, created if missing (pods bind-mount it at start).
@@ -62,30 +67,58 @@ impl Hosts {
 
     /// Rewrites every namespace's file from the current EndpointSlices (in place, so existing
     /// bind mounts see the new content).
-    pub fn update<'a>(&mut self, slices: impl Iterator<Item = &'a EndpointSlice>) -> std::io::Result<()> {
+    pub fn update<'a>(
+        &mut self,
+        slices: impl Iterator<Item = &'a EndpointSlice>,
+    ) -> std::io::Result<()> {
         let mut entries = BTreeSet::new();
         for slice in slices {
-            let Some(namespace) = slice.metadata.namespace.clone() else { continue };
-            let Some(service) = slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).cloned() else {
+            let Some(namespace) = slice.metadata.namespace.clone() else {
+                continue;
+            };
+            let Some(service) = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                .cloned()
+            else {
                 continue;
             };
             for endpoint in &slice.endpoints {
-                let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                let ready = endpoint
+                    .conditions
+                    .as_ref()
+                    .and_then(|c| c.ready)
+                    .unwrap_or(true);
                 for ip in &endpoint.addresses {
                     if let Some(host) = &endpoint.hostname {
-                        entries.insert(Entry { ip: ip.clone(), namespace: namespace.clone(), name: format!("{host}.{service}") });
+                        entries.insert(Entry {
+                            ip: ip.clone(),
+                            namespace: namespace.clone(),
+                            name: format!("{host}.{service}"),
+                        });
                     }
                     if ready {
-                        entries.insert(Entry { ip: ip.clone(), namespace: namespace.clone(), name: service.clone() });
+                        entries.insert(Entry {
+                            ip: ip.clone(),
+                            namespace: namespace.clone(),
+                            name: service.clone(),
+                        });
                     }
                 }
             }
         }
-        let namespaces: Vec<String> = std::fs::read_dir(&self.dir)?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        let namespaces: Vec<String> = std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
         for ns in namespaces {
             let text = render(&entries, &ns);
             if self.written.get(&ns) != Some(&text) {
-                let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(self.dir.join(&ns))?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(self.dir.join(&ns))?;
                 f.write_all(text.as_bytes())?;
                 self.written.insert(ns, text);
             }
@@ -101,10 +134,22 @@ mod tests {
     #[test]
     fn short_names_only_in_their_namespace() {
         let mut set = BTreeSet::new();
-        set.insert(Entry { ip: "127.1.0.2".into(), namespace: "a".into(), name: "web-0.web".into() });
+        set.insert(Entry {
+            ip: "127.1.0.2".into(),
+            namespace: "a".into(),
+            name: "web-0.web".into(),
+        });
         let a = render(&set, "a");
         let b = render(&set, "b");
-        assert!(a.contains("127.1.0.2 web-0.web.a.svc.cluster.local web-0.web.a.svc web-0.web.a web-0.web\n"), "{a}");
-        assert!(b.contains("127.1.0.2 web-0.web.a.svc.cluster.local web-0.web.a.svc web-0.web.a\n"), "{b}");
+        assert!(
+            a.contains(
+                "127.1.0.2 web-0.web.a.svc.cluster.local web-0.web.a.svc web-0.web.a web-0.web\n"
+            ),
+            "{a}"
+        );
+        assert!(
+            b.contains("127.1.0.2 web-0.web.a.svc.cluster.local web-0.web.a.svc web-0.web.a\n"),
+            "{b}"
+        );
     }
 }

@@ -39,7 +39,12 @@ pub use pod::{AgentConfig, PodRun, now_rfc3339};
 const MANAGER: &str = "sluice-e2e-node-agent";
 
 /// Runs pods for `nodes` until `shutdown` resolves; then kills every pod process.
-pub async fn run(client: Client, config: AgentConfig, nodes: Vec<String>, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    client: Client,
+    config: AgentConfig,
+    nodes: Vec<String>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let mut agent = Agent {
         client: client.clone(),
         hosts: Hosts::new(&config.dir.join("hosts"))?,
@@ -49,18 +54,30 @@ pub async fn run(client: Client, config: AgentConfig, nodes: Vec<String>, shutdo
         next_ip: 2,
     };
     for node in agent.nodes.clone() {
-        agent.register(&node).await.with_context(|| format!("register node {node}"))?;
+        agent
+            .register(&node)
+            .await
+            .with_context(|| format!("register node {node}"))?;
     }
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let pod_watch = reflector::reflector(pod_writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .applied_objects()
-        .for_each(|_| async {});
+    let pod_watch = reflector::reflector(
+        pod_writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .applied_objects()
+    .for_each(|_| async {});
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    let slice_watch = reflector::reflector(slice_writer, watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default()))
-        .default_backoff()
-        .applied_objects()
-        .for_each(|_| async {});
+    let slice_watch = reflector::reflector(
+        slice_writer,
+        watcher(
+            Api::<EndpointSlice>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .applied_objects()
+    .for_each(|_| async {});
     tokio::spawn(pod_watch);
     tokio::spawn(slice_watch);
     tokio::spawn(heartbeat(client.clone(), agent.nodes.clone()));
@@ -101,8 +118,18 @@ impl Agent {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node, "kubernetes.io/os": "linux", "sluice.dev/e2e-node": "true"}},
         });
-        api.patch(node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(body)).await?;
-        api.patch_status(node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(node_status(node))).await?;
+        api.patch(
+            node,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+        api.patch_status(
+            node,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(node_status(node)),
+        )
+        .await?;
         Ok(())
     }
 
@@ -114,13 +141,20 @@ impl Agent {
     }
 
     async fn sync(&mut self, pods: &Store<Pod>, slices: &Store<EndpointSlice>) -> Result<()> {
-        self.hosts.update(slices.state().iter().map(|s| s.as_ref()))?;
+        self.hosts
+            .update(slices.state().iter().map(|s| s.as_ref()))?;
         let mine: Vec<std::sync::Arc<Pod>> = pods
             .state()
             .into_iter()
-            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| self.nodes.contains(n)))
+            .filter(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_ref())
+                    .is_some_and(|n| self.nodes.contains(n))
+            })
             .collect();
-        let live: std::collections::HashSet<String> = mine.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        let live: std::collections::HashSet<String> =
+            mine.iter().filter_map(|p| p.metadata.uid.clone()).collect();
         // Pods deleted outright (no grace): kill what is left of them.
         self.pods.retain(|uid, run| {
             if live.contains(uid) {
@@ -132,8 +166,14 @@ impl Agent {
             }
         });
         for pod in mine {
-            let Some(uid) = pod.metadata.uid.clone() else { continue };
-            let finished_phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
+            let Some(uid) = pod.metadata.uid.clone() else {
+                continue;
+            };
+            let finished_phase = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "Succeeded" || p == "Failed");
             if !self.pods.contains_key(&uid) {
                 if pod.metadata.deletion_timestamp.is_some() {
                     self.delete_pod(&pod).await;
@@ -142,7 +182,11 @@ impl Agent {
                 if finished_phase {
                     continue;
                 }
-                let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                let node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
                 let ip = self.ip_for(&node);
                 let ns = pod.metadata.namespace.clone().unwrap_or_default();
                 let hosts = self.hosts.file(&ns)?;
@@ -150,12 +194,18 @@ impl Agent {
                 tracing::info!(pod = %run.name, namespace = %run.namespace, ip = %run.ip, waiting = ?run.waiting, "pod admitted");
                 self.pods.insert(uid.clone(), run);
             }
-            let Some(run) = self.pods.get_mut(&uid) else { continue };
+            let Some(run) = self.pods.get_mut(&uid) else {
+                continue;
+            };
             if pod.metadata.deletion_timestamp.is_some() {
                 let grace = pod
                     .metadata
                     .deletion_grace_period_seconds
-                    .or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+                    .or_else(|| {
+                        pod.spec
+                            .as_ref()
+                            .and_then(|s| s.termination_grace_period_seconds)
+                    })
                     .unwrap_or(30);
                 run.terminate(Duration::from_secs(grace.max(0) as u64));
                 if run.terminated() {
@@ -165,7 +215,11 @@ impl Agent {
                 }
                 continue;
             }
-            if run.waiting.as_ref().is_some_and(|(reason, _)| reason == "CreateContainerConfigError") {
+            if run
+                .waiting
+                .as_ref()
+                .is_some_and(|(reason, _)| reason == "CreateContainerConfigError")
+            {
                 // Retry: the missing Secret or ConfigMap may exist by now.
                 let ns = run.namespace.clone();
                 let (ip, hosts) = (run.ip.clone(), self.hosts.file(&ns)?);
@@ -176,11 +230,16 @@ impl Agent {
                     retry.destroy_dir_only();
                 }
             }
-            let Some(run) = self.pods.get_mut(&uid) else { continue };
+            let Some(run) = self.pods.get_mut(&uid) else {
+                continue;
+            };
             run.tick();
             if let Some(patch) = run.status_patch() {
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), &run.namespace);
-                if let Err(e) = api.patch_status(&run.name, &PatchParams::default(), &Patch::Merge(patch)).await {
+                if let Err(e) = api
+                    .patch_status(&run.name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                {
                     tracing::warn!(pod = %run.name, error = %e, "status update failed; will retry");
                     run.status_not_sent();
                 }
@@ -191,9 +250,21 @@ impl Agent {
 
     /// The final deletion a kubelet does once a pod's processes are gone.
     async fn delete_pod(&self, pod: &Pod) {
-        let (Some(ns), Some(name)) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref()) else { return };
+        let (Some(ns), Some(name)) = (
+            pod.metadata.namespace.as_deref(),
+            pod.metadata.name.as_deref(),
+        ) else {
+            return;
+        };
         let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let params = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }), ..Default::default() };
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: pod.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
         match api.delete(name, &params).await {
             Ok(_) => tracing::info!(pod = name, namespace = ns, "pod terminated and deleted"),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
@@ -238,11 +309,24 @@ async fn heartbeat(client: Client, nodes: Vec<String>) {
                 "metadata": {"name": node, "namespace": "kube-node-lease"},
                 "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now_micro()},
             });
-            if let Err(e) = leases.patch(node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(lease)).await {
+            if let Err(e) = leases
+                .patch(
+                    node,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(lease),
+                )
+                .await
+            {
                 tracing::warn!(node, error = %e, "lease renewal failed");
             }
             if last_status.elapsed() > Duration::from_secs(30) {
-                let _ = node_api.patch_status(node, &PatchParams::apply(MANAGER).force(), &Patch::Apply(node_status(node))).await;
+                let _ = node_api
+                    .patch_status(
+                        node,
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(node_status(node)),
+                    )
+                    .await;
             }
         }
         if last_status.elapsed() > Duration::from_secs(30) {

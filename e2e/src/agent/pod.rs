@@ -33,7 +33,10 @@ impl AgentConfig {
             Some((r, tag)) if !tag.contains('/') => r,
             _ => repo,
         };
-        self.images.iter().find(|(name, _)| name == repo || repo.ends_with(&format!("/{name}"))).map(|(_, p)| p.as_path())
+        self.images
+            .iter()
+            .find(|(name, _)| name == repo || repo.ends_with(&format!("/{name}")))
+            .map(|(_, p)| p.as_path())
     }
 }
 
@@ -121,17 +124,29 @@ fn expand(text: &str, env: &BTreeMap<String, String>) -> String {
 fn field_ref(pod: &Pod, ip: &str, path: &str) -> Result<String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
-    let pick = |map: Option<&BTreeMap<String, String>>, key: &str| map.and_then(|m| m.get(key)).cloned().unwrap_or_default();
+    let pick = |map: Option<&BTreeMap<String, String>>, key: &str| {
+        map.and_then(|m| m.get(key)).cloned().unwrap_or_default()
+    };
     Ok(match path {
         "metadata.name" => meta.name.clone().unwrap_or_default(),
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
         "status.podIP" => ip.to_string(),
         "status.hostIP" => "127.0.0.1".to_string(),
-        p if p.starts_with("metadata.labels['") => pick(meta.labels.as_ref(), p.trim_start_matches("metadata.labels['").trim_end_matches("']")),
-        p if p.starts_with("metadata.annotations['") => pick(meta.annotations.as_ref(), p.trim_start_matches("metadata.annotations['").trim_end_matches("']")),
+        p if p.starts_with("metadata.labels['") => pick(
+            meta.labels.as_ref(),
+            p.trim_start_matches("metadata.labels['")
+                .trim_end_matches("']"),
+        ),
+        p if p.starts_with("metadata.annotations['") => pick(
+            meta.annotations.as_ref(),
+            p.trim_start_matches("metadata.annotations['")
+                .trim_end_matches("']"),
+        ),
         other => bail!("fieldRef {other} is not supported by the test node agent"),
     })
 }
@@ -139,24 +154,38 @@ fn field_ref(pod: &Pod, ip: &str, path: &str) -> Result<String> {
 async fn secret(client: &Client, ns: &str, name: &str) -> Result<Option<BTreeMap<String, String>>> {
     let s: Option<Secret> = Api::namespaced(client.clone(), ns).get_opt(name).await?;
     Ok(s.map(|s| {
-        let mut data: BTreeMap<String, String> =
-            s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned())).collect();
+        let mut data: BTreeMap<String, String> = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+            .collect();
         data.extend(s.string_data.unwrap_or_default());
         data
     }))
 }
 
-async fn config_map(client: &Client, ns: &str, name: &str) -> Result<Option<BTreeMap<String, String>>> {
+async fn config_map(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>> {
     let c: Option<ConfigMap> = Api::namespaced(client.clone(), ns).get_opt(name).await?;
     Ok(c.map(|c| c.data.unwrap_or_default()))
 }
 
-fn write_files(dir: &Path, data: &BTreeMap<String, String>, items: Option<&[(String, String)]>) -> Result<()> {
+fn write_files(
+    dir: &Path,
+    data: &BTreeMap<String, String>,
+    items: Option<&[(String, String)]>,
+) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     match items {
         Some(items) => {
             for (key, path) in items {
-                let value = data.get(key).ok_or_else(|| anyhow!("key {key} is missing"))?;
+                let value = data
+                    .get(key)
+                    .ok_or_else(|| anyhow!("key {key} is missing"))?;
                 let file = dir.join(path);
                 if let Some(parent) = file.parent() {
                     std::fs::create_dir_all(parent)?;
@@ -176,18 +205,31 @@ fn write_files(dir: &Path, data: &BTreeMap<String, String>, items: Option<&[(Str
 impl PodRun {
     /// Prepares a pod: directory, volumes, and each container's command and environment. A
     /// missing Secret or ConfigMap or an unknown image leaves it waiting with a reason.
-    pub async fn prepare(client: &Client, config: &AgentConfig, pod: &Pod, ip: String, hosts_file: &Path) -> PodRun {
+    pub async fn prepare(
+        client: &Client,
+        config: &AgentConfig,
+        pod: &Pod,
+        ip: String,
+        hosts_file: &Path,
+    ) -> PodRun {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        let dir = config.dir.join("pods").join(format!("{namespace}_{name}_{uid}"));
+        let dir = config
+            .dir
+            .join("pods")
+            .join(format!("{namespace}_{name}_{uid}"));
         let mut run = PodRun {
             uid,
             namespace,
             name,
             ip,
             dir,
-            restart_policy: pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into()),
+            restart_policy: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.restart_policy.clone())
+                .unwrap_or_else(|| "Always".into()),
             containers: Vec::new(),
             waiting: None,
             start_time: now_rfc3339(),
@@ -200,19 +242,36 @@ impl PodRun {
         run
     }
 
-    async fn build(&mut self, client: &Client, config: &AgentConfig, pod: &Pod, hosts_file: &Path) -> Result<()> {
-        let spec = pod.spec.as_ref().ok_or_else(|| anyhow!("pod has no spec"))?;
+    async fn build(
+        &mut self,
+        client: &Client,
+        config: &AgentConfig,
+        pod: &Pod,
+        hosts_file: &Path,
+    ) -> Result<()> {
+        let spec = pod
+            .spec
+            .as_ref()
+            .ok_or_else(|| anyhow!("pod has no spec"))?;
         if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
             bail!("init containers are not supported by the test node agent");
         }
         std::fs::create_dir_all(self.dir.join("volumes"))?;
         let mut volumes = BTreeMap::new();
         for v in spec.volumes.iter().flatten() {
-            volumes.insert(v.name.clone(), self.volume(client, pod, v).await.with_context(|| format!("volume {}", v.name))?);
+            volumes.insert(
+                v.name.clone(),
+                self.volume(client, pod, v)
+                    .await
+                    .with_context(|| format!("volume {}", v.name))?,
+            );
         }
         let mut containers = Vec::new();
         for c in &spec.containers {
-            let launch = self.launch(client, config, pod, c, &volumes, hosts_file).await.with_context(|| format!("container {}", c.name))?;
+            let launch = self
+                .launch(client, config, pod, c, &volumes, hosts_file)
+                .await
+                .with_context(|| format!("container {}", c.name))?;
             containers.push(ContainerRun {
                 name: c.name.clone(),
                 image: c.image.clone().unwrap_or_default(),
@@ -234,7 +293,11 @@ impl PodRun {
         let dir = self.dir.join("volumes").join(&v.name);
         let ns = &self.namespace;
         let items_of = |items: &Option<Vec<k8s_openapi::api::core::v1::KeyToPath>>| {
-            items.as_ref().map(|i| i.iter().map(|k| (k.key.clone(), k.path.clone())).collect::<Vec<_>>())
+            items.as_ref().map(|i| {
+                i.iter()
+                    .map(|k| (k.key.clone(), k.path.clone()))
+                    .collect::<Vec<_>>()
+            })
         };
         if let Some(cm) = &v.config_map {
             match config_map(client, ns, &cm.name).await? {
@@ -256,31 +319,42 @@ impl PodRun {
         } else if let Some(p) = &v.projected {
             std::fs::create_dir_all(&dir)?;
             for source in p.sources.iter().flatten() {
-                if let Some(cm) = &source.config_map {
-                    if let Some(data) = config_map(client, ns, &cm.name).await? {
-                        write_files(&dir, &data, items_of(&cm.items).as_deref())?;
-                    }
+                if let Some(cm) = &source.config_map
+                    && let Some(data) = config_map(client, ns, &cm.name).await?
+                {
+                    write_files(&dir, &data, items_of(&cm.items).as_deref())?;
                 }
-                if let Some(s) = &source.secret {
-                    if let Some(data) = secret(client, ns, &s.name).await? {
-                        write_files(&dir, &data, items_of(&s.items).as_deref())?;
-                    }
+                if let Some(s) = &source.secret
+                    && let Some(data) = secret(client, ns, &s.name).await?
+                {
+                    write_files(&dir, &data, items_of(&s.items).as_deref())?;
                 }
                 if let Some(d) = &source.downward_api {
                     for item in d.items.iter().flatten() {
                         if let Some(f) = &item.field_ref {
-                            std::fs::write(dir.join(&item.path), field_ref(pod, &self.ip, &f.field_path)?)?;
+                            std::fs::write(
+                                dir.join(&item.path),
+                                field_ref(pod, &self.ip, &f.field_path)?,
+                            )?;
                         }
                     }
                 }
                 if let Some(t) = &source.service_account_token {
-                    let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
-                    let token = request_token(client, ns, &sa, t.expiration_seconds.unwrap_or(3600), pod).await?;
+                    let sa = pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.service_account_name.clone())
+                        .unwrap_or_else(|| "default".into());
+                    let token =
+                        request_token(client, ns, &sa, t.expiration_seconds.unwrap_or(3600), pod)
+                            .await?;
                     std::fs::write(dir.join(&t.path), token)?;
                 }
             }
         } else {
-            bail!("this volume type is not supported by the test node agent (configMap, secret, emptyDir, hostPath and projected are)");
+            bail!(
+                "this volume type is not supported by the test node agent (configMap, secret, emptyDir, hostPath and projected are)"
+            );
         }
         Ok(dir)
     }
@@ -295,18 +369,33 @@ impl PodRun {
         hosts_file: &Path,
     ) -> Result<Launch> {
         let image = c.image.clone().unwrap_or_default();
-        let entry = config.binary_for(&image).ok_or_else(|| anyhow!("image {image} is not mapped to a local binary (--image NAME=PATH)"))?;
+        let entry = config.binary_for(&image).ok_or_else(|| {
+            anyhow!("image {image} is not mapped to a local binary (--image NAME=PATH)")
+        })?;
         let mut env = BTreeMap::new();
         env.insert("HOSTNAME".to_string(), self.name.clone());
-        env.insert("KUBERNETES_SERVICE_HOST".to_string(), config.api_host.clone());
-        env.insert("KUBERNETES_SERVICE_PORT".to_string(), config.api_port.to_string());
-        env.insert("PATH".to_string(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()));
+        env.insert(
+            "KUBERNETES_SERVICE_HOST".to_string(),
+            config.api_host.clone(),
+        );
+        env.insert(
+            "KUBERNETES_SERVICE_PORT".to_string(),
+            config.api_port.to_string(),
+        );
+        env.insert(
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        );
         for from in c.env_from.iter().flatten() {
             let prefix = from.prefix.clone().unwrap_or_default();
             let data = if let Some(r) = &from.config_map_ref {
-                config_map(client, &self.namespace, &r.name).await?.or_else(|| (r.optional == Some(true)).then(BTreeMap::new))
+                config_map(client, &self.namespace, &r.name)
+                    .await?
+                    .or_else(|| (r.optional == Some(true)).then(BTreeMap::new))
             } else if let Some(r) = &from.secret_ref {
-                secret(client, &self.namespace, &r.name).await?.or_else(|| (r.optional == Some(true)).then(BTreeMap::new))
+                secret(client, &self.namespace, &r.name)
+                    .await?
+                    .or_else(|| (r.optional == Some(true)).then(BTreeMap::new))
             } else {
                 None
             };
@@ -324,27 +413,45 @@ impl PodRun {
         let words: Vec<String> = words.iter().map(|w| expand(w, &env)).collect();
         let (program, args) = match c.command.as_ref().and_then(|cmd| cmd.first()) {
             // A command naming the image's binary runs the mapped binary; others come from PATH.
-            Some(first) if Path::new(first).file_name() == entry.file_name() => (entry.to_path_buf(), words[1..].to_vec()),
+            Some(first) if Path::new(first).file_name() == entry.file_name() => {
+                (entry.to_path_buf(), words[1..].to_vec())
+            }
             Some(first) => (PathBuf::from(first), words[1..].to_vec()),
             None => (entry.to_path_buf(), words),
         };
         let mut mounts = vec![(hosts_file.to_path_buf(), "/etc/hosts".to_string(), true)];
         for m in c.volume_mounts.iter().flatten() {
-            let source = volumes.get(&m.name).ok_or_else(|| anyhow!("volumeMount {} names no volume", m.name))?;
+            let source = volumes
+                .get(&m.name)
+                .ok_or_else(|| anyhow!("volumeMount {} names no volume", m.name))?;
             let source = match &m.sub_path {
                 Some(sub) if !sub.is_empty() => source.join(sub),
                 _ => source.clone(),
             };
             mounts.push((source, m.mount_path.clone(), m.read_only.unwrap_or(false)));
         }
-        Ok(Launch { program, args, env, mounts, workdir: c.working_dir.clone() })
+        Ok(Launch {
+            program,
+            args,
+            env,
+            mounts,
+            workdir: c.working_dir.clone(),
+        })
     }
 
-    async fn env_value(&self, client: &Client, pod: &Pod, var: &EnvVar, env: &BTreeMap<String, String>) -> Result<Option<String>> {
+    async fn env_value(
+        &self,
+        client: &Client,
+        pod: &Pod,
+        var: &EnvVar,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Option<String>> {
         if let Some(v) = &var.value {
             return Ok(Some(expand(v, env)));
         }
-        let Some(from) = &var.value_from else { return Ok(Some(String::new())) };
+        let Some(from) = &var.value_from else {
+            return Ok(Some(String::new()));
+        };
         if let Some(f) = &from.field_ref {
             return field_ref(pod, &self.ip, &f.field_path).map(Some);
         }
@@ -353,7 +460,13 @@ impl PodRun {
             return match data.and_then(|d| d.get(&s.key).cloned()) {
                 Some(v) => Ok(Some(v)),
                 None if s.optional == Some(true) => Ok(None),
-                None => bail!("Secret {}/{} has no key {} (env {})", self.namespace, s.name, s.key, var.name),
+                None => bail!(
+                    "Secret {}/{} has no key {} (env {})",
+                    self.namespace,
+                    s.name,
+                    s.key,
+                    var.name
+                ),
             };
         }
         if let Some(c) = &from.config_map_key_ref {
@@ -361,7 +474,13 @@ impl PodRun {
             return match data.and_then(|d| d.get(&c.key).cloned()) {
                 Some(v) => Ok(Some(v)),
                 None if c.optional == Some(true) => Ok(None),
-                None => bail!("ConfigMap {}/{} has no key {} (env {})", self.namespace, c.name, c.key, var.name),
+                None => bail!(
+                    "ConfigMap {}/{} has no key {} (env {})",
+                    self.namespace,
+                    c.name,
+                    c.key,
+                    var.name
+                ),
             };
         }
         if from.resource_field_ref.is_some() {
@@ -379,9 +498,16 @@ impl PodRun {
             if source.is_dir() {
                 script.push_str(&format!("mkdir -p {t}\n", t = quote(target)));
             } else {
-                script.push_str(&format!("mkdir -p \"$(dirname {t})\"; [ -e {t} ] || touch {t}\n", t = quote(target)));
+                script.push_str(&format!(
+                    "mkdir -p \"$(dirname {t})\"; [ -e {t} ] || touch {t}\n",
+                    t = quote(target)
+                ));
             }
-            script.push_str(&format!("mount --bind {} {}\n", quote(&source.to_string_lossy()), quote(target)));
+            script.push_str(&format!(
+                "mount --bind {} {}\n",
+                quote(&source.to_string_lossy()),
+                quote(target)
+            ));
             if *read_only {
                 script.push_str(&format!("mount -o remount,bind,ro {}\n", quote(target)));
             }
@@ -391,9 +517,24 @@ impl PodRun {
         }
         script.push_str("exec \"$@\"\n");
         let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c", &script, "sh"]).arg(&l.program).args(&l.args);
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(&l.program)
+        .args(&l.args);
         cmd.env_clear().envs(&l.env).current_dir(&self.dir);
-        Process::spawn(&format!("{}/{}/{}", self.namespace, self.name, c.name), cmd, &self.dir.join(format!("{}.log", c.name)))
+        Process::spawn(
+            &format!("{}/{}/{}", self.namespace, self.name, c.name),
+            cmd,
+            &self.dir.join(format!("{}.log", c.name)),
+        )
     }
 
     /// Starts, watches and restarts containers. Returns whether anything changed.
@@ -409,7 +550,10 @@ impl PodRun {
                 let code = code.unwrap_or(137);
                 c.process = None;
                 c.last_exit = Some((code, now_rfc3339()));
-                let ran_long = c.started_at.as_ref().is_some_and(|(_, at)| at.elapsed() > Duration::from_secs(30));
+                let ran_long = c
+                    .started_at
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() > Duration::from_secs(30));
                 c.started_at = None;
                 if ran_long {
                     c.backoff = Duration::from_secs(1);
@@ -496,13 +640,17 @@ impl PodRun {
         let mut any_failed = false;
         for c in &self.containers {
             let state = match (&c.process, &c.started_at, &self.waiting) {
-                (_, _, Some((reason, message))) => json!({"waiting": {"reason": reason, "message": message}}),
+                (_, _, Some((reason, message))) => {
+                    json!({"waiting": {"reason": reason, "message": message}})
+                }
                 (Some(_), Some((at, _)), _) => json!({"running": {"startedAt": at}}),
                 (None, _, _) if c.finished => {
                     let (code, at) = c.last_exit.clone().unwrap_or((0, now_rfc3339()));
                     json!({"terminated": {"exitCode": code, "finishedAt": at, "reason": if code == 0 { "Completed" } else { "Error" }}})
                 }
-                _ => json!({"waiting": {"reason": if c.restarts > 0 { "CrashLoopBackOff" } else { "ContainerCreating" }}}),
+                _ => {
+                    json!({"waiting": {"reason": if c.restarts > 0 { "CrashLoopBackOff" } else { "ContainerCreating" }}})
+                }
             };
             let running = state.get("running").is_some();
             any_running |= running;
@@ -510,7 +658,9 @@ impl PodRun {
             all_finished &= c.finished;
             any_failed |= c.finished && c.last_exit.as_ref().is_some_and(|(code, _)| *code != 0);
             let last_state = match &c.last_exit {
-                Some((code, at)) if !c.finished => json!({"terminated": {"exitCode": code, "finishedAt": at}}),
+                Some((code, at)) if !c.finished => {
+                    json!({"terminated": {"exitCode": code, "finishedAt": at}})
+                }
                 _ => json!({}),
             };
             statuses.push(json!({
@@ -555,8 +705,16 @@ impl PodRun {
     }
 }
 
-async fn request_token(client: &Client, ns: &str, sa: &str, expiration: i64, pod: &Pod) -> Result<String> {
-    use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+async fn request_token(
+    client: &Client,
+    ns: &str,
+    sa: &str,
+    expiration: i64,
+    pod: &Pod,
+) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
     use k8s_openapi::api::core::v1::ServiceAccount;
     let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     let request = TokenRequest {
@@ -572,7 +730,10 @@ async fn request_token(client: &Client, ns: &str, sa: &str, expiration: i64, pod
         },
         ..Default::default()
     };
-    let answer: TokenRequest = api.create_subresource("token", sa, &Default::default(), &request).await.context("TokenRequest")?;
+    let answer: TokenRequest = api
+        .create_subresource("token", sa, &Default::default(), &request)
+        .await
+        .context("TokenRequest")?;
     Ok(answer.status.map(|s| s.token).unwrap_or_default())
 }
 
@@ -588,8 +749,16 @@ mod tests {
 
     #[test]
     fn images_map_with_or_without_tags() {
-        let c = AgentConfig { dir: "/tmp".into(), images: vec![("sluice".into(), "/bin/sluice".into())], api_host: "127.0.0.1".into(), api_port: 1 };
-        assert_eq!(c.binary_for("ghcr.io/sluice-dev/sluice:0.1"), Some(Path::new("/bin/sluice")));
+        let c = AgentConfig {
+            dir: "/tmp".into(),
+            images: vec![("sluice".into(), "/bin/sluice".into())],
+            api_host: "127.0.0.1".into(),
+            api_port: 1,
+        };
+        assert_eq!(
+            c.binary_for("ghcr.io/sluice-dev/sluice:0.1"),
+            Some(Path::new("/bin/sluice"))
+        );
         assert_eq!(c.binary_for("sluice"), Some(Path::new("/bin/sluice")));
         assert_eq!(c.binary_for("nginx:1"), None);
     }

@@ -35,7 +35,9 @@ fn main() -> std::io::Result<()> {
         }
         let answer = match line.trim().split_once(' ') {
             Some(("ask", host)) => ask(host),
-            Some(("read", path)) => std::fs::read_to_string(path).map(|t| t.lines().next().unwrap_or("").to_string()).unwrap_or_else(|e| format!("error: {e}")),
+            Some(("read", path)) => std::fs::read_to_string(path)
+                .map(|t| t.lines().next().unwrap_or("").to_string())
+                .unwrap_or_else(|e| format!("error: {e}")),
             Some(("env", var)) => std::env::var(var).unwrap_or_else(|e| format!("error: {e}")),
             Some(("exit", code)) => {
                 let _ = conn.write_all(b"bye\n");

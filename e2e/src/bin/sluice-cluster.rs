@@ -27,20 +27,29 @@ fn agent_bin() -> Result<PathBuf> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_default();
     let mut dir = PathBuf::from("/tmp/sluice-cluster");
     let mut nodes = vec!["node-1".to_string()];
     let mut images = Vec::new();
     while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value\n\n{HELP}"));
+        let mut value = || {
+            args.next()
+                .with_context(|| format!("{arg} needs a value\n\n{HELP}"))
+        };
         match arg.as_str() {
             "--dir" => dir = PathBuf::from(value()?),
             "--nodes" => nodes = value()?.split(',').map(String::from).collect(),
             "--image" => {
                 let v = value()?;
-                let (n, p) = v.split_once('=').with_context(|| format!("--image {v}: write NAME=PATH"))?;
+                let (n, p) = v
+                    .split_once('=')
+                    .with_context(|| format!("--image {v}: write NAME=PATH"))?;
                 images.push((n.to_string(), PathBuf::from(p)));
             }
             other => bail!("unknown argument {other}\n\n{HELP}"),
@@ -50,13 +59,25 @@ async fn main() -> Result<()> {
     match command.as_str() {
         "up" => {
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).with_context(|| format!("clean {}", dir.display()))?;
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("clean {}", dir.display()))?;
             }
             std::fs::create_dir_all(&dir)?;
-            let cluster = TestCluster::start(ClusterOptions { dir: dir.clone(), nodes, images, agent_bin: agent_bin()? }).await?;
+            let cluster = TestCluster::start(ClusterOptions {
+                dir: dir.clone(),
+                nodes,
+                images,
+                agent_bin: agent_bin()?,
+            })
+            .await?;
             std::fs::write(&pid_file, std::process::id().to_string())?;
-            println!("cluster ready in {:?}\nexport KUBECONFIG={}", cluster.started_in, cluster.kubeconfig().display());
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            println!(
+                "cluster ready in {:?}\nexport KUBECONFIG={}",
+                cluster.started_in,
+                cluster.kubeconfig().display()
+            );
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {},
                 _ = term.recv() => {},
@@ -67,8 +88,16 @@ async fn main() -> Result<()> {
             Ok(())
         }
         "down" => {
-            let pid: i32 = std::fs::read_to_string(&pid_file).with_context(|| format!("no cluster at {} ({})", dir.display(), pid_file.display()))?.trim().parse()?;
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)?;
+            let pid: i32 = std::fs::read_to_string(&pid_file)
+                .with_context(|| {
+                    format!("no cluster at {} ({})", dir.display(), pid_file.display())
+                })?
+                .trim()
+                .parse()?;
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            )?;
             for _ in 0..300 {
                 if !pid_file.exists() {
                     println!("cluster stopped");
