@@ -1,16 +1,18 @@
 //! Name resolution for pods: one hosts file per namespace, bind-mounted over `/etc/hosts` in
 //! every pod's mount namespace and rewritten in place as endpoints change.
 //!
-//! Names come from EndpointSlices: a Service resolves to the addresses of its ready endpoints
-//! (all of them: there are no virtual IPs and no load balancing here), and a StatefulSet pod
-//! to its own address as `<pod>.<service>`. Short names are relative to the pod's namespace, as
+//! Names come from Services and pods, matched here as the endpoints controller would (the API
+//! server refuses EndpointSlices with loopback addresses, so there are none): a Service
+//! resolves to the addresses of the ready pods its selector picks (all of them: no virtual IPs,
+//! no load balancing), and a pod with `hostname` and `subdomain` (StatefulSet pods) to its own
+//! address as `<hostname>.<subdomain>`. Short names are relative to the pod's namespace, as
 //! with cluster DNS search paths.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{Pod, Service};
 
 const DOMAIN: &str = "svc.cluster.local";
 
@@ -65,47 +67,65 @@ impl Hosts {
         Ok(path)
     }
 
-    /// Rewrites every namespace's file from the current EndpointSlices (in place, so existing
-    /// bind mounts see the new content).
-    pub fn update<'a>(
+    /// Rewrites every namespace's file from the current Services and pods (in place, so
+    /// existing bind mounts see the new content).
+    pub fn update(
         &mut self,
-        slices: impl Iterator<Item = &'a EndpointSlice>,
+        services: &[std::sync::Arc<Service>],
+        pods: &[std::sync::Arc<Pod>],
     ) -> std::io::Result<()> {
         let mut entries = BTreeSet::new();
-        for slice in slices {
-            let Some(namespace) = slice.metadata.namespace.clone() else {
+        let ready = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        let ip_of = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .filter(|_| p.metadata.deletion_timestamp.is_none())
+        };
+        for pod in pods {
+            let (Some(ns), Some(ip)) = (pod.metadata.namespace.clone(), ip_of(pod)) else {
                 continue;
             };
-            let Some(service) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-                .cloned()
+            let spec = pod.spec.as_ref();
+            if let (Some(host), Some(sub)) = (
+                spec.and_then(|s| s.hostname.clone()),
+                spec.and_then(|s| s.subdomain.clone()),
+            ) {
+                entries.insert(Entry {
+                    ip,
+                    namespace: ns,
+                    name: format!("{host}.{sub}"),
+                });
+            }
+        }
+        for svc in services {
+            let (Some(ns), Some(name)) =
+                (svc.metadata.namespace.clone(), svc.metadata.name.clone())
             else {
                 continue;
             };
-            for endpoint in &slice.endpoints {
-                let ready = endpoint
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.ready)
-                    .unwrap_or(true);
-                for ip in &endpoint.addresses {
-                    if let Some(host) = &endpoint.hostname {
-                        entries.insert(Entry {
-                            ip: ip.clone(),
-                            namespace: namespace.clone(),
-                            name: format!("{host}.{service}"),
-                        });
-                    }
-                    if ready {
-                        entries.insert(Entry {
-                            ip: ip.clone(),
-                            namespace: namespace.clone(),
-                            name: service.clone(),
-                        });
-                    }
+            let spec = svc.spec.clone().unwrap_or_default();
+            let Some(selector) = spec.selector.filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let not_ready_too = spec.publish_not_ready_addresses.unwrap_or(false);
+            for pod in pods
+                .iter()
+                .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+            {
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                let selected = selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+                if let (true, Some(ip)) = (selected && (not_ready_too || ready(pod)), ip_of(pod)) {
+                    entries.insert(Entry {
+                        ip,
+                        namespace: ns.clone(),
+                        name: name.clone(),
+                    });
                 }
             }
         }

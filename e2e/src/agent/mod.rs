@@ -6,7 +6,9 @@
 //! pod, on loopback); env with `value`, `fieldRef`, `secretKeyRef`, `configMapKeyRef`,
 //! `envFrom` and `$(VAR)` expansion; ConfigMap, Secret, emptyDir, hostPath and projected
 //! volumes (service-account tokens through TokenRequest) as files bind-mounted in a private
-//! mount namespace; Service and StatefulSet pod names through a per-namespace `/etc/hosts`;
+//! mount namespace; Service and StatefulSet pod names through a per-namespace `/etc/hosts`
+//! (matched from Services and pods: the API server refuses EndpointSlices with loopback
+//! addresses);
 //! restarts with back-off (1 s doubling to 30 s); phases, container states, restart counts and
 //! exit codes; SIGTERM on deletion and SIGKILL after the grace period.
 //!
@@ -25,8 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -67,11 +68,11 @@ pub async fn run(
     .default_backoff()
     .applied_objects()
     .for_each(|_| async {});
-    let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    let slice_watch = reflector::reflector(
-        slice_writer,
+    let (services, service_writer) = reflector::store::<Service>();
+    let service_watch = reflector::reflector(
+        service_writer,
         watcher(
-            Api::<EndpointSlice>::all(client.clone()),
+            Api::<Service>::all(client.clone()),
             watcher::Config::default(),
         ),
     )
@@ -79,7 +80,7 @@ pub async fn run(
     .applied_objects()
     .for_each(|_| async {});
     tokio::spawn(pod_watch);
-    tokio::spawn(slice_watch);
+    tokio::spawn(service_watch);
     tokio::spawn(heartbeat(client.clone(), agent.nodes.clone()));
     tracing::info!(nodes = ?agent.nodes, "node agent running");
 
@@ -89,7 +90,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => {
-                if let Err(e) = agent.sync(&pods, &slices).await {
+                if let Err(e) = agent.sync(&pods, &services).await {
                     tracing::warn!(error = %format!("{e:#}"), "sync failed; retrying");
                 }
             }
@@ -140,11 +141,10 @@ impl Agent {
         format!("127.{index}.{}.{}", (n >> 8) & 0xff, n & 0xff)
     }
 
-    async fn sync(&mut self, pods: &Store<Pod>, slices: &Store<EndpointSlice>) -> Result<()> {
-        self.hosts
-            .update(slices.state().iter().map(|s| s.as_ref()))?;
-        let mine: Vec<std::sync::Arc<Pod>> = pods
-            .state()
+    async fn sync(&mut self, pods: &Store<Pod>, services: &Store<Service>) -> Result<()> {
+        let all_pods = pods.state();
+        self.hosts.update(&services.state(), &all_pods)?;
+        let mine: Vec<std::sync::Arc<Pod>> = all_pods
             .into_iter()
             .filter(|p| {
                 p.spec
