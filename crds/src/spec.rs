@@ -392,8 +392,21 @@ pub enum OutputFormat {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckpointSpec {
-    /// `file:///absolute/dir` (local mode).
+    /// `s3://bucket/prefix` or `file:///absolute/dir` (local mode only). S3 credentials come
+    /// from the standard AWS chain (e.g. `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`), never
+    /// from the manifest.
     pub uri: String,
+    /// S3 endpoint URL for S3-compatible stores (MinIO, Ceph, R2). Default: AWS, or
+    /// `AWS_ENDPOINT_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// S3 region. Default: the AWS chain (`AWS_REGION`), then us-east-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style S3 addressing (`endpoint/bucket/key`), needed by most S3-compatible stores.
+    /// Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
     /// Snapshot keyed state every this many batches. Default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<u32>,

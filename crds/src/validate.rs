@@ -597,19 +597,47 @@ impl Validator {
     }
 
     fn checkpoint(&mut self, ckpt: &CheckpointSpec) {
-        match ckpt.uri.strip_prefix("file://") {
-            Some(path) if path.starts_with('/') => {}
-            Some(_) => self.add(
-                "spec.checkpoint.uri",
-                format!("{:?} is not absolute; write file:///absolute/dir", ckpt.uri),
-            ),
-            None => self.add(
+        if let Some(path) = ckpt.uri.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                self.add(
+                    "spec.checkpoint.uri",
+                    format!("{:?} is not absolute; write file:///absolute/dir", ckpt.uri),
+                );
+            }
+        } else if let Some(rest) = ckpt.uri.strip_prefix("s3://") {
+            let bucket = rest.split('/').next().unwrap_or("");
+            let ok = (3..=63).contains(&bucket.len())
+                && bucket
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                && bucket.starts_with(|c: char| c.is_ascii_alphanumeric());
+            if !ok {
+                self.add("spec.checkpoint.uri", format!("{bucket:?} is not an S3 bucket name (3-63 lower-case letters, digits, '-' and '.'); write s3://bucket/prefix"));
+            }
+        } else {
+            self.add(
                 "spec.checkpoint.uri",
                 format!(
-                    "{:?} is not supported; write file:///absolute/dir",
+                    "{:?} is not supported; write s3://bucket/prefix or file:///absolute/dir",
                     ckpt.uri
                 ),
-            ),
+            );
+        }
+        if let Some(endpoint) = &ckpt.endpoint {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+                || endpoint.len() < 10
+            {
+                self.add(
+                    "spec.checkpoint.endpoint",
+                    format!("{endpoint:?} is not a URL; write e.g. http://minio.storage:9000"),
+                );
+            }
+            if !ckpt.uri.starts_with("s3://") {
+                self.add(
+                    "spec.checkpoint.endpoint",
+                    "only applies to s3:// checkpoints",
+                );
+            }
         }
         if ckpt.interval == Some(0) {
             self.add("spec.checkpoint.interval", "must be at least 1 batch");

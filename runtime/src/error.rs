@@ -31,9 +31,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A checkpoint could not be used.
+    /// A checkpoint exists but cannot be used (torn, corrupt, from another job).
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    /// The checkpoint store did not answer or refused a request (network, permissions,
+    /// missing bucket). Unlike [`Error::Checkpoint`], it says nothing about the data.
+    #[error("checkpoint store: {0}")]
+    Store(String),
     /// A source failed to produce or replay input.
     #[error("source {source_name}: {message}")]
     Source {
@@ -55,6 +59,7 @@ impl Error {
             Error::Record { .. } | Error::Config(_) => Domain::User,
             Error::Io { .. }
             | Error::Checkpoint(_)
+            | Error::Store(_)
             | Error::Source { .. }
             | Error::Output { .. } => Domain::External,
             Error::Internal(_) => Domain::Internal,

@@ -16,6 +16,7 @@
 //! logged in `offsets/` after it is run again from its logged ranges, so state and outputs come
 //! out as if the process had never stopped.
 
+mod s3;
 mod store;
 
 use std::collections::BTreeMap;
@@ -23,9 +24,25 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
+pub use s3::{S3Settings, S3Store, parse_s3_uri};
 pub use store::{CheckpointStore, LocalStore, MemoryStore};
 
 use crate::error::{Error, Result};
+
+/// Opens the store a manifest's `spec.checkpoint` names.
+pub fn open_store(spec: &sluice_crds::CheckpointSpec) -> Result<Box<dyn CheckpointStore>> {
+    if spec.uri.starts_with("s3://") {
+        let settings = S3Settings {
+            endpoint: spec.endpoint.clone(),
+            region: spec.region.clone(),
+            path_style: spec.path_style.unwrap_or(false),
+            credentials: None,
+        };
+        return Ok(Box::new(S3Store::open(&spec.uri, &settings)?));
+    }
+    let path = spec.uri.strip_prefix("file://").unwrap_or(&spec.uri);
+    Ok(Box::new(LocalStore::open(path)?))
+}
 
 /// Bumped when the layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;

@@ -10,9 +10,9 @@ use sluice_crds::defaults;
 
 use super::validate::{check, print_problems};
 use super::{EXIT_FAILED, EXIT_INVALID};
-use crate::checkpoint::{CheckpointStore, LocalStore};
+use crate::checkpoint::{CheckpointStore, open_store};
 use crate::driver::{self, BatchProgress, DriverOptions};
-use crate::manifest::{CompileOptions, local_path};
+use crate::manifest::CompileOptions;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -82,8 +82,8 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
     }
     let ckpt = manifest.spec.checkpoint.as_ref();
     let store: Option<Box<dyn CheckpointStore>> = match ckpt {
-        Some(c) => match LocalStore::open(local_path(&c.uri)) {
-            Ok(s) => Some(Box::new(s)),
+        Some(c) => match open_store(c) {
+            Ok(s) => Some(s),
             Err(e) => {
                 eprintln!("sluice: spec.checkpoint.uri: {e}");
                 return ExitCode::from(EXIT_FAILED);

@@ -1,0 +1,217 @@
+//! Checkpoints on a real S3-compatible server (s3s-fs): the store's operations, exactly-once
+//! across SIGKILL, an outage of the server in the middle of a run, and clear errors.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sluice::checkpoint::{CheckpointStore, LocalStore, S3Settings, S3Store};
+use support::{S3Server, SECRET_KEY, with_credentials};
+
+fn store(server: &S3Server, prefix: &str) -> S3Store {
+    let settings = S3Settings {
+        endpoint: Some(server.endpoint()),
+        region: Some("us-east-1".into()),
+        path_style: true,
+        credentials: Some((support::ACCESS_KEY.into(), SECRET_KEY.into())),
+    };
+    S3Store::open(&format!("s3://ckpt/{prefix}"), &settings).expect("open the S3 store")
+}
+
+fn conformance(s: &dyn CheckpointStore) {
+    assert_eq!(s.get("job.json").expect("get"), None);
+    s.put("job.json", b"{}").expect("put");
+    assert_eq!(s.get("job.json").expect("get").as_deref(), Some(&b"{}"[..]));
+    s.put("state/0002/a/0.bin", b"x").expect("put");
+    s.put("state/0002/MANIFEST.json", b"m").expect("put");
+    s.put("state/0001/a/0.bin", b"y").expect("put");
+    s.put("offsets/0001.json", b"o").expect("put");
+    assert_eq!(s.list("state").expect("list"), vec!["0001", "0002"]);
+    assert_eq!(
+        s.list("state/0002").expect("list"),
+        vec!["MANIFEST.json", "a"]
+    );
+    assert_eq!(s.list("nothing").expect("list"), Vec::<String>::new());
+    s.delete("state/0001").expect("delete");
+    assert_eq!(s.list("state").expect("list"), vec!["0002"]);
+    s.delete("offsets/0001.json").expect("delete");
+    assert_eq!(s.get("offsets/0001.json").expect("get"), None);
+    s.delete("missing/thing").expect("deleting nothing is fine");
+}
+
+fn job(dir: &Path, server: &S3Server, prefix: &str, batches_rate: u64) -> PathBuf {
+    let text = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: s3job}}\nspec:\n  batchInterval: 100ms\n  parallelism: 3\n  sources: [{{name: g, generator: {{rate: {batches_rate}, seed: 5, vocabulary: 200}}}}]\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n    - updateStateByKey: {{op: sum}}\n  sinks: [{{files: {{path: \"{out}\"}}}}]\n  checkpoint: {{uri: \"s3://ckpt/{prefix}\", endpoint: \"{endpoint}\", pathStyle: true, interval: 4, retain: 2}}\n",
+        out = dir.join("out").display(),
+        endpoint = server.endpoint(),
+    );
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+fn sluice(job: &Path, batches: u64) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.arg("run")
+        .arg(job)
+        .args(["--batches", &batches.to_string(), "--no-wait"])
+        .env("SLUICE_LOG", "info");
+    with_credentials(&mut c);
+    c
+}
+
+fn outputs(dir: &Path) -> Vec<String> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("out"))
+        .expect("out")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read"))
+        .collect()
+}
+
+/// Equal batch files, or a short account of the first difference.
+fn assert_same_batches(got: &[String], want: &[String]) {
+    assert_eq!(got.len(), want.len(), "number of batch files");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if g != w {
+            let diff: Vec<String> = g
+                .lines()
+                .zip(w.lines())
+                .filter(|(a, b)| a != b)
+                .take(3)
+                .map(|(a, b)| format!("got {a} want {b}"))
+                .collect();
+            panic!("batch {} differs from the reference: {diff:?}", i + 1);
+        }
+    }
+}
+
+#[test]
+fn s3_store_behaves_like_the_local_store() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    conformance(&LocalStore::open(tmp.path().join("local")).expect("local store"));
+    conformance(&store(&server, "conformance"));
+    conformance(&store(&server, ""));
+}
+
+#[test]
+fn exactly_once_across_sigkill_with_s3_checkpoints() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let reference = tmp.path().join("reference");
+    std::fs::create_dir_all(&reference).expect("dir");
+    let out = sluice(&job(&reference, &server, "reference", 20000), 30)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = outputs(&reference);
+    assert_eq!(expected.len(), 30);
+
+    let crashed = tmp.path().join("crashed");
+    std::fs::create_dir_all(&crashed).expect("dir");
+    let manifest = job(&crashed, &server, "crashed", 20000);
+    for delay in [400, 250, 300] {
+        let mut child = sluice(&manifest, 30)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let out = sluice(&manifest, 30)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
+    assert_same_batches(&outputs(&crashed), &expected);
+}
+
+#[test]
+fn an_s3_outage_fails_batches_then_the_job_goes_on_without_loss() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let reference = tmp.path().join("reference");
+    std::fs::create_dir_all(&reference).expect("dir");
+    let out = sluice(&job(&reference, &server, "ref", 2000), 80)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let run = tmp.path().join("outage");
+    std::fs::create_dir_all(&run).expect("dir");
+    // Paced: 80 batches of 100 ms take about 8 s; the server is down for 6 s in the middle,
+    // longer than the S3 client's own retries can hide.
+    job(&run, &server, "outage", 2000);
+    let mut cmd = {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        c.arg("run")
+            .arg(run.join("job.yaml"))
+            .args(["--batches", "80"])
+            .env("SLUICE_LOG", "info");
+        with_credentials(&mut c);
+        c
+    };
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(1200));
+    server.stop();
+    std::thread::sleep(Duration::from_millis(6000));
+    server.resume();
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("batch failed; it will be recomputed from the last checkpoint"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("s3://ckpt/outage"),
+        "errors name the bucket and key: {stderr}"
+    );
+    assert!(
+        !stderr.contains(SECRET_KEY),
+        "the secret never appears in logs"
+    );
+    assert_same_batches(&outputs(&run), &outputs(&reference));
+}
+
+#[test]
+fn a_missing_bucket_is_reported_with_endpoint_and_bucket() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&tmp.path().join("s3"), "other");
+    let manifest = job(tmp.path(), &server, "x", 100);
+    let out = sluice(&manifest, 2)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("bucket ckpt at http://127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SECRET_KEY), "{stderr}");
+}

@@ -1,0 +1,106 @@
+//! A real S3-compatible server for tests: s3s-fs (files on disk, conditional writes, survives
+//! restarts), installed by `scripts/test` from crates.io.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ACCESS_KEY: &str = "sluice-test-key";
+pub const SECRET_KEY: &str = "sluice-test-secret-do-not-print";
+
+/// The s3s-fs binary: `$SLUICE_S3S_FS` or the cache `scripts/test` installs it into.
+pub fn s3s_fs() -> PathBuf {
+    std::env::var("SLUICE_S3S_FS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/sluice-e2e/s3s-fs-0.14.1/bin/s3s-fs")
+        })
+}
+
+/// One s3s-fs process serving a directory.
+pub struct S3Server {
+    pub root: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    /// Starts a server over `root` with one bucket.
+    pub fn start(root: &Path, bucket: &str) -> S3Server {
+        std::fs::create_dir_all(root.join(bucket)).expect("bucket directory");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut server = S3Server {
+            root: root.to_path_buf(),
+            port,
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// The endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (the data stays on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn resume(&mut self) {
+        let bin = s3s_fs();
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/test (it installs s3s-fs) or set SLUICE_S3S_FS",
+            bin.display()
+        );
+        let child = Command::new(bin)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--access-key",
+                ACCESS_KEY,
+                "--secret-key",
+                SECRET_KEY,
+            ])
+            .arg(&self.root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sets the AWS environment a `sluice` process needs to reach the test server.
+pub fn with_credentials(cmd: &mut Command) -> &mut Command {
+    cmd.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+}
