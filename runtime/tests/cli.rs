@@ -287,3 +287,53 @@ fn refused_records_are_counted_and_skipped_or_fail_the_job() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sigterm_finishes_the_batch_checkpoints_and_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = disk_job(dir.path());
+    let child = sluice()
+        .env("SLUICE_LOG", "info")
+        .arg("run")
+        .arg(&job)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait for a few batches, then ask it to stop the way Kubernetes does.
+    let commits = dir.path().join("ckpt/commits");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0) < 3 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    // The final snapshot covers the last completed batch: a restart replays nothing.
+    let last_commit = std::fs::read_dir(&commits)
+        .expect("commits")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .max()
+        .expect("a commit");
+    let last_state = std::fs::read_dir(dir.path().join("ckpt/state"))
+        .expect("state")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .max()
+        .expect("a snapshot");
+    assert_eq!(last_commit.trim_end_matches(".json"), last_state);
+    let again = sluice()
+        .env("SLUICE_LOG", "info")
+        .arg("run")
+        .arg(&job)
+        .args(["--batches", "1", "--no-wait"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("replay=0"), "{stderr}");
+}
