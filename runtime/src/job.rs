@@ -160,6 +160,35 @@ impl Job {
         Ok(())
     }
 
+    /// Starts a batch on this worker: a context for its partitions, with their input read.
+    pub(crate) fn begin(
+        &mut self,
+        batch: BatchInfo,
+        ranges: &BTreeMap<String, Json>,
+        replay: bool,
+        placement: Arc<crate::exec::Placement>,
+    ) -> Result<BatchContext> {
+        let cx = BatchContext::new(batch, self.graph.partitions, replay, &self.shared)
+            .with_placement(placement);
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            let range = ranges.get(s.name()).ok_or_else(|| {
+                Error::Internal(format!(
+                    "batch {} has no range for source {}",
+                    batch.index,
+                    s.name()
+                ))
+            })?;
+            s.read_into(&cx, i, range)?;
+        }
+        Ok(cx)
+    }
+
+    /// Runs stage `index` of the batch's plan over the partitions this worker owns.
+    pub(crate) fn run_stage(&self, cx: &BatchContext, index: usize) -> Result<()> {
+        let plan = self.graph.plan(cx.batch);
+        self.executor.run_stage(&plan, index, cx)
+    }
+
     /// Reads the batch's input and runs its plan.
     pub(crate) fn execute(
         &mut self,
@@ -193,12 +222,17 @@ impl Job {
 
     /// The state of every stateful operation, for a checkpoint after `batch`.
     pub(crate) fn snapshot(&self, batch: u64) -> Result<Snapshot> {
+        self.snapshot_of(batch, &(0..self.graph.partitions).collect::<Vec<_>>())
+    }
+
+    /// The state of the given partitions, for a checkpoint after `batch`.
+    pub(crate) fn snapshot_of(&self, batch: u64, parts: &[usize]) -> Result<Snapshot> {
         let mut snapshot = Snapshot {
             batch,
             parts: BTreeMap::new(),
         };
         for (name, state) in &self.stateful {
-            for part in 0..self.graph.partitions {
+            for &part in parts {
                 snapshot
                     .parts
                     .insert((name.clone(), part), state.snapshot(part)?);
@@ -209,8 +243,21 @@ impl Job {
 
     /// Replaces all state with a snapshot's (or empties it).
     pub(crate) fn restore(&self, snapshot: Option<&Snapshot>) -> Result<()> {
+        self.restore_owned(snapshot, &|_| true)
+    }
+
+    /// Loads the owned partitions' state from a snapshot (or empties it) and empties the rest.
+    pub(crate) fn restore_owned(
+        &self,
+        snapshot: Option<&Snapshot>,
+        owned: &dyn Fn(usize) -> bool,
+    ) -> Result<()> {
         for (name, state) in &self.stateful {
             for part in 0..self.graph.partitions {
+                if !owned(part) {
+                    state.restore(part, None)?;
+                    continue;
+                }
                 let bytes = snapshot.and_then(|s| s.parts.get(&(name.clone(), part)));
                 if snapshot.is_some() && bytes.is_none() {
                     return Err(Error::Checkpoint(format!(

@@ -17,10 +17,13 @@ pub mod error;
 pub mod exec;
 pub mod job;
 pub mod manifest;
+pub mod master;
 pub mod plan;
+pub mod rpc;
 pub mod sink;
 pub mod source;
 pub mod time;
+pub mod worker;
 
 pub use dstream::{DStream, StreamingConfig, StreamingContext};
 pub use error::{Error, Result};

@@ -86,14 +86,15 @@ pub struct CommitEntry {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct Manifest {
     batch: u64,
-    files: Vec<ManifestFile>,
+    files: Vec<StateFile>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct ManifestFile {
-    key: String,
-    len: u64,
-    crc32: u32,
+/// One state file of a snapshot, as its manifest lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateFile {
+    pub key: String,
+    pub len: u64,
+    pub crc32: u32,
 }
 
 /// State of every stateful operation and partition at the end of a batch.
@@ -202,24 +203,36 @@ impl Checkpointer {
 
     /// Writes a snapshot: the state files first, the manifest last.
     pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        let files = self.write_state_files(snapshot)?;
+        self.write_manifest(snapshot.batch, files)
+    }
+
+    /// Writes state files of a snapshot (all of it, or one worker's partitions) and returns
+    /// what the manifest must list.
+    pub fn write_state_files(&self, snapshot: &Snapshot) -> Result<Vec<StateFile>> {
         let dir = format!("state/{}", batch_key(snapshot.batch));
         let mut files = Vec::new();
         for ((name, part), bytes) in &snapshot.parts {
             let key = format!("{dir}/{name}/{part}.bin");
             self.store.put(&key, bytes)?;
-            files.push(ManifestFile {
+            files.push(StateFile {
                 key,
                 len: bytes.len() as u64,
                 crc32: crc32fast::hash(bytes),
             });
         }
-        self.put_json(
-            &format!("{dir}/MANIFEST.json"),
-            &Manifest {
-                batch: snapshot.batch,
-                files,
-            },
-        )
+        Ok(files)
+    }
+
+    /// Completes a snapshot: the manifest, written last, makes it visible to recovery.
+    pub fn write_manifest(&self, batch: u64, files: Vec<StateFile>) -> Result<()> {
+        let dir = format!("state/{}", batch_key(batch));
+        self.put_json(&format!("{dir}/MANIFEST.json"), &Manifest { batch, files })
+    }
+
+    /// The snapshot of `batch`, verified.
+    pub fn snapshot_at(&self, batch: u64) -> Result<Snapshot> {
+        self.read_snapshot(&batch_key(batch))
     }
 
     fn read_snapshot(&self, name: &str) -> Result<Snapshot> {

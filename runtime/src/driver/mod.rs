@@ -170,20 +170,8 @@ impl Driver {
         paced: bool,
         on_batch: &mut (dyn FnMut(&BatchProgress) + Send),
     ) -> Result<()> {
+        self.recover_until_done(stop_after, stop, on_batch)?;
         let mut backoff = Duration::from_millis(200);
-        let mut recovered = false;
-        while !recovered {
-            match self.recover(stop_after, on_batch) {
-                Ok(()) => recovered = true,
-                Err(e) if e.is_retryable() && !stop.load(Ordering::Relaxed) => {
-                    tracing::error!(error = %e, retry_in = ?backoff, "cannot recover from the checkpoint; retrying");
-                    sleep_unless_stopped(backoff, stop);
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        backoff = Duration::from_millis(200);
         while !stop.load(Ordering::Relaxed) && stop_after.is_none_or(|last| self.next <= last) {
             let batch = BatchInfo::new(self.zero, self.interval, self.next);
             if paced {
@@ -199,10 +187,7 @@ impl Driver {
                     sleep_unless_stopped(backoff, stop);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                     self.summary.recoveries += 1;
-                    // Recovery failing is retried by the next turn of the loop.
-                    if let Err(e) = self.recover(stop_after, on_batch) {
-                        tracing::error!(error = %e, "recovery failed; retrying");
-                    }
+                    self.recover_until_done(stop_after, stop, on_batch)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -214,6 +199,28 @@ impl Driver {
             tracing::debug!(batch = last, checkpoint = %self.ckpt.describe(), "final checkpoint written");
         }
         Ok(())
+    }
+
+    /// Recovers, retrying with back-off until it succeeds (or stop is asked): no new batch may
+    /// run on a half-recovered state, whose sources and state could disagree with the log.
+    fn recover_until_done(
+        &mut self,
+        stop_after: Option<u64>,
+        stop: &AtomicBool,
+        on_batch: &mut (dyn FnMut(&BatchProgress) + Send),
+    ) -> Result<()> {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.recover(stop_after, on_batch) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() && !stop.load(Ordering::Relaxed) => {
+                    tracing::error!(error = %e, retry_in = ?backoff, "cannot recover from the checkpoint yet; retrying");
+                    sleep_unless_stopped(backoff, stop);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Loads the newest snapshot and replays every batch logged after it.

@@ -24,7 +24,8 @@ impl<T: Data> Task for OutputTask<T> {
     }
 
     fn finish(&self, cx: &BatchContext) -> Result<()> {
-        self.sink.write(&cx.batch, cx.take_output(self.output)?)
+        self.sink
+            .write_partitions(&cx.batch, cx.take_output(self.output)?, cx.is_whole())
     }
 }
 

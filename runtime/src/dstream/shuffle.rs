@@ -26,7 +26,7 @@ struct ShuffleMap<T, K, C> {
     combine: Arc<CombineFn<T, K, C>>,
 }
 
-impl<T: Data, K: Key, C: Send + 'static> Task for ShuffleMap<T, K, C> {
+impl<T: Data, K: Key, C: Data> Task for ShuffleMap<T, K, C> {
     fn run(&self, cx: &BatchContext, part: usize) -> Result<()> {
         let records = self.parent.pull(cx, part)?;
         let mut combined = KeyMap::default();
@@ -35,13 +35,12 @@ impl<T: Data, K: Key, C: Send + 'static> Task for ShuffleMap<T, K, C> {
         for (k, c) in combined {
             blocks[partition_of(&k, cx.partitions)].push((k, c));
         }
-        cx.put_shuffle(self.shuffle, part, blocks);
-        Ok(())
+        cx.put_shuffle(self.shuffle, part, blocks)
     }
 }
 
 /// Registers the map side of a shuffle of `stream`; its blocks are read with [`read_grouped`].
-pub(crate) fn shuffle_by_key<T: Data, K: Key, C: Send + 'static>(
+pub(crate) fn shuffle_by_key<T: Data, K: Key, C: Data>(
     stream: &DStream<T>,
     name: &str,
     combine: impl Fn(&BatchContext, Vec<T>, &mut KeyMap<K, C>) -> Result<()> + Send + Sync + 'static,
@@ -63,7 +62,7 @@ pub(crate) fn shuffle_by_key<T: Data, K: Key, C: Send + 'static>(
 }
 
 /// Merges this reduce partition's blocks of `shuffle` into one combiner per key.
-pub(crate) fn read_grouped<K: Key, C: Send + 'static>(
+pub(crate) fn read_grouped<K: Key, C: Data>(
     cx: &BatchContext,
     shuffle: ShuffleId,
     part: usize,
@@ -92,7 +91,7 @@ struct ShuffleRead<C> {
     merge: Arc<MergeFn<C>>,
 }
 
-impl<K: Key, C: Send + 'static> Compute<(K, C)> for ShuffleRead<C> {
+impl<K: Key, C: Data> Compute<(K, C)> for ShuffleRead<C> {
     fn compute(&self, cx: &BatchContext, part: usize) -> Result<Vec<(K, C)>> {
         Ok(read_grouped::<K, C>(cx, self.shuffle, part, &*self.merge)?
             .into_iter()

@@ -25,7 +25,7 @@ struct StateStore<K, C, S> {
     parts: Vec<Mutex<KeyMap<K, S>>>,
 }
 
-impl<K: Key, C: Send + 'static, S: Data> Task for StateStore<K, C, S> {
+impl<K: Key, C: Data, S: Data> Task for StateStore<K, C, S> {
     fn run(&self, cx: &BatchContext, part: usize) -> Result<()> {
         let mut fresh: KeyMap<K, Option<C>> =
             read_grouped::<K, C>(cx, self.shuffle, part, &*self.merge)?

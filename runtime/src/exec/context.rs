@@ -14,6 +14,28 @@ use crate::time::BatchInfo;
 
 type Slot = Mutex<Option<Box<dyn Any + Send>>>;
 
+/// A shuffle block that arrived serialized from another worker.
+struct RemoteBytes(Vec<u8>);
+
+/// Where partitions run when a batch is spread over workers.
+#[derive(Debug)]
+pub struct Placement {
+    /// `owners[p]`: the worker that owns partition `p`.
+    pub owners: Vec<usize>,
+    /// This worker.
+    pub me: usize,
+}
+
+/// A shuffle block bound for another worker.
+#[derive(Debug)]
+pub struct OutgoingBlock {
+    pub owner: usize,
+    pub shuffle: usize,
+    pub map_part: usize,
+    pub reduce_part: usize,
+    pub data: Vec<u8>,
+}
+
 fn slots(n: usize) -> Vec<Slot> {
     (0..n).map(|_| Mutex::new(None)).collect()
 }
@@ -58,6 +80,8 @@ pub struct BatchContext {
     memo: Mutex<HashMap<(NodeId, usize), Box<dyn Any + Send>>>,
     errors: RecordErrors,
     input_records: AtomicU64,
+    placement: Option<std::sync::Arc<Placement>>,
+    outbox: Mutex<Vec<OutgoingBlock>>,
 }
 
 /// Sizes of the graph a context is built for.
@@ -85,7 +109,59 @@ impl BatchContext {
             memo: Mutex::new(HashMap::new()),
             errors: RecordErrors::default(),
             input_records: AtomicU64::new(0),
+            placement: None,
+            outbox: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Runs only the partitions `placement` gives this worker; blocks for others go out.
+    pub(crate) fn with_placement(mut self, placement: std::sync::Arc<Placement>) -> Self {
+        self.placement = Some(placement);
+        self
+    }
+
+    /// Whether this process runs partition `part`.
+    pub fn owns(&self, part: usize) -> bool {
+        self.placement
+            .as_ref()
+            .is_none_or(|p| p.owners.get(part) == Some(&p.me))
+    }
+
+    /// The partitions this process runs, in order.
+    pub fn owned_partitions(&self) -> Vec<usize> {
+        (0..self.partitions).filter(|p| self.owns(*p)).collect()
+    }
+
+    /// Whether every partition runs here (local mode).
+    pub fn is_whole(&self) -> bool {
+        self.placement.is_none()
+    }
+
+    /// Shuffle blocks produced for other workers since the last call.
+    pub fn take_outgoing(&self) -> Vec<OutgoingBlock> {
+        std::mem::take(&mut *lock_unpoisoned(&self.outbox))
+    }
+
+    /// Stores a block another worker sent.
+    pub fn accept_block(
+        &self,
+        shuffle: usize,
+        map_part: usize,
+        reduce_part: usize,
+        data: Vec<u8>,
+    ) -> Result<()> {
+        let slot = self
+            .shuffles
+            .get(shuffle)
+            .and_then(|s| s.get(reduce_part))
+            .and_then(|s| s.get(map_part))
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "block for unknown shuffle {shuffle} partition {reduce_part}/{map_part}"
+                ))
+            })?;
+        *lock_unpoisoned(slot) = Some(Box::new(RemoteBytes(data)));
+        Ok(())
     }
 
     /// Counts a refused record; fails the batch when the job says `onRecordError: fail`.
@@ -123,7 +199,10 @@ impl BatchContext {
             .inputs
             .get(source)
             .ok_or_else(|| Error::Internal(format!("no input slot for source {source}")))?;
-        for (slot, records) in slots.iter().zip(parts) {
+        for (part, (slot, records)) in slots.iter().zip(parts).enumerate() {
+            if !self.owns(part) {
+                continue;
+            }
             self.input_records
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
             *lock_unpoisoned(slot) = Some(Box::new(records));
@@ -139,28 +218,61 @@ impl BatchContext {
         take_typed(&self.inputs[source][part], "input")
     }
 
-    pub(crate) fn put_shuffle<T: Send + 'static>(
+    pub(crate) fn put_shuffle<T: crate::data::Data>(
         &self,
         shuffle: ShuffleId,
         map_part: usize,
         buckets: Vec<Vec<T>>,
-    ) {
+    ) -> Result<()> {
         for (reduce_part, bucket) in buckets.into_iter().enumerate() {
-            *lock_unpoisoned(&self.shuffles[shuffle][reduce_part][map_part]) =
-                Some(Box::new(bucket));
+            match &self.placement {
+                Some(p) if p.owners[reduce_part] != p.me => {
+                    let data = postcard::to_stdvec(&bucket).map_err(|e| {
+                        Error::Internal(format!("cannot encode a shuffle block: {e}"))
+                    })?;
+                    lock_unpoisoned(&self.outbox).push(OutgoingBlock {
+                        owner: p.owners[reduce_part],
+                        shuffle,
+                        map_part,
+                        reduce_part,
+                        data,
+                    });
+                }
+                _ => {
+                    *lock_unpoisoned(&self.shuffles[shuffle][reduce_part][map_part]) =
+                        Some(Box::new(bucket))
+                }
+            }
         }
+        Ok(())
     }
 
     /// This reduce partition's blocks, one per map partition, in map partition order.
-    pub(crate) fn take_shuffle<T: Send + 'static>(
+    pub(crate) fn take_shuffle<T: crate::data::Data>(
         &self,
         shuffle: ShuffleId,
         reduce_part: usize,
     ) -> Result<Vec<Vec<T>>> {
-        self.shuffles[shuffle][reduce_part]
-            .iter()
-            .map(|slot| take_typed(slot, "shuffle block"))
-            .collect()
+        let mut blocks = Vec::with_capacity(self.partitions);
+        for (map_part, slot) in self.shuffles[shuffle][reduce_part].iter().enumerate() {
+            let boxed = lock_unpoisoned(slot).take().ok_or_else(|| {
+                Error::Internal(format!("shuffle {shuffle} block {map_part}->{reduce_part} is missing (read twice, or lost in transit)"))
+            })?;
+            let block = match boxed.downcast::<Vec<T>>() {
+                Ok(b) => *b,
+                Err(other) => match other.downcast::<RemoteBytes>() {
+                    Ok(bytes) => postcard::from_bytes(&bytes.0)
+                        .map_err(|e| Error::Internal(format!("unreadable shuffle block: {e}")))?,
+                    Err(_) => {
+                        return Err(Error::Internal(
+                            "a shuffle block has an unexpected type".into(),
+                        ));
+                    }
+                },
+            };
+            blocks.push(block);
+        }
+        Ok(blocks)
     }
 
     pub(crate) fn put_output<T: Send + 'static>(
@@ -172,11 +284,16 @@ impl BatchContext {
         *lock_unpoisoned(&self.outputs[output][part]) = Some(Box::new(records));
     }
 
-    /// An output's records in partition order.
-    pub(crate) fn take_output<T: Send + 'static>(&self, output: usize) -> Result<Vec<T>> {
+    /// An output's records of the partitions run here, in partition order.
+    pub(crate) fn take_output<T: Send + 'static>(
+        &self,
+        output: usize,
+    ) -> Result<Vec<(usize, Vec<T>)>> {
         let mut all = Vec::new();
-        for slot in &self.outputs[output] {
-            all.extend(take_typed::<Vec<T>>(slot, "output")?);
+        for (part, slot) in self.outputs[output].iter().enumerate() {
+            if self.owns(part) {
+                all.push((part, take_typed::<Vec<T>>(slot, "output")?));
+            }
         }
         Ok(all)
     }

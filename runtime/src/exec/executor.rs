@@ -38,15 +38,22 @@ impl Executor {
 
     /// Runs every stage of `plan`, in order.
     pub fn run(&self, plan: &BatchPlan, cx: &BatchContext) -> Result<()> {
-        for stage in &plan.stages {
+        (0..plan.stages.len()).try_for_each(|i| self.run_stage(plan, i, cx))
+    }
+
+    /// Runs stage `index` of `plan` over the partitions this process owns.
+    pub fn run_stage(&self, plan: &BatchPlan, index: usize, cx: &BatchContext) -> Result<()> {
+        let owned = cx.owned_partitions();
+        if let Some(stage) = plan.stages.get(index) {
             let task = match stage.kind {
                 StageKind::ShuffleMap(s) => &self.shuffles[s],
                 StageKind::Materialize(m) => &self.materializers[m],
                 StageKind::Output(o) => &self.outputs[o],
             };
             self.pool.install(|| {
-                (0..plan.partitions)
-                    .into_par_iter()
+                owned
+                    .par_iter()
+                    .copied()
                     .try_for_each(|p| contain(|| task.run(cx, p)))
             })?;
             contain(|| task.finish(cx))?;

@@ -47,6 +47,32 @@ impl<T: Send + Sync + 'static> Sink<T> for FilesSink<T> {
         }
         write_atomically(&self.dir, &self.path_for(batch), text.as_bytes())
     }
+
+    /// In a distributed job each worker writes `PREFIX-<time>.part-<partition>.txt` for the
+    /// partitions it owns, so re-runs on any worker overwrite the same files.
+    fn write_partitions(
+        &self,
+        batch: &BatchInfo,
+        parts: Vec<(usize, Vec<T>)>,
+        whole: bool,
+    ) -> Result<()> {
+        if whole {
+            return self.write(batch, parts.into_iter().flat_map(|(_, r)| r).collect());
+        }
+        for (part, records) in parts {
+            let mut text = String::new();
+            for r in &records {
+                (self.format)(r, &mut text);
+                text.push('\n');
+            }
+            let path = self.dir.join(format!(
+                "{}-{}.part-{part:04}.txt",
+                self.prefix, batch.time_ms
+            ));
+            write_atomically(&self.dir, &path, text.as_bytes())?;
+        }
+        Ok(())
+    }
 }
 
 /// Writes `bytes` to `path` through a temporary file in `dir`, fsynced and renamed, then fsyncs

@@ -21,6 +21,21 @@ pub trait Sink<T>: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Writes one batch. An error fails the batch, which is retried from the last checkpoint.
     fn write(&self, batch: &BatchInfo, records: Vec<T>) -> Result<()>;
+
+    /// Writes the partitions of a batch that ran in this process: all of them in local mode
+    /// (`whole`), this worker's in a distributed job. By default, as one batch.
+    fn write_partitions(
+        &self,
+        batch: &BatchInfo,
+        parts: Vec<(usize, Vec<T>)>,
+        whole: bool,
+    ) -> Result<()> {
+        let _ = whole;
+        self.write(
+            batch,
+            parts.into_iter().flat_map(|(_, records)| records).collect(),
+        )
+    }
 }
 
 /// Formats a record as one line of text.

@@ -1,0 +1,639 @@
+//! `sluice master`: the batch clock, source positions and offset log, partition placement over
+//! the registered workers, stage-by-stage execution, snapshots and commits.
+//!
+//! Recovery is a global rollback: when a worker is lost (or the master restarts), every worker
+//! reloads the newest snapshot for the partitions it now owns and the logged batches after it
+//! are run again; outputs are idempotent per batch time, so the result stays exactly once. A
+//! worker joining or leaving is placed at a batch boundary after a fresh snapshot, so live
+//! rescaling replays nothing.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+use crate::checkpoint::{
+    Checkpointer, CommitEntry, FORMAT_VERSION, JobMeta, OffsetEntry, StateFile,
+};
+use crate::exec::lock_unpoisoned;
+use crate::job::Job;
+use crate::rpc::{AddToken, CheckToken, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, channel, pb};
+use crate::time::{BatchInfo, now_ms};
+
+type Client = pb::worker_client::WorkerClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AddToken>,
+>;
+
+#[derive(Clone)]
+struct WorkerRef {
+    id: String,
+    address: String,
+    client: Client,
+}
+
+/// What the gRPC side shares with the master loop.
+#[derive(Default)]
+struct Shared {
+    joins: Vec<(String, String)>,
+    leaves: Vec<(String, oneshot::Sender<()>)>,
+    status: pb::StatusReply,
+}
+
+struct MasterService {
+    fingerprint: String,
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[tonic::async_trait]
+impl pb::master_server::Master for MasterService {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterReply>, Status> {
+        let r = request.into_inner();
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "worker {} speaks protocol {}, this master {PROTOCOL_VERSION}: run the same sluice version",
+                r.worker_id, r.protocol_version
+            )));
+        }
+        if r.fingerprint != self.fingerprint {
+            return Err(Status::failed_precondition(format!(
+                "worker {} runs job {}, this master {}: give both the same manifest",
+                r.worker_id, r.fingerprint, self.fingerprint
+            )));
+        }
+        if r.worker_id.is_empty()
+            || r.address.parse::<SocketAddr>().is_err() && !r.address.contains(':')
+        {
+            return Err(Status::invalid_argument(
+                "worker_id and a host:port address are required",
+            ));
+        }
+        tracing::info!(worker = %r.worker_id, address = %r.address, "worker registered");
+        lock_unpoisoned(&self.shared)
+            .joins
+            .push((r.worker_id, r.address));
+        Ok(Response::new(pb::RegisterReply {
+            master_id: format!("master-{}", std::process::id()),
+        }))
+    }
+
+    async fn leave(
+        &self,
+        request: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveReply>, Status> {
+        let id = request.into_inner().worker_id;
+        let (tx, rx) = oneshot::channel();
+        lock_unpoisoned(&self.shared).leaves.push((id.clone(), tx));
+        tracing::info!(worker = %id, "worker asks to leave");
+        let _ = tokio::time::timeout(Duration::from_secs(60), rx).await;
+        Ok(Response::new(pb::LeaveReply {}))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        Ok(Response::new(lock_unpoisoned(&self.shared).status.clone()))
+    }
+}
+
+/// How the master runs.
+pub struct MasterOptions {
+    pub listen: SocketAddr,
+    pub job_name: String,
+    pub fingerprint: String,
+    pub token: String,
+    /// Workers to wait for before the first batch.
+    pub min_workers: usize,
+    pub snapshot_interval: u64,
+    pub stop_after: Option<u64>,
+    pub stop: Arc<AtomicBool>,
+    pub paced: bool,
+}
+
+/// A failure that the master handles by rolling back.
+#[derive(Debug)]
+enum Fault {
+    /// A worker did not answer: drop it and roll back.
+    Worker(String, String),
+    /// The checkpoint store or a source failed: retry after a back-off.
+    Retry(String),
+    /// Give up.
+    Fatal(String),
+}
+
+impl From<crate::Error> for Fault {
+    fn from(e: crate::Error) -> Self {
+        if e.is_retryable() {
+            Fault::Retry(e.to_string())
+        } else {
+            Fault::Fatal(e.to_string())
+        }
+    }
+}
+
+/// Runs the master until stopped; `job` is the compiled manifest (the master uses its graph
+/// and sources, never its tasks).
+pub fn run(
+    job: Job,
+    ckpt: Checkpointer,
+    options: MasterOptions,
+    runtime: Handle,
+) -> Result<(), String> {
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let service = MasterService {
+        fingerprint: options.fingerprint.clone(),
+        shared: shared.clone(),
+    };
+    let server =
+        pb::master_server::MasterServer::with_interceptor(service, CheckToken::new(&options.token));
+    let listen = options.listen;
+    runtime.spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(server)
+            .serve(listen)
+            .await
+        {
+            tracing::error!(error = %e, "the master's gRPC server stopped");
+        }
+    });
+    tracing::info!(%listen, job = %options.job_name, "master serving");
+    let meta = match ckpt.load_meta().map_err(|e| e.to_string())? {
+        Some(meta) => {
+            if meta.fingerprint != options.fingerprint {
+                return Err(format!(
+                    "checkpoint {} belongs to a different job (fingerprint {} != {}); use a new checkpoint location",
+                    ckpt.describe(),
+                    meta.fingerprint,
+                    options.fingerprint
+                ));
+            }
+            tracing::info!(checkpoint = %ckpt.describe(), "resuming from checkpoint");
+            meta
+        }
+        None => {
+            let interval = job.interval_ms();
+            let meta = JobMeta {
+                format_version: FORMAT_VERSION,
+                job: options.job_name.clone(),
+                fingerprint: options.fingerprint.clone(),
+                zero_time_ms: now_ms() / interval * interval,
+                interval_ms: interval,
+                partitions: job.partitions(),
+            };
+            ckpt.write_meta(&meta).map_err(|e| e.to_string())?;
+            meta
+        }
+    };
+    let mut master = Master {
+        initial_positions: job.positions(),
+        job,
+        ckpt,
+        zero: meta.zero_time_ms,
+        workers: Vec::new(),
+        owners: Vec::new(),
+        epoch: 0,
+        next: 1,
+        last_snapshot: 0,
+        recoveries: 0,
+        shared,
+        runtime,
+        token: AddToken::new(&options.token)?,
+        fingerprint: options.fingerprint.clone(),
+        checkpoint_uri: String::new(),
+    };
+    master.checkpoint_uri = master.ckpt.describe();
+    master.run_loop(&options)
+}
+
+struct Master {
+    job: Job,
+    ckpt: Checkpointer,
+    zero: u64,
+    workers: Vec<WorkerRef>,
+    /// owners[p] = index into `workers`.
+    owners: Vec<usize>,
+    epoch: u64,
+    next: u64,
+    last_snapshot: u64,
+    recoveries: u64,
+    initial_positions: BTreeMap<String, serde_json::Value>,
+    shared: Arc<Mutex<Shared>>,
+    runtime: Handle,
+    token: AddToken,
+    fingerprint: String,
+    checkpoint_uri: String,
+}
+
+impl Master {
+    fn set_status(&self, state: &str, message: &str) {
+        let mut shared = lock_unpoisoned(&self.shared);
+        shared.status = pb::StatusReply {
+            state: state.to_string(),
+            last_completed_batch: self.next.saturating_sub(1),
+            last_checkpoint_batch: self.last_snapshot,
+            checkpoint_uri: self.checkpoint_uri.clone(),
+            recoveries: self.recoveries,
+            workers: self.workers.iter().map(|w| w.id.clone()).collect(),
+            message: message.to_string(),
+            epoch: self.epoch,
+        };
+    }
+
+    fn client(&self, address: &str) -> Result<Client, String> {
+        let ch = channel(address, Duration::from_secs(60))?;
+        Ok(
+            pb::worker_client::WorkerClient::with_interceptor(ch, self.token.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+    }
+
+    /// Calls every worker at once; the first failure names the worker.
+    fn all<T: Send + 'static, F, Fut>(&self, call: F) -> Result<Vec<T>, Fault>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>> + Send + 'static,
+    {
+        let futures: Vec<_> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let fut = call(w.client.clone());
+                let id = w.id.clone();
+                async move { fut.await.map(|r| r.into_inner()).map_err(|e| (id, e)) }
+            })
+            .collect();
+        let results = self.runtime.block_on(futures::future::join_all(futures));
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(v) => out.push(v),
+                Err((id, e)) => {
+                    return Err(Fault::Worker(id, format!("{}: {}", e.code(), e.message())));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn run_loop(&mut self, options: &MasterOptions) -> Result<(), String> {
+        let stop = &options.stop;
+        self.set_status("starting", "waiting for workers");
+        let mut backoff = Duration::from_millis(200);
+        let mut needs_recovery = true;
+        while !stop.load(Ordering::Relaxed) {
+            if options.stop_after.is_some_and(|last| self.next > last) && !needs_recovery {
+                break;
+            }
+            // Membership changes and recovery happen between batches.
+            let changed = self.take_membership_changes();
+            if self.workers.len() < options.min_workers.max(1) {
+                self.set_status(
+                    "starting",
+                    &format!(
+                        "waiting for workers ({} of {})",
+                        self.workers.len(),
+                        options.min_workers.max(1)
+                    ),
+                );
+                std::thread::sleep(Duration::from_millis(100));
+                needs_recovery = true;
+                continue;
+            }
+            let result = if needs_recovery {
+                self.recover(options.stop_after)
+            } else if changed {
+                self.rebalance()
+            } else {
+                let batch = BatchInfo::new(self.zero, self.job.interval_ms(), self.next);
+                if options.paced {
+                    let wait = batch.time_ms.saturating_sub(now_ms());
+                    if wait > 0 {
+                        std::thread::sleep(Duration::from_millis(wait.min(100)));
+                        continue;
+                    }
+                }
+                self.run_new_batch(batch)
+            };
+            match result {
+                Ok(()) => {
+                    needs_recovery = false;
+                    backoff = Duration::from_millis(200);
+                    self.set_status("running", "");
+                }
+                Err(Fault::Worker(id, why)) => {
+                    tracing::error!(worker = %id, error = %why, "worker lost; rolling back to the last checkpoint");
+                    self.workers.retain(|w| w.id != id);
+                    self.recoveries += 1;
+                    needs_recovery = true;
+                    self.set_status("recovering", &format!("worker {id} lost: {why}"));
+                }
+                Err(Fault::Retry(why)) => {
+                    tracing::error!(error = %why, retry_in = ?backoff, "batch failed; retrying from the last checkpoint");
+                    self.set_status("checkpoint failing", &why);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    self.recoveries += 1;
+                    needs_recovery = true;
+                }
+                Err(Fault::Fatal(why)) => {
+                    self.set_status("failed", &why);
+                    return Err(why);
+                }
+            }
+        }
+        if !needs_recovery && self.next > 1 && self.next - 1 > self.last_snapshot {
+            let _ = self.snapshot(self.next - 1);
+        }
+        self.set_status("stopped", "");
+        Ok(())
+    }
+
+    /// Adds registered workers and releases leaving ones; true when membership changed.
+    fn take_membership_changes(&mut self) -> bool {
+        let (joins, leaves) = {
+            let mut shared = lock_unpoisoned(&self.shared);
+            (
+                std::mem::take(&mut shared.joins),
+                std::mem::take(&mut shared.leaves),
+            )
+        };
+        let mut changed = false;
+        for (id, address) in joins {
+            // A worker registering again (after a master restart, or restarted itself) is new.
+            self.workers.retain(|w| w.id != id && w.address != address);
+            match self.client(&address) {
+                Ok(client) => {
+                    self.workers.push(WorkerRef {
+                        id,
+                        address,
+                        client,
+                    });
+                    changed = true;
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %id, error = %e, "ignoring a worker with a bad address")
+                }
+            }
+        }
+        if !leaves.is_empty() {
+            // Hand off: snapshot where we are, then place partitions without the leavers.
+            if self.next > 1
+                && self.next - 1 > self.last_snapshot
+                && !self.workers.is_empty()
+                && let Err(e) = self.snapshot(self.next - 1)
+            {
+                tracing::warn!(error = ?e, "snapshot before hand-off failed; the next recovery replays instead");
+            }
+            for (id, done) in leaves {
+                self.workers.retain(|w| w.id != id);
+                tracing::info!(worker = %id, "worker left");
+                let _ = done.send(());
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Spreads partitions over the workers, keeping owners where possible, in a new epoch.
+    fn assign(&mut self) -> Result<(), Fault> {
+        let n = self.workers.len();
+        let partitions = self.job.partitions();
+        let mut load = vec![0usize; n];
+        let target = partitions.div_ceil(n);
+        let previous = std::mem::take(&mut self.owners);
+        let mut owners = vec![usize::MAX; partitions];
+        // Keep a partition where it was if that worker is still here and not over its share.
+        for (p, owner) in previous.iter().enumerate().take(partitions) {
+            if *owner < n && load[*owner] < target {
+                owners[p] = *owner;
+                load[*owner] += 1;
+            }
+        }
+        for owner in owners.iter_mut().filter(|o| **o == usize::MAX) {
+            let least = (0..n).min_by_key(|w| load[*w]).unwrap_or(0);
+            *owner = least;
+            load[least] += 1;
+        }
+        self.owners = owners;
+        self.epoch += 1;
+        let addresses: Vec<String> = self
+            .owners
+            .iter()
+            .map(|w| self.workers[*w].address.clone())
+            .collect();
+        let (epoch, fingerprint) = (self.epoch, self.fingerprint.clone());
+        self.all(move |mut c| {
+            let req = pb::AssignRequest {
+                epoch,
+                master_id: String::new(),
+                owners: addresses.clone(),
+                fingerprint: fingerprint.clone(),
+            };
+            async move { c.assign(req).await }
+        })?;
+        tracing::info!(epoch, workers = n, "partitions assigned");
+        Ok(())
+    }
+
+    fn restore_all(&self, snapshot: u64) -> Result<(), Fault> {
+        let epoch = self.epoch;
+        self.all(move |mut c| async move {
+            c.restore(pb::RestoreRequest {
+                epoch,
+                snapshot_batch: snapshot,
+            })
+            .await
+        })?;
+        Ok(())
+    }
+
+    /// New placement from the last snapshot; replays whatever was logged after it.
+    fn recover(&mut self, stop_after: Option<u64>) -> Result<(), Fault> {
+        self.assign()?;
+        let snapshot = self
+            .ckpt
+            .latest_snapshot()
+            .map_err(Fault::from)?
+            .map_or(0, |s| s.batch);
+        self.restore_all(snapshot)?;
+        let positions = match snapshot {
+            0 => self.initial_positions.clone(),
+            b => {
+                self.ckpt
+                    .read_offsets(b)
+                    .map_err(Fault::from)?
+                    .ok_or_else(|| {
+                        Fault::Retry(format!("offsets of snapshot batch {b} are missing"))
+                    })?
+                    .positions
+            }
+        };
+        self.job.seek(&positions).map_err(Fault::from)?;
+        self.last_snapshot = snapshot;
+        self.next = snapshot + 1;
+        let logged = self.ckpt.offsets_after(snapshot).map_err(Fault::from)?;
+        tracing::info!(
+            snapshot,
+            replay = logged.len(),
+            workers = self.workers.len(),
+            "recovering"
+        );
+        for entry in logged {
+            if entry.batch != self.next {
+                return Err(Fault::Fatal(format!(
+                    "the offset log jumps from batch {} to {}",
+                    self.next - 1,
+                    entry.batch
+                )));
+            }
+            if stop_after.is_some_and(|last| entry.batch > last) {
+                break;
+            }
+            let batch = BatchInfo {
+                index: entry.batch,
+                time_ms: entry.time_ms,
+                interval_ms: self.job.interval_ms(),
+            };
+            self.execute(batch, &entry.ranges, true)?;
+            self.job.seek(&entry.positions).map_err(Fault::from)?;
+            self.complete(batch, 0, true)?;
+        }
+        Ok(())
+    }
+
+    /// Live rescale: a fresh snapshot, a new placement, the snapshot loaded; nothing replayed.
+    fn rebalance(&mut self) -> Result<(), Fault> {
+        let last = self.next - 1;
+        if last > self.last_snapshot && self.owners.len() == self.job.partitions() {
+            // Taken with the old placement, before the new one.
+            let old_workers_ok = self.owners.iter().all(|w| *w < self.workers.len());
+            if old_workers_ok {
+                self.snapshot(last)?;
+            }
+        }
+        self.assign()?;
+        let snapshot = self
+            .ckpt
+            .latest_snapshot()
+            .map_err(Fault::from)?
+            .map_or(0, |s| s.batch);
+        if snapshot != last {
+            // The hand-off snapshot could not be taken: fall back to replaying.
+            return self.recover(None);
+        }
+        self.restore_all(snapshot)?;
+        tracing::info!(workers = self.workers.len(), at_batch = last, "rescaled");
+        Ok(())
+    }
+
+    fn run_new_batch(&mut self, batch: BatchInfo) -> Result<(), Fault> {
+        let (ranges, positions) = self.job.plan_inputs(&batch).map_err(Fault::from)?;
+        self.ckpt
+            .write_offsets(&OffsetEntry {
+                batch: batch.index,
+                time_ms: batch.time_ms,
+                ranges: ranges.clone(),
+                positions,
+            })
+            .map_err(Fault::from)?;
+        let started = Instant::now();
+        self.execute(batch, &ranges, false)?;
+        self.complete(batch, started.elapsed().as_millis() as u64, false)
+    }
+
+    fn execute(
+        &mut self,
+        batch: BatchInfo,
+        ranges: &BTreeMap<String, serde_json::Value>,
+        replay: bool,
+    ) -> Result<(), Fault> {
+        let epoch = self.epoch;
+        let ranges: std::collections::HashMap<String, String> = ranges
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        self.all(move |mut c| {
+            let req = pb::BeginBatchRequest {
+                epoch,
+                batch: batch.index,
+                time_ms: batch.time_ms,
+                replay,
+                ranges: ranges.clone(),
+            };
+            async move { c.begin_batch(req).await }
+        })?;
+        let stages = self.job.graph().plan(batch).stages.len();
+        for stage in 0..stages {
+            self.all(move |mut c| async move {
+                c.run_stage(pb::RunStageRequest {
+                    epoch,
+                    batch: batch.index,
+                    stage: stage as u32,
+                })
+                .await
+            })?;
+        }
+        Ok(())
+    }
+
+    fn complete(
+        &mut self,
+        batch: BatchInfo,
+        processing_ms: u64,
+        replay: bool,
+    ) -> Result<(), Fault> {
+        if batch.index.is_multiple_of(self.ckpt.interval) {
+            self.snapshot(batch.index)?;
+        }
+        self.ckpt
+            .write_commit(&CommitEntry {
+                batch: batch.index,
+                time_ms: batch.time_ms,
+                records: 0,
+                record_errors: 0,
+                processing_ms,
+                committed_at_ms: now_ms(),
+            })
+            .map_err(Fault::from)?;
+        self.next = batch.index + 1;
+        tracing::info!(
+            "batch {} {}{}: processing {processing_ms}ms, total delay {}ms",
+            batch.index,
+            batch.display_time(),
+            if replay { " (replayed)" } else { "" },
+            now_ms().saturating_sub(batch.time_ms)
+        );
+        self.set_status("running", "");
+        Ok(())
+    }
+
+    fn snapshot(&mut self, batch: u64) -> Result<(), Fault> {
+        let epoch = self.epoch;
+        let replies = self.all(move |mut c| async move {
+            c.snapshot(pb::SnapshotRequest { epoch, batch }).await
+        })?;
+        let files: Vec<StateFile> = replies
+            .into_iter()
+            .flat_map(|r| r.files)
+            .map(|f| StateFile {
+                key: f.key,
+                len: f.len,
+                crc32: f.crc32,
+            })
+            .collect();
+        self.ckpt
+            .write_manifest(batch, files)
+            .map_err(Fault::from)?;
+        self.last_snapshot = batch;
+        self.ckpt.prune().map_err(Fault::from)?;
+        Ok(())
+    }
+}
