@@ -1,6 +1,7 @@
 //! The `sluice` command: `run`, `validate`, `bench`. One binary serves every role.
 
 mod bench;
+mod cluster;
 mod run;
 mod validate;
 
@@ -50,6 +51,16 @@ job.yaml: spec.pipeline[2].window.slide: 3s is not a multiple of spec.batchInter
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run the master of a distributed job: batch clock, placement, checkpoints.
+    #[command(
+        after_help = "Needs SLUICE_TOKEN (shared with the workers) and spec.checkpoint (usually s3://...).\n\nExample:\n  SLUICE_TOKEN=... sluice master job.yaml --listen 0.0.0.0:7070 --min-workers 3"
+    )]
+    Master(cluster::MasterArgs),
+    /// Run a worker of a distributed job: tasks, shuffle, keyed state.
+    #[command(
+        after_help = "Needs SLUICE_TOKEN (the master's) and the same manifest as the master.\n\nExample:\n  SLUICE_TOKEN=... sluice worker job.yaml --master sluice-master:7070 --listen 0.0.0.0:7071"
+    )]
+    Worker(cluster::WorkerArgs),
     /// Measure throughput and batch latency of the built-in benchmark jobs.
     #[command(
         after_help = "Runs WordCount, windowed WordCount and a stateful running count on 100-byte generated \
@@ -73,6 +84,8 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Validate { files } => validate::validate(&files),
         Command::Bench(args) => bench::bench(args),
+        Command::Master(args) => cluster::master(args),
+        Command::Worker(args) => cluster::worker(args),
     }
 }
 

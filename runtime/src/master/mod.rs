@@ -248,6 +248,8 @@ impl Master {
     }
 
     fn client(&self, address: &str) -> Result<Client, String> {
+        // Channels spawn their connection task on the runtime.
+        let _entered = self.runtime.enter();
         let ch = channel(address, Duration::from_secs(60))?;
         Ok(
             pb::worker_client::WorkerClient::with_interceptor(ch, self.token.clone())

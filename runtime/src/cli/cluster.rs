@@ -1,0 +1,225 @@
+//! `sluice master` and `sluice worker`: the two roles of a distributed job.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::Args;
+use sluice_crds::defaults;
+
+use super::validate::{check, print_problems};
+use super::{EXIT_FAILED, EXIT_INVALID};
+use crate::checkpoint::{Checkpointer, open_store};
+use crate::manifest::CompileOptions;
+use crate::rpc::token_from_env;
+
+#[derive(Args, Debug)]
+pub struct MasterArgs {
+    /// The StreamingJob manifest (the same file every worker gets).
+    pub file: PathBuf,
+    /// Address to serve the master API on.
+    #[arg(long, env = "SLUICE_MASTER_LISTEN", default_value = "0.0.0.0:7070")]
+    pub listen: SocketAddr,
+    /// Workers to wait for before the first batch.
+    #[arg(long, env = "SLUICE_MIN_WORKERS", default_value_t = 1)]
+    pub min_workers: usize,
+    /// Stop after this batch (counted from the job's first batch).
+    #[arg(long)]
+    pub batches: Option<u64>,
+    /// Run batches back to back instead of waiting for each batch's time.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The StreamingJob manifest (the same file the master gets).
+    pub file: PathBuf,
+    /// The master's address (host:port).
+    #[arg(long, env = "SLUICE_MASTER")]
+    pub master: String,
+    /// Address to serve the worker API on.
+    #[arg(long, env = "SLUICE_WORKER_LISTEN", default_value = "0.0.0.0:7071")]
+    pub listen: SocketAddr,
+    /// How the master and other workers reach this one (host:port). Default: `$POD_IP` (or the
+    /// listen address) with the listen port.
+    #[arg(long, env = "SLUICE_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// A stable name for this worker. Default: `$HOSTNAME`, else the advertised address.
+    #[arg(long, env = "SLUICE_WORKER_ID")]
+    pub id: Option<String>,
+    /// Task threads. Default: one per core.
+    #[arg(long, env = "SLUICE_THREADS")]
+    pub threads: Option<usize>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+fn load(
+    file: &PathBuf,
+    threads: usize,
+) -> Result<(sluice_crds::StreamingJob, crate::job::Job, Checkpointer), ExitCode> {
+    let (manifest, job) = match check(
+        file,
+        &CompileOptions {
+            threads,
+            discard_output: false,
+        },
+    ) {
+        Ok(ok) => ok,
+        Err(problems) => {
+            print_problems(file, &problems);
+            return Err(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let Some(spec) = manifest.spec.checkpoint.as_ref() else {
+        eprintln!(
+            "{}: spec.checkpoint: a distributed job needs a checkpoint location shared by master and workers (s3://bucket/prefix)",
+            file.display()
+        );
+        return Err(ExitCode::from(EXIT_INVALID));
+    };
+    let store = match open_store(spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sluice: spec.checkpoint: {e}");
+            return Err(ExitCode::from(EXIT_FAILED));
+        }
+    };
+    let ckpt = Checkpointer::new(
+        store,
+        spec.interval.unwrap_or(defaults::CHECKPOINT_INTERVAL) as u64,
+        spec.retain.unwrap_or(defaults::CHECKPOINT_RETAIN) as usize,
+    );
+    Ok((manifest, job, ckpt))
+}
+
+fn stop_flag() -> Result<Arc<AtomicBool>, ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()));
+        if let Err(e) = registered {
+            eprintln!("sluice: cannot handle signal {signal}: {e}");
+            return Err(ExitCode::from(EXIT_FAILED));
+        }
+    }
+    Ok(stop)
+}
+
+pub(crate) fn master(args: MasterArgs) -> ExitCode {
+    let token = match token_from_env() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice master: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let (manifest, job, ckpt) = match load(&args.file, 1) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let stop = match stop_flag() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice master: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let options = crate::master::MasterOptions {
+        listen: args.listen,
+        job_name: manifest.metadata.name.clone(),
+        fingerprint: sluice_crds::fingerprint(&manifest.spec),
+        token,
+        min_workers: args.min_workers,
+        snapshot_interval: ckpt.interval,
+        stop_after: args.batches,
+        stop,
+        paced: !args.no_wait,
+    };
+    match crate::master::run(job, ckpt, options, rt.handle().clone()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("master failed: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
+    let token = match token_from_env() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice worker: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| CompileOptions::default().threads)
+        .max(1);
+    let (manifest, job, ckpt) = match load(&args.file, threads) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let advertise = args.advertise.clone().unwrap_or_else(|| {
+        let host = std::env::var("POD_IP")
+            .ok()
+            .filter(|ip| !ip.is_empty())
+            .unwrap_or_else(|| {
+                if args.listen.ip().is_unspecified() {
+                    "127.0.0.1".to_string()
+                } else {
+                    args.listen.ip().to_string()
+                }
+            });
+        format!("{host}:{}", args.listen.port())
+    });
+    let id = args
+        .id
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| advertise.clone());
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluice worker: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let options = crate::worker::WorkerOptions {
+        id,
+        listen: args.listen,
+        advertise,
+        master: args.master.clone(),
+        fingerprint: sluice_crds::fingerprint(&manifest.spec),
+        token,
+    };
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+        }
+    };
+    match rt.block_on(crate::worker::run(job, ckpt, options, shutdown)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("worker failed: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
