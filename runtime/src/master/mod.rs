@@ -290,20 +290,23 @@ impl Master {
         self.set_status("starting", "waiting for workers");
         let mut backoff = Duration::from_millis(200);
         let mut needs_recovery = true;
+        let mut started = false;
         while !stop.load(Ordering::Relaxed) {
             if options.stop_after.is_some_and(|last| self.next > last) && !needs_recovery {
                 break;
             }
             // Membership changes and recovery happen between batches.
             let changed = self.take_membership_changes();
-            if self.workers.len() < options.min_workers.max(1) {
+            // The minimum gates the start only; afterwards any live worker keeps the job going.
+            let required = if started {
+                1
+            } else {
+                options.min_workers.max(1)
+            };
+            if self.workers.len() < required {
                 self.set_status(
                     "starting",
-                    &format!(
-                        "waiting for workers ({} of {})",
-                        self.workers.len(),
-                        options.min_workers.max(1)
-                    ),
+                    &format!("waiting for workers ({} of {required})", self.workers.len()),
                 );
                 std::thread::sleep(Duration::from_millis(100));
                 needs_recovery = true;
@@ -327,6 +330,7 @@ impl Master {
             match result {
                 Ok(()) => {
                     needs_recovery = false;
+                    started = true;
                     backoff = Duration::from_millis(200);
                     self.set_status("running", "");
                 }

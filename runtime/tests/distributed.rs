@@ -1,0 +1,346 @@
+//! A distributed job for real: s3s-fs, one `sluice master` and three `sluice worker` processes
+//! on loopback, killed and added for real. Every scenario compares the output, batch by batch,
+//! with an independent local run of the same manifest.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{S3Server, with_credentials};
+
+const TOKEN: &str = "test-token-0123456789";
+const BATCHES: u64 = 40;
+
+fn port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn manifest(dir: &Path, out: &Path, checkpoint: &str) -> PathBuf {
+    let text = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: dist}}\nspec:\n  batchInterval: 100ms\n  parallelism: 6\n  sources: [{{name: g, generator: {{rate: 10000, seed: 9, vocabulary: 300}}}}]\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n    - updateStateByKey: {{op: sum}}\n  sinks: [{{files: {{path: \"{}\"}}}}]\n  checkpoint: {checkpoint}\n",
+        out.display()
+    );
+    let path = dir.join(format!("job-{}.yaml", port()));
+    std::fs::write(&path, text).expect("write manifest");
+    path
+}
+
+/// Lines of every batch, merged over partitions, keyed by batch time.
+fn batches(out: &Path) -> BTreeMap<u64, Vec<String>> {
+    let mut all: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for entry in std::fs::read_dir(out).expect("output dir") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let time: u64 = name
+            .trim_start_matches("batch-")
+            .split('.')
+            .next()
+            .and_then(|t| t.parse().ok())
+            .expect("batch time");
+        let text = std::fs::read_to_string(out.join(&name)).expect("read");
+        all.entry(time)
+            .or_default()
+            .extend(text.lines().map(String::from));
+    }
+    for lines in all.values_mut() {
+        lines.sort();
+    }
+    all
+}
+
+fn reference(dir: &Path) -> Vec<Vec<String>> {
+    let out = dir.join("reference-out");
+    let job = manifest(
+        dir,
+        &out,
+        &format!(
+            "{{uri: \"file://{}\"}}",
+            dir.join("reference-ckpt").display()
+        ),
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run"])
+        .arg(&job)
+        .args(["--batches", &BATCHES.to_string(), "--no-wait"])
+        .env("SLUICE_LOG", "warn")
+        .output()
+        .expect("reference run");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    batches(&out).into_values().collect()
+}
+
+struct Cluster {
+    dir: PathBuf,
+    job: PathBuf,
+    out: PathBuf,
+    master_port: u16,
+    master: Option<Child>,
+    workers: Vec<(String, Child)>,
+}
+
+impl Cluster {
+    fn new(dir: &Path, server: &S3Server, prefix: &str) -> Cluster {
+        let out = dir.join(format!("{prefix}-out"));
+        let checkpoint = format!(
+            "{{uri: \"s3://ckpt/{prefix}\", endpoint: \"{}\", pathStyle: true, interval: 5}}",
+            server.endpoint()
+        );
+        let job = manifest(dir, &out, &checkpoint);
+        Cluster {
+            dir: dir.to_path_buf(),
+            job,
+            out,
+            master_port: port(),
+            master: None,
+            workers: Vec::new(),
+        }
+    }
+
+    fn command(&self, log: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        with_credentials(&mut c)
+            .env("SLUICE_TOKEN", TOKEN)
+            .env("SLUICE_LOG", "info");
+        let file = std::fs::File::create(self.dir.join(log)).expect("log");
+        c.stdout(Stdio::null()).stderr(file);
+        c
+    }
+
+    fn start_master(&mut self, min_workers: usize) {
+        let mut c = self.command(&format!("master-{}.log", self.master_port));
+        c.arg("master")
+            .arg(&self.job)
+            .args(["--listen", &format!("127.0.0.1:{}", self.master_port)]);
+        c.args([
+            "--min-workers",
+            &min_workers.to_string(),
+            "--batches",
+            &BATCHES.to_string(),
+        ]);
+        self.master = Some(c.spawn().expect("start master"));
+    }
+
+    fn start_worker(&mut self, id: &str) {
+        let mut c = self.command(&format!("{id}.log"));
+        c.arg("worker")
+            .arg(&self.job)
+            .args(["--master", &format!("127.0.0.1:{}", self.master_port)]);
+        c.args([
+            "--listen",
+            &format!("127.0.0.1:{}", port()),
+            "--id",
+            id,
+            "--threads",
+            "1",
+        ]);
+        self.workers
+            .push((id.to_string(), c.spawn().expect("start worker")));
+    }
+
+    fn kill_master(&mut self) {
+        if let Some(mut m) = self.master.take() {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
+
+    fn kill_worker(&mut self, id: &str) {
+        if let Some(i) = self.workers.iter().position(|(w, _)| w == id) {
+            let (_, mut child) = self.workers.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn stop_worker(&mut self, id: &str) {
+        if let Some(i) = self.workers.iter().position(|(w, _)| w == id) {
+            let (_, child) = self.workers.remove(i);
+            let status = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success());
+            let out = child.wait_with_output().expect("worker exits");
+            assert!(out.status.success(), "a worker asked to leave exits 0");
+        }
+    }
+
+    fn commits(&self) -> usize {
+        std::fs::read_dir(self.out.as_path())
+            .map(|d| d.count())
+            .unwrap_or(0)
+            / 6
+    }
+
+    fn wait_commits(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.commits() < n {
+            assert!(
+                Instant::now() < deadline,
+                "stuck below {n} batches; master log:\n{}",
+                self.master_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn master_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(format!("master-{}.log", self.master_port)))
+            .unwrap_or_default()
+    }
+
+    fn finish(&mut self) -> Vec<Vec<String>> {
+        let mut master = self.master.take().expect("a master");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(status) = master.try_wait().expect("wait") {
+                assert!(status.success(), "master failed:\n{}", self.master_log());
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the job did not finish:\n{}",
+                self.master_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        batches(&self.out).into_values().collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_master();
+        for (_, mut w) in self.workers.drain(..) {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+}
+
+fn assert_exactly_once(got: &[Vec<String>], want: &[Vec<String>], scenario: &str) {
+    assert_eq!(got.len(), want.len(), "{scenario}: number of batches");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            g == w,
+            "{scenario}: batch {} differs from the local run ({} lines vs {})",
+            i + 1,
+            g.len(),
+            w.len()
+        );
+    }
+}
+
+#[test]
+fn distributed_job_survives_master_and_worker_loss_and_rescales() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let want = reference(tmp.path());
+    assert_eq!(want.len() as u64, BATCHES);
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+
+    // Kill the master: a new one resumes from S3 and the workers come back to it.
+    let mut c = Cluster::new(tmp.path(), &server, "master-kill");
+    c.start_master(3);
+    for w in ["w1", "w2", "w3"] {
+        c.start_worker(w);
+    }
+    c.wait_commits(10, Duration::from_secs(60));
+    let before = c.commits();
+    c.kill_master();
+    let killed = Instant::now();
+    c.start_master(3);
+    c.wait_commits(before + 1, Duration::from_secs(60));
+    eprintln!(
+        "master kill -> next committed batch: {:?}",
+        killed.elapsed()
+    );
+    assert_exactly_once(&c.finish(), &want, "master killed");
+    drop(c);
+
+    // Kill a worker: the others take its partitions; nothing is lost or doubled.
+    let mut c = Cluster::new(tmp.path(), &server, "worker-kill");
+    c.start_master(3);
+    for w in ["w1", "w2", "w3"] {
+        c.start_worker(w);
+    }
+    c.wait_commits(10, Duration::from_secs(60));
+    let before = c.commits();
+    c.kill_worker("w2");
+    let killed = Instant::now();
+    c.wait_commits(before + 1, Duration::from_secs(60));
+    eprintln!(
+        "worker kill -> next committed batch: {:?}",
+        killed.elapsed()
+    );
+    assert_exactly_once(&c.finish(), &want, "worker killed");
+    drop(c);
+
+    // Add a worker, then ask one to leave: live rescaling at batch boundaries.
+    let mut c = Cluster::new(tmp.path(), &server, "rescale");
+    c.start_master(2);
+    c.start_worker("w1");
+    c.start_worker("w2");
+    c.wait_commits(8, Duration::from_secs(60));
+    c.start_worker("w3");
+    c.wait_commits(20, Duration::from_secs(60));
+    c.stop_worker("w1");
+    assert_exactly_once(&c.finish(), &want, "rescaled");
+    assert!(c.master_log().contains("rescaled"), "{}", c.master_log());
+}
+
+#[test]
+fn a_worker_with_the_wrong_token_or_job_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let mut c = Cluster::new(tmp.path(), &server, "refuse");
+    c.start_master(1);
+    let mut bad = c.command("bad.log");
+    bad.env("SLUICE_TOKEN", "a-different-token-0000");
+    bad.arg("worker").arg(&c.job).args([
+        "--master",
+        &format!("127.0.0.1:{}", c.master_port),
+        "--listen",
+        &format!("127.0.0.1:{}", port()),
+        "--id",
+        "intruder",
+    ]);
+    let mut intruder = bad.spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let log = tmp.path().join("bad.log");
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("missing or wrong job token")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the intruder was not refused: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = intruder.kill();
+    let _ = intruder.wait();
+    assert!(
+        !c.master_log().contains("worker registered"),
+        "{}",
+        c.master_log()
+    );
+}
