@@ -64,7 +64,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn load(
-    file: &PathBuf,
+    file: &std::path::Path,
     threads: usize,
 ) -> Result<(sluice_crds::StreamingJob, crate::job::Job, Checkpointer), ExitCode> {
     let (manifest, job) = match check(
