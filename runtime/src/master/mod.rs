@@ -33,13 +33,14 @@ type Client = pb::worker_client::WorkerClient<
 struct WorkerRef {
     id: String,
     address: String,
+    incarnation: String,
     client: Client,
 }
 
 /// What the gRPC side shares with the master loop.
 #[derive(Default)]
 struct Shared {
-    joins: Vec<(String, String)>,
+    joins: Vec<(String, String, String)>,
     leaves: Vec<(String, oneshot::Sender<()>)>,
     status: pb::StatusReply,
 }
@@ -78,7 +79,7 @@ impl pb::master_server::Master for MasterService {
         tracing::info!(worker = %r.worker_id, address = %r.address, "worker registered");
         lock_unpoisoned(&self.shared)
             .joins
-            .push((r.worker_id, r.address));
+            .push((r.worker_id, r.address, r.incarnation));
         Ok(Response::new(pb::RegisterReply {
             master_id: format!("master-{}", std::process::id()),
         }))
@@ -208,6 +209,7 @@ pub fn run(
         token: AddToken::new(&options.token)?,
         fingerprint: options.fingerprint.clone(),
         checkpoint_uri: String::new(),
+        last_ping: Instant::now(),
     };
     master.checkpoint_uri = master.ckpt.describe();
     master.run_loop(&options)
@@ -230,6 +232,7 @@ struct Master {
     token: AddToken,
     fingerprint: String,
     checkpoint_uri: String,
+    last_ping: Instant,
 }
 
 impl Master {
@@ -318,14 +321,23 @@ impl Master {
                 self.rebalance()
             } else {
                 let batch = BatchInfo::new(self.zero, self.job.interval_ms(), self.next);
-                if options.paced {
-                    let wait = batch.time_ms.saturating_sub(now_ms());
-                    if wait > 0 {
-                        std::thread::sleep(Duration::from_millis(wait.min(100)));
-                        continue;
-                    }
+                let wait = if options.paced {
+                    batch.time_ms.saturating_sub(now_ms())
+                } else {
+                    0
+                };
+                if wait > 0 && self.last_ping.elapsed() < Duration::from_secs(1) {
+                    std::thread::sleep(Duration::from_millis(wait.min(100)));
+                    continue;
                 }
-                self.run_new_batch(batch)
+                self.last_ping = Instant::now();
+                if wait > 0 {
+                    // Between slow batches: show the workers we are alive, and notice losses.
+                    self.all(|mut c| async move { c.ping(pb::PingRequest { epoch: 0 }).await })
+                        .map(|_| ())
+                } else {
+                    self.run_new_batch(batch)
+                }
             };
             match result {
                 Ok(()) => {
@@ -372,14 +384,23 @@ impl Master {
             )
         };
         let mut changed = false;
-        for (id, address) in joins {
-            // A worker registering again (after a master restart, or restarted itself) is new.
+        for (id, address, incarnation) in joins {
+            // The same process registering again (it thought us gone) keeps its place.
+            if self
+                .workers
+                .iter()
+                .any(|w| w.id == id && w.address == address && w.incarnation == incarnation)
+            {
+                continue;
+            }
+            // Otherwise it is new, or restarted and empty: it needs a placement.
             self.workers.retain(|w| w.id != id && w.address != address);
             match self.client(&address) {
                 Ok(client) => {
                     self.workers.push(WorkerRef {
                         id,
                         address,
+                        incarnation,
                         client,
                     });
                     changed = true;

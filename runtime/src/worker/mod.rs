@@ -483,10 +483,11 @@ async fn register_loop(
     token: String,
     last_contact: Arc<AtomicU64>,
 ) {
+    let incarnation = format!("{}-{}", std::process::id(), now_ms());
     let mut backoff = Duration::from_millis(100);
     loop {
         let silent = now_ms().saturating_sub(last_contact.load(Ordering::Relaxed));
-        if silent > 3000 {
+        if silent > 1500 {
             let result = async {
                 let ch = channel(&master, Duration::from_secs(5))?;
                 let mut client =
@@ -496,6 +497,7 @@ async fn register_loop(
                         protocol_version: PROTOCOL_VERSION,
                         fingerprint: fingerprint.clone(),
                         worker_id: id.clone(),
+                        incarnation: incarnation.clone(),
                         address: address.clone(),
                     })
                     .await
