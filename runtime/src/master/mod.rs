@@ -311,11 +311,24 @@ impl Master {
                     "starting",
                     &format!("waiting for workers ({} of {required})", self.workers.len()),
                 );
+                if !self.workers.is_empty() && self.last_ping.elapsed() > Duration::from_secs(1) {
+                    // Keep the registered ones from thinking us gone; drop the dead.
+                    self.last_ping = Instant::now();
+                    if let Err(Fault::Worker(id, why)) =
+                        self.all(|mut c| async move { c.ping(pb::PingRequest { epoch: 0 }).await })
+                    {
+                        tracing::warn!(worker = %id, error = %why, "registered worker is gone");
+                        self.workers.retain(|w| w.id != id);
+                    }
+                }
                 std::thread::sleep(Duration::from_millis(100));
                 needs_recovery = true;
                 continue;
             }
             let result = if needs_recovery {
+                // From the first attempt on, the minimum no longer applies: a worker lost while
+                // recovering must not stall the job.
+                started = true;
                 self.recover(options.stop_after)
             } else if changed {
                 self.rebalance()
