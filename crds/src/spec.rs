@@ -352,6 +352,29 @@ pub struct SinkSpec {
     /// One file per batch in a directory, written atomically; a re-run batch overwrites its file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesSink>,
+    /// One object per batch and partition in S3; a re-run batch overwrites its objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Sink>,
+}
+
+/// Objects in S3 (or an S3-compatible store), `PREFIX/batch-<time ms>/part-<partition>.txt`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3Sink {
+    /// `s3://bucket/prefix`. Credentials come from the standard AWS chain.
+    pub uri: String,
+    /// Endpoint URL for S3-compatible stores. Default: AWS, or `AWS_ENDPOINT_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region. Default: the AWS chain, then us-east-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style addressing, needed by most S3-compatible stores. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// `text` or `json`. Default text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<OutputFormat>,
 }
 
 /// Printing to standard output.

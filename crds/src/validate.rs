@@ -548,7 +548,10 @@ impl Validator {
 
     fn sinks(&mut self, sinks: &[SinkSpec]) {
         if sinks.is_empty() {
-            self.add("spec.sinks", "needs at least one sink (stdout or files)");
+            self.add(
+                "spec.sinks",
+                "needs at least one sink (stdout, files or s3)",
+            );
         }
         for (i, sink) in sinks.iter().enumerate() {
             let path = format!("spec.sinks[{i}]");
@@ -557,6 +560,7 @@ impl Validator {
                 &[
                     ("stdout", sink.stdout.is_some()),
                     ("files", sink.files.is_some()),
+                    ("s3", sink.s3.is_some()),
                 ],
             ) {
                 continue;
@@ -568,6 +572,14 @@ impl Validator {
                     format!("{path}.stdout.limit"),
                     format!("{limit} is too many to print; use at most 100000"),
                 );
+            }
+            if let Some(s3) = &sink.s3 {
+                if let Some(problem) = s3_uri_problem(&s3.uri) {
+                    self.add(format!("{path}.s3.uri"), problem);
+                }
+                if let Some(problem) = s3.endpoint.as_deref().and_then(endpoint_problem) {
+                    self.add(format!("{path}.s3.endpoint"), problem);
+                }
             }
             if let Some(files) = &sink.files {
                 if files.path.trim().is_empty() {
@@ -646,4 +658,27 @@ impl Validator {
             self.add("spec.checkpoint.retain", "must be at least 1 snapshot");
         }
     }
+}
+
+/// What is wrong with an `s3://bucket/prefix` URI, if anything.
+fn s3_uri_problem(uri: &str) -> Option<String> {
+    let Some(rest) = uri.strip_prefix("s3://") else {
+        return Some(format!(
+            "{uri:?} is not an S3 URI; write s3://bucket/prefix"
+        ));
+    };
+    let bucket = rest.split('/').next().unwrap_or("");
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric());
+    (!ok).then(|| format!("{bucket:?} is not an S3 bucket name (3-63 lower-case letters, digits, '-' and '.'); write s3://bucket/prefix"))
+}
+
+/// What is wrong with an endpoint URL, if anything.
+fn endpoint_problem(endpoint: &str) -> Option<String> {
+    let ok = (endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        && endpoint.len() >= 10;
+    (!ok).then(|| format!("{endpoint:?} is not a URL; write e.g. http://minio.storage:9000"))
 }

@@ -109,6 +109,16 @@ impl S3Store {
         }
     }
 
+    /// The key prefix of a "directory" (`""` is the root of the store).
+    fn dir_prefix(&self, dir: &str) -> String {
+        let dir = dir.trim_matches('/');
+        match (self.prefix.is_empty(), dir.is_empty()) {
+            (true, true) => String::new(),
+            (false, true) => format!("{}/", self.prefix),
+            _ => format!("{}/", self.key(dir)),
+        }
+    }
+
     fn fail(&self, action: &str, key: &str, e: impl std::error::Error) -> Error {
         Error::Store(format!(
             "{action} s3://{}/{} at {}: {}",
@@ -121,7 +131,7 @@ impl S3Store {
 
     /// Every key under `dir/` (full keys), following pagination.
     fn keys_under(&self, dir: &str, delimiter: bool) -> Result<(Vec<String>, Vec<String>)> {
-        let prefix = format!("{}/", self.key(dir.trim_end_matches('/')));
+        let prefix = self.dir_prefix(dir);
         let (mut keys, mut dirs) = (Vec::new(), Vec::new());
         let mut token = None;
         loop {
@@ -198,7 +208,7 @@ impl CheckpointStore for S3Store {
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let (keys, dirs) = self.keys_under(prefix, true)?;
-        let base = format!("{}/", self.key(prefix.trim_end_matches('/')));
+        let base = self.dir_prefix(prefix);
         let mut names: Vec<String> = keys
             .iter()
             .chain(dirs.iter())

@@ -761,6 +761,21 @@ impl Compiler {
                 Stream::Keyed(s) => s.output(StdoutSink::new(limit, pairs)),
             }
         }
+        if let Some(s3) = &sink.s3 {
+            let settings = crate::checkpoint::S3Settings {
+                endpoint: s3.endpoint.clone(),
+                region: s3.region.clone(),
+                path_style: s3.path_style.unwrap_or(false),
+                credentials: None,
+            };
+            let (records, pairs) = text_format(s3.format.unwrap_or_default());
+            match stream {
+                Stream::Records(s) => {
+                    s.output(crate::sink::S3Sink::new(&s3.uri, settings, records))
+                }
+                Stream::Keyed(s) => s.output(crate::sink::S3Sink::new(&s3.uri, settings, pairs)),
+            }
+        }
         if let Some(files) = &sink.files {
             let dir = local_path(&files.path).to_string();
             let prefix = files
