@@ -244,8 +244,15 @@ impl Drop for ControlPlane {
     }
 }
 
+/// Picks rustls' ring provider for the process: with several providers compiled in (the S3
+/// client brings aws-lc), rustls refuses to guess.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// A client from a kubeconfig file.
 pub async fn client_for(kubeconfig: &Path) -> Result<Client> {
+    install_crypto_provider();
     let kc = Kubeconfig::read_from(kubeconfig)
         .with_context(|| format!("read {}", kubeconfig.display()))?;
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;

@@ -344,3 +344,140 @@ fn a_worker_with_the_wrong_token_or_job_is_refused() {
         c.master_log()
     );
 }
+
+/// A CA and one certificate for the job (SAN `sluice`), made with openssl.
+fn job_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:sluice\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=job-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "job.key",
+        "-out",
+        "job.csr",
+        "-subj",
+        "/CN=sluice",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "job.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "job.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (dir.join("job.crt"), dir.join("job.key"), dir.join("ca.crt"))
+}
+
+#[test]
+fn master_and_workers_talk_mutual_tls() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let want = reference(tmp.path());
+    let (cert, key, ca) = job_certificates(tmp.path());
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let mut c = Cluster::new(tmp.path(), &server, "tls");
+    let tls = |cmd: &mut Command| {
+        cmd.env("SLUICE_TLS_CERT", &cert)
+            .env("SLUICE_TLS_KEY", &key)
+            .env("SLUICE_TLS_CA", &ca);
+    };
+    let mut master = c.command("master-tls.log");
+    tls(&mut master);
+    master.arg("master").arg(&c.job).args([
+        "--listen",
+        &format!("127.0.0.1:{}", c.master_port),
+        "--batches",
+        &BATCHES.to_string(),
+    ]);
+    c.master = Some(master.spawn().expect("master"));
+    for id in ["t1", "t2"] {
+        let mut w = c.command(&format!("{id}.log"));
+        tls(&mut w);
+        w.arg("worker").arg(&c.job).args([
+            "--master",
+            &format!("127.0.0.1:{}", c.master_port),
+            "--listen",
+            &format!("127.0.0.1:{}", port()),
+            "--id",
+            id,
+        ]);
+        c.workers.push((id.to_string(), w.spawn().expect("worker")));
+    }
+    // A worker without TLS cannot even register.
+    let mut plain = c.command("plain.log");
+    plain.arg("worker").arg(&c.job).args([
+        "--master",
+        &format!("127.0.0.1:{}", c.master_port),
+        "--listen",
+        &format!("127.0.0.1:{}", port()),
+        "--id",
+        "plain",
+    ]);
+    c.workers
+        .push(("plain".into(), plain.spawn().expect("worker")));
+    let got = {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let master = c.master.as_mut().expect("master");
+        loop {
+            if let Some(status) = master.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "{}",
+                    std::fs::read_to_string(tmp.path().join("master-tls.log")).unwrap_or_default()
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "TLS job did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        batches(&c.out).into_values().collect::<Vec<_>>()
+    };
+    assert_exactly_once(&got, &want, "mutual TLS");
+    let master_log = std::fs::read_to_string(tmp.path().join("master-tls.log")).unwrap_or_default();
+    assert!(
+        !master_log.contains("worker=plain"),
+        "a plaintext worker must not join: {master_log}"
+    );
+}

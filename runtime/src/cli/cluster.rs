@@ -31,6 +31,19 @@ pub struct MasterArgs {
     /// Run batches back to back instead of waiting for each batch's time.
     #[arg(long)]
     pub no_wait: bool,
+    /// This process's TLS certificate (PEM); with --tls-key and --tls-ca, master and workers
+    /// talk mutual TLS.
+    #[arg(long, env = "SLUICE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SLUICE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA that signed the job's certificates (PEM).
+    #[arg(long, env = "SLUICE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name every job certificate carries as a SAN.
+    #[arg(long, env = "SLUICE_TLS_SERVER_NAME", default_value = "sluice")]
+    pub tls_server_name: String,
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +66,19 @@ pub struct WorkerArgs {
     /// Task threads. Default: one per core.
     #[arg(long, env = "SLUICE_THREADS")]
     pub threads: Option<usize>,
+    /// This process's TLS certificate (PEM); with --tls-key and --tls-ca, master and workers
+    /// talk mutual TLS.
+    #[arg(long, env = "SLUICE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SLUICE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA that signed the job's certificates (PEM).
+    #[arg(long, env = "SLUICE_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// The name every job certificate carries as a SAN.
+    #[arg(long, env = "SLUICE_TLS_SERVER_NAME", default_value = "sluice")]
+    pub tls_server_name: String,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -123,6 +149,18 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    let tls = match crate::rpc::Tls::load(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_ca.as_deref(),
+        &args.tls_server_name,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice master: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let (manifest, job, ckpt) = match load(&args.file, 1) {
         Ok(x) => x,
         Err(code) => return code,
@@ -148,6 +186,7 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         stop_after: args.batches,
         stop,
         paced: !args.no_wait,
+        tls,
     };
     match crate::master::run(job, ckpt, options, rt.handle().clone()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,6 +209,18 @@ pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
         .threads
         .unwrap_or_else(|| CompileOptions::default().threads)
         .max(1);
+    let tls = match crate::rpc::Tls::load(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_ca.as_deref(),
+        &args.tls_server_name,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice worker: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let (manifest, job, ckpt) = match load(&args.file, threads) {
         Ok(x) => x,
         Err(code) => return code,
@@ -206,6 +257,7 @@ pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
         master: args.master.clone(),
         fingerprint: sluice_crds::fingerprint(&manifest.spec),
         token,
+        tls,
     };
     let shutdown = async {
         let mut term =

@@ -80,6 +80,9 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log);
+    // Several rustls providers are compiled in (ring for gRPC, aws-lc for the S3 client):
+    // pick one for everything that uses the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Validate { files } => validate::validate(&files),

@@ -22,7 +22,7 @@ use crate::checkpoint::{
 };
 use crate::exec::lock_unpoisoned;
 use crate::job::Job;
-use crate::rpc::{AddToken, CheckToken, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, channel, pb};
+use crate::rpc::{AddToken, CheckToken, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Tls, channel, pb};
 use crate::time::{BatchInfo, now_ms};
 
 type Client = pb::worker_client::WorkerClient<
@@ -117,6 +117,8 @@ pub struct MasterOptions {
     pub stop_after: Option<u64>,
     pub stop: Arc<AtomicBool>,
     pub paced: bool,
+    /// Mutual TLS with the workers.
+    pub tls: Option<Tls>,
 }
 
 /// A failure that the master handles by rolling back.
@@ -156,12 +158,14 @@ pub fn run(
     let server =
         pb::master_server::MasterServer::with_interceptor(service, CheckToken::new(&options.token));
     let listen = options.listen;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(|e| format!("TLS: {e}"))?;
+    }
     runtime.spawn(async move {
-        if let Err(e) = tonic::transport::Server::builder()
-            .add_service(server)
-            .serve(listen)
-            .await
-        {
+        if let Err(e) = builder.add_service(server).serve(listen).await {
             tracing::error!(error = %e, "the master's gRPC server stopped");
         }
     });
@@ -209,6 +213,7 @@ pub fn run(
         token: AddToken::new(&options.token)?,
         fingerprint: options.fingerprint.clone(),
         checkpoint_uri: String::new(),
+        tls: options.tls.clone(),
         last_ping: Instant::now(),
     };
     master.checkpoint_uri = master.ckpt.describe();
@@ -232,6 +237,7 @@ struct Master {
     token: AddToken,
     fingerprint: String,
     checkpoint_uri: String,
+    tls: Option<Tls>,
     last_ping: Instant,
 }
 
@@ -253,7 +259,7 @@ impl Master {
     fn client(&self, address: &str) -> Result<Client, String> {
         // Channels spawn their connection task on the runtime.
         let _entered = self.runtime.enter();
-        let ch = channel(address, Duration::from_secs(60))?;
+        let ch = channel(address, Duration::from_secs(60), self.tls.as_ref())?;
         Ok(
             pb::worker_client::WorkerClient::with_interceptor(ch, self.token.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::checkpoint::Checkpointer;
 use crate::exec::{BatchContext, Placement, lock_unpoisoned};
 use crate::job::Job;
-use crate::rpc::{AddToken, CheckToken, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, channel, pb};
+use crate::rpc::{AddToken, CheckToken, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, Tls, channel, pb};
 use crate::time::{BatchInfo, now_ms};
 
 type Reply<T> = oneshot::Sender<Result<T, Status>>;
@@ -163,6 +163,7 @@ struct WorkerService {
     commands: Mutex<std::sync::mpsc::Sender<Command>>,
     current: Current,
     peers: Mutex<Vec<String>>,
+    tls: Option<Tls>,
 }
 
 impl WorkerService {
@@ -204,8 +205,10 @@ impl WorkerService {
         let sends = by_owner.into_iter().map(|(owner, blocks)| {
             let address = peers.get(owner).cloned().unwrap_or_default();
             let token = token.clone();
+            let tls = self.tls.clone();
             async move {
-                let ch = channel(&address, Duration::from_secs(30)).map_err(Status::internal)?;
+                let ch = channel(&address, Duration::from_secs(30), tls.as_ref())
+                    .map_err(Status::internal)?;
                 let mut client = pb::worker_client::WorkerClient::with_interceptor(ch, token)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES);
                 client
@@ -398,6 +401,8 @@ pub struct WorkerOptions {
     pub master: String,
     pub fingerprint: String,
     pub token: String,
+    /// Mutual TLS with the master and the other workers.
+    pub tls: Option<Tls>,
 }
 
 /// Serves until `shutdown` resolves; then asks the master to hand its partitions off.
@@ -428,13 +433,20 @@ pub async fn run(
         commands: Mutex::new(tx),
         current,
         peers: Mutex::default(),
+        tls: options.tls.clone(),
     };
     let server =
         pb::worker_server::WorkerServer::with_interceptor(service, CheckToken::new(&options.token));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let listen = options.listen;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &options.tls {
+        builder = builder
+            .tls_config(tls.server())
+            .map_err(|e| format!("TLS: {e}"))?;
+    }
     let serve = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        builder
             .add_service(server)
             .serve_with_shutdown(listen, async {
                 let _ = stop_rx.await;
@@ -448,13 +460,18 @@ pub async fn run(
         options.master.clone(),
         options.fingerprint.clone(),
         options.token.clone(),
+        options.tls.clone(),
         last_contact,
     ));
     shutdown.await;
     register.abort();
     // Scale-down: the master snapshots and moves our partitions before it lets us go.
     let token = AddToken::new(&options.token)?;
-    if let Ok(ch) = channel(&options.master, Duration::from_secs(60)) {
+    if let Ok(ch) = channel(
+        &options.master,
+        Duration::from_secs(60),
+        options.tls.as_ref(),
+    ) {
         let mut master = pb::master_client::MasterClient::with_interceptor(ch, token);
         match master
             .leave(pb::LeaveRequest {
@@ -481,6 +498,7 @@ async fn register_loop(
     master: String,
     fingerprint: String,
     token: String,
+    tls: Option<Tls>,
     last_contact: Arc<AtomicU64>,
 ) {
     let incarnation = format!("{}-{}", std::process::id(), now_ms());
@@ -489,7 +507,7 @@ async fn register_loop(
         let silent = now_ms().saturating_sub(last_contact.load(Ordering::Relaxed));
         if silent > 1500 {
             let result = async {
-                let ch = channel(&master, Duration::from_secs(5))?;
+                let ch = channel(&master, Duration::from_secs(5), tls.as_ref())?;
                 let mut client =
                     pb::master_client::MasterClient::with_interceptor(ch, AddToken::new(&token)?);
                 client
