@@ -117,8 +117,13 @@ impl Job {
         let mut reports = Vec::new();
         for _ in 0..n {
             let batch = BatchInfo::new(0, self.interval_ms, self.next_unpaced);
-            let (ranges, _) = self.plan_inputs(&batch)?;
-            reports.push(self.execute(batch, &ranges, false)?);
+            let (mut ranges, _) = self.plan_inputs(&batch)?;
+            let logged = self
+                .log_inputs(&batch, &mut ranges)?
+                .into_iter()
+                .map(|(name, (_, bytes))| (name, bytes))
+                .collect();
+            reports.push(self.execute(batch, &ranges, &logged, false)?);
             self.next_unpaced += 1;
         }
         Ok(reports)
@@ -144,6 +149,29 @@ impl Job {
         Ok((ranges, self.positions()))
     }
 
+    /// Moves the records of sources that cannot replay into write-ahead-log entries: their
+    /// ranges become `{"wal": KEY}`; returns, by source, the key and the bytes to write before
+    /// the batch is logged.
+    pub(crate) fn log_inputs(
+        &mut self,
+        batch: &BatchInfo,
+        ranges: &mut BTreeMap<String, Json>,
+    ) -> Result<BTreeMap<String, (String, Vec<u8>)>> {
+        let mut logs = BTreeMap::new();
+        for s in &mut self.sources {
+            let name = s.name().to_string();
+            let Some(range) = ranges.get(&name) else {
+                continue;
+            };
+            if let Some(bytes) = s.log_bytes(range)? {
+                let key = format!("wal/{:020}/{name}.bin", batch.index);
+                ranges.insert(name.clone(), serde_json::json!({ "wal": key }));
+                logs.insert(name, (key, bytes));
+            }
+        }
+        Ok(logs)
+    }
+
     pub(crate) fn positions(&self) -> BTreeMap<String, Json> {
         self.sources
             .iter()
@@ -165,6 +193,7 @@ impl Job {
         &mut self,
         batch: BatchInfo,
         ranges: &BTreeMap<String, Json>,
+        logged: &BTreeMap<String, Vec<u8>>,
         replay: bool,
         placement: Arc<crate::exec::Placement>,
     ) -> Result<BatchContext> {
@@ -178,7 +207,7 @@ impl Job {
                     s.name()
                 ))
             })?;
-            s.read_into(&cx, i, range)?;
+            s.read_into(&cx, i, range, logged.get(s.name()).map(Vec::as_slice))?;
         }
         Ok(cx)
     }
@@ -194,6 +223,7 @@ impl Job {
         &mut self,
         batch: BatchInfo,
         ranges: &BTreeMap<String, Json>,
+        logged: &BTreeMap<String, Vec<u8>>,
         replay: bool,
     ) -> Result<BatchReport> {
         let started = Instant::now();
@@ -206,7 +236,7 @@ impl Job {
                     s.name()
                 ))
             })?;
-            s.read_into(&cx, i, range)?;
+            s.read_into(&cx, i, range, logged.get(s.name()).map(Vec::as_slice))?;
         }
         let plan = self.graph.plan(batch);
         self.executor.run(&plan, &cx)?;

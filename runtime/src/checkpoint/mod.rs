@@ -188,6 +188,28 @@ impl Checkpointer {
         Ok(out)
     }
 
+    /// Writes a write-ahead-log entry (the records of a source that cannot replay).
+    pub fn put_log(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        self.store.put(key, bytes)
+    }
+
+    /// Reads the write-ahead-log entries the ranges of a batch refer to, by source.
+    pub fn logged_inputs(
+        &self,
+        ranges: &BTreeMap<String, Json>,
+    ) -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        for (name, range) in ranges {
+            if let Some(key) = range.get("wal").and_then(Json::as_str) {
+                let bytes = self.store.get(key)?.ok_or_else(|| {
+                    Error::Checkpoint(format!("write-ahead log {key} is missing"))
+                })?;
+                out.insert(name.clone(), bytes);
+            }
+        }
+        Ok(out)
+    }
+
     /// Marks a batch complete.
     pub fn write_commit(&self, entry: &CommitEntry) -> Result<()> {
         self.put_json(&format!("commits/{}.json", batch_key(entry.batch)), entry)
@@ -315,7 +337,7 @@ impl Checkpointer {
                 self.store.delete(&format!("state/{name}"))?;
             }
         }
-        for dir in ["offsets", "commits"] {
+        for dir in ["offsets", "commits", "wal"] {
             for name in self.store.list(dir)? {
                 if parse_batch(&name).is_some_and(|b| b < floor) {
                     self.store.delete(&format!("{dir}/{name}"))?;

@@ -270,7 +270,8 @@ impl Driver {
                 time_ms: entry.time_ms,
                 interval_ms: self.interval,
             };
-            let report = self.job.execute(batch, &entry.ranges, true)?;
+            let logged = self.ckpt.logged_inputs(&entry.ranges)?;
+            let report = self.job.execute(batch, &entry.ranges, &logged, true)?;
             self.job.seek(&entry.positions)?;
             self.complete(report, on_batch)?;
         }
@@ -282,14 +283,20 @@ impl Driver {
         batch: BatchInfo,
         on_batch: &mut (dyn FnMut(&BatchProgress) + Send),
     ) -> Result<()> {
-        let (ranges, positions) = self.job.plan_inputs(&batch)?;
+        let (mut ranges, positions) = self.job.plan_inputs(&batch)?;
+        // Records that cannot be read again go to the write-ahead log before the batch is logged.
+        let mut logged = BTreeMap::new();
+        for (name, (key, bytes)) in self.job.log_inputs(&batch, &mut ranges)? {
+            self.ckpt.put_log(&key, &bytes)?;
+            logged.insert(name, bytes);
+        }
         self.ckpt.write_offsets(&OffsetEntry {
             batch: batch.index,
             time_ms: batch.time_ms,
             ranges: ranges.clone(),
             positions,
         })?;
-        let report = self.job.execute(batch, &ranges, false)?;
+        let report = self.job.execute(batch, &ranges, &logged, false)?;
         self.complete(report, on_batch)
     }
 

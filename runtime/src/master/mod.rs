@@ -581,7 +581,15 @@ impl Master {
     }
 
     fn run_new_batch(&mut self, batch: BatchInfo) -> Result<(), Fault> {
-        let (ranges, positions) = self.job.plan_inputs(&batch).map_err(Fault::from)?;
+        let (mut ranges, positions) = self.job.plan_inputs(&batch).map_err(Fault::from)?;
+        // Records that cannot be read again go to the write-ahead log before the batch is logged.
+        for (_, (key, bytes)) in self
+            .job
+            .log_inputs(&batch, &mut ranges)
+            .map_err(Fault::from)?
+        {
+            self.ckpt.put_log(&key, &bytes).map_err(Fault::from)?;
+        }
         self.ckpt
             .write_offsets(&OffsetEntry {
                 batch: batch.index,

@@ -9,8 +9,8 @@
 //! |---|---|---|
 //! | `generator` | yes | exactly once |
 //! | `files` | yes (while the files stay) | exactly once |
-//! | `socket` | no | at most once: records received but not checkpointed are lost |
-//! | `queue` | no | at most once (tests and the Rust API) |
+//! | `socket` | through the write-ahead log | exactly once from the moment a batch is planned; lines received after the last planned batch are lost with the process |
+//! | `queue` | through the write-ahead log | as `socket` (tests and the Rust API) |
 
 mod files;
 mod generator;
@@ -25,7 +25,7 @@ pub use queue::QueueSource;
 pub use socket::SocketSource;
 
 use crate::data::Data;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exec::BatchContext;
 use crate::time::BatchInfo;
 
@@ -46,6 +46,12 @@ pub trait Source: Send + 'static {
 
     /// Reads the records of a planned range, split into `partitions` partitions.
     fn read(&mut self, range: &Json, partitions: usize) -> Result<Vec<Vec<Self::Item>>>;
+
+    /// For a source that cannot replay: the records of a planned range, to be written to the
+    /// write-ahead log before the batch runs. Replayable sources return `None`.
+    fn records_for_log(&mut self, _range: &Json) -> Result<Option<Vec<Self::Item>>> {
+        Ok(None)
+    }
 
     /// Where the source stands after the last planned batch.
     fn position(&self) -> Json;
@@ -71,7 +77,17 @@ pub(crate) trait ErasedSource: Send {
     fn name(&self) -> &str;
     fn replayable(&self) -> bool;
     fn plan(&mut self, batch: &BatchInfo) -> Result<Json>;
-    fn read_into(&mut self, cx: &BatchContext, index: usize, range: &Json) -> Result<()>;
+    /// Reads a range into the batch; `logged` holds the write-ahead-log bytes of ranges that
+    /// were logged (`{"wal": KEY}`).
+    fn read_into(
+        &mut self,
+        cx: &BatchContext,
+        index: usize,
+        range: &Json,
+        logged: Option<&[u8]>,
+    ) -> Result<()>;
+    /// The write-ahead-log bytes of a planned range, if the source needs a log.
+    fn log_bytes(&mut self, range: &Json) -> Result<Option<Vec<u8>>>;
     fn position(&self) -> Json;
     fn seek(&mut self, position: &Json) -> Result<()>;
     fn on_start(&mut self) -> Result<()>;
@@ -97,9 +113,39 @@ impl<S: Source> ErasedSource for SourceNode<S> {
     fn plan(&mut self, batch: &BatchInfo) -> Result<Json> {
         self.0.plan(batch)
     }
-    fn read_into(&mut self, cx: &BatchContext, index: usize, range: &Json) -> Result<()> {
-        let parts = self.0.read(range, cx.partitions)?;
+    fn read_into(
+        &mut self,
+        cx: &BatchContext,
+        index: usize,
+        range: &Json,
+        logged: Option<&[u8]>,
+    ) -> Result<()> {
+        let parts = match (range.get("wal"), logged) {
+            (Some(_), Some(bytes)) => {
+                let records: Vec<S::Item> =
+                    postcard::from_bytes(bytes).map_err(|e| Error::Source {
+                        source_name: self.0.name().to_string(),
+                        message: format!("unreadable write-ahead log: {e}"),
+                    })?;
+                split_even(records, cx.partitions)
+            }
+            (Some(key), None) => {
+                return Err(Error::Source {
+                    source_name: self.0.name().to_string(),
+                    message: format!("write-ahead log {key} is missing"),
+                });
+            }
+            _ => self.0.read(range, cx.partitions)?,
+        };
         cx.put_input(index, parts)
+    }
+    fn log_bytes(&mut self, range: &Json) -> Result<Option<Vec<u8>>> {
+        match self.0.records_for_log(range)? {
+            Some(records) => postcard::to_stdvec(&records)
+                .map(Some)
+                .map_err(|e| Error::Internal(format!("cannot encode the write-ahead log: {e}"))),
+            None => Ok(None),
+        }
     }
     fn position(&self) -> Json {
         self.0.position()

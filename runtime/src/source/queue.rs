@@ -75,6 +75,11 @@ impl<T: Data> Source for QueueSource<T> {
         Ok(split_even(records, partitions))
     }
 
+    fn records_for_log(&mut self, range: &Json) -> Result<Option<Vec<Self::Item>>> {
+        let index = range["batch"].as_u64().unwrap_or(0);
+        Ok(Some(self.held.get(&index).cloned().unwrap_or_default()))
+    }
+
     fn position(&self) -> Json {
         Json::Null
     }

@@ -141,6 +141,11 @@ impl Source for SocketSource {
         Ok(split_even(lines, partitions))
     }
 
+    fn records_for_log(&mut self, range: &Json) -> Result<Option<Vec<Self::Item>>> {
+        let index = range["batch"].as_u64().unwrap_or(0);
+        Ok(Some(self.held.get(&index).cloned().unwrap_or_default()))
+    }
+
     fn position(&self) -> Json {
         Json::Null
     }

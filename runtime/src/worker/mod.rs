@@ -104,7 +104,10 @@ fn executor_thread(
                         interval_ms: job.interval_ms(),
                         ..batch
                     };
-                    let cx = job.begin(batch, &ranges, replay, p).map_err(internal)?;
+                    let logged = ckpt.logged_inputs(&ranges).map_err(internal)?;
+                    let cx = job
+                        .begin(batch, &ranges, &logged, replay, p)
+                        .map_err(internal)?;
                     *lock_unpoisoned(&current) =
                         Some((epoch.load(Ordering::SeqCst), batch.index, Arc::new(cx)));
                     Ok(())
