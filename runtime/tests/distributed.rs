@@ -481,3 +481,25 @@ fn master_and_workers_talk_mutual_tls() {
         "a plaintext worker must not join: {master_log}"
     );
 }
+
+#[test]
+fn an_s3_outage_in_a_distributed_job_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let want = reference(tmp.path());
+    let mut server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let mut c = Cluster::new(tmp.path(), &server, "outage");
+    c.start_master(2);
+    c.start_worker("w1");
+    c.start_worker("w2");
+    c.wait_commits(8, Duration::from_secs(60));
+    server.stop();
+    std::thread::sleep(Duration::from_secs(5));
+    server.resume();
+    let got = c.finish();
+    let log = c.master_log();
+    assert!(
+        log.contains("checkpoint") && log.contains("retrying"),
+        "the outage must show: {log}"
+    );
+    assert_exactly_once(&got, &want, "S3 outage");
+}

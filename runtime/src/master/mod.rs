@@ -287,7 +287,16 @@ impl Master {
             match r {
                 Ok(v) => out.push(v),
                 Err((id, e)) => {
-                    return Err(Fault::Worker(id, format!("{}: {}", e.code(), e.message())));
+                    let why = format!("{}: {}", e.code(), e.message());
+                    // A worker that answers with an error is alive (its disk or the store failed):
+                    // retry. One that does not answer is lost.
+                    return Err(match e.code() {
+                        tonic::Code::Unavailable
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                        | tonic::Code::DeadlineExceeded => Fault::Worker(id, why),
+                        _ => Fault::Retry(format!("worker {id}: {why}")),
+                    });
                 }
             }
         }
