@@ -438,8 +438,12 @@ pub async fn run(
         peers: Mutex::default(),
         tls: options.tls.clone(),
     };
-    let server =
-        pb::worker_server::WorkerServer::with_interceptor(service, CheckToken::new(&options.token));
+    // Blocks up to the same limit peers send; larger messages are refused by tonic with an error
+    // (the batch fails and is retried), never a crash.
+    let server = tonic::service::interceptor::InterceptedService::new(
+        pb::worker_server::WorkerServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        CheckToken::new(&options.token),
+    );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let listen = options.listen;
     let mut builder = tonic::transport::Server::builder();
