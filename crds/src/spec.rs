@@ -86,7 +86,8 @@ pub enum OnRecordError {
 pub struct SourceSpec {
     /// Unique name of the source; its positions are checkpointed under it.
     pub name: String,
-    /// Newline-delimited text from a TCP server (like `nc -lk 9999`). Not replayable.
+    /// Newline-delimited text from a TCP server (like `nc -lk 9999`). Each batch's lines are
+    /// written to the checkpoint's write-ahead log before the batch runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<SocketSource>,
     /// Every new file that appears in a directory, each read once.

@@ -20,7 +20,8 @@ const MAX_BUFFERED_LINES: usize = 4_000_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A receiver thread reads lines into a buffer; each batch takes what has arrived. Not
-/// replayable: lines received but not yet checkpointed are lost if the process dies.
+/// replayable by itself: the driver writes each batch's lines to the write-ahead log before the
+/// batch runs; lines received after the last planned batch are lost if the process dies.
 pub struct SocketSource {
     name: String,
     addr: String,

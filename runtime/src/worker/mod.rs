@@ -167,9 +167,19 @@ struct WorkerService {
     current: Current,
     peers: Mutex<Vec<String>>,
     tls: Option<Tls>,
+    /// Malformed messages refused so far.
+    rejected: AtomicU64,
 }
 
 impl WorkerService {
+    /// Refuses a malformed message: counted and logged, never fatal.
+    fn reject(&self, message: impl Into<String>) -> Status {
+        let message = message.into();
+        let n = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(rejected_total = n, "refused a malformed message: {message}");
+        Status::invalid_argument(message)
+    }
+
     fn contact(&self, epoch: u64) -> Result<(), Status> {
         self.last_contact.store(now_ms(), Ordering::Relaxed);
         let current = self.epoch.load(Ordering::SeqCst);
@@ -311,7 +321,7 @@ impl pb::worker_server::Worker for WorkerService {
         let mut ranges = BTreeMap::new();
         for (name, json) in r.ranges {
             let value = serde_json::from_str(&json)
-                .map_err(|e| Status::invalid_argument(format!("range of source {name}: {e}")))?;
+                .map_err(|e| self.reject(format!("range of source {name}: {e}")))?;
             ranges.insert(name, value);
         }
         // The interval is not on the wire: the worker compiled the same manifest.
@@ -362,12 +372,12 @@ impl pb::worker_server::Worker for WorkerService {
                         b.reduce_partition as usize,
                     );
                     if reduce >= cx.partitions || map >= cx.partitions || !cx.owns(reduce) {
-                        return Err(Status::invalid_argument(format!(
+                        return Err(self.reject(format!(
                             "block for partition {reduce}, which this worker does not own"
                         )));
                     }
                     cx.accept_block(shuffle, map, reduce, b.data)
-                        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                        .map_err(|e| self.reject(e.to_string()))?;
                 }
                 Ok(Response::new(pb::Ack {}))
             }
@@ -437,6 +447,7 @@ pub async fn run(
         current,
         peers: Mutex::default(),
         tls: options.tls.clone(),
+        rejected: AtomicU64::new(0),
     };
     // Blocks up to the same limit peers send; larger messages are refused by tonic with an error
     // (the batch fails and is retried), never a crash.
