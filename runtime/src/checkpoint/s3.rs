@@ -129,9 +129,18 @@ impl S3Store {
         ))
     }
 
-    /// Every key under `dir/` (full keys), following pagination.
+    /// Every key under `dir/` (full keys) and, with `delimiter`, the sub-"directories".
     fn keys_under(&self, dir: &str, delimiter: bool) -> Result<(Vec<String>, Vec<String>)> {
-        let prefix = self.dir_prefix(dir);
+        self.list_page_all(&self.dir_prefix(dir), delimiter, dir)
+    }
+
+    /// Lists keys starting with `prefix`, following pagination; `what` names it in errors.
+    fn list_page_all(
+        &self,
+        prefix: &str,
+        delimiter: bool,
+        what: &str,
+    ) -> Result<(Vec<String>, Vec<String>)> {
         let (mut keys, mut dirs) = (Vec::new(), Vec::new());
         let mut token = None;
         loop {
@@ -139,7 +148,7 @@ impl S3Store {
                 .client
                 .list_objects_v2()
                 .bucket(&self.bucket)
-                .prefix(&prefix);
+                .prefix(prefix);
             if delimiter {
                 req = req.delimiter("/");
             }
@@ -149,7 +158,7 @@ impl S3Store {
             let page = self
                 .runtime
                 .block_on(req.send())
-                .map_err(|e| self.fail("list", dir, e))?;
+                .map_err(|e| self.fail("list", what, e))?;
             keys.extend(
                 page.contents()
                     .iter()
@@ -225,33 +234,11 @@ impl CheckpointStore for S3Store {
         // One listing finds the object itself and everything under it; deleting only keys that
         // exist keeps servers that refuse missing keys (or treat them as folders) happy.
         let exact = self.key(prefix.trim_end_matches('/'));
-        let mut keys = Vec::new();
-        let mut token = None;
-        loop {
-            let mut req = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&exact);
-            if let Some(t) = token.take() {
-                req = req.continuation_token(t);
-            }
-            let page = self
-                .runtime
-                .block_on(req.send())
-                .map_err(|e| self.fail("list", prefix, e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key())
-                    .filter(|k| *k == exact || k.starts_with(&format!("{exact}/")))
-                    .map(String::from),
-            );
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
+        let (keys, _) = self.list_page_all(&exact, false, prefix)?;
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| *k == exact || k.starts_with(&format!("{exact}/")))
+            .collect();
         for chunk in keys.chunks(1000) {
             let objects: Vec<ObjectIdentifier> = chunk
                 .iter()

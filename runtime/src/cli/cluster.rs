@@ -15,6 +15,39 @@ use crate::checkpoint::{Checkpointer, open_store};
 use crate::manifest::CompileOptions;
 use crate::rpc::token_from_env;
 
+/// Mutual TLS between master and workers; all three files or none.
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    /// This process's TLS certificate (PEM); with --tls-key and --tls-ca, master and workers
+    /// talk mutual TLS.
+    #[arg(long = "tls-cert", env = "SLUICE_TLS_CERT")]
+    pub cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long = "tls-key", env = "SLUICE_TLS_KEY")]
+    pub key: Option<PathBuf>,
+    /// The CA that signed the job's certificates (PEM).
+    #[arg(long = "tls-ca", env = "SLUICE_TLS_CA")]
+    pub ca: Option<PathBuf>,
+    /// The name every job certificate carries as a SAN.
+    #[arg(
+        long = "tls-server-name",
+        env = "SLUICE_TLS_SERVER_NAME",
+        default_value = "sluice"
+    )]
+    pub server_name: String,
+}
+
+impl TlsArgs {
+    fn load(&self) -> Result<Option<crate::rpc::Tls>, String> {
+        crate::rpc::Tls::load(
+            self.cert.as_deref(),
+            self.key.as_deref(),
+            self.ca.as_deref(),
+            &self.server_name,
+        )
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct MasterArgs {
     /// The StreamingJob manifest (the same file every worker gets).
@@ -31,19 +64,8 @@ pub struct MasterArgs {
     /// Run batches back to back instead of waiting for each batch's time.
     #[arg(long)]
     pub no_wait: bool,
-    /// This process's TLS certificate (PEM); with --tls-key and --tls-ca, master and workers
-    /// talk mutual TLS.
-    #[arg(long, env = "SLUICE_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "SLUICE_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// The CA that signed the job's certificates (PEM).
-    #[arg(long, env = "SLUICE_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// The name every job certificate carries as a SAN.
-    #[arg(long, env = "SLUICE_TLS_SERVER_NAME", default_value = "sluice")]
-    pub tls_server_name: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -66,19 +88,8 @@ pub struct WorkerArgs {
     /// Task threads. Default: one per core.
     #[arg(long, env = "SLUICE_THREADS")]
     pub threads: Option<usize>,
-    /// This process's TLS certificate (PEM); with --tls-key and --tls-ca, master and workers
-    /// talk mutual TLS.
-    #[arg(long, env = "SLUICE_TLS_CERT")]
-    pub tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "SLUICE_TLS_KEY")]
-    pub tls_key: Option<PathBuf>,
-    /// The CA that signed the job's certificates (PEM).
-    #[arg(long, env = "SLUICE_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-    /// The name every job certificate carries as a SAN.
-    #[arg(long, env = "SLUICE_TLS_SERVER_NAME", default_value = "sluice")]
-    pub tls_server_name: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -149,12 +160,7 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let tls = match crate::rpc::Tls::load(
-        args.tls_cert.as_deref(),
-        args.tls_key.as_deref(),
-        args.tls_ca.as_deref(),
-        &args.tls_server_name,
-    ) {
+    let tls = match args.tls.load() {
         Ok(t) => t,
         Err(e) => {
             eprintln!("sluice master: {e}");
@@ -209,12 +215,7 @@ pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
         .threads
         .unwrap_or_else(|| CompileOptions::default().threads)
         .max(1);
-    let tls = match crate::rpc::Tls::load(
-        args.tls_cert.as_deref(),
-        args.tls_key.as_deref(),
-        args.tls_ca.as_deref(),
-        &args.tls_server_name,
-    ) {
+    let tls = match args.tls.load() {
         Ok(t) => t,
         Err(e) => {
             eprintln!("sluice worker: {e}");

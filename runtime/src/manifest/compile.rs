@@ -622,20 +622,7 @@ impl Compiler {
             let name = p.clone();
             let state = s.state_by_key(
                 &p,
-                move |cx, pairs, map: &mut KeyMap<Value, Acc>| {
-                    for (k, v) in pairs {
-                        let result = match map.get_mut(&k) {
-                            Some(acc) => acc.add(op, v),
-                            None => Acc::start(op, v).map(|a| {
-                                map.insert(k, a);
-                            }),
-                        };
-                        if let Err(m) = result {
-                            cx.record_error(&name, m)?;
-                        }
-                    }
-                    Ok(())
-                },
+                move |cx, pairs, map: &mut KeyMap<Value, Acc>| fold_accs(cx, &name, op, pairs, map),
                 |a: &mut Acc, b| a.merge(b),
                 move |batch, _k, fresh: Option<Acc>, old: Option<(Acc, u64)>| match (fresh, old) {
                     (Some(f), Some((mut acc, _))) => {
@@ -833,6 +820,29 @@ fn count_pieces(
     )
 }
 
+/// Folds (key, value) pairs into per-key partial aggregates; values the aggregation refuses
+/// (text for `sum`, say) are counted as record errors under `name`.
+fn fold_accs(
+    cx: &BatchContext,
+    name: &str,
+    op: Aggregation,
+    pairs: Vec<(Value, Value)>,
+    map: &mut KeyMap<Value, Acc>,
+) -> Result<()> {
+    for (k, v) in pairs {
+        let result = match map.get_mut(&k) {
+            Some(acc) => acc.add(op, v),
+            None => Acc::start(op, v).map(|a| {
+                map.insert(k, a);
+            }),
+        };
+        if let Err(m) = result {
+            cx.record_error(name, m)?;
+        }
+    }
+    Ok(())
+}
+
 /// Per-batch aggregation of keyed values into partial aggregates.
 fn reduce_accs(
     s: &DStream<(Value, Value)>,
@@ -842,20 +852,7 @@ fn reduce_accs(
     crate::dstream::shuffle::combine_shuffled(
         s,
         &name.clone(),
-        move |cx, pairs, map: &mut KeyMap<Value, Acc>| {
-            for (k, v) in pairs {
-                let result = match map.get_mut(&k) {
-                    Some(acc) => acc.add(op, v),
-                    None => Acc::start(op, v).map(|a| {
-                        map.insert(k, a);
-                    }),
-                };
-                if let Err(m) = result {
-                    cx.record_error(&name, m)?;
-                }
-            }
-            Ok(())
-        },
+        move |cx, pairs, map: &mut KeyMap<Value, Acc>| fold_accs(cx, &name, op, pairs, map),
         |a: &mut Acc, b| a.merge(b),
     )
 }
