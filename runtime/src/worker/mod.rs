@@ -212,6 +212,8 @@ impl WorkerService {
                 map_partition: b.map_part as u32,
                 reduce_partition: b.reduce_part as u32,
                 data: b.data,
+                epoch,
+                batch,
             });
         }
         let token = AddToken::new(&self.token).map_err(Status::internal)?;
@@ -225,11 +227,7 @@ impl WorkerService {
                 let mut client = pb::worker_client::WorkerClient::with_interceptor(ch, token)
                     .max_encoding_message_size(MAX_MESSAGE_BYTES);
                 client
-                    .push_blocks(pb::PushBlocksRequest {
-                        epoch,
-                        batch,
-                        blocks,
-                    })
+                    .push_blocks(futures::stream::iter(blocks))
                     .await
                     .map(|_| ())
                     .map_err(|e| {
@@ -359,33 +357,32 @@ impl pb::worker_server::Worker for WorkerService {
 
     async fn push_blocks(
         &self,
-        request: Request<pb::PushBlocksRequest>,
+        request: Request<tonic::Streaming<pb::Block>>,
     ) -> Result<Response<pb::Ack>, Status> {
-        let r = request.into_inner();
-        let current = lock_unpoisoned(&self.current).clone();
-        match current {
-            Some((epoch, batch, cx)) if epoch == r.epoch && batch == r.batch => {
-                for b in r.blocks {
-                    let (shuffle, map, reduce) = (
-                        b.shuffle as usize,
-                        b.map_partition as usize,
-                        b.reduce_partition as usize,
-                    );
-                    if reduce >= cx.partitions || map >= cx.partitions || !cx.owns(reduce) {
-                        return Err(self.reject(format!(
-                            "block for partition {reduce}, which this worker does not own"
-                        )));
-                    }
-                    cx.accept_block(shuffle, map, reduce, b.data)
-                        .map_err(|e| self.reject(e.to_string()))?;
-                }
-                Ok(Response::new(pb::Ack {}))
+        let mut stream = request.into_inner();
+        while let Some(b) = stream.message().await? {
+            let current = lock_unpoisoned(&self.current).clone();
+            let Some((_, _, cx)) = current.filter(|(e, n, _)| *e == b.epoch && *n == b.batch)
+            else {
+                return Err(Status::failed_precondition(format!(
+                    "blocks for batch {} of epoch {}, which is not in progress here",
+                    b.batch, b.epoch
+                )));
+            };
+            let (shuffle, map, reduce) = (
+                b.shuffle as usize,
+                b.map_partition as usize,
+                b.reduce_partition as usize,
+            );
+            if reduce >= cx.partitions || map >= cx.partitions || !cx.owns(reduce) {
+                return Err(self.reject(format!(
+                    "block for partition {reduce}, which this worker does not own"
+                )));
             }
-            _ => Err(Status::failed_precondition(format!(
-                "blocks for batch {} of epoch {}, which is not in progress here",
-                r.batch, r.epoch
-            ))),
+            cx.accept_block(shuffle, map, reduce, b.data)
+                .map_err(|e| self.reject(e.to_string()))?;
         }
+        Ok(Response::new(pb::Ack {}))
     }
 
     async fn snapshot(
