@@ -7,6 +7,8 @@
 mod duration;
 mod fingerprint;
 mod parse;
+#[cfg(feature = "kube")]
+pub mod resource;
 pub mod spec;
 mod validate;
 

@@ -8,8 +8,19 @@ use crate::validate::Problem;
 /// Syntax errors carry line and column; type errors and unknown fields carry the field path
 /// (`spec.pipeline[2].window.slide`), so a user can find the mistake without reading our code.
 pub fn parse_yaml(text: &str) -> Result<StreamingJob, Problem> {
-    let deserializer = yaml_serde::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+    // The fields that say how the operator deploys a job mean nothing to the job itself: the
+    // same manifest runs locally and on a cluster, so they are set aside before parsing.
+    let mut value: yaml_serde::Value =
+        yaml_serde::from_str(text).map_err(|e| Problem::new("manifest", e.to_string()))?;
+    if let Some(spec) = value
+        .get_mut("spec")
+        .and_then(yaml_serde::Value::as_mapping_mut)
+    {
+        for field in crate::spec::DEPLOYMENT_FIELDS {
+            spec.remove(*field);
+        }
+    }
+    serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         // An error between fields has no field of its own: name the enclosing one.
         let path = path.strip_suffix(".?").unwrap_or(&path).to_string();

@@ -10,6 +10,21 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// Fields of `spec` that only the operator reads (how to deploy the job); `sluice run` ignores
+/// them. Kept in step with the custom resource by a test.
+pub const DEPLOYMENT_FIELDS: &[&str] = &[
+    "image",
+    "imagePullPolicy",
+    "workers",
+    "master",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
+    "serviceAccountName",
+    "checkpointCredentials",
+    "suspend",
+];
+
 /// The `apiVersion` of every StreamingJob.
 pub const API_VERSION: &str = "sluice.dev/v1alpha1";
 /// The `kind` of every StreamingJob.
@@ -49,6 +64,7 @@ pub struct Metadata {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StreamingJobSpec {
     /// How often a batch is cut from the live stream, e.g. `100ms`, `1s`. At least 10ms.
+    #[schemars(length(max = 32))]
     pub batch_interval: String,
     /// Number of partitions every batch is split into (and keyed state is sharded by). Default 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,6 +77,7 @@ pub struct StreamingJobSpec {
     pub sources: Vec<SourceSpec>,
     /// DStream operations applied in order to the sources' records.
     #[serde(default)]
+    #[schemars(length(max = 64))]
     pub pipeline: Vec<PipelineStep>,
     /// Where every batch's result goes.
     pub sinks: Vec<SinkSpec>,
@@ -256,9 +273,11 @@ pub struct KeyByStep {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WindowStep {
     /// How much of the stream a window covers, e.g. `10s`.
+    #[schemars(length(max = 32))]
     pub length: String,
     /// How often a window is emitted. Default: `spec.batchInterval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub slide: Option<String>,
 }
 
@@ -277,9 +296,11 @@ pub struct WindowedReduceStep {
     /// `sum`, `min`, `max`, `count` or `avg`.
     pub op: Aggregation,
     /// How much of the stream a window covers.
+    #[schemars(length(max = 32))]
     pub length: String,
     /// How often a window is emitted. Default: `spec.batchInterval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub slide: Option<String>,
     /// Update the previous window incrementally (add what enters, subtract what leaves) instead
     /// of recomputing it; only for `sum` and `count`. Keys with no value left in the window are dropped.

@@ -1,0 +1,147 @@
+//! The StreamingJob custom resource: the job (the same spec `sluice run` takes) plus how the
+//! operator deploys it, and the status the operator reports. Only with the `kube` feature.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::StreamingJobSpec;
+
+/// A StreamingJob as Kubernetes stores it.
+#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "StreamingJob",
+    root = "StreamingJobResource",
+    namespaced,
+    shortname = "sj",
+    status = "StreamingJobStatus",
+    scale(spec_replicas_path = ".spec.workers.replicas", status_replicas_path = ".status.workersReady"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.workersReady", description = "workers ready"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.workers.replicas", description = "workers wanted"),
+    printcolumn(name = "Last batch", type_ = "integer", json_path = ".status.lastCompletedBatch"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 52").message("metadata.name: at most 52 characters (pod names add a suffix)"),
+    validation = Rule::new("self.spec.pipeline.all(s, !has(s.window) || ((!has(s.window.slide) || duration(s.window.slide).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0) && duration(s.window.length).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0))").message("spec.pipeline[].window: length and slide must be multiples of spec.batchInterval"),
+    validation = Rule::new("self.spec.pipeline.all(s, !has(s.countByValueAndWindow) || ((!has(s.countByValueAndWindow.slide) || duration(s.countByValueAndWindow.slide).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0) && duration(s.countByValueAndWindow.length).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0))").message("spec.pipeline[].countByValueAndWindow: length and slide must be multiples of spec.batchInterval"),
+    validation = Rule::new("self.spec.pipeline.all(s, !has(s.reduceByKeyAndWindow) || ((!has(s.reduceByKeyAndWindow.slide) || duration(s.reduceByKeyAndWindow.slide).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0) && duration(s.reduceByKeyAndWindow.length).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0))").message("spec.pipeline[].reduceByKeyAndWindow: length and slide must be multiples of spec.batchInterval"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamingJobResourceSpec {
+    /// The job itself: batch interval, parallelism, sources, pipeline, sinks, checkpoint.
+    #[serde(flatten)]
+    pub job: StreamingJobSpec,
+    /// Container image with the `sluice` binary. Default: the operator's own version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// `Always`, `IfNotPresent` or `Never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<String>,
+    /// The workers: how many, and their resources. `kubectl scale sj NAME --replicas N` sets
+    /// `replicas` and the job rescales live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkersSpec>,
+    /// The master's resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<MasterSpec>,
+    /// Node labels the job's pods must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Tolerations of the job's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Affinity of the job's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Service account of the job's pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// A Secret with the checkpoint store's credentials (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`), given to every pod as environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_credentials: Option<LocalObjectReference>,
+    /// Stop the job's pods (state stays in the checkpoint); resume by setting it back to false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+}
+
+/// The workers of a job.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkersSpec {
+    /// Number of worker pods. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// CPU and memory of each worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// The master of a job.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MasterSpec {
+    /// CPU and memory of the master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// What the operator reports.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamingJobStatus {
+    /// `Pending`, `Running`, `Recovering`, `Suspended`, `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Workers ready.
+    #[serde(default)]
+    pub workers_ready: i32,
+    /// Workers wanted.
+    #[serde(default)]
+    pub workers_desired: i32,
+    /// The newest committed batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_completed_batch: Option<i64>,
+    /// The newest checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<CheckpointStatus>,
+    /// Recoveries after failures.
+    #[serde(default)]
+    pub recoveries: i64,
+    /// For people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Ready, MasterReady, WorkersReady, Progressing, Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
+/// Where the newest checkpoint is.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointStatus {
+    /// Batch the snapshot was taken after.
+    pub batch: i64,
+    /// Where it is.
+    pub location: String,
+}
+
+/// The CustomResourceDefinition as YAML, with a header saying where it comes from.
+pub fn crd_yaml() -> Result<String, yaml_serde::Error> {
+    use kube::CustomResourceExt;
+    let body = yaml_serde::to_string(&StreamingJobResource::crd())?;
+    Ok(format!(
+        "# Generated by `cargo run -p sluice-crds --features kube --bin crdgen`. DO NOT EDIT.\n{body}"
+    ))
+}

@@ -1,0 +1,50 @@
+//! The committed CRD YAML must be what the Rust types generate.
+#![cfg(feature = "kube")]
+
+#[test]
+fn committed_crd_matches_the_types() {
+    let generated = sluice_crds::resource::crd_yaml().expect("the CRD serializes");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("streamingjob.yaml");
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} is out of date: run `cargo run -p sluice-crds --features kube --bin crdgen crds/streamingjob.yaml`",
+        path.display()
+    );
+}
+
+#[test]
+fn deployment_fields_are_the_resource_fields_beyond_the_job() {
+    use kube::CustomResourceExt;
+    let crd =
+        serde_json::to_value(sluice_crds::resource::StreamingJobResource::crd()).expect("json");
+    let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    let job =
+        serde_json::to_value(schemars::schema_for!(sluice_crds::StreamingJobSpec)).expect("json");
+    let job_fields: std::collections::BTreeSet<String> = job["properties"]
+        .as_object()
+        .expect("props")
+        .keys()
+        .cloned()
+        .collect();
+    let mut extra: Vec<String> = props
+        .as_object()
+        .expect("props")
+        .keys()
+        .filter(|k| !job_fields.contains(*k))
+        .cloned()
+        .collect();
+    extra.sort();
+    let mut listed: Vec<String> = sluice_crds::DEPLOYMENT_FIELDS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(extra, listed);
+}
+
+#[test]
+fn a_cluster_manifest_runs_locally() {
+    let text = "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {name: a}\nspec:\n  batchInterval: 1s\n  image: ghcr.io/x/sluice:1\n  workers: {replicas: 3}\n  sources: [{name: g, generator: {rate: 1}}]\n  sinks: [{stdout: {}}]\n";
+    assert!(sluice_crds::load(text).is_ok());
+}
