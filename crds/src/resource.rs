@@ -70,6 +70,23 @@ pub struct StreamingJobResourceSpec {
     /// Stop the job's pods (state stays in the checkpoint); resume by setting it back to false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
+    /// How the operator restarts a job that keeps failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+}
+
+/// Restarts of a failing job: exponential back-off, and a limit.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartPolicy {
+    /// First back-off in seconds, doubled at every restart. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub backoff_seconds: Option<i32>,
+    /// Restarts before the job is marked Failed; unset means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub limit: Option<i32>,
 }
 
 /// The workers of a job.

@@ -23,6 +23,7 @@ pub const DEPLOYMENT_FIELDS: &[&str] = &[
     "serviceAccountName",
     "checkpointCredentials",
     "suspend",
+    "restartPolicy",
 ];
 
 /// The `apiVersion` of every StreamingJob.
@@ -458,6 +459,20 @@ pub struct CheckpointSpec {
     /// How many complete state snapshots to keep. Default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain: Option<u32>,
+    /// What deleting the StreamingJob does to its checkpoint: `Retain` (default) keeps it, so a
+    /// new job with the same spec resumes; `Delete` removes it. `sluice run` ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// What happens to a checkpoint when its job is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the checkpoint.
+    #[default]
+    Retain,
+    /// Delete the checkpoint with the job.
+    Delete,
 }
 
 /// Defaults, in one place so docs, validation and runtime agree.
