@@ -1,0 +1,28 @@
+//! Names shared by everything the operator creates: labels, ports, paths, env vars.
+
+/// Label with the job's name on every child object.
+pub const LABEL_JOB: &str = "sluice.dev/job";
+/// Label with the role (`master` or `worker`).
+pub const LABEL_ROLE: &str = "sluice.dev/role";
+/// Standard labels.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGER: &str = "sluice-operator";
+
+/// The master's gRPC port.
+pub const MASTER_PORT: i32 = 7070;
+/// A worker's gRPC port.
+pub const WORKER_PORT: i32 = 7071;
+
+/// Where the job manifest is mounted, and its file name.
+pub const CONFIG_DIR: &str = "/etc/sluice";
+pub const MANIFEST_FILE: &str = "job.yaml";
+
+/// Key of the per-job token in its Secret.
+pub const TOKEN_KEY: &str = "token";
+
+/// The default image when a StreamingJob names none.
+pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/sluice-dev/sluice:", env!("CARGO_PKG_VERSION"));
+/// Workers when a StreamingJob says nothing.
+pub const DEFAULT_WORKERS: i32 = 2;

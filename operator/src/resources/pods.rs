@@ -1,0 +1,349 @@
+//! The master (a one-replica StatefulSet, so Kubernetes restarts it even while the operator is
+//! down) and the workers (a StatefulSet with the job's replica count): the same image and
+//! manifest, restricted security, the token and checkpoint credentials from Secrets.
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    EnvVarSource, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SeccompProfile, SecretEnvSource, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use sluice_crds::resource::StreamingJobResource;
+
+use super::{BuildError, child_meta, job_name, selector};
+use crate::constants::*;
+
+fn env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn field(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A pod template for one role running `args` of the sluice binary.
+fn template(
+    job: &StreamingJobResource,
+    role: &str,
+    token_secret: &str,
+    args: Vec<String>,
+    port: i32,
+) -> Result<PodTemplateSpec, BuildError> {
+    let name = job_name(job)?;
+    let spec = &job.spec;
+    let mut env = vec![
+        field("POD_IP", "status.podIP"),
+        field("POD_NAME", "metadata.name"),
+        EnvVar {
+            name: "SLUICE_TOKEN".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: token_secret.into(),
+                    key: TOKEN_KEY.into(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        env("SLUICE_LOG", "info"),
+    ];
+    if role == "worker" {
+        env.push(env_advertise());
+    }
+    let resources = match role {
+        "master" => spec.master.as_ref().and_then(|m| m.resources.clone()),
+        _ => spec.workers.as_ref().and_then(|w| w.resources.clone()),
+    };
+    let container = Container {
+        name: role.into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        args: Some(args),
+        env: Some(env),
+        env_from: spec.checkpoint_credentials.as_ref().map(|secret| {
+            vec![EnvFromSource {
+                secret_ref: Some(SecretEnvSource {
+                    name: secret.name.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }]
+        }),
+        ports: Some(vec![ContainerPort {
+            name: Some("grpc".into()),
+            container_port: port,
+            ..Default::default()
+        }]),
+        resources,
+        security_context: Some(restricted()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let mut labels = selector(&name, role);
+    labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
+    Ok(PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: format!("{name}-config"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            node_selector: spec.node_selector.clone(),
+            tolerations: spec.tolerations.clone(),
+            affinity: spec.affinity.clone(),
+            service_account_name: spec.service_account_name.clone(),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            termination_grace_period_seconds: Some(60),
+            ..Default::default()
+        }),
+    })
+}
+
+fn env_advertise() -> EnvVar {
+    // Kubernetes expands $(POD_IP) from the variable defined before it.
+    env("SLUICE_ADVERTISE", &format!("$(POD_IP):{WORKER_PORT}"))
+}
+
+fn workers_wanted(job: &StreamingJobResource) -> i32 {
+    if job.spec.suspend == Some(true) {
+        return 0;
+    }
+    job.spec
+        .workers
+        .as_ref()
+        .and_then(|w| w.replicas)
+        .unwrap_or(DEFAULT_WORKERS)
+        .max(0)
+}
+
+fn statefulset(
+    job: &StreamingJobResource,
+    role: &str,
+    replicas: i32,
+    template: PodTemplateSpec,
+) -> Result<StatefulSet, BuildError> {
+    let name = format!("{}-{role}", job_name(job)?);
+    Ok(StatefulSet {
+        metadata: child_meta(job, name.clone(), role)?,
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(name),
+            // Workers start and stop together: the master places partitions, not the order.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector(&job_name(job)?, role)),
+                ..Default::default()
+            },
+            template,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// `<job>-master`: one replica (none while suspended).
+pub fn master_statefulset(
+    job: &StreamingJobResource,
+    token_secret: &str,
+) -> Result<StatefulSet, BuildError> {
+    let args = vec![
+        "master".into(),
+        format!("{CONFIG_DIR}/{MANIFEST_FILE}"),
+        "--listen".into(),
+        format!("0.0.0.0:{MASTER_PORT}"),
+        "--min-workers".into(),
+        workers_wanted(job).max(1).to_string(),
+    ];
+    let replicas = if job.spec.suspend == Some(true) { 0 } else { 1 };
+    statefulset(
+        job,
+        "master",
+        replicas,
+        template(job, "master", token_secret, args, MASTER_PORT)?,
+    )
+}
+
+/// `<job>-worker`: `spec.workers.replicas` (default 2; none while suspended).
+pub fn worker_statefulset(
+    job: &StreamingJobResource,
+    token_secret: &str,
+) -> Result<StatefulSet, BuildError> {
+    let name = job_name(job)?;
+    let args = vec![
+        "worker".into(),
+        format!("{CONFIG_DIR}/{MANIFEST_FILE}"),
+        "--master".into(),
+        format!("{name}-master:{MASTER_PORT}"),
+        "--listen".into(),
+        format!("0.0.0.0:{WORKER_PORT}"),
+    ];
+    statefulset(
+        job,
+        "worker",
+        workers_wanted(job),
+        template(job, "worker", token_secret, args, WORKER_PORT)?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::tests::job;
+
+    fn container(sts: &StatefulSet) -> Container {
+        sts.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .map(|p| p.containers[0].clone())
+            .expect("a container")
+    }
+
+    #[test]
+    fn workers_follow_replicas_and_suspend() {
+        assert_eq!(
+            worker_statefulset(&job(""), "t")
+                .expect("builds")
+                .spec
+                .expect("spec")
+                .replicas,
+            Some(2)
+        );
+        let scaled = job("  workers: {replicas: 5}\n");
+        assert_eq!(
+            worker_statefulset(&scaled, "t")
+                .expect("builds")
+                .spec
+                .expect("spec")
+                .replicas,
+            Some(5)
+        );
+        let suspended = job("  workers: {replicas: 5}\n  suspend: true\n");
+        assert_eq!(
+            worker_statefulset(&suspended, "t")
+                .expect("builds")
+                .spec
+                .expect("spec")
+                .replicas,
+            Some(0)
+        );
+        assert_eq!(
+            master_statefulset(&suspended, "t")
+                .expect("builds")
+                .spec
+                .expect("spec")
+                .replicas,
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn pods_run_the_roles_with_token_and_credentials_and_restricted_security() {
+        let j =
+            job("  image: registry.example/sluice:9\n  checkpointCredentials: {name: s3-creds}\n");
+        let master = container(&master_statefulset(&j, "wc-token").expect("builds"));
+        assert_eq!(master.image.as_deref(), Some("registry.example/sluice:9"));
+        assert_eq!(
+            master.args.as_ref().expect("args")[..2],
+            ["master".to_string(), "/etc/sluice/job.yaml".to_string()]
+        );
+        let worker = container(&worker_statefulset(&j, "wc-token").expect("builds"));
+        let args = worker.args.clone().expect("args");
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--master" && w[1] == "wc-master:7070"),
+            "{args:?}"
+        );
+        let env = worker.env.clone().expect("env");
+        let token = env
+            .iter()
+            .find(|e| e.name == "SLUICE_TOKEN")
+            .expect("token env");
+        assert_eq!(
+            token
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                .map(|s| s.name.as_str()),
+            Some("wc-token")
+        );
+        assert!(
+            env.iter()
+                .any(|e| e.name == "SLUICE_ADVERTISE"
+                    && e.value.as_deref() == Some("$(POD_IP):7071"))
+        );
+        assert_eq!(
+            worker.env_from.expect("envFrom")[0]
+                .secret_ref
+                .as_ref()
+                .map(|s| s.name.as_str()),
+            Some("s3-creds")
+        );
+        let sc = worker.security_context.expect("security context");
+        assert_eq!(
+            (
+                sc.run_as_non_root,
+                sc.read_only_root_filesystem,
+                sc.allow_privilege_escalation
+            ),
+            (Some(true), Some(true), Some(false))
+        );
+        assert_eq!(
+            sc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_string()])
+        );
+    }
+}
