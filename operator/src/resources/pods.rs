@@ -204,7 +204,8 @@ pub fn master_statefulset(
         "master".into(),
         format!("{CONFIG_DIR}/{MANIFEST_FILE}"),
         "--listen".into(),
-        format!("0.0.0.0:{MASTER_PORT}"),
+        // The pod's own address: Kubernetes expands $(POD_IP), defined in env.
+        format!("$(POD_IP):{MASTER_PORT}"),
         "--min-workers".into(),
         workers_wanted(job).max(1).to_string(),
     ];
@@ -229,7 +230,7 @@ pub fn worker_statefulset(
         "--master".into(),
         format!("{name}-master:{MASTER_PORT}"),
         "--listen".into(),
-        format!("0.0.0.0:{WORKER_PORT}"),
+        format!("$(POD_IP):{WORKER_PORT}"),
     ];
     statefulset(
         job,
