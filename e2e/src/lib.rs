@@ -5,5 +5,6 @@
 pub mod agent;
 pub mod cluster;
 pub mod control_plane;
+pub mod crd;
 pub mod pki;
 pub mod process;

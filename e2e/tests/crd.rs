@@ -4,38 +4,14 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{DynamicObject, Patch, PatchParams, PostParams, ValidationDirective};
+use anyhow::Result;
+use kube::api::{DynamicObject, Patch, PatchParams, ValidationDirective};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Api, Client};
 use sluice_e2e::control_plane::{ControlPlane, bin_dir};
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-async fn install_crd(client: &Client) -> Result<()> {
-    let text = std::fs::read_to_string(repo().join("crds/streamingjob.yaml"))?;
-    let crd: CustomResourceDefinition = yaml_serde::from_str(&text)?;
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    api.create(&PostParams::default(), &crd)
-        .await
-        .context("create the CRD")?;
-    for _ in 0..100 {
-        let crd = api.get("streamingjobs.sluice.dev").await?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("the CRD was not established")
 }
 
 fn jobs(client: &Client) -> Api<DynamicObject> {
@@ -67,7 +43,7 @@ async fn crd_accepts_examples_and_refuses_bad_manifests() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let cp = ControlPlane::start(&bin_dir()?, dir.path()).await?;
     let client = cp.client().await?;
-    install_crd(&client).await?;
+    sluice_e2e::crd::install(&client, &repo().join("crds/streamingjob.yaml")).await?;
 
     let mut examples = 0;
     for entry in std::fs::read_dir(repo().join("examples"))? {

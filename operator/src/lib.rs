@@ -3,4 +3,5 @@
 //! them comes next (see the open operator issue).
 
 pub mod constants;
+pub mod controller;
 pub mod resources;

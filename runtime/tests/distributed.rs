@@ -322,7 +322,9 @@ fn a_worker_with_the_wrong_token_or_job_is_refused() {
         "--id",
         "intruder",
     ]);
-    let mut intruder = bad.spawn().expect("spawn");
+    // Owned by the cluster, so a failing assertion still kills it.
+    c.workers
+        .push(("intruder".into(), bad.spawn().expect("spawn")));
     let deadline = Instant::now() + Duration::from_secs(20);
     let log = tmp.path().join("bad.log");
     while !std::fs::read_to_string(&log)
@@ -336,8 +338,6 @@ fn a_worker_with_the_wrong_token_or_job_is_refused() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = intruder.kill();
-    let _ = intruder.wait();
     assert!(
         !c.master_log().contains("worker registered"),
         "{}",

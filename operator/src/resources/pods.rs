@@ -206,8 +206,8 @@ pub fn master_statefulset(
         "--listen".into(),
         // The pod's own address: Kubernetes expands $(POD_IP), defined in env.
         format!("$(POD_IP):{MASTER_PORT}"),
-        "--min-workers".into(),
-        workers_wanted(job).max(1).to_string(),
+        // No minimum from the replica count: a scale would change the master's pod template
+        // and restart it; workers that come later are placed at a batch boundary instead.
     ];
     let replicas = if job.spec.suspend == Some(true) { 0 } else { 1 };
     statefulset(

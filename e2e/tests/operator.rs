@@ -1,0 +1,199 @@
+//! The operator against the real control plane, with its pods run as real `sluice` processes by
+//! the node agent and checkpoints and outputs on s3s-fs: a StreamingJob becomes a running job,
+//! and `kubectl scale` (the scale subresource) adds a worker without restarting it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Api, Client};
+use serde_json::json;
+use sluice_e2e::cluster::{ClusterOptions, TestCluster};
+use sluice_e2e::control_plane::free_port;
+use sluice_e2e::process::Process;
+
+fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// Binaries of the workspace, next to this test's own directory (`target/<profile>/`).
+fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("no target dir"))?;
+    let bin = dir.join(name);
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build the workspace first (cargo test --workspace builds it)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn s3s_fs() -> PathBuf {
+    std::env::var("SLUICE_S3S_FS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/sluice-e2e/s3s-fs-0.14.1/bin/s3s-fs")
+        })
+}
+
+fn jobs(client: &Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("sluice.dev", "v1alpha1", "StreamingJob");
+    Api::namespaced_with(client.clone(), "jobs", &ApiResource::from_gvk(&gvk))
+}
+
+async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl AsyncFnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("timed out waiting for {what}")
+}
+
+/// Files s3s-fs stores for the sink's objects.
+fn sink_objects(root: &Path) -> usize {
+    let dir = root.join("data/wc");
+    std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| std::fs::read_dir(e.path()).map(|p| p.count()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("info")
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir()?;
+    let s3_root = dir.path().join("s3");
+    std::fs::create_dir_all(s3_root.join("data"))?;
+    std::fs::create_dir_all(s3_root.join("ckpt"))?;
+    let s3_port = free_port()?;
+    let mut s3 = Command::new(s3s_fs());
+    s3.args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &s3_port.to_string(),
+        "--access-key",
+        "e2e-key",
+        "--secret-key",
+        "e2e-secret-0000",
+    ])
+    .arg(&s3_root);
+    let _s3 = Process::spawn("s3s-fs", s3, &dir.path().join("s3s-fs.log"))?;
+
+    let cluster = TestCluster::start(ClusterOptions {
+        dir: dir.path().join("cluster"),
+        nodes: vec!["node-1".into(), "node-2".into()],
+        images: vec![("sluice".into(), workspace_bin("sluice")?)],
+        agent_bin: env!("CARGO_BIN_EXE_sluice-node-agent").into(),
+    })
+    .await?;
+    let client = cluster.client.clone();
+    sluice_e2e::crd::install(&client, &repo().join("crds/streamingjob.yaml")).await?;
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "jobs"}}))?,
+        )
+        .await?;
+    Api::<Secret>::namespaced(client.clone(), "jobs")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "s3-creds"}, "stringData": {
+                "AWS_ACCESS_KEY_ID": "e2e-key", "AWS_SECRET_ACCESS_KEY": "e2e-secret-0000", "AWS_REGION": "us-east-1"}}))?,
+        )
+        .await?;
+
+    let mut operator = Command::new(workspace_bin("sluice-operator")?);
+    operator
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("RUST_LOG", "info");
+    let _operator = Process::spawn(
+        "sluice-operator",
+        operator,
+        &dir.path().join("operator.log"),
+    )?;
+
+    let endpoint = format!("http://127.0.0.1:{s3_port}");
+    let job: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "StreamingJob",
+        "metadata": {"name": "wc", "namespace": "jobs"},
+        "spec": {
+            "batchInterval": "200ms", "parallelism": 4,
+            "sources": [{"name": "g", "generator": {"rate": 2000, "vocabulary": 100}}],
+            "pipeline": [{"flatMap": {"split": " "}}, {"countByValue": {}}, {"updateStateByKey": {"op": "sum"}}],
+            "sinks": [{"s3": {"uri": "s3://data/wc", "endpoint": endpoint, "pathStyle": true}}],
+            "checkpoint": {"uri": "s3://ckpt/wc", "endpoint": endpoint, "pathStyle": true, "interval": 5},
+            "image": "registry.example/sluice:e2e", "workers": {"replicas": 2},
+            "checkpointCredentials": {"name": "s3-creds"},
+        }
+    }))?;
+    jobs(&client).create(&PostParams::default(), &job).await?;
+
+    let result: Result<()> = async {
+        let status = |o: &DynamicObject| o.data.get("status").cloned().unwrap_or_default();
+        wait_for(
+            "the job Running with 2 workers",
+            Duration::from_secs(120),
+            async || {
+                let s = status(&jobs(&client).get("wc").await?);
+                Ok((s["phase"] == "Running" && s["workersReady"] == 2).then_some(()))
+            },
+        )
+        .await?;
+        wait_for("batches in S3", Duration::from_secs(60), async || {
+            Ok((sink_objects(&s3_root) >= 40).then_some(()))
+        })
+        .await?;
+
+        // kubectl scale sj wc --replicas 3
+        let scale = json!({"spec": {"replicas": 3}});
+        jobs(&client)
+            .patch_scale("wc", &PatchParams::default(), &Patch::Merge(&scale))
+            .await?;
+        wait_for("3 workers ready", Duration::from_secs(120), async || {
+            let s = status(&jobs(&client).get("wc").await?);
+            Ok((s["workersReady"] == 3 && s["workersDesired"] == 3).then_some(()))
+        })
+        .await?;
+        let before = sink_objects(&s3_root);
+        wait_for(
+            "batches after the rescale",
+            Duration::from_secs(60),
+            async || Ok((sink_objects(&s3_root) >= before + 20).then_some(())),
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!(
+            "--- operator log:\n{}",
+            std::fs::read_to_string(dir.path().join("operator.log")).unwrap_or_default()
+        );
+        eprintln!("--- node agent log:\n{}", cluster.agent_log(40));
+    }
+    result
+}

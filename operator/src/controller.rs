@@ -1,0 +1,174 @@
+//! The reconciler: for every StreamingJob, its token Secret and the objects `resources` builds,
+//! applied server-side; then the status, from the StatefulSets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use sluice_crds::resource::StreamingJobResource;
+
+use crate::constants::{DEFAULT_WORKERS, MANAGER, TOKEN_KEY};
+use crate::resources::{self, BuildError};
+
+/// What reconciles share.
+pub struct Context {
+    pub client: Client,
+}
+
+/// Reconcile failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the StreamingJob cannot be built: {0}")]
+    Build(#[from] BuildError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("cannot make a token: {0}")]
+    Token(std::io::Error),
+}
+
+/// Runs the controller until the process stops.
+pub async fn run(client: Client) {
+    let jobs: Api<StreamingJobResource> = Api::all(client.clone());
+    let context = Arc::new(Context {
+        client: client.clone(),
+    });
+    Controller::new(jobs, watcher::Config::default())
+        .owns(
+            Api::<StatefulSet>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            match result {
+                Ok((job, _)) => tracing::debug!(job = %job.name, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+fn random_token() -> Result<String, Error> {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(Error::Token)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The job's token Secret: created once, never rotated under running pods.
+async fn ensure_token(
+    job: &StreamingJobResource,
+    api: &Api<Secret>,
+    name: &str,
+) -> Result<(), Error> {
+    if api.get_opt(name).await?.is_some() {
+        return Ok(());
+    }
+    let owner = job
+        .controller_owner_ref(&())
+        .ok_or(BuildError::Missing("metadata.uid"))?;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        string_data: Some([(TOKEN_KEY.to_string(), random_token()?)].into()),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn apply<K>(client: &Client, ns: &str, object: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = object.meta().name.clone().unwrap_or_default();
+    let mut body = serde_json::to_value(object)
+        .map_err(|e| Error::Build(BuildError::Render(e.to_string())))?;
+    body["apiVersion"] = json!(K::api_version(&()));
+    body["kind"] = json!(K::kind(&()));
+    api.patch(
+        &name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn reconcile(job: Arc<StreamingJobResource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    let name = job.name_any();
+    let client = &ctx.client;
+    let token = format!("{name}-token");
+    ensure_token(&job, &Api::namespaced(client.clone(), &ns), &token).await?;
+    let desired = resources::desired(&job, &token)?;
+    apply::<ConfigMap>(client, &ns, &desired.config).await?;
+    apply::<Service>(client, &ns, &desired.master_service).await?;
+    apply::<Service>(client, &ns, &desired.worker_service).await?;
+    apply::<StatefulSet>(client, &ns, &desired.master).await?;
+    apply::<StatefulSet>(client, &ns, &desired.workers).await?;
+
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let ready = |s: Option<StatefulSet>| {
+        s.and_then(|s| s.status)
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0)
+    };
+    let master_ready = ready(sets.get_opt(&format!("{name}-master")).await?);
+    let workers_ready = ready(sets.get_opt(&format!("{name}-worker")).await?);
+    let suspended = job.spec.suspend == Some(true);
+    let desired_workers = if suspended {
+        0
+    } else {
+        job.spec
+            .workers
+            .as_ref()
+            .and_then(|w| w.replicas)
+            .unwrap_or(DEFAULT_WORKERS)
+    };
+    let phase = if suspended {
+        "Suspended"
+    } else if master_ready >= 1 && workers_ready >= desired_workers {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let status = json!({"status": {
+        "phase": phase,
+        "observedGeneration": job.metadata.generation,
+        "workersReady": workers_ready,
+        "workersDesired": desired_workers,
+    }});
+    let jobs: Api<StreamingJobResource> = Api::namespaced(client.clone(), &ns);
+    jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await?;
+    Ok(Action::requeue(Duration::from_secs(10)))
+}
+
+fn error_policy(_job: Arc<StreamingJobResource>, error: &Error, _ctx: Arc<Context>) -> Action {
+    match error {
+        // A spec that cannot be built waits for a change of the spec.
+        Error::Build(_) => Action::await_change(),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}

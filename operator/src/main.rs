@@ -1,0 +1,15 @@
+//! `sluice-operator`: reconciles StreamingJob resources (see the `controller` module).
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default().await?;
+    tracing::info!("sluice-operator running");
+    sluice_operator::controller::run(client).await;
+    Ok(())
+}
