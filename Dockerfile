@@ -1,5 +1,5 @@
-# One image for every role: `sluice run | master | worker | validate | bench`.
-# (The operator binary joins it when it exists.)
+# One image for every role: `sluice run | master | worker | validate | bench`, and the
+# operator (`sluice-operator`, the Helm chart's command).
 #
 #   docker build -t sluice:dev .
 #   kind load docker-image sluice:dev          # for a local kind cluster
@@ -8,12 +8,12 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p sluice-runtime --bin sluice \
- && strip target/release/sluice
+RUN cargo build --release --locked -p sluice-runtime --bin sluice -p sluice-operator --bin sluice-operator \
+ && strip target/release/sluice target/release/sluice-operator
 
 # Run stage: distroless (glibc, CA certificates, no shell), non-root.
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/sluice /usr/local/bin/sluice
+COPY --from=build /src/target/release/sluice /src/target/release/sluice-operator /usr/local/bin/
 USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/sluice"]
 CMD ["--help"]

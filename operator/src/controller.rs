@@ -33,17 +33,27 @@ pub enum Error {
     Token(std::io::Error),
 }
 
-/// Runs the controller until the process stops.
-pub async fn run(client: Client) {
-    let jobs: Api<StreamingJobResource> = Api::all(client.clone());
-    let context = Arc::new(Context {
-        client: client.clone(),
-    });
+/// Runs the controller until the process stops: over all namespaces, or one per namespace
+/// in `namespaces` (the RBAC the chart grants then covers only those).
+pub async fn run(client: Client, namespaces: Vec<String>) {
+    if namespaces.is_empty() {
+        run_in(client.clone(), Api::all(client.clone()), Api::all(client)).await;
+    } else {
+        let controllers = namespaces.iter().map(|ns| {
+            run_in(
+                client.clone(),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            )
+        });
+        futures::future::join_all(controllers).await;
+    }
+}
+
+async fn run_in(client: Client, jobs: Api<StreamingJobResource>, sets: Api<StatefulSet>) {
+    let context = Arc::new(Context { client });
     Controller::new(jobs, watcher::Config::default())
-        .owns(
-            Api::<StatefulSet>::all(client.clone()),
-            watcher::Config::default(),
-        )
+        .owns(sets, watcher::Config::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {

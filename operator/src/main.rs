@@ -9,7 +9,15 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await?;
-    tracing::info!("sluice-operator running");
-    sluice_operator::controller::run(client).await;
+    // Empty: every namespace.
+    let namespaces: Vec<String> = std::env::var("SLUICE_WATCH_NAMESPACES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect();
+    tracing::info!(?namespaces, "sluice-operator running");
+    sluice_operator::controller::run(client, namespaces).await;
     Ok(())
 }

@@ -1,11 +1,15 @@
-//! `crdgen`: writes the StreamingJob CustomResourceDefinition as YAML (to stdout, or to the file
-//! given). The committed `crds/streamingjob.yaml` is checked against it by a test.
+//! `crdgen`: writes the StreamingJob CustomResourceDefinition as YAML (to stdout, or to each
+//! file given: `crds/streamingjob.yaml charts/sluice/crds/streamingjob.yaml`). A test checks
+//! both committed copies.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let yaml = sluice_crds::resource::crd_yaml()?;
-    match std::env::args().nth(1) {
-        Some(path) => std::fs::write(&path, yaml)?,
-        None => print!("{yaml}"),
+    let paths: Vec<String> = std::env::args().skip(1).collect();
+    if paths.is_empty() {
+        print!("{yaml}");
+    }
+    for path in paths {
+        std::fs::write(&path, &yaml)?;
     }
     Ok(())
 }
