@@ -78,6 +78,17 @@ fn sink_objects(root: &Path) -> usize {
         .unwrap_or(0)
 }
 
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
     let _ = tracing_subscriber::fmt()
@@ -126,10 +137,12 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
         )
         .await?;
 
+    let metrics_port = free_port()?;
     let mut operator = Command::new(workspace_bin("sluice-operator")?);
     operator
         .env("KUBECONFIG", cluster.kubeconfig())
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "info")
+        .env("SLUICE_METRICS_PORT", metrics_port.to_string());
     let _operator = Process::spawn(
         "sluice-operator",
         operator,
@@ -178,6 +191,13 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             Ok((s["workersReady"] == 3 && s["workersDesired"] == 3).then_some(()))
         })
         .await?;
+        let metrics = http_get(metrics_port, "/metrics")?;
+        assert!(
+            metrics.contains("sluice_jobs{phase=\"Running\"} 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("sluice_reconciles_total "), "{metrics}");
+        assert!(http_get(metrics_port, "/healthz")?.contains("ok"));
         let before = sink_objects(&s3_root);
         wait_for(
             "batches after the rescale",

@@ -20,6 +20,7 @@ use crate::resources::{self, BuildError};
 /// What reconciles share.
 pub struct Context {
     pub client: Client,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Reconcile failures.
@@ -35,23 +36,35 @@ pub enum Error {
 
 /// Runs the controller until the process stops: over all namespaces, or one per namespace
 /// in `namespaces` (the RBAC the chart grants then covers only those).
-pub async fn run(client: Client, namespaces: Vec<String>) {
+pub async fn run(client: Client, namespaces: Vec<String>, metrics: Arc<crate::metrics::Metrics>) {
     if namespaces.is_empty() {
-        run_in(client.clone(), Api::all(client.clone()), Api::all(client)).await;
+        run_in(
+            client.clone(),
+            Api::all(client.clone()),
+            Api::all(client),
+            metrics,
+        )
+        .await;
     } else {
         let controllers = namespaces.iter().map(|ns| {
             run_in(
                 client.clone(),
                 Api::namespaced(client.clone(), ns),
                 Api::namespaced(client.clone(), ns),
+                metrics.clone(),
             )
         });
         futures::future::join_all(controllers).await;
     }
 }
 
-async fn run_in(client: Client, jobs: Api<StreamingJobResource>, sets: Api<StatefulSet>) {
-    let context = Arc::new(Context { client });
+async fn run_in(
+    client: Client,
+    jobs: Api<StreamingJobResource>,
+    sets: Api<StatefulSet>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    let context = Arc::new(Context { client, metrics });
     Controller::new(jobs, watcher::Config::default())
         .owns(sets, watcher::Config::default())
         .shutdown_on_signal()
@@ -126,12 +139,35 @@ where
 }
 
 async fn reconcile(job: Arc<StreamingJobResource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_job(&job, &ctx).await;
+    let m = &ctx.metrics;
+    m.reconciles
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    *m.reconcile_seconds_total
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) += started.elapsed().as_secs_f64();
+    let counter = match &result {
+        Err(Error::Build(_)) => Some(&m.errors_build),
+        Err(_) => Some(&m.errors_api),
+        Ok(_) => None,
+    };
+    if let Some(c) = counter {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    result
+}
+
+async fn reconcile_job(
+    job: &Arc<StreamingJobResource>,
+    ctx: &Arc<Context>,
+) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
     let client = &ctx.client;
     let token = format!("{name}-token");
-    ensure_token(&job, &Api::namespaced(client.clone(), &ns), &token).await?;
-    let desired = resources::desired(&job, &token)?;
+    ensure_token(job, &Api::namespaced(client.clone(), &ns), &token).await?;
+    let desired = resources::desired(job, &token)?;
     apply::<ConfigMap>(client, &ns, &desired.config).await?;
     apply::<Service>(client, &ns, &desired.master_service).await?;
     apply::<Service>(client, &ns, &desired.worker_service).await?;
@@ -169,6 +205,11 @@ async fn reconcile(job: Arc<StreamingJobResource>, ctx: Arc<Context>) -> Result<
         "workersReady": workers_ready,
         "workersDesired": desired_workers,
     }});
+    ctx.metrics
+        .phases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(format!("{ns}/{name}"), phase.to_string());
     let jobs: Api<StreamingJobResource> = Api::namespaced(client.clone(), &ns);
     jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
         .await?;

@@ -4,4 +4,5 @@
 
 pub mod constants;
 pub mod controller;
+pub mod metrics;
 pub mod resources;

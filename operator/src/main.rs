@@ -18,6 +18,16 @@ async fn main() -> anyhow::Result<()> {
         .map(String::from)
         .collect();
     tracing::info!(?namespaces, "sluice-operator running");
-    sluice_operator::controller::run(client, namespaces).await;
+    let metrics = std::sync::Arc::new(sluice_operator::metrics::Metrics::default());
+    let port: u16 = std::env::var("SLUICE_METRICS_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
+    let server = tokio::spawn(sluice_operator::metrics::serve(
+        ([0, 0, 0, 0], port).into(),
+        metrics.clone(),
+    ));
+    sluice_operator::controller::run(client, namespaces, metrics).await;
+    server.abort();
     Ok(())
 }
