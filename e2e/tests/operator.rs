@@ -137,17 +137,26 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
         )
         .await?;
 
-    let metrics_port = free_port()?;
-    let mut operator = Command::new(workspace_bin("sluice-operator")?);
-    operator
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .env("RUST_LOG", "info")
-        .env("SLUICE_METRICS_PORT", metrics_port.to_string());
-    let _operator = Process::spawn(
-        "sluice-operator",
-        operator,
-        &dir.path().join("operator.log"),
-    )?;
+    // Two replicas, as the chart would run them: one leads, one waits for the Lease.
+    let ports = [free_port()?, free_port()?];
+    let mut operators = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let mut operator = Command::new(workspace_bin("sluice-operator")?);
+        operator
+            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("RUST_LOG", "info")
+            .env("SLUICE_METRICS_PORT", port.to_string())
+            .env("POD_NAME", format!("operator-{i}"))
+            .env("POD_NAMESPACE", "default");
+        operators.push(Some(Process::spawn(
+            &format!("operator-{i}"),
+            operator,
+            &dir.path().join(format!("operator-{i}.log")),
+        )?));
+    }
+    let log = |i: usize| {
+        std::fs::read_to_string(dir.path().join(format!("operator-{i}.log"))).unwrap_or_default()
+    };
 
     let endpoint = format!("http://127.0.0.1:{s3_port}");
     let job: DynamicObject = serde_json::from_value(json!({
@@ -191,6 +200,15 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             Ok((s["workersReady"] == 3 && s["workersDesired"] == 3).then_some(()))
         })
         .await?;
+        let leader = wait_for("a leader", Duration::from_secs(30), async || {
+            Ok((0..2).find(|i| log(*i).contains("became leader")))
+        })
+        .await?;
+        assert!(
+            !log(1 - leader).contains("became leader"),
+            "only one replica leads"
+        );
+        let metrics_port = ports[leader];
         let metrics = http_get(metrics_port, "/metrics")?;
         assert!(
             metrics.contains("sluice_jobs{phase=\"Running\"} 1"),
@@ -205,14 +223,35 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             async || Ok((sink_objects(&s3_root) >= before + 20).then_some(())),
         )
         .await?;
+
+        // Kill the leader: the standby takes the Lease and goes on reconciling.
+        if let Some(mut p) = operators[leader].take() {
+            p.kill();
+        }
+        let killed = Instant::now();
+        let scale = json!({"spec": {"replicas": 2}});
+        jobs(&client)
+            .patch_scale("wc", &PatchParams::default(), &Patch::Merge(&scale))
+            .await?;
+        wait_for(
+            "the standby to reconcile",
+            Duration::from_secs(90),
+            async || {
+                let s = status(&jobs(&client).get("wc").await?);
+                Ok((s["workersDesired"] == 2 && s["workersReady"] == 2).then_some(()))
+            },
+        )
+        .await?;
+        assert!(log(1 - leader).contains("became leader"));
+        eprintln!(
+            "operator leader killed -> standby reconciled in {:?}",
+            killed.elapsed()
+        );
         Ok(())
     }
     .await;
     if result.is_err() {
-        eprintln!(
-            "--- operator log:\n{}",
-            std::fs::read_to_string(dir.path().join("operator.log")).unwrap_or_default()
-        );
+        eprintln!("--- operator logs:\n{}\n{}", log(0), log(1));
         eprintln!("--- node agent log:\n{}", cluster.agent_log(40));
     }
     result

@@ -4,5 +4,6 @@
 
 pub mod constants;
 pub mod controller;
+pub mod leader;
 pub mod metrics;
 pub mod resources;

@@ -27,7 +27,24 @@ async fn main() -> anyhow::Result<()> {
         ([0, 0, 0, 0], port).into(),
         metrics.clone(),
     ));
-    sluice_operator::controller::run(client, namespaces, metrics).await;
+    // One replica reconciles; the others wait for the Lease.
+    let me = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("sluice-operator-{}", std::process::id()));
+    let lease_ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), &lease_ns);
+    let lease = "sluice-operator";
+    tracing::info!(identity = %me, namespace = %lease_ns, "waiting for the leader lease");
+    sluice_operator::leader::acquire(&leases, lease, &me).await?;
+    tracing::info!(identity = %me, "became leader");
+    tokio::select! {
+        () = sluice_operator::controller::run(client, namespaces, metrics) => {}
+        () = sluice_operator::leader::hold(&leases, lease, &me) => {
+            tracing::error!("lost the leader lease; exiting so a standby takes over");
+            server.abort();
+            std::process::exit(1);
+        }
+    }
     server.abort();
     Ok(())
 }
