@@ -200,6 +200,20 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             Ok((s["workersReady"] == 3 && s["workersDesired"] == 3).then_some(()))
         })
         .await?;
+        // The master's progress and the conditions reach the status.
+        wait_for(
+            "progress and Ready in the status",
+            Duration::from_secs(60),
+            async || {
+                let s = status(&jobs(&client).get("wc").await?);
+                let ready = s["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                Ok((ready && s["lastCompletedBatch"].as_u64().unwrap_or(0) > 5).then_some(()))
+            },
+        )
+        .await?;
         let leader = wait_for("a leader", Duration::from_secs(30), async || {
             Ok((0..2).find(|i| log(*i).contains("became leader")))
         })

@@ -192,19 +192,29 @@ async fn reconcile_job(
             .and_then(|w| w.replicas)
             .unwrap_or(DEFAULT_WORKERS)
     };
-    let phase = if suspended {
-        "Suspended"
-    } else if master_ready >= 1 && workers_ready >= desired_workers {
-        "Running"
-    } else {
-        "Pending"
+    // The master's own account: progress, checkpoints, recoveries (when it answers).
+    let master_view = match master_address(client, &ns, &name).await {
+        Some(address) => match read_token(client, &ns, &token).await {
+            Some(secret) => crate::status::ask_master(&address, &secret).await,
+            None => None,
+        },
+        None => None,
     };
-    let status = json!({"status": {
-        "phase": phase,
-        "observedGeneration": job.metadata.generation,
-        "workersReady": workers_ready,
-        "workersDesired": desired_workers,
-    }});
+    let previous = job
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let (phase, status) = crate::status::compute(&crate::status::Observed {
+        generation: job.metadata.generation,
+        suspended,
+        master_ready: master_ready >= 1,
+        workers_ready,
+        workers_desired: desired_workers,
+        master: master_view.as_ref(),
+        previous: &previous,
+    });
+    let phase = phase.as_str();
     ctx.metrics
         .phases
         .lock()
@@ -213,7 +223,22 @@ async fn reconcile_job(
     let jobs: Api<StreamingJobResource> = Api::namespaced(client.clone(), &ns);
     jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
         .await?;
-    Ok(Action::requeue(Duration::from_secs(10)))
+    Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+/// `ip:port` of the master pod, once it has an address.
+async fn master_address(client: &Client, ns: &str, job: &str) -> Option<String> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    let pod = pods.get_opt(&format!("{job}-master-0")).await.ok()??;
+    let ip = pod.status?.pod_ip?;
+    Some(format!("{ip}:{}", crate::constants::MASTER_PORT))
+}
+
+async fn read_token(client: &Client, ns: &str, secret: &str) -> Option<String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let data = secrets.get_opt(secret).await.ok()??.data?;
+    let bytes = data.get(TOKEN_KEY)?;
+    String::from_utf8(bytes.0.clone()).ok()
 }
 
 fn error_policy(_job: Arc<StreamingJobResource>, error: &Error, _ctx: Arc<Context>) -> Action {

@@ -1,0 +1,259 @@
+//! The job's status: from its StatefulSets and from the master's Status RPC, with standard
+//! conditions whose `lastTransitionTime` moves only when their status changes.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+use sluice_proto::v1 as pb;
+use tonic::metadata::MetadataValue;
+
+/// What the master says of the job, when it answers.
+#[derive(Clone, Debug, Default)]
+pub struct MasterView {
+    pub state: String,
+    pub last_completed_batch: u64,
+    pub last_checkpoint_batch: u64,
+    pub checkpoint_uri: String,
+    pub recoveries: u64,
+    pub message: String,
+}
+
+/// Asks the master at `address` (`ip:port`) for its status, with the job's token.
+pub async fn ask_master(address: &str, token: &str) -> Option<MasterView> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .ok()?
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(2));
+    let channel = endpoint.connect().await.ok()?;
+    let header: MetadataValue<_> = format!("Bearer {token}").parse().ok()?;
+    let mut client = pb::master_client::MasterClient::with_interceptor(
+        channel,
+        move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", header.clone());
+            Ok(req)
+        },
+    );
+    let reply = client.status(pb::StatusRequest {}).await.ok()?.into_inner();
+    Some(MasterView {
+        state: reply.state,
+        last_completed_batch: reply.last_completed_batch,
+        last_checkpoint_batch: reply.last_checkpoint_batch,
+        checkpoint_uri: reply.checkpoint_uri,
+        recoveries: reply.recoveries,
+        message: reply.message,
+    })
+}
+
+/// Inputs of a status computation.
+pub struct Observed<'a> {
+    pub generation: Option<i64>,
+    pub suspended: bool,
+    pub master_ready: bool,
+    pub workers_ready: i32,
+    pub workers_desired: i32,
+    pub master: Option<&'a MasterView>,
+    /// Conditions currently in the status, to keep their transition times.
+    pub previous: &'a [Condition],
+}
+
+fn condition(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+/// The phase and the status patch body.
+pub fn compute(o: &Observed<'_>) -> (String, Value) {
+    let master_state = o.master.map(|m| m.state.as_str()).unwrap_or("");
+    let checkpoint_failing = master_state == "checkpoint failing";
+    let recovering = master_state == "recovering";
+    let workers_ok = o.workers_ready >= o.workers_desired;
+    let phase = if o.suspended {
+        "Suspended"
+    } else if recovering {
+        "Recovering"
+    } else if o.master_ready && workers_ok && master_state == "running" {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let g = o.generation;
+    let p = o.previous;
+    let progressing = master_state == "running";
+    let degraded = checkpoint_failing || recovering;
+    let degraded_message = o
+        .master
+        .filter(|_| degraded)
+        .map(|m| m.message.clone())
+        .unwrap_or_default();
+    let conditions = vec![
+        condition(
+            p,
+            "Ready",
+            phase == "Running",
+            if phase == "Running" { "Running" } else { phase },
+            "",
+            g,
+        ),
+        condition(
+            p,
+            "MasterReady",
+            o.master_ready,
+            if o.master_ready {
+                "PodReady"
+            } else {
+                "PodNotReady"
+            },
+            "",
+            g,
+        ),
+        condition(
+            p,
+            "WorkersReady",
+            workers_ok,
+            if workers_ok { "AllReady" } else { "Waiting" },
+            &format!("{} of {} ready", o.workers_ready, o.workers_desired),
+            g,
+        ),
+        condition(
+            p,
+            "Progressing",
+            progressing,
+            if progressing {
+                "BatchesCommitting"
+            } else {
+                "NotRunning"
+            },
+            "",
+            g,
+        ),
+        condition(
+            p,
+            "Degraded",
+            degraded,
+            if checkpoint_failing {
+                "CheckpointFailing"
+            } else if recovering {
+                "Recovering"
+            } else {
+                "Healthy"
+            },
+            &degraded_message,
+            g,
+        ),
+    ];
+    let mut status = json!({
+        "phase": phase,
+        "observedGeneration": g,
+        "workersReady": o.workers_ready,
+        "workersDesired": o.workers_desired,
+        "conditions": conditions,
+    });
+    if let Some(m) = o.master {
+        status["lastCompletedBatch"] = json!(m.last_completed_batch);
+        status["recoveries"] = json!(m.recoveries);
+        if m.last_checkpoint_batch > 0 {
+            status["lastCheckpoint"] =
+                json!({"batch": m.last_checkpoint_batch, "location": m.checkpoint_uri});
+        }
+        status["message"] = json!(if m.message.is_empty() {
+            m.state.clone()
+        } else {
+            m.message.clone()
+        });
+    }
+    (phase.to_string(), json!({ "status": status }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observed<'a>(master: Option<&'a MasterView>, previous: &'a [Condition]) -> Observed<'a> {
+        Observed {
+            generation: Some(3),
+            suspended: false,
+            master_ready: true,
+            workers_ready: 2,
+            workers_desired: 2,
+            master,
+            previous,
+        }
+    }
+
+    #[test]
+    fn running_needs_a_running_master_and_all_workers() {
+        let running = MasterView {
+            state: "running".into(),
+            last_completed_batch: 7,
+            ..Default::default()
+        };
+        let (phase, body) = compute(&observed(Some(&running), &[]));
+        assert_eq!(phase, "Running");
+        assert_eq!(body["status"]["lastCompletedBatch"], 7);
+        let (phase, _) = compute(&observed(None, &[]));
+        assert_eq!(phase, "Pending");
+    }
+
+    #[test]
+    fn checkpoint_failing_is_degraded_with_the_masters_message() {
+        let failing = MasterView {
+            state: "checkpoint failing".into(),
+            message: "bucket ckpt at http://s3: unreachable".into(),
+            ..Default::default()
+        };
+        let (_, body) = compute(&observed(Some(&failing), &[]));
+        let degraded = body["status"]["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == "Degraded")
+            .cloned()
+            .expect("Degraded");
+        assert_eq!(degraded["status"], "True");
+        assert_eq!(degraded["reason"], "CheckpointFailing");
+        assert!(
+            degraded["message"]
+                .as_str()
+                .expect("message")
+                .contains("unreachable")
+        );
+    }
+
+    #[test]
+    fn transition_times_stay_while_the_status_does() {
+        let running = MasterView {
+            state: "running".into(),
+            ..Default::default()
+        };
+        let (_, first) = compute(&observed(Some(&running), &[]));
+        let previous: Vec<Condition> =
+            serde_json::from_value(first["status"]["conditions"].clone()).expect("conditions");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let (_, second) = compute(&observed(Some(&running), &previous));
+        assert_eq!(
+            first["status"]["conditions"],
+            second["status"]["conditions"]
+        );
+    }
+}
