@@ -66,6 +66,23 @@ async fn wait_for<T>(
     bail!("timed out waiting for {what}")
 }
 
+/// Regular files below `dir` (s3s-fs keeps one per object).
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| {
+                    if e.path().is_dir() {
+                        files_under(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Files s3s-fs stores for the sink's objects.
 fn sink_objects(root: &Path) -> usize {
     let dir = root.join("data/wc");
@@ -261,6 +278,36 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             "operator leader killed -> standby reconciled in {:?}",
             killed.elapsed()
         );
+
+        // Delete the job with deletionPolicy Delete: children, processes and checkpoint go.
+        assert!(
+            files_under(&s3_root.join("ckpt/wc")) > 0,
+            "a checkpoint exists before the delete"
+        );
+        let policy = json!({"spec": {"checkpoint": {"deletionPolicy": "Delete"}}});
+        jobs(&client)
+            .patch("wc", &PatchParams::default(), &Patch::Merge(&policy))
+            .await?;
+        jobs(&client).delete("wc", &Default::default()).await?;
+        wait_for("the job gone", Duration::from_secs(60), async || {
+            Ok(jobs(&client).get_opt("wc").await?.is_none().then_some(()))
+        })
+        .await?;
+        assert_eq!(
+            files_under(&s3_root.join("ckpt/wc")),
+            0,
+            "deletionPolicy Delete removes the checkpoint"
+        );
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "jobs");
+        wait_for("the job's pods gone", Duration::from_secs(60), async || {
+            Ok(pods
+                .list(&Default::default())
+                .await?
+                .items
+                .is_empty()
+                .then_some(()))
+        })
+        .await?;
         Ok(())
     }
     .await;

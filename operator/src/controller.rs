@@ -32,7 +32,14 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("cannot make a token: {0}")]
     Token(std::io::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("deleting the checkpoint: {0}")]
+    Cleanup(String),
 }
+
+/// Keeps a deleted job until its checkpoint has followed `checkpoint.deletionPolicy`.
+pub const FINALIZER: &str = "sluice.dev/checkpoint";
 
 /// Runs the controller until the process stops: over all namespaces, or one per namespace
 /// in `namespaces` (the RBAC the chart grants then covers only those).
@@ -140,7 +147,20 @@ where
 
 async fn reconcile(job: Arc<StreamingJobResource>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let result = reconcile_job(&job, &ctx).await;
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = kube::runtime::finalizer::finalizer(&api, FINALIZER, job.clone(), |event| async {
+        match event {
+            kube::runtime::finalizer::Event::Apply(job) => reconcile_job(&job, &ctx).await,
+            kube::runtime::finalizer::Event::Cleanup(job) => cleanup(&job, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    });
     let m = &ctx.metrics;
     m.reconciles
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -224,6 +244,84 @@ async fn reconcile_job(
     jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
         .await?;
     Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+/// On deletion: with `checkpoint.deletionPolicy: Delete`, removes the job's S3 checkpoint
+/// (with the job's own credentials); otherwise leaves it for a job that resumes from it.
+/// Children go with their owner through Kubernetes' garbage collector.
+async fn cleanup(job: &Arc<StreamingJobResource>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let name = job.name_any();
+    let Some(checkpoint) = job.spec.job.checkpoint.clone() else {
+        return Ok(Action::await_change());
+    };
+    if checkpoint.deletion_policy != Some(sluice_crds::DeletionPolicy::Delete) {
+        tracing::info!(job = %name, uri = %checkpoint.uri, "job deleted; checkpoint retained");
+        return Ok(Action::await_change());
+    }
+    if !checkpoint.uri.starts_with("s3://") {
+        tracing::warn!(job = %name, uri = %checkpoint.uri, "deletionPolicy Delete applies to s3:// checkpoints only; left in place");
+        return Ok(Action::await_change());
+    }
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    // Stop the job first: a master still running would write new checkpoint objects.
+    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    for role in ["master", "worker"] {
+        match sets
+            .delete(&format!("{name}-{role}"), &Default::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let running = pods
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("{}={name}", crate::constants::LABEL_JOB)),
+        )
+        .await?;
+    if !running.items.is_empty() {
+        return Err(Error::Cleanup(format!(
+            "waiting for {} pods of the job to stop",
+            running.items.len()
+        )));
+    }
+    let mut credentials = None;
+    if let Some(secret) = &job.spec.checkpoint_credentials {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let data = secrets.get(&secret.name).await?.data.unwrap_or_default();
+        let text = |k: &str| {
+            data.get(k)
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        };
+        if let (Some(key), Some(secret)) =
+            (text("AWS_ACCESS_KEY_ID"), text("AWS_SECRET_ACCESS_KEY"))
+        {
+            credentials = Some((key, secret));
+        }
+    }
+    let settings = sluice::checkpoint::S3Settings {
+        endpoint: checkpoint.endpoint.clone(),
+        region: checkpoint.region.clone(),
+        path_style: checkpoint.path_style.unwrap_or(false),
+        credentials,
+    };
+    // The S3 store blocks on its own runtime: run it on a thread of its own.
+    let uri = checkpoint.uri.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        use sluice::checkpoint::CheckpointStore;
+        let result =
+            sluice::checkpoint::S3Store::open(&uri, &settings).and_then(|store| store.delete(""));
+        let _ = tx.send(result.map_err(|e| e.to_string()));
+    });
+    rx.await
+        .map_err(|_| Error::Cleanup("the cleanup thread died".into()))?
+        .map_err(Error::Cleanup)?;
+    tracing::info!(job = %name, uri = %checkpoint.uri, "job deleted; checkpoint deleted (deletionPolicy Delete)");
+    Ok(Action::await_change())
 }
 
 /// `ip:port` of the master pod, once it has an address.

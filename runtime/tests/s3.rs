@@ -39,6 +39,9 @@ fn conformance(s: &dyn CheckpointStore) {
     s.delete("offsets/0001.json").expect("delete");
     assert_eq!(s.get("offsets/0001.json").expect("get"), None);
     s.delete("missing/thing").expect("deleting nothing is fine");
+    s.delete("").expect("delete everything");
+    assert_eq!(s.list("state").expect("list"), Vec::<String>::new());
+    assert_eq!(s.get("job.json").expect("get"), None);
 }
 
 fn job(dir: &Path, server: &S3Server, prefix: &str, batches_rate: u64) -> PathBuf {

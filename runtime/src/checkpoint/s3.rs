@@ -109,6 +109,29 @@ impl S3Store {
         }
     }
 
+    fn delete_keys(&self, keys: &[String], prefix: &str) -> Result<()> {
+        for chunk in keys.chunks(1000) {
+            let objects: Vec<ObjectIdentifier> = chunk
+                .iter()
+                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
+                .collect();
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| self.fail("delete", prefix, e))?;
+            let req = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete);
+            self.runtime
+                .block_on(req.send())
+                .map_err(|e| self.fail("delete", prefix, e))?;
+        }
+        Ok(())
+    }
+
     /// The key prefix of a "directory" (`""` is the root of the store).
     fn dir_prefix(&self, dir: &str) -> String {
         let dir = dir.trim_matches('/');
@@ -233,32 +256,18 @@ impl CheckpointStore for S3Store {
     fn delete(&self, prefix: &str) -> Result<()> {
         // One listing finds the object itself and everything under it; deleting only keys that
         // exist keeps servers that refuse missing keys (or treat them as folders) happy.
+        if prefix.trim_matches('/').is_empty() {
+            // Everything under the store's root.
+            let (keys, _) = self.list_page_all(&self.dir_prefix(""), false, "")?;
+            return self.delete_keys(&keys, prefix);
+        }
         let exact = self.key(prefix.trim_end_matches('/'));
         let (keys, _) = self.list_page_all(&exact, false, prefix)?;
         let keys: Vec<String> = keys
             .into_iter()
             .filter(|k| *k == exact || k.starts_with(&format!("{exact}/")))
             .collect();
-        for chunk in keys.chunks(1000) {
-            let objects: Vec<ObjectIdentifier> = chunk
-                .iter()
-                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
-                .collect();
-            let delete = Delete::builder()
-                .set_objects(Some(objects))
-                .quiet(true)
-                .build()
-                .map_err(|e| self.fail("delete", prefix, e))?;
-            let req = self
-                .client
-                .delete_objects()
-                .bucket(&self.bucket)
-                .delete(delete);
-            self.runtime
-                .block_on(req.send())
-                .map_err(|e| self.fail("delete", prefix, e))?;
-        }
-        Ok(())
+        self.delete_keys(&keys, prefix)
     }
 }
 

@@ -135,6 +135,10 @@ impl CheckpointStore for MemoryStore {
     }
 
     fn delete(&self, prefix: &str) -> Result<()> {
+        if prefix.trim_matches('/').is_empty() {
+            lock_unpoisoned(&self.objects).clear();
+            return Ok(());
+        }
         let dir = format!("{}/", prefix.trim_end_matches('/'));
         lock_unpoisoned(&self.objects).retain(|k, _| k != prefix && !k.starts_with(&dir));
         Ok(())
