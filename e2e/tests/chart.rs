@@ -60,24 +60,8 @@ async fn chart_lints_and_renders_objects_the_api_server_accepts() -> Result<()> 
             input,
         )
     };
-    kubectl(
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            &chart.join("crds/streamingjob.yaml").to_string_lossy(),
-        ],
-        None,
-    )?;
-    kubectl(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/streamingjobs.sluice.dev",
-            "--timeout=30s",
-        ],
-        None,
-    )?;
+    // Our own install waits for Established (kubectl wait fails while conditions are still unset).
+    sluice_e2e::crd::install(&cp.client().await?, &chart.join("crds/streamingjob.yaml")).await?;
     kubectl(&["create", "namespace", "sluice-system"], None)?;
     for ns in ["team-a", "team-b"] {
         kubectl(&["create", "namespace", ns], None)?;

@@ -217,6 +217,26 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             Ok((s["workersReady"] == 3 && s["workersDesired"] == 3).then_some(()))
         })
         .await?;
+        // Transitions a user cares about show as events on the job.
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(client.clone(), "jobs");
+        wait_for(
+            "Created and Rescaled events",
+            Duration::from_secs(30),
+            async || {
+                let reasons: Vec<String> = events
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .iter()
+                    .filter_map(|e| e.reason.clone())
+                    .collect();
+                Ok((reasons.iter().any(|r| r == "Created")
+                    && reasons.iter().any(|r| r == "Rescaled"))
+                .then_some(()))
+            },
+        )
+        .await?;
         // The master's progress and the conditions reach the status.
         wait_for(
             "progress and Ready in the status",

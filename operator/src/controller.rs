@@ -21,6 +21,7 @@ use crate::resources::{self, BuildError};
 pub struct Context {
     pub client: Client,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub recorder: kube::runtime::events::Recorder,
 }
 
 /// Reconcile failures.
@@ -71,7 +72,16 @@ async fn run_in(
     sets: Api<StatefulSet>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
-    let context = Arc::new(Context { client, metrics });
+    let reporter = kube::runtime::events::Reporter {
+        controller: MANAGER.into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+    let context = Arc::new(Context {
+        client,
+        metrics,
+        recorder,
+    });
     Controller::new(jobs, watcher::Config::default())
         .owns(sets, watcher::Config::default())
         .shutdown_on_signal()
@@ -235,6 +245,7 @@ async fn reconcile_job(
         previous: &previous,
     });
     let phase = phase.as_str();
+    publish_transitions(job, ctx, phase, desired_workers, master_view.as_ref()).await;
     ctx.metrics
         .phases
         .lock()
@@ -322,6 +333,78 @@ async fn cleanup(job: &Arc<StreamingJobResource>, ctx: &Arc<Context>) -> Result<
         .map_err(Error::Cleanup)?;
     tracing::info!(job = %name, uri = %checkpoint.uri, "job deleted; checkpoint deleted (deletionPolicy Delete)");
     Ok(Action::await_change())
+}
+
+/// Events for the transitions a user cares about, from the previous status to this one.
+async fn publish_transitions(
+    job: &StreamingJobResource,
+    ctx: &Context,
+    phase: &str,
+    desired_workers: i32,
+    master: Option<&crate::status::MasterView>,
+) {
+    use kube::runtime::events::{Event, EventType};
+    let previous = job.status.clone();
+    let mut events = Vec::new();
+    match &previous {
+        None => events.push((
+            EventType::Normal,
+            "Created",
+            format!("master, {desired_workers} workers, services and config created"),
+        )),
+        Some(p) => {
+            let was = p.phase.clone().unwrap_or_default();
+            if was != "Suspended" && phase == "Suspended" {
+                events.push((
+                    EventType::Normal,
+                    "Suspended",
+                    "pods stopped; state stays in the checkpoint".into(),
+                ));
+            }
+            if was == "Suspended" && phase != "Suspended" {
+                events.push((
+                    EventType::Normal,
+                    "Resumed",
+                    "pods started; the job resumes from its checkpoint".into(),
+                ));
+            }
+            if p.workers_desired != desired_workers && phase != "Suspended" && was != "Suspended" {
+                events.push((
+                    EventType::Normal,
+                    "Rescaled",
+                    format!("workers {} -> {desired_workers}", p.workers_desired),
+                ));
+            }
+            if let Some(m) = master {
+                if m.recoveries as i64 > p.recoveries {
+                    events.push((
+                        EventType::Warning,
+                        "Recovered",
+                        format!("recovered from the last checkpoint: {}", m.message),
+                    ));
+                }
+                let failing_before = p.conditions.iter().any(|c| {
+                    c.type_ == "Degraded" && c.reason == "CheckpointFailing" && c.status == "True"
+                });
+                if m.state == "checkpoint failing" && !failing_before {
+                    events.push((EventType::Warning, "CheckpointFailed", m.message.clone()));
+                }
+            }
+        }
+    }
+    let reference = job.object_ref(&());
+    for (type_, reason, note) in events {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, reason, "cannot publish an event");
+        }
+    }
 }
 
 /// `ip:port` of the master pod, once it has an address.
