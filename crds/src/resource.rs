@@ -139,6 +139,10 @@ pub struct StreamingJobStatus {
     /// For people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Fingerprint of the job (sources, pipeline, batch interval, parallelism) that the
+    /// checkpoint belongs to; a change to it needs a new checkpoint location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// Ready, MasterReady, WorkersReady, Progressing, Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,

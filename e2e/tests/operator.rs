@@ -299,6 +299,25 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             killed.elapsed()
         );
 
+        // A pipeline change that the checkpoint cannot follow is refused with a clear status.
+        let change =
+            json!({"spec": {"pipeline": [{"flatMap": {"split": ","}}, {"countByValue": {}}]}});
+        jobs(&client)
+            .patch("wc", &PatchParams::default(), &Patch::Merge(&change))
+            .await?;
+        let s = wait_for("the change refused", Duration::from_secs(30), async || {
+            let s = status(&jobs(&client).get("wc").await?);
+            Ok((s["phase"] == "Blocked").then_some(s))
+        })
+        .await?;
+        assert!(
+            s["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("cannot be resumed"),
+            "{s}"
+        );
+
         // Delete the job with deletionPolicy Delete: children, processes and checkpoint go.
         assert!(
             files_under(&s3_root.join("ckpt/wc")) > 0,

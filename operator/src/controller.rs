@@ -195,6 +195,49 @@ async fn reconcile_job(
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
     let client = &ctx.client;
+    // A job whose state-shaping spec changed cannot resume from the checkpoint it wrote:
+    // refuse the change (keep running the old one) instead of letting the master crash-loop.
+    let fingerprint = sluice_crds::fingerprint(&job.spec.job);
+    if let Some(status) = &job.status {
+        let same_location = match (&status.last_checkpoint, &job.spec.job.checkpoint) {
+            (Some(written), Some(now)) => written.location.starts_with(&now.uri),
+            _ => false,
+        };
+        if let Some(old) = status
+            .fingerprint
+            .as_ref()
+            .filter(|old| **old != fingerprint && same_location)
+        {
+            let message = format!(
+                "the sources, pipeline, batch interval or parallelism changed (fingerprint {old} -> {fingerprint}), so the checkpoint at {} cannot be resumed; revert the change, or set a new spec.checkpoint.uri to start over",
+                job.spec
+                    .job
+                    .checkpoint
+                    .as_ref()
+                    .map(|c| c.uri.as_str())
+                    .unwrap_or("")
+            );
+            let condition = json!({"type": "Degraded", "status": "True", "reason": "IncompatibleChange", "message": message,
+                "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(), "observedGeneration": job.metadata.generation});
+            let mut conditions: Vec<serde_json::Value> = status
+                .conditions
+                .iter()
+                .filter(|c| c.type_ != "Degraded")
+                .map(|c| serde_json::to_value(c).unwrap_or_default())
+                .collect();
+            conditions.push(condition);
+            let body = json!({"status": {"phase": "Blocked", "message": message, "conditions": conditions, "observedGeneration": job.metadata.generation}});
+            let jobs: Api<StreamingJobResource> = Api::namespaced(client.clone(), &ns);
+            jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
+                .await?;
+            ctx.metrics
+                .phases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(format!("{ns}/{name}"), "Blocked".into());
+            return Ok(Action::await_change());
+        }
+    }
     let token = format!("{name}-token");
     ensure_token(job, &Api::namespaced(client.clone(), &ns), &token).await?;
     let desired = resources::desired(job, &token)?;
@@ -244,6 +287,8 @@ async fn reconcile_job(
         master: master_view.as_ref(),
         previous: &previous,
     });
+    let mut status = status;
+    status["status"]["fingerprint"] = json!(fingerprint);
     let phase = phase.as_str();
     publish_transitions(job, ctx, phase, desired_workers, master_view.as_ref()).await;
     ctx.metrics

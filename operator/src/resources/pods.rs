@@ -119,9 +119,13 @@ fn template(
     };
     let mut labels = selector(&name, role);
     labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
+    // A changed manifest changes the template, so the pods restart and load it (resuming from
+    // the checkpoint); a replica change does not.
+    let annotations = [("sluice.dev/manifest-hash".to_string(), manifest_hash(job))].into();
     Ok(PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
+            annotations: Some(annotations),
             ..Default::default()
         }),
         spec: Some(PodSpec {
@@ -151,6 +155,15 @@ fn template(
             ..Default::default()
         }),
     })
+}
+
+/// A hash of the job part of the spec (what the ConfigMap holds).
+fn manifest_hash(job: &StreamingJobResource) -> String {
+    use std::hash::{Hash, Hasher};
+    let text = serde_json::to_string(&job.spec.job).unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 fn env_advertise() -> EnvVar {
@@ -251,6 +264,27 @@ mod tests {
             .and_then(|s| s.template.spec.as_ref())
             .map(|p| p.containers[0].clone())
             .expect("a container")
+    }
+
+    #[test]
+    fn only_a_manifest_change_rolls_the_pods() {
+        let hash = |j: &StreamingJobResource| {
+            let sts = worker_statefulset(j, "t").expect("builds");
+            sts.spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .expect("annotations")["sluice.dev/manifest-hash"]
+                .clone()
+        };
+        let base = hash(&job(""));
+        assert_eq!(
+            base,
+            hash(&job("  workers: {replicas: 7}\n")),
+            "scaling keeps the pods"
+        );
+        let mut changed = job("");
+        changed.spec.job.batch_interval = "2s".into();
+        assert_ne!(base, hash(&changed), "a new manifest restarts them");
     }
 
     #[test]
