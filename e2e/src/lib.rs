@@ -8,3 +8,23 @@ pub mod control_plane;
 pub mod crd;
 pub mod pki;
 pub mod process;
+
+/// Polls `check` until it gives a value or `timeout` passes. Errors count as "not yet" (the
+/// API server or a pod may be between states); the last one is in the timeout message.
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    anyhow::bail!("timed out after {timeout:?} waiting for {what} {last}")
+}

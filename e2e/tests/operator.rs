@@ -15,6 +15,7 @@ use serde_json::json;
 use sluice_e2e::cluster::{ClusterOptions, TestCluster};
 use sluice_e2e::control_plane::free_port;
 use sluice_e2e::process::Process;
+use sluice_e2e::wait_for;
 
 fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -49,21 +50,6 @@ fn s3s_fs() -> PathBuf {
 fn jobs(client: &Client) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("sluice.dev", "v1alpha1", "StreamingJob");
     Api::namespaced_with(client.clone(), "jobs", &ApiResource::from_gvk(&gvk))
-}
-
-async fn wait_for<T>(
-    what: &str,
-    timeout: Duration,
-    mut check: impl AsyncFnMut() -> Result<Option<T>>,
-) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(v) = check().await? {
-            return Ok(v);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    bail!("timed out waiting for {what}")
 }
 
 /// Regular files below `dir` (s3s-fs keeps one per object).

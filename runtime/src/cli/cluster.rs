@@ -188,7 +188,6 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         fingerprint: sluice_crds::fingerprint(&manifest.spec),
         token,
         min_workers: args.min_workers,
-        snapshot_interval: ckpt.interval,
         stop_after: args.batches,
         stop,
         paced: !args.no_wait,

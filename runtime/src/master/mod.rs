@@ -113,7 +113,6 @@ pub struct MasterOptions {
     pub token: String,
     /// Workers to wait for before the first batch.
     pub min_workers: usize,
-    pub snapshot_interval: u64,
     pub stop_after: Option<u64>,
     pub stop: Arc<AtomicBool>,
     pub paced: bool,
@@ -370,7 +369,6 @@ impl Master {
             match result {
                 Ok(()) => {
                     needs_recovery = false;
-                    started = true;
                     backoff = Duration::from_millis(200);
                     self.set_status("running", "");
                 }
