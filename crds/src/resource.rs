@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+    Affinity, EnvFromSource, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    Volume, VolumeMount,
 };
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -28,6 +29,8 @@ use crate::spec::StreamingJobSpec;
     printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.workers.replicas", description = "workers wanted"),
     printcolumn(name = "Last batch", type_ = "integer", json_path = ".status.lastCompletedBatch"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("!has(self.spec.podTemplate) || !has(self.spec.podTemplate.labels) || self.spec.podTemplate.labels.all(k, !k.startsWith('sluice.dev/'))").message("spec.podTemplate.labels: keys under sluice.dev/ belong to the operator; use another prefix"),
+    validation = Rule::new("!has(self.spec.podTemplate) || !has(self.spec.podTemplate.volumes) || self.spec.podTemplate.volumes.all(v, v.name != 'config')").message("spec.podTemplate.volumes: the name config is the operator's (it holds the job manifest); rename the volume"),
     validation = Rule::new("self.metadata.name.size() <= 52").message("metadata.name: at most 52 characters (pod names add a suffix)"),
     validation = Rule::new("self.spec.pipeline.all(s, !has(s.window) || ((!has(s.window.slide) || duration(s.window.slide).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0) && duration(s.window.length).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0))").message("spec.pipeline[].window: length and slide must be multiples of spec.batchInterval"),
     validation = Rule::new("self.spec.pipeline.all(s, !has(s.countByValueAndWindow) || ((!has(s.countByValueAndWindow.slide) || duration(s.countByValueAndWindow.slide).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0) && duration(s.countByValueAndWindow.length).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0))").message("spec.pipeline[].countByValueAndWindow: length and slide must be multiples of spec.batchInterval"),
@@ -70,9 +73,60 @@ pub struct StreamingJobResourceSpec {
     /// Stop the job's pods (state stays in the checkpoint); resume by setting it back to false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
+    /// Additions to the pods the operator creates: labels, annotations, environment,
+    /// volumes, priority class, image pull secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodOverrides>,
     /// How the operator restarts a job that keeps failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
+}
+
+/// What a job adds to the master and worker pods. The operator's own labels, environment and
+/// the `config` volume win over these; everything else is added as given.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodOverrides {
+    /// Extra pod labels (keys under `sluice.dev/` are the operator's and are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Extra environment variables of the sluice container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+    /// Extra environment sources of the sluice container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_from: Option<Vec<EnvFromSource>>,
+    /// Extra pod volumes (the name `config` is the operator's), as in a pod spec; the API
+    /// server checks them when the operator creates the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "volumes_schema")]
+    pub volumes: Option<Vec<Volume>>,
+    /// Where the sluice container mounts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<Vec<VolumeMount>>,
+    /// Priority class of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Secrets for pulling `spec.image` from a private registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+}
+
+/// Pod volumes, kept open in the CRD: the full `Volume` schema would more than double its
+/// size, and the pod's own validation applies anyway.
+fn volumes_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string"}},
+            "x-kubernetes-preserve-unknown-fields": true
+        }
+    })
 }
 
 /// Restarts of a failing job: exponential back-off, and a limit.
@@ -115,7 +169,7 @@ pub struct MasterSpec {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamingJobStatus {
-    /// `Pending`, `Running`, `Recovering`, `Suspended`, `Failed`.
+    /// `Pending`, `Running`, `Recovering`, `Suspended`, `BackingOff`, `Blocked`, `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// The generation the status describes.
@@ -143,9 +197,31 @@ pub struct StreamingJobStatus {
     /// checkpoint belongs to; a change to it needs a new checkpoint location.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// Times the operator stopped and restarted the job after a crash loop; a change of the
+    /// spec starts the count again.
+    #[serde(default)]
+    pub restarts: i64,
+    /// When the operator last restarted (or, while `BackingOff`, will restart) the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_at: Option<String>,
+    /// What the operator last saw of the job's pods, to tell restarts and losses apart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodObservation>,
     /// Ready, MasterReady, WorkersReady, Progressing, Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
+/// One pod of the job as the operator last saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodObservation {
+    /// Pod name.
+    pub name: String,
+    /// Pod UID: a new one means the pod was replaced.
+    pub uid: String,
+    /// Container restarts.
+    pub restarts: i32,
 }
 
 /// Where the newest checkpoint is.

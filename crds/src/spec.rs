@@ -16,6 +16,7 @@ pub const DEPLOYMENT_FIELDS: &[&str] = &[
     "image",
     "imagePullPolicy",
     "workers",
+    "podTemplate",
     "master",
     "nodeSelector",
     "tolerations",

@@ -27,6 +27,7 @@ pub struct ClusterOptions {
 pub struct TestCluster {
     // Field order is drop order: the agent (and its pods) go before the control plane.
     agent: Process,
+    agent_dir: PathBuf,
     pub control_plane: ControlPlane,
     pub client: Client,
     pub started_in: Duration,
@@ -58,6 +59,7 @@ impl TestCluster {
         )?;
         let mut cluster = TestCluster {
             agent,
+            agent_dir: options.dir.join("agent"),
             control_plane,
             client,
             started_in: Duration::ZERO,
@@ -99,6 +101,65 @@ impl TestCluster {
     /// The node agent's recent log, for failure messages.
     pub fn agent_log(&self, lines: usize) -> String {
         self.agent.tail(lines)
+    }
+
+    /// Kills (SIGKILL) the container processes of pod `pod`, as a crash or the OOM killer
+    /// would; the node agent then restarts them as a kubelet does. Returns how many it killed.
+    pub fn kill_pod_processes(&self, pod: &str) -> Result<usize> {
+        let Some(agent) = self.agent.pid() else {
+            bail!("the node agent is not running");
+        };
+        let mut killed = 0;
+        for pid in crate::process::descendants(agent) {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let hostname = format!("HOSTNAME={pod}");
+            if environ
+                .split(|b| *b == 0)
+                .any(|var| var == hostname.as_bytes())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                killed += 1;
+            }
+        }
+        Ok(killed)
+    }
+
+    /// The last `lines` of the logs of every container of pods whose name starts with
+    /// `prefix`, current and past runs alike, for failure messages.
+    pub fn pod_logs(&self, prefix: &str, lines: usize) -> String {
+        let mut out = String::new();
+        let pods = std::fs::read_dir(self.agent_dir.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for pod in pods {
+            let dir_name = pod.file_name().to_string_lossy().into_owned();
+            // Directories are named <namespace>_<pod>_<uid>.
+            let pod_name = dir_name.split('_').nth(1).unwrap_or("");
+            if !pod_name.starts_with(prefix) {
+                continue;
+            }
+            for log in std::fs::read_dir(pod.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if log.path().extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                    let all: Vec<&str> = text.lines().collect();
+                    out.push_str(&format!(
+                        "--- {dir_name}/{}\n",
+                        log.file_name().to_string_lossy()
+                    ));
+                    out.push_str(&all[all.len().saturating_sub(lines)..].join("\n"));
+                    out.push('\n');
+                }
+            }
+        }
+        out
     }
 
     /// The admin kubeconfig.

@@ -1,6 +1,7 @@
 //! The operator against the real control plane, with its pods run as real `sluice` processes by
 //! the node agent and checkpoints and outputs on s3s-fs: a StreamingJob becomes a running job,
-//! and `kubectl scale` (the scale subresource) adds a worker without restarting it.
+//! and `kubectl scale` (the scale subresource) adds a worker without restarting it; jobs that
+//! cannot run (a missing Secret, an unknown image, a crash loop) say why in their status.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -206,23 +207,7 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
         // Transitions a user cares about show as events on the job.
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(client.clone(), "jobs");
-        wait_for(
-            "Created and Rescaled events",
-            Duration::from_secs(30),
-            async || {
-                let reasons: Vec<String> = events
-                    .list(&Default::default())
-                    .await?
-                    .items
-                    .iter()
-                    .filter_map(|e| e.reason.clone())
-                    .collect();
-                Ok((reasons.iter().any(|r| r == "Created")
-                    && reasons.iter().any(|r| r == "Rescaled"))
-                .then_some(()))
-            },
-        )
-        .await?;
+        wait_for_events(&events, &["Created", "Rescaled"], Duration::from_secs(30)).await?;
         // The master's progress and the conditions reach the status.
         wait_for(
             "progress and Ready in the status",
@@ -237,6 +222,15 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             },
         )
         .await?;
+        // A crashed worker and a crashed master show as events; the job goes on.
+        assert!(cluster.kill_pod_processes("wc-worker-1")? >= 1);
+        assert!(cluster.kill_pod_processes("wc-master-0")? >= 1);
+        wait_for_events(
+            &events,
+            &["WorkerLost", "MasterRestarted"],
+            Duration::from_secs(60),
+        )
+        .await?;
         let leader = wait_for("a leader", Duration::from_secs(30), async || {
             Ok((0..2).find(|i| log(*i).contains("became leader")))
         })
@@ -246,11 +240,16 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             "only one replica leads"
         );
         let metrics_port = ports[leader];
-        let metrics = http_get(metrics_port, "/metrics")?;
-        assert!(
-            metrics.contains("sluice_jobs{phase=\"Running\"} 1"),
-            "{metrics}"
-        );
+        // Running again after the kills, as the metrics say.
+        let metrics = wait_for(
+            "the job Running in /metrics",
+            Duration::from_secs(60),
+            async || {
+                let m = http_get(metrics_port, "/metrics")?;
+                Ok(m.contains("sluice_jobs{phase=\"Running\"} 1").then_some(m))
+            },
+        )
+        .await?;
         assert!(metrics.contains("sluice_reconciles_total "), "{metrics}");
         assert!(http_get(metrics_port, "/healthz")?.contains("ok"));
         let before = sink_objects(&s3_root);
@@ -339,6 +338,262 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
     if result.is_err() {
         eprintln!("--- operator logs:\n{}\n{}", log(0), log(1));
         eprintln!("--- node agent log:\n{}", cluster.agent_log(40));
+    }
+    result
+}
+
+/// The reasons of the events in a namespace.
+async fn event_reasons(events: &Api<k8s_openapi::api::events::v1::Event>) -> Result<Vec<String>> {
+    Ok(events
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect())
+}
+
+/// Waits until events with every one of `reasons` exist.
+async fn wait_for_events(
+    events: &Api<k8s_openapi::api::events::v1::Event>,
+    reasons: &[&str],
+    timeout: Duration,
+) -> Result<()> {
+    wait_for(&format!("events {reasons:?}"), timeout, async || {
+        let seen = event_reasons(events).await?;
+        Ok(reasons
+            .iter()
+            .all(|r| seen.iter().any(|s| s == r))
+            .then_some(()))
+    })
+    .await
+}
+
+/// Reads a counter from the operator's /metrics.
+fn metric(port: u16, name: &str) -> Result<f64> {
+    let text = http_get(port, "/metrics")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {name} in /metrics"))
+}
+
+fn degraded(status: &serde_json::Value) -> Option<(String, String)> {
+    status["conditions"].as_array()?.iter().find_map(|c| {
+        (c["type"] == "Degraded" && c["status"] == "True").then(|| {
+            (
+                c["reason"].as_str().unwrap_or("").to_string(),
+                c["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_that_cannot_run_say_why_without_a_hot_loop() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // An "image" whose program fails at once, as a master with a broken setup would.
+    let crasher = dir.path().join("crasher");
+    std::fs::write(
+        &crasher,
+        "#!/bin/sh\necho 'error: checkpoint bucket ckpt-missing does not exist' >&2\nexit 2\n",
+    )?;
+    std::fs::set_permissions(
+        &crasher,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let cluster = TestCluster::start(ClusterOptions {
+        dir: dir.path().join("cluster"),
+        nodes: vec!["node-1".into()],
+        images: vec![
+            ("sluice".into(), workspace_bin("sluice")?),
+            ("crasher".into(), crasher),
+        ],
+        agent_bin: env!("CARGO_BIN_EXE_sluice-node-agent").into(),
+    })
+    .await?;
+    let client = cluster.client.clone();
+    sluice_e2e::crd::install(&client, &repo().join("crds/streamingjob.yaml")).await?;
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "jobs"}}))?,
+        )
+        .await?;
+    let port = free_port()?;
+    let mut operator = Command::new(workspace_bin("sluice-operator")?);
+    operator
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .env("RUST_LOG", "info")
+        .env("SLUICE_METRICS_PORT", port.to_string())
+        .env("POD_NAME", "operator-0")
+        .env("POD_NAMESPACE", "default");
+    let log_path = dir.path().join("operator.log");
+    let _operator = Process::spawn("operator", operator, &log_path)?;
+
+    let job = |name: &str, extra: serde_json::Value| -> Result<DynamicObject> {
+        let mut spec = json!({
+            "batchInterval": "500ms",
+            "sources": [{"name": "g", "generator": {"rate": 100}}],
+            "pipeline": [{"flatMap": {"split": " "}}, {"countByValue": {}}],
+            "sinks": [{"stdout": {}}],
+            "image": "sluice", "workers": {"replicas": 1},
+            // Master and workers are processes of one machine here: a directory is shared.
+            "checkpoint": {"uri": format!("file://{}/ckpt-{name}", dir.path().display())},
+        });
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "StreamingJob",
+            "metadata": {"name": name, "namespace": "jobs"}, "spec": spec,
+        }))?)
+    };
+    let api = jobs(&client);
+    api.create(
+        &PostParams::default(),
+        &job(
+            "nosecret",
+            json!({"checkpointCredentials": {"name": "s3-creds"}}),
+        )?,
+    )
+    .await?;
+    api.create(
+        &PostParams::default(),
+        &job("badimage", json!({"image": "registry.example/missing:1"}))?,
+    )
+    .await?;
+    api.create(
+        &PostParams::default(),
+        &job(
+            "crashy",
+            json!({"image": "crasher", "restartPolicy": {"backoffSeconds": 2, "limit": 1}}),
+        )?,
+    )
+    .await?;
+
+    let mut unsaved = job("nockpt", json!({}))?;
+    unsaved.data["spec"]
+        .as_object_mut()
+        .map(|spec| spec.remove("checkpoint"));
+    api.create(&PostParams::default(), &unsaved).await?;
+
+    let result: Result<()> = async {
+        let status = |o: &DynamicObject| o.data.get("status").cloned().unwrap_or_default();
+        let s = wait_for(
+            "a job without a checkpoint blocked",
+            Duration::from_secs(60),
+            async || {
+                let s = status(&api.get("nockpt").await?);
+                Ok((s["phase"] == "Blocked").then_some(s))
+            },
+        )
+        .await?;
+        assert_eq!(
+            degraded(&s).map(|d| d.0).as_deref(),
+            Some("NoCheckpoint"),
+            "{s}"
+        );
+        assert!(
+            s["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("spec.checkpoint"),
+            "{s}"
+        );
+        let (reason, message) = wait_for(
+            "the missing Secret in the status",
+            Duration::from_secs(60),
+            async || Ok(degraded(&status(&api.get("nosecret").await?))),
+        )
+        .await?;
+        assert_eq!(reason, "SecretMissing", "{message}");
+        assert!(message.contains("s3-creds") && message.contains("spec.checkpointCredentials"));
+        let (_, message) = wait_for(
+            "the image problem in the status",
+            Duration::from_secs(60),
+            async || {
+                Ok(degraded(&status(&api.get("badimage").await?))
+                    .filter(|(r, _)| r == "ImagePullFailed"))
+            },
+        )
+        .await?;
+        assert!(message.contains("registry.example/missing:1"), "{message}");
+
+        // No hot loop: the waiting jobs are looked at every few seconds, not continuously.
+        let before = metric(port, "sluice_reconciles_total")?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let per_second = (metric(port, "sluice_reconciles_total")? - before) / 10.0;
+        assert!(
+            per_second < 3.0,
+            "{per_second} reconciles/s for 4 jobs is a hot loop"
+        );
+
+        // The crash loop: stopped, restarted after the back-off, then Failed at the limit.
+        let s = wait_for(
+            "the crash loop to fail the job",
+            Duration::from_secs(120),
+            async || {
+                let s = status(&api.get("crashy").await?);
+                Ok((s["phase"] == "Failed").then_some(s))
+            },
+        )
+        .await?;
+        assert_eq!(s["restarts"], 2, "{s}");
+        let message = s["message"].as_str().unwrap_or("");
+        assert!(message.contains("ckpt-missing does not exist"), "{message}");
+        assert!(message.contains("restartPolicy.limit"), "{message}");
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(client.clone(), "jobs");
+        let reasons = event_reasons(&events).await?;
+        assert!(reasons.iter().any(|r| r == "CrashLoop"), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r == "Failed"), "{reasons:?}");
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "jobs");
+        wait_for(
+            "the failed job's pods gone",
+            Duration::from_secs(60),
+            async || {
+                let left = pods
+                    .list(&kube::api::ListParams::default().labels("sluice.dev/job=crashy"))
+                    .await?
+                    .items;
+                Ok(left.is_empty().then_some(()))
+            },
+        )
+        .await?;
+
+        // The Secret appears: the pods start, the condition clears.
+        Api::<Secret>::namespaced(client.clone(), "jobs")
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "s3-creds"}, "stringData": {
+                    "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}}))?,
+            )
+            .await?;
+        wait_for(
+            "the Secret problem to clear",
+            Duration::from_secs(60),
+            async || {
+                let s = status(&api.get("nosecret").await?);
+                Ok((s["phase"] == "Running" && degraded(&s).is_none()).then_some(()))
+            },
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        eprintln!(
+            "--- operator log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        eprintln!("--- node agent log:\n{}", cluster.agent_log(40));
+        for name in ["nosecret", "badimage", "crashy", "nockpt"] {
+            if let Ok(j) = api.get(name).await {
+                eprintln!("--- {name} status: {}", j.data["status"]);
+            }
+        }
+        eprintln!("--- pod logs:\n{}", cluster.pod_logs("nosecret", 20));
     }
     result
 }

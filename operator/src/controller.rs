@@ -6,15 +6,18 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use kube::api::{Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
-use sluice_crds::resource::StreamingJobResource;
+use sluice_crds::resource::{StreamingJobResource, StreamingJobStatus};
 
-use crate::constants::{DEFAULT_WORKERS, MANAGER, TOKEN_KEY};
+use crate::constants::{DEFAULT_WORKERS, LABEL_JOB, MANAGER, TOKEN_KEY};
+use crate::health;
 use crate::resources::{self, BuildError};
 
 /// What reconciles share.
@@ -217,30 +220,69 @@ async fn reconcile_job(
                     .map(|c| c.uri.as_str())
                     .unwrap_or("")
             );
-            let condition = json!({"type": "Degraded", "status": "True", "reason": "IncompatibleChange", "message": message,
-                "lastTransitionTime": k8s_openapi::jiff::Timestamp::now().to_string(), "observedGeneration": job.metadata.generation});
-            let mut conditions: Vec<serde_json::Value> = status
-                .conditions
-                .iter()
-                .filter(|c| c.type_ != "Degraded")
-                .map(|c| serde_json::to_value(c).unwrap_or_default())
-                .collect();
-            conditions.push(condition);
-            let body = json!({"status": {"phase": "Blocked", "message": message, "conditions": conditions, "observedGeneration": job.metadata.generation}});
-            let jobs: Api<StreamingJobResource> = Api::namespaced(client.clone(), &ns);
-            jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
-                .await?;
-            ctx.metrics
-                .phases
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(format!("{ns}/{name}"), "Blocked".into());
-            return Ok(Action::await_change());
+            return block(job, ctx, "IncompatibleChange", &message).await;
         }
     }
+    if job.spec.job.checkpoint.is_none() {
+        return block(
+            job,
+            ctx,
+            "NoCheckpoint",
+            "spec.checkpoint: a job on Kubernetes needs a checkpoint location its master and workers share, such as s3://bucket/prefix (a file:// location only on a volume every pod mounts)",
+        )
+        .await;
+    }
+    let suspended = job.spec.suspend == Some(true);
+    let previous_status = job.status.clone().unwrap_or_default();
+    // Any change of the spec (a fix, a suspend and resume) gives a failed job a fresh start.
+    let spec_changed = previous_status.observed_generation != job.metadata.generation;
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pods = pods_api
+        .list(&ListParams::default().labels(&format!("{LABEL_JOB}={name}")))
+        .await?
+        .items;
+    let was_stopped = suspended
+        || matches!(
+            previous_status.phase.as_deref(),
+            Some("BackingOff" | "Failed")
+        );
+    let spec_workers = job
+        .spec
+        .workers
+        .as_ref()
+        .and_then(|w| w.replicas)
+        .unwrap_or(DEFAULT_WORKERS);
+    let mut report = health::inspect(
+        &pods,
+        &previous_status.pods,
+        if was_stopped { 0 } else { spec_workers },
+    );
+    if let Some(secret) = &job.spec.checkpoint_credentials {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        if secrets.get_opt(&secret.name).await?.is_none() {
+            report.problems.insert(0, health::Problem {
+                reason: "SecretMissing",
+                message: format!(
+                    "the Secret {} named by spec.checkpointCredentials does not exist in namespace {ns}; create it with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the pods wait for it)",
+                    secret.name
+                ),
+            });
+        }
+    }
+    let hold = restart_decision(job, &previous_status, spec_changed, suspended, &report);
+    let mut incidents: Vec<(EventType, &str, String)> = report
+        .incidents
+        .iter()
+        .map(|i| (EventType::Warning, i.reason, i.message.clone()))
+        .collect();
+    if let Some(event) = &hold.event {
+        incidents.push((EventType::Warning, event.0, event.1.clone()));
+    }
+    let stopped = suspended || hold.phase.is_some();
+
     let token = format!("{name}-token");
     ensure_token(job, &Api::namespaced(client.clone(), &ns), &token).await?;
-    let desired = resources::desired(job, &token)?;
+    let desired = resources::desired(job, &token, stopped)?;
     apply::<ConfigMap>(client, &ns, &desired.config).await?;
     apply::<Service>(client, &ns, &desired.master_service).await?;
     apply::<Service>(client, &ns, &desired.worker_service).await?;
@@ -255,16 +297,7 @@ async fn reconcile_job(
     };
     let master_ready = ready(sets.get_opt(&format!("{name}-master")).await?);
     let workers_ready = ready(sets.get_opt(&format!("{name}-worker")).await?);
-    let suspended = job.spec.suspend == Some(true);
-    let desired_workers = if suspended {
-        0
-    } else {
-        job.spec
-            .workers
-            .as_ref()
-            .and_then(|w| w.replicas)
-            .unwrap_or(DEFAULT_WORKERS)
-    };
+    let desired_workers = if stopped { 0 } else { spec_workers };
     // The master's own account: progress, checkpoints, recoveries (when it answers).
     let master_view = match master_address(client, &ns, &name).await {
         Some(address) => match read_token(client, &ns, &token).await {
@@ -286,11 +319,24 @@ async fn reconcile_job(
         workers_desired: desired_workers,
         master: master_view.as_ref(),
         previous: &previous,
+        hold: hold.phase.map(|p| (p, hold.message.as_str())),
+        problems: &report.problems,
     });
     let mut status = status;
     status["status"]["fingerprint"] = json!(fingerprint);
+    status["status"]["restarts"] = json!(hold.restarts);
+    status["status"]["restartAt"] = json!(hold.restart_at.map(|t| t.to_string()));
+    status["status"]["pods"] = json!(report.observed);
     let phase = phase.as_str();
-    publish_transitions(job, ctx, phase, desired_workers, master_view.as_ref()).await;
+    publish_transitions(
+        job,
+        ctx,
+        phase,
+        desired_workers,
+        master_view.as_ref(),
+        incidents,
+    )
+    .await;
     ctx.metrics
         .phases
         .lock()
@@ -300,6 +346,143 @@ async fn reconcile_job(
     jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
         .await?;
     Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+/// Refuses to run the spec as it is: phase Blocked, a Degraded condition with `reason` and
+/// `message`, and nothing more until the spec changes. Running pods are left alone.
+async fn block(
+    job: &StreamingJobResource,
+    ctx: &Context,
+    reason: &str,
+    message: &str,
+) -> Result<Action, Error> {
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    let name = job.name_any();
+    let previous = job
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
+        .map(|c| c.last_transition_time.0.to_string())
+        .unwrap_or_else(|| Timestamp::now().to_string());
+    let mut conditions: Vec<serde_json::Value> = previous
+        .iter()
+        .filter(|c| c.type_ != "Degraded" && c.type_ != "Ready")
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .collect();
+    let generation = job.metadata.generation;
+    conditions.push(
+        json!({"type": "Degraded", "status": "True", "reason": reason, "message": message,
+        "lastTransitionTime": since, "observedGeneration": generation}),
+    );
+    conditions.push(
+        json!({"type": "Ready", "status": "False", "reason": "Blocked", "message": "",
+        "lastTransitionTime": since, "observedGeneration": generation}),
+    );
+    let body = json!({"status": {"phase": "Blocked", "message": message, "conditions": conditions, "observedGeneration": generation}});
+    let jobs: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
+    jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
+        .await?;
+    ctx.metrics
+        .phases
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(format!("{ns}/{name}"), "Blocked".into());
+    Ok(Action::await_change())
+}
+
+/// What the restart policy says about this reconcile.
+struct Hold {
+    /// `BackingOff` or `Failed` while the job's pods are held at zero.
+    phase: Option<&'static str>,
+    message: String,
+    restarts: i64,
+    restart_at: Option<Timestamp>,
+    /// A Warning event for a decision taken now.
+    event: Option<(&'static str, String)>,
+}
+
+/// A crash-looping job is stopped and started again after `restartPolicy.backoffSeconds`,
+/// doubled at every restart; past `restartPolicy.limit` restarts it is Failed and stays
+/// stopped until its spec changes. Ten healthy minutes after a restart forgive the count.
+fn restart_decision(
+    job: &StreamingJobResource,
+    previous: &StreamingJobStatus,
+    spec_changed: bool,
+    suspended: bool,
+    report: &health::PodsReport,
+) -> Hold {
+    let policy = job.spec.restart_policy.clone().unwrap_or_default();
+    let backoff = i64::from(policy.backoff_seconds.unwrap_or(10));
+    let now = Timestamp::now();
+    let mut hold = Hold {
+        phase: None,
+        message: String::new(),
+        restarts: if spec_changed { 0 } else { previous.restarts },
+        restart_at: if spec_changed {
+            None
+        } else {
+            previous.restart_at.as_deref().and_then(|t| t.parse().ok())
+        },
+        event: None,
+    };
+    if suspended {
+        return hold;
+    }
+    if !spec_changed && previous.phase.as_deref() == Some("Failed") {
+        hold.phase = Some("Failed");
+        hold.message = previous.message.clone().unwrap_or_default();
+        return hold;
+    }
+    if let Some(at) = hold.restart_at.filter(|at| now < *at) {
+        hold.phase = Some("BackingOff");
+        hold.message = format!(
+            "{}; the job starts again at {at} (restart {})",
+            previous
+                .message
+                .as_deref()
+                .and_then(|m| m.split("; the job starts again").next())
+                .unwrap_or("crash loop"),
+            hold.restarts
+        );
+        return hold;
+    }
+    if let Some(why) = &report.crash_loop {
+        hold.restarts += 1;
+        if policy
+            .limit
+            .is_some_and(|limit| hold.restarts > i64::from(limit))
+        {
+            hold.phase = Some("Failed");
+            hold.message = format!(
+                "{why}; stopped after {} restarts (spec.restartPolicy.limit {}): fix the cause, then change the spec (for example suspend and resume the job) to start it again",
+                hold.restarts - 1,
+                policy.limit.unwrap_or(0)
+            );
+            hold.event = Some(("Failed", hold.message.clone()));
+        } else {
+            let at = health::restart_time(now, backoff, hold.restarts);
+            hold.restart_at = Some(at);
+            hold.phase = Some("BackingOff");
+            hold.message = format!(
+                "{why}; the job starts again at {at} (restart {})",
+                hold.restarts
+            );
+            hold.event = Some(("CrashLoop", hold.message.clone()));
+        }
+        return hold;
+    }
+    let healthy_for = hold
+        .restart_at
+        .map(|at| now.as_second() - at.as_second())
+        .unwrap_or(0);
+    if hold.restarts > 0 && healthy_for > 600 && report.problems.is_empty() {
+        hold.restarts = 0;
+    }
+    hold
 }
 
 /// On deletion: with `checkpoint.deletionPolicy: Delete`, removes the job's S3 checkpoint
@@ -387,10 +570,11 @@ async fn publish_transitions(
     phase: &str,
     desired_workers: i32,
     master: Option<&crate::status::MasterView>,
+    incidents: Vec<(EventType, &str, String)>,
 ) {
-    use kube::runtime::events::{Event, EventType};
+    use kube::runtime::events::Event;
     let previous = job.status.clone();
-    let mut events = Vec::new();
+    let mut events = incidents;
     match &previous {
         None => events.push((
             EventType::Normal,
@@ -442,7 +626,7 @@ async fn publish_transitions(
         let event = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(shorten(&note, EVENT_NOTE_LIMIT)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -450,6 +634,21 @@ async fn publish_transitions(
             tracing::warn!(error = %e, reason, "cannot publish an event");
         }
     }
+}
+
+/// The API server refuses event notes longer than this.
+const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// `text` cut to at most `limit` bytes on a character boundary, marked when cut.
+fn shorten(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut end = limit.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 /// `ip:port` of the master pod, once it has an address.
@@ -472,5 +671,18 @@ fn error_policy(_job: Arc<StreamingJobResource>, error: &Error, _ctx: Arc<Contex
         // A spec that cannot be built waits for a change of the spec.
         Error::Build(_) => Action::await_change(),
         _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten;
+
+    #[test]
+    fn event_notes_fit_the_api_limit() {
+        assert_eq!(shorten("short", 1024), "short");
+        let long = "é".repeat(1000);
+        let cut = shorten(&long, 1024);
+        assert!(cut.len() <= 1024 && cut.ends_with("..."));
     }
 }

@@ -1,9 +1,11 @@
-//! The Sluice operator. So far: the pure builders that turn a StreamingJob into the Kubernetes
-//! objects that run it (`resources`), unit-tested without a cluster. The controller that applies
-//! them comes next (see the open operator issue).
+//! The Sluice operator: the pure builders that turn a StreamingJob into the Kubernetes objects
+//! that run it (`resources`), what the job's pods say about it (`health`), its status
+//! (`status`), the reconciler that applies all of it (`controller`), leader election and
+//! metrics.
 
 pub mod constants;
 pub mod controller;
+pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod resources;

@@ -56,6 +56,10 @@ pub struct Observed<'a> {
     pub master: Option<&'a MasterView>,
     /// Conditions currently in the status, to keep their transition times.
     pub previous: &'a [Condition],
+    /// The restart policy holding the pods at zero: its phase and why.
+    pub hold: Option<(&'static str, &'a str)>,
+    /// Why pods cannot start.
+    pub problems: &'a [crate::health::Problem],
 }
 
 fn condition(
@@ -90,6 +94,8 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
     let workers_ok = o.workers_ready >= o.workers_desired;
     let phase = if o.suspended {
         "Suspended"
+    } else if let Some((held, _)) = o.hold {
+        held
     } else if recovering {
         "Recovering"
     } else if o.master_ready && workers_ok && master_state == "running" {
@@ -100,12 +106,25 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
     let g = o.generation;
     let p = o.previous;
     let progressing = master_state == "running";
-    let degraded = checkpoint_failing || recovering;
-    let degraded_message = o
-        .master
-        .filter(|_| degraded)
-        .map(|m| m.message.clone())
-        .unwrap_or_default();
+    let problem = o.problems.first().filter(|_| phase != "Running");
+    let degraded = checkpoint_failing || recovering || o.hold.is_some() || problem.is_some();
+    let degraded_message = match (o.hold, problem) {
+        (Some((_, why)), _) => why.to_string(),
+        (None, Some(p)) => p.message.clone(),
+        (None, None) => o
+            .master
+            .filter(|_| degraded)
+            .map(|m| m.message.clone())
+            .unwrap_or_default(),
+    };
+    let degraded_reason = match (o.hold, problem) {
+        (Some(("Failed", _)), _) => "RestartLimitReached",
+        (Some(_), _) => "CrashLoop",
+        (None, Some(p)) => p.reason,
+        (None, None) if checkpoint_failing => "CheckpointFailing",
+        (None, None) if recovering => "Recovering",
+        (None, None) => "Healthy",
+    };
     let conditions = vec![
         condition(
             p,
@@ -151,13 +170,7 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
             p,
             "Degraded",
             degraded,
-            if checkpoint_failing {
-                "CheckpointFailing"
-            } else if recovering {
-                "Recovering"
-            } else {
-                "Healthy"
-            },
+            degraded_reason,
             &degraded_message,
             g,
         ),
@@ -182,6 +195,9 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
             m.message.clone()
         });
     }
+    if degraded && !degraded_message.is_empty() && (o.hold.is_some() || problem.is_some()) {
+        status["message"] = json!(degraded_message);
+    }
     (phase.to_string(), json!({ "status": status }))
 }
 
@@ -198,6 +214,8 @@ mod tests {
             workers_desired: 2,
             master,
             previous,
+            hold: None,
+            problems: &[],
         }
     }
 

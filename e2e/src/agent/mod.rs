@@ -134,11 +134,19 @@ impl Agent {
         Ok(())
     }
 
+    /// A loopback address for a new pod: `127.<agent>.<node>.<n>`. The second octet comes
+    /// from the agent's process id, so clusters of tests running side by side do not hand
+    /// out the same addresses (and fight over the same ports).
     fn ip_for(&mut self, node: &str) -> String {
-        let index = self.nodes.iter().position(|n| n == node).unwrap_or(0) as u32 + 1;
+        let agent = std::process::id() % 200 + 20;
+        let index = self.nodes.iter().position(|n| n == node).unwrap_or(0) as u32;
         let n = self.next_ip;
         self.next_ip += 1;
-        format!("127.{index}.{}.{}", (n >> 8) & 0xff, n & 0xff)
+        format!(
+            "127.{agent}.{}.{}",
+            (index * 16 + (n >> 8)) & 0xff,
+            n & 0xff
+        )
     }
 
     async fn sync(&mut self, pods: &Store<Pod>, services: &Store<Service>) -> Result<()> {

@@ -63,7 +63,12 @@ struct ContainerRun {
     process: Option<Process>,
     restarts: i32,
     started_at: Option<(String, Instant)>,
-    last_exit: Option<(i32, String)>,
+    /// Exit code, start and finish times of the previous run.
+    last_exit: Option<(i32, String, String)>,
+    /// The tail of the log of a failed run, with `terminationMessagePolicy:
+    /// FallbackToLogsOnError`.
+    last_message: Option<String>,
+    logs_on_error: bool,
     next_start: Instant,
     backoff: Duration,
     finished: bool,
@@ -78,6 +83,8 @@ pub struct PodRun {
     dir: PathBuf,
     restart_policy: String,
     containers: Vec<ContainerRun>,
+    /// Names and images of the pod's containers, reported while it cannot start them.
+    declared: Vec<(String, String)>,
     /// Why the pod cannot start yet (a missing Secret, an unknown image).
     pub waiting: Option<(String, String)>,
     start_time: String,
@@ -202,6 +209,21 @@ fn write_files(
     Ok(())
 }
 
+/// The last lines of a container log, as a kubelet reports them for a failed container.
+fn log_tail(path: &Path) -> Option<String> {
+    let text = std::fs::read(path).ok()?;
+    let start = text.len().saturating_sub(2048);
+    let tail = String::from_utf8_lossy(&text[start..]);
+    let lines: Vec<&str> = tail.lines().collect();
+    let keep = &lines[lines.len().saturating_sub(10)..];
+    Some(keep.join("\n"))
+}
+
+/// An image the agent has no binary for.
+#[derive(Debug, thiserror::Error)]
+#[error("image {0} is not mapped to a local binary (--image NAME=PATH)")]
+struct UnknownImage(String);
+
 impl PodRun {
     /// Prepares a pod: directory, volumes, and each container's command and environment. A
     /// missing Secret or ConfigMap or an unknown image leaves it waiting with a reason.
@@ -231,13 +253,25 @@ impl PodRun {
                 .and_then(|s| s.restart_policy.clone())
                 .unwrap_or_else(|| "Always".into()),
             containers: Vec::new(),
+            declared: pod
+                .spec
+                .iter()
+                .flat_map(|s| s.containers.iter())
+                .map(|c| (c.name.clone(), c.image.clone().unwrap_or_default()))
+                .collect(),
             waiting: None,
             start_time: now_rfc3339(),
             kill_at: None,
             last_status: None,
         };
         if let Err(e) = run.build(client, config, pod, hosts_file).await {
-            run.waiting = Some(("CreateContainerConfigError".into(), format!("{e:#}")));
+            // As a kubelet would say it: an image it cannot get is a pull error.
+            let reason = if e.chain().any(|c| c.is::<UnknownImage>()) {
+                "ErrImagePull"
+            } else {
+                "CreateContainerConfigError"
+            };
+            run.waiting = Some((reason.into(), format!("{e:#}")));
         }
         run
     }
@@ -280,6 +314,9 @@ impl PodRun {
                 restarts: 0,
                 started_at: None,
                 last_exit: None,
+                last_message: None,
+                logs_on_error: c.termination_message_policy.as_deref()
+                    == Some("FallbackToLogsOnError"),
                 next_start: Instant::now(),
                 backoff: Duration::from_secs(1),
                 finished: false,
@@ -369,9 +406,9 @@ impl PodRun {
         hosts_file: &Path,
     ) -> Result<Launch> {
         let image = c.image.clone().unwrap_or_default();
-        let entry = config.binary_for(&image).ok_or_else(|| {
-            anyhow!("image {image} is not mapped to a local binary (--image NAME=PATH)")
-        })?;
+        let entry = config
+            .binary_for(&image)
+            .ok_or_else(|| UnknownImage(image.clone()))?;
         let mut env = BTreeMap::new();
         env.insert("HOSTNAME".to_string(), self.name.clone());
         env.insert(
@@ -549,7 +586,16 @@ impl PodRun {
                 let c = &mut self.containers[i];
                 let code = code.unwrap_or(137);
                 c.process = None;
-                c.last_exit = Some((code, now_rfc3339()));
+                let started = c
+                    .started_at
+                    .as_ref()
+                    .map(|(at, _)| at.clone())
+                    .unwrap_or_default();
+                c.last_exit = Some((code, started, now_rfc3339()));
+                let log = self.dir.join(format!("{}.log", c.name));
+                c.last_message = (c.logs_on_error && code != 0)
+                    .then(|| log_tail(&log))
+                    .flatten();
                 let ran_long = c
                     .started_at
                     .as_ref()
@@ -645,7 +691,10 @@ impl PodRun {
                 }
                 (Some(_), Some((at, _)), _) => json!({"running": {"startedAt": at}}),
                 (None, _, _) if c.finished => {
-                    let (code, at) = c.last_exit.clone().unwrap_or((0, now_rfc3339()));
+                    let (code, _, at) =
+                        c.last_exit
+                            .clone()
+                            .unwrap_or((0, String::new(), now_rfc3339()));
                     json!({"terminated": {"exitCode": code, "finishedAt": at, "reason": if code == 0 { "Completed" } else { "Error" }}})
                 }
                 _ => {
@@ -656,10 +705,12 @@ impl PodRun {
             any_running |= running;
             all_ready &= running;
             all_finished &= c.finished;
-            any_failed |= c.finished && c.last_exit.as_ref().is_some_and(|(code, _)| *code != 0);
+            any_failed |= c.finished && c.last_exit.as_ref().is_some_and(|(code, ..)| *code != 0);
             let last_state = match &c.last_exit {
-                Some((code, at)) if !c.finished => {
-                    json!({"terminated": {"exitCode": code, "finishedAt": at}})
+                Some((code, started, at)) if !c.finished => {
+                    json!({"terminated": {"exitCode": code, "startedAt": started, "finishedAt": at,
+                        "reason": if *code == 0 { "Completed" } else { "Error" },
+                        "message": c.last_message.clone().unwrap_or_default()}})
                 }
                 _ => json!({}),
             };
@@ -667,6 +718,14 @@ impl PodRun {
                 "name": c.name, "image": c.image, "imageID": "", "ready": running, "started": running,
                 "restartCount": c.restarts, "state": state, "lastState": last_state,
             }));
+        }
+        if let (true, Some((reason, message))) = (self.containers.is_empty(), &self.waiting) {
+            for (name, image) in &self.declared {
+                statuses.push(json!({
+                    "name": name, "image": image, "imageID": "", "ready": false, "started": false,
+                    "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}},
+                }));
+            }
         }
         let phase = if self.waiting.is_some() {
             "Pending"

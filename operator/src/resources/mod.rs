@@ -22,6 +22,8 @@ use crate::constants::*;
 pub enum BuildError {
     #[error("the StreamingJob has no {0}")]
     Missing(&'static str),
+    #[error("{0}")]
+    Invalid(&'static str),
     #[error("cannot render the job manifest: {0}")]
     Render(String),
 }
@@ -36,12 +38,18 @@ pub struct Desired {
 }
 
 /// The objects for `job`, whose master–worker token is in the Secret `token_secret`.
-pub fn desired(job: &StreamingJobResource, token_secret: &str) -> Result<Desired, BuildError> {
+/// While `stopped` (suspended, backing off after a crash loop, or failed) the StatefulSets
+/// have no replicas.
+pub fn desired(
+    job: &StreamingJobResource,
+    token_secret: &str,
+    stopped: bool,
+) -> Result<Desired, BuildError> {
     Ok(Desired {
         config: manifest_config_map(job)?,
-        master: master_statefulset(job, token_secret)?,
+        master: master_statefulset(job, token_secret, stopped)?,
         master_service: headless_service(job, "master", MASTER_PORT)?,
-        workers: worker_statefulset(job, token_secret)?,
+        workers: worker_statefulset(job, token_secret, stopped)?,
         worker_service: headless_service(job, "worker", WORKER_PORT)?,
     })
 }
@@ -133,7 +141,7 @@ pub(crate) mod tests {
 
     #[test]
     fn every_child_is_owned_labelled_and_named_after_the_job() {
-        let d = super::desired(&job(""), "wc-token").expect("builds");
+        let d = super::desired(&job(""), "wc-token", false).expect("builds");
         for meta in [
             &d.config.metadata,
             &d.master.metadata,
@@ -163,6 +171,6 @@ pub(crate) mod tests {
     fn a_job_without_uid_is_refused() {
         let mut j = job("");
         j.metadata.uid = None;
-        assert!(super::desired(&j, "t").is_err());
+        assert!(super::desired(&j, "t", false).is_err());
     }
 }

@@ -83,6 +83,46 @@ fn template(
     if role == "worker" {
         env.push(env_advertise());
     }
+    let overrides = spec.pod_template.clone().unwrap_or_default();
+    // The operator's variables, set above, win on a name clash.
+    for extra in overrides.env.iter().flatten() {
+        if !env.iter().any(|e| e.name == extra.name) {
+            env.push(extra.clone());
+        }
+    }
+    let mut env_from: Vec<EnvFromSource> = overrides.env_from.clone().unwrap_or_default();
+    if let Some(secret) = &spec.checkpoint_credentials {
+        env_from.push(EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: secret.name.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        });
+    }
+    let mut mounts = vec![VolumeMount {
+        name: "config".into(),
+        mount_path: CONFIG_DIR.into(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    mounts.extend(overrides.volume_mounts.iter().flatten().cloned());
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: format!("{name}-config"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    for v in overrides.volumes.iter().flatten() {
+        if v.name == "config" {
+            return Err(BuildError::Invalid(
+                "spec.podTemplate.volumes: the name config is the operator's; rename the volume",
+            ));
+        }
+        volumes.push(v.clone());
+    }
     let resources = match role {
         "master" => spec.master.as_ref().and_then(|m| m.resources.clone()),
         _ => spec.workers.as_ref().and_then(|w| w.resources.clone()),
@@ -93,15 +133,7 @@ fn template(
         image_pull_policy: spec.image_pull_policy.clone(),
         args: Some(args),
         env: Some(env),
-        env_from: spec.checkpoint_credentials.as_ref().map(|secret| {
-            vec![EnvFromSource {
-                secret_ref: Some(SecretEnvSource {
-                    name: secret.name.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }]
-        }),
+        env_from: (!env_from.is_empty()).then_some(env_from),
         ports: Some(vec![ContainerPort {
             name: Some("grpc".into()),
             container_port: port,
@@ -109,19 +141,24 @@ fn template(
         }]),
         resources,
         security_context: Some(restricted()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "config".into(),
-            mount_path: CONFIG_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        // A failed run's last log lines become its termination message, which the operator
+        // quotes when the job crash-loops.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(mounts),
         ..Default::default()
     };
-    let mut labels = selector(&name, role);
+    let mut labels = overrides.labels.clone().unwrap_or_default();
+    if labels.keys().any(|k| k.starts_with("sluice.dev/")) {
+        return Err(BuildError::Invalid(
+            "spec.podTemplate.labels: keys under sluice.dev/ belong to the operator; use another prefix",
+        ));
+    }
+    labels.extend(selector(&name, role));
     labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
     // A changed manifest changes the template, so the pods restart and load it (resuming from
     // the checkpoint); a replica change does not.
-    let annotations = [("sluice.dev/manifest-hash".to_string(), manifest_hash(job))].into();
+    let mut annotations = overrides.annotations.clone().unwrap_or_default();
+    annotations.insert("sluice.dev/manifest-hash".to_string(), manifest_hash(job));
     Ok(PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
@@ -130,14 +167,9 @@ fn template(
         }),
         spec: Some(PodSpec {
             containers: vec![container],
-            volumes: Some(vec![Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: format!("{name}-config"),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }]),
+            volumes: Some(volumes),
+            priority_class_name: overrides.priority_class_name.clone(),
+            image_pull_secrets: overrides.image_pull_secrets.clone(),
             node_selector: spec.node_selector.clone(),
             tolerations: spec.tolerations.clone(),
             affinity: spec.affinity.clone(),
@@ -171,8 +203,8 @@ fn env_advertise() -> EnvVar {
     env("SLUICE_ADVERTISE", &format!("$(POD_IP):{WORKER_PORT}"))
 }
 
-fn workers_wanted(job: &StreamingJobResource) -> i32 {
-    if job.spec.suspend == Some(true) {
+fn workers_wanted(job: &StreamingJobResource, stopped: bool) -> i32 {
+    if stopped {
         return 0;
     }
     job.spec
@@ -208,10 +240,11 @@ fn statefulset(
     })
 }
 
-/// `<job>-master`: one replica (none while suspended).
+/// `<job>-master`: one replica (none while `stopped`: suspended, backing off or failed).
 pub fn master_statefulset(
     job: &StreamingJobResource,
     token_secret: &str,
+    stopped: bool,
 ) -> Result<StatefulSet, BuildError> {
     let args = vec![
         "master".into(),
@@ -222,7 +255,7 @@ pub fn master_statefulset(
         // No minimum from the replica count: a scale would change the master's pod template
         // and restart it; workers that come later are placed at a batch boundary instead.
     ];
-    let replicas = if job.spec.suspend == Some(true) { 0 } else { 1 };
+    let replicas = if stopped { 0 } else { 1 };
     statefulset(
         job,
         "master",
@@ -231,10 +264,11 @@ pub fn master_statefulset(
     )
 }
 
-/// `<job>-worker`: `spec.workers.replicas` (default 2; none while suspended).
+/// `<job>-worker`: `spec.workers.replicas` (default 2; none while `stopped`).
 pub fn worker_statefulset(
     job: &StreamingJobResource,
     token_secret: &str,
+    stopped: bool,
 ) -> Result<StatefulSet, BuildError> {
     let name = job_name(job)?;
     let args = vec![
@@ -248,7 +282,7 @@ pub fn worker_statefulset(
     statefulset(
         job,
         "worker",
-        workers_wanted(job),
+        workers_wanted(job, stopped),
         template(job, "worker", token_secret, args, WORKER_PORT)?,
     )
 }
@@ -269,7 +303,7 @@ mod tests {
     #[test]
     fn only_a_manifest_change_rolls_the_pods() {
         let hash = |j: &StreamingJobResource| {
-            let sts = worker_statefulset(j, "t").expect("builds");
+            let sts = worker_statefulset(j, "t", false).expect("builds");
             sts.spec
                 .and_then(|s| s.template.metadata)
                 .and_then(|m| m.annotations)
@@ -290,7 +324,7 @@ mod tests {
     #[test]
     fn workers_follow_replicas_and_suspend() {
         assert_eq!(
-            worker_statefulset(&job(""), "t")
+            worker_statefulset(&job(""), "t", false)
                 .expect("builds")
                 .spec
                 .expect("spec")
@@ -299,7 +333,7 @@ mod tests {
         );
         let scaled = job("  workers: {replicas: 5}\n");
         assert_eq!(
-            worker_statefulset(&scaled, "t")
+            worker_statefulset(&scaled, "t", false)
                 .expect("builds")
                 .spec
                 .expect("spec")
@@ -308,7 +342,7 @@ mod tests {
         );
         let suspended = job("  workers: {replicas: 5}\n  suspend: true\n");
         assert_eq!(
-            worker_statefulset(&suspended, "t")
+            worker_statefulset(&suspended, "t", true)
                 .expect("builds")
                 .spec
                 .expect("spec")
@@ -316,7 +350,7 @@ mod tests {
             Some(0)
         );
         assert_eq!(
-            master_statefulset(&suspended, "t")
+            master_statefulset(&suspended, "t", true)
                 .expect("builds")
                 .spec
                 .expect("spec")
@@ -329,13 +363,13 @@ mod tests {
     fn pods_run_the_roles_with_token_and_credentials_and_restricted_security() {
         let j =
             job("  image: registry.example/sluice:9\n  checkpointCredentials: {name: s3-creds}\n");
-        let master = container(&master_statefulset(&j, "wc-token").expect("builds"));
+        let master = container(&master_statefulset(&j, "wc-token", false).expect("builds"));
         assert_eq!(master.image.as_deref(), Some("registry.example/sluice:9"));
         assert_eq!(
             master.args.as_ref().expect("args")[..2],
             ["master".to_string(), "/etc/sluice/job.yaml".to_string()]
         );
-        let worker = container(&worker_statefulset(&j, "wc-token").expect("builds"));
+        let worker = container(&worker_statefulset(&j, "wc-token", false).expect("builds"));
         let args = worker.args.clone().expect("args");
         assert!(
             args.windows(2)
@@ -380,5 +414,68 @@ mod tests {
             sc.capabilities.and_then(|c| c.drop),
             Some(vec!["ALL".to_string()])
         );
+    }
+
+    #[test]
+    fn pod_template_adds_to_the_pods_without_taking_over() {
+        let j = job(concat!(
+            "  podTemplate:\n",
+            "    labels: {team: search}\n",
+            "    annotations: {prometheus.io/scrape: 'true'}\n",
+            "    env: [{name: RUST_BACKTRACE, value: '1'}, {name: SLUICE_TOKEN, value: stolen}]\n",
+            "    volumes: [{name: ca, configMap: {name: ca-bundle}}]\n",
+            "    volumeMounts: [{name: ca, mountPath: /etc/ca}]\n",
+            "    priorityClassName: streaming\n",
+        ));
+        let sts = worker_statefulset(&j, "t", false).expect("builds");
+        let template = sts.spec.expect("spec").template;
+        let meta = template.metadata.expect("metadata");
+        let labels = meta.labels.expect("labels");
+        assert_eq!(labels["team"], "search");
+        assert_eq!(labels[LABEL_ROLE], "worker");
+        assert!(
+            meta.annotations
+                .expect("annotations")
+                .contains_key("prometheus.io/scrape")
+        );
+        let pod = template.spec.expect("pod spec");
+        assert_eq!(pod.priority_class_name.as_deref(), Some("streaming"));
+        let names: Vec<_> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(names, ["config", "ca"]);
+        let c = &pod.containers[0];
+        let env = c.env.clone().expect("env");
+        assert!(env.iter().any(|e| e.name == "RUST_BACKTRACE"));
+        let token: Vec<_> = env.iter().filter(|e| e.name == "SLUICE_TOKEN").collect();
+        assert_eq!(token.len(), 1, "the operator's token stays");
+        assert!(
+            token[0].value.is_none(),
+            "from the Secret, not the override"
+        );
+        let mounts: Vec<_> = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert_eq!(mounts, ["/etc/sluice", "/etc/ca"]);
+    }
+
+    #[test]
+    fn pod_template_cannot_take_the_operators_names() {
+        let labels = job("  podTemplate: {labels: {sluice.dev/job: other}}\n");
+        assert!(matches!(
+            worker_statefulset(&labels, "t", false),
+            Err(BuildError::Invalid(m)) if m.contains("sluice.dev/")
+        ));
+        let volume = job("  podTemplate: {volumes: [{name: config, emptyDir: {}}]}\n");
+        assert!(matches!(
+            master_statefulset(&volume, "t", false),
+            Err(BuildError::Invalid(m)) if m.contains("config")
+        ));
     }
 }
