@@ -103,28 +103,39 @@ impl TestCluster {
         self.agent.tail(lines)
     }
 
-    /// Kills (SIGKILL) the container processes of pod `pod`, as a crash or the OOM killer
-    /// would; the node agent then restarts them as a kubelet does. Returns how many it killed.
-    pub fn kill_pod_processes(&self, pod: &str) -> Result<usize> {
+    /// Container processes of the pods whose name `matches`, from their `HOSTNAME`.
+    fn processes_where(&self, matches: impl Fn(&str) -> bool) -> Result<Vec<u32>> {
         let Some(agent) = self.agent.pid() else {
             bail!("the node agent is not running");
         };
-        let mut killed = 0;
-        for pid in crate::process::descendants(agent) {
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let hostname = format!("HOSTNAME={pod}");
-            if environ
-                .split(|b| *b == 0)
-                .any(|var| var == hostname.as_bytes())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                killed += 1;
-            }
+        Ok(crate::process::descendants(agent)
+            .into_iter()
+            .filter(|pid| {
+                let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                environ.split(|b| *b == 0).any(|var| {
+                    var.strip_prefix(b"HOSTNAME=")
+                        .is_some_and(|host| matches(&String::from_utf8_lossy(host)))
+                })
+            })
+            .collect())
+    }
+
+    /// How many container processes run for pods whose name starts with `prefix`.
+    pub fn pod_processes(&self, prefix: &str) -> Result<usize> {
+        Ok(self.processes_where(|host| host.starts_with(prefix))?.len())
+    }
+
+    /// Kills (SIGKILL) the container processes of pod `pod`, as a crash or the OOM killer
+    /// would; the node agent then restarts them as a kubelet does. Returns how many it killed.
+    pub fn kill_pod_processes(&self, pod: &str) -> Result<usize> {
+        let pids = self.processes_where(|host| host == pod)?;
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        Ok(killed)
+        Ok(pids.len())
     }
 
     /// The last `lines` of the logs of every container of pods whose name starts with

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cluster;
 pub mod control_plane;
 pub mod crd;
+pub mod fixtures;
 pub mod pki;
 pub mod process;
 

@@ -3,71 +3,25 @@
 //! and `kubectl scale` (the scale subresource) adds a worker without restarting it; jobs that
 //! cannot run (a missing Secret, an unknown image, a crash loop) say why in their status.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Api, Client};
 use serde_json::json;
 use sluice_e2e::cluster::{ClusterOptions, TestCluster};
 use sluice_e2e::control_plane::free_port;
-use sluice_e2e::process::Process;
+use sluice_e2e::fixtures::{
+    self, S3Server, create_namespace, http_get, spawn_operator, workspace_bin,
+};
 use sluice_e2e::wait_for;
-
-fn repo() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
-
-/// Binaries of the workspace, next to this test's own directory (`target/<profile>/`).
-fn workspace_bin(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow::anyhow!("no target dir"))?;
-    let bin = dir.join(name);
-    if !bin.exists() {
-        bail!(
-            "{} is missing: build the workspace first (cargo test --workspace builds it)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
-fn s3s_fs() -> PathBuf {
-    std::env::var("SLUICE_S3S_FS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-                .join(".cache/sluice-e2e/s3s-fs-0.14.1/bin/s3s-fs")
-        })
-}
 
 fn jobs(client: &Client) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("sluice.dev", "v1alpha1", "StreamingJob");
     Api::namespaced_with(client.clone(), "jobs", &ApiResource::from_gvk(&gvk))
-}
-
-/// Regular files below `dir` (s3s-fs keeps one per object).
-fn files_under(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| {
-                    if e.path().is_dir() {
-                        files_under(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// Files s3s-fs stores for the sink's objects.
@@ -82,17 +36,6 @@ fn sink_objects(root: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn http_get(port: u16, path: &str) -> Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
     let _ = tracing_subscriber::fmt()
@@ -100,23 +43,12 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir()?;
-    let s3_root = dir.path().join("s3");
-    std::fs::create_dir_all(s3_root.join("data"))?;
-    std::fs::create_dir_all(s3_root.join("ckpt"))?;
-    let s3_port = free_port()?;
-    let mut s3 = Command::new(s3s_fs());
-    s3.args([
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &s3_port.to_string(),
-        "--access-key",
-        "e2e-key",
-        "--secret-key",
-        "e2e-secret-0000",
-    ])
-    .arg(&s3_root);
-    let _s3 = Process::spawn("s3s-fs", s3, &dir.path().join("s3s-fs.log"))?;
+    let s3 = S3Server::start(
+        &dir.path().join("s3"),
+        &["data", "ckpt"],
+        &dir.path().join("s3s-fs.log"),
+    )?;
+    let s3_root = s3.root.clone();
 
     let cluster = TestCluster::start(ClusterOptions {
         dir: dir.path().join("cluster"),
@@ -126,13 +58,8 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
     })
     .await?;
     let client = cluster.client.clone();
-    sluice_e2e::crd::install(&client, &repo().join("crds/streamingjob.yaml")).await?;
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "jobs"}}))?,
-        )
-        .await?;
+    sluice_e2e::crd::install(&client, &fixtures::repo().join("crds/streamingjob.yaml")).await?;
+    create_namespace(&client, "jobs").await?;
     Api::<Secret>::namespaced(client.clone(), "jobs")
         .create(
             &PostParams::default(),
@@ -145,16 +72,10 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
     let ports = [free_port()?, free_port()?];
     let mut operators = Vec::new();
     for (i, port) in ports.iter().enumerate() {
-        let mut operator = Command::new(workspace_bin("sluice-operator")?);
-        operator
-            .env("KUBECONFIG", cluster.kubeconfig())
-            .env("RUST_LOG", "info")
-            .env("SLUICE_METRICS_PORT", port.to_string())
-            .env("POD_NAME", format!("operator-{i}"))
-            .env("POD_NAMESPACE", "default");
-        operators.push(Some(Process::spawn(
+        operators.push(Some(spawn_operator(
+            cluster.kubeconfig(),
             &format!("operator-{i}"),
-            operator,
+            *port,
             &dir.path().join(format!("operator-{i}.log")),
         )?));
     }
@@ -162,7 +83,6 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
         std::fs::read_to_string(dir.path().join(format!("operator-{i}.log"))).unwrap_or_default()
     };
 
-    let endpoint = format!("http://127.0.0.1:{s3_port}");
     let job: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "sluice.dev/v1alpha1", "kind": "StreamingJob",
         "metadata": {"name": "wc", "namespace": "jobs"},
@@ -170,8 +90,8 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             "batchInterval": "200ms", "parallelism": 4,
             "sources": [{"name": "g", "generator": {"rate": 2000, "vocabulary": 100}}],
             "pipeline": [{"flatMap": {"split": " "}}, {"countByValue": {}}, {"updateStateByKey": {"op": "sum"}}],
-            "sinks": [{"s3": {"uri": "s3://data/wc", "endpoint": endpoint, "pathStyle": true}}],
-            "checkpoint": {"uri": "s3://ckpt/wc", "endpoint": endpoint, "pathStyle": true, "interval": 5},
+            "sinks": [{"s3": {"uri": "s3://data/wc", "endpoint": s3.endpoint(), "pathStyle": true}}],
+            "checkpoint": {"uri": "s3://ckpt/wc", "endpoint": s3.endpoint(), "pathStyle": true, "interval": 5},
             "image": "registry.example/sluice:e2e", "workers": {"replicas": 2},
             "checkpointCredentials": {"name": "s3-creds"},
         }
@@ -245,13 +165,13 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             "the job Running in /metrics",
             Duration::from_secs(60),
             async || {
-                let m = http_get(metrics_port, "/metrics")?;
+                let m = http_get("127.0.0.1", metrics_port, "/metrics")?;
                 Ok(m.contains("sluice_jobs{phase=\"Running\"} 1").then_some(m))
             },
         )
         .await?;
         assert!(metrics.contains("sluice_reconciles_total "), "{metrics}");
-        assert!(http_get(metrics_port, "/healthz")?.contains("ok"));
+        assert!(http_get("127.0.0.1", metrics_port, "/healthz")?.contains("ok"));
         let before = sink_objects(&s3_root);
         wait_for(
             "batches after the rescale",
@@ -305,7 +225,7 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
 
         // Delete the job with deletionPolicy Delete: children, processes and checkpoint go.
         assert!(
-            files_under(&s3_root.join("ckpt/wc")) > 0,
+            fixtures::files_under(&s3_root.join("ckpt/wc")) > 0,
             "a checkpoint exists before the delete"
         );
         let policy = json!({"spec": {"checkpoint": {"deletionPolicy": "Delete"}}});
@@ -318,7 +238,7 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
         })
         .await?;
         assert_eq!(
-            files_under(&s3_root.join("ckpt/wc")),
+            fixtures::files_under(&s3_root.join("ckpt/wc")),
             0,
             "deletionPolicy Delete removes the checkpoint"
         );
@@ -371,7 +291,7 @@ async fn wait_for_events(
 
 /// Reads a counter from the operator's /metrics.
 fn metric(port: u16, name: &str) -> Result<f64> {
-    let text = http_get(port, "/metrics")?;
+    let text = http_get("127.0.0.1", port, "/metrics")?;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .and_then(|v| v.trim().parse().ok())
@@ -413,23 +333,11 @@ async fn jobs_that_cannot_run_say_why_without_a_hot_loop() -> Result<()> {
     })
     .await?;
     let client = cluster.client.clone();
-    sluice_e2e::crd::install(&client, &repo().join("crds/streamingjob.yaml")).await?;
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "jobs"}}))?,
-        )
-        .await?;
+    sluice_e2e::crd::install(&client, &fixtures::repo().join("crds/streamingjob.yaml")).await?;
+    create_namespace(&client, "jobs").await?;
     let port = free_port()?;
-    let mut operator = Command::new(workspace_bin("sluice-operator")?);
-    operator
-        .env("KUBECONFIG", cluster.kubeconfig())
-        .env("RUST_LOG", "info")
-        .env("SLUICE_METRICS_PORT", port.to_string())
-        .env("POD_NAME", "operator-0")
-        .env("POD_NAMESPACE", "default");
     let log_path = dir.path().join("operator.log");
-    let _operator = Process::spawn("operator", operator, &log_path)?;
+    let _operator = spawn_operator(cluster.kubeconfig(), "operator-0", port, &log_path)?;
 
     let job = |name: &str, extra: serde_json::Value| -> Result<DynamicObject> {
         let mut spec = json!({

@@ -23,10 +23,16 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
-    let server = tokio::spawn(sluice_operator::metrics::serve(
-        ([0, 0, 0, 0], port).into(),
-        metrics.clone(),
-    ));
+    // SLUICE_METRICS_ADDR binds one address (such as the pod's own) instead of all of them.
+    let addr: std::net::SocketAddr = match std::env::var("SLUICE_METRICS_ADDR") {
+        Ok(text) => text.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "SLUICE_METRICS_ADDR={text}: {e}; give an address and port such as 10.0.0.7:8080"
+            )
+        })?,
+        Err(_) => ([0, 0, 0, 0], port).into(),
+    };
+    let server = tokio::spawn(sluice_operator::metrics::serve(addr, metrics.clone()));
     // One replica reconciles; the others wait for the Lease.
     let me = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("sluice-operator-{}", std::process::id()));

@@ -448,12 +448,21 @@ impl PodRun {
         let mut words: Vec<String> = c.command.clone().unwrap_or_default();
         words.extend(c.args.clone().unwrap_or_default());
         let words: Vec<String> = words.iter().map(|w| expand(w, &env)).collect();
+        // The image's "filesystem" is the mapped binary's directory: a command naming a
+        // program found there (`/usr/local/bin/sluice-operator` next to `sluice`) runs that
+        // program; other commands come from the host's PATH.
         let (program, args) = match c.command.as_ref().and_then(|cmd| cmd.first()) {
-            // A command naming the image's binary runs the mapped binary; others come from PATH.
-            Some(first) if Path::new(first).file_name() == entry.file_name() => {
-                (entry.to_path_buf(), words[1..].to_vec())
+            Some(first) => {
+                let in_image = Path::new(first)
+                    .file_name()
+                    .zip(entry.parent())
+                    .map(|(name, dir)| dir.join(name))
+                    .filter(|p| p.is_file());
+                (
+                    in_image.unwrap_or_else(|| PathBuf::from(first)),
+                    words[1..].to_vec(),
+                )
             }
-            Some(first) => (PathBuf::from(first), words[1..].to_vec()),
             None => (entry.to_path_buf(), words),
         };
         let mut mounts = vec![(hosts_file.to_path_buf(), "/etc/hosts".to_string(), true)];

@@ -1,0 +1,151 @@
+//! What end-to-end tests share: the workspace's binaries, an S3 server (s3s-fs) on a local
+//! directory, namespaces, and an operator process.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Result, anyhow, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+use crate::control_plane::free_port;
+use crate::process::Process;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).to_path_buf()
+}
+
+/// A binary of the workspace, from the target directory the running test was built in
+/// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("no target directory above {}", exe.display()))?;
+    let bin = dir.join(name);
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build the workspace first (cargo test --workspace builds it)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The s3s-fs binary `scripts/test` installs (`SLUICE_S3S_FS` overrides).
+pub fn s3s_fs_bin() -> PathBuf {
+    std::env::var("SLUICE_S3S_FS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/sluice-e2e/s3s-fs-0.14.1/bin/s3s-fs")
+        })
+}
+
+/// An S3-compatible server on 127.0.0.1 keeping each bucket as a directory under `root`.
+pub struct S3Server {
+    pub root: PathBuf,
+    pub port: u16,
+    pub access_key: String,
+    pub secret_key: String,
+    _process: Process,
+}
+
+impl S3Server {
+    /// Starts s3s-fs on a free port with `buckets` created; its log goes to `log`.
+    pub fn start(root: &Path, buckets: &[&str], log: &Path) -> Result<Self> {
+        for bucket in buckets {
+            std::fs::create_dir_all(root.join(bucket))?;
+        }
+        let port = free_port()?;
+        let (access_key, secret_key) = ("e2e-key".to_string(), "e2e-secret-0000".to_string());
+        let mut cmd = Command::new(s3s_fs_bin());
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", &access_key, "--secret-key", &secret_key])
+            .arg(root);
+        let process = Process::spawn("s3s-fs", cmd, log)?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            port,
+            access_key,
+            secret_key,
+            _process: process,
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The variables the AWS SDK (and so every sluice pod) reads to reach this server.
+    pub fn credentials(&self) -> serde_json::Value {
+        serde_json::json!({
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint(),
+        })
+    }
+}
+
+/// Creates namespace `name`.
+pub async fn create_namespace(client: &Client, name: &str) -> Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?,
+        )
+        .await?;
+    Ok(())
+}
+
+/// Runs `sluice-operator` as a local process against `kubeconfig`, as replica `name`, with
+/// its metrics on `metrics_port`.
+pub fn spawn_operator(
+    kubeconfig: &Path,
+    name: &str,
+    metrics_port: u16,
+    log: &Path,
+) -> Result<Process> {
+    let mut operator = Command::new(workspace_bin("sluice-operator")?);
+    operator
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info")
+        .env("SLUICE_METRICS_PORT", metrics_port.to_string())
+        .env("POD_NAME", name)
+        .env("POD_NAMESPACE", "default");
+    Process::spawn(name, operator, log)
+}
+
+/// A plain HTTP GET to 127.0.0.1 (or `host`), returning the whole response.
+pub fn http_get(host: &str, port: u16, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect((host, port))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Regular files below `dir` (s3s-fs keeps one per object).
+pub fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        files_under(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,705 @@
+//! The whole system under real faults: the chart installed with helm into the real control
+//! plane, the operator running as two pods, `examples/word-totals-s3.yaml` applied with kubectl,
+//! its master and workers as real `sluice` processes, S3 on s3s-fs. Processes are killed for
+//! real (SIGKILL), the job is scaled, suspended, resumed and deleted, and at the end every batch
+//! it wrote to S3 is compared with an uninterrupted run of the same manifest by the local
+//! engine (`sluice run`, one process, no network, no faults): no batch lost, none counted twice.
+//!
+//! A report (each scenario, pass or fail, recovery times, records checked) goes to stderr and
+//! to `$SLUICE_E2E_REPORT` when set; `scripts/test` prints it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Api, Client};
+use serde_json::json;
+use sluice_e2e::cluster::{ClusterOptions, TestCluster};
+use sluice_e2e::control_plane::bin_dir;
+use sluice_e2e::fixtures::{self, S3Server, create_namespace, workspace_bin};
+use sluice_e2e::wait_for;
+
+const JOB: &str = "word-totals";
+const NS: &str = "jobs";
+const OPERATOR_NS: &str = "sluice-system";
+const EXAMPLE: &str = "examples/word-totals-s3.yaml";
+/// Where the example writes, and where the reference run writes instead.
+const OUTPUT: &str = "s3://sluice/word-totals/out";
+const REFERENCE_OUTPUT: &str = "s3://sluice/reference/out";
+
+/// One line of the report.
+struct Outcome {
+    scenario: &'static str,
+    result: Result<String, String>,
+    took: Duration,
+}
+
+#[derive(Default)]
+struct Report {
+    outcomes: Vec<Outcome>,
+}
+
+impl Report {
+    /// Runs `scenario` unless an earlier one failed (they build on each other).
+    async fn run(
+        &mut self,
+        scenario: &'static str,
+        body: impl AsyncFnOnce() -> Result<String>,
+    ) -> bool {
+        if self.outcomes.iter().any(|o| o.result.is_err()) {
+            self.outcomes.push(Outcome {
+                scenario,
+                result: Err("not run: an earlier scenario failed".into()),
+                took: Duration::ZERO,
+            });
+            return false;
+        }
+        eprintln!("=== {scenario}");
+        let started = Instant::now();
+        let result = body().await.map_err(|e| format!("{e:#}"));
+        let ok = result.is_ok();
+        self.outcomes.push(Outcome {
+            scenario,
+            result,
+            took: started.elapsed(),
+        });
+        ok
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::from("\nSluice end-to-end report\n");
+        for o in &self.outcomes {
+            let (mark, detail) = match &o.result {
+                Ok(d) => ("PASS", d.as_str()),
+                Err(e) => ("FAIL", e.as_str()),
+            };
+            out.push_str(&format!(
+                "  {mark}  {:<58} {:>6.1}s  {detail}\n",
+                o.scenario,
+                o.took.as_secs_f64()
+            ));
+        }
+        let passed = self.outcomes.iter().filter(|o| o.result.is_ok()).count();
+        out.push_str(&format!(
+            "  {passed} of {} scenarios passed\n",
+            self.outcomes.len()
+        ));
+        out
+    }
+}
+
+/// The system under test and what the scenarios share.
+struct System {
+    dir: PathBuf,
+    cluster: TestCluster,
+    client: Client,
+    s3: S3Server,
+}
+
+impl System {
+    fn kubectl(&self, args: &[&str], input: Option<&str>) -> Result<(bool, String, String)> {
+        let mut cmd = Command::new(bin_dir()?.join("kubectl"));
+        cmd.arg("--kubeconfig")
+            .arg(self.cluster.kubeconfig())
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("start kubectl")?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            use std::io::Write;
+            stdin.write_all(text.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    fn kubectl_ok(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+        let (ok, out, err) = self.kubectl(args, input)?;
+        ensure!(ok, "kubectl {}: {err}", args.join(" "));
+        Ok(out)
+    }
+
+    /// `kubectl patch sj JOB --type merge -p '{"spec":{"suspend":...}}'`.
+    fn suspend(&self, suspend: bool) -> Result<()> {
+        let patch = json!({"spec": {"suspend": suspend}}).to_string();
+        let args = [
+            "patch", "sj", JOB, "-n", NS, "--type", "merge", "-p", &patch,
+        ];
+        self.kubectl_ok(&args, None).map(|_| ())
+    }
+
+    fn jobs(&self) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("sluice.dev", "v1alpha1", "StreamingJob");
+        Api::namespaced_with(self.client.clone(), NS, &ApiResource::from_gvk(&gvk))
+    }
+
+    async fn status(&self) -> Result<serde_json::Value> {
+        Ok(self.jobs().get(JOB).await?.data["status"].clone())
+    }
+
+    async fn job_pods(&self) -> Result<Vec<Pod>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
+        Ok(pods
+            .list(&ListParams::default().labels(&format!("sluice.dev/job={JOB}")))
+            .await?
+            .items)
+    }
+
+    /// Batch directories the job has written to S3, by batch time.
+    fn batches(&self, uri: &str) -> BTreeMap<u64, Vec<String>> {
+        let dir = self.s3.root.join(uri.trim_start_matches("s3://"));
+        let mut out = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(time) = name
+                .strip_prefix("batch-")
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let mut lines = Vec::new();
+            for part in std::fs::read_dir(entry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if part.file_name().to_string_lossy().starts_with("part-") {
+                    let text = std::fs::read_to_string(part.path()).unwrap_or_default();
+                    lines.extend(text.lines().map(String::from));
+                }
+            }
+            lines.sort();
+            out.insert(time, lines);
+        }
+        out
+    }
+
+    fn newest_batch(&self) -> u64 {
+        self.batches(OUTPUT)
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Waits for a batch newer than any written before the call; returns how long it took.
+    async fn next_commit_after(&self, since: Instant, timeout: Duration) -> Result<Duration> {
+        let newest = self.newest_batch();
+        wait_for("a new batch in S3", timeout, async || {
+            Ok((self.newest_batch() > newest).then_some(()))
+        })
+        .await?;
+        Ok(since.elapsed())
+    }
+
+    async fn wait_running(&self, workers: i64, timeout: Duration) -> Result<()> {
+        wait_for(
+            &format!("{JOB} Running with {workers} workers"),
+            timeout,
+            async || {
+                let s = self.status().await?;
+                Ok((s["phase"] == "Running"
+                    && s["workersReady"] == workers
+                    && s["workersDesired"] == workers)
+                    .then_some(()))
+            },
+        )
+        .await
+    }
+
+    async fn lease_holder(&self) -> Result<Option<String>> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), OPERATOR_NS);
+        Ok(leases
+            .get_opt("sluice-operator")
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity))
+    }
+
+    fn diagnostics(&self) -> String {
+        let mut out = format!("--- node agent:\n{}\n", self.cluster.agent_log(40));
+        out.push_str(&self.cluster.pod_logs("sluice-", 25));
+        out.push_str(&self.cluster.pod_logs(&format!("{JOB}-master"), 25));
+        if let Ok((_, text, _)) = self.kubectl(&["get", "sj,pods,sts", "-A", "-o", "wide"], None) {
+            out.push_str(&text);
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_system_under_real_faults() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let s3 = S3Server::start(
+        &dir.path().join("s3"),
+        &["sluice"],
+        &dir.path().join("s3s-fs.log"),
+    )?;
+    let cluster = TestCluster::start(ClusterOptions {
+        dir: dir.path().join("cluster"),
+        nodes: vec!["node-1".into(), "node-2".into(), "node-3".into()],
+        // The image holds `sluice` and, next to it, `sluice-operator` (as the Dockerfile's).
+        images: vec![("sluice".into(), workspace_bin("sluice")?)],
+        agent_bin: env!("CARGO_BIN_EXE_sluice-node-agent").into(),
+    })
+    .await?;
+    let client = cluster.client.clone();
+    let system = System {
+        dir: dir.path().to_path_buf(),
+        cluster,
+        client,
+        s3,
+    };
+    let mut report = Report::default();
+    let outcome = scenarios(&system, &mut report).await;
+    let text = report.text();
+    eprintln!("{text}");
+    if let Ok(path) = std::env::var("SLUICE_E2E_REPORT") {
+        std::fs::write(&path, &text).with_context(|| format!("write {path}"))?;
+    }
+    if outcome.is_err() || report.outcomes.iter().any(|o| o.result.is_err()) {
+        eprintln!("{}", system.diagnostics());
+    }
+    outcome?;
+    let failed: Vec<_> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.result.is_err())
+        .map(|o| o.scenario)
+        .collect();
+    ensure!(failed.is_empty(), "failed: {failed:?}");
+    Ok(())
+}
+
+async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
+    let chart = fixtures::repo().join("charts/sluice");
+    report
+        .run(
+            "a. helm install; the operator leads and is ready",
+            async || {
+                let mut helm = Command::new(bin_dir()?.join("helm"));
+                helm.arg("--kubeconfig")
+                    .arg(sys.cluster.kubeconfig())
+                    .args(["install", "sluice"])
+                    .arg(&chart)
+                    .args(["--namespace", OPERATOR_NS, "--create-namespace"])
+                    .args(["--wait", "--timeout", "180s"])
+                    // Every pod shares this machine's network: serve /metrics on the pod's address.
+                    .args([
+                        "--set-json",
+                        r#"extraEnv=[{"name":"SLUICE_METRICS_ADDR","value":"$(POD_IP):8080"}]"#,
+                    ]);
+                let out = helm.output()?;
+                ensure!(
+                    out.status.success(),
+                    "helm install: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let holder = wait_for("an operator leader", Duration::from_secs(60), async || {
+                    sys.lease_holder().await
+                })
+                .await?;
+                let pods: Api<Pod> = Api::namespaced(sys.client.clone(), OPERATOR_NS);
+                let leader = pods.get(&holder).await?;
+                let ip = leader
+                    .status
+                    .and_then(|s| s.pod_ip)
+                    .ok_or_else(|| anyhow!("the leader has no address"))?;
+                let ready = wait_for("/readyz", Duration::from_secs(30), async || {
+                    Ok(fixtures::http_get(&ip, 8080, "/readyz")
+                        .ok()
+                        .filter(|r| r.starts_with("HTTP/1.1 200")))
+                })
+                .await?;
+                ensure!(ready.contains("200"));
+                Ok(format!("leader {holder}"))
+            },
+        )
+        .await;
+
+    report
+        .run("b. kubectl apply the example; outputs; kubectl get sj", async || {
+            create_namespace(&sys.client, NS).await?;
+            Api::<Secret>::namespaced(sys.client.clone(), NS)
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(
+                        json!({"metadata": {"name": "s3-creds"}, "stringData": sys.s3.credentials()}),
+                    )?,
+                )
+                .await?;
+            let example = fixtures::repo().join(EXAMPLE);
+            let path = example.to_string_lossy();
+            sys.kubectl_ok(&["apply", "-n", NS, "-f", &path], None)?;
+            sys.wait_running(2, Duration::from_secs(120)).await?;
+            wait_for("20 batches in S3", Duration::from_secs(60), async || {
+                Ok((sys.batches(OUTPUT).len() >= 20).then_some(()))
+            })
+            .await?;
+            let mut first_seen: Option<u64> = None;
+            let table = wait_for(
+                "kubectl get sj: Running with batches",
+                Duration::from_secs(30),
+                async || {
+                    let out = sys.kubectl_ok(&["get", "sj", "-n", NS], None)?;
+                    let row = out.lines().find(|l| l.starts_with(JOB)).unwrap_or("");
+                    let cols: Vec<&str> = row.split_whitespace().collect();
+                    let batch: u64 = cols.get(4).and_then(|b| b.parse().ok()).unwrap_or(0);
+                    // Progressing: a later look shows a later batch.
+                    let progressed = first_seen.is_some_and(|first| batch > first);
+                    if first_seen.is_none() && batch > 0 {
+                        first_seen = Some(batch);
+                    }
+                    Ok((cols.get(1) == Some(&"Running") && progressed).then_some(out))
+                },
+            )
+            .await?;
+            Ok(format!(
+                "{} batches; {}",
+                sys.batches(OUTPUT).len(),
+                table.lines().nth(1).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
+            ))
+        })
+        .await;
+
+    report
+        .run(
+            "c+i. kill the master and the operator leader together",
+            async || {
+                let holder = sys
+                    .lease_holder()
+                    .await?
+                    .ok_or_else(|| anyhow!("no operator leader"))?;
+                let batch_before = sys.status().await?["lastCompletedBatch"]
+                    .as_i64()
+                    .unwrap_or(0);
+                let killed = Instant::now();
+                ensure!(sys.cluster.kill_pod_processes(&format!("{JOB}-master-0"))? >= 1);
+                // The operator leader goes with its node: processes killed, pod force-deleted.
+                sys.cluster.kill_pod_processes(&holder)?;
+                Api::<Pod>::namespaced(sys.client.clone(), OPERATOR_NS)
+                    .delete(&holder, &DeleteParams::default().grace_period(0))
+                    .await?;
+                let recovery = sys
+                    .next_commit_after(killed, Duration::from_secs(90))
+                    .await?;
+                let new_holder = wait_for(
+                    "another operator replica to lead",
+                    Duration::from_secs(90),
+                    async || Ok(sys.lease_holder().await?.filter(|h| *h != holder)),
+                )
+                .await?;
+                let takeover = killed.elapsed();
+                // The new leader sees the restarted master progress, and says what happened.
+                let s = wait_for(
+                    "progress past the kill in the status",
+                    Duration::from_secs(60),
+                    async || {
+                        let s = sys.status().await?;
+                        let last = s["lastCompletedBatch"].as_i64().unwrap_or(0);
+                        Ok((s["phase"] == "Running" && last > batch_before).then_some(s))
+                    },
+                )
+                .await?;
+                let events: Api<k8s_openapi::api::events::v1::Event> =
+                    Api::namespaced(sys.client.clone(), NS);
+                wait_for("a MasterRestarted event", Duration::from_secs(30), async || {
+                    let events = events.list(&Default::default()).await?.items;
+                    Ok(events
+                        .iter()
+                        .any(|e| e.reason.as_deref() == Some("MasterRestarted"))
+                        .then_some(()))
+                })
+                .await?;
+                Ok(format!(
+                    "master kill -> next committed batch {:.1}s; operator takeover by {new_holder} {:.1}s; batch {} in the status",
+                    recovery.as_secs_f64(),
+                    takeover.as_secs_f64(),
+                    s["lastCompletedBatch"]
+                ))
+            },
+        )
+        .await;
+
+    report
+        .run(
+            "d. kill a worker; output continues; the pod comes back",
+            async || {
+                let pod = format!("{JOB}-worker-1");
+                let killed = Instant::now();
+                ensure!(sys.cluster.kill_pod_processes(&pod)? >= 1);
+                let recovery = sys
+                    .next_commit_after(killed, Duration::from_secs(60))
+                    .await?;
+                let pods: Api<Pod> = Api::namespaced(sys.client.clone(), NS);
+                wait_for(
+                    "the worker back and ready",
+                    Duration::from_secs(60),
+                    async || {
+                        let p = pods.get(&pod).await?;
+                        let status = p.status.unwrap_or_default();
+                        let restarted = status
+                            .container_statuses
+                            .iter()
+                            .flatten()
+                            .any(|c| c.restart_count >= 1 && c.ready);
+                        Ok(restarted.then_some(()))
+                    },
+                )
+                .await?;
+                sys.wait_running(2, Duration::from_secs(60)).await?;
+                Ok(format!(
+                    "worker kill -> next committed batch {:.1}s",
+                    recovery.as_secs_f64()
+                ))
+            },
+        )
+        .await;
+
+    report
+        .run(
+            "e. kubectl scale to 5, then to 2: live, no restart",
+            async || {
+                let master_uid = |pods: &[Pod]| {
+                    pods.iter()
+                        .find(|p| p.metadata.name.as_deref() == Some(&format!("{JOB}-master-0")))
+                        .and_then(|p| p.metadata.uid.clone())
+                };
+                let before = master_uid(&sys.job_pods().await?);
+                sys.kubectl_ok(&["scale", "sj", JOB, "-n", NS, "--replicas", "5"], None)?;
+                sys.wait_running(5, Duration::from_secs(120)).await?;
+                let at_five = Instant::now();
+                sys.next_commit_after(at_five, Duration::from_secs(30))
+                    .await?;
+                sys.kubectl_ok(&["scale", "sj", JOB, "-n", NS, "--replicas", "2"], None)?;
+                sys.wait_running(2, Duration::from_secs(120)).await?;
+                let workers = wait_for("3 workers gone", Duration::from_secs(60), async || {
+                    let pods = sys.job_pods().await?;
+                    let workers = pods
+                        .iter()
+                        .filter(|p| {
+                            p.metadata
+                                .name
+                                .as_deref()
+                                .is_some_and(|n| n.contains("-worker-"))
+                        })
+                        .count();
+                    Ok((workers == 2).then_some(workers))
+                })
+                .await?;
+                let after = master_uid(&sys.job_pods().await?);
+                ensure!(before == after, "the master was replaced by a rescale");
+                sys.next_commit_after(Instant::now(), Duration::from_secs(30))
+                    .await?;
+                Ok(format!("5 then {workers} workers, same master pod"))
+            },
+        )
+        .await;
+
+    report
+        .run("f. suspend and resume: pods go and come back", async || {
+            sys.suspend(true)?;
+            wait_for(
+                "Suspended with no pods",
+                Duration::from_secs(90),
+                async || {
+                    let s = sys.status().await?;
+                    let pods = sys.job_pods().await?;
+                    Ok((s["phase"] == "Suspended" && pods.is_empty()).then_some(()))
+                },
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let resumed = Instant::now();
+            sys.suspend(false)?;
+            sys.wait_running(2, Duration::from_secs(120)).await?;
+            let back = sys
+                .next_commit_after(resumed, Duration::from_secs(60))
+                .await?;
+            Ok(format!(
+                "resume -> next committed batch {:.1}s",
+                back.as_secs_f64()
+            ))
+        })
+        .await;
+
+    report
+        .run(
+            "g. an invalid manifest is refused with the field path",
+            async || {
+                let example = std::fs::read_to_string(fixtures::repo().join(EXAMPLE))?;
+                let bad = example
+                    .replace("name: word-totals", "name: bad-job")
+                    .replace("workers: {replicas: 2}", "workers: {replicas: -1}");
+                ensure!(bad.contains("replicas: -1"), "the example changed shape");
+                let (ok, _, err) = sys.kubectl(&["apply", "-n", NS, "-f", "-"], Some(&bad))?;
+                ensure!(!ok, "a negative replica count was accepted");
+                ensure!(err.contains("spec.workers.replicas"), "{err}");
+                let window = example
+                    .replace("name: word-totals", "name: bad-window")
+                    .replace(
+                        "    - updateStateByKey: {op: sum}",
+                        "    - reduceByKeyAndWindow: {op: sum, length: 1s, slide: 300ms}",
+                    );
+                let (ok, _, err2) = sys.kubectl(&["apply", "-n", NS, "-f", "-"], Some(&window))?;
+                ensure!(
+                    !ok,
+                    "a slide that is not a multiple of the interval was accepted"
+                );
+                ensure!(err2.contains("multiples of spec.batchInterval"), "{err2}");
+                let field = err
+                    .split(['\n', ','])
+                    .find(|part| part.contains("spec.workers.replicas"))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                Ok(format!("refused: {field}"))
+            },
+        )
+        .await;
+
+    report
+        .run(
+            "h. delete the job: every child and process gone",
+            async || {
+                let checkpoint = sys.s3.root.join("sluice/word-totals/checkpoint");
+                sys.kubectl_ok(
+                    &[
+                        "delete",
+                        "sj",
+                        JOB,
+                        "-n",
+                        NS,
+                        "--wait=true",
+                        "--timeout=120s",
+                    ],
+                    None,
+                )?;
+                wait_for("children gone", Duration::from_secs(120), async || {
+                    let lp = ListParams::default().labels(&format!("sluice.dev/job={JOB}"));
+                    let c = &sys.client;
+                    let left = Api::<StatefulSet>::namespaced(c.clone(), NS)
+                        .list(&lp)
+                        .await?
+                        .items
+                        .len()
+                        + Api::<Service>::namespaced(c.clone(), NS)
+                            .list(&lp)
+                            .await?
+                            .items
+                            .len()
+                        + Api::<ConfigMap>::namespaced(c.clone(), NS)
+                            .list(&lp)
+                            .await?
+                            .items
+                            .len()
+                        + Api::<Pod>::namespaced(c.clone(), NS)
+                            .list(&lp)
+                            .await?
+                            .items
+                            .len()
+                        + Api::<Secret>::namespaced(c.clone(), NS)
+                            .get_opt(&format!("{JOB}-token"))
+                            .await?
+                            .map_or(0, |_| 1);
+                    Ok((left == 0).then_some(()))
+                })
+                .await?;
+                let processes = wait_for("no job processes", Duration::from_secs(60), async || {
+                    let left = sys.cluster.pod_processes(&format!("{JOB}-"))?;
+                    Ok((left == 0).then_some(left))
+                })
+                .await?;
+                let kept = fixtures::files_under(&checkpoint);
+                ensure!(
+                    kept > 0,
+                    "deletionPolicy Retain (the default) keeps the checkpoint"
+                );
+                Ok(format!(
+                    "{processes} processes left; checkpoint kept ({kept} objects)"
+                ))
+            },
+        )
+        .await;
+
+    report
+        .run("exactly-once: S3 output equals an uninterrupted local run", async || {
+            let written = sys.batches(OUTPUT);
+            let times: Vec<u64> = written.keys().copied().collect();
+            ensure!(times.len() > 50, "only {} batches written", times.len());
+            for pair in times.windows(2) {
+                ensure!(
+                    pair[1] - pair[0] == 200,
+                    "batch {} follows {}: a batch is missing",
+                    pair[1],
+                    pair[0]
+                );
+            }
+            // The last batch may have been cut short by the delete.
+            let compared = times.len() - 1;
+            let reference = reference_run(sys, compared).await?;
+            let mut records = 0;
+            for (k, (time, lines)) in written.iter().take(compared).enumerate() {
+                let expected = reference
+                    .get(k)
+                    .ok_or_else(|| anyhow!("the reference run has no batch {k}"))?;
+                ensure!(
+                    lines == expected,
+                    "batch {k} (time {time}) differs from the reference: {} lines vs {}; first difference {:?}",
+                    lines.len(),
+                    expected.len(),
+                    lines.iter().zip(expected).find(|(a, b)| a != b)
+                );
+                records += lines.len();
+            }
+            Ok(format!(
+                "{compared} batches, {records} records (running word totals) equal"
+            ))
+        })
+        .await;
+    Ok(())
+}
+
+/// The same manifest, run by `sluice run` for `batches` batches without waiting for the clock,
+/// writing to another prefix of the same S3 server; its batches in order.
+async fn reference_run(sys: &System, batches: usize) -> Result<Vec<Vec<String>>> {
+    let example = std::fs::read_to_string(fixtures::repo().join(EXAMPLE))?;
+    let manifest = example.replace(OUTPUT, REFERENCE_OUTPUT).replace(
+        "s3://sluice/word-totals/checkpoint",
+        "s3://sluice/reference/checkpoint",
+    );
+    let path = sys.dir.join("reference.yaml");
+    std::fs::write(&path, manifest)?;
+    let mut cmd = Command::new(workspace_bin("sluice")?);
+    cmd.arg("run")
+        .arg(&path)
+        .args(["--batches", &batches.to_string(), "--no-wait"])
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in sys.s3.credentials().as_object().into_iter().flatten() {
+        cmd.env(k, v.as_str().unwrap_or(""));
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    if !out.status.success() {
+        bail!("reference run: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let batches: Vec<Vec<String>> = sys.batches(REFERENCE_OUTPUT).into_values().collect();
+    Ok(batches)
+}
