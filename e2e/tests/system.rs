@@ -413,7 +413,9 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     async || {
                         let s = sys.status().await?;
                         let last = s["lastCompletedBatch"].as_i64().unwrap_or(0);
-                        Ok((s["phase"] == "Running" && last > batch_before).then_some(s))
+                        let recovered = s["recoveries"].as_i64().unwrap_or(0) >= 1;
+                        Ok((s["phase"] == "Running" && last > batch_before && recovered)
+                            .then_some(s))
                     },
                 )
                 .await?;
@@ -428,10 +430,11 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                 })
                 .await?;
                 Ok(format!(
-                    "master kill -> next committed batch {:.1}s; operator takeover by {new_holder} {:.1}s; batch {} in the status",
+                    "master kill -> next committed batch {:.1}s; operator takeover by {new_holder} {:.1}s; batch {} and {} recoveries in the status",
                     recovery.as_secs_f64(),
                     takeover.as_secs_f64(),
-                    s["lastCompletedBatch"]
+                    s["lastCompletedBatch"],
+                    s["recoveries"]
                 ))
             },
         )

@@ -299,13 +299,23 @@ async fn reconcile_job(
     let workers_ready = ready(sets.get_opt(&format!("{name}-worker")).await?);
     let desired_workers = if stopped { 0 } else { spec_workers };
     // The master's own account: progress, checkpoints, recoveries (when it answers).
-    let master_view = match master_address(client, &ns, &name).await {
+    let mut master_view = match master_address(client, &ns, &name).await {
         Some(address) => match read_token(client, &ns, &token).await {
             Some(secret) => crate::status::ask_master(&address, &secret).await,
             None => None,
         },
         None => None,
     };
+    // A restarted master resumed from the checkpoint too: its restarts count as recoveries,
+    // on top of the rollbacks it reports itself (which start again at zero in a new process).
+    let master_restarts = report
+        .observed
+        .iter()
+        .find(|p| p.name == format!("{name}-master-0"))
+        .map_or(0, |p| p.restarts.max(0) as u64);
+    if let Some(m) = master_view.as_mut() {
+        m.recoveries += master_restarts;
+    }
     let previous = job
         .status
         .as_ref()

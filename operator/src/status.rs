@@ -16,6 +16,8 @@ pub struct MasterView {
     pub last_completed_batch: u64,
     pub last_checkpoint_batch: u64,
     pub checkpoint_uri: String,
+    /// Rollbacks to the last checkpoint (the master's own count, plus its restarts once the
+    /// operator has added them).
     pub recoveries: u64,
     pub message: String,
 }
