@@ -28,7 +28,7 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     let bin = dir.join(name);
     if !bin.exists() {
         bail!(
-            "{} is missing: build the workspace first (cargo test --workspace builds it)",
+            "{} is missing: build the binaries first (`cargo build --workspace --bins`; scripts/test does)",
             bin.display()
         );
     }

@@ -546,7 +546,9 @@ async fn register_loop(
                 Err(e) => {
                     tracing::warn!(%master, error = %e, retry_in = ?backoff, "cannot register with the master; retrying");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // Capped low: a master that starts with its workers (a resume, a new job)
+                    // is found within a second of answering, and a try costs one connection.
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             }
