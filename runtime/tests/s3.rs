@@ -181,7 +181,9 @@ fn an_s3_outage_fails_batches_then_the_job_goes_on_without_loss() {
         .expect("spawn");
     std::thread::sleep(Duration::from_millis(1200));
     server.stop();
-    std::thread::sleep(Duration::from_millis(6000));
+    // Longer than the S3 client's own retries (3 attempts with jittered back-off), so that
+    // batches fail for certain: 6 s was sometimes ridden out on a loaded machine.
+    std::thread::sleep(Duration::from_millis(10_000));
     server.resume();
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);
