@@ -2,9 +2,9 @@
 //! directory, namespaces, and an operator process.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::PostParams;
 use kube::{Api, Client};
@@ -148,4 +148,21 @@ pub fn files_under(dir: &Path) -> usize {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Runs `cmd` with `input` on its standard input (or none), capturing its output.
+pub fn run_with_input(cmd: &mut Command, input: Option<&str>) -> Result<Output> {
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("start {cmd:?}"))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        stdin.write_all(text.as_bytes())?;
+    }
+    Ok(child.wait_with_output()?)
 }

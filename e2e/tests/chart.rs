@@ -3,9 +3,9 @@
 //! `watchNamespaces`.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use sluice_e2e::control_plane::{ControlPlane, bin_dir};
 
 fn repo() -> &'static Path {
@@ -13,19 +13,7 @@ fn repo() -> &'static Path {
 }
 
 fn run(cmd: &mut Command, input: Option<&str>) -> Result<String> {
-    cmd.stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("{cmd:?}"))?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        use std::io::Write;
-        stdin.write_all(text.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
+    let out = sluice_e2e::fixtures::run_with_input(cmd, input)?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed:\n{}{}",

@@ -108,20 +108,8 @@ impl System {
         let mut cmd = Command::new(bin_dir()?.join("kubectl"));
         cmd.arg("--kubeconfig")
             .arg(self.cluster.kubeconfig())
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().context("start kubectl")?;
-        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-            use std::io::Write;
-            stdin.write_all(text.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
+            .args(args);
+        let out = fixtures::run_with_input(&mut cmd, input)?;
         Ok((
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -321,13 +309,12 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     .status
                     .and_then(|s| s.pod_ip)
                     .ok_or_else(|| anyhow!("the leader has no address"))?;
-                let ready = wait_for("/readyz", Duration::from_secs(30), async || {
+                wait_for("/readyz 200", Duration::from_secs(30), async || {
                     Ok(fixtures::http_get(&ip, 8080, "/readyz")
                         .ok()
                         .filter(|r| r.starts_with("HTTP/1.1 200")))
                 })
                 .await?;
-                ensure!(ready.contains("200"));
                 Ok(format!("leader {holder}"))
             },
         )

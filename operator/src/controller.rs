@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
@@ -16,7 +17,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use sluice_crds::resource::{StreamingJobResource, StreamingJobStatus};
 
-use crate::constants::{DEFAULT_WORKERS, LABEL_JOB, MANAGER, TOKEN_KEY};
+use crate::constants::{LABEL_JOB, MANAGER, TOKEN_KEY};
 use crate::health;
 use crate::resources::{self, BuildError};
 
@@ -246,16 +247,10 @@ async fn reconcile_job(
             previous_status.phase.as_deref(),
             Some("BackingOff" | "Failed")
         );
-    let spec_workers = job
-        .spec
-        .workers
-        .as_ref()
-        .and_then(|w| w.replicas)
-        .unwrap_or(DEFAULT_WORKERS);
     let mut report = health::inspect(
         &pods,
         &previous_status.pods,
-        if was_stopped { 0 } else { spec_workers },
+        resources::workers_wanted(job, was_stopped),
     );
     if let Some(secret) = &job.spec.checkpoint_credentials {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -297,7 +292,7 @@ async fn reconcile_job(
     };
     let master_ready = ready(sets.get_opt(&format!("{name}-master")).await?);
     let workers_ready = ready(sets.get_opt(&format!("{name}-worker")).await?);
-    let desired_workers = if stopped { 0 } else { spec_workers };
+    let desired_workers = resources::workers_wanted(job, stopped);
     // The master's own account: progress, checkpoints, recoveries (when it answers).
     let mut master_view = match master_address(client, &ns, &name).await {
         Some(address) => match read_token(client, &ns, &token).await {
@@ -373,25 +368,18 @@ async fn block(
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
-        .map(|c| c.last_transition_time.0.to_string())
-        .unwrap_or_else(|| Timestamp::now().to_string());
-    let mut conditions: Vec<serde_json::Value> = previous
+    let generation = job.metadata.generation;
+    let mut conditions: Vec<Condition> = previous
         .iter()
         .filter(|c| c.type_ != "Degraded" && c.type_ != "Ready")
-        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .cloned()
         .collect();
-    let generation = job.metadata.generation;
-    conditions.push(
-        json!({"type": "Degraded", "status": "True", "reason": reason, "message": message,
-        "lastTransitionTime": since, "observedGeneration": generation}),
-    );
-    conditions.push(
-        json!({"type": "Ready", "status": "False", "reason": "Blocked", "message": "",
-        "lastTransitionTime": since, "observedGeneration": generation}),
-    );
+    conditions.push(crate::status::condition(
+        &previous, "Degraded", true, reason, message, generation,
+    ));
+    conditions.push(crate::status::condition(
+        &previous, "Ready", false, "Blocked", "", generation,
+    ));
     let body = json!({"status": {"phase": "Blocked", "message": message, "conditions": conditions, "observedGeneration": generation}});
     let jobs: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
     jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
@@ -447,17 +435,10 @@ fn restart_decision(
         hold.message = previous.message.clone().unwrap_or_default();
         return hold;
     }
-    if let Some(at) = hold.restart_at.filter(|at| now < *at) {
+    if hold.restart_at.is_some_and(|at| now < at) {
         hold.phase = Some("BackingOff");
-        hold.message = format!(
-            "{}; the job starts again at {at} (restart {})",
-            previous
-                .message
-                .as_deref()
-                .and_then(|m| m.split("; the job starts again").next())
-                .unwrap_or("crash loop"),
-            hold.restarts
-        );
+        // Said when the back-off began; it names the time and the restart already.
+        hold.message = previous.message.clone().unwrap_or_default();
         return hold;
     }
     if let Some(why) = &report.crash_loop {

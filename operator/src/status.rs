@@ -64,7 +64,8 @@ pub struct Observed<'a> {
     pub problems: &'a [crate::health::Problem],
 }
 
-fn condition(
+/// A condition whose `lastTransitionTime` stays from `previous` while its status does.
+pub(crate) fn condition(
     previous: &[Condition],
     type_: &str,
     ok: bool,

@@ -1,8 +1,12 @@
 //! The `sluice` binary as users run it: `validate` on a corpus of bad manifests, the examples,
 //! and a refused checkpoint of another job.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use support::run_ok;
 
 fn sluice() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -90,22 +94,13 @@ fn examples_are_valid() {
 
 #[test]
 fn wordcount_example_prints_counts() {
-    let out = sluice()
-        .current_dir(repo())
-        .args([
-            "run",
-            "examples/wordcount.yaml",
-            "--batches",
-            "2",
-            "--no-wait",
-        ])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(sluice().current_dir(repo()).args([
+        "run",
+        "examples/wordcount.yaml",
+        "--batches",
+        "2",
+        "--no-wait",
+    ]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("Time: ").count(), 2, "{stdout}");
     assert!(
@@ -145,16 +140,11 @@ fn checkpoint_of_another_job_is_refused() {
     };
     let first = dir.path().join("a.yaml");
     std::fs::write(&first, manifest(" ")).expect("write");
-    let out = sluice()
-        .arg("run")
-        .arg(&first)
-        .args(["--batches", "2", "--no-wait"])
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        sluice()
+            .arg("run")
+            .arg(&first)
+            .args(["--batches", "2", "--no-wait"]),
     );
     let second = dir.path().join("b.yaml");
     std::fs::write(&second, manifest(",")).expect("write");

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use sluice::checkpoint::{CheckpointStore, LocalStore, S3Settings, S3Store};
-use support::{S3Server, SECRET_KEY, with_credentials};
+use support::{S3Server, SECRET_KEY, run_ok, with_credentials};
 
 fn store(server: &S3Server, prefix: &str) -> S3Store {
     let settings = S3Settings {
@@ -109,15 +109,7 @@ fn exactly_once_across_sigkill_with_s3_checkpoints() {
     let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
     let reference = tmp.path().join("reference");
     std::fs::create_dir_all(&reference).expect("dir");
-    let out = sluice(&job(&reference, &server, "reference", 20000), 30)
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(sluice(&job(&reference, &server, "reference", 20000), 30).stderr(Stdio::piped()));
     let expected = outputs(&reference);
     assert_eq!(expected.len(), 30);
 
@@ -150,20 +142,12 @@ fn an_s3_outage_fails_batches_then_the_job_goes_on_without_loss() {
     let mut server = S3Server::start(&tmp.path().join("s3"), "ckpt");
     let reference = tmp.path().join("reference");
     std::fs::create_dir_all(&reference).expect("dir");
-    let out = sluice(&job(&reference, &server, "ref", 2000), 80)
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(sluice(&job(&reference, &server, "ref", 2000), 80).stderr(Stdio::piped()));
 
     let run = tmp.path().join("outage");
     std::fs::create_dir_all(&run).expect("dir");
-    // Paced: 80 batches of 100 ms take about 8 s; the server is down for 6 s in the middle,
-    // longer than the S3 client's own retries can hide.
+    // Paced: 80 batches of 100 ms take about 8 s; the server is down for 10 s from the
+    // middle, longer than the S3 client's own retries can hide.
     job(&run, &server, "outage", 2000);
     let mut cmd = {
         let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -248,15 +232,7 @@ fn objects(server: &S3Server, prefix: &str) -> std::collections::BTreeMap<String
 fn s3_sink_writes_each_batch_and_partition_once_across_sigkill() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
-    let out = sluice(&s3_sink_job(tmp.path(), &server, "ref"), 20)
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(sluice(&s3_sink_job(tmp.path(), &server, "ref"), 20).stderr(Stdio::piped()));
     let want = objects(&server, "ref-out");
     assert_eq!(
         want.len(),
@@ -274,15 +250,7 @@ fn s3_sink_writes_each_batch_and_partition_once_across_sigkill() {
     std::thread::sleep(Duration::from_millis(300));
     let _ = child.kill();
     let _ = child.wait();
-    let out = sluice(&job, 20)
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(sluice(&job, 20).stderr(Stdio::piped()));
     let got = objects(&server, "crash-out");
     let strip =
         |m: &std::collections::BTreeMap<String, Vec<u8>>| m.values().cloned().collect::<Vec<_>>();

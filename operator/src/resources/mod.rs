@@ -13,7 +13,7 @@ use kube::Resource;
 use sluice_crds::resource::StreamingJobResource;
 
 pub use config::manifest_config_map;
-pub use pods::{master_statefulset, worker_statefulset};
+pub use pods::{master_statefulset, worker_statefulset, workers_wanted};
 
 use crate::constants::*;
 

@@ -203,7 +203,8 @@ fn env_advertise() -> EnvVar {
     env("SLUICE_ADVERTISE", &format!("$(POD_IP):{WORKER_PORT}"))
 }
 
-fn workers_wanted(job: &StreamingJobResource, stopped: bool) -> i32 {
+/// Worker pods the job should have: `spec.workers.replicas` (default 2), none while stopped.
+pub fn workers_wanted(job: &StreamingJobResource, stopped: bool) -> i32 {
     if stopped {
         return 0;
     }

@@ -3,8 +3,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use clap::Args;
 use sluice_crds::defaults;
@@ -139,19 +137,6 @@ fn load(
     Ok((manifest, job, ckpt))
 }
 
-fn stop_flag() -> Result<Arc<AtomicBool>, ExitCode> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
-            .and_then(|_| signal_hook::flag::register(signal, stop.clone()));
-        if let Err(e) = registered {
-            eprintln!("sluice: cannot handle signal {signal}: {e}");
-            return Err(ExitCode::from(EXIT_FAILED));
-        }
-    }
-    Ok(stop)
-}
-
 pub(crate) fn master(args: MasterArgs) -> ExitCode {
     let token = match token_from_env() {
         Ok(t) => t,
@@ -171,7 +156,7 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let stop = match stop_flag() {
+    let stop = match super::stop_flag() {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -7,6 +7,8 @@ mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
 
@@ -104,4 +106,19 @@ fn init_logging(filter: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .compact()
         .try_init();
+}
+
+/// Set by SIGINT or SIGTERM: finish the batch, checkpoint, exit. A second signal while stopping
+/// exits at once.
+pub(crate) fn stop_flag() -> Result<Arc<AtomicBool>, ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()));
+        if let Err(e) = registered {
+            eprintln!("sluice: cannot handle signal {signal}: {e}");
+            return Err(ExitCode::from(EXIT_FAILED));
+        }
+    }
+    Ok(stop)
 }

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use clap::Args;
 use sluice_crds::defaults;
@@ -70,16 +68,10 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while stopping exits at once.
-        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, stop.clone())
-            .and_then(|_| signal_hook::flag::register(signal, stop.clone()));
-        if let Err(e) = registered {
-            eprintln!("sluice: cannot handle signal {signal}: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    }
+    let stop = match super::stop_flag() {
+        Ok(stop) => stop,
+        Err(code) => return code,
+    };
     let ckpt = manifest.spec.checkpoint.as_ref();
     let store: Option<Box<dyn CheckpointStore>> = match ckpt {
         Some(c) => match open_store(c) {

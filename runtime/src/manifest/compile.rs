@@ -455,17 +455,10 @@ impl Compiler {
             };
             return Stream::Records(s.map_partitions(&op.clone(), move |cx, recs| {
                 per_record(cx, &op, recs, |root, r, out| {
-                    match e.eval_record(root, &r)? {
-                        Value::Bool(true) => {
-                            let _: () = out.push(r);
-                            Ok(())
-                        }
-                        Value::Bool(false) => Ok(()),
-                        other => Err(format!(
-                            "filter expr must return a bool, got {}",
-                            other.describe()
-                        )),
+                    if keeps(e.eval_record(root, &r)?)? {
+                        let _: () = out.push(r);
                     }
+                    Ok(())
                 })
             }));
         }
@@ -561,17 +554,10 @@ impl Compiler {
             };
             return Stream::Keyed(s.map_partitions(&op.clone(), move |cx, pairs| {
                 per_record(cx, &op, pairs, |root, (k, v), out| {
-                    match e.eval_pair(root, &k, &v)? {
-                        Value::Bool(true) => {
-                            let _: () = out.push((k, v));
-                            Ok(())
-                        }
-                        Value::Bool(false) => Ok(()),
-                        other => Err(format!(
-                            "filter expr must return a bool, got {}",
-                            other.describe()
-                        )),
+                    if keeps(e.eval_pair(root, &k, &v)?)? {
+                        let _: () = out.push((k, v));
                     }
+                    Ok(())
                 })
             }));
         }
@@ -855,4 +841,15 @@ fn reduce_accs(
         move |cx, pairs, map: &mut KeyMap<Value, Acc>| fold_accs(cx, &name, op, pairs, map),
         |a: &mut Acc, b| a.merge(b),
     )
+}
+
+/// A filter expression's verdict on one record.
+fn keeps(value: Value) -> Result<bool, String> {
+    match value {
+        Value::Bool(keep) => Ok(keep),
+        other => Err(format!(
+            "filter expr must return a bool, got {}",
+            other.describe()
+        )),
+    }
 }

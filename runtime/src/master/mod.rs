@@ -508,14 +508,20 @@ impl Master {
         Ok(())
     }
 
-    /// New placement from the last snapshot; replays whatever was logged after it.
-    fn recover(&mut self, stop_after: Option<u64>) -> Result<(), Fault> {
+    /// A new placement of the partitions; returns the batch of the newest snapshot (0 for
+    /// none), which the workers load next.
+    fn reassign(&mut self) -> Result<u64, Fault> {
         self.assign()?;
-        let snapshot = self
+        Ok(self
             .ckpt
             .latest_snapshot()
             .map_err(Fault::from)?
-            .map_or(0, |s| s.batch);
+            .map_or(0, |s| s.batch))
+    }
+
+    /// New placement from the last snapshot; replays whatever was logged after it.
+    fn recover(&mut self, stop_after: Option<u64>) -> Result<(), Fault> {
+        let snapshot = self.reassign()?;
         self.restore_all(snapshot)?;
         let positions = match snapshot {
             0 => self.initial_positions.clone(),
@@ -572,12 +578,7 @@ impl Master {
                 self.snapshot(last)?;
             }
         }
-        self.assign()?;
-        let snapshot = self
-            .ckpt
-            .latest_snapshot()
-            .map_err(Fault::from)?
-            .map_or(0, |s| s.batch);
+        let snapshot = self.reassign()?;
         if snapshot != last {
             // The hand-off snapshot could not be taken: fall back to replaying.
             return self.recover(None);

@@ -104,3 +104,14 @@ pub fn with_credentials(cmd: &mut Command) -> &mut Command {
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         .env("AWS_REGION", "us-east-1")
 }
+
+/// Runs `cmd` to the end and fails the test, with its stderr, unless it exits 0.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
