@@ -35,10 +35,6 @@ fn outputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("out"))
         .expect("output dir")
         .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
         .map(|p| {
             (
                 p.file_name().expect("name").to_string_lossy().into_owned(),

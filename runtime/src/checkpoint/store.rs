@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::exec::lock_unpoisoned;
-use crate::sink::files::write_atomically;
+use crate::sink::files::{remove_stale_temporaries, write_atomically};
 
 /// Objects named by `/`-separated keys.
 pub trait CheckpointStore: Send + Sync {
@@ -35,6 +35,17 @@ impl LocalStore {
         let root = root.into();
         fs::create_dir_all(&root)
             .map_err(|e| Error::io("create checkpoint directory", &root, e))?;
+        match sweep_temporaries(&root) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                root = %root.display(),
+                removed = n,
+                "removed temporary files left by an interrupted checkpoint"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not sweep the checkpoint's temporary files")
+            }
+        }
         Ok(Self { root })
     }
 
@@ -99,6 +110,19 @@ impl CheckpointStore for LocalStore {
             Err(e) => Err(Error::io("delete", path, e)),
         }
     }
+}
+
+/// Removes the temporary files of dead writers in `dir` and every directory below it: a `list`
+/// never shows them, but each put cut short by a crash would otherwise leave one for good.
+fn sweep_temporaries(dir: &Path) -> Result<usize> {
+    let mut removed = remove_stale_temporaries(dir, |_| true)?;
+    for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            removed += sweep_temporaries(&entry.path())?;
+        }
+    }
+    Ok(removed)
 }
 
 /// Checkpoints in memory: a job without `spec.checkpoint` still recovers from a failed batch

@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::{LineFormat, Sink};
 use crate::error::{Error, Result};
@@ -15,6 +16,8 @@ pub struct FilesSink<T> {
     dir: PathBuf,
     prefix: String,
     format: LineFormat<T>,
+    /// Set once the temporary files of dead writers have been swept from `dir`.
+    swept: OnceLock<()>,
 }
 
 impl<T> FilesSink<T> {
@@ -24,7 +27,26 @@ impl<T> FilesSink<T> {
             dir: dir.into(),
             prefix: prefix.to_string(),
             format,
+            swept: OnceLock::new(),
         }
+    }
+
+    /// A writer killed between creating its temporary file and renaming it leaves the file
+    /// behind; the first write of a new process removes those of this sink's prefix, so the
+    /// directory holds batch files only.
+    fn sweep_once(&self) {
+        self.swept.get_or_init(|| {
+            let prefix = format!(".{}-", self.prefix);
+            match remove_stale_temporaries(&self.dir, |name| name.starts_with(&prefix)) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    dir = %self.dir.display(),
+                    removed = n,
+                    "removed temporary files left by an interrupted writer"
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not sweep temporary files"),
+            }
+        });
     }
 
     /// The file a batch goes to.
@@ -40,6 +62,7 @@ impl<T: Send + Sync + 'static> Sink<T> for FilesSink<T> {
     }
 
     fn write(&self, batch: &BatchInfo, records: Vec<T>) -> Result<()> {
+        self.sweep_once();
         let mut text = String::with_capacity(records.len() * 16);
         for r in &records {
             (self.format)(r, &mut text);
@@ -59,6 +82,7 @@ impl<T: Send + Sync + 'static> Sink<T> for FilesSink<T> {
         if whole {
             return self.write(batch, parts.into_iter().flat_map(|(_, r)| r).collect());
         }
+        self.sweep_once();
         for (part, records) in parts {
             let mut text = String::new();
             for r in &records {
@@ -80,7 +104,7 @@ impl<T: Send + Sync + 'static> Sink<T> for FilesSink<T> {
 pub(crate) fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let tmp = dir.join(temporary_name(name, std::process::id()));
     let mut file = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     file.write_all(bytes)
         .and_then(|_| file.sync_all())
@@ -92,4 +116,101 @@ pub(crate) fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("sync directory", dir, e))
+}
+
+/// `.<name>.<pid>.tmp`: hidden, so readers that skip dot files never see a half-written batch,
+/// and carrying the writer's process id, so a sweep can tell a dead writer's file from a live one.
+fn temporary_name(name: &str, pid: u32) -> String {
+    format!(".{name}.{pid}.tmp")
+}
+
+/// The process id in a temporary file's name, if the name is one.
+fn temporary_writer(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (_, pid) = rest.rsplit_once('.')?;
+    pid.parse().ok()
+}
+
+/// Whether a process that wrote a temporary file may still be about to rename it. Where `/proc`
+/// exists, a process id with no entry there is dead; a writer in another pid namespace (another
+/// pod sharing the volume) may look dead, and then its rename fails and its batch is recomputed,
+/// which costs time, not data. Without `/proc`, every writer counts as alive.
+fn writer_may_be_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
+
+/// Removes, from `dir` only (not below it), the temporary files whose writer is dead and whose
+/// name passes `wanted`; returns how many. A missing directory holds none.
+pub(crate) fn remove_stale_temporaries(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<usize> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let Some(pid) = temporary_writer(&name) else {
+            continue;
+        };
+        if !wanted(&name) || writer_may_be_alive(pid) {
+            continue;
+        }
+        match fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            // Renamed or removed by someone else meanwhile: nothing left to do.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", entry.path(), e)),
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_carry_the_writer() {
+        assert_eq!(
+            temporary_writer(&temporary_name("batch-100.txt", 42)),
+            Some(42)
+        );
+        assert_eq!(temporary_writer("batch-100.txt"), None);
+        assert_eq!(temporary_writer(".hidden"), None);
+        assert_eq!(temporary_writer(".x.notapid.tmp"), None);
+    }
+
+    #[test]
+    fn a_dead_writers_temporary_file_is_swept_and_a_live_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A child that has exited and been waited for: its pid names no process.
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let dead = child.id();
+        child.wait().expect("wait");
+        let stale = temporary_name("batch-100.txt", dead);
+        let live = temporary_name("batch-200.txt", std::process::id());
+        let other = temporary_name("other-100.txt", dead);
+        for name in [&stale, &live, &other, &"batch-100.txt".to_string()] {
+            fs::write(dir.path().join(name), b"x").expect("write");
+        }
+        let removed =
+            remove_stale_temporaries(dir.path(), |n| n.starts_with(".batch-")).expect("sweep");
+        assert_eq!(removed, 1);
+        assert!(!dir.path().join(&stale).exists());
+        for kept in [&live, &other, &"batch-100.txt".to_string()] {
+            assert!(dir.path().join(kept).exists(), "{kept} kept");
+        }
+        assert_eq!(
+            remove_stale_temporaries(&dir.path().join("missing"), |_| true).expect("sweep"),
+            0
+        );
+    }
 }
