@@ -187,9 +187,13 @@ pub struct StreamingJobStatus {
     /// The newest checkpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint: Option<CheckpointStatus>,
-    /// Recoveries after failures.
+    /// Recoveries after failures, over the job's life: rollbacks to the last checkpoint and
+    /// master restarts, of this master pod and of the ones before it.
     #[serde(default)]
     pub recoveries: i64,
+    /// How `recoveries` adds up across master pods, each of which counts from zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_tally: Option<RecoveryTally>,
     /// For people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -222,6 +226,16 @@ pub struct PodObservation {
     pub uid: String,
     /// Container restarts.
     pub restarts: i32,
+}
+
+/// The recoveries of earlier master pods, and the master pod whose own count goes on top.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryTally {
+    /// UID of the master pod whose count `recoveries` includes.
+    pub master_uid: String,
+    /// Recoveries counted before that pod started.
+    pub earlier: i64,
 }
 
 /// Where the newest checkpoint is.

@@ -504,6 +504,8 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
 
     report
         .run("f. suspend and resume: pods go and come back", async || {
+            let recoveries = |s: &serde_json::Value| s["recoveries"].as_i64().unwrap_or(0);
+            let before = recoveries(&sys.status().await?);
             sys.suspend(true)?;
             wait_for(
                 "Suspended with no pods",
@@ -522,8 +524,14 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             let back = sys
                 .next_commit_after(resumed, Duration::from_secs(60))
                 .await?;
+            // The new master pod counts from zero; the job's total must not.
+            let after = recoveries(&sys.status().await?);
+            ensure!(
+                after >= before,
+                "status.recoveries went from {before} to {after} across suspend and resume"
+            );
             Ok(format!(
-                "resume -> next committed batch {:.1}s",
+                "resume -> next committed batch {:.1}s; recoveries kept ({after})",
                 back.as_secs_f64()
             ))
         })

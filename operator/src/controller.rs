@@ -302,14 +302,22 @@ async fn reconcile_job(
         None => None,
     };
     // A restarted master resumed from the checkpoint too: its restarts count as recoveries,
-    // on top of the rollbacks it reports itself (which start again at zero in a new process).
-    let master_restarts = report
+    // on top of the rollbacks it reports itself (which start again at zero in a new process);
+    // a new master pod starts from zero again, on top of the total so far.
+    let master_pod = report
         .observed
         .iter()
-        .find(|p| p.name == format!("{name}-master-0"))
-        .map_or(0, |p| p.restarts.max(0) as u64);
+        .find(|p| p.name == format!("{name}-master-0"));
+    if let (Some(m), Some(pod)) = (master_view.as_mut(), master_pod) {
+        m.recoveries += pod.restarts.max(0) as u64;
+    }
+    let (recoveries, recovery_tally) = crate::status::tally_recoveries(
+        &previous_status,
+        master_pod.map(|p| p.uid.as_str()),
+        master_view.as_ref().map(|m| m.recoveries),
+    );
     if let Some(m) = master_view.as_mut() {
-        m.recoveries += master_restarts;
+        m.recoveries = u64::try_from(recoveries).unwrap_or(0);
     }
     let previous = job
         .status
@@ -332,6 +340,7 @@ async fn reconcile_job(
     status["status"]["restarts"] = json!(hold.restarts);
     status["status"]["restartAt"] = json!(hold.restart_at.map(|t| t.to_string()));
     status["status"]["pods"] = json!(report.observed);
+    status["status"]["recoveryTally"] = json!(recovery_tally);
     let phase = phase.as_str();
     publish_transitions(
         job,

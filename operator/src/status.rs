@@ -6,6 +6,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
+use sluice_crds::resource::{RecoveryTally, StreamingJobStatus};
 use sluice_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 
@@ -204,9 +205,58 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
     (phase.to_string(), json!({ "status": status }))
 }
 
+/// The job's recoveries over its life. A master pod counts its own from zero, so a new master
+/// pod (a new `master_uid`) starts a new term whose base is the total so far; `current` is the
+/// present master's count, `None` while it does not answer (the total then stays as it was).
+pub fn tally_recoveries(
+    previous: &StreamingJobStatus,
+    master_uid: Option<&str>,
+    current: Option<u64>,
+) -> (i64, Option<RecoveryTally>) {
+    let (Some(uid), Some(current)) = (master_uid, current) else {
+        return (previous.recoveries, previous.recovery_tally.clone());
+    };
+    let current = i64::try_from(current).unwrap_or(i64::MAX);
+    let tally = match &previous.recovery_tally {
+        Some(t) if t.master_uid == uid => t.clone(),
+        _ => RecoveryTally {
+            master_uid: uid.to_string(),
+            earlier: previous.recoveries,
+        },
+    };
+    (tally.earlier.saturating_add(current), Some(tally))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recoveries_add_up_across_master_pods() {
+        let mut status = StreamingJobStatus::default();
+        let mut step = |uid: Option<&str>, current: Option<u64>| {
+            let (total, tally) = tally_recoveries(&status, uid, current);
+            status.recoveries = total;
+            status.recovery_tally = tally;
+            total
+        };
+        assert_eq!(step(Some("a"), Some(0)), 0);
+        assert_eq!(step(Some("a"), Some(2)), 2, "the first master's own count");
+        assert_eq!(
+            step(None, None),
+            2,
+            "no master (suspended): the total stays"
+        );
+        assert_eq!(step(Some("b"), None), 2, "a new master not answering yet");
+        assert_eq!(
+            step(Some("b"), Some(0)),
+            2,
+            "a new master counts from zero on top"
+        );
+        assert_eq!(step(Some("b"), Some(1)), 3);
+        assert_eq!(step(Some("c"), Some(1)), 4);
+        assert_eq!(status.recovery_tally.as_ref().map(|t| t.earlier), Some(3));
+    }
 
     fn observed<'a>(master: Option<&'a MasterView>, previous: &'a [Condition]) -> Observed<'a> {
         Observed {
