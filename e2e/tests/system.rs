@@ -188,7 +188,16 @@ impl System {
 
     /// Waits for a batch newer than any written before the call; returns how long it took.
     async fn next_commit_after(&self, since: Instant, timeout: Duration) -> Result<Duration> {
-        let newest = self.newest_batch();
+        self.commit_after(self.newest_batch(), since, timeout).await
+    }
+
+    /// Waits for a batch newer than `newest`; returns the time since `since`.
+    async fn commit_after(
+        &self,
+        newest: u64,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<Duration> {
         wait_for("a new batch in S3", timeout, async || {
             Ok((self.newest_batch() > newest).then_some(()))
         })
@@ -518,11 +527,25 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             )
             .await?;
             tokio::time::sleep(Duration::from_secs(3)).await;
+            // Nothing is committed while suspended: any batch newer than this one is the
+            // resumed job's.
+            let newest = sys.newest_batch();
             let resumed = Instant::now();
             sys.suspend(false)?;
+            // Where the time goes: pods started, job Running, first batch.
+            wait_for("the job's pods running", Duration::from_secs(120), async || {
+                let pods = sys.job_pods().await?;
+                let running = pods.iter().filter(|p| {
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                });
+                Ok((running.count() == 3).then_some(()))
+            })
+            .await?;
+            let pods_running = resumed.elapsed();
             sys.wait_running(2, Duration::from_secs(120)).await?;
+            let job_running = resumed.elapsed();
             let back = sys
-                .next_commit_after(resumed, Duration::from_secs(60))
+                .commit_after(newest, resumed, Duration::from_secs(60))
                 .await?;
             // The new master pod counts from zero; the job's total must not.
             let after = recoveries(&sys.status().await?);
@@ -531,8 +554,10 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                 "status.recoveries went from {before} to {after} across suspend and resume"
             );
             Ok(format!(
-                "resume -> next committed batch {:.1}s; recoveries kept ({after})",
-                back.as_secs_f64()
+                "resume -> next committed batch {:.1}s (pods running {:.1}s, job Running {:.1}s); recoveries kept ({after})",
+                back.as_secs_f64(),
+                pods_running.as_secs_f64(),
+                job_running.as_secs_f64(),
             ))
         })
         .await;
