@@ -32,6 +32,7 @@ const OPERATOR_NS: &str = "sluice-system";
 const EXAMPLE: &str = "examples/word-totals-s3.yaml";
 /// Where the example writes, and where the reference run writes instead.
 const OUTPUT: &str = "s3://sluice/word-totals/out";
+const CHECKPOINT: &str = "s3://sluice/word-totals/checkpoint";
 const REFERENCE_OUTPUT: &str = "s3://sluice/reference/out";
 
 /// One line of the report.
@@ -178,29 +179,45 @@ impl System {
         out
     }
 
-    fn newest_batch(&self) -> u64 {
-        self.batches(OUTPUT)
-            .keys()
-            .next_back()
-            .copied()
+    /// The newest batch the master has committed: `commits/<batch>.json` in the checkpoint is
+    /// written only after the batch's outputs and snapshot are durable, and only by a live
+    /// master (output files could still be written by workers after the master died).
+    fn newest_commit(&self) -> u64 {
+        let dir = self
+            .s3
+            .root
+            .join(CHECKPOINT.trim_start_matches("s3://"))
+            .join("commits");
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".json")?.parse::<u64>().ok()
+            })
+            .max()
             .unwrap_or(0)
     }
 
-    /// Waits for a batch newer than any written before the call; returns how long it took.
+    /// Waits for a batch committed after the call; returns the time since `since`.
     async fn next_commit_after(&self, since: Instant, timeout: Duration) -> Result<Duration> {
-        self.commit_after(self.newest_batch(), since, timeout).await
+        self.commit_after(self.newest_commit(), since, timeout)
+            .await
     }
 
-    /// Waits for a batch newer than `newest`; returns the time since `since`.
+    /// Waits for a commit of a batch newer than `newest`; returns the time since `since`.
     async fn commit_after(
         &self,
         newest: u64,
         since: Instant,
         timeout: Duration,
     ) -> Result<Duration> {
-        wait_for("a new batch in S3", timeout, async || {
-            Ok((self.newest_batch() > newest).then_some(()))
-        })
+        wait_for(
+            "a newly committed batch in the checkpoint",
+            timeout,
+            async || Ok((self.newest_commit() > newest).then_some(())),
+        )
         .await?;
         Ok(since.elapsed())
     }
@@ -441,10 +458,14 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             "d. kill a worker; output continues; the pod comes back",
             async || {
                 let pod = format!("{JOB}-worker-1");
+                // The batch in flight at the kill may still commit (the worker had done its
+                // part); the one after it is dispatched after the kill, so its commit shows
+                // the loss noticed and recovered from.
+                let in_flight = sys.newest_commit() + 1;
                 let killed = Instant::now();
                 ensure!(sys.cluster.kill_pod_processes(&pod)? >= 1);
                 let recovery = sys
-                    .next_commit_after(killed, Duration::from_secs(60))
+                    .commit_after(in_flight, killed, Duration::from_secs(60))
                     .await?;
                 let pods: Api<Pod> = Api::namespaced(sys.client.clone(), NS);
                 wait_for(
@@ -529,7 +550,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             tokio::time::sleep(Duration::from_secs(3)).await;
             // Nothing is committed while suspended: any batch newer than this one is the
             // resumed job's.
-            let newest = sys.newest_batch();
+            let newest = sys.newest_commit();
             let resumed = Instant::now();
             sys.suspend(false)?;
             // Where the time goes: pods started, job Running, first batch.
@@ -601,7 +622,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
         .run(
             "h. delete the job: every child and process gone",
             async || {
-                let checkpoint = sys.s3.root.join("sluice/word-totals/checkpoint");
+                let checkpoint = sys.s3.root.join(CHECKPOINT.trim_start_matches("s3://"));
                 sys.kubectl_ok(
                     &[
                         "delete",
@@ -703,10 +724,9 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
 /// writing to another prefix of the same S3 server; its batches in order.
 async fn reference_run(sys: &System, batches: usize) -> Result<Vec<Vec<String>>> {
     let example = std::fs::read_to_string(fixtures::repo().join(EXAMPLE))?;
-    let manifest = example.replace(OUTPUT, REFERENCE_OUTPUT).replace(
-        "s3://sluice/word-totals/checkpoint",
-        "s3://sluice/reference/checkpoint",
-    );
+    let manifest = example
+        .replace(OUTPUT, REFERENCE_OUTPUT)
+        .replace(CHECKPOINT, "s3://sluice/reference/checkpoint");
     let path = sys.dir.join("reference.yaml");
     std::fs::write(&path, manifest)?;
     let mut cmd = Command::new(workspace_bin("sluice")?);
