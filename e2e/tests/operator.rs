@@ -428,15 +428,6 @@ async fn jobs_that_cannot_run_say_why_without_a_hot_loop() -> Result<()> {
         .await?;
         assert!(message.contains("registry.example/missing:1"), "{message}");
 
-        // No hot loop: the waiting jobs are looked at every few seconds, not continuously.
-        let before = metric(port, "sluice_reconciles_total")?;
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let per_second = (metric(port, "sluice_reconciles_total")? - before) / 10.0;
-        assert!(
-            per_second < 3.0,
-            "{per_second} reconciles/s for 4 jobs is a hot loop"
-        );
-
         // The crash loop: stopped, restarted after the back-off, then Failed at the limit.
         let s = wait_for(
             "the crash loop to fail the job",
@@ -469,6 +460,19 @@ async fn jobs_that_cannot_run_say_why_without_a_hot_loop() -> Result<()> {
             },
         )
         .await?;
+
+        // No hot loop: four jobs that cannot run (missing Secret, bad image, Failed, Blocked)
+        // are looked at every few seconds, not continuously. Measured once the crash loop is
+        // over: its transitions (pods stopped, started, stopped) each wake the controller a
+        // few times in a burst, which is work done, not a loop.
+        let before = metric(port, "sluice_reconciles_total")?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let per_second = (metric(port, "sluice_reconciles_total")? - before) / 10.0;
+        eprintln!("reconciles per second for 4 jobs that cannot run: {per_second}");
+        assert!(
+            per_second < 3.0,
+            "{per_second} reconciles/s for 4 jobs is a hot loop"
+        );
 
         // The Secret appears: the pods start, the condition clears.
         Api::<Secret>::namespaced(client.clone(), "jobs")

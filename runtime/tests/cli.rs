@@ -148,14 +148,8 @@ fn checkpoint_of_another_job_is_refused() {
     );
     let second = dir.path().join("b.yaml");
     std::fs::write(&second, manifest(",")).expect("write");
-    let out = sluice()
-        .arg("run")
-        .arg(&second)
-        .args(["--batches", "4", "--no-wait"])
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = run_unpaced(&second, 4);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("belongs to a different job"), "{stderr}");
 }
 
@@ -278,6 +272,31 @@ fn refused_records_are_counted_and_skipped_or_fail_the_job() {
     );
 }
 
+/// `sluice run JOB --batches N --no-wait`: its exit code and stderr.
+fn run_unpaced(job: &Path, batches: u32) -> (Option<i32>, String) {
+    let out = sluice()
+        .arg("run")
+        .arg(job)
+        .args(["--batches", &batches.to_string(), "--no-wait"])
+        .output()
+        .expect("run");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Waits until a running job has committed `n` batches to `dir/ckpt`; returns the commits dir.
+fn wait_for_commits(dir: &Path, n: usize) -> PathBuf {
+    let commits = dir.join("ckpt/commits");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0) < n {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    commits
+}
+
 #[test]
 fn sigterm_finishes_the_batch_checkpoints_and_exits_0() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -290,12 +309,7 @@ fn sigterm_finishes_the_batch_checkpoints_and_exits_0() {
         .spawn()
         .expect("spawn");
     // Wait for a few batches, then ask it to stop the way Kubernetes does.
-    let commits = dir.path().join("ckpt/commits");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0) < 3 {
-        assert!(std::time::Instant::now() < deadline, "no progress");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let commits = wait_for_commits(dir.path(), 3);
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -326,4 +340,32 @@ fn sigterm_finishes_the_batch_checkpoints_and_exits_0() {
         .expect("run");
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("replay=0"), "{stderr}");
+}
+
+#[test]
+fn a_second_run_on_a_checkpoint_in_use_is_refused_until_the_first_dies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = disk_job(dir.path());
+    let mut first = sluice()
+        .arg("run")
+        .arg(&job)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_for_commits(dir.path(), 1);
+    let (code, stderr) = run_unpaced(&job, 1);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in use by another running sluice process"),
+        "{stderr}"
+    );
+    // SIGKILL: no clean-up code runs, the operating system releases the lock.
+    first.kill().expect("kill");
+    first.wait().expect("wait");
+    run_ok(
+        sluice()
+            .arg("run")
+            .arg(&job)
+            .args(["--batches", "1", "--no-wait"]),
+    );
 }

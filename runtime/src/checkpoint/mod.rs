@@ -44,6 +44,40 @@ pub fn open_store(spec: &sluice_crds::CheckpointSpec) -> Result<Box<dyn Checkpoi
     Ok(Box::new(LocalStore::open(path)?))
 }
 
+/// Held while a process writes a local checkpoint's logs; dropped (and released by the
+/// operating system, even on SIGKILL) when the process ends.
+#[derive(Debug)]
+pub struct WriterLock {
+    _file: std::fs::File,
+}
+
+/// Makes sure only one process writes a local checkpoint: two runs of one job interleaving
+/// their offset and commit logs would corrupt it. S3 checkpoints have no such lock; on
+/// Kubernetes the master's one-replica StatefulSet is the single writer. `None` for S3.
+pub fn lock_local_writer(spec: &sluice_crds::CheckpointSpec) -> Result<Option<WriterLock>> {
+    if spec.uri.starts_with("s3://") {
+        return Ok(None);
+    }
+    let dir = std::path::Path::new(spec.uri.strip_prefix("file://").unwrap_or(&spec.uri));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create checkpoint directory", dir, e))?;
+    let path = dir.join(".writer.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(WriterLock { _file: file })),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Checkpoint(format!(
+            "{} is in use by another running sluice process; stop it first, or give this run \
+             another spec.checkpoint.uri",
+            spec.uri
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
+
 /// Bumped when the layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
 

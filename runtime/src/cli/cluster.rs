@@ -9,7 +9,7 @@ use sluice_crds::defaults;
 
 use super::validate::{check, print_problems};
 use super::{EXIT_FAILED, EXIT_INVALID};
-use crate::checkpoint::{Checkpointer, open_store};
+use crate::checkpoint::{Checkpointer, lock_local_writer, open_store};
 use crate::manifest::CompileOptions;
 use crate::rpc::token_from_env;
 
@@ -155,6 +155,20 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
     let (manifest, job, ckpt) = match load(&args.file, 1) {
         Ok(x) => x,
         Err(code) => return code,
+    };
+    // The master alone writes the offset and commit logs (workers write their snapshots).
+    let _writer = match manifest
+        .spec
+        .checkpoint
+        .as_ref()
+        .map(lock_local_writer)
+        .transpose()
+    {
+        Ok(lock) => lock.flatten(),
+        Err(e) => {
+            eprintln!("sluice master: spec.checkpoint.uri: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
     };
     let stop = match super::stop_flag() {
         Ok(s) => s,

@@ -8,7 +8,7 @@ use sluice_crds::defaults;
 
 use super::validate::{check, print_problems};
 use super::{EXIT_FAILED, EXIT_INVALID};
-use crate::checkpoint::{CheckpointStore, open_store};
+use crate::checkpoint::{CheckpointStore, lock_local_writer, open_store};
 use crate::driver::{self, BatchProgress, DriverOptions};
 use crate::manifest::CompileOptions;
 
@@ -73,6 +73,13 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     let ckpt = manifest.spec.checkpoint.as_ref();
+    let _writer = match ckpt.map(lock_local_writer).transpose() {
+        Ok(lock) => lock.flatten(),
+        Err(e) => {
+            eprintln!("sluice: spec.checkpoint.uri: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
     let store: Option<Box<dyn CheckpointStore>> = match ckpt {
         Some(c) => match open_store(c) {
             Ok(s) => Some(s),
