@@ -160,12 +160,11 @@ impl TestCluster {
             {
                 if log.path().extension().is_some_and(|e| e == "log") {
                     let text = std::fs::read_to_string(log.path()).unwrap_or_default();
-                    let all: Vec<&str> = text.lines().collect();
                     out.push_str(&format!(
                         "--- {dir_name}/{}\n",
                         log.file_name().to_string_lossy()
                     ));
-                    out.push_str(&all[all.len().saturating_sub(lines)..].join("\n"));
+                    out.push_str(&crate::process::last_lines(&text, lines));
                     out.push('\n');
                 }
             }

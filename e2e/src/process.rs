@@ -56,9 +56,10 @@ impl Process {
 
     /// The last lines of its log, for failure messages.
     pub fn tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        last_lines(
+            &std::fs::read_to_string(&self.log).unwrap_or_default(),
+            lines,
+        )
     }
 
     /// Sends SIGTERM to the group, waits up to `grace`, then SIGKILL.
@@ -95,6 +96,12 @@ impl Process {
             let _ = child.wait();
         }
     }
+}
+
+/// The last `n` lines of `text`.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(n)..].join("\n")
 }
 
 /// Every live process below `root` in the process tree.

@@ -388,15 +388,15 @@ async fn jobs_that_cannot_run_say_why_without_a_hot_loop() -> Result<()> {
 
     let result: Result<()> = async {
         let status = |o: &DynamicObject| o.data.get("status").cloned().unwrap_or_default();
-        let s = wait_for(
-            "a job without a checkpoint blocked",
-            Duration::from_secs(60),
-            async || {
-                let s = status(&api.get("nockpt").await?);
-                Ok((s["phase"] == "Blocked").then_some(s))
-            },
-        )
-        .await?;
+        // The status of job `name` once its phase is `phase`.
+        let in_phase = async |name: &str, phase: &str, timeout: Duration| {
+            wait_for(&format!("{name} {phase}"), timeout, async || {
+                let s = status(&api.get(name).await?);
+                Ok((s["phase"] == phase).then_some(s))
+            })
+            .await
+        };
+        let s = in_phase("nockpt", "Blocked", Duration::from_secs(60)).await?;
         assert_eq!(
             degraded(&s).map(|d| d.0).as_deref(),
             Some("NoCheckpoint"),
@@ -429,15 +429,7 @@ async fn jobs_that_cannot_run_say_why_without_a_hot_loop() -> Result<()> {
         assert!(message.contains("registry.example/missing:1"), "{message}");
 
         // The crash loop: stopped, restarted after the back-off, then Failed at the limit.
-        let s = wait_for(
-            "the crash loop to fail the job",
-            Duration::from_secs(120),
-            async || {
-                let s = status(&api.get("crashy").await?);
-                Ok((s["phase"] == "Failed").then_some(s))
-            },
-        )
-        .await?;
+        let s = in_phase("crashy", "Failed", Duration::from_secs(120)).await?;
         assert_eq!(s["restarts"], 2, "{s}");
         let message = s["message"].as_str().unwrap_or("");
         assert!(message.contains("ckpt-missing does not exist"), "{message}");

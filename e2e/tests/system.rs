@@ -237,6 +237,22 @@ impl System {
         .await
     }
 
+    /// How many objects of kind `K` labelled as the job's are left in its namespace.
+    async fn labelled<K>(&self) -> Result<usize>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + k8s_openapi::serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let selector = ListParams::default().labels(&format!("sluice.dev/job={JOB}"));
+        Ok(Api::<K>::namespaced(self.client.clone(), NS)
+            .list(&selector)
+            .await?
+            .items
+            .len())
+    }
+
     async fn lease_holder(&self) -> Result<Option<String>> {
         let leases: Api<Lease> = Api::namespaced(self.client.clone(), OPERATOR_NS);
         Ok(leases
@@ -636,29 +652,11 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     None,
                 )?;
                 wait_for("children gone", Duration::from_secs(120), async || {
-                    let lp = ListParams::default().labels(&format!("sluice.dev/job={JOB}"));
-                    let c = &sys.client;
-                    let left = Api::<StatefulSet>::namespaced(c.clone(), NS)
-                        .list(&lp)
-                        .await?
-                        .items
-                        .len()
-                        + Api::<Service>::namespaced(c.clone(), NS)
-                            .list(&lp)
-                            .await?
-                            .items
-                            .len()
-                        + Api::<ConfigMap>::namespaced(c.clone(), NS)
-                            .list(&lp)
-                            .await?
-                            .items
-                            .len()
-                        + Api::<Pod>::namespaced(c.clone(), NS)
-                            .list(&lp)
-                            .await?
-                            .items
-                            .len()
-                        + Api::<Secret>::namespaced(c.clone(), NS)
+                    let left = sys.labelled::<StatefulSet>().await?
+                        + sys.labelled::<Service>().await?
+                        + sys.labelled::<ConfigMap>().await?
+                        + sys.labelled::<Pod>().await?
+                        + Api::<Secret>::namespaced(sys.client.clone(), NS)
                             .get_opt(&format!("{JOB}-token"))
                             .await?
                             .map_or(0, |_| 1);

@@ -109,31 +109,42 @@ fn random_token() -> Result<String, Error> {
 }
 
 /// The job's token Secret: created once, never rotated under running pods.
+/// The job's master–worker token, from its Secret `name`, which is created (owned by the job)
+/// the first time. `None` when the Secret holds no readable token.
 async fn ensure_token(
     job: &StreamingJobResource,
     api: &Api<Secret>,
     name: &str,
-) -> Result<(), Error> {
-    if api.get_opt(name).await?.is_some() {
-        return Ok(());
+) -> Result<Option<String>, Error> {
+    if let Some(secret) = api.get_opt(name).await? {
+        return Ok(token_in(&secret));
     }
     let owner = job
         .controller_owner_ref(&())
         .ok_or(BuildError::Missing("metadata.uid"))?;
+    let token = random_token()?;
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name.into()),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
-        string_data: Some([(TOKEN_KEY.to_string(), random_token()?)].into()),
+        string_data: Some([(TOKEN_KEY.to_string(), token.clone())].into()),
         ..Default::default()
     };
     match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Ok(_) => Ok(Some(token)),
+        // Created meanwhile by another reconcile: its token is the one.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            Ok(api.get_opt(name).await?.as_ref().and_then(token_in))
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+fn token_in(secret: &Secret) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(TOKEN_KEY)?;
+    String::from_utf8(bytes.0.clone()).ok()
 }
 
 async fn apply<K>(client: &Client, ns: &str, object: &K) -> Result<(), Error>
@@ -276,7 +287,7 @@ async fn reconcile_job(
     let stopped = suspended || hold.phase.is_some();
 
     let token = format!("{name}-token");
-    ensure_token(job, &Api::namespaced(client.clone(), &ns), &token).await?;
+    let secret = ensure_token(job, &Api::namespaced(client.clone(), &ns), &token).await?;
     let desired = resources::desired(job, &token, stopped)?;
     apply::<ConfigMap>(client, &ns, &desired.config).await?;
     apply::<Service>(client, &ns, &desired.master_service).await?;
@@ -294,36 +305,32 @@ async fn reconcile_job(
     let workers_ready = ready(sets.get_opt(&format!("{name}-worker")).await?);
     let desired_workers = resources::workers_wanted(job, stopped);
     // The master's own account: progress, checkpoints, recoveries (when it answers).
-    let mut master_view = match master_address(client, &ns, &name).await {
-        Some(address) => match read_token(client, &ns, &token).await {
-            Some(secret) => crate::status::ask_master(&address, &secret).await,
-            None => None,
-        },
-        None => None,
+    let master_name = format!("{name}-master-0");
+    let master_ip = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(master_name.as_str()))
+        .and_then(|p| p.status.as_ref()?.pod_ip.clone());
+    let mut master_view = match (master_ip, secret) {
+        (Some(ip), Some(secret)) => {
+            let address = format!("{ip}:{}", crate::constants::MASTER_PORT);
+            crate::status::ask_master(&address, &secret).await
+        }
+        _ => None,
     };
     // A restarted master resumed from the checkpoint too: its restarts count as recoveries,
     // on top of the rollbacks it reports itself (which start again at zero in a new process);
     // a new master pod starts from zero again, on top of the total so far.
-    let master_pod = report
-        .observed
-        .iter()
-        .find(|p| p.name == format!("{name}-master-0"));
-    if let (Some(m), Some(pod)) = (master_view.as_mut(), master_pod) {
-        m.recoveries += pod.restarts.max(0) as u64;
-    }
+    let master_pod = report.observed.iter().find(|p| p.name == master_name);
     let (recoveries, recovery_tally) = crate::status::tally_recoveries(
         &previous_status,
         master_pod.map(|p| p.uid.as_str()),
-        master_view.as_ref().map(|m| m.recoveries),
+        master_view
+            .as_ref()
+            .map(|m| m.recoveries + master_pod.map_or(0, |p| p.restarts.max(0) as u64)),
     );
     if let Some(m) = master_view.as_mut() {
         m.recoveries = u64::try_from(recoveries).unwrap_or(0);
     }
-    let previous = job
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
     let (phase, status) = crate::status::compute(&crate::status::Observed {
         generation: job.metadata.generation,
         suspended,
@@ -331,7 +338,7 @@ async fn reconcile_job(
         workers_ready,
         workers_desired: desired_workers,
         master: master_view.as_ref(),
-        previous: &previous,
+        previous: &previous_status.conditions,
         hold: hold.phase.map(|p| (p, hold.message.as_str())),
         problems: &report.problems,
     });
@@ -662,21 +669,6 @@ fn shorten(text: &str, limit: usize) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
-}
-
-/// `ip:port` of the master pod, once it has an address.
-async fn master_address(client: &Client, ns: &str, job: &str) -> Option<String> {
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
-    let pod = pods.get_opt(&format!("{job}-master-0")).await.ok()??;
-    let ip = pod.status?.pod_ip?;
-    Some(format!("{ip}:{}", crate::constants::MASTER_PORT))
-}
-
-async fn read_token(client: &Client, ns: &str, secret: &str) -> Option<String> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let data = secrets.get_opt(secret).await.ok()??.data?;
-    let bytes = data.get(TOKEN_KEY)?;
-    String::from_utf8(bytes.0.clone()).ok()
 }
 
 fn error_policy(_job: Arc<StreamingJobResource>, error: &Error, _ctx: Arc<Context>) -> Action {

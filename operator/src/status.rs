@@ -17,8 +17,8 @@ pub struct MasterView {
     pub last_completed_batch: u64,
     pub last_checkpoint_batch: u64,
     pub checkpoint_uri: String,
-    /// Rollbacks to the last checkpoint (the master's own count, plus its restarts once the
-    /// operator has added them).
+    /// Recoveries: the master's own count of rollbacks as it answers; the controller replaces
+    /// it with the job's total (`tally_recoveries`) before the status is computed.
     pub recoveries: u64,
     pub message: String,
 }
@@ -112,22 +112,14 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
     let progressing = master_state == "running";
     let problem = o.problems.first().filter(|_| phase != "Running");
     let degraded = checkpoint_failing || recovering || o.hold.is_some() || problem.is_some();
-    let degraded_message = match (o.hold, problem) {
-        (Some((_, why)), _) => why.to_string(),
-        (None, Some(p)) => p.message.clone(),
-        (None, None) => o
-            .master
-            .filter(|_| degraded)
-            .map(|m| m.message.clone())
-            .unwrap_or_default(),
-    };
-    let degraded_reason = match (o.hold, problem) {
-        (Some(("Failed", _)), _) => "RestartLimitReached",
-        (Some(_), _) => "CrashLoop",
-        (None, Some(p)) => p.reason,
-        (None, None) if checkpoint_failing => "CheckpointFailing",
-        (None, None) if recovering => "Recovering",
-        (None, None) => "Healthy",
+    let master_message = || o.master.map(|m| m.message.clone()).unwrap_or_default();
+    let (degraded_reason, degraded_message) = match (o.hold, problem) {
+        (Some(("Failed", why)), _) => ("RestartLimitReached", why.to_string()),
+        (Some((_, why)), _) => ("CrashLoop", why.to_string()),
+        (None, Some(p)) => (p.reason, p.message.clone()),
+        (None, None) if checkpoint_failing => ("CheckpointFailing", master_message()),
+        (None, None) if recovering => ("Recovering", master_message()),
+        (None, None) => ("Healthy", String::new()),
     };
     let conditions = vec![
         condition(
@@ -199,7 +191,9 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
             m.message.clone()
         });
     }
-    if degraded && !degraded_message.is_empty() && (o.hold.is_some() || problem.is_some()) {
+    // The restart policy's or the pods' account of why the job does not run wins over the
+    // master's (which is silent while it is down).
+    if (o.hold.is_some() || problem.is_some()) && !degraded_message.is_empty() {
         status["message"] = json!(degraded_message);
     }
     (phase.to_string(), json!({ "status": status }))

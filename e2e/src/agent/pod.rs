@@ -213,10 +213,10 @@ fn write_files(
 fn log_tail(path: &Path) -> Option<String> {
     let text = std::fs::read(path).ok()?;
     let start = text.len().saturating_sub(2048);
-    let tail = String::from_utf8_lossy(&text[start..]);
-    let lines: Vec<&str> = tail.lines().collect();
-    let keep = &lines[lines.len().saturating_sub(10)..];
-    Some(keep.join("\n"))
+    Some(crate::process::last_lines(
+        &String::from_utf8_lossy(&text[start..]),
+        10,
+    ))
 }
 
 /// An image the agent has no binary for.

@@ -53,6 +53,9 @@ fn restricted() -> SecurityContext {
     }
 }
 
+/// The volume holding the job manifest; `spec.podTemplate.volumes` may not take its name.
+const CONFIG_VOLUME: &str = "config";
+
 /// A pod template for one role running `args` of the sluice binary.
 fn template(
     job: &StreamingJobResource,
@@ -85,12 +88,12 @@ fn template(
     }
     let overrides = spec.pod_template.clone().unwrap_or_default();
     // The operator's variables, set above, win on a name clash.
-    for extra in overrides.env.iter().flatten() {
+    for extra in overrides.env.into_iter().flatten() {
         if !env.iter().any(|e| e.name == extra.name) {
-            env.push(extra.clone());
+            env.push(extra);
         }
     }
-    let mut env_from: Vec<EnvFromSource> = overrides.env_from.clone().unwrap_or_default();
+    let mut env_from: Vec<EnvFromSource> = overrides.env_from.unwrap_or_default();
     if let Some(secret) = &spec.checkpoint_credentials {
         env_from.push(EnvFromSource {
             secret_ref: Some(SecretEnvSource {
@@ -101,27 +104,27 @@ fn template(
         });
     }
     let mut mounts = vec![VolumeMount {
-        name: "config".into(),
+        name: CONFIG_VOLUME.into(),
         mount_path: CONFIG_DIR.into(),
         read_only: Some(true),
         ..Default::default()
     }];
-    mounts.extend(overrides.volume_mounts.iter().flatten().cloned());
+    mounts.extend(overrides.volume_mounts.into_iter().flatten());
     let mut volumes = vec![Volume {
-        name: "config".into(),
+        name: CONFIG_VOLUME.into(),
         config_map: Some(ConfigMapVolumeSource {
             name: format!("{name}-config"),
             ..Default::default()
         }),
         ..Default::default()
     }];
-    for v in overrides.volumes.iter().flatten() {
-        if v.name == "config" {
+    for v in overrides.volumes.into_iter().flatten() {
+        if v.name == CONFIG_VOLUME {
             return Err(BuildError::Invalid(
                 "spec.podTemplate.volumes: the name config is the operator's; rename the volume",
             ));
         }
-        volumes.push(v.clone());
+        volumes.push(v);
     }
     let resources = match role {
         "master" => spec.master.as_ref().and_then(|m| m.resources.clone()),
@@ -147,7 +150,7 @@ fn template(
         volume_mounts: Some(mounts),
         ..Default::default()
     };
-    let mut labels = overrides.labels.clone().unwrap_or_default();
+    let mut labels = overrides.labels.unwrap_or_default();
     if labels.keys().any(|k| k.starts_with("sluice.dev/")) {
         return Err(BuildError::Invalid(
             "spec.podTemplate.labels: keys under sluice.dev/ belong to the operator; use another prefix",
@@ -157,7 +160,7 @@ fn template(
     labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
     // A changed manifest changes the template, so the pods restart and load it (resuming from
     // the checkpoint); a replica change does not.
-    let mut annotations = overrides.annotations.clone().unwrap_or_default();
+    let mut annotations = overrides.annotations.unwrap_or_default();
     annotations.insert("sluice.dev/manifest-hash".to_string(), manifest_hash(job));
     Ok(PodTemplateSpec {
         metadata: Some(ObjectMeta {
@@ -168,8 +171,8 @@ fn template(
         spec: Some(PodSpec {
             containers: vec![container],
             volumes: Some(volumes),
-            priority_class_name: overrides.priority_class_name.clone(),
-            image_pull_secrets: overrides.image_pull_secrets.clone(),
+            priority_class_name: overrides.priority_class_name,
+            image_pull_secrets: overrides.image_pull_secrets,
             node_selector: spec.node_selector.clone(),
             tolerations: spec.tolerations.clone(),
             affinity: spec.affinity.clone(),

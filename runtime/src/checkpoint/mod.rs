@@ -40,8 +40,12 @@ pub fn open_store(spec: &sluice_crds::CheckpointSpec) -> Result<Box<dyn Checkpoi
         };
         return Ok(Box::new(S3Store::open(&spec.uri, &settings)?));
     }
-    let path = spec.uri.strip_prefix("file://").unwrap_or(&spec.uri);
-    Ok(Box::new(LocalStore::open(path)?))
+    Ok(Box::new(LocalStore::open(local_dir(spec))?))
+}
+
+/// The directory of a checkpoint that is not on S3 (`file:///dir` or a bare path).
+fn local_dir(spec: &sluice_crds::CheckpointSpec) -> &std::path::Path {
+    std::path::Path::new(spec.uri.strip_prefix("file://").unwrap_or(&spec.uri))
 }
 
 /// Held while a process writes a local checkpoint's logs; dropped (and released by the
@@ -53,12 +57,13 @@ pub struct WriterLock {
 
 /// Makes sure only one process writes a local checkpoint: two runs of one job interleaving
 /// their offset and commit logs would corrupt it. S3 checkpoints have no such lock; on
-/// Kubernetes the master's one-replica StatefulSet is the single writer. `None` for S3.
-pub fn lock_local_writer(spec: &sluice_crds::CheckpointSpec) -> Result<Option<WriterLock>> {
-    if spec.uri.starts_with("s3://") {
+/// Kubernetes the master's one-replica StatefulSet is the single writer. `None` for S3 or no
+/// checkpoint.
+pub fn lock_local_writer(spec: Option<&sluice_crds::CheckpointSpec>) -> Result<Option<WriterLock>> {
+    let Some(spec) = spec.filter(|s| !s.uri.starts_with("s3://")) else {
         return Ok(None);
-    }
-    let dir = std::path::Path::new(spec.uri.strip_prefix("file://").unwrap_or(&spec.uri));
+    };
+    let dir = local_dir(spec);
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create checkpoint directory", dir, e))?;
     let path = dir.join(".writer.lock");
     let file = std::fs::OpenOptions::new()

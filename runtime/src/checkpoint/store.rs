@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::exec::lock_unpoisoned;
-use crate::sink::files::{remove_stale_temporaries, write_atomically};
+use crate::sink::files::{remove_if_stale, write_atomically};
 
 /// Objects named by `/`-separated keys.
 pub trait CheckpointStore: Send + Sync {
@@ -115,11 +115,15 @@ impl CheckpointStore for LocalStore {
 /// Removes the temporary files of dead writers in `dir` and every directory below it: a `list`
 /// never shows them, but each put cut short by a crash would otherwise leave one for good.
 fn sweep_temporaries(dir: &Path) -> Result<usize> {
-    let mut removed = remove_stale_temporaries(dir, |_| true)?;
+    let mut removed = 0;
     for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
         let entry = entry.map_err(|e| Error::io("list", dir, e))?;
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             removed += sweep_temporaries(&entry.path())?;
+        } else if let Ok(name) = entry.file_name().into_string()
+            && remove_if_stale(&entry.path(), &name)?
+        {
+            removed += 1;
         }
     }
     Ok(removed)

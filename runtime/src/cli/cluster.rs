@@ -157,14 +157,8 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         Err(code) => return code,
     };
     // The master alone writes the offset and commit logs (workers write their snapshots).
-    let _writer = match manifest
-        .spec
-        .checkpoint
-        .as_ref()
-        .map(lock_local_writer)
-        .transpose()
-    {
-        Ok(lock) => lock.flatten(),
+    let _writer = match lock_local_writer(manifest.spec.checkpoint.as_ref()) {
+        Ok(lock) => lock,
         Err(e) => {
             eprintln!("sluice master: spec.checkpoint.uri: {e}");
             return ExitCode::from(EXIT_FAILED);

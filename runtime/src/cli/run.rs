@@ -73,8 +73,8 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     let ckpt = manifest.spec.checkpoint.as_ref();
-    let _writer = match ckpt.map(lock_local_writer).transpose() {
-        Ok(lock) => lock.flatten(),
+    let _writer = match lock_local_writer(ckpt) {
+        Ok(lock) => lock,
         Err(e) => {
             eprintln!("sluice: spec.checkpoint.uri: {e}");
             return ExitCode::from(EXIT_FAILED);

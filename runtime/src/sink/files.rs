@@ -154,23 +154,28 @@ pub(crate) fn remove_stale_temporaries(dir: &Path, wanted: impl Fn(&str) -> bool
     let mut removed = 0;
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list", dir, e))?;
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
-        let Some(pid) = temporary_writer(&name) else {
-            continue;
-        };
-        if !wanted(&name) || writer_may_be_alive(pid) {
-            continue;
-        }
-        match fs::remove_file(entry.path()) {
-            Ok(()) => removed += 1,
-            // Renamed or removed by someone else meanwhile: nothing left to do.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove", entry.path(), e)),
+        if let Ok(name) = entry.file_name().into_string()
+            && wanted(&name)
+            && remove_if_stale(&entry.path(), &name)?
+        {
+            removed += 1;
         }
     }
     Ok(removed)
+}
+
+/// Removes `path` (named `name`) if it is a temporary file whose writer is dead; says whether
+/// it did.
+pub(crate) fn remove_if_stale(path: &Path, name: &str) -> Result<bool> {
+    if temporary_writer(name).is_none_or(writer_may_be_alive) {
+        return Ok(false);
+    }
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        // Renamed or removed by someone else meanwhile: nothing left to do.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
 }
 
 #[cfg(test)]
