@@ -8,6 +8,7 @@ use crate::validate::Problem;
 /// Syntax errors carry line and column; type errors and unknown fields carry the field path
 /// (`spec.pipeline[2].window.slide`), so a user can find the mistake without reading our code.
 pub fn parse_yaml(text: &str) -> Result<StreamingJob, Problem> {
+    check_shape(text)?;
     // The fields that say how the operator deploys a job mean nothing to the job itself: the
     // same manifest runs locally and on a cluster, so they are set aside before parsing.
     let mut value: yaml_serde::Value =
@@ -41,9 +42,81 @@ pub fn parse_yaml(text: &str) -> Result<StreamingJob, Problem> {
     })
 }
 
+/// The largest manifest read (the API server stores objects of up to about 1.5 MB).
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// The deepest nesting of `[` and `{` read: a manifest needs a handful, and the YAML parser's
+/// time grows with the square of the depth.
+pub const MAX_FLOW_DEPTH: usize = 64;
+
+/// Refuses text too large or too deeply nested to be a manifest, before the YAML parser spends
+/// its time on it.
+fn check_shape(text: &str) -> Result<(), Problem> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(Problem::new(
+            "manifest",
+            format!(
+                "is {} bytes; a manifest may have at most {MAX_MANIFEST_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut previous = '\n';
+    for c in text.chars() {
+        match (quote, c) {
+            (_, '\n') => {
+                comment = false;
+                if quote == Some('#') {
+                    quote = None;
+                }
+            }
+            _ if comment => {}
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '#') if previous.is_whitespace() => comment = true,
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        previous = c;
+    }
+    if deepest > MAX_FLOW_DEPTH {
+        return Err(Problem::new(
+            "manifest",
+            format!(
+                "nests [ and {{ {deepest} levels deep; a manifest may nest at most {MAX_FLOW_DEPTH}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_or_deep_text_is_refused_before_parsing() {
+        let deep = format!("spec: {}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let problem = parse_yaml(&deep).unwrap_err();
+        assert!(problem.message.contains("100000 levels deep"), "{problem}");
+        let big = "#".repeat(MAX_MANIFEST_BYTES + 1);
+        assert!(parse_yaml(&big).unwrap_err().message.contains("at most"));
+        // Brackets in quotes and comments are text, not nesting.
+        let quoted = format!(
+            "a: \"{}\" # {}\nb: '{}'\n",
+            "[".repeat(100),
+            "{".repeat(100),
+            "[".repeat(100)
+        );
+        assert!(check_shape(&quoted).is_ok());
+    }
 
     #[test]
     fn unknown_field_names_its_path() {

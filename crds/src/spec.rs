@@ -56,6 +56,10 @@ pub struct Metadata {
     /// The namespace, when the manifest is applied to a cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The uid of the StreamingJob on a cluster (the operator sets it): a checkpoint records
+    /// the uid of the job that created it, and only that job's deletion may delete it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
     /// Labels, copied to what the operator creates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -76,12 +80,14 @@ pub struct StreamingJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_record_error: Option<OnRecordError>,
     /// Named inputs. The pipeline reads their union, in this order.
+    #[schemars(length(max = 32))]
     pub sources: Vec<SourceSpec>,
     /// DStream operations applied in order to the sources' records.
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub pipeline: Vec<PipelineStep>,
     /// Where every batch's result goes.
+    #[schemars(length(max = 32))]
     pub sinks: Vec<SinkSpec>,
     /// Where progress and state are checkpointed. Without it a restart begins from scratch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +232,7 @@ pub struct Selector {
     pub field: Option<String>,
     /// A CEL expression over `record` (or `key` and `value` on a keyed stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub expr: Option<String>,
 }
 
@@ -238,9 +245,11 @@ pub struct FlatMapStep {
     pub split: Option<String>,
     /// Emit every match of this regular expression, e.g. `#\w+` for hashtags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub regex: Option<String>,
     /// A CEL expression over `record` that returns a list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub expr: Option<String>,
     /// Lower-case the pieces. Default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -253,9 +262,11 @@ pub struct FlatMapStep {
 pub struct FilterStep {
     /// A CEL expression that returns a bool, over `record` (or `key` and `value`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub expr: Option<String>,
     /// Keep text records that contain a match of this regular expression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub regex: Option<String>,
 }
 
@@ -461,7 +472,10 @@ pub struct CheckpointSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain: Option<u32>,
     /// What deleting the StreamingJob does to its checkpoint: `Retain` (default) keeps it, so a
-    /// new job with the same spec resumes; `Delete` removes it. `sluice run` ignores it.
+    /// new job with the same spec resumes; `Delete` removes it: only on S3, only under a prefix
+    /// (never a whole bucket), only the checkpoint's own keys, only a checkpoint this very job
+    /// created, and only with the job's own `checkpointCredentials`; anything else is left, and
+    /// an event says why. `sluice run` ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
 }
@@ -492,6 +506,9 @@ pub mod defaults {
     pub const GENERATOR_VOCABULARY: u32 = 10_000;
     /// `generator.lineBytes`.
     pub const GENERATOR_LINE_BYTES: u32 = 100;
+    /// The most text a generator may produce for one batch (rate × interval × line size): a
+    /// batch is held in memory.
+    pub const GENERATOR_BATCH_BYTES: u64 = 1 << 30;
     /// `files.prefix`.
     pub const FILES_PREFIX: &str = "batch";
 }

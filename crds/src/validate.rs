@@ -82,6 +82,10 @@ impl PipelineStep {
 const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_BATCH_INTERVAL: Duration = Duration::from_secs(3600);
 const MAX_PARALLELISM: u32 = 1024;
+/// As the CRD's `maxItems`.
+const MAX_SOURCES: usize = 32;
+const MAX_STEPS: usize = 64;
+const MAX_SINKS: usize = 32;
 
 /// Checks a parsed manifest and returns every problem found (empty when it is valid).
 pub fn validate(job: &StreamingJob) -> Vec<Problem> {
@@ -174,7 +178,25 @@ impl Validator {
                 format!("{p} is out of range; use 1 to {MAX_PARALLELISM}"),
             );
         }
+        // Bounded as the CRD bounds them: a manifest of 100,000 steps would otherwise build a
+        // graph deep enough to exhaust the stack.
+        for (path, len, max) in [
+            ("spec.sources", spec.sources.len(), MAX_SOURCES),
+            ("spec.pipeline", spec.pipeline.len(), MAX_STEPS),
+            ("spec.sinks", spec.sinks.len(), MAX_SINKS),
+        ] {
+            if len > max {
+                self.add(
+                    path,
+                    format!("has {len} entries; at most {max}: split the job into several"),
+                );
+                return;
+            }
+        }
         self.sources(&spec.sources);
+        if let Some(interval) = interval {
+            self.generated_batches(&spec.sources, interval);
+        }
         self.pipeline(&spec.pipeline, interval);
         self.sinks(&spec.sinks);
         if let Some(ckpt) = &spec.checkpoint {
@@ -291,6 +313,31 @@ impl Validator {
                         format!("{b} is out of range; use 8 to 65536"),
                     );
                 }
+            }
+        }
+    }
+
+    /// A batch is held in memory: a generator may not be asked for more than fits.
+    fn generated_batches(&mut self, sources: &[SourceSpec], interval: Duration) {
+        for (i, g) in sources
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.generator.as_ref()?)))
+        {
+            let line = u64::from(g.line_bytes.unwrap_or(defaults::GENERATOR_LINE_BYTES));
+            let bytes = u128::from(g.rate) * interval.as_millis() / 1000 * u128::from(line);
+            let max = defaults::GENERATOR_BATCH_BYTES;
+            if bytes > u128::from(max) {
+                self.add(
+                    format!("spec.sources[{i}].generator.rate"),
+                    format!(
+                        "{} lines/s of {line} bytes over spec.batchInterval {} make {} MB per batch; at most {} MB: lower the rate, the line size or the interval",
+                        g.rate,
+                        format_duration(interval),
+                        bytes / 1_000_000,
+                        max / 1_000_000
+                    ),
+                );
             }
         }
     }
@@ -615,6 +662,11 @@ impl Validator {
                     "spec.checkpoint.uri",
                     format!("{:?} is not absolute; write file:///absolute/dir", ckpt.uri),
                 );
+            } else if path.trim_matches('/').is_empty() {
+                self.add(
+                    "spec.checkpoint.uri",
+                    "file:/// is the root directory; give the checkpoint a directory of its own, e.g. file:///var/lib/sluice/NAME",
+                );
             }
         } else if let Some(rest) = ckpt.uri.strip_prefix("s3://") {
             let bucket = rest.split('/').next().unwrap_or("");
@@ -635,13 +687,41 @@ impl Validator {
                 ),
             );
         }
+        if ckpt.deletion_policy == Some(crate::DeletionPolicy::Delete) {
+            let has_prefix = ckpt
+                .uri
+                .strip_prefix("s3://")
+                .and_then(|rest| rest.split_once('/'))
+                .is_some_and(|(_, prefix)| !prefix.trim_matches('/').is_empty());
+            if !has_prefix {
+                self.add(
+                    "spec.checkpoint.deletionPolicy",
+                    "Delete needs an s3://bucket/prefix location with a prefix of the job's own, never a whole bucket",
+                );
+            }
+        }
         if let Some(endpoint) = &ckpt.endpoint {
             if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
                 || endpoint.len() < 10
             {
                 self.add(
                     "spec.checkpoint.endpoint",
-                    format!("{endpoint:?} is not a URL; write e.g. http://minio.storage:9000"),
+                    format!(
+                        "{:?} is not a URL; write e.g. http://minio.storage:9000",
+                        redact_userinfo(endpoint)
+                    ),
+                );
+            } else if endpoint.split_once("://").is_some_and(|(_, rest)| {
+                rest.split('/')
+                    .next()
+                    .is_some_and(|host| host.contains('@'))
+            }) {
+                self.add(
+                    "spec.checkpoint.endpoint",
+                    format!(
+                        "{:?} carries credentials; give them in a Secret (spec.checkpointCredentials), never in the manifest",
+                        redact_userinfo(endpoint)
+                    ),
                 );
             }
             if !ckpt.uri.starts_with("s3://") {
@@ -657,6 +737,19 @@ impl Validator {
         if ckpt.retain == Some(0) {
             self.add("spec.checkpoint.retain", "must be at least 1 snapshot");
         }
+    }
+}
+
+/// `endpoint` with any `user:password@` replaced, for messages.
+fn redact_userinfo(endpoint: &str) -> String {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("", endpoint));
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rsplit_once('@') {
+        Some((_, host)) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}***@{host}{}", &rest[host_end..])
+        }
+        None => endpoint.to_string(),
     }
 }
 

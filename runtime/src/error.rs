@@ -66,9 +66,10 @@ impl Error {
         }
     }
 
-    /// Whether running the batch again may succeed.
+    /// Whether running the batch again may succeed. A damaged checkpoint
+    /// ([`Error::Checkpoint`]) stays damaged: retrying it for ever would hide it.
     pub fn is_retryable(&self) -> bool {
-        self.domain() == Domain::External
+        self.domain() == Domain::External && !matches!(self, Error::Checkpoint(_))
     }
 
     pub(crate) fn io(

@@ -165,7 +165,12 @@ impl Job {
             };
             if let Some(bytes) = s.log_bytes(range)? {
                 let key = format!("wal/{:020}/{name}.bin", batch.index);
-                ranges.insert(name.clone(), serde_json::json!({ "wal": key }));
+                let mut logged = serde_json::json!({ "wal": key });
+                // Input refused while planning is counted with the batch, replays included.
+                if let Some(refused) = range.get("refused") {
+                    logged["refused"] = refused.clone();
+                }
+                ranges.insert(name.clone(), logged);
                 logs.insert(name, (key, bytes));
             }
         }

@@ -125,7 +125,12 @@ impl Cluster {
     }
 
     fn start_master(&mut self, min_workers: usize) {
-        let mut c = self.command(&format!("master-{}.log", self.master_port));
+        let c = self.command(&format!("master-{}.log", self.master_port));
+        self.spawn_master(c, min_workers);
+    }
+
+    /// Starts the master with `c`, which runs the `sluice` binary (or a wrapper of it).
+    fn spawn_master(&mut self, mut c: Command, min_workers: usize) {
         c.arg("master")
             .arg(&self.job)
             .args(["--listen", &format!("127.0.0.1:{}", self.master_port)]);
@@ -502,4 +507,99 @@ fn an_s3_outage_in_a_distributed_job_loses_nothing() {
         "the outage must show: {log}"
     );
     assert_exactly_once(&got, &want, "S3 outage");
+}
+
+/// Opens `count` connections to `port` from 127.0.0.2 (another address than the workers') and
+/// keeps reopening those the server closes, sending nothing, until killed.
+fn flood(port: u16, count: usize) -> Child {
+    let script = r#"
+import socket, sys, time
+port, count = int(sys.argv[1]), int(sys.argv[2])
+held, opened = [], 0
+while True:
+    alive = []
+    for s in held:
+        try:
+            if s.recv(1, socket.MSG_DONTWAIT) == b"":
+                s.close()
+                continue
+        except BlockingIOError:
+            pass
+        except OSError:
+            s.close()
+            continue
+        alive.append(s)
+    held = alive
+    while len(held) < count:
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            break
+        held.append(s)
+        opened += 1
+    print(opened, len(held), flush=True)
+    time.sleep(0.2)
+"#;
+    Command::new("python3")
+        .args(["-c", script, &port.to_string(), &count.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3")
+}
+
+/// Kills the flood when the test ends, however it ends.
+struct Flood(Child);
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_connection_flood_does_not_stall_the_job() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let want = reference(tmp.path());
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let mut c = Cluster::new(tmp.path(), &server, "flood");
+    // The soft file-handle limit of many distributions (the hard one unchanged): 1,100 idle
+    // connections used to exhaust it.
+    let mut master = Command::new("prlimit");
+    master
+        .arg("--nofile=1024:")
+        .arg(env!("CARGO_BIN_EXE_sluice"));
+    with_credentials(&mut master)
+        .env("SLUICE_TOKEN", TOKEN)
+        .env("SLUICE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(tmp.path().join(format!("master-{}.log", c.master_port)))
+                .expect("log"),
+        );
+    c.spawn_master(master, 2);
+    // The flood comes first: the workers must register through it.
+    let _flood = Flood(flood(c.master_port, 1100));
+    std::thread::sleep(Duration::from_secs(2));
+    // The flood holds at most its address's share of the master's file handles (it took all
+    // 1,024 before).
+    let pid = c.master.as_ref().expect("master").id();
+    let handles = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        (10..300).contains(&handles),
+        "the master holds {handles} file handles under the flood"
+    );
+    c.start_worker("w1");
+    c.start_worker("w2");
+    assert_exactly_once(&c.finish(), &want, "under a connection flood");
+    let log = c.master_log();
+    assert!(
+        log.contains("refused a connection: too many from one address"),
+        "{log}"
+    );
 }

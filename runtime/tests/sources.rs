@@ -64,3 +64,81 @@ fn files_source_reads_each_new_file_once() {
         ]
     );
 }
+
+/// Runs batches until `want` records or 10 s; returns the records and the refusals.
+fn collect_until(
+    job: &mut sluice::Job,
+    records: &sluice::dstream::Collected<String>,
+    want: usize,
+) -> (Vec<String>, u64, Vec<String>) {
+    let (mut seen, mut refused, mut samples) = (Vec::new(), 0, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < want && Instant::now() < deadline {
+        for report in job.run_batches(1).expect("batch") {
+            refused += report.record_errors;
+            samples.extend(report.error_samples);
+        }
+        seen.extend(records.take().into_iter().flat_map(|(_, l)| l));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (seen, refused, samples)
+}
+
+#[test]
+fn socket_source_keeps_every_good_line_around_bad_bytes_pauses_and_overlong_lines() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.write_all(b"first\nsecret\xff\xfe\nafter-bad\nsplit-")
+            .expect("write");
+        conn.flush().expect("flush");
+        // Longer than the source's read timeout: the line and the character must survive it.
+        std::thread::sleep(Duration::from_millis(600));
+        conn.write_all(&"caf\u{e9}".as_bytes()[..4]).expect("write");
+        std::thread::sleep(Duration::from_millis(600));
+        conn.write_all(&"caf\u{e9}".as_bytes()[4..]).expect("write");
+        conn.write_all(b"\n").expect("write");
+        let long = vec![b'x'; sluice::source::MAX_LINE_BYTES + 10];
+        conn.write_all(&long).expect("write");
+        conn.write_all(b"\nlast\n").expect("write");
+        // Keep the connection open until the test has read everything.
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let ctx =
+        StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(2));
+    let lines = ctx
+        .source(SocketSource::new("tcp", "127.0.0.1", port))
+        .collect_batches();
+    let mut job = ctx.build().expect("build");
+    let (seen, refused, samples) = collect_until(&mut job, &lines, 4);
+    assert_eq!(seen, vec!["first", "after-bad", "split-café", "last"]);
+    assert_eq!(refused, 2, "{samples:?}");
+    assert!(
+        samples.iter().any(|s| s.contains("not UTF-8")),
+        "{samples:?}"
+    );
+    assert!(
+        samples.iter().any(|s| s.contains("byte limit")),
+        "{samples:?}"
+    );
+    assert!(!samples.iter().any(|s| s.contains("secret")), "{samples:?}");
+    server.join().expect("server");
+}
+
+#[test]
+fn a_files_source_job_with_a_binary_file_reads_the_good_files_of_the_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("1.txt"), "a\nb\n").expect("write");
+    std::fs::write(dir.path().join("2.bin"), [0u8, 159, 146, 150, 10, 255]).expect("write");
+    std::fs::write(dir.path().join("3.txt"), "c\n").expect("write");
+    let ctx =
+        StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(2));
+    let lines = ctx
+        .source(FilesSource::new("in", dir.path()))
+        .collect_batches();
+    let mut job = ctx.build().expect("build");
+    let (seen, refused, samples) = collect_until(&mut job, &lines, 3);
+    assert_eq!(seen, vec!["a", "b", "c"]);
+    assert_eq!(refused, 2, "{samples:?}");
+}

@@ -19,6 +19,7 @@ pub fn manifest_config_map(job: &StreamingJobResource) -> Result<ConfigMap, Buil
         metadata: Metadata {
             name: name.clone(),
             namespace: job.metadata.namespace.clone(),
+            uid: job.metadata.uid.clone(),
             labels: BTreeMap::new(),
         },
         spec: job.spec.job.clone(),
@@ -46,6 +47,7 @@ mod tests {
             sluice_crds::fingerprint(&parsed.spec),
             sluice_crds::fingerprint(&j.spec.job)
         );
+        assert_eq!(parsed.metadata.uid.as_deref(), Some("1234-abcd"));
         assert!(
             !text.contains("replicas"),
             "deployment fields stay out of the job manifest"

@@ -83,6 +83,9 @@ pub fn lock_local_writer(spec: Option<&sluice_crds::CheckpointSpec>) -> Result<O
     }
 }
 
+/// The directories of the layout above, besides `job.json`.
+const LAYOUT_DIRS: [&str; 4] = ["offsets", "commits", "state", "wal"];
+
 /// Bumped when the layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -92,6 +95,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct JobMeta {
     pub format_version: u32,
     pub job: String,
+    /// The uid of the StreamingJob that created the checkpoint, on Kubernetes: the operator
+    /// deletes a checkpoint (`deletionPolicy: Delete`) only for the job that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
     pub fingerprint: String,
     pub zero_time_ms: u64,
     pub interval_ms: u64,
@@ -196,9 +203,36 @@ impl Checkpointer {
         self.get_json("job.json")
     }
 
+    /// The job a checkpoint belongs to; `None` for a new checkpoint. A checkpoint that has
+    /// logged batches but lost its `job.json` is damaged: starting it afresh would restart the
+    /// job's clock and its input under the old log.
+    pub fn load_meta_checked(&self) -> Result<Option<JobMeta>> {
+        if let Some(meta) = self.load_meta()? {
+            return Ok(Some(meta));
+        }
+        let logged = self.store.list("offsets")?.len() + self.store.list("commits")?.len();
+        if logged > 0 {
+            return Err(Error::Checkpoint(format!(
+                "{} has no job.json but holds {logged} logged batches: it is damaged (job.json was deleted?). Restore job.json, or give the job a new spec.checkpoint.uri (or delete this one) to start over",
+                self.describe()
+            )));
+        }
+        Ok(None)
+    }
+
     /// Records the job this checkpoint belongs to.
     pub fn write_meta(&self, meta: &JobMeta) -> Result<()> {
         self.put_json("job.json", meta)
+    }
+
+    /// Deletes the checkpoint: the keys of its own layout, `job.json` last (a deletion cut
+    /// short leaves a checkpoint that still says whose it is, so it can be finished). Nothing
+    /// else under the location is touched, whatever else the bucket holds.
+    pub fn delete_layout(&self) -> Result<()> {
+        for dir in LAYOUT_DIRS {
+            self.store.delete(dir)?;
+        }
+        self.store.delete("job.json")
     }
 
     /// Logs a batch's input before it runs.
@@ -420,6 +454,53 @@ mod tests {
             .put("state/00000000000000000003/000-state/0.bin", b"x")
             .expect("put");
         assert_eq!(c.latest_snapshot().expect("read").map(|s| s.batch), Some(1));
+    }
+
+    #[test]
+    fn keys_cannot_leave_the_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("outside"), b"secret").expect("write");
+        let store = LocalStore::open(dir.path().join("ckpt")).expect("store");
+        for key in ["../outside", "/etc/passwd", "wal/../../outside"] {
+            assert!(matches!(store.get(key), Err(Error::Checkpoint(_))), "{key}");
+            assert!(store.put(key, b"x").is_err(), "{key}");
+            assert!(store.delete(key).is_err(), "{key}");
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join("outside")).expect("read"),
+            b"secret"
+        );
+    }
+
+    #[test]
+    fn deleting_the_layout_leaves_other_keys_alone() {
+        const LAYOUT: [&str; 5] = [
+            "job.json",
+            "offsets/1.json",
+            "state/1/a/0.bin",
+            "wal/1/x",
+            "commits/1.json",
+        ];
+        const FOREIGN: [&str; 4] = ["other/data.csv", "statement.txt", "offsets.bak", "README"];
+        let store = MemoryStore::default();
+        for key in LAYOUT {
+            store.put(key, b"x").expect("put");
+        }
+        for key in FOREIGN {
+            store.put(key, b"keep").expect("put");
+        }
+        let c = Checkpointer::new(Box::new(store), 1, 2);
+        c.delete_layout().expect("delete");
+        for key in LAYOUT {
+            assert_eq!(c.store.get(key).expect("get"), None, "{key}");
+        }
+        for key in FOREIGN {
+            assert_eq!(
+                c.store.get(key).expect("get"),
+                Some(b"keep".to_vec()),
+                "{key}"
+            );
+        }
     }
 
     #[test]

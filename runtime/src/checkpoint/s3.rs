@@ -25,6 +25,11 @@ pub struct S3Settings {
     pub credentials: Option<(String, String)>,
 }
 
+/// How long to wait for a connection to the S3 endpoint.
+const S3_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long to wait for the next bytes of an answer.
+const S3_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Splits `s3://bucket/prefix` into bucket and prefix (without slashes at the ends).
 pub fn parse_s3_uri(uri: &str) -> Option<(String, String)> {
     let rest = uri.strip_prefix("s3://")?;
@@ -53,7 +58,15 @@ impl S3Store {
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the S3 client runtime: {e}")))?;
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        // A server that accepts connections and never answers must fail the request (and so
+        // the batch, visibly) instead of hanging it: bound the connect and each wait for bytes,
+        // not the whole operation, which may upload a large snapshot.
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(S3_CONNECT_TIMEOUT)
+            .read_timeout(S3_READ_TIMEOUT)
+            .build();
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).timeout_config(timeouts);
         if let Some(region) = &settings.region {
             loader = loader.region(aws_config::Region::new(region.clone()));
         }
@@ -70,6 +83,20 @@ impl S3Store {
             ));
         }
         let shared = runtime.block_on(loader.load());
+        // Without credentials every request fails with the SDK's whole chain of attempts (a
+        // kilobyte, an instance-metadata error among it): say what to set instead.
+        if settings.credentials.is_none() {
+            use aws_sdk_s3::config::ProvideCredentials;
+            let found = match shared.credentials_provider() {
+                Some(provider) => runtime.block_on(provider.provide_credentials()).is_ok(),
+                None => false,
+            };
+            if !found {
+                return Err(Error::Store(format!(
+                    "no S3 credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or a web identity); on Kubernetes, spec.checkpointCredentials names a Secret that holds them"
+                )));
+            }
+        }
         let mut config =
             aws_sdk_s3::config::Builder::from(&shared).force_path_style(settings.path_style);
         if shared.region().is_none() {
@@ -207,6 +234,7 @@ impl CheckpointStore for S3Store {
     }
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        super::store::check_key(key)?;
         let req = self
             .client
             .put_object()
@@ -220,6 +248,7 @@ impl CheckpointStore for S3Store {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        super::store::check_key(key)?;
         let req = self
             .client
             .get_object()
@@ -254,6 +283,7 @@ impl CheckpointStore for S3Store {
     }
 
     fn delete(&self, prefix: &str) -> Result<()> {
+        super::store::check_key(prefix)?;
         // One listing finds the object itself and everything under it; deleting only keys that
         // exist keeps servers that refuse missing keys (or treat them as folders) happy.
         if prefix.trim_matches('/').is_empty() {

@@ -24,6 +24,21 @@ pub trait CheckpointStore: Send + Sync {
     fn delete(&self, prefix: &str) -> Result<()>;
 }
 
+/// Refuses a key that would leave the store's root (`..`, an absolute path). Keys come from the
+/// checkpoint's own logs and, in a distributed job, over the network.
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    use std::path::Component;
+    let escapes = Path::new(key)
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+    if escapes {
+        return Err(Error::Checkpoint(format!(
+            "key {key:?} is not inside the checkpoint"
+        )));
+    }
+    Ok(())
+}
+
 /// A directory on a local file system.
 pub struct LocalStore {
     root: PathBuf,
@@ -49,8 +64,11 @@ impl LocalStore {
         Ok(Self { root })
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.root.join(key)
+    /// The file of `key`. Keys come from the checkpoint's own logs and, in a distributed job,
+    /// over the network: one that would leave the checkpoint directory is refused.
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
     }
 }
 
@@ -60,7 +78,7 @@ impl CheckpointStore for LocalStore {
     }
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         let dir = path
             .parent()
             .map(Path::to_path_buf)
@@ -69,7 +87,7 @@ impl CheckpointStore for LocalStore {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         match fs::read(&path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -78,7 +96,7 @@ impl CheckpointStore for LocalStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let dir = self.path(prefix);
+        let dir = self.path(prefix)?;
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -98,7 +116,7 @@ impl CheckpointStore for LocalStore {
     }
 
     fn delete(&self, prefix: &str) -> Result<()> {
-        let path = self.path(prefix);
+        let path = self.path(prefix)?;
         let result = if path.is_dir() {
             fs::remove_dir_all(&path)
         } else {

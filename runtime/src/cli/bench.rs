@@ -104,6 +104,7 @@ fn measure(
         job,
         DriverOptions {
             job_name: "bench".into(),
+            job_uid: None,
             fingerprint: sluice_crds::fingerprint(&job_spec.spec),
             store: None,
             snapshot_interval: 10,

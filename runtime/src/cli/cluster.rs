@@ -90,7 +90,12 @@ pub struct WorkerArgs {
     pub tls: TlsArgs,
 }
 
+/// The async runtime of a master or worker. Both serve connections from the network, so the
+/// open-file limit is raised first (the listener's own limits then apply before the kernel's).
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    if let Some(limit) = crate::rpc::listener::raise_file_limit() {
+        tracing::debug!(limit, "open-file limit");
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -178,6 +183,7 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
     let options = crate::master::MasterOptions {
         listen: args.listen,
         job_name: manifest.metadata.name.clone(),
+        job_uid: manifest.metadata.uid.clone(),
         fingerprint: sluice_crds::fingerprint(&manifest.spec),
         token,
         min_workers: args.min_workers,

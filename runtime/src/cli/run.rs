@@ -104,6 +104,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
     );
     let options = DriverOptions {
         job_name: manifest.metadata.name.clone(),
+        job_uid: manifest.metadata.uid.clone(),
         fingerprint: sluice_crds::fingerprint(&manifest.spec),
         store,
         snapshot_interval: ckpt

@@ -24,6 +24,8 @@ use crate::time::{BatchInfo, now_ms};
 pub struct DriverOptions {
     /// The job's name, recorded in the checkpoint.
     pub job_name: String,
+    /// The StreamingJob's uid, when the manifest has one; recorded in a new checkpoint.
+    pub job_uid: Option<String>,
     /// Must match the checkpoint's to resume from it.
     pub fingerprint: String,
     /// Where checkpoints go; `None` keeps them in memory (in-process recovery only).
@@ -71,6 +73,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub fn run(mut job: Job, options: DriverOptions) -> Result<RunSummary> {
     let DriverOptions {
         job_name,
+        job_uid,
         fingerprint,
         store,
         snapshot_interval,
@@ -83,7 +86,7 @@ pub fn run(mut job: Job, options: DriverOptions) -> Result<RunSummary> {
     let store = store.unwrap_or_else(|| Box::new(MemoryStore::default()));
     let ckpt = Checkpointer::new(store, snapshot_interval, retain);
     let interval = job.interval_ms();
-    let meta = match ckpt.load_meta()? {
+    let meta = match ckpt.load_meta_checked()? {
         Some(meta) => {
             check_meta(&meta, &fingerprint, &job, &ckpt)?;
             tracing::info!(checkpoint = %ckpt.describe(), "resuming from checkpoint");
@@ -93,6 +96,7 @@ pub fn run(mut job: Job, options: DriverOptions) -> Result<RunSummary> {
             let meta = JobMeta {
                 format_version: FORMAT_VERSION,
                 job: job_name,
+                uid: job_uid,
                 fingerprint,
                 // The first batch ends at the next interval boundary.
                 zero_time_ms: now_ms() / interval * interval,
@@ -117,6 +121,8 @@ pub fn run(mut job: Job, options: DriverOptions) -> Result<RunSummary> {
         next: 1,
         last_snapshot: 0,
         summary: RunSummary::default(),
+        schedule: crate::time::Schedule::new(),
+        lag: crate::time::Lag::default(),
     };
     driver.initial_positions = driver.job.positions();
     let result = driver.run_loop(stop_after, &stop, paced, &mut *on_batch);
@@ -160,6 +166,8 @@ struct Driver {
     next: u64,
     last_snapshot: u64,
     summary: RunSummary,
+    schedule: crate::time::Schedule,
+    lag: crate::time::Lag,
 }
 
 impl Driver {
@@ -175,8 +183,8 @@ impl Driver {
         while !stop.load(Ordering::Relaxed) && stop_after.is_none_or(|last| self.next <= last) {
             let batch = BatchInfo::new(self.zero, self.interval, self.next);
             if paced {
-                let wait = batch.time_ms.saturating_sub(now_ms());
-                if sleep_unless_stopped(Duration::from_millis(wait), stop) {
+                let wait = self.schedule.until(batch.time_ms);
+                if sleep_unless_stopped(wait, stop) {
                     break;
                 }
             }
@@ -217,6 +225,14 @@ impl Driver {
                     tracing::error!(error = %e, retry_in = ?backoff, "cannot recover from the checkpoint yet; retrying");
                     sleep_unless_stopped(backoff, stop);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                // Every intact snapshot was tried (`latest_snapshot` falls back past damaged
+                // ones): no retry can repair what is left, so stop and say what to do.
+                Err(Error::Checkpoint(why)) => {
+                    return Err(Error::Checkpoint(format!(
+                        "{} is damaged and cannot be resumed: {why}. Restore it from a copy, or give the job a new spec.checkpoint.uri (or delete this one) to start over without its state",
+                        self.ckpt.describe()
+                    )));
                 }
                 Err(e) => return Err(e),
             }
@@ -324,8 +340,13 @@ impl Driver {
         self.summary.replayed += u64::from(report.replay);
         self.summary.last_batch = batch.index;
         let total_delay = Duration::from_millis(now.saturating_sub(batch.time_ms));
+        let scheduling_delay = total_delay.saturating_sub(report.processing);
+        if !report.replay {
+            self.lag
+                .observe(scheduling_delay, Duration::from_millis(self.interval));
+        }
         let progress = BatchProgress {
-            scheduling_delay: total_delay.saturating_sub(report.processing),
+            scheduling_delay,
             total_delay,
             report,
         };

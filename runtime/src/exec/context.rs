@@ -180,6 +180,34 @@ impl BatchContext {
         }
     }
 
+    /// Counts `count` refused records at once, `samples` being the first messages; fails the
+    /// batch when the job says `onRecordError: fail`.
+    pub fn record_errors(&self, operation: &str, count: u64, samples: &[String]) -> Result<()> {
+        if count == 0 {
+            return Ok(());
+        }
+        let before = self.errors.count.fetch_add(count, Ordering::Relaxed);
+        let room = 5usize.saturating_sub(usize::try_from(before).unwrap_or(usize::MAX));
+        let mut first = lock_unpoisoned(&self.errors.first);
+        first.extend(
+            samples
+                .iter()
+                .take(room)
+                .map(|m| format!("{operation}: {m}")),
+        );
+        drop(first);
+        match self.policy {
+            OnRecordError::Skip => Ok(()),
+            OnRecordError::Fail => Err(Error::Record {
+                operation: operation.to_string(),
+                message: samples
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| format!("{count} records refused")),
+            }),
+        }
+    }
+
     /// Records refused in this batch.
     pub fn errors(&self) -> &RecordErrors {
         &self.errors

@@ -16,6 +16,9 @@ pub struct Executor {
     pub(crate) outputs: Vec<Arc<dyn Task>>,
 }
 
+/// Stack of each task thread.
+pub(crate) const TASK_STACK_BYTES: usize = 16 << 20;
+
 impl Executor {
     pub(crate) fn new(
         threads: usize,
@@ -26,6 +29,9 @@ impl Executor {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("sluice-task-{i}"))
+            // Room to spare for recursive user code (CEL evaluation recurses once per level of
+            // an expression, which compilation bounds); untouched stack costs no memory.
+            .stack_size(TASK_STACK_BYTES)
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the task thread pool: {e}")))?;
         Ok(Self {

@@ -7,6 +7,8 @@ mod executor;
 pub use context::{BatchContext, OutgoingBlock, Placement, RecordErrors};
 pub(crate) use context::{Shared, lock_unpoisoned};
 pub use executor::Executor;
+#[cfg(test)]
+pub(crate) use executor::TASK_STACK_BYTES;
 
 use crate::error::Result;
 

@@ -56,6 +56,36 @@ pub fn local_path(uri: &str) -> &str {
     uri.strip_prefix("file://").unwrap_or(uri)
 }
 
+/// The largest table `joinStatic` loads into every task's memory.
+pub const MAX_STATIC_TABLE_BYTES: u64 = 256 << 20;
+
+/// Reads a `joinStatic` table: a regular file (a FIFO or a device would block or never end),
+/// of bounded size, in UTF-8. Errors describe the file, never quote it.
+fn read_static_table(file: &str) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read {file}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{file} is not a regular file; joinStatic reads a file of lines"
+        ));
+    }
+    if meta.len() > MAX_STATIC_TABLE_BYTES {
+        return Err(format!(
+            "{file} is {} bytes; joinStatic loads its table into memory and takes at most {MAX_STATIC_TABLE_BYTES}",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_STATIC_TABLE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {file}: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
+        format!("{file} line {line} is not UTF-8 text")
+    })
+}
+
 /// Builds the job; returns every problem found (with field paths) otherwise.
 pub fn compile(
     job: &StreamingJob,
@@ -641,10 +671,10 @@ impl Compiler {
     fn join_static(&mut self, stream: Stream, j: &StaticJoinStep, path: &str) -> Stream {
         let p = format!("{path}.joinStatic");
         let file = local_path(&j.uri);
-        let text = match std::fs::read_to_string(file) {
+        let text = match read_static_table(file) {
             Ok(t) => t,
-            Err(e) => {
-                self.problem(format!("{p}.uri"), format!("cannot read {file}: {e}"));
+            Err(why) => {
+                self.problem(format!("{p}.uri"), why);
                 return stream;
             }
         };
@@ -661,9 +691,15 @@ impl Compiler {
                         Some((k, v)) => {
                             table.insert(k.trim().to_string(), Value::Str(v.trim().to_string()));
                         }
+                        // The line itself is not quoted: the file may hold anything, and
+                        // this message reaches logs, the job's status and its events.
                         None => self.problem(
                             format!("{p}.uri"),
-                            format!("{file} line {}: {line:?} is not key,value", n + 1),
+                            format!(
+                                "{file} line {}: {} bytes with no comma, where key,value is expected",
+                                n + 1,
+                                line.len()
+                            ),
                         ),
                     }
                 }

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use cel::common::ast::{EntryExpr, Expr as Node, MapExpr, StructExpr};
 use cel::objects::{Key as CelKey, Map as CelMap};
-use cel::{Context, Program, Value as Cel};
+use cel::{Context, IdedExpr, Program, Value as Cel};
 
 use super::value::Value;
 
@@ -19,10 +20,27 @@ pub struct Expr {
 }
 
 impl Expr {
-    /// Compiles `text`; the error is CEL's message.
+    /// Compiles `text`; the error is CEL's message, or the bound it breaks. Size and depth are
+    /// bounded here so that evaluation, which recurses once per level, can never run out of
+    /// stack at run time: a job that validates does not abort on its first record.
     pub fn compile(text: &str) -> Result<Self, String> {
-        let program = Program::compile(text)
-            .map_err(|e| format!("{text:?} is not a valid CEL expression: {e}"))?;
+        if text.len() > MAX_EXPR_BYTES {
+            return Err(format!(
+                "the expression is {} bytes long; the limit is {MAX_EXPR_BYTES}: split the work into several steps",
+                text.len()
+            ));
+        }
+        // CEL's parser recurses once per level too, before any depth can be checked: parse on
+        // a thread with room for the longest text accepted (a 2,000-term chain needs about
+        // 5 MiB in a debug build); untouched stack costs no memory.
+        let source = text.to_string();
+        let program = std::thread::Builder::new()
+            .name("sluice-cel-compile".into())
+            .stack_size(COMPILE_STACK_BYTES)
+            .spawn(move || parse_bounded(&source))
+            .map_err(|e| format!("cannot start the CEL compiler: {e}"))?
+            .join()
+            .map_err(|_| "the CEL compiler failed on this expression".to_string())??;
         Ok(Self {
             program: Arc::new(program),
             text: text.to_string(),
@@ -56,6 +74,83 @@ impl Expr {
             .map_err(|e| format!("{}: {e}", self.text))?;
         from_cel(result)
     }
+}
+
+/// The longest expression accepted, in bytes (the CRD says the same).
+pub const MAX_EXPR_BYTES: usize = 4096;
+/// The deepest expression accepted: levels of nesting of its syntax tree.
+pub const MAX_EXPR_DEPTH: usize = 100;
+
+/// Stack of the thread that parses an expression.
+const COMPILE_STACK_BYTES: usize = 64 << 20;
+
+/// Parses `text` and checks its depth; the deep tree of a refused text is dropped here too.
+fn parse_bounded(text: &str) -> Result<Program, String> {
+    let program = Program::compile(text).map_err(|e| {
+        format!(
+            "{:?} is not a valid CEL expression: {e}",
+            shorten(text, 200)
+        )
+    })?;
+    let depth = depth(program.expression());
+    if depth > MAX_EXPR_DEPTH {
+        return Err(format!(
+            "the expression nests {depth} levels deep (a chain of operators counts one level per operator); the limit is {MAX_EXPR_DEPTH}: split the work into several steps"
+        ));
+    }
+    Ok(program)
+}
+
+/// The depth of an expression's syntax tree, found without recursion.
+fn depth(root: &IdedExpr) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(root, 1usize)];
+    while let Some((node, level)) = pending.pop() {
+        deepest = deepest.max(level);
+        pending.extend(children(node).into_iter().map(|c| (c, level + 1)));
+    }
+    deepest
+}
+
+/// The sub-expressions of `node`.
+fn children(node: &IdedExpr) -> Vec<&IdedExpr> {
+    match &node.expr {
+        Node::Call(call) => call
+            .target
+            .as_deref()
+            .into_iter()
+            .chain(call.args.iter())
+            .collect(),
+        Node::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Node::List(list) => list.elements.iter().collect(),
+        Node::Map(MapExpr { entries }) | Node::Struct(StructExpr { entries, .. }) => entries
+            .iter()
+            .flat_map(|entry| match &entry.expr {
+                EntryExpr::StructField(field) => vec![&field.value],
+                EntryExpr::MapEntry(pair) => vec![&pair.key, &pair.value],
+            })
+            .collect(),
+        Node::Select(select) => vec![&*select.operand],
+        Node::Unspecified | Node::Ident(_) | Node::Literal(_) => Vec::new(),
+    }
+}
+
+/// At most `limit` bytes of `text`, cut on a character boundary.
+fn shorten(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 /// The context every evaluation's scope derives from; one per task.
@@ -129,6 +224,41 @@ mod tests {
         assert_eq!(
             p.eval_pair(&root, &Value::Str("a".into()), &Value::Int(3)),
             Ok(Value::Str("a:3".into()))
+        );
+    }
+
+    #[test]
+    fn size_and_depth_are_bounded_at_compile_time() {
+        let chain = |n: usize| vec!["1"; n].join("+");
+        assert!(Expr::compile(&chain(MAX_EXPR_DEPTH - 1)).is_ok());
+        let deep = Expr::compile(&chain(MAX_EXPR_DEPTH + 1))
+            .err()
+            .expect("refused");
+        assert!(deep.contains("levels deep"), "{deep}");
+        let nested = format!("{}1{}", "[".repeat(150), "]".repeat(150));
+        assert!(Expr::compile(&nested).is_err());
+        let long = Expr::compile(&chain(100_000)).err().expect("refused");
+        assert!(long.contains("the limit is 4096"), "{long}");
+        // The longest chain that fits is refused for its depth, and building it costs no stack
+        // beyond a task thread's.
+        let widest = chain(MAX_EXPR_BYTES / 2);
+        let handle = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || Expr::compile(&widest).is_err())
+            .expect("thread");
+        assert!(handle.join().expect("no overflow"));
+    }
+
+    #[test]
+    fn the_deepest_accepted_expression_evaluates_on_a_task_thread() {
+        let e = Expr::compile(&vec!["record"; MAX_EXPR_DEPTH - 1].join(" + ")).expect("compiles");
+        let handle = std::thread::Builder::new()
+            .stack_size(crate::exec::TASK_STACK_BYTES)
+            .spawn(move || e.eval_record(&root_context(), &Value::Int(1)))
+            .expect("thread");
+        assert_eq!(
+            handle.join().expect("no overflow"),
+            Ok(Value::Int(MAX_EXPR_DEPTH as i64 - 1))
         );
     }
 

@@ -42,18 +42,19 @@ impl Value {
         }
     }
 
-    /// A short description for error messages.
+    /// The shape of a value for error messages, never its contents: refusals reach logs, and
+    /// a failed job's message reaches its status and events, readable by more people than the
+    /// data is.
     pub fn describe(&self) -> String {
-        let mut text = self.to_text();
-        if text.len() > 60 {
-            let cut = (0..=60)
-                .rev()
-                .find(|&i| text.is_char_boundary(i))
-                .unwrap_or(0);
-            text.truncate(cut);
-            text.push('…');
+        match self {
+            Value::Null => "null".into(),
+            Value::Bool(_) => "a bool".into(),
+            Value::Int(_) => "an integer".into(),
+            Value::Float(_) => "a number".into(),
+            Value::Str(s) => format!("a text of {} bytes", s.len()),
+            Value::List(l) => format!("a list of {} items", l.len()),
+            Value::Map(m) => format!("a map of {} fields", m.len()),
         }
-        format!("{text:?}")
     }
 
     /// Converts parsed JSON.

@@ -109,6 +109,8 @@ impl pb::master_server::Master for MasterService {
 pub struct MasterOptions {
     pub listen: SocketAddr,
     pub job_name: String,
+    /// The StreamingJob's uid (from the manifest), recorded in a checkpoint it creates.
+    pub job_uid: Option<String>,
     pub fingerprint: String,
     pub token: String,
     /// Workers to wait for before the first batch.
@@ -157,19 +159,21 @@ pub fn run(
     let server =
         pb::master_server::MasterServer::with_interceptor(service, CheckToken::new(&options.token));
     let listen = options.listen;
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &options.tls {
-        builder = builder
-            .tls_config(tls.server())
-            .map_err(|e| format!("TLS: {e}"))?;
-    }
+    let mut builder = crate::rpc::listener::server(options.tls.as_ref())?;
+    let incoming = runtime
+        .block_on(crate::rpc::listener::bind(listen, Default::default()))
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     runtime.spawn(async move {
-        if let Err(e) = builder.add_service(server).serve(listen).await {
+        if let Err(e) = builder
+            .add_service(server)
+            .serve_with_incoming(incoming)
+            .await
+        {
             tracing::error!(error = %e, "the master's gRPC server stopped");
         }
     });
     tracing::info!(%listen, job = %options.job_name, "master serving");
-    let meta = match ckpt.load_meta().map_err(|e| e.to_string())? {
+    let meta = match ckpt.load_meta_checked().map_err(|e| e.to_string())? {
         Some(meta) => {
             if meta.fingerprint != options.fingerprint {
                 return Err(format!(
@@ -187,6 +191,7 @@ pub fn run(
             let meta = JobMeta {
                 format_version: FORMAT_VERSION,
                 job: options.job_name.clone(),
+                uid: options.job_uid.clone(),
                 fingerprint: options.fingerprint.clone(),
                 zero_time_ms: now_ms() / interval * interval,
                 interval_ms: interval,
@@ -214,6 +219,8 @@ pub fn run(
         checkpoint_uri: String::new(),
         tls: options.tls.clone(),
         last_ping: Instant::now(),
+        schedule: crate::time::Schedule::new(),
+        lag: crate::time::Lag::default(),
     };
     master.checkpoint_uri = master.ckpt.describe();
     master.run_loop(&options)
@@ -238,6 +245,10 @@ struct Master {
     checkpoint_uri: String,
     tls: Option<Tls>,
     last_ping: Instant,
+    /// When batches are due, on the monotonic clock.
+    schedule: crate::time::Schedule,
+    /// Warns when batches start later and later.
+    lag: crate::time::Lag,
 }
 
 impl Master {
@@ -349,7 +360,7 @@ impl Master {
             } else {
                 let batch = BatchInfo::new(self.zero, self.job.interval_ms(), self.next);
                 let wait = if options.paced {
-                    batch.time_ms.saturating_sub(now_ms())
+                    self.schedule.until(batch.time_ms).as_millis() as u64
                 } else {
                     0
                 };
@@ -666,14 +677,22 @@ impl Master {
             })
             .map_err(Fault::from)?;
         self.next = batch.index + 1;
+        let total_delay = now_ms().saturating_sub(batch.time_ms);
         tracing::info!(
-            "batch {} {}{}: processing {processing_ms}ms, total delay {}ms",
+            "batch {} {}{}: processing {processing_ms}ms, total delay {total_delay}ms",
             batch.index,
             batch.display_time(),
             if replay { " (replayed)" } else { "" },
-            now_ms().saturating_sub(batch.time_ms)
         );
-        self.set_status("running", "");
+        let behind = if replay {
+            None
+        } else {
+            self.lag.observe(
+                Duration::from_millis(total_delay.saturating_sub(processing_ms)),
+                Duration::from_millis(batch.interval_ms),
+            )
+        };
+        self.set_status("running", behind.as_deref().unwrap_or(""));
         Ok(())
     }
 

@@ -8,6 +8,8 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+pub mod listener;
+
 pub use sluice_proto::PROTOCOL_VERSION;
 pub use sluice_proto::v1 as pb;
 

@@ -2,11 +2,12 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
 
-use super::{Source, split_even};
+use super::{Line, LineSplitter, Refusals, Source, split_even};
 use crate::error::{Error, Result};
 use crate::time::BatchInfo;
 
@@ -83,13 +84,30 @@ impl Source for FilesSource {
         Ok(json!({ "files": new }))
     }
 
-    fn read(&mut self, range: &Json, partitions: usize) -> Result<Vec<Vec<String>>> {
+    fn read(
+        &mut self,
+        range: &Json,
+        partitions: usize,
+        refused: &mut Refusals,
+    ) -> Result<Vec<Vec<String>>> {
         let mut lines = Vec::new();
         for name in Self::names(range) {
+            // Ranges come from the offset log or over the network: a name is one file of the
+            // watched directory, never a path out of it.
+            if name.is_empty() || name.contains('/') || name == ".." || name == "." {
+                refused.push(format!("file name {name:?} is not a file of the directory"));
+                continue;
+            }
             let path = self.dir.join(&name);
-            let text = fs::read_to_string(&path)
-                .map_err(|e| self.error(format!("cannot read {}: {e}", path.display())))?;
-            lines.extend(text.lines().map(String::from));
+            // A file that cannot be read, or a line that is not text, is refused on its own:
+            // failing the batch would fail every replay of it too, and wedge the job.
+            if let Err(e) = read_lines(&path, &mut |line| match line {
+                Line::Text(text) => lines.push(text),
+                Line::Refused(why) => refused.push(format!("file {name} {why}")),
+            }) {
+                tracing::warn!(source = %self.name, file = %path.display(), error = %e, "cannot read a file; it is skipped");
+                refused.push(format!("file {name} cannot be read: {e}"));
+            }
         }
         Ok(split_even(lines, partitions))
     }
@@ -106,6 +124,23 @@ impl Source for FilesSource {
     }
 }
 
+/// Feeds a file's lines to `out`, a read buffer at a time: an overlong line is never held.
+fn read_lines(path: &Path, out: &mut impl FnMut(Line)) -> std::io::Result<()> {
+    let mut file = fs::File::open(path)?;
+    let mut splitter = LineSplitter::default();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => splitter.feed(&buffer[..n], out),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    splitter.finish(out);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,7 +155,7 @@ mod tests {
         let r = s.plan(&b).expect("plan");
         assert_eq!(r, json!({"files": ["a.txt"]}));
         assert_eq!(
-            s.read(&r, 1).expect("read"),
+            s.read(&r, 1, &mut Refusals::default()).expect("read"),
             vec![vec!["1".to_string(), "2".to_string()]]
         );
         assert_eq!(s.plan(&b).expect("plan"), json!({"files": []}));
@@ -128,5 +163,27 @@ mod tests {
         let mut t = FilesSource::new("f", dir.path());
         t.seek(&pos).expect("seek");
         assert_eq!(t.plan(&b).expect("plan"), json!({"files": []}));
+    }
+
+    #[test]
+    fn bad_lines_and_unreadable_files_are_refused_and_the_rest_is_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = FilesSource::new("f", dir.path());
+        fs::write(dir.path().join("a.txt"), "1\n2").expect("write");
+        fs::write(dir.path().join("b.txt"), b"3\nsecret\xc3\n4\n").expect("write");
+        fs::write(dir.path().join("c.txt"), "5\n").expect("write");
+        let r = s.plan(&BatchInfo::new(0, 1000, 1)).expect("plan");
+        fs::remove_file(dir.path().join("c.txt")).expect("remove");
+        let mut refused = Refusals::default();
+        let got = s.read(&r, 1, &mut refused).expect("read");
+        assert_eq!(got, vec![vec!["1", "2", "3", "4"]]);
+        assert_eq!(refused.count(), 2);
+        assert!(
+            refused.samples()[0].starts_with("file b.txt line 2: not UTF-8"),
+            "{:?}",
+            refused.samples()
+        );
+        assert!(refused.samples()[1].starts_with("file c.txt cannot be read"));
+        assert!(!refused.samples().iter().any(|m| m.contains("secret")));
     }
 }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use serde_json::{Value as Json, json};
 use sluice_crds::GeneratorFormat;
 
-use super::Source;
+use super::{Refusals, Source};
 use crate::error::{Error, Result};
 use crate::time::BatchInfo;
 
@@ -211,11 +211,23 @@ impl Source for GeneratorSource {
         Ok(json!({ "start": start, "end": end }))
     }
 
-    fn read(&mut self, range: &Json, partitions: usize) -> Result<Vec<Vec<String>>> {
+    fn read(
+        &mut self,
+        range: &Json,
+        partitions: usize,
+        _refused: &mut Refusals,
+    ) -> Result<Vec<Vec<String>>> {
         let start = range["start"]
             .as_u64()
             .ok_or_else(|| self.bad_range(range))?;
         let end = range["end"].as_u64().ok_or_else(|| self.bad_range(range))?;
+        // Ranges come from the offset log or over the network: no planned batch is larger
+        // than validation allows, so a larger one is refused before it is allocated.
+        let most = sluice_crds::defaults::GENERATOR_BATCH_BYTES
+            / u64::from(self.generator.config.line_bytes.max(8));
+        if end < start || end - start > most {
+            return Err(self.bad_range(range));
+        }
         Ok(self.generator.lines(start, end, partitions))
     }
 

@@ -14,6 +14,7 @@
 
 mod files;
 mod generator;
+mod lines;
 mod queue;
 mod socket;
 
@@ -21,6 +22,7 @@ use serde_json::Value as Json;
 
 pub use files::FilesSource;
 pub use generator::{GeneratorConfig, GeneratorSource, TextGenerator};
+pub use lines::{Line, LineSplitter, MAX_LINE_BYTES};
 pub use queue::QueueSource;
 pub use socket::SocketSource;
 
@@ -44,8 +46,16 @@ pub trait Source: Send + 'static {
     /// to the checkpoint before the batch runs.
     fn plan(&mut self, batch: &BatchInfo) -> Result<Json>;
 
-    /// Reads the records of a planned range, split into `partitions` partitions.
-    fn read(&mut self, range: &Json, partitions: usize) -> Result<Vec<Vec<Self::Item>>>;
+    /// Reads the records of a planned range, split into `partitions` partitions. Input that
+    /// cannot become a record (a line that is not text, a file that cannot be read) goes to
+    /// `refused`, which `onRecordError` then judges like any refused record: a source never
+    /// fails a batch over its data, since a replay would fail the same way for ever.
+    fn read(
+        &mut self,
+        range: &Json,
+        partitions: usize,
+        refused: &mut Refusals,
+    ) -> Result<Vec<Vec<Self::Item>>>;
 
     /// For a source that cannot replay: the records of a planned range, to be written to the
     /// write-ahead log before the batch runs. Replayable sources return `None`.
@@ -70,6 +80,65 @@ pub trait Source: Send + 'static {
 
     /// Called when the job stops.
     fn on_close(&mut self) {}
+}
+
+/// Input a source could not turn into records, counted, with the first few reasons.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Refusals {
+    count: u64,
+    samples: Vec<String>,
+}
+
+impl Refusals {
+    /// Reasons kept; the rest are only counted.
+    pub const SAMPLES: usize = 5;
+
+    /// Counts one refusal. The reason must not quote the input: it reaches logs and the
+    /// job's status.
+    pub fn push(&mut self, reason: impl Into<String>) {
+        self.count += 1;
+        if self.samples.len() < Self::SAMPLES {
+            self.samples.push(reason.into());
+        }
+    }
+
+    /// How many were refused.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The first reasons.
+    pub fn samples(&self) -> &[String] {
+        &self.samples
+    }
+
+    /// Adds the refusals of `other`.
+    pub fn merge(&mut self, other: Refusals) {
+        self.count += other.count;
+        let room = Self::SAMPLES.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.into_iter().take(room));
+    }
+
+    /// As a range field, so refusals made while planning are logged with the batch.
+    pub fn to_json(&self) -> Json {
+        serde_json::json!({ "count": self.count, "samples": self.samples })
+    }
+
+    /// Reads what `to_json` wrote; anything else is no refusal.
+    pub fn from_json(v: &Json) -> Self {
+        Self {
+            count: v["count"].as_u64().unwrap_or(0),
+            samples: v["samples"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .take(Self::SAMPLES)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// A source with its item type hidden, as the job holds it.
@@ -120,6 +189,8 @@ impl<S: Source> ErasedSource for SourceNode<S> {
         range: &Json,
         logged: Option<&[u8]>,
     ) -> Result<()> {
+        // Refused while planning (logged with the range), then while reading.
+        let mut refused = Refusals::from_json(&range["refused"]);
         let parts = match (range.get("wal"), logged) {
             (Some(_), Some(bytes)) => {
                 let records: Vec<S::Item> =
@@ -135,8 +206,14 @@ impl<S: Source> ErasedSource for SourceNode<S> {
                     message: format!("write-ahead log {key} is missing"),
                 });
             }
-            _ => self.0.read(range, cx.partitions)?,
+            _ => self.0.read(range, cx.partitions, &mut refused)?,
         };
+        // Every worker reads the whole range and keeps its partitions; the owner of partition
+        // 0 alone counts the refusals, so a distributed batch counts them once.
+        if cx.owns(0) {
+            let operation = format!("source {}", self.0.name());
+            cx.record_errors(&operation, refused.count(), refused.samples())?;
+        }
         cx.put_input(index, parts)
     }
     fn log_bytes(&mut self, range: &Json) -> Result<Option<Vec<u8>>> {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value as Json, json};
 
-use super::{Source, split_even};
+use super::{Refusals, Source, split_even};
 use crate::data::Data;
 use crate::error::{Error, Result};
 use crate::exec::lock_unpoisoned;
@@ -63,7 +63,12 @@ impl<T: Data> Source for QueueSource<T> {
         Ok(json!({ "batch": batch.index, "records": n }))
     }
 
-    fn read(&mut self, range: &Json, partitions: usize) -> Result<Vec<Vec<T>>> {
+    fn read(
+        &mut self,
+        range: &Json,
+        partitions: usize,
+        _refused: &mut Refusals,
+    ) -> Result<Vec<Vec<T>>> {
         let index = range["batch"].as_u64().ok_or_else(|| Error::Source {
             source_name: self.name.clone(),
             message: format!("range {range} has no batch index"),

@@ -1,7 +1,7 @@
 //! Newline-delimited text from a TCP server, reconnecting with backoff.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, ErrorKind};
+use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,22 +10,40 @@ use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
-use super::{Source, split_even};
+use super::{Line, LineSplitter, Refusals, Source, split_even};
 use crate::error::{Error, Result};
 use crate::exec::lock_unpoisoned;
 use crate::time::BatchInfo;
 
 /// Lines buffered between batches before the receiver stops reading (and TCP pushes back).
 const MAX_BUFFERED_LINES: usize = 4_000_000;
+/// Bytes of text buffered between batches before the receiver stops reading.
+const MAX_BUFFERED_BYTES: usize = 256 << 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What arrived since the last planned batch.
+#[derive(Default)]
+struct Received {
+    lines: Vec<String>,
+    bytes: usize,
+    refused: Refusals,
+}
+
+impl Received {
+    fn full(&self) -> bool {
+        self.lines.len() >= MAX_BUFFERED_LINES || self.bytes >= MAX_BUFFERED_BYTES
+    }
+}
 
 /// A receiver thread reads lines into a buffer; each batch takes what has arrived. Not
 /// replayable by itself: the driver writes each batch's lines to the write-ahead log before the
 /// batch runs; lines received after the last planned batch are lost if the process dies.
+/// Lines are decoded one by one and bounded in length ([`super::MAX_LINE_BYTES`]): a line that
+/// is not UTF-8 or too long is refused (counted under `onRecordError`), never the ones around it.
 pub struct SocketSource {
     name: String,
     addr: String,
-    buffer: Arc<Mutex<Vec<String>>>,
+    buffer: Arc<Mutex<Received>>,
     stop: Arc<AtomicBool>,
     receiver: Option<JoinHandle<()>>,
     held: BTreeMap<u64, Vec<String>>,
@@ -45,10 +63,11 @@ impl SocketSource {
     }
 }
 
-fn receive(name: String, addr: String, buffer: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool>) {
+fn receive(name: String, addr: String, buffer: Arc<Mutex<Received>>, stop: Arc<AtomicBool>) {
     let mut backoff = Duration::from_millis(100);
+    let mut bytes = vec![0u8; 64 * 1024];
     while !stop.load(Ordering::Relaxed) {
-        let stream = match TcpStream::connect(&addr) {
+        let mut stream = match TcpStream::connect(&addr) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(source = %name, %addr, error = %e, retry_in = ?backoff, "cannot connect; retrying");
@@ -59,36 +78,42 @@ fn receive(name: String, addr: String, buffer: Arc<Mutex<Vec<String>>>, stop: Ar
         };
         tracing::info!(source = %name, %addr, "connected");
         backoff = Duration::from_millis(100);
-        // A read timeout lets the thread notice `stop` on an idle connection.
+        // A read timeout lets the thread notice `stop` on an idle connection; bytes of a line
+        // that straddles a pause wait in the splitter.
         let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
+        let mut splitter = LineSplitter::default();
+        let mut deliver = |line: Line| {
+            let mut received = lock_unpoisoned(&buffer);
+            match line {
+                Line::Text(text) => {
+                    received.bytes += text.len();
+                    received.lines.push(text);
+                }
+                Line::Refused(why) => received.refused.push(why),
+            }
+        };
         loop {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            if lock_unpoisoned(&buffer).len() >= MAX_BUFFERED_LINES {
+            if lock_unpoisoned(&buffer).full() {
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
-            match reader.read_line(&mut line) {
+            match stream.read(&mut bytes) {
                 Ok(0) => {
+                    splitter.finish(&mut deliver);
                     tracing::warn!(source = %name, %addr, "connection closed by the server; reconnecting");
                     break;
                 }
-                Ok(_) => {
-                    if line.ends_with('\n') {
-                        let text = line.trim_end_matches(['\n', '\r']).to_string();
-                        lock_unpoisoned(&buffer).push(text);
-                        line.clear();
-                    }
-                }
+                Ok(n) => splitter.feed(&bytes[..n], &mut deliver),
                 Err(e)
                     if matches!(
                         e.kind(),
                         ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
                     ) => {}
                 Err(e) => {
+                    splitter.abandon(&mut deliver);
                     tracing::warn!(source = %name, %addr, error = %e, "connection lost; reconnecting");
                     break;
                 }
@@ -127,13 +152,23 @@ impl Source for SocketSource {
     }
 
     fn plan(&mut self, batch: &BatchInfo) -> Result<Json> {
-        let lines = std::mem::take(&mut *lock_unpoisoned(&self.buffer));
-        let n = lines.len();
-        self.held.insert(batch.index, lines);
-        Ok(json!({ "batch": batch.index, "records": n }))
+        let received = std::mem::take(&mut *lock_unpoisoned(&self.buffer));
+        let n = received.lines.len();
+        self.held.insert(batch.index, received.lines);
+        let mut range = json!({ "batch": batch.index, "records": n });
+        // Refusals travel with the range, so the batch counts them even when replayed.
+        if received.refused.count() > 0 {
+            range["refused"] = received.refused.to_json();
+        }
+        Ok(range)
     }
 
-    fn read(&mut self, range: &Json, partitions: usize) -> Result<Vec<Vec<String>>> {
+    fn read(
+        &mut self,
+        range: &Json,
+        partitions: usize,
+        _refused: &mut Refusals,
+    ) -> Result<Vec<Vec<String>>> {
         let index = range["batch"].as_u64().unwrap_or(0);
         let lines = self.held.get(&index).cloned().unwrap_or_else(|| {
             tracing::warn!(source = %self.name, batch = index, records = %range["records"], "socket data of this batch was lost with the previous process; the batch is empty");

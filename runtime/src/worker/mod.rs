@@ -68,6 +68,14 @@ fn executor_thread(
     for command in commands {
         match command {
             Command::Assign { owners, me, reply } => {
+                if owners.len() != job.partitions() {
+                    let _ = reply.send(Err(Status::invalid_argument(format!(
+                        "an assignment of {} partitions, but the job has {}",
+                        owners.len(),
+                        job.partitions()
+                    ))));
+                    continue;
+                }
                 placement = Some(Arc::new(Placement { owners, me }));
                 *lock_unpoisoned(&current) = None;
                 let _ = reply.send(Ok(()));
@@ -454,16 +462,14 @@ pub async fn run(
     );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let listen = options.listen;
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &options.tls {
-        builder = builder
-            .tls_config(tls.server())
-            .map_err(|e| format!("TLS: {e}"))?;
-    }
+    let mut builder = crate::rpc::listener::server(options.tls.as_ref())?;
+    let incoming = crate::rpc::listener::bind(listen, Default::default())
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let serve = tokio::spawn(async move {
         builder
             .add_service(server)
-            .serve_with_shutdown(listen, async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             })
             .await
