@@ -475,7 +475,9 @@ pub struct CheckpointSpec {
     /// new job with the same spec resumes; `Delete` removes it: only on S3, only under a prefix
     /// (never a whole bucket), only the checkpoint's own keys, only a checkpoint this very job
     /// created, and only with the job's own `checkpointCredentials`; anything else is left, and
-    /// an event says why. `sluice run` ignores it.
+    /// an event says why. Only a job with `Delete` carries the operator's finalizer, so a change
+    /// to `Delete` binds once the operator has added it (`metadata.finalizers`). `sluice run`
+    /// ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
 }

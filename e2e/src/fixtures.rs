@@ -111,13 +111,25 @@ pub fn spawn_operator(
     metrics_port: u16,
     log: &Path,
 ) -> Result<Process> {
+    spawn_operator_with_env(kubeconfig, name, metrics_port, log, &[])
+}
+
+/// [`spawn_operator`] with more environment variables (say, credentials of its own).
+pub fn spawn_operator_with_env(
+    kubeconfig: &Path,
+    name: &str,
+    metrics_port: u16,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> Result<Process> {
     let mut operator = Command::new(workspace_bin("sluice-operator")?);
     operator
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info")
         .env("SLUICE_METRICS_PORT", metrics_port.to_string())
         .env("POD_NAME", name)
-        .env("POD_NAMESPACE", "default");
+        .env("POD_NAMESPACE", "default")
+        .envs(env.iter().copied());
     Process::spawn(name, operator, log)
 }
 

@@ -232,15 +232,28 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
         jobs(&client)
             .patch("wc", &PatchParams::default(), &Patch::Merge(&policy))
             .await?;
+        // Only a job whose deletion has work to do holds a finalizer: the policy binds once
+        // the operator has added it.
+        wait_for("the finalizer", Duration::from_secs(30), async || {
+            let job = jobs(&client).get("wc").await?;
+            Ok(job
+                .metadata
+                .finalizers
+                .unwrap_or_default()
+                .iter()
+                .any(|f| f == "sluice.dev/checkpoint")
+                .then_some(()))
+        })
+        .await?;
         jobs(&client).delete("wc", &Default::default()).await?;
         wait_for("the job gone", Duration::from_secs(60), async || {
             Ok(jobs(&client).get_opt("wc").await?.is_none().then_some(()))
         })
         .await?;
-        assert_eq!(
-            fixtures::files_under(&s3_root.join("ckpt/wc")),
-            0,
-            "deletionPolicy Delete removes the checkpoint"
+        let left = fixtures::files_under(&s3_root.join("ckpt/wc"));
+        anyhow::ensure!(
+            left == 0,
+            "deletionPolicy Delete removes the checkpoint: {left} files left"
         );
         let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "jobs");
         wait_for("the job's pods gone", Duration::from_secs(60), async || {
@@ -258,6 +271,7 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
     if result.is_err() {
         eprintln!("--- operator logs:\n{}\n{}", log(0), log(1));
         eprintln!("--- node agent log:\n{}", cluster.agent_log(40));
+        eprintln!("--- pod logs:\n{}", cluster.pod_logs("wc", 30));
     }
     result
 }

@@ -9,6 +9,9 @@ pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGER: &str = "sluice-operator";
+/// `app.kubernetes.io/name` of the operator's own pods (the chart sets it): the job's
+/// NetworkPolicy lets them reach the master.
+pub const OPERATOR_APP_NAME: &str = "sluice-operator";
 
 /// The master's gRPC port.
 pub const MASTER_PORT: i32 = 7070;
@@ -21,6 +24,16 @@ pub const MANIFEST_FILE: &str = "job.yaml";
 
 /// Key of the per-job token in its Secret.
 pub const TOKEN_KEY: &str = "token";
+
+/// Keys of the per-job TLS Secret (`<job>-tls`): the job's CA, its certificate and key.
+pub const TLS_CA_KEY: &str = "ca.crt";
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+/// Where the job's TLS Secret is mounted in its pods (beside, not inside, the read-only
+/// manifest volume: a mount point inside it cannot be made).
+pub const TLS_DIR: &str = "/etc/sluice-tls";
+/// The name the job's certificate carries, which every peer checks (the runtime's default).
+pub const TLS_SERVER_NAME: &str = "sluice";
 
 /// The default image when a StreamingJob names none.
 pub const DEFAULT_IMAGE: &str = concat!("ghcr.io/sluice-dev/sluice:", env!("CARGO_PKG_VERSION"));

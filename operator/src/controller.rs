@@ -1,12 +1,14 @@
 //! The reconciler: for every StreamingJob, its token Secret and the objects `resources` builds,
 //! applied server-side; then the status, from the StatefulSets.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -24,6 +26,8 @@ use crate::resources::{self, BuildError};
 /// What reconciles share.
 pub struct Context {
     pub client: Client,
+    /// The operator's own namespace (`POD_NAMESPACE`), which job NetworkPolicies admit.
+    pub namespace: Option<String>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub recorder: kube::runtime::events::Recorder,
 }
@@ -37,6 +41,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("cannot make a token: {0}")]
     Token(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::IssueError),
     #[error("finalizer: {0}")]
     Finalizer(String),
     #[error("deleting the checkpoint: {0}")]
@@ -83,6 +89,9 @@ async fn run_in(
     let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
     let context = Arc::new(Context {
         client,
+        namespace: std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|ns| !ns.is_empty()),
         metrics,
         recorder,
     });
@@ -108,43 +117,121 @@ fn random_token() -> Result<String, Error> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The job's token Secret: created once, never rotated under running pods.
-/// The job's master–worker token, from its Secret `name`, which is created (owned by the job)
-/// the first time. `None` when the Secret holds no readable token.
-async fn ensure_token(
+/// The data of the job's Secret `name`, created (owned by the job) from `make` the first time
+/// and never changed under running pods: the token, the TLS certificate. `None` when a Secret
+/// of that name is not this job's: anyone could have made it.
+async fn ensure_secret(
     job: &StreamingJobResource,
     api: &Api<Secret>,
     name: &str,
-) -> Result<Option<String>, Error> {
+    make: impl FnOnce() -> Result<BTreeMap<String, String>, Error>,
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
+    let ours = |secret: Secret| {
+        owned_by(&secret.metadata, job).then(|| {
+            secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()
+        })
+    };
     if let Some(secret) = api.get_opt(name).await? {
-        return Ok(token_in(&secret));
+        return Ok(ours(secret));
     }
     let owner = job
         .controller_owner_ref(&())
         .ok_or(BuildError::Missing("metadata.uid"))?;
-    let token = random_token()?;
+    let data = make()?;
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name.into()),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
-        string_data: Some([(TOKEN_KEY.to_string(), token.clone())].into()),
+        string_data: Some(data.clone()),
         ..Default::default()
     };
     match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(Some(token)),
-        // Created meanwhile by another reconcile: its token is the one.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            Ok(api.get_opt(name).await?.as_ref().and_then(token_in))
-        }
+        Ok(_) => Ok(Some(
+            data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+        )),
+        // Created meanwhile by another reconcile: its data is the one.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get_opt(name).await?.and_then(ours)),
         Err(e) => Err(e.into()),
     }
 }
 
-fn token_in(secret: &Secret) -> Option<String> {
-    let bytes = secret.data.as_ref()?.get(TOKEN_KEY)?;
-    String::from_utf8(bytes.0.clone()).ok()
+/// How often a job blocked by a name conflict looks again (the objects in its way are not
+/// watched).
+const NAME_CONFLICT_RECHECK: Duration = Duration::from_secs(30);
+
+/// Whether `meta` names the job (its uid) as its controlling owner.
+fn owned_by(meta: &kube::api::ObjectMeta, job: &StreamingJobResource) -> bool {
+    let uid = job.metadata.uid.as_deref();
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid)
+}
+
+/// `Kind name` of each object the job would write that exists and is not the job's.
+async fn foreign_objects(
+    client: &Client,
+    ns: &str,
+    job: &StreamingJobResource,
+    token: &str,
+    desired: &resources::Desired,
+) -> Result<Vec<String>, Error> {
+    async fn check<K>(
+        client: &Client,
+        ns: &str,
+        job: &StreamingJobResource,
+        name: &str,
+        out: &mut Vec<String>,
+    ) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        if let Some(found) = api.get_metadata_opt(name).await?
+            && !owned_by(&found.metadata, job)
+        {
+            out.push(format!("{} {name}", K::kind(&())));
+        }
+        Ok(())
+    }
+    let name_of = |meta: &kube::api::ObjectMeta| meta.name.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    check::<Secret>(client, ns, job, token, &mut out).await?;
+    let name = job.name_any();
+    check::<Secret>(client, ns, job, &resources::tls_secret(&name), &mut out).await?;
+    check::<ConfigMap>(
+        client,
+        ns,
+        job,
+        &name_of(&desired.config.metadata),
+        &mut out,
+    )
+    .await?;
+    for service in [&desired.master_service, &desired.worker_service] {
+        check::<Service>(client, ns, job, &name_of(&service.metadata), &mut out).await?;
+    }
+    check::<NetworkPolicy>(
+        client,
+        ns,
+        job,
+        &name_of(&desired.network_policy.metadata),
+        &mut out,
+    )
+    .await?;
+    for set in [&desired.master, &desired.workers] {
+        check::<StatefulSet>(client, ns, job, &name_of(&set.metadata), &mut out).await?;
+    }
+    Ok(out)
 }
 
 async fn apply<K>(client: &Client, ns: &str, object: &K) -> Result<(), Error>
@@ -172,20 +259,7 @@ where
 
 async fn reconcile(job: Arc<StreamingJobResource>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
-    let ns = job.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = kube::runtime::finalizer::finalizer(&api, FINALIZER, job.clone(), |event| async {
-        match event {
-            kube::runtime::finalizer::Event::Apply(job) => reconcile_job(&job, &ctx).await,
-            kube::runtime::finalizer::Event::Cleanup(job) => cleanup(&job, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    });
+    let result = reconcile_with_finalizer(job, &ctx).await;
     let m = &ctx.metrics;
     m.reconciles
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -201,6 +275,55 @@ async fn reconcile(job: Arc<StreamingJobResource>, ctx: Arc<Context>) -> Result<
         c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     result
+}
+
+/// The finalizer holds a deleted job only while its deletion has work to do (deletionPolicy
+/// Delete); otherwise it is taken off, so that a job never waits on the operator to go.
+async fn reconcile_with_finalizer(
+    job: Arc<StreamingJobResource>,
+    ctx: &Arc<Context>,
+) -> Result<Action, Error> {
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
+    if !crate::cleanup::needs_finalizer(&job) {
+        if job.finalizers().iter().any(|f| f == FINALIZER) {
+            // Conditional on the version read: another writer's finalizers are never lost.
+            let rest: Vec<&String> = job
+                .finalizers()
+                .iter()
+                .filter(|f| *f != FINALIZER)
+                .collect();
+            let patch = json!({"metadata": {
+                "finalizers": rest,
+                "resourceVersion": job.resource_version(),
+            }});
+            api.patch(
+                &job.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+        }
+        if job.metadata.deletion_timestamp.is_some() {
+            tracing::info!(job = %job.name_any(), "job deleted; checkpoint retained");
+            return Ok(Action::await_change());
+        }
+        return reconcile_job(&job, ctx).await;
+    }
+    kube::runtime::finalizer::finalizer(&api, FINALIZER, job, |event| async {
+        match event {
+            kube::runtime::finalizer::Event::Apply(job) => reconcile_job(&job, ctx).await,
+            kube::runtime::finalizer::Event::Cleanup(job) => {
+                crate::cleanup::cleanup(&job, ctx).await
+            }
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
 }
 
 async fn reconcile_job(
@@ -232,7 +355,7 @@ async fn reconcile_job(
                     .map(|c| c.uri.as_str())
                     .unwrap_or("")
             );
-            return block(job, ctx, "IncompatibleChange", &message).await;
+            return block(job, ctx, "IncompatibleChange", &message, None).await;
         }
     }
     if job.spec.job.checkpoint.is_none() {
@@ -241,6 +364,7 @@ async fn reconcile_job(
             ctx,
             "NoCheckpoint",
             "spec.checkpoint: a job on Kubernetes needs a checkpoint location its master and workers share, such as s3://bucket/prefix (a file:// location only on a volume every pod mounts)",
+            None,
         )
         .await;
     }
@@ -287,11 +411,43 @@ async fn reconcile_job(
     let stopped = suspended || hold.phase.is_some();
 
     let token = format!("{name}-token");
-    let secret = ensure_token(job, &Api::namespaced(client.clone(), &ns), &token).await?;
-    let desired = resources::desired(job, &token, stopped)?;
+    let desired = resources::desired(job, &token, stopped, ctx.namespace.as_deref())?;
+    // Server-side apply with force would take over an object of the same name that someone
+    // else made (and the garbage collector would delete it with the job): refuse instead.
+    let foreign = foreign_objects(client, &ns, job, &token, &desired).await?;
+    if !foreign.is_empty() {
+        let message = format!(
+            "{} already exist{} and {} not owned by this StreamingJob; the operator does not take over objects it did not create: rename the job, or delete or rename {}",
+            foreign.join(", "),
+            if foreign.len() == 1 { "s" } else { "" },
+            if foreign.len() == 1 { "is" } else { "are" },
+            if foreign.len() == 1 { "it" } else { "them" },
+        );
+        return block(
+            job,
+            ctx,
+            "NameConflict",
+            &message,
+            Some(NAME_CONFLICT_RECHECK),
+        )
+        .await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret = ensure_secret(job, &secrets, &token, || {
+        Ok([(TOKEN_KEY.to_string(), random_token()?)].into())
+    })
+    .await?
+    .and_then(|data| String::from_utf8(data.get(TOKEN_KEY)?.clone()).ok());
+    let tls = ensure_secret(job, &secrets, &resources::tls_secret(&name), || {
+        Ok(crate::tls::issue(&name)?)
+    })
+    .await?
+    .as_ref()
+    .and_then(crate::tls::from_secret);
     apply::<ConfigMap>(client, &ns, &desired.config).await?;
     apply::<Service>(client, &ns, &desired.master_service).await?;
     apply::<Service>(client, &ns, &desired.worker_service).await?;
+    apply::<NetworkPolicy>(client, &ns, &desired.network_policy).await?;
     apply::<StatefulSet>(client, &ns, &desired.master).await?;
     apply::<StatefulSet>(client, &ns, &desired.workers).await?;
 
@@ -313,7 +469,7 @@ async fn reconcile_job(
     let mut master_view = match (master_ip, secret) {
         (Some(ip), Some(secret)) => {
             let address = format!("{ip}:{}", crate::constants::MASTER_PORT);
-            crate::status::ask_master(&address, &secret).await
+            crate::status::ask_master(&address, &secret, tls.as_ref()).await
         }
         _ => None,
     };
@@ -383,12 +539,14 @@ async fn reconcile_job(
 }
 
 /// Refuses to run the spec as it is: phase Blocked, a Degraded condition with `reason` and
-/// `message`, and nothing more until the spec changes. Running pods are left alone.
+/// `message`, and nothing more until the spec changes (or, with `recheck`, until that time has
+/// passed: for causes outside the spec). Running pods are left alone.
 async fn block(
     job: &StreamingJobResource,
     ctx: &Context,
     reason: &str,
     message: &str,
+    recheck: Option<Duration>,
 ) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
@@ -409,7 +567,7 @@ async fn block(
     conditions.push(crate::status::condition(
         &previous, "Ready", false, "Blocked", "", generation,
     ));
-    let body = json!({"status": {"phase": "Blocked", "message": message, "conditions": conditions, "observedGeneration": generation}});
+    let body = json!({"status": {"phase": "Blocked", "message": crate::status::scrub(message), "conditions": conditions, "observedGeneration": generation}});
     let jobs: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
     jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
         .await?;
@@ -418,7 +576,7 @@ async fn block(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .insert(format!("{ns}/{name}"), "Blocked".into());
-    Ok(Action::await_change())
+    Ok(recheck.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// What the restart policy says about this reconcile.
@@ -505,84 +663,6 @@ fn restart_decision(
     hold
 }
 
-/// On deletion: with `checkpoint.deletionPolicy: Delete`, removes the job's S3 checkpoint
-/// (with the job's own credentials); otherwise leaves it for a job that resumes from it.
-/// Children go with their owner through Kubernetes' garbage collector.
-async fn cleanup(job: &Arc<StreamingJobResource>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let name = job.name_any();
-    let Some(checkpoint) = job.spec.job.checkpoint.clone() else {
-        return Ok(Action::await_change());
-    };
-    if checkpoint.deletion_policy != Some(sluice_crds::DeletionPolicy::Delete) {
-        tracing::info!(job = %name, uri = %checkpoint.uri, "job deleted; checkpoint retained");
-        return Ok(Action::await_change());
-    }
-    if !checkpoint.uri.starts_with("s3://") {
-        tracing::warn!(job = %name, uri = %checkpoint.uri, "deletionPolicy Delete applies to s3:// checkpoints only; left in place");
-        return Ok(Action::await_change());
-    }
-    let ns = job.namespace().unwrap_or_else(|| "default".into());
-    // Stop the job first: a master still running would write new checkpoint objects.
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-    for role in ["master", "worker"] {
-        match sets
-            .delete(&format!("{name}-{role}"), &Default::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let running = pods
-        .list(
-            &kube::api::ListParams::default()
-                .labels(&format!("{}={name}", crate::constants::LABEL_JOB)),
-        )
-        .await?;
-    if !running.items.is_empty() {
-        return Err(Error::Cleanup(format!(
-            "waiting for {} pods of the job to stop",
-            running.items.len()
-        )));
-    }
-    let mut credentials = None;
-    if let Some(secret) = &job.spec.checkpoint_credentials {
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        let data = secrets.get(&secret.name).await?.data.unwrap_or_default();
-        let text = |k: &str| {
-            data.get(k)
-                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-        };
-        if let (Some(key), Some(secret)) =
-            (text("AWS_ACCESS_KEY_ID"), text("AWS_SECRET_ACCESS_KEY"))
-        {
-            credentials = Some((key, secret));
-        }
-    }
-    let settings = sluice::checkpoint::S3Settings {
-        endpoint: checkpoint.endpoint.clone(),
-        region: checkpoint.region.clone(),
-        path_style: checkpoint.path_style.unwrap_or(false),
-        credentials,
-    };
-    // The S3 store blocks on its own runtime: run it on a thread of its own.
-    let uri = checkpoint.uri.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::spawn(move || {
-        use sluice::checkpoint::CheckpointStore;
-        let result =
-            sluice::checkpoint::S3Store::open(&uri, &settings).and_then(|store| store.delete(""));
-        let _ = tx.send(result.map_err(|e| e.to_string()));
-    });
-    rx.await
-        .map_err(|_| Error::Cleanup("the cleanup thread died".into()))?
-        .map_err(Error::Cleanup)?;
-    tracing::info!(job = %name, uri = %checkpoint.uri, "job deleted; checkpoint deleted (deletionPolicy Delete)");
-    Ok(Action::await_change())
-}
-
 /// Events for the transitions a user cares about, from the previous status to this one.
 async fn publish_transitions(
     job: &StreamingJobResource,
@@ -657,10 +737,10 @@ async fn publish_transitions(
 }
 
 /// The API server refuses event notes longer than this.
-const EVENT_NOTE_LIMIT: usize = 1024;
+pub(crate) const EVENT_NOTE_LIMIT: usize = 1024;
 
 /// `text` cut to at most `limit` bytes on a character boundary, marked when cut.
-fn shorten(text: &str, limit: usize) -> String {
+pub(crate) fn shorten(text: &str, limit: usize) -> String {
     if text.len() <= limit {
         return text.to_string();
     }

@@ -3,6 +3,7 @@
 //! (`status`), the reconciler that applies all of it (`controller`), leader election and
 //! metrics.
 
+pub mod cleanup;
 pub mod constants;
 pub mod controller;
 pub mod health;
@@ -10,3 +11,4 @@ pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod status;
+pub mod tls;

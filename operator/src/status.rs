@@ -24,11 +24,19 @@ pub struct MasterView {
 }
 
 /// Asks the master at `address` (`ip:port`) for its status, with the job's token.
-pub async fn ask_master(address: &str, token: &str) -> Option<MasterView> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+pub async fn ask_master(
+    address: &str,
+    token: &str,
+    tls: Option<&sluice::rpc::Tls>,
+) -> Option<MasterView> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
         .ok()?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(2));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.client()).ok()?;
+    }
     let channel = endpoint.connect().await.ok()?;
     let header: MetadataValue<_> = format!("Bearer {token}").parse().ok()?;
     let mut client = pb::master_client::MasterClient::with_interceptor(
@@ -84,10 +92,24 @@ pub(crate) fn condition(
         type_: type_.into(),
         status: status.into(),
         reason: reason.into(),
-        message: message.into(),
+        message: scrub(message),
         last_transition_time: since,
         observed_generation: generation,
     }
+}
+
+/// The longest message the status carries (the API server takes 32 KiB per condition message,
+/// but a status is read by people, and a pod's last log lines may be long).
+pub const MESSAGE_LIMIT: usize = 1024;
+
+/// A message fit for the status: control characters (a log's colours, stray bytes) replaced,
+/// and cut to [`MESSAGE_LIMIT`] bytes.
+pub fn scrub(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
+    crate::controller::shorten(&clean, MESSAGE_LIMIT)
 }
 
 /// The phase and the status patch body.
@@ -185,16 +207,16 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
             status["lastCheckpoint"] =
                 json!({"batch": m.last_checkpoint_batch, "location": m.checkpoint_uri});
         }
-        status["message"] = json!(if m.message.is_empty() {
-            m.state.clone()
+        status["message"] = json!(scrub(if m.message.is_empty() {
+            &m.state
         } else {
-            m.message.clone()
-        });
+            &m.message
+        }));
     }
     // The restart policy's or the pods' account of why the job does not run wins over the
     // master's (which is silent while it is down).
     if (o.hold.is_some() || problem.is_some()) && !degraded_message.is_empty() {
-        status["message"] = json!(degraded_message);
+        status["message"] = json!(scrub(&degraded_message));
     }
     (phase.to_string(), json!({ "status": status }))
 }
@@ -223,6 +245,15 @@ pub fn tally_recoveries(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn messages_are_scrubbed_and_bounded() {
+        let noisy = format!("\u{1b}[31mERROR\u{1b}[0m {}", "x".repeat(5000));
+        let m = super::scrub(&noisy);
+        assert!(m.len() <= super::MESSAGE_LIMIT, "{}", m.len());
+        assert!(!m.contains('\u{1b}'));
+        assert_eq!(super::scrub("line one\nline two"), "line one\nline two");
+    }
+
     use super::*;
 
     #[test]

@@ -2,17 +2,20 @@
 //! what a job's pods look like is unit-tested here.
 
 mod config;
+mod network;
 mod pods;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use sluice_crds::resource::StreamingJobResource;
 
 pub use config::manifest_config_map;
+pub use network::network_policy;
 pub use pods::{master_statefulset, worker_statefulset, workers_wanted};
 
 use crate::constants::*;
@@ -35,15 +38,17 @@ pub struct Desired {
     pub master_service: Service,
     pub workers: StatefulSet,
     pub worker_service: Service,
+    pub network_policy: NetworkPolicy,
 }
 
 /// The objects for `job`, whose master–worker token is in the Secret `token_secret`.
 /// While `stopped` (suspended, backing off after a crash loop, or failed) the StatefulSets
-/// have no replicas.
+/// have no replicas. The operator runs in `operator_namespace`, when known.
 pub fn desired(
     job: &StreamingJobResource,
     token_secret: &str,
     stopped: bool,
+    operator_namespace: Option<&str>,
 ) -> Result<Desired, BuildError> {
     Ok(Desired {
         config: manifest_config_map(job)?,
@@ -51,7 +56,13 @@ pub fn desired(
         master_service: headless_service(job, "master", MASTER_PORT)?,
         workers: worker_statefulset(job, token_secret, stopped)?,
         worker_service: headless_service(job, "worker", WORKER_PORT)?,
+        network_policy: network_policy(job, operator_namespace)?,
     })
+}
+
+/// The Secret with a job's TLS certificate (see [`crate::tls`]).
+pub fn tls_secret(job: &str) -> String {
+    format!("{job}-tls")
 }
 
 pub(crate) fn job_name(job: &StreamingJobResource) -> Result<String, BuildError> {
@@ -141,13 +152,14 @@ pub(crate) mod tests {
 
     #[test]
     fn every_child_is_owned_labelled_and_named_after_the_job() {
-        let d = super::desired(&job(""), "wc-token", false).expect("builds");
+        let d = super::desired(&job(""), "wc-token", false, None).expect("builds");
         for meta in [
             &d.config.metadata,
             &d.master.metadata,
             &d.workers.metadata,
             &d.master_service.metadata,
             &d.worker_service.metadata,
+            &d.network_policy.metadata,
         ] {
             let owner = &meta.owner_references.as_ref().expect("owned")[0];
             assert_eq!(
@@ -171,6 +183,6 @@ pub(crate) mod tests {
     fn a_job_without_uid_is_refused() {
         let mut j = job("");
         j.metadata.uid = None;
-        assert!(super::desired(&j, "t", false).is_err());
+        assert!(super::desired(&j, "t", false, None).is_err());
     }
 }

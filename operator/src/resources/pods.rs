@@ -6,7 +6,8 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, SecretEnvSource, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    SeccompProfile, SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use sluice_crds::resource::StreamingJobResource;
@@ -55,6 +56,8 @@ fn restricted() -> SecurityContext {
 
 /// The volume holding the job manifest; `spec.podTemplate.volumes` may not take its name.
 const CONFIG_VOLUME: &str = "config";
+/// The volume holding the job's TLS certificate; reserved likewise.
+const TLS_VOLUME: &str = "tls";
 
 /// A pod template for one role running `args` of the sluice binary.
 fn template(
@@ -82,6 +85,11 @@ fn template(
             ..Default::default()
         },
         env("SLUICE_LOG", "info"),
+        // Mutual TLS between the job's pods, with the certificate the operator issued.
+        env("SLUICE_TLS_CERT", &format!("{TLS_DIR}/{TLS_CERT_KEY}")),
+        env("SLUICE_TLS_KEY", &format!("{TLS_DIR}/{TLS_KEY_KEY}")),
+        env("SLUICE_TLS_CA", &format!("{TLS_DIR}/{TLS_CA_KEY}")),
+        env("SLUICE_TLS_SERVER_NAME", TLS_SERVER_NAME),
     ];
     if role == "worker" {
         env.push(env_advertise());
@@ -103,25 +111,45 @@ fn template(
             ..Default::default()
         });
     }
-    let mut mounts = vec![VolumeMount {
-        name: CONFIG_VOLUME.into(),
-        mount_path: CONFIG_DIR.into(),
-        read_only: Some(true),
-        ..Default::default()
-    }];
-    mounts.extend(overrides.volume_mounts.into_iter().flatten());
-    let mut volumes = vec![Volume {
-        name: CONFIG_VOLUME.into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: format!("{name}-config"),
+    let mut mounts = vec![
+        VolumeMount {
+            name: CONFIG_VOLUME.into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
             ..Default::default()
-        }),
-        ..Default::default()
-    }];
+        },
+        VolumeMount {
+            name: TLS_VOLUME.into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+    ];
+    mounts.extend(overrides.volume_mounts.into_iter().flatten());
+    let mut volumes = vec![
+        Volume {
+            name: CONFIG_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: format!("{name}-config"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: TLS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(super::tls_secret(&name)),
+                // Readable by the pod's group (fsGroup below), not by everyone.
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
     for v in overrides.volumes.into_iter().flatten() {
-        if v.name == CONFIG_VOLUME {
+        if v.name == CONFIG_VOLUME || v.name == TLS_VOLUME {
             return Err(BuildError::Invalid(
-                "spec.podTemplate.volumes: the name config is the operator's; rename the volume",
+                "spec.podTemplate.volumes: the names config and tls are the operator's; rename the volume",
             ));
         }
         volumes.push(v);
@@ -177,9 +205,13 @@ fn template(
             tolerations: spec.tolerations.clone(),
             affinity: spec.affinity.clone(),
             service_account_name: spec.service_account_name.clone(),
+            // Sluice never calls the Kubernetes API from a job's pods: no token to steal (a
+            // joinStatic or files source pointed at it could otherwise read it).
+            automount_service_account_token: Some(false),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(65532),
+                fs_group: Some(65532),
                 seccomp_profile: Some(SeccompProfile {
                     type_: "RuntimeDefault".into(),
                     ..Default::default()
@@ -398,6 +430,24 @@ mod tests {
                 .any(|e| e.name == "SLUICE_ADVERTISE"
                     && e.value.as_deref() == Some("$(POD_IP):7071"))
         );
+        // Mutual TLS by default, with the job's own certificate, and no Kubernetes token.
+        for (name, file) in [
+            ("SLUICE_TLS_CERT", "/etc/sluice-tls/tls.crt"),
+            ("SLUICE_TLS_KEY", "/etc/sluice-tls/tls.key"),
+            ("SLUICE_TLS_CA", "/etc/sluice-tls/ca.crt"),
+        ] {
+            assert!(
+                env.iter()
+                    .any(|e| e.name == name && e.value.as_deref() == Some(file)),
+                "{name}"
+            );
+        }
+        let set = worker_statefulset(&j, "wc-token", false).expect("builds");
+        let pod = set.spec.and_then(|s| s.template.spec).expect("pod spec");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert!(pod.volumes.iter().flatten().any(|v| {
+            v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("wc-tls")
+        }));
         assert_eq!(
             worker.env_from.expect("envFrom")[0]
                 .secret_ref
@@ -450,7 +500,7 @@ mod tests {
             .flatten()
             .map(|v| v.name.as_str())
             .collect();
-        assert_eq!(names, ["config", "ca"]);
+        assert_eq!(names, ["config", "tls", "ca"]);
         let c = &pod.containers[0];
         let env = c.env.clone().expect("env");
         assert!(env.iter().any(|e| e.name == "RUST_BACKTRACE"));
@@ -466,7 +516,7 @@ mod tests {
             .flatten()
             .map(|m| m.mount_path.as_str())
             .collect();
-        assert_eq!(mounts, ["/etc/sluice", "/etc/ca"]);
+        assert_eq!(mounts, ["/etc/sluice", "/etc/sluice-tls", "/etc/ca"]);
     }
 
     #[test]

@@ -121,7 +121,8 @@ impl Tls {
             .client_ca_root(tonic::transport::Certificate::from_pem(&self.ca))
     }
 
-    fn client(&self) -> tonic::transport::ClientTlsConfig {
+    /// The client side.
+    pub fn client(&self) -> tonic::transport::ClientTlsConfig {
         tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca))
             .identity(tonic::transport::Identity::from_pem(&self.cert, &self.key))
