@@ -603,3 +603,202 @@ fn a_connection_flood_does_not_stall_the_job() {
         "{log}"
     );
 }
+
+/// One message a hostile (or broken) peer holding the token might send a worker.
+#[derive(Debug, Clone)]
+enum Message {
+    Assign(u64, Vec<bool>, bool),
+    Restore(u64, u64),
+    Begin(u64, u64, String),
+    Stage(u64, u64, u32),
+    Blocks(u64, u64, u32, u32, u32, Vec<u8>),
+    Snapshot(u64, u64),
+}
+
+fn message() -> impl proptest::strategy::Strategy<Value = Message> {
+    use proptest::prelude::*;
+    let epoch = 0u64..4;
+    let batch = prop_oneof![0u64..4, Just(u64::MAX)];
+    let range = prop::sample::select(vec![
+        r#"{"start":0,"end":10}"#,
+        r#"{"start":10,"end":0}"#,
+        r#"{"start":0,"end":18446744073709551615}"#,
+        r#"{"wal":"../../../etc/passwd"}"#,
+        r#"{"wal":"wal/00000000000000000001/g.bin"}"#,
+        r#"{"files":["../x"]}"#,
+        r#"{"refused":{"count":18446744073709551615,"samples":[1,2]}}"#,
+        r#"null"#,
+        r#"{"#,
+        "",
+    ])
+    .prop_map(String::from);
+    let small = prop_oneof![0u32..8, Just(u32::MAX)];
+    prop_oneof![
+        (
+            epoch.clone(),
+            proptest::collection::vec(any::<bool>(), 0..9),
+            any::<bool>()
+        )
+            .prop_map(|(e, o, f)| Message::Assign(e, o, f)),
+        (epoch.clone(), batch.clone()).prop_map(|(e, b)| Message::Restore(e, b)),
+        (epoch.clone(), batch.clone(), range).prop_map(|(e, b, r)| Message::Begin(e, b, r)),
+        (epoch.clone(), batch.clone(), small.clone()).prop_map(|(e, b, s)| Message::Stage(e, b, s)),
+        (
+            epoch.clone(),
+            batch.clone(),
+            small.clone(),
+            small.clone(),
+            small,
+            proptest::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(e, b, s, m, r, d)| Message::Blocks(e, b, s, m, r, d)),
+        (epoch, batch).prop_map(|(e, b)| Message::Snapshot(e, b)),
+    ]
+}
+
+#[test]
+fn a_worker_answers_hostile_messages_and_stays_up() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use sluice::rpc::pb;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let mut c = Cluster::new(tmp.path(), &server, "hostile");
+    let manifest =
+        sluice_crds::load(&std::fs::read_to_string(&c.job).expect("job")).expect("valid");
+    let fingerprint = sluice_crds::fingerprint(&manifest.spec);
+    let port = port();
+    let address = format!("127.0.0.1:{port}");
+    let mut worker = c.command("hostile-worker.log");
+    // No master: the worker keeps trying to register while the peer below talks to it.
+    worker.arg("worker").arg(&c.job).args([
+        "--master",
+        "127.0.0.1:1",
+        "--listen",
+        &address,
+        "--advertise",
+        &address,
+        "--id",
+        "target",
+    ]);
+    c.workers
+        .push(("target".into(), worker.spawn().expect("spawn")));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let token = sluice::rpc::AddToken::new(TOKEN).expect("token");
+    // connect_lazy needs the runtime's reactor.
+    let _guard = rt.enter();
+    let channel = sluice::rpc::channel(&address, Duration::from_secs(10), None).expect("channel");
+    let mut client = pb::worker_client::WorkerClient::with_interceptor(channel, token);
+    let alive = |client: &mut pb::worker_client::WorkerClient<_>| {
+        rt.block_on(client.ping(pb::PingRequest { epoch: 0 }))
+            .is_ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !alive(&mut client) {
+        assert!(Instant::now() < deadline, "the worker did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cases: u32 = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(64);
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = proptest::collection::vec(message(), 1..8);
+    let mut sent = 0;
+    for _ in 0..cases {
+        let messages = strategy.new_tree(&mut runner).expect("case").current();
+        for m in messages {
+            sent += 1;
+            let _ = rt.block_on(async {
+                match m.clone() {
+                    Message::Assign(epoch, owners, right_job) => client
+                        .assign(pb::AssignRequest {
+                            epoch,
+                            master_id: "m".into(),
+                            owners: owners
+                                .iter()
+                                .map(|mine| {
+                                    if *mine {
+                                        address.clone()
+                                    } else {
+                                        "10.0.0.1:1".into()
+                                    }
+                                })
+                                .collect(),
+                            fingerprint: if right_job {
+                                fingerprint.clone()
+                            } else {
+                                "x".into()
+                            },
+                        })
+                        .await
+                        .map(|_| ()),
+                    Message::Restore(epoch, snapshot_batch) => client
+                        .restore(pb::RestoreRequest {
+                            epoch,
+                            snapshot_batch,
+                        })
+                        .await
+                        .map(|_| ()),
+                    Message::Begin(epoch, batch, range) => client
+                        .begin_batch(pb::BeginBatchRequest {
+                            epoch,
+                            batch,
+                            time_ms: batch,
+                            replay: false,
+                            ranges: [("g".to_string(), range)].into(),
+                        })
+                        .await
+                        .map(|_| ()),
+                    Message::Stage(epoch, batch, stage) => client
+                        .run_stage(pb::RunStageRequest {
+                            epoch,
+                            batch,
+                            stage,
+                        })
+                        .await
+                        .map(|_| ()),
+                    Message::Blocks(
+                        epoch,
+                        batch,
+                        shuffle,
+                        map_partition,
+                        reduce_partition,
+                        data,
+                    ) => {
+                        let block = pb::Block {
+                            shuffle,
+                            map_partition,
+                            reduce_partition,
+                            data,
+                            epoch,
+                            batch,
+                        };
+                        client
+                            .push_blocks(futures::stream::iter(vec![block]))
+                            .await
+                            .map(|_| ())
+                    }
+                    Message::Snapshot(epoch, batch) => client
+                        .snapshot(pb::SnapshotRequest { epoch, batch })
+                        .await
+                        .map(|_| ()),
+                }
+            });
+            assert!(
+                alive(&mut client),
+                "the worker stopped answering after {m:?}; its log:\n{}",
+                std::fs::read_to_string(tmp.path().join("hostile-worker.log")).unwrap_or_default()
+            );
+        }
+    }
+    let (_, process) = c
+        .workers
+        .iter_mut()
+        .find(|(id, _)| id == "target")
+        .expect("worker");
+    assert!(
+        process.try_wait().expect("wait").is_none(),
+        "the worker exited"
+    );
+    eprintln!("{sent} hostile messages answered");
+}
