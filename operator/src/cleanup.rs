@@ -21,14 +21,14 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
-use kube::{Api, Resource, ResourceExt};
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
 use sluice::checkpoint::JobMeta;
 use sluice_crds::DeletionPolicy;
 use sluice_crds::resource::StreamingJobResource;
 
 use crate::constants::LABEL_JOB;
-use crate::controller::{Context, Error};
+use crate::controller::{Context, Error, publish};
 
 /// How long a deletion retries an unreachable store or pods that do not stop, counted from
 /// the deletion request; then the job goes and an event says what was left.
@@ -113,10 +113,11 @@ pub async fn cleanup(job: &Arc<StreamingJobResource>, ctx: &Arc<Context>) -> Res
                 job,
                 EventType::Normal,
                 "CheckpointDeleted",
-                format!(
+                &format!(
                     "deleted the checkpoint at {} (deletionPolicy Delete)",
                     checkpoint.uri
                 ),
+                "Delete",
             )
             .await;
             Ok(Action::await_change())
@@ -128,7 +129,8 @@ pub async fn cleanup(job: &Arc<StreamingJobResource>, ctx: &Arc<Context>) -> Res
                 job,
                 EventType::Warning,
                 "CheckpointRetained",
-                format!("checkpoint {} left in place: {why}", checkpoint.uri),
+                &format!("checkpoint {} left in place: {why}", checkpoint.uri),
+                "Delete",
             )
             .await;
             Ok(Action::await_change())
@@ -140,7 +142,15 @@ pub async fn cleanup(job: &Arc<StreamingJobResource>, ctx: &Arc<Context>) -> Res
                 checkpoint.uri
             );
             tracing::warn!(job = %name, %why, "job deleted; checkpoint cleanup abandoned");
-            publish(ctx, job, EventType::Warning, "CheckpointRetained", why).await;
+            publish(
+                ctx,
+                job,
+                EventType::Warning,
+                "CheckpointRetained",
+                &why,
+                "Delete",
+            )
+            .await;
             Ok(Action::await_change())
         }
         Err(e) => Err(e),
@@ -232,28 +242,6 @@ async fn delete_checkpoint(
     rx.await
         .map_err(|_| Error::Cleanup("the cleanup thread died".into()))?
         .map_err(Error::Cleanup)
-}
-
-async fn publish(
-    ctx: &Context,
-    job: &StreamingJobResource,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(crate::controller::shorten(
-            &note,
-            crate::controller::EVENT_NOTE_LIMIT,
-        )),
-        action: "Delete".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "cannot publish an event");
-    }
 }
 
 #[cfg(test)]

@@ -183,55 +183,60 @@ async fn foreign_objects(
     token: &str,
     desired: &resources::Desired,
 ) -> Result<Vec<String>, Error> {
-    async fn check<K>(
-        client: &Client,
-        ns: &str,
-        job: &StreamingJobResource,
-        name: &str,
-        out: &mut Vec<String>,
-    ) -> Result<(), Error>
+    let mut claims = Claims {
+        client,
+        ns,
+        job,
+        foreign: Vec::new(),
+    };
+    claims.name::<Secret>(token).await?;
+    claims
+        .name::<Secret>(&resources::tls_secret(&job.name_any()))
+        .await?;
+    claims.object(&desired.config).await?;
+    claims.object(&desired.master_service).await?;
+    claims.object(&desired.worker_service).await?;
+    claims.object(&desired.network_policy).await?;
+    claims.object(&desired.master).await?;
+    claims.object(&desired.workers).await?;
+    Ok(claims.foreign)
+}
+
+/// Collects the objects of a job's names that someone else controls.
+struct Claims<'a> {
+    client: &'a Client,
+    ns: &'a str,
+    job: &'a StreamingJobResource,
+    foreign: Vec<String>,
+}
+
+impl Claims<'_> {
+    async fn name<K>(&mut self, name: &str) -> Result<(), Error>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
-        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        let api: Api<K> = Api::namespaced(self.client.clone(), self.ns);
         if let Some(found) = api.get_metadata_opt(name).await?
-            && !owned_by(&found.metadata, job)
+            && !owned_by(&found.metadata, self.job)
         {
-            out.push(format!("{} {name}", K::kind(&())));
+            self.foreign.push(format!("{} {name}", K::kind(&())));
         }
         Ok(())
     }
-    let name_of = |meta: &kube::api::ObjectMeta| meta.name.clone().unwrap_or_default();
-    let mut out = Vec::new();
-    check::<Secret>(client, ns, job, token, &mut out).await?;
-    let name = job.name_any();
-    check::<Secret>(client, ns, job, &resources::tls_secret(&name), &mut out).await?;
-    check::<ConfigMap>(
-        client,
-        ns,
-        job,
-        &name_of(&desired.config.metadata),
-        &mut out,
-    )
-    .await?;
-    for service in [&desired.master_service, &desired.worker_service] {
-        check::<Service>(client, ns, job, &name_of(&service.metadata), &mut out).await?;
+
+    async fn object<K>(&mut self, object: &K) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
+        self.name::<K>(&name).await
     }
-    check::<NetworkPolicy>(
-        client,
-        ns,
-        job,
-        &name_of(&desired.network_policy.metadata),
-        &mut out,
-    )
-    .await?;
-    for set in [&desired.master, &desired.workers] {
-        check::<StatefulSet>(client, ns, job, &name_of(&set.metadata), &mut out).await?;
-    }
-    Ok(out)
 }
 
 async fn apply<K>(client: &Client, ns: &str, object: &K) -> Result<(), Error>
@@ -672,7 +677,6 @@ async fn publish_transitions(
     master: Option<&crate::status::MasterView>,
     incidents: Vec<(EventType, &str, String)>,
 ) {
-    use kube::runtime::events::Event;
     let previous = job.status.clone();
     let mut events = incidents;
     match &previous {
@@ -721,35 +725,35 @@ async fn publish_transitions(
             }
         }
     }
-    let reference = job.object_ref(&());
     for (type_, reason, note) in events {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(shorten(&note, EVENT_NOTE_LIMIT)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, reason, "cannot publish an event");
-        }
+        publish(ctx, job, type_, reason, &note, "Reconcile").await;
+    }
+}
+
+/// Publishes an event about `job`, its note cut to what the API server takes; a failure to
+/// publish is logged, never fatal.
+pub(crate) async fn publish(
+    ctx: &Context,
+    job: &StreamingJobResource,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+    action: &str,
+) {
+    let event = kube::runtime::events::Event {
+        type_,
+        reason: reason.into(),
+        note: Some(sluice::error::shorten(note, EVENT_NOTE_LIMIT)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "cannot publish an event");
     }
 }
 
 /// The API server refuses event notes longer than this.
-pub(crate) const EVENT_NOTE_LIMIT: usize = 1024;
-
-/// `text` cut to at most `limit` bytes on a character boundary, marked when cut.
-pub(crate) fn shorten(text: &str, limit: usize) -> String {
-    if text.len() <= limit {
-        return text.to_string();
-    }
-    let mut end = limit.saturating_sub(3);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
-}
+const EVENT_NOTE_LIMIT: usize = 1024;
 
 fn error_policy(_job: Arc<StreamingJobResource>, error: &Error, _ctx: Arc<Context>) -> Action {
     match error {
@@ -761,7 +765,7 @@ fn error_policy(_job: Arc<StreamingJobResource>, error: &Error, _ctx: Arc<Contex
 
 #[cfg(test)]
 mod tests {
-    use super::shorten;
+    use sluice::error::shorten;
 
     #[test]
     fn event_notes_fit_the_api_limit() {

@@ -109,7 +109,7 @@ pub fn scrub(text: &str) -> String {
         .chars()
         .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
         .collect();
-    crate::controller::shorten(&clean, MESSAGE_LIMIT)
+    sluice::error::shorten(&clean, MESSAGE_LIMIT)
 }
 
 /// The phase and the status patch body.

@@ -150,7 +150,7 @@ impl Job {
     }
 
     /// Moves the records of sources that cannot replay into write-ahead-log entries: their
-    /// ranges become `{"wal": KEY}`; returns, by source, the key and the bytes to write before
+    /// ranges get `"wal": KEY`; returns, by source, the key and the bytes to write before
     /// the batch is logged.
     pub(crate) fn log_inputs(
         &mut self,
@@ -165,11 +165,10 @@ impl Job {
             };
             if let Some(bytes) = s.log_bytes(range)? {
                 let key = format!("wal/{:020}/{name}.bin", batch.index);
-                let mut logged = serde_json::json!({ "wal": key });
-                // Input refused while planning is counted with the batch, replays included.
-                if let Some(refused) = range.get("refused") {
-                    logged["refused"] = refused.clone();
-                }
+                // The range as planned (its refusals are counted again on a replay), plus
+                // where its records went.
+                let mut logged = range.clone();
+                logged["wal"] = serde_json::json!(key);
                 ranges.insert(name.clone(), logged);
                 logs.insert(name, (key, bytes));
             }

@@ -7,6 +7,11 @@ use std::time::{Duration, Instant};
 use sluice::source::{FilesSource, SocketSource};
 use sluice::{StreamingConfig, StreamingContext};
 
+/// 100 ms batches over 2 partitions.
+fn context() -> StreamingContext {
+    StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(2))
+}
+
 #[test]
 fn socket_source_reconnects_after_the_server_drops_it() {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -18,8 +23,7 @@ fn socket_source_reconnects_after_the_server_drops_it() {
             // Dropping the connection makes the source reconnect for the next lines.
         }
     });
-    let ctx =
-        StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(2));
+    let ctx = context();
     let words = ctx
         .source(SocketSource::new("tcp", "127.0.0.1", port))
         .flat_map(|l: String| l.split(' ').map(String::from).collect::<Vec<_>>())
@@ -40,8 +44,7 @@ fn socket_source_reconnects_after_the_server_drops_it() {
 #[test]
 fn files_source_reads_each_new_file_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ctx =
-        StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(2));
+    let ctx = context();
     let lines = ctx
         .source(FilesSource::new("in", dir.path()))
         .collect_batches();
@@ -105,8 +108,7 @@ fn socket_source_keeps_every_good_line_around_bad_bytes_pauses_and_overlong_line
         // Keep the connection open until the test has read everything.
         std::thread::sleep(Duration::from_secs(3));
     });
-    let ctx =
-        StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(2));
+    let ctx = context();
     let lines = ctx
         .source(SocketSource::new("tcp", "127.0.0.1", port))
         .collect_batches();
@@ -132,8 +134,7 @@ fn a_files_source_job_with_a_binary_file_reads_the_good_files_of_the_batch() {
     std::fs::write(dir.path().join("1.txt"), "a\nb\n").expect("write");
     std::fs::write(dir.path().join("2.bin"), [0u8, 159, 146, 150, 10, 255]).expect("write");
     std::fs::write(dir.path().join("3.txt"), "c\n").expect("write");
-    let ctx =
-        StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(2));
+    let ctx = context();
     let lines = ctx
         .source(FilesSource::new("in", dir.path()))
         .collect_batches();

@@ -89,7 +89,7 @@ fn parse_bounded(text: &str) -> Result<Program, String> {
     let program = Program::compile(text).map_err(|e| {
         format!(
             "{:?} is not a valid CEL expression: {e}",
-            shorten(text, 200)
+            crate::error::shorten(text, 200)
         )
     })?;
     let depth = depth(program.expression());
@@ -139,18 +139,6 @@ fn children(node: &IdedExpr) -> Vec<&IdedExpr> {
         Node::Select(select) => vec![&*select.operand],
         Node::Unspecified | Node::Ident(_) | Node::Literal(_) => Vec::new(),
     }
-}
-
-/// At most `limit` bytes of `text`, cut on a character boundary.
-fn shorten(text: &str, limit: usize) -> String {
-    if text.len() <= limit {
-        return text.to_string();
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
 }
 
 /// The context every evaluation's scope derives from; one per task.

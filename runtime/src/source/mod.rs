@@ -112,13 +112,6 @@ impl Refusals {
         &self.samples
     }
 
-    /// Adds the refusals of `other`.
-    pub fn merge(&mut self, other: Refusals) {
-        self.count += other.count;
-        let room = Self::SAMPLES.saturating_sub(self.samples.len());
-        self.samples.extend(other.samples.into_iter().take(room));
-    }
-
     /// As a range field, so refusals made while planning are logged with the batch.
     pub fn to_json(&self) -> Json {
         serde_json::json!({ "count": self.count, "samples": self.samples })

@@ -82,14 +82,18 @@ fn receive(name: String, addr: String, buffer: Arc<Mutex<Received>>, stop: Arc<A
         // that straddles a pause wait in the splitter.
         let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
         let mut splitter = LineSplitter::default();
-        let mut deliver = |line: Line| {
+        // The lines of one read are handed over under one lock, not one lock per line.
+        let mut lines: Vec<Line> = Vec::new();
+        let deliver = |lines: &mut Vec<Line>| {
             let mut received = lock_unpoisoned(&buffer);
-            match line {
-                Line::Text(text) => {
-                    received.bytes += text.len();
-                    received.lines.push(text);
+            for line in lines.drain(..) {
+                match line {
+                    Line::Text(text) => {
+                        received.bytes += text.len();
+                        received.lines.push(text);
+                    }
+                    Line::Refused(why) => received.refused.push(why),
                 }
-                Line::Refused(why) => received.refused.push(why),
             }
         };
         loop {
@@ -102,18 +106,23 @@ fn receive(name: String, addr: String, buffer: Arc<Mutex<Received>>, stop: Arc<A
             }
             match stream.read(&mut bytes) {
                 Ok(0) => {
-                    splitter.finish(&mut deliver);
+                    splitter.finish(&mut |l| lines.push(l));
+                    deliver(&mut lines);
                     tracing::warn!(source = %name, %addr, "connection closed by the server; reconnecting");
                     break;
                 }
-                Ok(n) => splitter.feed(&bytes[..n], &mut deliver),
+                Ok(n) => {
+                    splitter.feed(&bytes[..n], &mut |l| lines.push(l));
+                    deliver(&mut lines);
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
                         ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
                     ) => {}
                 Err(e) => {
-                    splitter.abandon(&mut deliver);
+                    splitter.abandon(&mut |l| lines.push(l));
+                    deliver(&mut lines);
                     tracing::warn!(source = %name, %addr, error = %e, "connection lost; reconnecting");
                     break;
                 }
