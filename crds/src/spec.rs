@@ -140,6 +140,14 @@ pub struct FilesSource {
     /// The directory. Write files elsewhere (or under a name starting with `.`) and rename them
     /// in, so a batch never sees half a file.
     pub path: String,
+    /// How long the names of read files are remembered, e.g. `60s` (the default). A file is
+    /// new when its change time (set by the rename that moves it in) is at most this much older
+    /// than the newest file seen; older files are ignored, so the job's position stays small
+    /// however many files pass through the directory. Raise it where files arrive late, e.g.
+    /// on a file system whose clock differs from the writers'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub remember_for: Option<String>,
 }
 
 /// A seeded generator of lines.
@@ -513,4 +521,6 @@ pub mod defaults {
     pub const GENERATOR_BATCH_BYTES: u64 = 1 << 30;
     /// `files.prefix`.
     pub const FILES_PREFIX: &str = "batch";
+    /// `sources[].files.rememberFor`, in seconds (Spark's `minRememberDuration`).
+    pub const FILES_REMEMBER_FOR_SECONDS: u64 = 60;
 }

@@ -305,6 +305,11 @@ async fn the_whole_system_under_real_faults() -> Result<()> {
     }
     if outcome.is_err() || report.outcomes.iter().any(|o| o.result.is_err()) {
         eprintln!("{}", system.diagnostics());
+        // Pod logs, the checkpoint and the outputs, for a failure that does not repeat.
+        if std::env::var_os("SLUICE_E2E_KEEP").is_some() {
+            eprintln!("kept for inspection: {}", dir.path().display());
+            std::mem::forget(dir);
+        }
     }
     outcome?;
     let failed: Vec<_> = report

@@ -117,6 +117,8 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
     let master_state = o.master.map(|m| m.state.as_str()).unwrap_or("");
     let checkpoint_failing = master_state == "checkpoint failing";
     let recovering = master_state == "recovering";
+    // Waiting long on a slow worker: still running, but not making progress.
+    let stalled = master_state == "stalled";
     let workers_ok = o.workers_ready >= o.workers_desired;
     let phase = if o.suspended {
         "Suspended"
@@ -124,7 +126,7 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
         held
     } else if recovering {
         "Recovering"
-    } else if o.master_ready && workers_ok && master_state == "running" {
+    } else if o.master_ready && workers_ok && (master_state == "running" || stalled) {
         "Running"
     } else {
         "Pending"
@@ -133,7 +135,8 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
     let p = o.previous;
     let progressing = master_state == "running";
     let problem = o.problems.first().filter(|_| phase != "Running");
-    let degraded = checkpoint_failing || recovering || o.hold.is_some() || problem.is_some();
+    let degraded =
+        checkpoint_failing || recovering || stalled || o.hold.is_some() || problem.is_some();
     let master_message = || o.master.map(|m| m.message.clone()).unwrap_or_default();
     let (degraded_reason, degraded_message) = match (o.hold, problem) {
         (Some(("Failed", why)), _) => ("RestartLimitReached", why.to_string()),
@@ -141,6 +144,7 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
         (None, Some(p)) => (p.reason, p.message.clone()),
         (None, None) if checkpoint_failing => ("CheckpointFailing", master_message()),
         (None, None) if recovering => ("Recovering", master_message()),
+        (None, None) if stalled => ("Stalled", master_message()),
         (None, None) => ("Healthy", String::new()),
     };
     let conditions = vec![
@@ -178,6 +182,8 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
             progressing,
             if progressing {
                 "BatchesCommitting"
+            } else if stalled {
+                "Stalled"
             } else {
                 "NotRunning"
             },
@@ -333,6 +339,34 @@ mod tests {
                 .as_str()
                 .expect("message")
                 .contains("unreachable")
+        );
+    }
+
+    #[test]
+    fn a_stalled_job_runs_but_says_what_it_waits_on() {
+        let stalled = MasterView {
+            state: "stalled".into(),
+            message: "waiting 12s on word-totals-worker-1 for stage 2 of 3 of batch 40".into(),
+            ..Default::default()
+        };
+        let (phase, body) = compute(&observed(Some(&stalled), &[]));
+        assert_eq!(phase, "Running");
+        let conditions = body["status"]["conditions"].as_array().expect("conditions");
+        let of = |kind: &str| {
+            conditions
+                .iter()
+                .find(|c| c["type"] == kind)
+                .cloned()
+                .expect("condition")
+        };
+        assert_eq!(of("Progressing")["status"], "False");
+        assert_eq!(of("Progressing")["reason"], "Stalled");
+        assert_eq!(of("Degraded")["reason"], "Stalled");
+        assert!(
+            body["status"]["message"]
+                .as_str()
+                .expect("message")
+                .contains("word-totals-worker-1")
         );
     }
 

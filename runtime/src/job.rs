@@ -254,6 +254,14 @@ impl Job {
         })
     }
 
+    /// The names of the stateful operations, as their state is keyed in snapshots.
+    pub(crate) fn stateful_names(&self) -> Vec<&str> {
+        self.stateful
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
     /// The state of every stateful operation, for a checkpoint after `batch`.
     pub(crate) fn snapshot(&self, batch: u64) -> Result<Snapshot> {
         self.snapshot_of(batch, &(0..self.graph.partitions).collect::<Vec<_>>())

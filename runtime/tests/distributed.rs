@@ -296,6 +296,15 @@ fn distributed_job_survives_master_and_worker_loss_and_rescales() {
         killed.elapsed()
     );
     assert_exactly_once(&c.finish(), &want, "worker killed");
+    // The others fail to push to the dead one; that must not count them lost (a live worker
+    // dropped keeps a placement and state the master no longer knows of).
+    let log = c.master_log();
+    for line in log.lines().filter(|l| l.contains("worker lost")) {
+        assert!(
+            line.contains("worker=w2"),
+            "a live worker counted lost: {line}"
+        );
+    }
     drop(c);
 
     // Add a worker, then ask one to leave: live rescaling at batch boundaries.
@@ -309,6 +318,54 @@ fn distributed_job_survives_master_and_worker_loss_and_rescales() {
     c.stop_worker("w1");
     assert_exactly_once(&c.finish(), &want, "rescaled");
     assert!(c.master_log().contains("rescaled"), "{}", c.master_log());
+}
+
+/// A frozen worker (SIGSTOP: its connections stay open, nothing answers) used to hold the job
+/// until a 60 s call timeout while the status said `running`. Heartbeats during every call
+/// find it lost within seconds; the others take its partitions; thawed, it joins again; the
+/// output is exactly once.
+#[test]
+fn a_frozen_worker_is_found_by_heartbeat_and_the_job_goes_on() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let want = reference(tmp.path());
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let mut c = Cluster::new(tmp.path(), &server, "frozen");
+    c.start_master(3);
+    for w in ["w1", "w2", "w3"] {
+        c.start_worker(w);
+    }
+    c.wait_commits(10, Duration::from_secs(60));
+    let frozen = c
+        .workers
+        .iter()
+        .find(|(id, _)| id == "w2")
+        .map(|(_, child)| child.id())
+        .expect("w2 runs");
+    let status = Command::new("kill")
+        .args(["-STOP", &frozen.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.master_log().contains("no answer to a heartbeat") {
+        assert!(Instant::now() < deadline, "{}", c.master_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Thawed, it still holds the placement and the state of before: it must be placed anew
+    // before any of its state counts (a snapshot of the rescale once took its stale copy).
+    let status = Command::new("kill")
+        .args(["-CONT", &frozen.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let got = c.finish();
+    let log = c.master_log();
+    assert!(log.contains("worker lost"), "{log}");
+    assert!(
+        log.contains("rescaled"),
+        "the thawed worker joined again: {log}"
+    );
+    assert_exactly_once(&got, &want, "worker frozen, then thawed");
 }
 
 #[test]

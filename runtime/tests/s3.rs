@@ -187,6 +187,48 @@ fn an_s3_outage_fails_batches_then_the_job_goes_on_without_loss() {
     assert_same_batches(&outputs(&run), &outputs(&reference));
 }
 
+/// The CI failure of 2026-11-30: a state file whose bytes and stored checksum disagreed was
+/// read as a store outage and retried for ever. Damage at rest is now reported as damage, and
+/// recovery falls back to the snapshot before.
+#[test]
+fn an_object_damaged_at_rest_is_damage_and_recovery_falls_back() {
+    use sluice::checkpoint::{Checkpointer, Snapshot};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let c = Checkpointer::new(Box::new(store(&server, "damaged")), 1, 5);
+    for batch in [1u64, 2] {
+        let mut s = Snapshot {
+            batch,
+            ..Default::default()
+        };
+        s.parts
+            .insert(("000-state".into(), 0), vec![batch as u8; 64]);
+        c.write_snapshot(&s).expect("snapshot");
+    }
+    // Flip the bytes of batch 2's state file on the server's disk: same length, so only the
+    // checksum the server recorded at write time can tell.
+    let dir = tmp
+        .path()
+        .join("s3/ckpt/damaged/state/00000000000000000002/000-state");
+    let file = std::fs::read_dir(&dir)
+        .expect("state dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "bin"))
+        .expect("state file");
+    std::fs::write(&file, vec![9u8; 64]).expect("damage");
+    let key = format!(
+        "state/00000000000000000002/000-state/{}",
+        file.file_name().and_then(|n| n.to_str()).expect("name")
+    );
+    let raw = store(&server, "damaged");
+    match raw.get(&key) {
+        Err(sluice::Error::Checkpoint(why)) => assert!(why.contains("is damaged"), "{why}"),
+        other => panic!("a damaged object must read as damage, got {other:?}"),
+    }
+    let latest = c.latest_snapshot().expect("recovery does not stall");
+    assert_eq!(latest.map(|s| s.batch), Some(1));
+}
+
 #[test]
 fn a_missing_bucket_is_reported_with_endpoint_and_bucket() {
     let tmp = tempfile::tempdir().expect("tempdir");

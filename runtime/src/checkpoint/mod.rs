@@ -144,7 +144,7 @@ pub struct StateFile {
 }
 
 /// State of every stateful operation and partition at the end of a batch.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Snapshot {
     pub batch: u64,
     /// By (operation name, partition).
@@ -159,6 +159,15 @@ fn parse_batch(name: &str) -> Option<u64> {
     name.trim_end_matches(".json").parse().ok()
 }
 
+/// The operation and partition of a state file of the snapshot of `batch`, from its key:
+/// `state/BATCH/OP/PART.WRITER.bin`, or `PART.bin` in checkpoints from before unique keys.
+pub(crate) fn state_file_part(batch: u64, key: &str) -> Option<(String, usize)> {
+    let rest = key.strip_prefix(&format!("state/{}/", batch_key(batch)))?;
+    let (op, file) = rest.rsplit_once('/')?;
+    let part = file.strip_suffix(".bin")?.split('.').next()?.parse().ok()?;
+    Some((op.to_string(), part))
+}
+
 /// Reads and writes one job's checkpoints.
 pub struct Checkpointer {
     store: Box<dyn CheckpointStore>,
@@ -166,6 +175,10 @@ pub struct Checkpointer {
     pub interval: u64,
     /// Complete snapshots to keep.
     pub retain: usize,
+    /// Names this process's state files apart from every other writer's (see
+    /// [`Checkpointer::write_state_files`]).
+    writer: String,
+    writes: std::sync::atomic::AtomicU64,
 }
 
 impl Checkpointer {
@@ -175,6 +188,14 @@ impl Checkpointer {
             store,
             interval: interval.max(1),
             retain: retain.max(1),
+            writer: format!(
+                "{:x}{:x}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.subsec_nanos())
+            ),
+            writes: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -304,11 +325,21 @@ impl Checkpointer {
 
     /// Writes state files of a snapshot (all of it, or one worker's partitions) and returns
     /// what the manifest must list.
+    ///
+    /// Every write gets a key of its own (`PART.WRITER.bin`), never reused: the same snapshot
+    /// is written again after a failure, possibly by another worker while the first one's
+    /// request is still in flight, and the bytes differ (state is serialized in hash order).
+    /// Two writes to one key could leave an object whose bytes and recorded checksum come
+    /// from different writes on a store that does not update both at once. The manifest names
+    /// the keys that count; the others go when the snapshot is pruned.
     pub fn write_state_files(&self, snapshot: &Snapshot) -> Result<Vec<StateFile>> {
         let dir = format!("state/{}", batch_key(snapshot.batch));
+        let write = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut files = Vec::new();
         for ((name, part), bytes) in &snapshot.parts {
-            let key = format!("{dir}/{name}/{part}.bin");
+            let key = format!("{dir}/{name}/{part}.{}{write:x}.bin", self.writer);
             self.store.put(&key, bytes)?;
             files.push(StateFile {
                 key,
@@ -353,18 +384,13 @@ impl Checkpointer {
                     file.key
                 )));
             }
-            let rest = file
-                .key
-                .strip_prefix(&format!("state/{name}/"))
-                .unwrap_or(&file.key);
-            let (op, part) = rest
-                .rsplit_once('/')
+            let (op, part) = state_file_part(manifest.batch, &file.key)
                 .ok_or_else(|| Error::Checkpoint(format!("bad state key {}", file.key)))?;
-            let part = part
-                .trim_end_matches(".bin")
-                .parse()
-                .map_err(|_| Error::Checkpoint(format!("bad state key {}", file.key)))?;
-            snapshot.parts.insert((op.to_string(), part), bytes);
+            if snapshot.parts.insert((op, part), bytes).is_some() {
+                return Err(Error::Checkpoint(format!(
+                    "state/{name} lists partition {part} of an operation twice"
+                )));
+            }
         }
         Ok(snapshot)
     }
@@ -436,18 +462,43 @@ mod tests {
     }
 
     #[test]
+    fn every_state_write_has_a_key_of_its_own_and_old_keys_still_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Checkpointer::new(Box::new(LocalStore::open(dir.path()).expect("store")), 1, 3);
+        let first = c.write_state_files(&snapshot(4)).expect("write");
+        let again = c.write_state_files(&snapshot(4)).expect("write");
+        assert_ne!(first[0].key, again[0].key);
+        c.write_manifest(4, again).expect("manifest");
+        assert_eq!(c.snapshot_at(4).expect("read"), snapshot(4));
+        // A checkpoint written before unique keys: `PART.bin`.
+        let old = snapshot(5);
+        let bytes = &old.parts[&("000-state".to_string(), 0)];
+        let key = "state/00000000000000000005/000-state/0.bin".to_string();
+        c.store.put(&key, bytes).expect("put");
+        let file = StateFile {
+            key,
+            len: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+        };
+        c.write_manifest(5, vec![file]).expect("manifest");
+        assert_eq!(c.snapshot_at(5).expect("read"), old);
+    }
+
+    #[test]
     fn torn_newest_snapshot_falls_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = Checkpointer::new(Box::new(LocalStore::open(dir.path()).expect("store")), 1, 3);
         c.write_snapshot(&snapshot(1)).expect("write");
         c.write_snapshot(&snapshot(2)).expect("write");
         // Corrupt batch 2's state file behind the manifest's back.
-        std::fs::write(
-            dir.path()
-                .join("state/00000000000000000002/000-state/0.bin"),
-            b"xx",
-        )
-        .expect("corrupt");
+        let part_dir = dir.path().join("state/00000000000000000002/000-state");
+        let file = std::fs::read_dir(&part_dir)
+            .expect("state files")
+            .next()
+            .expect("one state file")
+            .expect("entry")
+            .path();
+        std::fs::write(file, b"xx").expect("corrupt");
         assert_eq!(c.latest_snapshot().expect("read").map(|s| s.batch), Some(1));
         // A snapshot without a manifest is ignored too.
         c.store

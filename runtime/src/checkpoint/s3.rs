@@ -30,6 +30,24 @@ const S3_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5
 /// How long to wait for the next bytes of an answer.
 const S3_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Reads of an object whose bytes fail the store's checksum before it counts as damaged.
+const GET_ATTEMPTS_ON_BAD_CHECKSUM: u32 = 3;
+
+/// Whether a body read failed the checksum the store sent with the object.
+fn is_checksum_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if matches!(
+            e.downcast_ref::<aws_smithy_checksums::body::validate::Error>(),
+            Some(aws_smithy_checksums::body::validate::Error::ChecksumMismatch { .. })
+        ) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Splits `s3://bucket/prefix` into bucket and prefix (without slashes at the ends).
 pub fn parse_s3_uri(uri: &str) -> Option<(String, String)> {
     let rest = uri.strip_prefix("s3://")?;
@@ -254,16 +272,34 @@ impl CheckpointStore for S3Store {
             .get_object()
             .bucket(&self.bucket)
             .key(self.key(key));
-        match self.runtime.block_on(req.send()) {
-            Ok(out) => {
-                let body = self
-                    .runtime
-                    .block_on(out.body.collect())
-                    .map_err(|e| self.fail("read", key, e))?;
-                Ok(Some(body.into_bytes().to_vec()))
+        let mut attempt = 1;
+        loop {
+            let out = match self.runtime.block_on(req.clone().send()) {
+                Ok(out) => out,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(self.fail("read", key, e)),
+            };
+            match self.runtime.block_on(out.body.collect()) {
+                Ok(body) => return Ok(Some(body.into_bytes().to_vec())),
+                // Bytes damaged on the way read well a second time; bytes damaged at rest never
+                // do, and retrying them for ever would stall the job: say the object is damaged,
+                // so that recovery can fall back to an older snapshot.
+                Err(e) if is_checksum_mismatch(&e) => {
+                    if attempt < GET_ATTEMPTS_ON_BAD_CHECKSUM {
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(Error::Checkpoint(format!(
+                        "s3://{}/{} at {} is damaged: its bytes do not match the checksum the store recorded for them ({attempt} reads)",
+                        self.bucket,
+                        self.key(key),
+                        self.endpoint
+                    )));
+                }
+                Err(e) => return Err(self.fail("read", key, e)),
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
-            Err(e) => Err(self.fail("read", key, e)),
         }
     }
 

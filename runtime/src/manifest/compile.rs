@@ -105,8 +105,8 @@ pub fn compile(
     };
 
     let mut input: Option<DStream<String>> = None;
-    for source in &spec.sources {
-        let stream = c.source(source);
+    for (i, source) in spec.sources.iter().enumerate() {
+        let stream = c.source(&format!("spec.sources[{i}]"), source);
         input = Some(match input {
             Some(all) => all.union(&stream),
             None => stream,
@@ -235,7 +235,7 @@ impl Compiler {
         self.problems.push(Problem::new(path, message));
     }
 
-    fn source(&mut self, s: &SourceSpec) -> DStream<String> {
+    fn source(&mut self, path: &str, s: &SourceSpec) -> DStream<String> {
         if let Some(g) = &s.generator {
             return self.ctx.source(GeneratorSource::new(GeneratorConfig {
                 name: s.name.clone(),
@@ -247,9 +247,23 @@ impl Compiler {
             }));
         }
         if let Some(f) = &s.files {
+            let remember = match &f.remember_for {
+                None => Duration::from_secs(defaults::FILES_REMEMBER_FOR_SECONDS),
+                Some(text) => {
+                    let field = format!("{path}.files.rememberFor");
+                    let d = self.duration(&field, Some(text));
+                    if d.is_zero() {
+                        self.problem(
+                            field,
+                            "must be longer than 0s: it covers files that land while a batch is planned",
+                        );
+                    }
+                    d
+                }
+            };
             return self
                 .ctx
-                .source(FilesSource::new(&s.name, local_path(&f.path)));
+                .source(FilesSource::new(&s.name, local_path(&f.path)).remembering(remember));
         }
         if let Some(sock) = &s.socket {
             return self.ctx.source(SocketSource::new(

@@ -37,6 +37,16 @@ struct WorkerRef {
     client: Client,
 }
 
+/// How often workers that owe an answer are pinged.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a ping may take before its worker counts as lost.
+const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a call may take before the status and the log say what the job waits on.
+const STALL_WARNING: Duration = Duration::from_secs(10);
+/// The longest a single call may take: heartbeats find lost workers, so this only bounds a
+/// worker that answers pings but never finishes.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// What the gRPC side shares with the master loop.
 #[derive(Default)]
 struct Shared {
@@ -76,7 +86,9 @@ impl pb::master_server::Master for MasterService {
                 "worker_id and a host:port address are required",
             ));
         }
-        tracing::info!(worker = %r.worker_id, address = %r.address, "worker registered");
+        // Workers register again whenever the master is silent (a long back-off): only a new
+        // or restarted one is worth a line, in `take_membership_changes`.
+        tracing::debug!(worker = %r.worker_id, address = %r.address, "worker registered");
         lock_unpoisoned(&self.shared)
             .joins
             .push((r.worker_id, r.address, r.incarnation));
@@ -129,6 +141,9 @@ enum Fault {
     Worker(String, String),
     /// The checkpoint store or a source failed: retry after a back-off.
     Retry(String),
+    /// Every worker is there, but the batch cannot go on (a push between workers failed, a
+    /// worker holds another placement): place again and recover at once.
+    Rollback(String),
     /// Give up.
     Fatal(String),
 }
@@ -207,8 +222,11 @@ pub fn run(
         ckpt,
         zero: meta.zero_time_ms,
         workers: Vec::new(),
+        placed: Vec::new(),
         owners: Vec::new(),
-        epoch: 0,
+        // Epochs grow across masters too, so that a worker can tell a message of a master
+        // before a restart from one of the present master: start from the clock.
+        epoch: now_ms(),
         next: 1,
         last_snapshot: 0,
         recoveries: 0,
@@ -230,8 +248,13 @@ struct Master {
     job: Job,
     ckpt: Checkpointer,
     zero: u64,
+    /// Registered workers, live as far as the master knows.
     workers: Vec<WorkerRef>,
-    /// owners[p] = index into `workers`.
+    /// The workers of the current placement (epoch), as they were when it was made; batches,
+    /// snapshots and restores go to them only. A worker registered since is not in it, and a
+    /// worker dropped since makes the next step a new placement.
+    placed: Vec<WorkerRef>,
+    /// owners[p] = index into `placed`.
     owners: Vec<usize>,
     epoch: u64,
     next: u64,
@@ -269,48 +292,149 @@ impl Master {
     fn client(&self, address: &str) -> Result<Client, String> {
         // Channels spawn their connection task on the runtime.
         let _entered = self.runtime.enter();
-        let ch = channel(address, Duration::from_secs(60), self.tls.as_ref())?;
+        let ch = channel(address, CALL_TIMEOUT, self.tls.as_ref())?;
         Ok(
             pb::worker_client::WorkerClient::with_interceptor(ch, self.token.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
     }
 
-    /// Calls every worker at once; the first failure names the worker.
-    fn all<T: Send + 'static, F, Fut>(&self, call: F) -> Result<Vec<T>, Fault>
+    /// Calls every worker at once; the first failure names the worker. `what` says what the
+    /// call does ("stage 2 of batch 37"), for the status while it is awaited.
+    ///
+    /// A worker that is busy still answers pings (its gRPC side runs apart from the executor
+    /// thread); a frozen or cut-off one does not. So while calls are outstanding, the workers
+    /// that owe an answer are pinged every [`HEARTBEAT`]; one that misses a ping's deadline is
+    /// lost at once, instead of holding the job until the call's own timeout, and a long wait
+    /// is shown in the status and the log.
+    fn all<T: Send + 'static, F, Fut>(
+        &self,
+        workers: &[WorkerRef],
+        what: &str,
+        call: F,
+    ) -> Result<Vec<T>, Fault>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>> + Send + 'static,
     {
-        let futures: Vec<_> = self
-            .workers
+        use futures::StreamExt;
+        let mut pending: futures::stream::FuturesUnordered<_> = workers
             .iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(i, w)| {
                 let fut = call(w.client.clone());
-                let id = w.id.clone();
-                async move { fut.await.map(|r| r.into_inner()).map_err(|e| (id, e)) }
+                async move { (i, fut.await.map(|r| r.into_inner())) }
             })
             .collect();
-        let results = self.runtime.block_on(futures::future::join_all(futures));
-        let mut out = Vec::with_capacity(results.len());
-        for r in results {
-            match r {
-                Ok(v) => out.push(v),
-                Err((id, e)) => {
-                    let why = format!("{}: {}", e.code(), e.message());
-                    // A worker that answers with an error is alive (its disk or the store failed):
-                    // retry. One that does not answer is lost.
-                    return Err(match e.code() {
-                        tonic::Code::Unavailable
-                        | tonic::Code::Unknown
-                        | tonic::Code::Cancelled
-                        | tonic::Code::DeadlineExceeded => Fault::Worker(id, why),
-                        _ => Fault::Retry(format!("worker {id}: {why}")),
-                    });
+        let mut results: Vec<Option<Result<T, Status>>> = std::iter::repeat_with(|| None)
+            .take(workers.len())
+            .collect();
+        let started = Instant::now();
+        let mut warned_at: Option<Instant> = None;
+        let waited = self.runtime.block_on(async {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    next = pending.next() => match next {
+                        Some((i, r)) => results[i] = Some(r),
+                        None => return Ok(()),
+                    },
+                    _ = tick.tick() => {
+                        let owing: Vec<&WorkerRef> = workers
+                            .iter()
+                            .zip(&results)
+                            .filter(|(_, r)| r.is_none())
+                            .map(|(w, _)| w)
+                            .collect();
+                        if let Some(lost) = self.heartbeat(&owing).await {
+                            return Err(lost);
+                        }
+                        let waiting = started.elapsed();
+                        if waiting >= STALL_WARNING
+                            && warned_at.is_none_or(|t| t.elapsed() >= STALL_WARNING)
+                        {
+                            warned_at = Some(Instant::now());
+                            let names: Vec<&str> = owing.iter().map(|w| w.id.as_str()).collect();
+                            let message = format!(
+                                "waiting {}s on {} for {what}; they answer heartbeats, so the work is slow, not lost",
+                                waiting.as_secs(),
+                                names.join(", ")
+                            );
+                            tracing::warn!("{message}");
+                            self.set_status("stalled", &message);
+                        }
+                    }
                 }
             }
+        });
+        if warned_at.is_some() {
+            tracing::info!(waited = ?started.elapsed(), "{what} done after a long wait");
+        }
+        if let Err((id, why)) = waited {
+            return Err(Fault::Worker(id, why));
+        }
+        let mut out = Vec::with_capacity(results.len());
+        for (w, r) in workers.iter().zip(results) {
+            let e = match r {
+                Some(Ok(v)) => {
+                    out.push(v);
+                    continue;
+                }
+                Some(Err(e)) => e,
+                None => return Err(Fault::Worker(w.id.clone(), format!("no answer for {what}"))),
+            };
+            let why = format!("worker {}: {}: {}", w.id, e.code(), e.message());
+            return Err(match e.code() {
+                // The call failed on the way: the worker may be gone, or it may be reporting a
+                // peer it could not reach (a shuffle push). Dropping a live worker would leave
+                // it holding a placement and state the master no longer knows of, so ask
+                // every worker who is really gone.
+                tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::DeadlineExceeded => {
+                    let everyone: Vec<&WorkerRef> = workers.iter().collect();
+                    match self.runtime.block_on(self.heartbeat(&everyone)) {
+                        Some((gone, ping)) => Fault::Worker(gone, format!("{ping} ({why})")),
+                        None => Fault::Rollback(why),
+                    }
+                }
+                // Work for another placement or batch than the worker holds: place again.
+                tonic::Code::Aborted | tonic::Code::FailedPrecondition => Fault::Rollback(why),
+                // A worker that answers with an error is alive (its disk or the store failed).
+                _ => Fault::Retry(why),
+            });
         }
         Ok(out)
+    }
+
+    /// Pings `workers` at once; the first that misses the deadline, with why.
+    async fn heartbeat(&self, workers: &[&WorkerRef]) -> Option<(String, String)> {
+        let pings = workers.iter().map(|w| {
+            let mut client = w.client.clone();
+            let id = w.id.clone();
+            async move {
+                let ping = client.ping(pb::PingRequest { epoch: 0 });
+                match tokio::time::timeout(HEARTBEAT_DEADLINE, ping).await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some((id, format!("heartbeat failed: {}", e.message()))),
+                    Err(_) => Some((
+                        id,
+                        format!(
+                            "no answer to a heartbeat within {}s",
+                            HEARTBEAT_DEADLINE.as_secs()
+                        ),
+                    )),
+                }
+            }
+        });
+        futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .flatten()
+            .next()
     }
 
     fn run_loop(&mut self, options: &MasterOptions) -> Result<(), String> {
@@ -319,6 +443,7 @@ impl Master {
         let mut backoff = Duration::from_millis(200);
         let mut needs_recovery = true;
         let mut started = false;
+        let mut rollbacks_in_row = 0u32;
         while !stop.load(Ordering::Relaxed) {
             if options.stop_after.is_some_and(|last| self.next > last) && !needs_recovery {
                 break;
@@ -339,9 +464,10 @@ impl Master {
                 if !self.workers.is_empty() && self.last_ping.elapsed() > Duration::from_secs(1) {
                     // Keep the registered ones from thinking us gone; drop the dead.
                     self.last_ping = Instant::now();
-                    if let Err(Fault::Worker(id, why)) =
-                        self.all(|mut c| async move { c.ping(pb::PingRequest { epoch: 0 }).await })
-                    {
+                    let pinged = self.all(&self.workers, "a ping", |mut c| async move {
+                        c.ping(pb::PingRequest { epoch: 0 }).await
+                    });
+                    if let Err(Fault::Worker(id, why)) = pinged {
                         tracing::warn!(worker = %id, error = %why, "registered worker is gone");
                         self.workers.retain(|w| w.id != id);
                     }
@@ -350,6 +476,7 @@ impl Master {
                 needs_recovery = true;
                 continue;
             }
+            let was_recovery = needs_recovery;
             let result = if needs_recovery {
                 // From the first attempt on, the minimum no longer applies: a worker lost while
                 // recovering must not stall the job.
@@ -371,8 +498,10 @@ impl Master {
                 self.last_ping = Instant::now();
                 if wait > 0 {
                     // Between slow batches: show the workers we are alive, and notice losses.
-                    self.all(|mut c| async move { c.ping(pb::PingRequest { epoch: 0 }).await })
-                        .map(|_| ())
+                    self.all(&self.workers, "a ping", |mut c| async move {
+                        c.ping(pb::PingRequest { epoch: 0 }).await
+                    })
+                    .map(|_| ())
                 } else {
                     self.run_new_batch(batch)
                 }
@@ -381,6 +510,9 @@ impl Master {
                 Ok(()) => {
                     needs_recovery = false;
                     backoff = Duration::from_millis(200);
+                    if !was_recovery {
+                        rollbacks_in_row = 0;
+                    }
                     self.set_status("running", "");
                 }
                 Err(Fault::Worker(id, why)) => {
@@ -389,6 +521,18 @@ impl Master {
                     self.recoveries += 1;
                     needs_recovery = true;
                     self.set_status("recovering", &format!("worker {id} lost: {why}"));
+                }
+                Err(Fault::Rollback(why)) => {
+                    tracing::warn!(error = %why, "rolling back to the last checkpoint");
+                    self.recoveries += 1;
+                    needs_recovery = true;
+                    self.set_status("recovering", &why);
+                    // At once the first time; a cause that persists must not spin.
+                    rollbacks_in_row += 1;
+                    if rollbacks_in_row > 1 {
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
                 }
                 Err(Fault::Retry(why)) => {
                     tracing::error!(error = %why, retry_in = ?backoff, "batch failed; retrying from the last checkpoint");
@@ -434,6 +578,7 @@ impl Master {
             self.workers.retain(|w| w.id != id && w.address != address);
             match self.client(&address) {
                 Ok(client) => {
+                    tracing::info!(worker = %id, %address, "worker registered");
                     self.workers.push(WorkerRef {
                         id,
                         address,
@@ -451,7 +596,7 @@ impl Master {
             // Hand off: snapshot where we are, then place partitions without the leavers.
             if self.next > 1
                 && self.next - 1 > self.last_snapshot
-                && !self.workers.is_empty()
+                && self.placement_intact()
                 && let Err(e) = self.snapshot(self.next - 1)
             {
                 tracing::warn!(error = ?e, "snapshot before hand-off failed; the next recovery replays instead");
@@ -466,19 +611,42 @@ impl Master {
         changed
     }
 
+    /// Whether every worker of the current placement is still registered as the same process:
+    /// only then can they snapshot what they hold.
+    fn placement_intact(&self) -> bool {
+        !self.placed.is_empty()
+            && self.placed.iter().all(|p| {
+                self.workers
+                    .iter()
+                    .any(|w| w.id == p.id && w.incarnation == p.incarnation)
+            })
+    }
+
     /// Spreads partitions over the workers, keeping owners where possible, in a new epoch.
     fn assign(&mut self) -> Result<(), Fault> {
         let n = self.workers.len();
         let partitions = self.job.partitions();
         let mut load = vec![0usize; n];
         let target = partitions.div_ceil(n);
-        let previous = std::mem::take(&mut self.owners);
+        // Where each partition was, as an index into the present workers (if its owner is
+        // still here, as the same process).
+        let previous: Vec<Option<usize>> = std::mem::take(&mut self.owners)
+            .iter()
+            .map(|o| {
+                let was = self.placed.get(*o)?;
+                self.workers
+                    .iter()
+                    .position(|w| w.id == was.id && w.incarnation == was.incarnation)
+            })
+            .collect();
         let mut owners = vec![usize::MAX; partitions];
         // Keep a partition where it was if that worker is still here and not over its share.
         for (p, owner) in previous.iter().enumerate().take(partitions) {
-            if *owner < n && load[*owner] < target {
-                owners[p] = *owner;
-                load[*owner] += 1;
+            if let Some(owner) = *owner
+                && load[owner] < target
+            {
+                owners[p] = owner;
+                load[owner] += 1;
             }
         }
         for owner in owners.iter_mut().filter(|o| **o == usize::MAX) {
@@ -487,29 +655,35 @@ impl Master {
             load[least] += 1;
         }
         self.owners = owners;
+        self.placed = self.workers.clone();
         self.epoch += 1;
         let addresses: Vec<String> = self
             .owners
             .iter()
-            .map(|w| self.workers[*w].address.clone())
+            .map(|w| self.placed[*w].address.clone())
             .collect();
         let (epoch, fingerprint) = (self.epoch, self.fingerprint.clone());
-        self.all(move |mut c| {
-            let req = pb::AssignRequest {
-                epoch,
-                master_id: String::new(),
-                owners: addresses.clone(),
-                fingerprint: fingerprint.clone(),
-            };
-            async move { c.assign(req).await }
-        })?;
+        self.all(
+            &self.placed,
+            &format!("the placement of epoch {epoch}"),
+            move |mut c| {
+                let req = pb::AssignRequest {
+                    epoch,
+                    master_id: String::new(),
+                    owners: addresses.clone(),
+                    fingerprint: fingerprint.clone(),
+                };
+                async move { c.assign(req).await }
+            },
+        )?;
         tracing::info!(epoch, workers = n, "partitions assigned");
         Ok(())
     }
 
     fn restore_all(&self, snapshot: u64) -> Result<(), Fault> {
         let epoch = self.epoch;
-        self.all(move |mut c| async move {
+        let what = format!("loading the snapshot of batch {snapshot}");
+        self.all(&self.placed, &what, move |mut c| async move {
             c.restore(pb::RestoreRequest {
                 epoch,
                 snapshot_batch: snapshot,
@@ -582,12 +756,12 @@ impl Master {
     /// Live rescale: a fresh snapshot, a new placement, the snapshot loaded; nothing replayed.
     fn rebalance(&mut self) -> Result<(), Fault> {
         let last = self.next - 1;
-        if last > self.last_snapshot && self.owners.len() == self.job.partitions() {
-            // Taken with the old placement, before the new one.
-            let old_workers_ok = self.owners.iter().all(|w| *w < self.workers.len());
-            if old_workers_ok {
-                self.snapshot(last)?;
-            }
+        if last > self.last_snapshot
+            && self.owners.len() == self.job.partitions()
+            && self.placement_intact()
+        {
+            // Taken by the old placement's workers, before the new one.
+            self.snapshot(last)?;
         }
         let snapshot = self.reassign()?;
         if snapshot != last {
@@ -633,7 +807,8 @@ impl Master {
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect();
-        self.all(move |mut c| {
+        let what = format!("reading the input of batch {}", batch.index);
+        self.all(&self.placed, &what, move |mut c| {
             let req = pb::BeginBatchRequest {
                 epoch,
                 batch: batch.index,
@@ -645,7 +820,8 @@ impl Master {
         })?;
         let stages = self.job.graph().plan(batch).stages.len();
         for stage in 0..stages {
-            self.all(move |mut c| async move {
+            let what = format!("stage {} of {stages} of batch {}", stage + 1, batch.index);
+            self.all(&self.placed, &what, move |mut c| async move {
                 c.run_stage(pb::RunStageRequest {
                     epoch,
                     batch: batch.index,
@@ -698,18 +874,42 @@ impl Master {
 
     fn snapshot(&mut self, batch: u64) -> Result<(), Fault> {
         let epoch = self.epoch;
-        let replies = self.all(move |mut c| async move {
+        let what = format!("the snapshot of batch {batch}");
+        let replies = self.all(&self.placed, &what, move |mut c| async move {
             c.snapshot(pb::SnapshotRequest { epoch, batch }).await
         })?;
-        let files: Vec<StateFile> = replies
-            .into_iter()
-            .flat_map(|r| r.files)
-            .map(|f| StateFile {
-                key: f.key,
-                len: f.len,
-                crc32: f.crc32,
-            })
-            .collect();
+        let mut files: Vec<StateFile> = Vec::new();
+        let mut covered = std::collections::BTreeSet::new();
+        for (worker, reply) in replies.into_iter().enumerate() {
+            for f in reply.files {
+                // Each partition's state comes from its owner in this placement, once: a
+                // snapshot holding another worker's (stale) copy would restore the wrong state.
+                let Some((op, part)) = crate::checkpoint::state_file_part(batch, &f.key) else {
+                    return Err(Fault::Rollback(format!(
+                        "worker {} answered the snapshot of batch {batch} with a key outside it: {}",
+                        self.placed[worker].id, f.key
+                    )));
+                };
+                if self.owners.get(part) != Some(&worker) || !covered.insert((op, part)) {
+                    return Err(Fault::Rollback(format!(
+                        "worker {} sent state of partition {part} for batch {batch}, which it does not own in epoch {epoch}",
+                        self.placed[worker].id
+                    )));
+                }
+                files.push(StateFile {
+                    key: f.key,
+                    len: f.len,
+                    crc32: f.crc32,
+                });
+            }
+        }
+        let expected = self.job.stateful_names().len() * self.job.partitions();
+        if covered.len() != expected {
+            return Err(Fault::Rollback(format!(
+                "the snapshot of batch {batch} holds {} of the {expected} state partitions",
+                covered.len()
+            )));
+        }
         self.ckpt
             .write_manifest(batch, files)
             .map_err(Fault::from)?;

@@ -1,9 +1,10 @@
 //! New files in a directory, each read once (Spark's `textFileStream`).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
@@ -14,20 +15,38 @@ use crate::time::BatchInfo;
 /// Each batch takes the files that appeared since the previous one, in name order. Files whose
 /// name starts with `.` or ends with `.tmp` are ignored until renamed, so writers can move
 /// complete files in. Replayable while processed files stay in place.
+///
+/// The position is bounded: a file counts as new when its change time is no older than the
+/// newest one seen minus `remember`, so only the names within that window are kept (in the
+/// offset log of every batch), however many files the directory has held. The change time
+/// (ctime) is set by the file system whenever a file is created or renamed in, and no writer
+/// can set it back, so a file moved in with an old modification time is still new.
 pub struct FilesSource {
     name: String,
     dir: PathBuf,
-    seen: BTreeSet<String>,
+    remember_ms: u64,
+    /// The newest change time seen, in ms since the epoch.
+    newest_ms: u64,
+    /// Files already planned whose change time is within the window, with that time.
+    recent: BTreeMap<String, u64>,
 }
 
 impl FilesSource {
-    /// Watches `dir`.
+    /// Watches `dir`, remembering read files for a minute.
     pub fn new(name: &str, dir: impl Into<PathBuf>) -> Self {
         Self {
             name: name.to_string(),
             dir: dir.into(),
-            seen: BTreeSet::new(),
+            remember_ms: 60_000,
+            newest_ms: 0,
+            recent: BTreeMap::new(),
         }
+    }
+
+    /// How long names of read files are remembered (`rememberFor`).
+    pub fn remembering(mut self, window: Duration) -> Self {
+        self.remember_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        self
     }
 
     fn error(&self, message: String) -> Error {
@@ -47,6 +66,28 @@ impl FilesSource {
             })
             .unwrap_or_default()
     }
+
+    fn floor_ms(&self) -> u64 {
+        self.newest_ms.saturating_sub(self.remember_ms)
+    }
+}
+
+/// When a file was created or last renamed, in ms since the epoch.
+fn changed_ms(meta: &fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let secs = u64::try_from(meta.ctime()).unwrap_or(0);
+        let nanos = u64::try_from(meta.ctime_nsec()).unwrap_or(0);
+        secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
+    }
+    #[cfg(not(unix))]
+    {
+        meta.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 impl Source for FilesSource {
@@ -63,6 +104,7 @@ impl Source for FilesSource {
     fn plan(&mut self, _batch: &BatchInfo) -> Result<Json> {
         let entries = fs::read_dir(&self.dir)
             .map_err(|e| self.error(format!("cannot list {}: {e}", self.dir.display())))?;
+        let floor = self.floor_ms();
         let mut new = Vec::new();
         for entry in entries {
             let entry = entry
@@ -70,18 +112,27 @@ impl Source for FilesSource {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
-            if is_file
-                && !name.starts_with('.')
-                && !name.ends_with(".tmp")
-                && !self.seen.contains(&name)
-            {
-                new.push(name);
+            if name.starts_with('.') || name.ends_with(".tmp") || self.recent.contains_key(&name) {
+                continue;
+            }
+            // Gone between the listing and now (moved away again): not a file of this batch.
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let changed = changed_ms(&meta);
+            if meta.is_file() && changed >= floor {
+                new.push((name, changed));
             }
         }
         new.sort();
-        self.seen.extend(new.iter().cloned());
-        Ok(json!({ "files": new }))
+        for (name, changed) in &new {
+            self.newest_ms = self.newest_ms.max(*changed);
+            self.recent.insert(name.clone(), *changed);
+        }
+        let floor = self.floor_ms();
+        self.recent.retain(|_, changed| *changed >= floor);
+        let names: Vec<String> = new.into_iter().map(|(name, _)| name).collect();
+        Ok(json!({ "files": names }))
     }
 
     fn read(
@@ -113,13 +164,35 @@ impl Source for FilesSource {
     }
 
     fn position(&self) -> Json {
-        json!({ "seen": self.seen })
+        json!({ "newest": self.newest_ms, "recent": self.recent })
     }
 
     fn seek(&mut self, position: &Json) -> Result<()> {
-        self.seen = Self::names(&json!({ "files": position["seen"] }))
-            .into_iter()
-            .collect();
+        let bad = |source: &Self| {
+            source.error(format!(
+                "the checkpoint's position of this source is not one it wrote: {}",
+                crate::error::shorten(&position.to_string(), 200)
+            ))
+        };
+        if let Some(recent) = position.get("recent") {
+            let newest = position["newest"].as_u64().ok_or_else(|| bad(self))?;
+            self.recent = serde_json::from_value(recent.clone()).map_err(|_| bad(self))?;
+            self.newest_ms = newest;
+            return Ok(());
+        }
+        // Written before the window: every name ever read. Keep those still in the window
+        // (by their change time now); the others are older than it and stay ignored.
+        let seen = position.get("seen").ok_or_else(|| bad(self))?;
+        let mut recent = BTreeMap::new();
+        for name in Self::names(&json!({ "files": seen })) {
+            if let Ok(meta) = fs::metadata(self.dir.join(&name)) {
+                recent.insert(name, changed_ms(&meta));
+            }
+        }
+        self.newest_ms = recent.values().copied().max().unwrap_or(0);
+        self.recent = recent;
+        let floor = self.floor_ms();
+        self.recent.retain(|_, changed| *changed >= floor);
         Ok(())
     }
 }
@@ -163,6 +236,52 @@ mod tests {
         let mut t = FilesSource::new("f", dir.path());
         t.seek(&pos).expect("seek");
         assert_eq!(t.plan(&b).expect("plan"), json!({"files": []}));
+    }
+
+    #[test]
+    fn the_position_keeps_only_the_window_and_old_modification_times_are_still_new() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = FilesSource::new("f", dir.path()).remembering(Duration::from_millis(300));
+        let b = BatchInfo::new(0, 1000, 1);
+        for i in 0..50 {
+            fs::write(dir.path().join(format!("old-{i:02}.txt")), "x\n").expect("write");
+        }
+        assert_eq!(FilesSource::names(&s.plan(&b).expect("plan")).len(), 50);
+        std::thread::sleep(Duration::from_millis(600));
+        // Moved in with a modification time a year old: the rename sets its change time.
+        let staged = dir.path().join(".staged");
+        fs::write(&staged, "y\n").expect("write");
+        let year_ago = std::time::SystemTime::now() - Duration::from_secs(365 * 86_400);
+        fs::File::options()
+            .write(true)
+            .open(&staged)
+            .and_then(|f| f.set_modified(year_ago))
+            .expect("set mtime");
+        fs::rename(&staged, dir.path().join("late.txt")).expect("rename");
+        assert_eq!(s.plan(&b).expect("plan"), json!({"files": ["late.txt"]}));
+        // The 50 older names left the position; none of them is read again.
+        let pos = s.position();
+        assert_eq!(pos["recent"].as_object().map(|m| m.len()), Some(1), "{pos}");
+        assert_eq!(s.plan(&b).expect("plan"), json!({"files": []}));
+        let mut t = FilesSource::new("f", dir.path()).remembering(Duration::from_millis(300));
+        t.seek(&pos).expect("seek");
+        assert_eq!(t.plan(&b).expect("plan"), json!({"files": []}));
+    }
+
+    #[test]
+    fn a_position_from_before_the_window_still_resumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("a.txt"), "1\n").expect("write");
+        fs::write(dir.path().join("b.txt"), "2\n").expect("write");
+        let mut s = FilesSource::new("f", dir.path());
+        s.seek(&json!({"seen": ["a.txt", "gone.txt"]}))
+            .expect("seek");
+        assert_eq!(
+            s.plan(&BatchInfo::new(0, 1000, 1)).expect("plan"),
+            json!({"files": ["b.txt"]})
+        );
+        let err = s.seek(&json!({"recent": 3})).expect_err("not a position");
+        assert!(err.to_string().contains("position"), "{err}");
     }
 
     #[test]

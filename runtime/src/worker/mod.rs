@@ -191,8 +191,13 @@ impl WorkerService {
     fn contact(&self, epoch: u64) -> Result<(), Status> {
         self.last_contact.store(now_ms(), Ordering::Relaxed);
         let current = self.epoch.load(Ordering::SeqCst);
-        if epoch < current {
-            return Err(Status::aborted(format!("stale epoch {epoch} < {current}")));
+        // Work for another placement than the one this worker holds would run on the wrong
+        // partitions: an older epoch is a message from before a change (or from a master that
+        // has been replaced), a newer one a placement that has not reached this worker.
+        if epoch != current {
+            return Err(Status::aborted(format!(
+                "epoch {epoch} is not this worker's placement (epoch {current}); the master assigns again"
+            )));
         }
         Ok(())
     }
