@@ -326,11 +326,12 @@ fn degraded(status: &serde_json::Value) -> Option<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_that_cannot_run_say_why_without_a_hot_loop() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    // An "image" whose program fails at once, as a master with a broken setup would.
+    // An "image" whose program fails at once, as a master with a broken setup would (exit 1:
+    // not the job's own fault, which exits 2 and fails the job without a crash loop).
     let crasher = dir.path().join("crasher");
     std::fs::write(
         &crasher,
-        "#!/bin/sh\necho 'error: checkpoint bucket ckpt-missing does not exist' >&2\nexit 2\n",
+        "#!/bin/sh\necho 'error: checkpoint bucket ckpt-missing does not exist' >&2\nexit 1\n",
     )?;
     std::fs::set_permissions(
         &crasher,

@@ -18,6 +18,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use sluice_crds::resource::{StreamingJobResource, StreamingJobStatus};
+use sluice_proto::v1 as pb;
 
 use crate::constants::{LABEL_JOB, MANAGER, TOKEN_KEY};
 use crate::health;
@@ -500,7 +501,7 @@ async fn reconcile_job(
         workers_desired: desired_workers,
         master: master_view.as_ref(),
         previous: &previous_status.conditions,
-        hold: hold.phase.map(|p| (p, hold.message.as_str())),
+        hold: hold.phase.map(|p| (p, hold.reason, hold.message.as_str())),
         problems: &report.problems,
     });
     let mut status = status;
@@ -532,10 +533,13 @@ async fn reconcile_job(
     // says Running within a second of the first batch rather than up to five seconds later.
     // Pods that are not up yet wake the controller through their StatefulSets instead, and a
     // master that never answers (a crash loop) is not polled faster.
-    let master_state = master_view.as_ref().map(|m| m.state.as_str());
+    let master_state = master_view.as_ref().map(|m| m.state);
     let coming_up = matches!(phase, "Pending" | "Recovering")
         && report.problems.is_empty()
-        && matches!(master_state, Some("starting" | "recovering"));
+        && matches!(
+            master_state,
+            Some(pb::MasterState::Starting | pb::MasterState::Recovering)
+        );
     Ok(Action::requeue(Duration::from_secs(if coming_up {
         1
     } else {
@@ -584,10 +588,19 @@ async fn block(
     Ok(recheck.map_or_else(Action::await_change, Action::requeue))
 }
 
+/// The job failed by its own fault (the master exited with the user-error code).
+const REASON_JOB_FAILED: &str = "JobFailed";
+/// Crash-looped past `restartPolicy.limit`.
+const REASON_RESTART_LIMIT: &str = "RestartLimitReached";
+/// Crash-looping, held back before the next start.
+const REASON_CRASH_LOOP: &str = "CrashLoop";
+
 /// What the restart policy says about this reconcile.
 struct Hold {
     /// `BackingOff` or `Failed` while the job's pods are held at zero.
     phase: Option<&'static str>,
+    /// Why, as the Degraded condition's reason.
+    reason: &'static str,
     message: String,
     restarts: i64,
     restart_at: Option<Timestamp>,
@@ -610,6 +623,7 @@ fn restart_decision(
     let now = Timestamp::now();
     let mut hold = Hold {
         phase: None,
+        reason: "",
         message: String::new(),
         restarts: if spec_changed { 0 } else { previous.restarts },
         restart_at: if spec_changed {
@@ -624,11 +638,32 @@ fn restart_decision(
     }
     if !spec_changed && previous.phase.as_deref() == Some("Failed") {
         hold.phase = Some("Failed");
+        let failed_for = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .map(|c| c.reason.as_str());
+        hold.reason = if failed_for == Some(REASON_JOB_FAILED) {
+            REASON_JOB_FAILED
+        } else {
+            REASON_RESTART_LIMIT
+        };
         hold.message = previous.message.clone().unwrap_or_default();
+        return hold;
+    }
+    if let Some(why) = &report.job_failed {
+        // Not a crash to wait out: the job fails the same way every time it starts.
+        hold.phase = Some("Failed");
+        hold.reason = REASON_JOB_FAILED;
+        hold.message = format!(
+            "the job failed: {why}; fix the manifest or its input, then change the spec (for example suspend and resume the job) to start it again"
+        );
+        hold.event = Some((REASON_JOB_FAILED, hold.message.clone()));
         return hold;
     }
     if hold.restart_at.is_some_and(|at| now < at) {
         hold.phase = Some("BackingOff");
+        hold.reason = REASON_CRASH_LOOP;
         // Said when the back-off began; it names the time and the restart already.
         hold.message = previous.message.clone().unwrap_or_default();
         return hold;
@@ -640,6 +675,7 @@ fn restart_decision(
             .is_some_and(|limit| hold.restarts > i64::from(limit))
         {
             hold.phase = Some("Failed");
+            hold.reason = REASON_RESTART_LIMIT;
             hold.message = format!(
                 "{why}; stopped after {} restarts (spec.restartPolicy.limit {}): fix the cause, then change the spec (for example suspend and resume the job) to start it again",
                 hold.restarts - 1,
@@ -650,6 +686,7 @@ fn restart_decision(
             let at = health::restart_time(now, backoff, hold.restarts);
             hold.restart_at = Some(at);
             hold.phase = Some("BackingOff");
+            hold.reason = REASON_CRASH_LOOP;
             hold.message = format!(
                 "{why}; the job starts again at {at} (restart {})",
                 hold.restarts
@@ -719,7 +756,7 @@ async fn publish_transitions(
                 let failing_before = p.conditions.iter().any(|c| {
                     c.type_ == "Degraded" && c.reason == "CheckpointFailing" && c.status == "True"
                 });
-                if m.state == "checkpoint failing" && !failing_before {
+                if m.state == pb::MasterState::CheckpointFailing && !failing_before {
                     events.push((EventType::Warning, "CheckpointFailed", m.message.clone()));
                 }
             }
@@ -766,6 +803,65 @@ fn error_policy(_job: Arc<StreamingJobResource>, error: &Error, _ctx: Arc<Contex
 #[cfg(test)]
 mod tests {
     use sluice::error::shorten;
+
+    use super::*;
+
+    fn job() -> StreamingJobResource {
+        serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1",
+            "kind": "StreamingJob",
+            "metadata": {"name": "wc", "namespace": "jobs", "generation": 2},
+            "spec": {
+                "batchInterval": "1s",
+                "sources": [{"name": "g", "generator": {"rate": 10}}],
+                "sinks": [{"stdout": {}}],
+                "restartPolicy": {"limit": 3}
+            }
+        }))
+        .expect("a job")
+    }
+
+    #[test]
+    fn a_job_at_fault_fails_at_once_and_stays_failed_until_its_spec_changes() {
+        let report = health::PodsReport {
+            job_failed: Some("worker w1: spec.pipeline[0].parseJson: not JSON".into()),
+            ..Default::default()
+        };
+        let hold = restart_decision(
+            &job(),
+            &StreamingJobStatus::default(),
+            false,
+            false,
+            &report,
+        );
+        assert_eq!(hold.phase, Some("Failed"));
+        assert_eq!(hold.reason, REASON_JOB_FAILED);
+        assert!(hold.message.contains("parseJson"), "{}", hold.message);
+        assert_eq!(hold.event.as_ref().map(|e| e.0), Some(REASON_JOB_FAILED));
+        // The next reconcile (pods gone, nothing reported) keeps it Failed, for the same reason.
+        let previous = StreamingJobStatus {
+            phase: Some("Failed".into()),
+            message: Some(hold.message.clone()),
+            conditions: vec![Condition {
+                type_: "Degraded".into(),
+                status: "True".into(),
+                reason: REASON_JOB_FAILED.into(),
+                message: hold.message.clone(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::now(),
+                ),
+                observed_generation: Some(2),
+            }],
+            ..Default::default()
+        };
+        let again = restart_decision(&job(), &previous, false, false, &Default::default());
+        assert_eq!(again.phase, Some("Failed"));
+        assert_eq!(again.reason, REASON_JOB_FAILED);
+        assert!(again.event.is_none());
+        // A new spec starts it again.
+        let changed = restart_decision(&job(), &previous, true, false, &Default::default());
+        assert_eq!(changed.phase, None);
+    }
 
     #[test]
     fn event_notes_fit_the_api_limit() {

@@ -34,6 +34,10 @@ pub struct PodsReport {
     pub problems: Vec<Problem>,
     /// A container failing again and again: what it last said.
     pub crash_loop: Option<String>,
+    /// The master stopped because the job itself is at fault (exit code
+    /// [`sluice::cli::EXIT_INVALID`], as `sluice run`): what it said. Starting it again would
+    /// fail the same way.
+    pub job_failed: Option<String>,
     /// Restarts and losses since `previous`.
     pub incidents: Vec<Incident>,
     /// The pods as seen now, for the next reconcile.
@@ -83,6 +87,30 @@ fn last_exit(c: &ContainerStatus) -> String {
     }
 }
 
+/// What a master container said when it stopped because the job is at fault, now or in its
+/// last run.
+fn job_failure(c: &ContainerStatus) -> Option<String> {
+    let now = c.state.as_ref().and_then(|s| s.terminated.as_ref());
+    let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+    let t = now
+        .into_iter()
+        .chain(last)
+        .find(|t| t.exit_code == i32::from(sluice::cli::EXIT_INVALID))?;
+    let said = t.message.as_deref().map(str::trim).unwrap_or_default();
+    // The termination message is the log's tail: the job's own account is its last line.
+    let line = said
+        .lines()
+        .rev()
+        .find(|l| l.contains("the job failed"))
+        .or_else(|| said.lines().last())
+        .unwrap_or("the master stopped with exit code 2 (the job is at fault)");
+    let text = line
+        .split_once("the job failed: ")
+        .map_or(line, |(_, why)| why)
+        .trim();
+    Some(text.to_string())
+}
+
 /// A container that keeps failing soon after it starts.
 fn crash_looping(c: &ContainerStatus) -> bool {
     let Some(t) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) else {
@@ -125,6 +153,9 @@ pub fn inspect(pods: &[Pod], previous: &[PodObservation], workers_desired: i32) 
                     }),
                     _ => {}
                 }
+            }
+            if role == "master" && report.job_failed.is_none() {
+                report.job_failed = job_failure(c);
             }
             if report.crash_loop.is_none() && crash_looping(c) {
                 report.crash_loop = Some(format!(
@@ -242,7 +273,7 @@ mod tests {
         let exited = |restarts: i32, started: &str| {
             json!({"name": "c", "image": "sluice", "imageID": "", "ready": false, "restartCount": restarts,
                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                   "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "message": "bucket missing",
+                   "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "bucket missing",
                        "startedAt": started, "finishedAt": "2026-11-27T10:00:05Z"}}})
         };
         let looping = pod(
@@ -253,7 +284,8 @@ mod tests {
         );
         let r = inspect(&[looping], &[], 2);
         let message = r.crash_loop.expect("a crash loop");
-        assert!(message.contains("exit code 2"), "{message}");
+        assert!(message.contains("exit code 1"), "{message}");
+        assert!(r.job_failed.is_none());
         assert!(message.contains("bucket missing"), "{message}");
         // Killed after running for an hour, twice: recoveries, not a loop.
         let killed = pod(
@@ -270,6 +302,34 @@ mod tests {
             exited(1, "2026-11-27T10:00:04Z"),
         );
         assert!(inspect(&[once], &[], 2).crash_loop.is_none());
+    }
+
+    #[test]
+    fn a_master_that_exits_2_failed_the_job_at_once() {
+        let log = "INFO batch 3\nERROR the job failed: worker w1: spec.pipeline[0].parseJson: a text of 12 bytes is not JSON\n";
+        let master = pod(
+            "wc-master-0",
+            "u",
+            "master",
+            json!({"name": "c", "image": "sluice", "imageID": "", "ready": false, "restartCount": 1,
+                   "state": {"running": {"startedAt": "2026-11-27T10:00:06Z"}},
+                   "lastState": {"terminated": {"exitCode": 2, "reason": "Error", "message": log,
+                       "startedAt": "2026-11-27T10:00:00Z", "finishedAt": "2026-11-27T10:00:05Z"}}}),
+        );
+        let r = inspect(&[master], &[], 2);
+        assert_eq!(
+            r.job_failed.as_deref(),
+            Some("worker w1: spec.pipeline[0].parseJson: a text of 12 bytes is not JSON")
+        );
+        // A worker's exit code says nothing about the job.
+        let worker = pod(
+            "wc-worker-0",
+            "w",
+            "worker",
+            json!({"name": "c", "image": "sluice", "imageID": "", "ready": false, "restartCount": 1,
+                   "state": {"terminated": {"exitCode": 2, "reason": "Error", "message": "x"}}}),
+        );
+        assert!(inspect(&[worker], &[], 2).job_failed.is_none());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tonic::metadata::MetadataValue;
 /// What the master says of the job, when it answers.
 #[derive(Clone, Debug, Default)]
 pub struct MasterView {
-    pub state: String,
+    pub state: pb::MasterState,
     pub last_completed_batch: u64,
     pub last_checkpoint_batch: u64,
     pub checkpoint_uri: String,
@@ -48,7 +48,7 @@ pub async fn ask_master(
     );
     let reply = client.status(pb::StatusRequest {}).await.ok()?.into_inner();
     Some(MasterView {
-        state: reply.state,
+        state: reply.state(),
         last_completed_batch: reply.last_completed_batch,
         last_checkpoint_batch: reply.last_checkpoint_batch,
         checkpoint_uri: reply.checkpoint_uri,
@@ -67,8 +67,8 @@ pub struct Observed<'a> {
     pub master: Option<&'a MasterView>,
     /// Conditions currently in the status, to keep their transition times.
     pub previous: &'a [Condition],
-    /// The restart policy holding the pods at zero: its phase and why.
-    pub hold: Option<(&'static str, &'a str)>,
+    /// The restart policy holding the pods at zero: its phase, the reason and why.
+    pub hold: Option<(&'static str, &'static str, &'a str)>,
     /// Why pods cannot start.
     pub problems: &'a [crate::health::Problem],
 }
@@ -112,35 +112,49 @@ pub fn scrub(text: &str) -> String {
     sluice::error::shorten(&clean, MESSAGE_LIMIT)
 }
 
+/// The master's state in the words the status shows when the master says nothing more.
+fn state_words(state: pb::MasterState) -> &'static str {
+    match state {
+        pb::MasterState::Unspecified => "",
+        pb::MasterState::Starting => "starting",
+        pb::MasterState::Running => "running",
+        pb::MasterState::Stalled => "stalled",
+        pb::MasterState::Recovering => "recovering",
+        pb::MasterState::CheckpointFailing => "checkpoint failing",
+        pb::MasterState::Failed => "failed",
+        pb::MasterState::Stopped => "stopped",
+    }
+}
+
 /// The phase and the status patch body.
 pub fn compute(o: &Observed<'_>) -> (String, Value) {
-    let master_state = o.master.map(|m| m.state.as_str()).unwrap_or("");
-    let checkpoint_failing = master_state == "checkpoint failing";
-    let recovering = master_state == "recovering";
+    let master_state = o.master.map_or(pb::MasterState::Unspecified, |m| m.state);
+    let checkpoint_failing = master_state == pb::MasterState::CheckpointFailing;
+    let recovering = master_state == pb::MasterState::Recovering;
     // Waiting long on a slow worker: still running, but not making progress.
-    let stalled = master_state == "stalled";
+    let stalled = master_state == pb::MasterState::Stalled;
+    let running = master_state == pb::MasterState::Running;
     let workers_ok = o.workers_ready >= o.workers_desired;
     let phase = if o.suspended {
         "Suspended"
-    } else if let Some((held, _)) = o.hold {
+    } else if let Some((held, _, _)) = o.hold {
         held
     } else if recovering {
         "Recovering"
-    } else if o.master_ready && workers_ok && (master_state == "running" || stalled) {
+    } else if o.master_ready && workers_ok && (running || stalled) {
         "Running"
     } else {
         "Pending"
     };
     let g = o.generation;
     let p = o.previous;
-    let progressing = master_state == "running";
+    let progressing = running;
     let problem = o.problems.first().filter(|_| phase != "Running");
     let degraded =
         checkpoint_failing || recovering || stalled || o.hold.is_some() || problem.is_some();
     let master_message = || o.master.map(|m| m.message.clone()).unwrap_or_default();
     let (degraded_reason, degraded_message) = match (o.hold, problem) {
-        (Some(("Failed", why)), _) => ("RestartLimitReached", why.to_string()),
-        (Some((_, why)), _) => ("CrashLoop", why.to_string()),
+        (Some((_, reason, why)), _) => (reason, why.to_string()),
         (None, Some(p)) => (p.reason, p.message.clone()),
         (None, None) if checkpoint_failing => ("CheckpointFailing", master_message()),
         (None, None) if recovering => ("Recovering", master_message()),
@@ -214,7 +228,7 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
                 json!({"batch": m.last_checkpoint_batch, "location": m.checkpoint_uri});
         }
         status["message"] = json!(scrub(if m.message.is_empty() {
-            &m.state
+            state_words(m.state)
         } else {
             &m.message
         }));
@@ -306,7 +320,7 @@ mod tests {
     #[test]
     fn running_needs_a_running_master_and_all_workers() {
         let running = MasterView {
-            state: "running".into(),
+            state: pb::MasterState::Running,
             last_completed_batch: 7,
             ..Default::default()
         };
@@ -320,7 +334,7 @@ mod tests {
     #[test]
     fn checkpoint_failing_is_degraded_with_the_masters_message() {
         let failing = MasterView {
-            state: "checkpoint failing".into(),
+            state: pb::MasterState::CheckpointFailing,
             message: "bucket ckpt at http://s3: unreachable".into(),
             ..Default::default()
         };
@@ -345,7 +359,7 @@ mod tests {
     #[test]
     fn a_stalled_job_runs_but_says_what_it_waits_on() {
         let stalled = MasterView {
-            state: "stalled".into(),
+            state: pb::MasterState::Stalled,
             message: "waiting 12s on word-totals-worker-1 for stage 2 of 3 of batch 40".into(),
             ..Default::default()
         };
@@ -373,7 +387,7 @@ mod tests {
     #[test]
     fn transition_times_stay_while_the_status_does() {
         let running = MasterView {
-            state: "running".into(),
+            state: pb::MasterState::Running,
             ..Default::default()
         };
         let (_, first) = compute(&observed(Some(&running), &[]));

@@ -368,6 +368,46 @@ fn a_frozen_worker_is_found_by_heartbeat_and_the_job_goes_on() {
     assert_exactly_once(&got, &want, "worker frozen, then thawed");
 }
 
+/// A record refused under `onRecordError: fail` fails a distributed job as it fails
+/// `sluice run` (exit 2, the record's error), instead of being retried for ever as a store
+/// outage: the worker sends the error's domain with it, typed.
+#[test]
+fn a_user_error_on_a_worker_fails_the_job_with_its_message() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let mut c = Cluster::new(tmp.path(), &server, "user-error");
+    let text = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: bad-records}}\nspec:\n  batchInterval: 100ms\n  parallelism: 4\n  onRecordError: fail\n  sources: [{{name: g, generator: {{rate: 1000}}}}]\n  pipeline: [{{parseJson: {{}}}}]\n  sinks: [{{files: {{path: \"{}\"}}}}]\n  checkpoint: {{uri: \"s3://ckpt/user-error\", endpoint: \"{}\", pathStyle: true}}\n",
+        c.out.display(),
+        server.endpoint()
+    );
+    std::fs::write(&c.job, text).expect("manifest");
+    c.start_master(2);
+    c.start_worker("w1");
+    c.start_worker("w2");
+    let mut master = c.master.take().expect("master");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = master.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the master retries a user error instead of failing the job:\n{}",
+            c.master_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = c.master_log();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(log.contains("the job failed"), "{log}");
+    assert!(
+        log.contains("parseJson"),
+        "the record's error reaches the master: {log}"
+    );
+    assert!(!log.contains("checkpoint failing"), "{log}");
+}
+
 #[test]
 fn a_worker_with_the_wrong_token_or_job_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");

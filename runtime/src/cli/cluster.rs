@@ -194,6 +194,12 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
     };
     match crate::master::run(job, ckpt, options, rt.handle().clone()) {
         Ok(()) => ExitCode::SUCCESS,
+        // As `sluice run`: exit 2 when the job itself is at fault, so that whoever restarts
+        // the master (the operator) can stop instead of failing the same way again.
+        Err(e @ crate::master::MasterError::Job(_)) => {
+            tracing::error!("{e}");
+            ExitCode::from(EXIT_INVALID)
+        }
         Err(e) => {
             tracing::error!("master failed: {e}");
             ExitCode::from(EXIT_FAILED)

@@ -144,17 +144,39 @@ enum Fault {
     /// Every worker is there, but the batch cannot go on (a push between workers failed, a
     /// worker holds another placement): place again and recover at once.
     Rollback(String),
-    /// Give up.
+    /// The job or its input is wrong (a record refused under `onRecordError: fail`): running
+    /// it again fails the same way, so the job fails, with the message.
+    Job(String),
+    /// Give up: the checkpoint is damaged, or Sluice has a bug.
     Fatal(String),
 }
 
 impl From<crate::Error> for Fault {
     fn from(e: crate::Error) -> Self {
-        if e.is_retryable() {
+        if e.domain() == crate::error::Domain::User {
+            Fault::Job(e.to_string())
+        } else if e.is_retryable() {
             Fault::Retry(e.to_string())
         } else {
             Fault::Fatal(e.to_string())
         }
+    }
+}
+
+/// Why the master stopped without finishing.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The job or its input is wrong; starting it again fails the same way.
+    #[error("the job failed: {0}")]
+    Job(String),
+    /// Anything else: the checkpoint, the network, the setup.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<String> for MasterError {
+    fn from(message: String) -> Self {
+        MasterError::Other(message)
     }
 }
 
@@ -165,7 +187,7 @@ pub fn run(
     ckpt: Checkpointer,
     options: MasterOptions,
     runtime: Handle,
-) -> Result<(), String> {
+) -> Result<(), MasterError> {
     let shared = Arc::new(Mutex::new(Shared::default()));
     let service = MasterService {
         fingerprint: options.fingerprint.clone(),
@@ -191,12 +213,12 @@ pub fn run(
     let meta = match ckpt.load_meta_checked().map_err(|e| e.to_string())? {
         Some(meta) => {
             if meta.fingerprint != options.fingerprint {
-                return Err(format!(
+                return Err(MasterError::Other(format!(
                     "checkpoint {} belongs to a different job (fingerprint {} != {}); use a new checkpoint location",
                     ckpt.describe(),
                     meta.fingerprint,
                     options.fingerprint
-                ));
+                )));
             }
             tracing::info!(checkpoint = %ckpt.describe(), "resuming from checkpoint");
             meta
@@ -275,10 +297,10 @@ struct Master {
 }
 
 impl Master {
-    fn set_status(&self, state: &str, message: &str) {
+    fn set_status(&self, state: pb::MasterState, message: &str) {
         let mut shared = lock_unpoisoned(&self.shared);
         shared.status = pb::StatusReply {
-            state: state.to_string(),
+            state: state.into(),
             last_completed_batch: self.next.saturating_sub(1),
             last_checkpoint_batch: self.last_snapshot,
             checkpoint_uri: self.checkpoint_uri.clone(),
@@ -363,7 +385,7 @@ impl Master {
                                 names.join(", ")
                             );
                             tracing::warn!("{message}");
-                            self.set_status("stalled", &message);
+                            self.set_status(pb::MasterState::Stalled, &message);
                         }
                     }
                 }
@@ -386,6 +408,17 @@ impl Master {
                 None => return Err(Fault::Worker(w.id.clone(), format!("no answer for {what}"))),
             };
             let why = format!("worker {}: {}: {}", w.id, e.code(), e.message());
+            // An engine error says whose fault it is.
+            match crate::rpc::error_domain(&e) {
+                Some(pb::ErrorDomain::User) => {
+                    return Err(Fault::Job(format!("worker {}: {}", w.id, e.message())));
+                }
+                Some(pb::ErrorDomain::External) => return Err(Fault::Retry(why)),
+                Some(pb::ErrorDomain::Damaged | pb::ErrorDomain::Internal) => {
+                    return Err(Fault::Fatal(why));
+                }
+                Some(pb::ErrorDomain::Unspecified) | None => {}
+            }
             return Err(match e.code() {
                 // The call failed on the way: the worker may be gone, or it may be reporting a
                 // peer it could not reach (a shuffle push). Dropping a live worker would leave
@@ -437,9 +470,9 @@ impl Master {
             .next()
     }
 
-    fn run_loop(&mut self, options: &MasterOptions) -> Result<(), String> {
+    fn run_loop(&mut self, options: &MasterOptions) -> Result<(), MasterError> {
         let stop = &options.stop;
-        self.set_status("starting", "waiting for workers");
+        self.set_status(pb::MasterState::Starting, "waiting for workers");
         let mut backoff = Duration::from_millis(200);
         let mut needs_recovery = true;
         let mut started = false;
@@ -458,7 +491,7 @@ impl Master {
             };
             if self.workers.len() < required {
                 self.set_status(
-                    "starting",
+                    pb::MasterState::Starting,
                     &format!("waiting for workers ({} of {required})", self.workers.len()),
                 );
                 if !self.workers.is_empty() && self.last_ping.elapsed() > Duration::from_secs(1) {
@@ -513,20 +546,23 @@ impl Master {
                     if !was_recovery {
                         rollbacks_in_row = 0;
                     }
-                    self.set_status("running", "");
+                    self.set_status(pb::MasterState::Running, "");
                 }
                 Err(Fault::Worker(id, why)) => {
                     tracing::error!(worker = %id, error = %why, "worker lost; rolling back to the last checkpoint");
                     self.workers.retain(|w| w.id != id);
                     self.recoveries += 1;
                     needs_recovery = true;
-                    self.set_status("recovering", &format!("worker {id} lost: {why}"));
+                    self.set_status(
+                        pb::MasterState::Recovering,
+                        &format!("worker {id} lost: {why}"),
+                    );
                 }
                 Err(Fault::Rollback(why)) => {
                     tracing::warn!(error = %why, "rolling back to the last checkpoint");
                     self.recoveries += 1;
                     needs_recovery = true;
-                    self.set_status("recovering", &why);
+                    self.set_status(pb::MasterState::Recovering, &why);
                     // At once the first time; a cause that persists must not spin.
                     rollbacks_in_row += 1;
                     if rollbacks_in_row > 1 {
@@ -536,22 +572,27 @@ impl Master {
                 }
                 Err(Fault::Retry(why)) => {
                     tracing::error!(error = %why, retry_in = ?backoff, "batch failed; retrying from the last checkpoint");
-                    self.set_status("checkpoint failing", &why);
+                    self.set_status(pb::MasterState::CheckpointFailing, &why);
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     self.recoveries += 1;
                     needs_recovery = true;
                 }
+                Err(Fault::Job(why)) => {
+                    tracing::error!(error = %why, "the job failed; running it again would fail the same way");
+                    self.set_status(pb::MasterState::Failed, &why);
+                    return Err(MasterError::Job(why));
+                }
                 Err(Fault::Fatal(why)) => {
-                    self.set_status("failed", &why);
-                    return Err(why);
+                    self.set_status(pb::MasterState::Failed, &why);
+                    return Err(MasterError::Other(why));
                 }
             }
         }
         if !needs_recovery && self.next > 1 && self.next - 1 > self.last_snapshot {
             let _ = self.snapshot(self.next - 1);
         }
-        self.set_status("stopped", "");
+        self.set_status(pb::MasterState::Stopped, "");
         Ok(())
     }
 
@@ -868,7 +909,7 @@ impl Master {
                 Duration::from_millis(batch.interval_ms),
             )
         };
-        self.set_status("running", behind.as_deref().unwrap_or(""));
+        self.set_status(pb::MasterState::Running, behind.as_deref().unwrap_or(""));
         Ok(())
     }
 

@@ -18,6 +18,40 @@ pub const TOKEN_ENV: &str = "SLUICE_TOKEN";
 /// Largest gRPC message accepted (shuffle blocks are batched under it).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The status for an engine error: its message, with the error's domain as a typed detail
+/// ([`pb::ErrorInfo`]) so that the master can tell a bad job from a flaky store.
+pub fn engine_status(e: &crate::Error) -> Status {
+    use crate::error::Domain;
+    use prost::Message;
+    let domain = match (e.domain(), e) {
+        (_, crate::Error::Checkpoint(_)) => pb::ErrorDomain::Damaged,
+        (Domain::User, _) => pb::ErrorDomain::User,
+        (Domain::External, _) => pb::ErrorDomain::External,
+        (Domain::Internal, _) => pb::ErrorDomain::Internal,
+    };
+    let info = pb::ErrorInfo {
+        domain: domain.into(),
+    };
+    Status::with_details(
+        tonic::Code::Internal,
+        e.to_string(),
+        info.encode_to_vec().into(),
+    )
+}
+
+/// The domain a worker sent with an error; `None` for errors that did not come from the
+/// engine (the transport, a refused message).
+pub fn error_domain(status: &Status) -> Option<pb::ErrorDomain> {
+    use prost::Message;
+    if status.details().is_empty() {
+        return None;
+    }
+    let info = pb::ErrorInfo::decode(status.details()).ok()?;
+    pb::ErrorDomain::try_from(info.domain)
+        .ok()
+        .filter(|d| *d != pb::ErrorDomain::Unspecified)
+}
+
 /// Checks `authorization: Bearer <token>` on every incoming call.
 #[derive(Clone)]
 pub struct CheckToken {

@@ -52,8 +52,9 @@ enum Command {
 /// The batch in progress, shared with the handler that accepts peers' blocks.
 type Current = Arc<Mutex<Option<(u64, u64, Arc<BatchContext>)>>>;
 
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
+/// An engine error as the master reads it: the message, and whose fault it is.
+fn internal(e: crate::Error) -> Status {
+    crate::rpc::engine_status(&e)
 }
 
 /// Runs job work on its own thread (the S3 client blocks on its own runtime).
