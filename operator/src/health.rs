@@ -6,6 +6,8 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
 use sluice_crds::resource::PodObservation;
 
+use sluice::master::JOB_FAILED;
+
 use crate::constants::LABEL_ROLE;
 
 /// A run shorter than this that ends in an error counts towards a crash loop.
@@ -101,11 +103,11 @@ fn job_failure(c: &ContainerStatus) -> Option<String> {
     let line = said
         .lines()
         .rev()
-        .find(|l| l.contains("the job failed"))
+        .find(|l| l.contains(JOB_FAILED))
         .or_else(|| said.lines().last())
         .unwrap_or("the master stopped with exit code 2 (the job is at fault)");
     let text = line
-        .split_once("the job failed: ")
+        .split_once(JOB_FAILED)
         .map_or(line, |(_, why)| why)
         .trim();
     Some(text.to_string())

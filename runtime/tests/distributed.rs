@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 use support::{S3Server, with_credentials};
 
 const TOKEN: &str = "test-token-0123456789";
@@ -178,11 +180,7 @@ impl Cluster {
     fn stop_worker(&mut self, id: &str) {
         if let Some(i) = self.workers.iter().position(|(w, _)| w == id) {
             let (_, child) = self.workers.remove(i);
-            let status = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .expect("kill");
-            assert!(status.success());
+            signal(child.id(), Signal::SIGTERM);
             let out = child.wait_with_output().expect("worker exits");
             assert!(out.status.success(), "a worker asked to leave exits 0");
         }
@@ -239,6 +237,12 @@ impl Drop for Cluster {
             let _ = w.wait();
         }
     }
+}
+
+/// Sends `sig` to the process `pid`.
+fn signal(pid: u32, sig: Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+    nix::sys::signal::kill(pid, sig).expect("signal the process");
 }
 
 fn assert_exactly_once(got: &[Vec<String>], want: &[Vec<String>], scenario: &str) {
@@ -341,11 +345,7 @@ fn a_frozen_worker_is_found_by_heartbeat_and_the_job_goes_on() {
         .find(|(id, _)| id == "w2")
         .map(|(_, child)| child.id())
         .expect("w2 runs");
-    let status = Command::new("kill")
-        .args(["-STOP", &frozen.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    signal(frozen, Signal::SIGSTOP);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !c.master_log().contains("no answer to a heartbeat") {
         assert!(Instant::now() < deadline, "{}", c.master_log());
@@ -353,11 +353,7 @@ fn a_frozen_worker_is_found_by_heartbeat_and_the_job_goes_on() {
     }
     // Thawed, it still holds the placement and the state of before: it must be placed anew
     // before any of its state counts (a snapshot of the rescale once took its stale copy).
-    let status = Command::new("kill")
-        .args(["-CONT", &frozen.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    signal(frozen, Signal::SIGCONT);
     let got = c.finish();
     let log = c.master_log();
     assert!(log.contains("worker lost"), "{log}");

@@ -163,11 +163,15 @@ impl From<crate::Error> for Fault {
     }
 }
 
+/// How the master's last log line begins when the job itself is at fault; the operator finds
+/// the job's own words after it in the container's termination message.
+pub const JOB_FAILED: &str = "the job failed: ";
+
 /// Why the master stopped without finishing.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
     /// The job or its input is wrong; starting it again fails the same way.
-    #[error("the job failed: {0}")]
+    #[error("{JOB_FAILED}{0}")]
     Job(String),
     /// Anything else: the checkpoint, the network, the setup.
     #[error("{0}")]
