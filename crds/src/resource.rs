@@ -166,15 +166,74 @@ pub struct MasterSpec {
     pub resources: Option<ResourceRequirements>,
 }
 
-/// What the operator reports.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+/// Where a job is in its life, as `kubectl get sj` shows it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum Phase {
+    /// Its pods are starting, or its master is waiting for workers.
+    Pending,
+    /// Batches commit.
+    Running,
+    /// The master is restoring the last checkpoint after a failure.
+    Recovering,
+    /// `spec.suspend`: no pods; the state stays in the checkpoint.
+    Suspended,
+    /// Crash-looping: held at zero pods until `status.restartAt`.
+    BackingOff,
+    /// The spec cannot run as it is (see the Degraded condition); changing it unblocks.
+    Blocked,
+    /// Failed for good (a user error, or `restartPolicy.limit` reached) until the spec changes.
+    Failed,
+}
+
+impl Phase {
+    /// Every phase, in declaration order.
+    pub const ALL: [Phase; 7] = [
+        Phase::Pending,
+        Phase::Running,
+        Phase::Recovering,
+        Phase::Suspended,
+        Phase::BackingOff,
+        Phase::Blocked,
+        Phase::Failed,
+    ];
+
+    /// The name the status and the API carry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Recovering => "Recovering",
+            Phase::Suspended => "Suspended",
+            Phase::BackingOff => "BackingOff",
+            Phase::Blocked => "Blocked",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    /// Whether the operator holds the job's pods at zero for it.
+    pub fn holds_pods(self) -> bool {
+        matches!(self, Phase::Suspended | Phase::BackingOff | Phase::Failed)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the operator reports. Every field is written at every update (an absent one as
+/// `null`), so that a JSON merge patch of the whole status clears what no longer holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamingJobStatus {
-    /// `Pending`, `Running`, `Recovering`, `Suspended`, `BackingOff`, `Blocked`, `Failed`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
+    /// Where the job is in its life.
+    #[serde(default)]
+    pub phase: Option<Phase>,
     /// The generation the status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub observed_generation: Option<i64>,
     /// Workers ready.
     #[serde(default)]
@@ -183,37 +242,37 @@ pub struct StreamingJobStatus {
     #[serde(default)]
     pub workers_desired: i32,
     /// The newest committed batch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_completed_batch: Option<i64>,
     /// The newest checkpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub last_checkpoint: Option<CheckpointStatus>,
     /// Recoveries after failures, over the job's life: rollbacks to the last checkpoint and
     /// master restarts, of this master pod and of the ones before it.
     #[serde(default)]
     pub recoveries: i64,
     /// How `recoveries` adds up across master pods, each of which counts from zero.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub recovery_tally: Option<RecoveryTally>,
     /// For people.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub message: Option<String>,
     /// Fingerprint of the job (sources, pipeline, batch interval, parallelism) that the
     /// checkpoint belongs to; a change to it needs a new checkpoint location.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub fingerprint: Option<String>,
     /// Times the operator stopped and restarted the job after a crash loop; a change of the
     /// spec starts the count again.
     #[serde(default)]
     pub restarts: i64,
     /// When the operator last restarted (or, while `BackingOff`, will restart) the job.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub restart_at: Option<String>,
     /// What the operator last saw of the job's pods, to tell restarts and losses apart.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub pods: Vec<PodObservation>,
     /// Ready, MasterReady, WorkersReady, Progressing, Degraded.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
@@ -240,7 +299,7 @@ pub struct RecoveryTally {
 }
 
 /// Where the newest checkpoint is.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointStatus {
     /// Batch the snapshot was taken after.

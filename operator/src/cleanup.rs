@@ -27,8 +27,10 @@ use sluice::checkpoint::JobMeta;
 use sluice_crds::DeletionPolicy;
 use sluice_crds::resource::StreamingJobResource;
 
+use crate::conditions::reason;
 use crate::constants::LABEL_JOB;
-use crate::controller::{Context, Error, publish};
+use crate::controller::{Context, Error};
+use crate::events::publish;
 
 /// How long a deletion retries an unreachable store or pods that do not stop, counted from
 /// the deletion request; then the job goes and an event says what was left.
@@ -112,7 +114,7 @@ pub async fn cleanup(job: &Arc<StreamingJobResource>, ctx: &Arc<Context>) -> Res
                 ctx,
                 job,
                 EventType::Normal,
-                "CheckpointDeleted",
+                reason::CHECKPOINT_DELETED,
                 &format!(
                     "deleted the checkpoint at {} (deletionPolicy Delete)",
                     checkpoint.uri
@@ -128,7 +130,7 @@ pub async fn cleanup(job: &Arc<StreamingJobResource>, ctx: &Arc<Context>) -> Res
                 ctx,
                 job,
                 EventType::Warning,
-                "CheckpointRetained",
+                reason::CHECKPOINT_RETAINED,
                 &format!("checkpoint {} left in place: {why}", checkpoint.uri),
                 "Delete",
             )
@@ -146,7 +148,7 @@ pub async fn cleanup(job: &Arc<StreamingJobResource>, ctx: &Arc<Context>) -> Res
                 ctx,
                 job,
                 EventType::Warning,
-                "CheckpointRetained",
+                reason::CHECKPOINT_RETAINED,
                 &why,
                 "Delete",
             )

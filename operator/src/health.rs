@@ -8,6 +8,7 @@ use sluice_crds::resource::PodObservation;
 
 use sluice::master::JOB_FAILED;
 
+use crate::conditions::reason;
 use crate::constants::LABEL_ROLE;
 
 /// A run shorter than this that ends in an error counts towards a crash loop.
@@ -142,7 +143,7 @@ pub fn inspect(pods: &[Pod], previous: &[PodObservation], workers_desired: i32) 
                 match reason {
                     "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" => {
                         report.problems.push(Problem {
-                            reason: "ImagePullFailed",
+                            reason: reason::IMAGE_PULL_FAILED,
                             message: format!(
                                 "pod {name} cannot get image {}: {reason} {message}; check spec.image (and spec.podTemplate.imagePullSecrets for a private registry)",
                                 c.image
@@ -150,7 +151,7 @@ pub fn inspect(pods: &[Pod], previous: &[PodObservation], workers_desired: i32) 
                         })
                     }
                     "CreateContainerConfigError" => report.problems.push(Problem {
-                        reason: "PodConfigError",
+                        reason: reason::POD_CONFIG_ERROR,
                         message: format!("pod {name} cannot start: {message}"),
                     }),
                     _ => {}
@@ -182,9 +183,9 @@ pub fn inspect(pods: &[Pod], previous: &[PodObservation], workers_desired: i32) 
         if let Some(message) = why {
             report.incidents.push(Incident {
                 reason: if role == "master" {
-                    "MasterRestarted"
+                    reason::MASTER_RESTARTED
                 } else {
-                    "WorkerLost"
+                    reason::WORKER_LOST
                 },
                 message,
             });
@@ -203,7 +204,7 @@ pub fn inspect(pods: &[Pod], previous: &[PodObservation], workers_desired: i32) 
         let scaled_away = ordinal(&gone.name).is_some_and(|n| n >= workers_desired);
         if is_worker && !scaled_away {
             report.incidents.push(Incident {
-                reason: "WorkerLost",
+                reason: reason::WORKER_LOST,
                 message: format!(
                     "pod {} disappeared; its StatefulSet recreates it",
                     gone.name

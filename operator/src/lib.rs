@@ -1,14 +1,20 @@
-//! The Sluice operator: the pure builders that turn a StreamingJob into the Kubernetes objects
-//! that run it (`resources`), what the job's pods say about it (`health`), its status
-//! (`status`), the reconciler that applies all of it (`controller`), leader election and
-//! metrics.
+//! The Sluice operator. The reconciler (`controller`) runs a pipeline over pure decisions:
+//! what the job's pods say (`health`), whether the restart policy holds them (`restart`), the
+//! objects that run the job (`resources`), whose its names are (`ownership`), and its status
+//! and conditions (`status`, `conditions`); then writes (`apply`) and says (`events`). Around
+//! it: the checkpoint's deletion (`cleanup`), leader election, TLS and metrics.
 
+pub mod apply;
 pub mod cleanup;
+pub mod conditions;
 pub mod constants;
 pub mod controller;
+pub mod events;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod ownership;
 pub mod resources;
+pub mod restart;
 pub mod status;
 pub mod tls;

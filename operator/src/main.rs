@@ -1,7 +1,39 @@
 //! `sluice-operator`: reconciles StreamingJob resources (see the `controller` module).
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use clap::Parser;
+use sluice_operator::controller::Settings;
+
+/// Reconciles StreamingJob resources into master and worker pods, with their Services, Secrets
+/// and NetworkPolicy, and reports each job's status. One replica reconciles at a time (a
+/// Lease); the others wait. Every option can be given by its environment variable, as the Helm
+/// chart does.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-operator", version)]
+struct Args {
+    /// Namespaces whose StreamingJobs to reconcile, separated by commas; none: every namespace.
+    #[arg(long, env = "SLUICE_WATCH_NAMESPACES", value_delimiter = ',', num_args = 0..)]
+    watch_namespaces: Vec<String>,
+    /// Port of /metrics and /healthz, on every address.
+    #[arg(long, env = "SLUICE_METRICS_PORT", default_value_t = 8080)]
+    metrics_port: u16,
+    /// Address and port of /metrics and /healthz, such as 10.0.0.7:8080: binds that one
+    /// address instead of all of them (wins over --metrics-port).
+    #[arg(long, env = "SLUICE_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// This pod's name: the identity that holds the leader Lease, and the events' reporter.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// This pod's namespace: where the leader Lease is, and what job NetworkPolicies admit.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -9,34 +41,33 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await?;
-    // Empty: every namespace.
-    let namespaces: Vec<String> = std::env::var("SLUICE_WATCH_NAMESPACES")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .map(String::from)
-        .collect();
-    tracing::info!(?namespaces, "sluice-operator running");
-    let metrics = std::sync::Arc::new(sluice_operator::metrics::Metrics::default());
-    let port: u16 = std::env::var("SLUICE_METRICS_PORT")
-        .ok()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(8080);
-    // SLUICE_METRICS_ADDR binds one address (such as the pod's own) instead of all of them.
-    let addr: std::net::SocketAddr = match std::env::var("SLUICE_METRICS_ADDR") {
-        Ok(text) => text.parse().map_err(|e| {
-            anyhow::anyhow!(
-                "SLUICE_METRICS_ADDR={text}: {e}; give an address and port such as 10.0.0.7:8080"
-            )
-        })?,
-        Err(_) => ([0, 0, 0, 0], port).into(),
+    let settings = Settings {
+        namespaces: args
+            .watch_namespaces
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .map(String::from)
+            .collect(),
+        own_namespace: args.pod_namespace.clone().filter(|ns| !ns.is_empty()),
+        pod_name: args.pod_name.clone(),
     };
+    tracing::info!(namespaces = ?settings.namespaces, "sluice-operator running");
+    let metrics = Arc::new(sluice_operator::metrics::Metrics::default());
+    let addr = args.metrics_addr.unwrap_or(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        args.metrics_port,
+    ));
     let server = tokio::spawn(sluice_operator::metrics::serve(addr, metrics.clone()));
     // One replica reconciles; the others wait for the Lease.
-    let me = std::env::var("POD_NAME")
-        .unwrap_or_else(|_| format!("sluice-operator-{}", std::process::id()));
-    let lease_ns = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let me = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("sluice-operator-{}", std::process::id()));
+    let lease_ns = settings
+        .own_namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
         kube::Api::namespaced(client.clone(), &lease_ns);
     let lease = "sluice-operator";
@@ -44,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
     sluice_operator::leader::acquire(&leases, lease, &me).await?;
     tracing::info!(identity = %me, "became leader");
     tokio::select! {
-        () = sluice_operator::controller::run(client, namespaces, metrics) => {}
+        () = sluice_operator::controller::run(client, settings, metrics) => {}
         () = sluice_operator::leader::hold(&leases, lease, &me) => {
             tracing::error!("lost the leader lease; exiting so a standby takes over");
             server.abort();

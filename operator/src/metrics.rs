@@ -11,6 +11,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use sluice_crds::resource::Phase;
 
 /// Counters the reconciler updates.
 #[derive(Default)]
@@ -19,21 +20,21 @@ pub struct Metrics {
     pub errors_build: AtomicU64,
     pub errors_api: AtomicU64,
     /// The phase of each job (namespace/name), for the jobs-by-phase gauge.
-    pub phases: Mutex<BTreeMap<String, String>>,
+    pub phases: Mutex<BTreeMap<String, Phase>>,
     pub reconcile_seconds_total: Mutex<f64>,
 }
 
 impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut by_phase: BTreeMap<String, u64> = BTreeMap::new();
+        let mut by_phase: BTreeMap<Phase, u64> = BTreeMap::new();
         for phase in self
             .phases
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
         {
-            *by_phase.entry(phase.clone()).or_default() += 1;
+            *by_phase.entry(*phase).or_default() += 1;
         }
         let mut out = String::new();
         out.push_str("# HELP sluice_reconciles_total StreamingJob reconciles.\n# TYPE sluice_reconciles_total counter\n");
@@ -105,11 +106,11 @@ mod tests {
         m.phases
             .lock()
             .expect("lock")
-            .insert("a/x".into(), "Running".into());
+            .insert("a/x".into(), Phase::Running);
         m.phases
             .lock()
             .expect("lock")
-            .insert("a/y".into(), "Running".into());
+            .insert("a/y".into(), Phase::Running);
         let text = m.render();
         assert!(text.contains("sluice_reconciles_total 3\n"), "{text}");
         assert!(

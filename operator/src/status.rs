@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
-use serde_json::{Value, json};
-use sluice_crds::resource::{RecoveryTally, StreamingJobStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use sluice_crds::resource::{CheckpointStatus, Phase, RecoveryTally, StreamingJobStatus};
 use sluice_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
+
+use crate::conditions::{ConditionType, condition, reason};
 
 /// What the master says of the job, when it answers.
 #[derive(Clone, Debug, Default)]
@@ -65,37 +65,13 @@ pub struct Observed<'a> {
     pub workers_ready: i32,
     pub workers_desired: i32,
     pub master: Option<&'a MasterView>,
-    /// Conditions currently in the status, to keep their transition times.
-    pub previous: &'a [Condition],
+    /// The status as it was: its conditions keep their transition times, and what the master
+    /// said last stays while it does not answer.
+    pub previous: &'a StreamingJobStatus,
     /// The restart policy holding the pods at zero: its phase, the reason and why.
-    pub hold: Option<(&'static str, &'static str, &'a str)>,
+    pub hold: Option<(Phase, &'static str, &'a str)>,
     /// Why pods cannot start.
     pub problems: &'a [crate::health::Problem],
-}
-
-/// A condition whose `lastTransitionTime` stays from `previous` while its status does.
-pub(crate) fn condition(
-    previous: &[Condition],
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) -> Condition {
-    let status = if ok { "True" } else { "False" };
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Timestamp::now()));
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: scrub(message),
-        last_transition_time: since,
-        observed_generation: generation,
-    }
 }
 
 /// The longest message the status carries (the API server takes 32 KiB per condition message,
@@ -126,8 +102,10 @@ fn state_words(state: pb::MasterState) -> &'static str {
     }
 }
 
-/// The phase and the status patch body.
-pub fn compute(o: &Observed<'_>) -> (String, Value) {
+/// The status the observations make, on top of the previous one. The fields that the
+/// restart policy and the pods' history own (`restarts`, `restartAt`, `pods`, `fingerprint`,
+/// the recovery tally) stay as they were; the controller sets them.
+pub fn compute(o: &Observed<'_>) -> StreamingJobStatus {
     let master_state = o.master.map_or(pb::MasterState::Unspecified, |m| m.state);
     let checkpoint_failing = master_state == pb::MasterState::CheckpointFailing;
     let recovering = master_state == pb::MasterState::Recovering;
@@ -136,98 +114,106 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
     let running = master_state == pb::MasterState::Running;
     let workers_ok = o.workers_ready >= o.workers_desired;
     let phase = if o.suspended {
-        "Suspended"
+        Phase::Suspended
     } else if let Some((held, _, _)) = o.hold {
         held
     } else if recovering {
-        "Recovering"
+        Phase::Recovering
     } else if o.master_ready && workers_ok && (running || stalled) {
-        "Running"
+        Phase::Running
     } else {
-        "Pending"
+        Phase::Pending
     };
     let g = o.generation;
-    let p = o.previous;
+    let p = &o.previous.conditions;
     let progressing = running;
-    let problem = o.problems.first().filter(|_| phase != "Running");
+    let problem = o.problems.first().filter(|_| phase != Phase::Running);
     let degraded =
         checkpoint_failing || recovering || stalled || o.hold.is_some() || problem.is_some();
     let master_message = || o.master.map(|m| m.message.clone()).unwrap_or_default();
     let (degraded_reason, degraded_message) = match (o.hold, problem) {
         (Some((_, reason, why)), _) => (reason, why.to_string()),
         (None, Some(p)) => (p.reason, p.message.clone()),
-        (None, None) if checkpoint_failing => ("CheckpointFailing", master_message()),
-        (None, None) if recovering => ("Recovering", master_message()),
-        (None, None) if stalled => ("Stalled", master_message()),
-        (None, None) => ("Healthy", String::new()),
+        (None, None) if checkpoint_failing => (reason::CHECKPOINT_FAILING, master_message()),
+        (None, None) if recovering => (reason::RECOVERING, master_message()),
+        (None, None) if stalled => (reason::STALLED, master_message()),
+        (None, None) => (reason::HEALTHY, String::new()),
     };
     let conditions = vec![
         condition(
             p,
-            "Ready",
-            phase == "Running",
-            if phase == "Running" { "Running" } else { phase },
+            ConditionType::Ready,
+            phase == Phase::Running,
+            phase.as_str(),
             "",
             g,
         ),
         condition(
             p,
-            "MasterReady",
+            ConditionType::MasterReady,
             o.master_ready,
             if o.master_ready {
-                "PodReady"
+                reason::POD_READY
             } else {
-                "PodNotReady"
+                reason::POD_NOT_READY
             },
             "",
             g,
         ),
         condition(
             p,
-            "WorkersReady",
+            ConditionType::WorkersReady,
             workers_ok,
-            if workers_ok { "AllReady" } else { "Waiting" },
+            if workers_ok {
+                reason::ALL_READY
+            } else {
+                reason::WAITING
+            },
             &format!("{} of {} ready", o.workers_ready, o.workers_desired),
             g,
         ),
         condition(
             p,
-            "Progressing",
+            ConditionType::Progressing,
             progressing,
             if progressing {
-                "BatchesCommitting"
+                reason::BATCHES_COMMITTING
             } else if stalled {
-                "Stalled"
+                reason::STALLED
             } else {
-                "NotRunning"
+                reason::NOT_RUNNING
             },
             "",
             g,
         ),
         condition(
             p,
-            "Degraded",
+            ConditionType::Degraded,
             degraded,
             degraded_reason,
             &degraded_message,
             g,
         ),
     ];
-    let mut status = json!({
-        "phase": phase,
-        "observedGeneration": g,
-        "workersReady": o.workers_ready,
-        "workersDesired": o.workers_desired,
-        "conditions": conditions,
-    });
+    let mut status = StreamingJobStatus {
+        phase: Some(phase),
+        observed_generation: g,
+        workers_ready: o.workers_ready,
+        workers_desired: o.workers_desired,
+        conditions,
+        ..o.previous.clone()
+    };
     if let Some(m) = o.master {
-        status["lastCompletedBatch"] = json!(m.last_completed_batch);
-        status["recoveries"] = json!(m.recoveries);
+        status.last_completed_batch =
+            Some(i64::try_from(m.last_completed_batch).unwrap_or(i64::MAX));
+        status.recoveries = i64::try_from(m.recoveries).unwrap_or(i64::MAX);
         if m.last_checkpoint_batch > 0 {
-            status["lastCheckpoint"] =
-                json!({"batch": m.last_checkpoint_batch, "location": m.checkpoint_uri});
+            status.last_checkpoint = Some(CheckpointStatus {
+                batch: i64::try_from(m.last_checkpoint_batch).unwrap_or(i64::MAX),
+                location: m.checkpoint_uri.clone(),
+            });
         }
-        status["message"] = json!(scrub(if m.message.is_empty() {
+        status.message = Some(scrub(if m.message.is_empty() {
             state_words(m.state)
         } else {
             &m.message
@@ -236,9 +222,50 @@ pub fn compute(o: &Observed<'_>) -> (String, Value) {
     // The restart policy's or the pods' account of why the job does not run wins over the
     // master's (which is silent while it is down).
     if (o.hold.is_some() || problem.is_some()) && !degraded_message.is_empty() {
-        status["message"] = json!(scrub(&degraded_message));
+        status.message = Some(scrub(&degraded_message));
     }
-    (phase.to_string(), json!({ "status": status }))
+    status
+}
+
+/// The status of a job whose spec is refused: phase Blocked, Degraded for `reason` with
+/// `message`, and the rest as it was.
+pub fn blocked(
+    previous: &StreamingJobStatus,
+    generation: Option<i64>,
+    why: &str,
+    message: &str,
+) -> StreamingJobStatus {
+    let p = &previous.conditions;
+    let mut conditions: Vec<Condition> = p
+        .iter()
+        .filter(|c| {
+            c.type_ != ConditionType::Degraded.as_str() && c.type_ != ConditionType::Ready.as_str()
+        })
+        .cloned()
+        .collect();
+    conditions.push(condition(
+        p,
+        ConditionType::Degraded,
+        true,
+        why,
+        message,
+        generation,
+    ));
+    conditions.push(condition(
+        p,
+        ConditionType::Ready,
+        false,
+        reason::BLOCKED,
+        "",
+        generation,
+    ));
+    StreamingJobStatus {
+        phase: Some(Phase::Blocked),
+        message: Some(scrub(message)),
+        conditions,
+        observed_generation: generation,
+        ..previous.clone()
+    }
 }
 
 /// The job's recoveries over its life. A master pod counts its own from zero, so a new master
@@ -265,16 +292,17 @@ pub fn tally_recoveries(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::conditions::find;
+
     #[test]
     fn messages_are_scrubbed_and_bounded() {
         let noisy = format!("\u{1b}[31mERROR\u{1b}[0m {}", "x".repeat(5000));
-        let m = super::scrub(&noisy);
-        assert!(m.len() <= super::MESSAGE_LIMIT, "{}", m.len());
+        let m = scrub(&noisy);
+        assert!(m.len() <= MESSAGE_LIMIT, "{}", m.len());
         assert!(!m.contains('\u{1b}'));
-        assert_eq!(super::scrub("line one\nline two"), "line one\nline two");
+        assert_eq!(scrub("line one\nline two"), "line one\nline two");
     }
-
-    use super::*;
 
     #[test]
     fn recoveries_add_up_across_master_pods() {
@@ -303,7 +331,10 @@ mod tests {
         assert_eq!(status.recovery_tally.as_ref().map(|t| t.earlier), Some(3));
     }
 
-    fn observed<'a>(master: Option<&'a MasterView>, previous: &'a [Condition]) -> Observed<'a> {
+    fn observed<'a>(
+        master: Option<&'a MasterView>,
+        previous: &'a StreamingJobStatus,
+    ) -> Observed<'a> {
         Observed {
             generation: Some(3),
             suspended: false,
@@ -324,11 +355,14 @@ mod tests {
             last_completed_batch: 7,
             ..Default::default()
         };
-        let (phase, body) = compute(&observed(Some(&running), &[]));
-        assert_eq!(phase, "Running");
-        assert_eq!(body["status"]["lastCompletedBatch"], 7);
-        let (phase, _) = compute(&observed(None, &[]));
-        assert_eq!(phase, "Pending");
+        let none = StreamingJobStatus::default();
+        let status = compute(&observed(Some(&running), &none));
+        assert_eq!(status.phase, Some(Phase::Running));
+        assert_eq!(status.last_completed_batch, Some(7));
+        // The master stops answering: Pending, and what it said last stays.
+        let status = compute(&observed(None, &status));
+        assert_eq!(status.phase, Some(Phase::Pending));
+        assert_eq!(status.last_completed_batch, Some(7));
     }
 
     #[test]
@@ -338,22 +372,11 @@ mod tests {
             message: "bucket ckpt at http://s3: unreachable".into(),
             ..Default::default()
         };
-        let (_, body) = compute(&observed(Some(&failing), &[]));
-        let degraded = body["status"]["conditions"]
-            .as_array()
-            .expect("conditions")
-            .iter()
-            .find(|c| c["type"] == "Degraded")
-            .cloned()
-            .expect("Degraded");
-        assert_eq!(degraded["status"], "True");
-        assert_eq!(degraded["reason"], "CheckpointFailing");
-        assert!(
-            degraded["message"]
-                .as_str()
-                .expect("message")
-                .contains("unreachable")
-        );
+        let status = compute(&observed(Some(&failing), &StreamingJobStatus::default()));
+        let degraded = find(&status.conditions, ConditionType::Degraded).expect("Degraded");
+        assert_eq!(degraded.status, "True");
+        assert_eq!(degraded.reason, reason::CHECKPOINT_FAILING);
+        assert!(degraded.message.contains("unreachable"));
     }
 
     #[test]
@@ -363,24 +386,17 @@ mod tests {
             message: "waiting 12s on word-totals-worker-1 for stage 2 of 3 of batch 40".into(),
             ..Default::default()
         };
-        let (phase, body) = compute(&observed(Some(&stalled), &[]));
-        assert_eq!(phase, "Running");
-        let conditions = body["status"]["conditions"].as_array().expect("conditions");
-        let of = |kind: &str| {
-            conditions
-                .iter()
-                .find(|c| c["type"] == kind)
-                .cloned()
-                .expect("condition")
-        };
-        assert_eq!(of("Progressing")["status"], "False");
-        assert_eq!(of("Progressing")["reason"], "Stalled");
-        assert_eq!(of("Degraded")["reason"], "Stalled");
+        let status = compute(&observed(Some(&stalled), &StreamingJobStatus::default()));
+        assert_eq!(status.phase, Some(Phase::Running));
+        let of = |kind| find(&status.conditions, kind).expect("condition");
+        assert_eq!(of(ConditionType::Progressing).status, "False");
+        assert_eq!(of(ConditionType::Progressing).reason, reason::STALLED);
+        assert_eq!(of(ConditionType::Degraded).reason, reason::STALLED);
         assert!(
-            body["status"]["message"]
-                .as_str()
-                .expect("message")
-                .contains("word-totals-worker-1")
+            status
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("word-totals-worker-1"))
         );
     }
 
@@ -390,14 +406,42 @@ mod tests {
             state: pb::MasterState::Running,
             ..Default::default()
         };
-        let (_, first) = compute(&observed(Some(&running), &[]));
-        let previous: Vec<Condition> =
-            serde_json::from_value(first["status"]["conditions"].clone()).expect("conditions");
+        let first = compute(&observed(Some(&running), &StreamingJobStatus::default()));
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        let (_, second) = compute(&observed(Some(&running), &previous));
-        assert_eq!(
-            first["status"]["conditions"],
-            second["status"]["conditions"]
+        let second = compute(&observed(Some(&running), &first));
+        assert_eq!(first.conditions, second.conditions);
+    }
+
+    #[test]
+    fn a_blocked_job_keeps_what_it_knew_and_clears_what_it_no_longer_holds() {
+        let running = MasterView {
+            state: pb::MasterState::Running,
+            last_completed_batch: 9,
+            ..Default::default()
+        };
+        let mut before = compute(&observed(Some(&running), &StreamingJobStatus::default()));
+        before.fingerprint = Some("abc".into());
+        let status = blocked(
+            &before,
+            Some(4),
+            reason::NO_CHECKPOINT,
+            "spec.checkpoint: needed",
         );
+        assert_eq!(status.phase, Some(Phase::Blocked));
+        assert_eq!(status.fingerprint.as_deref(), Some("abc"));
+        assert_eq!(status.last_completed_batch, Some(9));
+        let ready = find(&status.conditions, ConditionType::Ready).expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", reason::BLOCKED)
+        );
+        assert!(
+            find(&status.conditions, ConditionType::Degraded)
+                .is_some_and(|c| c.reason == reason::NO_CHECKPOINT)
+        );
+        // Written as a merge patch, every field is present: an absent one clears the old value.
+        let body = serde_json::to_value(StreamingJobStatus::default()).expect("json");
+        assert!(body.get("restartAt").is_some_and(|v| v.is_null()), "{body}");
+        assert!(body.get("pods").is_some_and(|v| v.is_array()), "{body}");
     }
 }

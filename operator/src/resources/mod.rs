@@ -60,6 +60,11 @@ pub fn desired(
     })
 }
 
+/// The Secret with the token a job's master and workers present to each other.
+pub fn token_secret(job: &str) -> String {
+    format!("{job}-token")
+}
+
 /// The Secret with a job's TLS certificate (see [`crate::tls`]).
 pub fn tls_secret(job: &str) -> String {
     format!("{job}-tls")
