@@ -1,4 +1,4 @@
-//! Engine errors. Each carries a domain so the driver (and later the master and the operator)
+//! Engine errors. Each carries a domain so the coordinator (in local mode and on the master) and the operator
 //! can tell a bad job from a flaky disk: user errors stop the job, external ones are retried.
 
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! A built job: the frozen graph, its tasks, sources and state, able to run one batch at a time.
-//! The [`driver`](crate::driver) decides which batches run when, and checkpoints them.
+//! The [`coordinator`](crate::coordinator) decides which batches run when, and checkpoints them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

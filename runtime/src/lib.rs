@@ -4,18 +4,22 @@
 //! - [`plan`]: the job graph and per-batch stage plans, as plain data.
 //! - [`exec`]: running a plan's stages on a thread pool.
 //! - [`source`] and [`sink`]: inputs and outputs.
-//! - [`checkpoint`] and [`driver`]: the batch clock, offset log, snapshots and recovery.
+//! - [`checkpoint`]: what is written where (offset log, commits, snapshots) on a store.
+//! - [`coordinator`]: the batch protocol — clock, offset log, snapshots and recovery — once,
+//!   over a runner: in this process ([`local`], `sluice run`) or on workers ([`master`],
+//!   [`worker`]).
 //! - [`manifest`]: StreamingJob manifests compiled into DStreams.
 //! - [`cli`]: the `sluice` command.
 
 pub mod checkpoint;
 pub mod cli;
+pub mod coordinator;
 pub mod data;
-pub mod driver;
 pub mod dstream;
 pub mod error;
 pub mod exec;
 pub mod job;
+pub mod local;
 pub mod manifest;
 pub mod master;
 pub mod plan;

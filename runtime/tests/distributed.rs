@@ -573,6 +573,35 @@ fn master_and_workers_talk_mutual_tls() {
         batches(&c.out).into_values().collect::<Vec<_>>()
     };
     assert_exactly_once(&got, &want, "mutual TLS");
+    // The commit log counts the records the workers read, as a local run of the same input.
+    let records = |dir: &Path| -> BTreeMap<u64, u64> {
+        std::fs::read_dir(dir)
+            .expect("commits")
+            .map(|e| {
+                let bytes = std::fs::read(e.expect("entry").path()).expect("read");
+                let entry: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+                let field = |k: &str| entry[k].as_u64().expect(k);
+                (field("batch"), field("records"))
+            })
+            .collect()
+    };
+    let local = records(&tmp.path().join("reference-ckpt/commits"));
+    let distributed = records(&tmp.path().join("s3/ckpt/tls/commits"));
+    assert!(
+        distributed.values().any(|r| *r > 0),
+        "records counted: {distributed:?}"
+    );
+    let mut compared = 0;
+    for (batch, n) in &distributed {
+        if let Some(want) = local.get(batch) {
+            assert_eq!(n, want, "records of batch {batch}");
+            compared += 1;
+        }
+    }
+    assert!(
+        compared > 0,
+        "no batch in both logs: {local:?} {distributed:?}"
+    );
     let master_log = std::fs::read_to_string(tmp.path().join("master-tls.log")).unwrap_or_default();
     assert!(
         !master_log.contains("worker=plain"),

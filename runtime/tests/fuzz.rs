@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use sluice::checkpoint::LocalStore;
-use sluice::driver::{DriverOptions, run};
+use sluice::local::{LocalOptions, run};
 use sluice::manifest::{CompileOptions, Expr, Value, compile, root_context};
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
@@ -236,7 +236,7 @@ fn run_on(dir: &Path, until: u64) -> (Result<(), String>, bool) {
     let result = store.map_err(|e| e.to_string()).and_then(|store| {
         run(
             job,
-            DriverOptions {
+            LocalOptions {
                 job_name: "fuzz".into(),
                 job_uid: None,
                 fingerprint: sluice_crds::fingerprint(&manifest.spec),

@@ -356,24 +356,69 @@ impl Checkpointer {
         self.put_json(&format!("{dir}/MANIFEST.json"), &Manifest { batch, files })
     }
 
-    /// The snapshot of `batch`, verified.
+    /// The snapshot of `batch`, verified: every partition of every operation.
     pub fn snapshot_at(&self, batch: u64) -> Result<Snapshot> {
-        self.read_snapshot(&batch_key(batch))
+        self.read_state(batch, &|_| true)
     }
 
-    fn read_snapshot(&self, name: &str) -> Result<Snapshot> {
-        let manifest: Manifest = self
-            .get_json(&format!("state/{name}/MANIFEST.json"))?
-            .ok_or_else(|| {
-                Error::Checkpoint(format!(
-                    "state/{name} has no manifest (an interrupted snapshot)"
-                ))
-            })?;
+    /// The batches of the snapshots present, newest first (complete or not: a snapshot is
+    /// complete when [`Checkpointer::has_manifest`]).
+    pub fn snapshot_batches(&self) -> Result<Vec<u64>> {
+        let mut batches: Vec<u64> = self
+            .store
+            .list("state")?
+            .iter()
+            .filter_map(|name| parse_batch(name))
+            .collect();
+        batches.sort_unstable_by(|a, b| b.cmp(a));
+        Ok(batches)
+    }
+
+    /// Whether the snapshot of `batch` was completed (its manifest written): one small read,
+    /// so that the master picks a snapshot without reading the state it holds.
+    pub fn has_manifest(&self, batch: u64) -> Result<bool> {
+        Ok(self.read_manifest(batch)?.is_some())
+    }
+
+    fn read_manifest(&self, batch: u64) -> Result<Option<Manifest>> {
+        let manifest: Option<Manifest> =
+            self.get_json(&format!("state/{}/MANIFEST.json", batch_key(batch)))?;
+        match manifest {
+            Some(m) if m.batch != batch => Err(Error::Checkpoint(format!(
+                "state/{} holds the manifest of batch {}",
+                batch_key(batch),
+                m.batch
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    /// The state of the partitions `wanted` in the snapshot of `batch`, verified against its
+    /// manifest; the files of other partitions are not read. [`Error::Checkpoint`] when the
+    /// snapshot is torn or damaged.
+    pub fn read_state(&self, batch: u64, wanted: &dyn Fn(usize) -> bool) -> Result<Snapshot> {
+        let name = batch_key(batch);
+        let manifest = self.read_manifest(batch)?.ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "state/{name} has no manifest (an interrupted snapshot)"
+            ))
+        })?;
         let mut snapshot = Snapshot {
             batch: manifest.batch,
             parts: BTreeMap::new(),
         };
+        let mut listed = std::collections::BTreeSet::new();
         for file in manifest.files {
+            let (op, part) = state_file_part(manifest.batch, &file.key)
+                .ok_or_else(|| Error::Checkpoint(format!("bad state key {}", file.key)))?;
+            if !listed.insert((op.clone(), part)) {
+                return Err(Error::Checkpoint(format!(
+                    "state/{name} lists partition {part} of an operation twice"
+                )));
+            }
+            if !wanted(part) {
+                continue;
+            }
             let bytes = self
                 .store
                 .get(&file.key)?
@@ -384,13 +429,7 @@ impl Checkpointer {
                     file.key
                 )));
             }
-            let (op, part) = state_file_part(manifest.batch, &file.key)
-                .ok_or_else(|| Error::Checkpoint(format!("bad state key {}", file.key)))?;
-            if snapshot.parts.insert((op, part), bytes).is_some() {
-                return Err(Error::Checkpoint(format!(
-                    "state/{name} lists partition {part} of an operation twice"
-                )));
-            }
+            snapshot.parts.insert((op, part), bytes);
         }
         Ok(snapshot)
     }
@@ -398,11 +437,11 @@ impl Checkpointer {
     /// The newest snapshot that reads back whole; corrupt or torn ones are skipped with a
     /// warning. `None` when there is none.
     pub fn latest_snapshot(&self) -> Result<Option<Snapshot>> {
-        for name in self.store.list("state")?.iter().rev() {
-            match self.read_snapshot(name) {
+        for batch in self.snapshot_batches()? {
+            match self.snapshot_at(batch) {
                 Ok(s) => return Ok(Some(s)),
                 Err(Error::Checkpoint(why)) => {
-                    tracing::warn!(checkpoint = %self.describe(), snapshot = %name, %why, "skipping an unusable snapshot; trying the previous one");
+                    tracing::warn!(checkpoint = %self.describe(), snapshot = batch, %why, "skipping an unusable snapshot; trying the previous one");
                 }
                 Err(e) => return Err(e),
             }

@@ -1,6 +1,6 @@
 //! `sluice bench`: throughput and latency of the reference jobs, printed as figures.
 //!
-//! Each scenario runs twice through the real driver: back to back with 1 s batches (the most
+//! Each scenario runs twice through the real local runtime: back to back with 1 s batches (the most
 //! records per second the engine sustains, generation included), then paced with 100 ms
 //! batches at half that rate (processing time and delay per batch, as a live job sees them).
 
@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 
 use super::EXIT_FAILED;
-use crate::driver::{self, BatchProgress, DriverOptions};
+use crate::coordinator::BatchProgress;
+use crate::local::{self, LocalOptions};
 use crate::manifest::{CompileOptions, compile};
 use crate::source::{GeneratorConfig, TextGenerator};
 
@@ -100,9 +101,9 @@ fn measure(
     let seen: Arc<Mutex<Vec<BatchProgress>>> = Arc::default();
     let sink = seen.clone();
     let started = Instant::now();
-    driver::run(
+    local::run(
         job,
-        DriverOptions {
+        LocalOptions {
             job_name: "bench".into(),
             job_uid: None,
             fingerprint: sluice_crds::fingerprint(&job_spec.spec),

@@ -9,7 +9,8 @@ use sluice_crds::defaults;
 use super::validate::{check, print_problems};
 use super::{EXIT_FAILED, EXIT_INVALID};
 use crate::checkpoint::{CheckpointStore, lock_local_writer, open_store};
-use crate::driver::{self, BatchProgress, DriverOptions};
+use crate::coordinator::BatchProgress;
+use crate::local::{self, LocalOptions};
 use crate::manifest::CompileOptions;
 
 #[derive(Args, Debug)]
@@ -27,24 +28,6 @@ pub struct RunArgs {
     /// tests). Batch times stay those of the clock.
     #[arg(long)]
     pub no_wait: bool,
-}
-
-fn progress_line(p: &BatchProgress) {
-    let r = &p.report;
-    let replay = if r.replay { " (replayed)" } else { "" };
-    tracing::info!(
-        "batch {} {}{replay}: {} records, {} errors, processing {}ms, scheduling delay {}ms, total delay {}ms",
-        r.batch.index,
-        r.batch.display_time(),
-        r.records,
-        r.record_errors,
-        r.processing.as_millis(),
-        p.scheduling_delay.as_millis(),
-        p.total_delay.as_millis()
-    );
-    for sample in &r.error_samples {
-        tracing::warn!(batch = r.batch.index, "record refused: {sample}");
-    }
 }
 
 pub(crate) fn run(args: RunArgs) -> ExitCode {
@@ -102,7 +85,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         threads,
         "starting"
     );
-    let options = DriverOptions {
+    let options = LocalOptions {
         job_name: manifest.metadata.name.clone(),
         job_uid: manifest.metadata.uid.clone(),
         fingerprint: sluice_crds::fingerprint(&manifest.spec),
@@ -116,9 +99,9 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         stop_after: args.batches,
         stop,
         paced: !args.no_wait,
-        on_batch: Box::new(progress_line),
+        on_batch: Box::new(BatchProgress::log),
     };
-    match driver::run(job, options) {
+    match local::run(job, options) {
         Ok(summary) => {
             tracing::info!(
                 last_batch = summary.last_batch,

@@ -46,6 +46,9 @@ pub(crate) fn lock_unpoisoned<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Refusal messages kept per batch, for the log.
+pub const ERROR_SAMPLES: usize = 5;
+
 /// Records an operation refused during a batch.
 #[derive(Debug, Default)]
 pub struct RecordErrors {
@@ -168,7 +171,7 @@ impl BatchContext {
     pub fn record_error(&self, operation: &str, message: impl Into<String>) -> Result<()> {
         let message = message.into();
         let n = self.errors.count.fetch_add(1, Ordering::Relaxed);
-        if n < 5 {
+        if n < ERROR_SAMPLES as u64 {
             lock_unpoisoned(&self.errors.first).push(format!("{operation}: {message}"));
         }
         match self.policy {

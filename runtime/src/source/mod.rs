@@ -1,6 +1,6 @@
 //! Where records come from: the [`Source`] trait and the built-in sources.
 //!
-//! Every batch, the driver asks each source to *plan* the batch (decide its range and move
+//! Every batch, the coordinator asks each source to *plan* the batch (decide its range and move
 //! past it) and logs that range in the checkpoint before the batch runs; then it *reads* the
 //! range. After a crash the logged ranges are read again, so a replayable source gives the
 //! same records to the same batch.

@@ -36,7 +36,7 @@ impl Received {
 }
 
 /// A receiver thread reads lines into a buffer; each batch takes what has arrived. Not
-/// replayable by itself: the driver writes each batch's lines to the write-ahead log before the
+/// replayable by itself: the coordinator writes each batch's lines to the write-ahead log before the
 /// batch runs; lines received after the last planned batch are lost if the process dies.
 /// Lines are decoded one by one and bounded in length ([`super::MAX_LINE_BYTES`]): a line that
 /// is not UTF-8 or too long is refused (counted under `onRecordError`), never the ones around it.

@@ -1,0 +1,585 @@
+//! The batch protocol, written once for local and distributed runs: one loop over a
+//! [`Runner`] that runs the batches where they run — in this process ([`crate::local`]) or on
+//! workers ([`crate::master`]).
+//!
+//! Every batch: plan the sources' ranges → write the records of sources that cannot replay to
+//! the write-ahead log → log the ranges (`offsets/`) → run → snapshot state if due → mark
+//! complete (`commits/`) with its record counts → prune. On start and after any failure:
+//! place the partitions → pick the newest snapshot from its manifest → the runner loads it →
+//! replay every batch logged after it → go on. On stop: a final snapshot, so that the next
+//! start replays nothing. Nothing is marked complete that was not durably written.
+//!
+//! The decisions are pure functions in [`protocol`]; this loop does the I/O around them.
+
+mod fault;
+pub mod protocol;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Value as Json;
+
+pub use fault::{Class, Fault};
+use protocol::{Backoff, Identity};
+
+use crate::checkpoint::{Checkpointer, CommitEntry, OffsetEntry, StateFile};
+use crate::job::{BatchReport, Job};
+use crate::rpc::pb::MasterState;
+use crate::time::{BatchInfo, Lag, Schedule, now_ms};
+
+/// Where batches run: in this process, or on a cluster of workers.
+pub trait Runner {
+    /// Whether batches can run now; called before every step. `started`: the job has run
+    /// (or tried to), so a cluster no longer waits for its minimum of workers.
+    fn poll(&mut self, started: bool) -> Result<Poll, Fault> {
+        let _ = started;
+        Ok(Poll::Ready)
+    }
+
+    /// Places the partitions afresh (after a failure or a change of workers).
+    fn place(&mut self, job: &Job) -> Result<(), Fault> {
+        let _ = job;
+        Ok(())
+    }
+
+    /// Loads the state of the snapshot of `snapshot` (0: none, empty state) for every
+    /// partition. [`Class::Damaged`] sends recovery to the snapshot before it.
+    fn restore(&mut self, job: &mut Job, ckpt: &Checkpointer, snapshot: u64) -> Result<(), Fault>;
+
+    /// Reads a batch's input and runs it.
+    fn execute(
+        &mut self,
+        job: &mut Job,
+        ckpt: &Checkpointer,
+        input: BatchInput<'_>,
+    ) -> Result<BatchReport, Fault>;
+
+    /// Writes the state files of the snapshot of `batch`; the loop checks them and writes the
+    /// manifest that completes the snapshot.
+    fn snapshot(
+        &mut self,
+        job: &Job,
+        ckpt: &Checkpointer,
+        batch: u64,
+    ) -> Result<Vec<StateFile>, Fault>;
+
+    /// Whether the state held now is whole, so that a snapshot of it can be taken.
+    fn placement_intact(&self) -> bool {
+        true
+    }
+
+    /// Called while waiting for the next batch's time.
+    fn idle(&mut self) -> Result<(), Fault> {
+        Ok(())
+    }
+
+    /// `worker` was lost; it is no longer placed.
+    fn lost(&mut self, worker: &str) {
+        let _ = worker;
+    }
+
+    /// Where the job stands, for whoever asks.
+    fn report(&mut self, status: &Status) {
+        let _ = status;
+    }
+}
+
+/// What a [`Runner`] says before a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Poll {
+    Ready,
+    /// Workers joined or asked to leave: rescale at this batch boundary.
+    Changed,
+    /// Not enough workers yet: why, for the status.
+    Wait(String),
+}
+
+/// One batch to run.
+pub struct BatchInput<'a> {
+    pub batch: BatchInfo,
+    pub ranges: &'a BTreeMap<String, Json>,
+    /// The records of sources that cannot replay, when they were just read; `None` on a
+    /// replay, when they are in the write-ahead log.
+    pub logged: Option<&'a BTreeMap<String, Vec<u8>>>,
+    pub replay: bool,
+}
+
+/// Where the job stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    pub state: MasterState,
+    pub message: String,
+    pub last_completed_batch: u64,
+    pub last_checkpoint_batch: u64,
+    pub recoveries: u64,
+}
+
+/// How a job is driven, wherever its batches run.
+pub struct Settings {
+    /// The job's name, recorded in the checkpoint.
+    pub job_name: String,
+    /// The StreamingJob's uid, when the manifest has one; recorded in a new checkpoint.
+    pub job_uid: Option<String>,
+    /// Must match the checkpoint's to resume from it.
+    pub fingerprint: String,
+    /// Stop after this batch index (counted from the job's first batch, across restarts).
+    pub stop_after: Option<u64>,
+    /// Set to stop after the current batch.
+    pub stop: Arc<AtomicBool>,
+    /// Wait for each batch's time (live) or run batches back to back (benchmarks, catch-up).
+    pub paced: bool,
+    /// Called after every batch.
+    pub on_batch: Box<dyn FnMut(&BatchProgress) + Send>,
+}
+
+/// A finished batch with its delays, as shown to the user.
+#[derive(Clone, Debug)]
+pub struct BatchProgress {
+    pub report: BatchReport,
+    /// From the batch's time to the start of its processing.
+    pub scheduling_delay: Duration,
+    /// From the batch's time to its completion.
+    pub total_delay: Duration,
+}
+
+impl BatchProgress {
+    /// The batch's line in the log, and its refused records' samples.
+    pub fn log(&self) {
+        let r = &self.report;
+        let replay = if r.replay { " (replayed)" } else { "" };
+        tracing::info!(
+            "batch {} {}{replay}: {} records, {} errors, processing {}ms, scheduling delay {}ms, total delay {}ms",
+            r.batch.index,
+            r.batch.display_time(),
+            r.records,
+            r.record_errors,
+            r.processing.as_millis(),
+            self.scheduling_delay.as_millis(),
+            self.total_delay.as_millis()
+        );
+        for sample in &r.error_samples {
+            tracing::warn!(batch = r.batch.index, "record refused: {sample}");
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    /// Batches run (replays included).
+    pub batches: u64,
+    /// Batches recomputed from the checkpoint log.
+    pub replayed: u64,
+    /// The last completed batch index.
+    pub last_batch: u64,
+    /// Recoveries after failures within this process.
+    pub recoveries: u64,
+}
+
+/// The longest wait between tries of a store or source that fails.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+/// The longest wait between rollbacks for a cause that persists.
+const MAX_ROLLBACK_WAIT: Duration = Duration::from_secs(5);
+/// The longest sleep between looks at the stop flag and the runner while waiting.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Drives `job` on `runner` until the stop flag, `stop_after`, or a failure that no retry
+/// repairs.
+pub fn run<R: Runner>(
+    mut job: Job,
+    ckpt: Checkpointer,
+    runner: R,
+    settings: Settings,
+) -> Result<RunSummary, Fault> {
+    let identity = Identity {
+        job: settings.job_name.clone(),
+        uid: settings.job_uid.clone(),
+        fingerprint: settings.fingerprint.clone(),
+        interval_ms: job.interval_ms(),
+        partitions: job.partitions(),
+    };
+    let meta = match ckpt.load_meta_checked()? {
+        Some(meta) => {
+            if let Some(why) = identity.refuse(&meta, &ckpt.describe()) {
+                return Err(Fault::Engine(crate::Error::Config(why)));
+            }
+            tracing::info!(checkpoint = %ckpt.describe(), "resuming from checkpoint");
+            meta
+        }
+        None => {
+            let meta = identity.new_meta(now_ms());
+            ckpt.write_meta(&meta)?;
+            meta
+        }
+    };
+    let not_replayable = job.non_replayable_sources();
+    if !not_replayable.is_empty() {
+        tracing::info!(sources = ?not_replayable, "these sources are not replayable: records they delivered after the last checkpoint are lost if the process dies");
+    }
+    job.start_sources()?;
+    let mut coordinator = Coordinator {
+        initial_positions: job.positions(),
+        job,
+        ckpt,
+        runner,
+        zero: meta.zero_time_ms,
+        interval: meta.interval_ms,
+        stop_after: settings.stop_after,
+        paced: settings.paced,
+        on_batch: settings.on_batch,
+        next: 1,
+        last_snapshot: 0,
+        summary: RunSummary::default(),
+        schedule: Schedule::new(),
+        lag: Lag::default(),
+    };
+    let result = coordinator.run_loop(&settings.stop);
+    coordinator.job.close_sources();
+    result.map(|()| coordinator.summary)
+}
+
+struct Coordinator<R> {
+    job: Job,
+    ckpt: Checkpointer,
+    runner: R,
+    zero: u64,
+    interval: u64,
+    stop_after: Option<u64>,
+    paced: bool,
+    on_batch: Box<dyn FnMut(&BatchProgress) + Send>,
+    initial_positions: BTreeMap<String, Json>,
+    /// The next batch to plan.
+    next: u64,
+    last_snapshot: u64,
+    summary: RunSummary,
+    schedule: Schedule,
+    lag: Lag,
+}
+
+impl<R: Runner> Coordinator<R> {
+    fn report(&mut self, state: MasterState, message: &str) {
+        let status = Status {
+            state,
+            message: message.to_string(),
+            last_completed_batch: self.next.saturating_sub(1),
+            last_checkpoint_batch: self.last_snapshot,
+            recoveries: self.summary.recoveries,
+        };
+        self.runner.report(&status);
+    }
+
+    fn run_loop(&mut self, stop: &AtomicBool) -> Result<(), Fault> {
+        self.report(MasterState::Starting, "");
+        let mut retry = Backoff::new(Duration::from_millis(200), MAX_RETRY_WAIT);
+        let mut rollback = Backoff::new(Duration::from_millis(200), MAX_ROLLBACK_WAIT);
+        let mut needs_recovery = true;
+        let mut started = false;
+        let mut rollbacks_in_row = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            if self.stop_after.is_some_and(|last| self.next > last) && !needs_recovery {
+                break;
+            }
+            let changed = match self.runner.poll(started)? {
+                Poll::Ready => false,
+                Poll::Changed => true,
+                Poll::Wait(why) => {
+                    self.report(MasterState::Starting, &why);
+                    needs_recovery = true;
+                    sleep_unless_stopped(Duration::from_millis(100), stop);
+                    continue;
+                }
+            };
+            let was_recovery = needs_recovery;
+            let result = if needs_recovery {
+                // From the first attempt on, a cluster's minimum of workers no longer applies:
+                // a worker lost while recovering must not stall the job.
+                started = true;
+                self.recover()
+            } else if changed {
+                self.rescale()
+            } else {
+                let batch = BatchInfo::new(self.zero, self.interval, self.next);
+                let wait = if self.paced {
+                    self.schedule.until(batch.time_ms)
+                } else {
+                    Duration::ZERO
+                };
+                if !wait.is_zero() {
+                    // Between batches: a cluster shows its workers it is alive.
+                    if let Err(fault) = self.runner.idle() {
+                        Err(fault)
+                    } else {
+                        sleep_unless_stopped(wait.min(TICK), stop);
+                        continue;
+                    }
+                } else {
+                    self.run_new_batch(batch)
+                }
+            };
+            let fault = match result {
+                Ok(()) => {
+                    needs_recovery = false;
+                    retry.reset();
+                    if !was_recovery {
+                        rollbacks_in_row = 0;
+                        rollback.reset();
+                    }
+                    self.report(MasterState::Running, "");
+                    continue;
+                }
+                Err(fault) => fault,
+            };
+            match fault.class() {
+                Class::Lost => {
+                    if let Fault::Lost { worker, why } = &fault {
+                        tracing::error!(%worker, error = %why, "worker lost; rolling back to the last checkpoint");
+                        self.runner.lost(worker);
+                    }
+                    self.summary.recoveries += 1;
+                    needs_recovery = true;
+                    self.report(MasterState::Recovering, &fault.to_string());
+                }
+                Class::Rollback => {
+                    tracing::warn!(error = %fault, "rolling back to the last checkpoint");
+                    self.summary.recoveries += 1;
+                    needs_recovery = true;
+                    self.report(MasterState::Recovering, &fault.to_string());
+                    // At once the first time; a cause that persists must not spin.
+                    rollbacks_in_row += 1;
+                    if rollbacks_in_row > 1 {
+                        sleep_unless_stopped(rollback.next_wait(), stop);
+                    }
+                }
+                Class::Retry => {
+                    let wait = retry.next_wait();
+                    if was_recovery {
+                        tracing::error!(error = %fault, retry_in = ?wait, "cannot recover from the checkpoint yet; retrying");
+                    } else {
+                        tracing::error!(error = %fault, retry_in = ?wait, "batch failed; it will be recomputed from the last checkpoint (retrying)");
+                    }
+                    self.report(MasterState::CheckpointFailing, &fault.to_string());
+                    sleep_unless_stopped(wait, stop);
+                    // A recovery that fails again is still the same recovery.
+                    if !was_recovery {
+                        self.summary.recoveries += 1;
+                    }
+                    needs_recovery = true;
+                }
+                Class::Damaged => {
+                    // Every intact snapshot was tried (recovery falls back past damaged
+                    // ones): no retry can repair what is left, so stop and say what to do.
+                    let why = format!(
+                        "{} is damaged and cannot be resumed: {fault}. Restore it from a copy, or give the job a new spec.checkpoint.uri (or delete this one) to start over without its state",
+                        self.ckpt.describe()
+                    );
+                    self.report(MasterState::Failed, &why);
+                    return Err(Fault::Damaged(why));
+                }
+                Class::Job => {
+                    tracing::error!(error = %fault, "the job failed; running it again would fail the same way");
+                    self.report(MasterState::Failed, &fault.to_string());
+                    return Err(fault);
+                }
+                Class::Fatal => {
+                    self.report(MasterState::Failed, &fault.to_string());
+                    return Err(fault);
+                }
+            }
+        }
+        let last = self.next - 1;
+        if !needs_recovery && last > self.last_snapshot && self.runner.placement_intact() {
+            // A snapshot at shutdown means the next start replays nothing.
+            match self.snapshot(last) {
+                Ok(()) => {
+                    tracing::debug!(batch = last, checkpoint = %self.ckpt.describe(), "final checkpoint written")
+                }
+                Err(e) => {
+                    tracing::warn!(batch = last, error = %e, "the final checkpoint failed; the next start replays from the one before")
+                }
+            }
+        }
+        self.report(MasterState::Stopped, "");
+        Ok(())
+    }
+
+    /// A new placement; the newest snapshot that loads; every batch logged after it run again.
+    fn recover(&mut self) -> Result<(), Fault> {
+        self.runner.place(&self.job)?;
+        let (base, positions) = self.restore_newest()?;
+        self.job.seek(&positions)?;
+        self.last_snapshot = base;
+        self.next = base + 1;
+        let logged = self.ckpt.offsets_after(base)?;
+        let plan = protocol::replay_plan(base, logged, self.stop_after).map_err(Fault::Damaged)?;
+        if !plan.is_empty() || base > 0 {
+            tracing::info!(
+                snapshot = base,
+                replay = plan.len(),
+                "restored state; replaying logged batches"
+            );
+        }
+        for entry in plan {
+            let batch = BatchInfo {
+                index: entry.batch,
+                time_ms: entry.time_ms,
+                interval_ms: self.interval,
+            };
+            let report = self.runner.execute(
+                &mut self.job,
+                &self.ckpt,
+                BatchInput {
+                    batch,
+                    ranges: &entry.ranges,
+                    logged: None,
+                    replay: true,
+                },
+            )?;
+            self.job.seek(&entry.positions)?;
+            self.complete(report)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the newest snapshot that is whole, by its manifest (the state itself is read by
+    /// the runner, each worker its own partitions'): its batch and the sources' positions
+    /// after it. A torn or damaged snapshot is skipped for the one before.
+    fn restore_newest(&mut self) -> Result<(u64, BTreeMap<String, Json>), Fault> {
+        for batch in self.ckpt.snapshot_batches()? {
+            let skip = |why: &str| {
+                tracing::warn!(checkpoint = %self.ckpt.describe(), snapshot = batch, %why, "skipping an unusable snapshot; trying the previous one");
+            };
+            if !self.ckpt.has_manifest(batch)? {
+                skip("no manifest (an interrupted snapshot)");
+                continue;
+            }
+            let Some(offsets) = self.ckpt.read_offsets(batch)? else {
+                skip("the offsets of its batch are missing");
+                continue;
+            };
+            match self.runner.restore(&mut self.job, &self.ckpt, batch) {
+                Ok(()) => return Ok((batch, offsets.positions)),
+                Err(fault) if fault.class() == Class::Damaged => skip(&fault.to_string()),
+                Err(fault) => return Err(fault),
+            }
+        }
+        self.runner.restore(&mut self.job, &self.ckpt, 0)?;
+        Ok((0, self.initial_positions.clone()))
+    }
+
+    /// Live rescale at a batch boundary: a snapshot by the present placement, a new one, the
+    /// snapshot loaded; nothing replayed (or, when the snapshot could not be taken, a replay).
+    fn rescale(&mut self) -> Result<(), Fault> {
+        let last = self.next - 1;
+        if last > self.last_snapshot
+            && self.runner.placement_intact()
+            && let Err(e) = self.snapshot(last)
+        {
+            tracing::warn!(error = %e, "the snapshot before the hand-off failed; replaying instead");
+        }
+        if self.last_snapshot != last {
+            return self.recover();
+        }
+        self.runner.place(&self.job)?;
+        self.runner.restore(&mut self.job, &self.ckpt, last)?;
+        tracing::info!(at_batch = last, "rescaled");
+        Ok(())
+    }
+
+    fn run_new_batch(&mut self, batch: BatchInfo) -> Result<(), Fault> {
+        let (mut ranges, positions) = self.job.plan_inputs(&batch)?;
+        // Records that cannot be read again go to the write-ahead log before the batch is logged.
+        let mut logged = BTreeMap::new();
+        for (name, (key, bytes)) in self.job.log_inputs(&batch, &mut ranges)? {
+            self.ckpt.put_log(&key, &bytes)?;
+            logged.insert(name, bytes);
+        }
+        self.ckpt.write_offsets(&OffsetEntry {
+            batch: batch.index,
+            time_ms: batch.time_ms,
+            ranges: ranges.clone(),
+            positions,
+        })?;
+        let report = self.runner.execute(
+            &mut self.job,
+            &self.ckpt,
+            BatchInput {
+                batch,
+                ranges: &ranges,
+                logged: Some(&logged),
+                replay: false,
+            },
+        )?;
+        self.complete(report)
+    }
+
+    /// Snapshots if due, then marks the batch complete and reports it.
+    fn complete(&mut self, report: BatchReport) -> Result<(), Fault> {
+        let batch = report.batch;
+        if protocol::snapshot_due(batch.index, self.ckpt.interval) {
+            self.snapshot(batch.index)?;
+        }
+        let now = now_ms();
+        self.ckpt.write_commit(&CommitEntry {
+            batch: batch.index,
+            time_ms: batch.time_ms,
+            records: report.records,
+            record_errors: report.record_errors,
+            processing_ms: report.processing.as_millis() as u64,
+            committed_at_ms: now,
+        })?;
+        self.next = batch.index + 1;
+        self.summary.batches += 1;
+        self.summary.replayed += u64::from(report.replay);
+        self.summary.last_batch = batch.index;
+        let total_delay = Duration::from_millis(now.saturating_sub(batch.time_ms));
+        let scheduling_delay = total_delay.saturating_sub(report.processing);
+        let behind = if report.replay {
+            None
+        } else {
+            self.lag
+                .observe(scheduling_delay, Duration::from_millis(self.interval))
+        };
+        let progress = BatchProgress {
+            scheduling_delay,
+            total_delay,
+            report,
+        };
+        (self.on_batch)(&progress);
+        self.report(MasterState::Running, behind.as_deref().unwrap_or(""));
+        Ok(())
+    }
+
+    fn snapshot(&mut self, batch: u64) -> Result<(), Fault> {
+        let files = self.runner.snapshot(&self.job, &self.ckpt, batch)?;
+        protocol::check_coverage(
+            batch,
+            &files,
+            self.job.stateful_names().len(),
+            self.job.partitions(),
+        )
+        .map_err(Fault::Rollback)?;
+        self.ckpt.write_manifest(batch, files)?;
+        self.last_snapshot = batch;
+        self.job
+            .on_checkpoint(&BatchInfo::new(self.zero, self.interval, batch));
+        self.ckpt.prune()?;
+        Ok(())
+    }
+}
+
+/// Sleeps up to `d`, waking early when `stop` is set; returns whether it was.
+pub(crate) fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+    let step = Duration::from_millis(20);
+    let mut left = d;
+    while !left.is_zero() {
+        if stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        let s = left.min(step);
+        std::thread::sleep(s);
+        left -= s;
+    }
+    stop.load(Ordering::Relaxed)
+}

@@ -1,0 +1,242 @@
+//! The decisions of the checkpoint protocol, as pure functions of what was read: whether a
+//! checkpoint belongs to this job, what a new one records, when a snapshot is due, whether a
+//! snapshot's files cover the job's state, whether the offset log can be replayed, and how
+//! long to wait before trying again. The loop in [`super`] does the I/O around them.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::checkpoint::{FORMAT_VERSION, JobMeta, OffsetEntry, StateFile, state_file_part};
+
+/// What the job about to run is, to compare with a checkpoint's `job.json`.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub job: String,
+    pub uid: Option<String>,
+    pub fingerprint: String,
+    pub interval_ms: u64,
+    pub partitions: usize,
+}
+
+impl Identity {
+    /// The `job.json` of a new checkpoint, whose first batch ends at the next interval
+    /// boundary after `now_ms`.
+    pub fn new_meta(&self, now_ms: u64) -> JobMeta {
+        JobMeta {
+            format_version: FORMAT_VERSION,
+            job: self.job.clone(),
+            uid: self.uid.clone(),
+            fingerprint: self.fingerprint.clone(),
+            zero_time_ms: now_ms / self.interval_ms * self.interval_ms,
+            interval_ms: self.interval_ms,
+            partitions: self.partitions,
+        }
+    }
+
+    /// Why the checkpoint at `place`, described by `meta`, cannot be resumed by this job.
+    pub fn refuse(&self, meta: &JobMeta, place: &str) -> Option<String> {
+        if meta.format_version != FORMAT_VERSION {
+            return Some(format!(
+                "checkpoint {place} has format version {}, this sluice reads {FORMAT_VERSION}; use a new checkpoint.uri",
+                meta.format_version
+            ));
+        }
+        if meta.fingerprint != self.fingerprint {
+            return Some(format!(
+                "checkpoint {place} belongs to a different job (job {:?}, fingerprint {} != {}): the sources, pipeline, batch interval or parallelism changed. Point spec.checkpoint.uri at a new location, or delete the old checkpoint to start over",
+                meta.job, meta.fingerprint, self.fingerprint
+            ));
+        }
+        if meta.interval_ms != self.interval_ms || meta.partitions != self.partitions {
+            return Some(format!(
+                "checkpoint {place} was written with batch interval {}ms and {} partitions, the job has {}ms and {}",
+                meta.interval_ms, meta.partitions, self.interval_ms, self.partitions
+            ));
+        }
+        None
+    }
+}
+
+/// Whether the state is snapshotted after `batch`, every `interval` batches.
+pub fn snapshot_due(batch: u64, interval: u64) -> bool {
+    batch.is_multiple_of(interval.max(1))
+}
+
+/// Why the files of the snapshot of `batch` do not make a whole snapshot: each of the
+/// `operations` × `partitions` state partitions exactly once.
+pub fn check_coverage(
+    batch: u64,
+    files: &[StateFile],
+    operations: usize,
+    partitions: usize,
+) -> Result<(), String> {
+    let mut covered = BTreeSet::new();
+    for f in files {
+        let Some((op, part)) = state_file_part(batch, &f.key) else {
+            return Err(format!(
+                "the snapshot of batch {batch} has a key outside it: {}",
+                f.key
+            ));
+        };
+        if part >= partitions || !covered.insert((op, part)) {
+            return Err(format!(
+                "the snapshot of batch {batch} holds partition {part} of an operation twice or out of range"
+            ));
+        }
+    }
+    let expected = operations * partitions;
+    if covered.len() != expected {
+        return Err(format!(
+            "the snapshot of batch {batch} holds {} of the {expected} state partitions",
+            covered.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The logged batches to run again after the snapshot of `base`, up to `stop_after`; an
+/// error when the log has a gap (it would skip input).
+pub fn replay_plan(
+    base: u64,
+    logged: Vec<OffsetEntry>,
+    stop_after: Option<u64>,
+) -> Result<Vec<OffsetEntry>, String> {
+    let mut plan = Vec::with_capacity(logged.len());
+    for (expected, entry) in (base + 1..).zip(logged) {
+        if entry.batch != expected {
+            return Err(format!(
+                "the offset log jumps from batch {} to {}",
+                expected - 1,
+                entry.batch
+            ));
+        }
+        if stop_after.is_some_and(|last| entry.batch > last) {
+            break;
+        }
+        plan.push(entry);
+    }
+    Ok(plan)
+}
+
+/// Waits that double from `first` up to `max`, and start again after a success.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            next: first,
+        }
+    }
+
+    /// The wait before the next try; the one after is twice as long.
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn identity() -> Identity {
+        Identity {
+            job: "wc".into(),
+            uid: None,
+            fingerprint: "f1".into(),
+            interval_ms: 1000,
+            partitions: 4,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_shape_is_refused_with_the_reason() {
+        let id = identity();
+        let meta = id.new_meta(12_345);
+        assert_eq!(meta.zero_time_ms, 12_000);
+        assert!(id.refuse(&meta, "ckpt").is_none());
+        let old = JobMeta {
+            format_version: FORMAT_VERSION + 1,
+            ..meta.clone()
+        };
+        assert!(
+            id.refuse(&old, "ckpt")
+                .is_some_and(|m| m.contains("format version"))
+        );
+        let other = JobMeta {
+            fingerprint: "f2".into(),
+            ..meta.clone()
+        };
+        assert!(
+            id.refuse(&other, "ckpt")
+                .is_some_and(|m| m.contains("different job"))
+        );
+        let wider = JobMeta {
+            partitions: 8,
+            ..meta
+        };
+        assert!(
+            id.refuse(&wider, "ckpt")
+                .is_some_and(|m| m.contains("8 partitions"))
+        );
+    }
+
+    fn file(batch: u64, op: &str, part: usize) -> StateFile {
+        StateFile {
+            key: format!("state/{batch:020}/{op}/{part}.w1.bin"),
+            len: 1,
+            crc32: 0,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_must_cover_every_state_partition_once() {
+        let whole = vec![file(3, "a", 0), file(3, "a", 1)];
+        assert!(check_coverage(3, &whole, 1, 2).is_ok());
+        assert!(check_coverage(3, &whole[..1], 1, 2).is_err());
+        let twice = vec![file(3, "a", 0), file(3, "a", 0)];
+        assert!(check_coverage(3, &twice, 1, 2).is_err());
+        assert!(check_coverage(4, &whole, 1, 2).is_err(), "another batch");
+        assert!(check_coverage(3, &[], 0, 2).is_ok(), "a stateless job");
+    }
+
+    fn entry(batch: u64) -> OffsetEntry {
+        OffsetEntry {
+            batch,
+            time_ms: batch * 1000,
+            ranges: BTreeMap::new(),
+            positions: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn replay_runs_the_log_in_order_and_refuses_a_gap() {
+        let plan = replay_plan(2, vec![entry(3), entry(4), entry(5)], Some(4)).expect("plan");
+        assert_eq!(plan.iter().map(|e| e.batch).collect::<Vec<_>>(), [3, 4]);
+        assert!(replay_plan(2, vec![entry(3), entry(5)], None).is_err());
+        assert!(replay_plan(0, vec![entry(2)], None).is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(200), Duration::from_millis(700));
+        let waits: Vec<u128> = (0..4).map(|_| b.next_wait().as_millis()).collect();
+        assert_eq!(waits, [200, 400, 700, 700]);
+        b.reset();
+        assert_eq!(b.next_wait().as_millis(), 200);
+    }
+}
