@@ -47,6 +47,7 @@ pub fn run(job: Job, options: LocalOptions) -> Result<RunSummary> {
         stop: options.stop,
         paced: options.paced,
         on_batch: options.on_batch,
+        recovery: coordinator::Recovery::Global,
     };
     coordinator::run(job, ckpt, InProcess, settings).map_err(Fault::into_error)
 }
@@ -55,7 +56,18 @@ pub fn run(job: Job, options: LocalOptions) -> Result<RunSummary> {
 pub struct InProcess;
 
 impl Runner for InProcess {
-    fn restore(&mut self, job: &mut Job, ckpt: &Checkpointer, snapshot: u64) -> Result<(), Fault> {
+    fn restore(
+        &mut self,
+        job: &mut Job,
+        ckpt: &Checkpointer,
+        snapshot: u64,
+        only: Option<&[usize]>,
+    ) -> Result<(), Fault> {
+        if only.is_some() {
+            return Err(Fault::Fatal(
+                "a process that runs every partition never restores some alone".into(),
+            ));
+        }
         let snapshot = match snapshot {
             0 => None,
             batch => Some(ckpt.snapshot_at(batch)?),
@@ -78,6 +90,11 @@ impl Runner for InProcess {
                 &read
             }
         };
+        if input.redo.is_some() {
+            return Err(Fault::Fatal(
+                "a process that runs every partition never replays some alone".into(),
+            ));
+        }
         Ok(job.execute(input.batch, input.ranges, logged, input.replay)?)
     }
 

@@ -26,8 +26,12 @@ fn port() -> u16 {
 }
 
 fn manifest(dir: &Path, out: &Path, checkpoint: &str) -> PathBuf {
+    manifest_with(dir, out, checkpoint, 6)
+}
+
+fn manifest_with(dir: &Path, out: &Path, checkpoint: &str, parallelism: usize) -> PathBuf {
     let text = format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: dist}}\nspec:\n  batchInterval: 100ms\n  parallelism: 6\n  sources: [{{name: g, generator: {{rate: 10000, seed: 9, vocabulary: 300}}}}]\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n    - updateStateByKey: {{op: sum}}\n  sinks: [{{files: {{path: \"{}\"}}}}]\n  checkpoint: {checkpoint}\n",
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: dist}}\nspec:\n  batchInterval: 100ms\n  parallelism: {parallelism}\n  sources: [{{name: g, generator: {{rate: 10000, seed: 9, vocabulary: 300}}}}]\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n    - updateStateByKey: {{op: sum}}\n  sinks: [{{files: {{path: \"{}\"}}}}]\n  checkpoint: {checkpoint}\n",
         out.display()
     );
     let path = dir.join(format!("job-{}.yaml", port()));
@@ -96,16 +100,26 @@ struct Cluster {
     master_port: u16,
     master: Option<Child>,
     workers: Vec<(String, Child)>,
+    parallelism: usize,
 }
 
 impl Cluster {
     fn new(dir: &Path, server: &S3Server, prefix: &str) -> Cluster {
+        Self::with_parallelism(dir, server, prefix, 6)
+    }
+
+    fn with_parallelism(
+        dir: &Path,
+        server: &S3Server,
+        prefix: &str,
+        parallelism: usize,
+    ) -> Cluster {
         let out = dir.join(format!("{prefix}-out"));
         let checkpoint = format!(
             "{{uri: \"s3://ckpt/{prefix}\", endpoint: \"{}\", pathStyle: true, interval: 5}}",
             server.endpoint()
         );
-        let job = manifest(dir, &out, &checkpoint);
+        let job = manifest_with(dir, &out, &checkpoint, parallelism);
         Cluster {
             dir: dir.to_path_buf(),
             job,
@@ -113,7 +127,12 @@ impl Cluster {
             master_port: port(),
             master: None,
             workers: Vec::new(),
+            parallelism,
         }
+    }
+
+    fn worker_log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{id}.log"))).unwrap_or_default()
     }
 
     fn command(&self, log: &str) -> Command {
@@ -190,7 +209,7 @@ impl Cluster {
         std::fs::read_dir(self.out.as_path())
             .map(|d| d.count())
             .unwrap_or(0)
-            / 6
+            / self.parallelism
     }
 
     fn wait_commits(&self, n: usize, timeout: Duration) {
@@ -322,6 +341,67 @@ fn distributed_job_survives_master_and_worker_loss_and_rescales() {
     c.stop_worker("w1");
     assert_exactly_once(&c.finish(), &want, "rescaled");
     assert!(c.master_log().contains("rescaled"), "{}", c.master_log());
+}
+
+/// One of four workers of a 16-partition job is killed: only its partitions are rebuilt, on
+/// the others, from the snapshot and the log. The survivors load no state (their partitions
+/// are not rolled back), the moved partitions are exactly the lost worker's, and the output is
+/// exactly once.
+#[test]
+fn a_lost_worker_is_rebuilt_alone_and_the_survivors_keep_their_state() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let want = reference(tmp.path());
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let mut c = Cluster::with_parallelism(tmp.path(), &server, "partial", 16);
+    c.start_master(4);
+    let workers = ["w1", "w2", "w3", "w4"];
+    for w in workers {
+        c.start_worker(w);
+    }
+    c.wait_commits(12, Duration::from_secs(60));
+    let survivors = ["w1", "w2", "w4"];
+    let full_restores =
+        |c: &Cluster, w: &str| c.worker_log(w).matches("for the owned partitions").count();
+    let before: Vec<usize> = survivors.iter().map(|w| full_restores(&c, w)).collect();
+    let committed = c.commits();
+    c.kill_worker("w3");
+    c.wait_commits(committed + 1, Duration::from_secs(60));
+    let got = c.finish();
+    assert_exactly_once(&got, &want, "one of four workers killed");
+    let log = c.master_log();
+    assert!(
+        log.contains("rebuilt the lost partitions on other workers"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("restored state; replaying logged batches"),
+        "every worker was rolled back: {log}"
+    );
+    let after: Vec<usize> = survivors.iter().map(|w| full_restores(&c, w)).collect();
+    assert_eq!(before, after, "a survivor reloaded all its state");
+    // The partitions moved to the survivors: the lost worker's four, each to one survivor.
+    let mut moved: Vec<String> = Vec::new();
+    for w in survivors {
+        for line in c.worker_log(w).lines().filter(|l| l.contains("moved here")) {
+            let list = line
+                .split("partitions=[")
+                .nth(1)
+                .and_then(|rest| rest.split(']').next())
+                .unwrap_or_default();
+            moved.extend(
+                list.split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty()),
+            );
+        }
+    }
+    moved.sort();
+    let distinct = {
+        let mut d = moved.clone();
+        d.dedup();
+        d
+    };
+    assert_eq!(distinct.len(), 4, "moved partitions: {moved:?}");
 }
 
 /// A frozen worker (SIGSTOP: its connections stay open, nothing answers) used to hold the job
@@ -858,6 +938,9 @@ fn a_worker_answers_hostile_messages_and_stays_up() {
                         .restore(pb::RestoreRequest {
                             epoch,
                             snapshot_batch,
+                            // Partial restores of partitions in and out of range.
+                            partial: snapshot_batch % 2 == 0,
+                            partitions: vec![(snapshot_batch % 20) as u32, u32::MAX],
                         })
                         .await
                         .map(|_| ()),
@@ -868,6 +951,8 @@ fn a_worker_answers_hostile_messages_and_stays_up() {
                             time_ms: batch,
                             replay: false,
                             ranges: [("g".to_string(), range)].into(),
+                            partial: batch % 2 == 0,
+                            redo: vec![(batch % 20) as u32],
                         })
                         .await
                         .map(|_| ()),

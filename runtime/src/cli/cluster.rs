@@ -62,6 +62,10 @@ pub struct MasterArgs {
     /// Run batches back to back instead of waiting for each batch's time.
     #[arg(long)]
     pub no_wait: bool,
+    /// On a worker loss, roll every worker back to the last snapshot and replay the log for
+    /// all partitions, instead of rebuilding the lost partitions alone (for comparisons).
+    #[arg(long)]
+    pub global_recovery: bool,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -191,6 +195,11 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         stop,
         paced: !args.no_wait,
         tls,
+        recovery: if args.global_recovery {
+            crate::master::Recovery::Global
+        } else {
+            crate::master::Recovery::Partial
+        },
     };
     match crate::master::run(job, ckpt, options, rt.handle().clone()) {
         Ok(()) => ExitCode::SUCCESS,

@@ -44,9 +44,24 @@ pub trait Runner {
         Ok(())
     }
 
-    /// Loads the state of the snapshot of `snapshot` (0: none, empty state) for every
-    /// partition. [`Class::Damaged`] sends recovery to the snapshot before it.
-    fn restore(&mut self, job: &mut Job, ckpt: &Checkpointer, snapshot: u64) -> Result<(), Fault>;
+    /// After a worker loss: a new placement in which the surviving workers keep their
+    /// partitions, and the partitions that moved (whose state must be rebuilt). `None` when
+    /// the runner cannot keep its survivors' state; recovery is then global.
+    fn replace_lost(&mut self, job: &Job) -> Result<Option<Vec<usize>>, Fault> {
+        let _ = job;
+        Ok(None)
+    }
+
+    /// Loads the state of the snapshot of `snapshot` (0: none, empty state): of every
+    /// partition, or with `only` of those alone, the others keeping theirs.
+    /// [`Class::Damaged`] sends recovery to the snapshot before it.
+    fn restore(
+        &mut self,
+        job: &mut Job,
+        ckpt: &Checkpointer,
+        snapshot: u64,
+        only: Option<&[usize]>,
+    ) -> Result<(), Fault>;
 
     /// Reads a batch's input and runs it.
     fn execute(
@@ -104,6 +119,20 @@ pub struct BatchInput<'a> {
     /// replay, when they are in the write-ahead log.
     pub logged: Option<&'a BTreeMap<String, Vec<u8>>>,
     pub replay: bool,
+    /// A replay that recomputes the state and outputs of these partitions only.
+    pub redo: Option<&'a [usize]>,
+}
+
+/// What a worker loss costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recovery {
+    /// Only the lost partitions are rebuilt, on other workers, from the snapshot and the
+    /// log; the surviving workers keep their state (when the job allows: no shuffle reads
+    /// state).
+    #[default]
+    Partial,
+    /// Every worker rolls back to the snapshot and replays the log (kept for comparison).
+    Global,
 }
 
 /// Where the job stands.
@@ -132,6 +161,8 @@ pub struct Settings {
     pub paced: bool,
     /// Called after every batch.
     pub on_batch: Box<dyn FnMut(&BatchProgress) + Send>,
+    /// What a worker loss redoes.
+    pub recovery: Recovery,
 }
 
 /// A finished batch with its delays, as shown to the user.
@@ -229,6 +260,7 @@ pub fn run<R: Runner>(
         stop_after: settings.stop_after,
         paced: settings.paced,
         on_batch: settings.on_batch,
+        recovery: settings.recovery,
         next: 1,
         last_snapshot: 0,
         summary: RunSummary::default(),
@@ -249,6 +281,7 @@ struct Coordinator<R> {
     stop_after: Option<u64>,
     paced: bool,
     on_batch: Box<dyn FnMut(&BatchProgress) + Send>,
+    recovery: Recovery,
     initial_positions: BTreeMap<String, Json>,
     /// The next batch to plan.
     next: u64,
@@ -275,6 +308,9 @@ impl<R: Runner> Coordinator<R> {
         let mut retry = Backoff::new(Duration::from_millis(200), MAX_RETRY_WAIT);
         let mut rollback = Backoff::new(Duration::from_millis(200), MAX_ROLLBACK_WAIT);
         let mut needs_recovery = true;
+        // The last failure was a worker lost between or during new batches: the others hold
+        // whole state, so only the lost partitions need rebuilding.
+        let mut lost_while_running = false;
         let mut started = false;
         let mut rollbacks_in_row = 0u32;
         while !stop.load(Ordering::Relaxed) {
@@ -292,11 +328,18 @@ impl<R: Runner> Coordinator<R> {
                 }
             };
             let was_recovery = needs_recovery;
+            let partial = std::mem::take(&mut lost_while_running)
+                && self.recovery == Recovery::Partial
+                && self.job.recomputable_by_partition();
             let result = if needs_recovery {
                 // From the first attempt on, a cluster's minimum of workers no longer applies:
                 // a worker lost while recovering must not stall the job.
                 started = true;
-                self.recover()
+                if partial {
+                    self.recover_lost()
+                } else {
+                    self.recover()
+                }
             } else if changed {
                 self.rescale()
             } else {
@@ -337,6 +380,7 @@ impl<R: Runner> Coordinator<R> {
                         tracing::error!(%worker, error = %why, "worker lost; rolling back to the last checkpoint");
                         self.runner.lost(worker);
                     }
+                    lost_while_running = !was_recovery && !changed;
                     self.summary.recoveries += 1;
                     needs_recovery = true;
                     self.report(MasterState::Recovering, &fault.to_string());
@@ -407,17 +451,79 @@ impl<R: Runner> Coordinator<R> {
     /// A new placement; the newest snapshot that loads; every batch logged after it run again.
     fn recover(&mut self) -> Result<(), Fault> {
         self.runner.place(&self.job)?;
-        let (base, positions) = self.restore_newest()?;
+        let (base, positions) = self.restore_newest(None, u64::MAX)?;
         self.job.seek(&positions)?;
         self.last_snapshot = base;
         self.next = base + 1;
+        self.replay_after(base, true)
+    }
+
+    /// After a worker loss: the lost partitions are placed on other workers, loaded from the
+    /// newest snapshot there, and the committed batches after it are run again for them alone
+    /// (every worker reads its logged input and sends blocks to them only); the surviving
+    /// partitions keep their state. Then the batch in flight runs again for every partition.
+    fn recover_lost(&mut self) -> Result<(), Fault> {
+        let Some(moved) = self.runner.replace_lost(&self.job)? else {
+            return self.recover();
+        };
+        let started = std::time::Instant::now();
+        let committed = self.next - 1;
+        let (mut base, mut replayed) = (committed, 0);
+        if !moved.is_empty() {
+            base = self.restore_newest(Some(&moved), committed)?.0;
+            let logged = self.ckpt.offsets_after(base)?;
+            let plan =
+                protocol::replay_plan(base, logged, Some(committed)).map_err(Fault::Damaged)?;
+            if plan.last().map_or(base, |e| e.batch) != committed {
+                return Err(Fault::Damaged(format!(
+                    "the offset log after batch {base} ends before batch {committed}, the last committed"
+                )));
+            }
+            for entry in plan {
+                let batch = BatchInfo {
+                    index: entry.batch,
+                    time_ms: entry.time_ms,
+                    interval_ms: self.interval,
+                };
+                self.runner.execute(
+                    &mut self.job,
+                    &self.ckpt,
+                    BatchInput {
+                        batch,
+                        ranges: &entry.ranges,
+                        logged: None,
+                        replay: true,
+                        redo: Some(&moved),
+                    },
+                )?;
+                replayed += 1;
+            }
+        }
+        tracing::info!(
+            partitions = ?moved,
+            snapshot = base,
+            replayed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the lost partitions on other workers; the other partitions kept their state"
+        );
+        self.replay_after(committed, false)
+    }
+
+    /// Runs every batch logged after `base` again, for every partition, and commits it;
+    /// `restored`: `base` is the snapshot every partition was just loaded from.
+    fn replay_after(&mut self, base: u64, restored: bool) -> Result<(), Fault> {
         let logged = self.ckpt.offsets_after(base)?;
         let plan = protocol::replay_plan(base, logged, self.stop_after).map_err(Fault::Damaged)?;
-        if !plan.is_empty() || base > 0 {
+        if restored && (!plan.is_empty() || base > 0) {
             tracing::info!(
                 snapshot = base,
                 replay = plan.len(),
                 "restored state; replaying logged batches"
+            );
+        } else if !plan.is_empty() {
+            tracing::info!(
+                batches = plan.len(),
+                "running the batch in flight again for every partition"
             );
         }
         for entry in plan {
@@ -434,6 +540,7 @@ impl<R: Runner> Coordinator<R> {
                     ranges: &entry.ranges,
                     logged: None,
                     replay: true,
+                    redo: None,
                 },
             )?;
             self.job.seek(&entry.positions)?;
@@ -442,11 +549,19 @@ impl<R: Runner> Coordinator<R> {
         Ok(())
     }
 
-    /// Loads the newest snapshot that is whole, by its manifest (the state itself is read by
-    /// the runner, each worker its own partitions'): its batch and the sources' positions
-    /// after it. A torn or damaged snapshot is skipped for the one before.
-    fn restore_newest(&mut self) -> Result<(u64, BTreeMap<String, Json>), Fault> {
+    /// Loads the newest snapshot (of a batch up to `at_most`) that is whole, by its manifest
+    /// (the state itself is read by the runner, each worker its own partitions'): of every
+    /// partition, or of `only`. Returns its batch and the sources' positions after it. A torn
+    /// or damaged snapshot is skipped for the one before.
+    fn restore_newest(
+        &mut self,
+        only: Option<&[usize]>,
+        at_most: u64,
+    ) -> Result<(u64, BTreeMap<String, Json>), Fault> {
         for batch in self.ckpt.snapshot_batches()? {
+            if batch > at_most {
+                continue;
+            }
             let skip = |why: &str| {
                 tracing::warn!(checkpoint = %self.ckpt.describe(), snapshot = batch, %why, "skipping an unusable snapshot; trying the previous one");
             };
@@ -458,13 +573,13 @@ impl<R: Runner> Coordinator<R> {
                 skip("the offsets of its batch are missing");
                 continue;
             };
-            match self.runner.restore(&mut self.job, &self.ckpt, batch) {
+            match self.runner.restore(&mut self.job, &self.ckpt, batch, only) {
                 Ok(()) => return Ok((batch, offsets.positions)),
                 Err(fault) if fault.class() == Class::Damaged => skip(&fault.to_string()),
                 Err(fault) => return Err(fault),
             }
         }
-        self.runner.restore(&mut self.job, &self.ckpt, 0)?;
+        self.runner.restore(&mut self.job, &self.ckpt, 0, only)?;
         Ok((0, self.initial_positions.clone()))
     }
 
@@ -482,7 +597,7 @@ impl<R: Runner> Coordinator<R> {
             return self.recover();
         }
         self.runner.place(&self.job)?;
-        self.runner.restore(&mut self.job, &self.ckpt, last)?;
+        self.runner.restore(&mut self.job, &self.ckpt, last, None)?;
         tracing::info!(at_batch = last, "rescaled");
         Ok(())
     }
@@ -509,6 +624,7 @@ impl<R: Runner> Coordinator<R> {
                 ranges: &ranges,
                 logged: Some(&logged),
                 replay: false,
+                redo: None,
             },
         )?;
         self.complete(report)

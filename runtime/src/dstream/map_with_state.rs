@@ -157,9 +157,11 @@ struct Emitted<K, V, S, U> {
 
 impl<K: Key, V: Data, S: Data, U: Data> Compute<U> for Emitted<K, V, S, U> {
     fn compute(&self, cx: &BatchContext, part: usize) -> Result<Vec<U>> {
-        let mut slot = lock_unpoisoned(&self.state.emitted[part]);
+        let slot = lock_unpoisoned(&self.state.emitted[part]);
+        // Copied, not taken: a batch run again on a partition that already has it (see
+        // `Executor::run_stage`) reads the same records without recomputing them.
         Ok(if slot.0 == cx.batch.index {
-            std::mem::take(&mut slot.1)
+            slot.1.clone()
         } else {
             Vec::new()
         })

@@ -26,6 +26,18 @@ pub struct Placement {
     pub me: usize,
 }
 
+/// What a replay for some partitions recomputes.
+#[derive(Debug)]
+pub struct Redo {
+    /// `parts[p]`: whether partition `p`'s reduce side (state, outputs) runs; the others only
+    /// feed the recomputed ones their shuffle blocks.
+    pub parts: Vec<bool>,
+    /// `shuffles[s]`: whether shuffle `s` sends blocks to the recomputed partitions only
+    /// (false for a shuffle whose reduce side feeds another shuffle: every partition of it is
+    /// needed).
+    pub shuffles: Vec<bool>,
+}
+
 /// A shuffle block bound for another worker.
 #[derive(Debug)]
 pub struct OutgoingBlock {
@@ -84,6 +96,8 @@ pub struct BatchContext {
     errors: RecordErrors,
     input_records: AtomicU64,
     placement: Option<std::sync::Arc<Placement>>,
+    /// In a replay for some partitions only, which partitions and shuffles it recomputes.
+    redo: Option<std::sync::Arc<Redo>>,
     outbox: Mutex<Vec<OutgoingBlock>>,
 }
 
@@ -113,8 +127,31 @@ impl BatchContext {
             errors: RecordErrors::default(),
             input_records: AtomicU64::new(0),
             placement: None,
+            redo: None,
             outbox: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Recomputes only what `redo` marks: a replay after a worker loss, in which the other
+    /// partitions keep the state they have.
+    pub(crate) fn with_redo(mut self, redo: std::sync::Arc<Redo>) -> Self {
+        self.redo = Some(redo);
+        self
+    }
+
+    /// Whether this process runs the reduce side (materializers, outputs) of partition
+    /// `part` in this batch.
+    pub fn reduces(&self, part: usize) -> bool {
+        self.owns(part)
+            && self
+                .redo
+                .as_ref()
+                .is_none_or(|r| r.parts.get(part) == Some(&true))
+    }
+
+    /// The partitions whose reduce side runs here, in order.
+    pub fn reduced_partitions(&self) -> Vec<usize> {
+        (0..self.partitions).filter(|p| self.reduces(*p)).collect()
     }
 
     /// Runs only the partitions `placement` gives this worker; blocks for others go out.
@@ -256,6 +293,12 @@ impl BatchContext {
         buckets: Vec<Vec<T>>,
     ) -> Result<()> {
         for (reduce_part, bucket) in buckets.into_iter().enumerate() {
+            if self.redo.as_ref().is_some_and(|r| {
+                r.shuffles.get(shuffle) == Some(&true) && r.parts.get(reduce_part) != Some(&true)
+            }) {
+                // Not recomputed in this replay: its owner already has this batch.
+                continue;
+            }
             match &self.placement {
                 Some(p) if p.owners[reduce_part] != p.me => {
                     let data = postcard::to_stdvec(&bucket).map_err(|e| {
@@ -322,7 +365,7 @@ impl BatchContext {
     ) -> Result<Vec<(usize, Vec<T>)>> {
         let mut all = Vec::new();
         for (part, slot) in self.outputs[output].iter().enumerate() {
-            if self.owns(part) {
+            if self.reduces(part) {
                 all.push((part, take_typed::<Vec<T>>(slot, "output")?));
             }
         }

@@ -1,6 +1,7 @@
 //! Runs a batch plan on a local thread pool: stage after stage, partitions in parallel.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
@@ -14,6 +15,10 @@ pub struct Executor {
     pub(crate) shuffles: Vec<Arc<dyn Task>>,
     pub(crate) materializers: Vec<Arc<dyn Task>>,
     pub(crate) outputs: Vec<Arc<dyn Task>>,
+    /// `applied[m][p]`: the last batch materializer `m` brought partition `p` up to. A batch
+    /// run again for a partition that already has it (its state changed in place) skips the
+    /// update, so that a batch cut short on some workers can be run again on all of them.
+    applied: Vec<Vec<AtomicU64>>,
 }
 
 /// Stack of each task thread.
@@ -22,6 +27,7 @@ pub(crate) const TASK_STACK_BYTES: usize = 16 << 20;
 impl Executor {
     pub(crate) fn new(
         threads: usize,
+        partitions: usize,
         shuffles: Vec<Arc<dyn Task>>,
         materializers: Vec<Arc<dyn Task>>,
         outputs: Vec<Arc<dyn Task>>,
@@ -34,12 +40,27 @@ impl Executor {
             .stack_size(TASK_STACK_BYTES)
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the task thread pool: {e}")))?;
+        let applied = materializers
+            .iter()
+            .map(|_| (0..partitions).map(|_| AtomicU64::new(0)).collect())
+            .collect();
         Ok(Self {
             pool,
             shuffles,
             materializers,
             outputs,
+            applied,
         })
+    }
+
+    /// Records that partition `part`'s state is that after `batch` (restored from its
+    /// snapshot, or emptied: 0).
+    pub(crate) fn set_applied(&self, part: usize, batch: u64) {
+        for m in &self.applied {
+            if let Some(a) = m.get(part) {
+                a.store(batch, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Runs every stage of `plan`, in order.
@@ -49,22 +70,39 @@ impl Executor {
 
     /// Runs stage `index` of `plan` over the partitions this process owns.
     pub fn run_stage(&self, plan: &BatchPlan, index: usize, cx: &BatchContext) -> Result<()> {
-        let owned = cx.owned_partitions();
-        if let Some(stage) = plan.stages.get(index) {
-            let task = match stage.kind {
-                StageKind::ShuffleMap(s) => &self.shuffles[s],
-                StageKind::Materialize(m) => &self.materializers[m],
-                StageKind::Output(o) => &self.outputs[o],
-            };
-            self.pool.install(|| {
-                owned
-                    .par_iter()
-                    .copied()
-                    .try_for_each(|p| contain(|| task.run(cx, p)))
-            })?;
-            contain(|| task.finish(cx))?;
-        }
-        Ok(())
+        let Some(stage) = plan.stages.get(index) else {
+            return Ok(());
+        };
+        let batch = cx.batch.index;
+        // The map side of a shuffle runs for every partition here (in a partial replay it
+        // feeds the recomputed ones); state and outputs only where they are recomputed.
+        let (task, parts, applied) = match stage.kind {
+            StageKind::ShuffleMap(s) => (&self.shuffles[s], cx.owned_partitions(), None),
+            StageKind::Materialize(m) => {
+                let applied = &self.applied[m];
+                let due: Vec<usize> = cx
+                    .reduced_partitions()
+                    .into_iter()
+                    .filter(|p| {
+                        applied
+                            .get(*p)
+                            .is_none_or(|a| a.load(Ordering::Relaxed) < batch)
+                    })
+                    .collect();
+                (&self.materializers[m], due, Some(applied))
+            }
+            StageKind::Output(o) => (&self.outputs[o], cx.reduced_partitions(), None),
+        };
+        self.pool.install(|| {
+            parts.par_iter().copied().try_for_each(|p| {
+                contain(|| task.run(cx, p))?;
+                if let Some(a) = applied.and_then(|a| a.get(p)) {
+                    a.store(batch, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })?;
+        contain(|| task.finish(cx))
     }
 }
 

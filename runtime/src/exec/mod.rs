@@ -4,7 +4,7 @@
 mod context;
 mod executor;
 
-pub use context::{BatchContext, ERROR_SAMPLES, OutgoingBlock, Placement, RecordErrors};
+pub use context::{BatchContext, ERROR_SAMPLES, OutgoingBlock, Placement, RecordErrors, Redo};
 pub(crate) use context::{Shared, lock_unpoisoned};
 pub use executor::Executor;
 #[cfg(test)]

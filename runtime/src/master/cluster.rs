@@ -412,20 +412,43 @@ impl Runner for Cluster {
         Ok(())
     }
 
+    fn replace_lost(&mut self, job: &Job) -> Result<Option<Vec<usize>>, Fault> {
+        if self.placed.is_empty() || self.owners.len() != job.partitions() {
+            return Ok(None);
+        }
+        let before: Vec<WorkerRef> = self
+            .owners
+            .iter()
+            .map(|o| self.placed[*o].clone())
+            .collect();
+        self.place(job)?;
+        // Moved: placed on another process than before (the lost worker's, a restarted
+        // worker's, a leaver's, or a share given to a worker that joined meanwhile).
+        let moved = (0..job.partitions())
+            .filter(|p| !self.placed[self.owners[*p]].same_process(&before[*p]))
+            .collect();
+        Ok(Some(moved))
+    }
+
     fn restore(
         &mut self,
         _job: &mut Job,
         _ckpt: &Checkpointer,
         snapshot: u64,
+        only: Option<&[usize]>,
     ) -> Result<(), Fault> {
         let epoch = self.epoch;
+        let partitions: Vec<u32> = only.unwrap_or_default().iter().map(|p| *p as u32).collect();
+        let partial = only.is_some();
         let what = format!("loading the snapshot of batch {snapshot}");
-        self.all(&self.placed, &what, move |mut c| async move {
-            c.restore(pb::RestoreRequest {
+        self.all(&self.placed, &what, move |mut c| {
+            let req = pb::RestoreRequest {
                 epoch,
                 snapshot_batch: snapshot,
-            })
-            .await
+                partial,
+                partitions: partitions.clone(),
+            };
+            async move { c.restore(req).await }
         })?;
         Ok(())
     }
@@ -438,6 +461,13 @@ impl Runner for Cluster {
     ) -> Result<BatchReport, Fault> {
         let started = Instant::now();
         let (epoch, batch, replay) = (self.epoch, input.batch, input.replay);
+        let partial = input.redo.is_some();
+        let redo: Vec<u32> = input
+            .redo
+            .unwrap_or_default()
+            .iter()
+            .map(|p| *p as u32)
+            .collect();
         let ranges: std::collections::HashMap<String, String> = input
             .ranges
             .iter()
@@ -451,6 +481,8 @@ impl Runner for Cluster {
                 time_ms: batch.time_ms,
                 replay,
                 ranges: ranges.clone(),
+                partial,
+                redo: redo.clone(),
             };
             async move { c.begin_batch(req).await }
         })?;

@@ -5,11 +5,13 @@
 //!   once with heartbeats, snapshots checked against the placement;
 //! - [`placement`]: where each partition runs.
 //!
-//! Recovery is a global rollback: when a worker is lost (or the master restarts), every worker
-//! reloads the newest snapshot for the partitions it now owns and the logged batches after it
-//! are run again; outputs are idempotent per batch time, so the result stays exactly once. A
-//! worker joining or leaving is placed at a batch boundary after a fresh snapshot, so live
-//! rescaling replays nothing.
+//! When a worker is lost, its partitions move to the others, are loaded there from the newest
+//! snapshot, and the committed batches after it are run again for them alone; the surviving
+//! partitions keep their state. When that cannot be (the master restarted, a shuffle reads
+//! state, a failure during recovery) every worker reloads the snapshot and the logged batches
+//! are run again for all. Outputs are idempotent per batch time and partition, so the result
+//! stays exactly once either way. A worker joining or leaving is placed at a batch boundary
+//! after a fresh snapshot, so live rescaling replays nothing.
 
 mod cluster;
 pub mod placement;
@@ -22,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
 
 use crate::checkpoint::Checkpointer;
+pub use crate::coordinator::Recovery;
 use crate::coordinator::{self, BatchProgress, Class, Settings};
 use crate::job::Job;
 use crate::rpc::{AddToken, CheckToken, Tls, pb};
@@ -41,6 +44,8 @@ pub struct MasterOptions {
     pub paced: bool,
     /// Mutual TLS with the workers.
     pub tls: Option<Tls>,
+    /// What a worker loss redoes.
+    pub recovery: Recovery,
 }
 
 /// How the master's last log line begins when the job itself is at fault; the operator finds
@@ -111,6 +116,7 @@ pub fn run(
         stop: options.stop,
         paced: options.paced,
         on_batch: Box::new(BatchProgress::log),
+        recovery: options.recovery,
     };
     match coordinator::run(job, ckpt, cluster, settings) {
         Ok(_) => Ok(()),

@@ -115,6 +115,53 @@ impl JobGraph {
         }
     }
 
+    /// Whether the map side of some shuffle reads a buffer or state (directly or through
+    /// narrow dependencies): its blocks then depend on state kept across batches.
+    pub fn shuffles_read_state(&self) -> bool {
+        fn reads_state(graph: &JobGraph, deps: &[Dep], depth: usize) -> bool {
+            depth > graph.nodes.len()
+                || deps.iter().any(|d| match *d {
+                    Dep::Materialized(_) => true,
+                    Dep::Narrow(n) => graph
+                        .nodes
+                        .get(n)
+                        .is_some_and(|node| reads_state(graph, &node.deps, depth + 1)),
+                    Dep::Shuffle(_) | Dep::Source(_) => false,
+                })
+        }
+        self.shuffles.iter().any(|s| reads_state(self, &s.deps, 0))
+    }
+
+    /// For each shuffle, whether its reduce side is read by the map side of another shuffle
+    /// (directly or through narrow dependencies).
+    pub fn shuffles_feeding_shuffles(&self) -> Vec<bool> {
+        fn read(graph: &JobGraph, deps: &[Dep], depth: usize, out: &mut Vec<bool>) {
+            if depth > graph.nodes.len() {
+                return;
+            }
+            for d in deps {
+                match *d {
+                    Dep::Shuffle(s) => {
+                        if let Some(f) = out.get_mut(s) {
+                            *f = true;
+                        }
+                    }
+                    Dep::Narrow(n) => {
+                        if let Some(node) = graph.nodes.get(n) {
+                            read(graph, &node.deps, depth + 1, out);
+                        }
+                    }
+                    Dep::Materialized(_) | Dep::Source(_) => {}
+                }
+            }
+        }
+        let mut feeding = vec![false; self.shuffles.len()];
+        for s in &self.shuffles {
+            read(self, &s.deps, 0, &mut feeding);
+        }
+        feeding
+    }
+
     fn root(&self, kind: StageKind) -> &RootMeta {
         match kind {
             StageKind::ShuffleMap(s) => &self.shuffles[s],

@@ -25,12 +25,16 @@ pub enum Command {
     },
     Restore {
         batch: u64,
+        /// Only these partitions, leaving the others' state as it is.
+        only: Option<Vec<usize>>,
         reply: Reply<()>,
     },
     Begin {
         batch: BatchInfo,
         ranges: BTreeMap<String, serde_json::Value>,
         replay: bool,
+        /// Recompute the state and outputs of these partitions only.
+        redo: Option<Vec<usize>>,
         reply: Reply<()>,
     },
     Stage {
@@ -82,12 +86,29 @@ pub fn executor_thread(
                 *lock_unpoisoned(&current) = None;
                 let _ = reply.send(Ok(()));
             }
-            Command::Restore { batch, reply } => {
+            Command::Restore { batch, only, reply } => {
                 let result = (|| {
                     let p = placement
                         .clone()
                         .ok_or_else(|| Status::failed_precondition("no assignment yet"))?;
                     let owned = |part: usize| p.owners.get(part) == Some(&p.me);
+                    if let Some(parts) = &only {
+                        // Moved here from a lost worker: the others keep their state.
+                        let mine: Vec<usize> =
+                            parts.iter().copied().filter(|part| owned(*part)).collect();
+                        let snapshot = match batch {
+                            0 => None,
+                            b => Some(
+                                ckpt.read_state(b, &|part| mine.contains(&part))
+                                    .map_err(internal)?,
+                            ),
+                        };
+                        job.restore_partitions(snapshot.as_ref(), &mine)
+                            .map_err(internal)?;
+                        *lock_unpoisoned(&current) = None;
+                        tracing::info!(snapshot = batch, partitions = ?mine, "state restored for the partitions moved here");
+                        return Ok(());
+                    }
                     // Only the owned partitions' files are read.
                     let snapshot = if batch == 0 {
                         None
@@ -106,6 +127,7 @@ pub fn executor_thread(
                 batch,
                 ranges,
                 replay,
+                redo,
                 reply,
             } => {
                 let result = (|| {
@@ -118,7 +140,7 @@ pub fn executor_thread(
                     };
                     let logged = ckpt.logged_inputs(&ranges).map_err(internal)?;
                     let cx = job
-                        .begin(batch, &ranges, &logged, replay, p)
+                        .begin(batch, &ranges, &logged, replay, p, redo.as_deref())
                         .map_err(internal)?;
                     *lock_unpoisoned(&current) =
                         Some((epoch.load(Ordering::SeqCst), batch.index, Arc::new(cx)));

@@ -43,6 +43,7 @@ pub async fn run(
     options: WorkerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let partitions = job.partitions();
     let epoch = Arc::new(AtomicU64::new(0));
     let current: Current = Arc::default();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -65,6 +66,7 @@ pub async fn run(
         current,
         peers: Mutex::default(),
         tls: options.tls.clone(),
+        partitions,
         rejected: AtomicU64::new(0),
     };
     // Blocks up to the same limit peers send; larger messages are refused by tonic with an error

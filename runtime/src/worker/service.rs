@@ -25,6 +25,8 @@ pub struct WorkerService {
     pub current: Current,
     pub peers: Mutex<Vec<String>>,
     pub tls: Option<Tls>,
+    /// The job's partitions.
+    pub partitions: usize,
     /// Malformed messages refused so far.
     pub rejected: AtomicU64,
 }
@@ -36,6 +38,24 @@ impl WorkerService {
         let n = self.rejected.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(rejected_total = n, "refused a malformed message: {message}");
         Status::invalid_argument(message)
+    }
+
+    /// Partition numbers from the master, checked against the job's.
+    fn partitions(&self, parts: &[u32], field: &str) -> Result<Vec<usize>, Status> {
+        parts
+            .iter()
+            .map(|p| {
+                let p = *p as usize;
+                if p < self.partitions {
+                    Ok(p)
+                } else {
+                    Err(self.reject(format!(
+                        "{field}: partition {p}, but the job has {}",
+                        self.partitions
+                    )))
+                }
+            })
+            .collect()
     }
 
     fn contact(&self, epoch: u64) -> Result<(), Status> {
@@ -165,8 +185,13 @@ impl pb::worker_server::Worker for WorkerService {
     ) -> Result<Response<pb::Ack>, Status> {
         let r = request.into_inner();
         self.contact(r.epoch)?;
+        let only = r
+            .partial
+            .then(|| self.partitions(&r.partitions, "restore"))
+            .transpose()?;
         self.call(|reply| Command::Restore {
             batch: r.snapshot_batch,
+            only,
             reply,
         })
         .await?;
@@ -191,10 +216,15 @@ impl pb::worker_server::Worker for WorkerService {
             time_ms: r.time_ms,
             interval_ms: 0,
         };
+        let redo = r
+            .partial
+            .then(|| self.partitions(&r.redo, "redo"))
+            .transpose()?;
         self.call(|reply| Command::Begin {
             batch,
             ranges,
             replay: r.replay,
+            redo,
             reply,
         })
         .await?;
