@@ -26,7 +26,8 @@ pub struct Placement {
     pub me: usize,
 }
 
-/// What a replay for some partitions recomputes.
+/// What a replay for some partitions recomputes: the state of a batch already committed
+/// (its outputs were written whole before the commit, so they do not run).
 #[derive(Debug)]
 pub struct Redo {
     /// `parts[p]`: whether partition `p`'s reduce side (state, outputs) runs; the others only
@@ -137,6 +138,11 @@ impl BatchContext {
     pub(crate) fn with_redo(mut self, redo: std::sync::Arc<Redo>) -> Self {
         self.redo = Some(redo);
         self
+    }
+
+    /// Whether this batch recomputes some partitions only (see [`Redo`]).
+    pub fn is_partial(&self) -> bool {
+        self.redo.is_some()
     }
 
     /// Whether this process runs the reduce side (materializers, outputs) of partition
