@@ -6,15 +6,19 @@
 
 mod duration;
 mod fingerprint;
+mod kinds;
 mod parse;
 #[cfg(feature = "kube")]
 pub mod resource;
+mod s3;
 pub mod spec;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
 pub use fingerprint::fingerprint;
+pub use kinds::{SinkKind, SourceKind, StepKind};
 pub use parse::parse_yaml;
+pub use s3::{endpoint_problem, parse_s3_uri, s3_uri_problem};
 pub use spec::*;
 pub use validate::{Problem, Shape, validate};
 

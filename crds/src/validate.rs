@@ -8,6 +8,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::duration::{format_duration, parse_duration};
+use crate::kinds::{SinkKind, SourceKind};
+use crate::s3::{endpoint_problem, parse_s3_uri, s3_uri_problem};
 use crate::spec::*;
 
 /// One thing wrong with a manifest.
@@ -44,37 +46,6 @@ pub enum Shape {
     Records,
     /// (key, value) pairs.
     Keyed,
-}
-
-impl PipelineStep {
-    /// The camelCase names of the operations set in this step (exactly one when valid).
-    pub fn operations(&self) -> Vec<&'static str> {
-        let set = [
-            ("map", self.map.is_some()),
-            ("parseJson", self.parse_json.is_some()),
-            ("flatMap", self.flat_map.is_some()),
-            ("filter", self.filter.is_some()),
-            ("keyBy", self.key_by.is_some()),
-            ("window", self.window.is_some()),
-            ("countByValue", self.count_by_value.is_some()),
-            ("count", self.count.is_some()),
-            ("reduceByKey", self.reduce_by_key.is_some()),
-            (
-                "countByValueAndWindow",
-                self.count_by_value_and_window.is_some(),
-            ),
-            (
-                "reduceByKeyAndWindow",
-                self.reduce_by_key_and_window.is_some(),
-            ),
-            ("updateStateByKey", self.update_state_by_key.is_some()),
-            ("joinStatic", self.join_static.is_some()),
-        ];
-        set.iter()
-            .filter(|(_, on)| *on)
-            .map(|(name, _)| *name)
-            .collect()
-    }
 }
 
 /// Batch interval bounds: below 10ms the per-batch overhead dominates; above an hour a
@@ -260,60 +231,64 @@ impl Validator {
                     ),
                 );
             }
-            let kinds = [
-                ("socket", source.socket.is_some()),
-                ("files", source.files.is_some()),
-                ("generator", source.generator.is_some()),
-            ];
+            let set: Vec<&str> = source.kinds().iter().map(|k| k.name()).collect();
+            let kinds = SourceKind::NAMES.map(|n| (n, set.contains(&n)));
             if !self.exactly_one(&path, &kinds) {
                 continue;
             }
-            if let Some(socket) = &source.socket {
-                if socket.host.trim().is_empty() {
-                    self.add(
-                        format!("{path}.socket.host"),
-                        "is empty; write a host name or address",
-                    );
+            let Some(kind) = source.kind() else {
+                continue;
+            };
+            match kind {
+                SourceKind::Socket(socket) => {
+                    if socket.host.trim().is_empty() {
+                        self.add(
+                            format!("{path}.socket.host"),
+                            "is empty; write a host name or address",
+                        );
+                    }
+                    if socket.port == 0 || socket.port > 65535 {
+                        self.add(
+                            format!("{path}.socket.port"),
+                            format!("{} is not a TCP port; use 1-65535", socket.port),
+                        );
+                    }
                 }
-                if socket.port == 0 || socket.port > 65535 {
-                    self.add(
-                        format!("{path}.socket.port"),
-                        format!("{} is not a TCP port; use 1-65535", socket.port),
-                    );
+                SourceKind::Files(files) => {
+                    if files.path.trim().is_empty() {
+                        self.add(
+                            format!("{path}.files.path"),
+                            "is empty; write the directory to watch",
+                        );
+                    }
                 }
+                SourceKind::Generator(g) => self.generator(&path, g),
             }
-            if let Some(files) = &source.files
-                && files.path.trim().is_empty()
-            {
-                self.add(
-                    format!("{path}.files.path"),
-                    "is empty; write the directory to watch",
-                );
-            }
-            if let Some(g) = &source.generator {
-                if g.rate == 0 || g.rate > 100_000_000 {
-                    self.add(
-                        format!("{path}.generator.rate"),
-                        format!("{} is out of range; use 1 to 100000000 lines/s", g.rate),
-                    );
-                }
-                if let Some(v) = g.vocabulary
-                    && (v == 0 || v > 10_000_000)
-                {
-                    self.add(
-                        format!("{path}.generator.vocabulary"),
-                        format!("{v} is out of range; use 1 to 10000000"),
-                    );
-                }
-                if let Some(b) = g.line_bytes
-                    && !(8..=65536).contains(&b)
-                {
-                    self.add(
-                        format!("{path}.generator.lineBytes"),
-                        format!("{b} is out of range; use 8 to 65536"),
-                    );
-                }
-            }
+        }
+    }
+
+    fn generator(&mut self, path: &str, g: &GeneratorSource) {
+        if g.rate == 0 || g.rate > 100_000_000 {
+            self.add(
+                format!("{path}.generator.rate"),
+                format!("{} is out of range; use 1 to 100000000 lines/s", g.rate),
+            );
+        }
+        if let Some(v) = g.vocabulary
+            && (v == 0 || v > 10_000_000)
+        {
+            self.add(
+                format!("{path}.generator.vocabulary"),
+                format!("{v} is out of range; use 1 to 10000000"),
+            );
+        }
+        if let Some(b) = g.line_bytes
+            && !(8..=65536).contains(&b)
+        {
+            self.add(
+                format!("{path}.generator.lineBytes"),
+                format!("{b} is out of range; use 8 to 65536"),
+            );
         }
     }
 
@@ -602,54 +577,56 @@ impl Validator {
         }
         for (i, sink) in sinks.iter().enumerate() {
             let path = format!("spec.sinks[{i}]");
-            if !self.exactly_one(
-                &path,
-                &[
-                    ("stdout", sink.stdout.is_some()),
-                    ("files", sink.files.is_some()),
-                    ("s3", sink.s3.is_some()),
-                ],
-            ) {
+            let set: Vec<&str> = sink.kinds().iter().map(|k| k.name()).collect();
+            let kinds = SinkKind::NAMES.map(|n| (n, set.contains(&n)));
+            if !self.exactly_one(&path, &kinds) {
                 continue;
             }
-            if let Some(limit) = sink.stdout.as_ref().and_then(|s| s.limit)
-                && limit > 100_000
-            {
-                self.add(
-                    format!("{path}.stdout.limit"),
-                    format!("{limit} is too many to print; use at most 100000"),
-                );
-            }
-            if let Some(s3) = &sink.s3 {
-                if let Some(problem) = s3_uri_problem(&s3.uri) {
-                    self.add(format!("{path}.s3.uri"), problem);
+            let Some(kind) = sink.kind() else {
+                continue;
+            };
+            match kind {
+                SinkKind::Stdout(stdout) => {
+                    if let Some(limit) = stdout.limit
+                        && limit > 100_000
+                    {
+                        self.add(
+                            format!("{path}.stdout.limit"),
+                            format!("{limit} is too many to print; use at most 100000"),
+                        );
+                    }
                 }
-                if let Some(problem) = s3.endpoint.as_deref().and_then(endpoint_problem) {
-                    self.add(format!("{path}.s3.endpoint"), problem);
+                SinkKind::S3(s3) => {
+                    if let Some(problem) = s3_uri_problem(&s3.uri) {
+                        self.add(format!("{path}.s3.uri"), problem);
+                    }
+                    if let Some(problem) = s3.endpoint.as_deref().and_then(endpoint_problem) {
+                        self.add(format!("{path}.s3.endpoint"), problem);
+                    }
                 }
-            }
-            if let Some(files) = &sink.files {
-                if files.path.trim().is_empty() {
-                    self.add(
-                        format!("{path}.files.path"),
-                        "is empty; write the output directory",
-                    );
-                } else if files.path.contains("://") && !files.path.starts_with("file://") {
-                    self.add(
-                        format!("{path}.files.path"),
-                        format!(
-                            "{:?}: only local paths and file:// URIs are supported",
-                            files.path
-                        ),
-                    );
-                }
-                if let Some(prefix) = &files.prefix
-                    && (prefix.is_empty()
-                        || !prefix
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-                {
-                    self.add(format!("{path}.files.prefix"), format!("{prefix:?} is not a safe file name prefix; use letters, digits, '-' or '_'"));
+                SinkKind::Files(files) => {
+                    if files.path.trim().is_empty() {
+                        self.add(
+                            format!("{path}.files.path"),
+                            "is empty; write the output directory",
+                        );
+                    } else if files.path.contains("://") && !files.path.starts_with("file://") {
+                        self.add(
+                            format!("{path}.files.path"),
+                            format!(
+                                "{:?}: only local paths and file:// URIs are supported",
+                                files.path
+                            ),
+                        );
+                    }
+                    if let Some(prefix) = &files.prefix
+                        && (prefix.is_empty()
+                            || !prefix
+                                .chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+                    {
+                        self.add(format!("{path}.files.prefix"), format!("{prefix:?} is not a safe file name prefix; use letters, digits, '-' or '_'"));
+                    }
                 }
             }
         }
@@ -668,15 +645,9 @@ impl Validator {
                     "file:/// is the root directory; give the checkpoint a directory of its own, e.g. file:///var/lib/sluice/NAME",
                 );
             }
-        } else if let Some(rest) = ckpt.uri.strip_prefix("s3://") {
-            let bucket = rest.split('/').next().unwrap_or("");
-            let ok = (3..=63).contains(&bucket.len())
-                && bucket
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-                && bucket.starts_with(|c: char| c.is_ascii_alphanumeric());
-            if !ok {
-                self.add("spec.checkpoint.uri", format!("{bucket:?} is not an S3 bucket name (3-63 lower-case letters, digits, '-' and '.'); write s3://bucket/prefix"));
+        } else if ckpt.uri.starts_with("s3://") {
+            if let Some(problem) = s3_uri_problem(&ckpt.uri) {
+                self.add("spec.checkpoint.uri", problem);
             }
         } else {
             self.add(
@@ -688,11 +659,7 @@ impl Validator {
             );
         }
         if ckpt.deletion_policy == Some(crate::DeletionPolicy::Delete) {
-            let has_prefix = ckpt
-                .uri
-                .strip_prefix("s3://")
-                .and_then(|rest| rest.split_once('/'))
-                .is_some_and(|(_, prefix)| !prefix.trim_matches('/').is_empty());
+            let has_prefix = parse_s3_uri(&ckpt.uri).is_some_and(|(_, prefix)| !prefix.is_empty());
             if !has_prefix {
                 self.add(
                     "spec.checkpoint.deletionPolicy",
@@ -701,28 +668,8 @@ impl Validator {
             }
         }
         if let Some(endpoint) = &ckpt.endpoint {
-            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-                || endpoint.len() < 10
-            {
-                self.add(
-                    "spec.checkpoint.endpoint",
-                    format!(
-                        "{:?} is not a URL; write e.g. http://minio.storage:9000",
-                        redact_userinfo(endpoint)
-                    ),
-                );
-            } else if endpoint.split_once("://").is_some_and(|(_, rest)| {
-                rest.split('/')
-                    .next()
-                    .is_some_and(|host| host.contains('@'))
-            }) {
-                self.add(
-                    "spec.checkpoint.endpoint",
-                    format!(
-                        "{:?} carries credentials; give them in a Secret (spec.checkpointCredentials), never in the manifest",
-                        redact_userinfo(endpoint)
-                    ),
-                );
+            if let Some(problem) = endpoint_problem(endpoint) {
+                self.add("spec.checkpoint.endpoint", problem);
             }
             if !ckpt.uri.starts_with("s3://") {
                 self.add(
@@ -738,40 +685,4 @@ impl Validator {
             self.add("spec.checkpoint.retain", "must be at least 1 snapshot");
         }
     }
-}
-
-/// `endpoint` with any `user:password@` replaced, for messages.
-fn redact_userinfo(endpoint: &str) -> String {
-    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("", endpoint));
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..host_end].rsplit_once('@') {
-        Some((_, host)) => {
-            let sep = if scheme.is_empty() { "" } else { "://" };
-            format!("{scheme}{sep}***@{host}{}", &rest[host_end..])
-        }
-        None => endpoint.to_string(),
-    }
-}
-
-/// What is wrong with an `s3://bucket/prefix` URI, if anything.
-fn s3_uri_problem(uri: &str) -> Option<String> {
-    let Some(rest) = uri.strip_prefix("s3://") else {
-        return Some(format!(
-            "{uri:?} is not an S3 URI; write s3://bucket/prefix"
-        ));
-    };
-    let bucket = rest.split('/').next().unwrap_or("");
-    let ok = (3..=63).contains(&bucket.len())
-        && bucket
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric());
-    (!ok).then(|| format!("{bucket:?} is not an S3 bucket name (3-63 lower-case letters, digits, '-' and '.'); write s3://bucket/prefix"))
-}
-
-/// What is wrong with an endpoint URL, if anything.
-fn endpoint_problem(endpoint: &str) -> Option<String> {
-    let ok = (endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        && endpoint.len() >= 10;
-    (!ok).then(|| format!("{endpoint:?} is not a URL; write e.g. http://minio.storage:9000"))
 }

@@ -48,12 +48,7 @@ fn is_checksum_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Splits `s3://bucket/prefix` into bucket and prefix (without slashes at the ends).
-pub fn parse_s3_uri(uri: &str) -> Option<(String, String)> {
-    let rest = uri.strip_prefix("s3://")?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    (!bucket.is_empty()).then(|| (bucket.to_string(), prefix.trim_matches('/').to_string()))
-}
+pub use sluice_crds::parse_s3_uri;
 
 /// Checkpoints under `s3://bucket/prefix`.
 pub struct S3Store {
@@ -334,21 +329,5 @@ impl CheckpointStore for S3Store {
             .filter(|k| *k == exact || k.starts_with(&format!("{exact}/")))
             .collect();
         self.delete_keys(&keys, prefix)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_s3_uri;
-
-    #[test]
-    fn parses_uris() {
-        assert_eq!(
-            parse_s3_uri("s3://b/jobs/wc/"),
-            Some(("b".into(), "jobs/wc".into()))
-        );
-        assert_eq!(parse_s3_uri("s3://b"), Some(("b".into(), String::new())));
-        assert_eq!(parse_s3_uri("s3:///x"), None);
-        assert_eq!(parse_s3_uri("file:///x"), None);
     }
 }

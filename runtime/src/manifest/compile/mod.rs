@@ -1,0 +1,262 @@
+//! Compiles a StreamingJob manifest into DStreams: `sources`, pipeline `steps` (with
+//! `joinStatic` in `join`), `sinks`. Each matches the manifest's kind enums
+//! (`SourceKind`, `StepKind`, `SinkKind`) exhaustively, so a new kind is a compile error until
+//! it is built here.
+//!
+//! Expressions, regular expressions and static data sets are checked here, with the field path
+//! of the step, so `sluice validate` reports them like any other manifest problem.
+
+mod join;
+mod sinks;
+mod sources;
+mod steps;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::Regex;
+use sluice_crds::{
+    FlatMapStep, OutputFormat, Problem, Selector, StreamingJob, defaults, parse_duration,
+};
+
+use super::expr::{Expr, root_context};
+use super::value::Value;
+use crate::dstream::{DStream, StreamingConfig, StreamingContext};
+use crate::error::Result;
+use crate::exec::BatchContext;
+use crate::job::Job;
+use crate::sink::{LineFormat, ToText};
+
+/// A plain or keyed stream of manifest values.
+enum Stream {
+    Records(DStream<Value>),
+    Keyed(DStream<(Value, Value)>),
+}
+
+/// Options that are not part of the manifest.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Task threads.
+    pub threads: usize,
+    /// Replace the manifest's sinks by one that only counts records (benchmarks).
+    pub discard_output: bool,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            discard_output: false,
+        }
+    }
+}
+
+/// Turns a path or `file://` URI into a path.
+pub fn local_path(uri: &str) -> &str {
+    uri.strip_prefix("file://").unwrap_or(uri)
+}
+
+/// Builds the job; returns every problem found (with field paths) otherwise.
+pub fn compile(
+    job: &StreamingJob,
+    options: &CompileOptions,
+) -> std::result::Result<Job, Vec<Problem>> {
+    let spec = &job.spec;
+    let interval = parse_duration(&spec.batch_interval)
+        .map_err(|m| vec![Problem::new("spec.batchInterval", m)])?;
+    let mut config = StreamingConfig::new(interval)
+        .parallelism(spec.parallelism.unwrap_or(defaults::PARALLELISM) as usize)
+        .threads(options.threads);
+    config.on_record_error = spec.on_record_error.unwrap_or_default();
+    let ctx = StreamingContext::new(config);
+    let mut c = Compiler {
+        ctx: ctx.clone(),
+        problems: Vec::new(),
+    };
+
+    let mut input: Option<DStream<String>> = None;
+    for (i, source) in spec.sources.iter().enumerate() {
+        let stream = c.source(&format!("spec.sources[{i}]"), source);
+        input = Some(match input {
+            Some(all) => all.union(&stream),
+            None => stream,
+        });
+    }
+    let Some(input) = input else {
+        return Err(vec![Problem::new(
+            "spec.sources",
+            "needs at least one source",
+        )]);
+    };
+    let mut stream = Stream::Records(input.map(Value::Str));
+    let steps = &spec.pipeline;
+    let mut i = 0;
+    while i < steps.len() {
+        let (next, used) = c.step(stream, steps, i);
+        stream = next;
+        i += used;
+    }
+    if options.discard_output {
+        match &stream {
+            Stream::Records(s) => s.foreach_batch(|_, _| Ok(())),
+            Stream::Keyed(s) => s.foreach_batch(|_, _| Ok(())),
+        }
+    } else {
+        for (i, sink) in spec.sinks.iter().enumerate() {
+            c.sink(&format!("spec.sinks[{i}]"), &stream, sink);
+        }
+    }
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    ctx.build()
+        .map_err(|e| vec![Problem::new("spec", e.to_string())])
+}
+
+struct Compiler {
+    ctx: StreamingContext,
+    problems: Vec<Problem>,
+}
+
+/// How `selector` picks a value.
+#[derive(Clone)]
+enum Sel {
+    Field(Vec<String>),
+    Expr(Expr),
+}
+
+impl Sel {
+    fn record(&self, root: &cel::Context<'_, '_>, r: &Value) -> std::result::Result<Value, String> {
+        match self {
+            Sel::Field(path) => r.field(path),
+            Sel::Expr(e) => e.eval_record(root, r),
+        }
+    }
+
+    fn pair(
+        &self,
+        root: &cel::Context<'_, '_>,
+        k: &Value,
+        v: &Value,
+    ) -> std::result::Result<Value, String> {
+        match self {
+            Sel::Field(path) => v.field(path),
+            Sel::Expr(e) => e.eval_pair(root, k, v),
+        }
+    }
+}
+
+/// How a text record is cut into pieces.
+enum Splitter {
+    Whitespace,
+    Separator(String),
+    Regex(Regex),
+}
+
+impl Splitter {
+    fn for_each<'a>(&self, text: &'a str, mut f: impl FnMut(&'a str)) {
+        match self {
+            Splitter::Whitespace => text.split_whitespace().for_each(f),
+            Splitter::Separator(sep) => text
+                .split(sep.as_str())
+                .filter(|p| !p.is_empty())
+                .for_each(f),
+            Splitter::Regex(re) => re.find_iter(text).for_each(|m| f(m.as_str())),
+        }
+    }
+}
+
+/// Runs `f` on each record of a partition, counting refusals under `op`.
+fn per_record<T, U>(
+    cx: &BatchContext,
+    op: &str,
+    records: Vec<T>,
+    mut f: impl FnMut(&cel::Context<'_, '_>, T, &mut Vec<U>) -> std::result::Result<(), String>,
+) -> Result<Vec<U>> {
+    let root = root_context();
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        if let Err(message) = f(&root, r, &mut out) {
+            cx.record_error(op, message)?;
+        }
+    }
+    Ok(out)
+}
+
+fn text_format(format: OutputFormat) -> (LineFormat<Value>, LineFormat<(Value, Value)>) {
+    match format {
+        OutputFormat::Text => (
+            Arc::new(|v: &Value, out: &mut String| v.write_text(out)),
+            Arc::new(|p: &(Value, Value), out: &mut String| p.write_text(out)),
+        ),
+        OutputFormat::Json => (
+            Arc::new(|v: &Value, out: &mut String| out.push_str(&v.to_json().to_string())),
+            Arc::new(|(k, v): &(Value, Value), out: &mut String| {
+                out.push_str(
+                    &serde_json::json!({ "key": k.to_json(), "value": v.to_json() }).to_string(),
+                )
+            }),
+        ),
+    }
+}
+
+impl Compiler {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::new(path, message));
+    }
+
+    fn selector(&mut self, path: &str, s: &Selector) -> Option<Sel> {
+        match (&s.field, &s.expr) {
+            (Some(f), _) => Some(Sel::Field(f.split('.').map(String::from).collect())),
+            (None, Some(e)) => match Expr::compile(e) {
+                Ok(e) => Some(Sel::Expr(e)),
+                Err(m) => {
+                    self.problem(format!("{path}.expr"), m);
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+
+    fn regex(&mut self, path: &str, text: &str) -> Option<Regex> {
+        match Regex::new(text) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not a valid regular expression: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, path: &str, text: Option<&str>) -> Duration {
+        match text {
+            None => Duration::from_millis(self.ctx.interval_ms()),
+            Some(t) => parse_duration(t).unwrap_or_else(|m| {
+                self.problem(path, m);
+                Duration::from_millis(self.ctx.interval_ms())
+            }),
+        }
+    }
+
+    fn splitter(&mut self, path: &str, f: &FlatMapStep) -> Option<Splitter> {
+        if let Some(sep) = &f.split {
+            return Some(if sep.trim().is_empty() {
+                Splitter::Whitespace
+            } else {
+                Splitter::Separator(sep.clone())
+            });
+        }
+        if let Some(re) = &f.regex {
+            return self
+                .regex(&format!("{path}.regex"), re)
+                .map(Splitter::Regex);
+        }
+        None
+    }
+}
