@@ -12,6 +12,7 @@ mod parse;
 pub mod resource;
 mod s3;
 pub mod spec;
+mod text;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
@@ -20,6 +21,7 @@ pub use kinds::{SinkKind, SourceKind, StepKind};
 pub use parse::parse_yaml;
 pub use s3::{endpoint_problem, parse_s3_uri, s3_uri_problem};
 pub use spec::*;
+pub use text::shorten;
 pub use validate::{Problem, Shape, validate};
 
 /// Reads and validates a manifest: every problem found, or the job.

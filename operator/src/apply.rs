@@ -21,7 +21,7 @@ pub struct Access {
     /// The token the master wants (`None` when the job's Secret is not readable as ours).
     pub token: Option<String>,
     /// The job's TLS identity, to ask its master.
-    pub tls: Option<sluice::rpc::Tls>,
+    pub tls: Option<sluice_proto::Tls>,
 }
 
 /// Writes the job's Secrets and every object of `desired`.

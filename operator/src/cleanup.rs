@@ -23,9 +23,10 @@ use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
-use sluice::checkpoint::JobMeta;
 use sluice_crds::DeletionPolicy;
 use sluice_crds::resource::StreamingJobResource;
+use sluice_storage::layout::{self, JobMeta};
+use sluice_storage::{S3Settings, S3Store};
 
 use crate::conditions::reason;
 use crate::constants::LABEL_JOB;
@@ -78,7 +79,7 @@ pub fn judge(meta: Option<&JobMeta>, name: &str, uid: &str) -> Verdict {
 
 /// Refuses a location without a prefix: a job may not claim a whole bucket.
 pub fn check_location(uri: &str) -> Result<(), String> {
-    match sluice::checkpoint::parse_s3_uri(uri) {
+    match sluice_storage::parse_s3_uri(uri) {
         Some((_, prefix)) if !prefix.is_empty() => Ok(()),
         Some((bucket, _)) => Err(format!(
             "{uri} is a whole bucket ({bucket}); deletionPolicy Delete needs a prefix of its own, such as s3://{bucket}/jobs/NAME: nothing was deleted"
@@ -220,7 +221,7 @@ async fn delete_checkpoint(
             running.items.len()
         )));
     }
-    let settings = sluice::checkpoint::S3Settings {
+    let settings = S3Settings {
         endpoint: checkpoint.endpoint.clone(),
         region: checkpoint.region.clone(),
         path_style: checkpoint.path_style.unwrap_or(false),
@@ -231,11 +232,9 @@ async fn delete_checkpoint(
     let uri = checkpoint.uri.clone();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        use sluice::checkpoint::{Checkpointer, S3Store};
         let result = S3Store::open(&uri, &settings).and_then(|store| {
-            let checkpoint = Checkpointer::new(Box::new(store), 1, 1);
-            match judge(checkpoint.load_meta()?.as_ref(), &name, &uid) {
-                Verdict::Delete => checkpoint.delete_layout().map(|()| Outcome::Deleted),
+            match judge(layout::read_meta(&store)?.as_ref(), &name, &uid) {
+                Verdict::Delete => layout::delete(&store).map(|()| Outcome::Deleted),
                 Verdict::Leave(why) => Ok(Outcome::Left(why)),
             }
         });

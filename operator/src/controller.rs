@@ -543,7 +543,7 @@ mod tests {
 
     #[test]
     fn event_notes_fit_the_api_limit() {
-        use sluice::error::shorten;
+        use sluice_crds::shorten;
         assert_eq!(shorten("short", 1024), "short");
         let long = "é".repeat(1000);
         let cut = shorten(&long, 1024);

@@ -91,7 +91,7 @@ pub async fn publish(
     let event = kube::runtime::events::Event {
         type_,
         reason: reason.into(),
-        note: Some(sluice::error::shorten(note, EVENT_NOTE_LIMIT)),
+        note: Some(sluice_crds::shorten(note, EVENT_NOTE_LIMIT)),
         action: action.into(),
         secondary: None,
     };

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::jiff::Timestamp;
 use sluice_crds::resource::PodObservation;
 
-use sluice::master::JOB_FAILED;
+use sluice_proto::JOB_FAILED;
 
 use crate::conditions::reason;
 use crate::constants::LABEL_ROLE;
@@ -38,7 +38,7 @@ pub struct PodsReport {
     /// A container failing again and again: what it last said.
     pub crash_loop: Option<String>,
     /// The master stopped because the job itself is at fault (exit code
-    /// [`sluice::cli::EXIT_INVALID`], as `sluice run`): what it said. Starting it again would
+    /// [`sluice_proto::EXIT_JOB_AT_FAULT`], as `sluice run`): what it said. Starting it again would
     /// fail the same way.
     pub job_failed: Option<String>,
     /// Restarts and losses since `previous`.
@@ -98,7 +98,7 @@ fn job_failure(c: &ContainerStatus) -> Option<String> {
     let t = now
         .into_iter()
         .chain(last)
-        .find(|t| t.exit_code == i32::from(sluice::cli::EXIT_INVALID))?;
+        .find(|t| t.exit_code == i32::from(sluice_proto::EXIT_JOB_AT_FAULT))?;
     let said = t.message.as_deref().map(str::trim).unwrap_or_default();
     // The termination message is the log's tail: the job's own account is its last line.
     let line = said

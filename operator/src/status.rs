@@ -27,7 +27,7 @@ pub struct MasterView {
 pub async fn ask_master(
     address: &str,
     token: &str,
-    tls: Option<&sluice::rpc::Tls>,
+    tls: Option<&sluice_proto::Tls>,
 ) -> Option<MasterView> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{address}"))
@@ -85,7 +85,7 @@ pub fn scrub(text: &str) -> String {
         .chars()
         .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
         .collect();
-    sluice::error::shorten(&clean, MESSAGE_LIMIT)
+    sluice_crds::shorten(&clean, MESSAGE_LIMIT)
 }
 
 /// The master's state in the words the status shows when the master says nothing more.

@@ -46,8 +46,8 @@ pub fn issue(job: &str) -> Result<BTreeMap<String, String>, IssueError> {
 }
 
 /// The runtime's TLS settings from a job's TLS Secret data, when complete.
-pub fn from_secret(data: &BTreeMap<String, Vec<u8>>) -> Option<sluice::rpc::Tls> {
-    Some(sluice::rpc::Tls {
+pub fn from_secret(data: &BTreeMap<String, Vec<u8>>) -> Option<sluice_proto::Tls> {
+    Some(sluice_proto::Tls {
         cert: data.get(TLS_CERT_KEY)?.clone(),
         key: data.get(TLS_KEY_KEY)?.clone(),
         ca: data.get(TLS_CA_KEY)?.clone(),

@@ -85,17 +85,27 @@ impl Error {
     }
 }
 
-/// `text` cut to at most `limit` bytes on a character boundary, ending in `...` when cut: for
-/// messages that quote user text or reach places with size limits (status, events).
-pub fn shorten(text: &str, limit: usize) -> String {
-    if text.len() <= limit {
-        return text.to_string();
+pub use sluice_crds::shorten;
+
+impl From<sluice_storage::StoreError> for Error {
+    fn from(e: sluice_storage::StoreError) -> Self {
+        use sluice_storage::StoreError as S;
+        match e {
+            S::Io {
+                action,
+                path,
+                source,
+            } => Error::Io {
+                action,
+                path,
+                source,
+            },
+            S::Damaged(why) => Error::Checkpoint(why),
+            S::Unavailable(why) => Error::Store(why),
+            S::Config(why) => Error::Config(why),
+            S::Internal(why) => Error::Internal(why),
+        }
     }
-    let mut end = limit.saturating_sub(3);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
 }
 
 /// Result with the engine's error.

@@ -8,12 +8,37 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 use crate::checkpoint::Snapshot;
-use crate::dstream::{Builder, Stateful};
+use sluice_crds::OnRecordError;
+
 use crate::error::{Error, Result};
-use crate::exec::{BatchContext, Executor, Shared};
+use crate::exec::{BatchContext, Executor, Shared, Task};
 use crate::plan::JobGraph;
 use crate::source::ErasedSource;
 use crate::time::BatchInfo;
+
+/// Keyed state or buffers kept across batches, saved in checkpoints per partition.
+pub(crate) trait Stateful: Send + Sync {
+    /// The partition's state, serialized.
+    fn snapshot(&self, part: usize) -> Result<Vec<u8>>;
+    /// Replaces the partition's state; `None` empties it.
+    fn restore(&self, part: usize, bytes: Option<&[u8]>) -> Result<()>;
+}
+
+/// What a [`StreamingContext`](crate::StreamingContext) collects as streams are declared,
+/// built into a [`Job`].
+#[derive(Default)]
+pub(crate) struct Builder {
+    pub graph: JobGraph,
+    pub interval_ms: u64,
+    pub threads: usize,
+    pub policy: OnRecordError,
+    pub shuffle_tasks: Vec<Arc<dyn Task>>,
+    pub materializer_tasks: Vec<Arc<dyn Task>>,
+    pub output_tasks: Vec<Arc<dyn Task>>,
+    pub sources: Vec<Box<dyn ErasedSource>>,
+    pub stateful: Vec<(String, Arc<dyn Stateful>)>,
+    pub problems: Vec<String>,
+}
 
 /// What one batch did.
 #[derive(Clone, Debug)]

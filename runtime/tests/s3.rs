@@ -221,7 +221,7 @@ fn an_object_damaged_at_rest_is_damage_and_recovery_falls_back() {
         file.file_name().and_then(|n| n.to_str()).expect("name")
     );
     let raw = store(&server, "damaged");
-    match raw.get(&key) {
+    match raw.get(&key).map_err(sluice::Error::from) {
         Err(sluice::Error::Checkpoint(why)) => assert!(why.contains("is damaged"), "{why}"),
         other => panic!("a damaged object must read as damage, got {other:?}"),
     }

@@ -16,16 +16,15 @@
 //! logged in `offsets/` after it is run again from its logged ranges, so state and outputs come
 //! out as if the process had never stopped.
 
-mod s3;
-mod store;
-
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-pub use s3::{S3Settings, S3Store, parse_s3_uri};
-pub use store::{CheckpointStore, LocalStore, MemoryStore};
+pub use sluice_storage::layout::{self, FORMAT_VERSION, JobMeta};
+pub use sluice_storage::{
+    LocalStore, MemoryStore, S3Settings, S3Store, Store as CheckpointStore, parse_s3_uri,
+};
 
 use crate::error::{Error, Result};
 
@@ -81,28 +80,6 @@ pub fn lock_local_writer(spec: Option<&sluice_crds::CheckpointSpec>) -> Result<O
         ))),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
     }
-}
-
-/// The directories of the layout above, besides `job.json`.
-const LAYOUT_DIRS: [&str; 4] = ["offsets", "commits", "state", "wal"];
-
-/// Bumped when the layout changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
-
-/// What a checkpoint belongs to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobMeta {
-    pub format_version: u32,
-    pub job: String,
-    /// The uid of the StreamingJob that created the checkpoint, on Kubernetes: the operator
-    /// deletes a checkpoint (`deletionPolicy: Delete`) only for the job that created it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    pub fingerprint: String,
-    pub zero_time_ms: u64,
-    pub interval_ms: u64,
-    pub partitions: usize,
 }
 
 /// A batch's input, logged before the batch runs.
@@ -216,7 +193,7 @@ impl Checkpointer {
     fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(value)
             .map_err(|e| Error::Internal(format!("cannot encode {key}: {e}")))?;
-        self.store.put(key, &bytes)
+        Ok(self.store.put(key, &bytes)?)
     }
 
     /// The job a checkpoint belongs to, if any was written.
@@ -246,14 +223,9 @@ impl Checkpointer {
         self.put_json("job.json", meta)
     }
 
-    /// Deletes the checkpoint: the keys of its own layout, `job.json` last (a deletion cut
-    /// short leaves a checkpoint that still says whose it is, so it can be finished). Nothing
-    /// else under the location is touched, whatever else the bucket holds.
+    /// Deletes the checkpoint's own layout (see [`layout::delete`]).
     pub fn delete_layout(&self) -> Result<()> {
-        for dir in LAYOUT_DIRS {
-            self.store.delete(dir)?;
-        }
-        self.store.delete("job.json")
+        Ok(layout::delete(&*self.store)?)
     }
 
     /// Logs a batch's input before it runs.
@@ -284,7 +256,7 @@ impl Checkpointer {
 
     /// Writes a write-ahead-log entry (the records of a source that cannot replay).
     pub fn put_log(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        self.store.put(key, bytes)
+        Ok(self.store.put(key, bytes)?)
     }
 
     /// Reads the write-ahead-log entries the ranges of a batch refer to, by source.
@@ -544,22 +516,6 @@ mod tests {
             .put("state/00000000000000000003/000-state/0.bin", b"x")
             .expect("put");
         assert_eq!(c.latest_snapshot().expect("read").map(|s| s.batch), Some(1));
-    }
-
-    #[test]
-    fn keys_cannot_leave_the_checkpoint() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("outside"), b"secret").expect("write");
-        let store = LocalStore::open(dir.path().join("ckpt")).expect("store");
-        for key in ["../outside", "/etc/passwd", "wal/../../outside"] {
-            assert!(matches!(store.get(key), Err(Error::Checkpoint(_))), "{key}");
-            assert!(store.put(key, b"x").is_err(), "{key}");
-            assert!(store.delete(key).is_err(), "{key}");
-        }
-        assert_eq!(
-            std::fs::read(dir.path().join("outside")).expect("read"),
-            b"secret"
-        );
     }
 
     #[test]

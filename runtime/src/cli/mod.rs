@@ -12,8 +12,8 @@ use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
 
-/// Exit code for a manifest or usage problem.
-pub const EXIT_INVALID: u8 = 2;
+/// Exit code for a manifest or usage problem, or a job at fault (the operator reads it).
+pub const EXIT_INVALID: u8 = sluice_proto::EXIT_JOB_AT_FAULT;
 /// Exit code for a job that failed while running.
 pub const EXIT_FAILED: u8 = 1;
 

@@ -50,8 +50,8 @@ pub use output::Collected;
 use crate::data::Data;
 use crate::error::Result;
 use crate::exec::{BatchContext, Task, lock_unpoisoned};
-use crate::plan::{Dep, JobGraph, NodeId, NodeMeta, RootMeta, ShuffleId};
-use crate::source::{ErasedSource, Source, SourceNode};
+use crate::plan::{Dep, NodeId, NodeMeta, RootMeta, ShuffleId};
+use crate::source::{Source, SourceNode};
 
 /// How batches are cut and split.
 #[derive(Clone, Debug)]
@@ -119,27 +119,7 @@ impl<T: Clone + Send + 'static> Upstream<T> {
     }
 }
 
-/// Keyed state or buffers kept across batches, saved in checkpoints per partition.
-pub(crate) trait Stateful: Send + Sync {
-    /// The partition's state, serialized.
-    fn snapshot(&self, part: usize) -> Result<Vec<u8>>;
-    /// Replaces the partition's state; `None` empties it.
-    fn restore(&self, part: usize, bytes: Option<&[u8]>) -> Result<()>;
-}
-
-#[derive(Default)]
-pub(crate) struct Builder {
-    pub graph: JobGraph,
-    pub interval_ms: u64,
-    pub threads: usize,
-    pub policy: OnRecordError,
-    pub shuffle_tasks: Vec<Arc<dyn Task>>,
-    pub materializer_tasks: Vec<Arc<dyn Task>>,
-    pub output_tasks: Vec<Arc<dyn Task>>,
-    pub sources: Vec<Box<dyn ErasedSource>>,
-    pub stateful: Vec<(String, Arc<dyn Stateful>)>,
-    pub problems: Vec<String>,
-}
+pub(crate) use crate::job::{Builder, Stateful};
 
 /// Where streams are created; build it into a [`Job`](crate::job::Job) to run them.
 #[derive(Clone)]

@@ -102,7 +102,7 @@ impl Executor {
                 if let Some(a) = applied.and_then(|a| a.get(p)) {
                     a.store(batch, Ordering::Relaxed);
                 }
-                Ok(())
+                Ok::<(), Error>(())
             })
         })?;
         contain(|| task.finish(cx))

@@ -48,9 +48,7 @@ pub struct MasterOptions {
     pub recovery: Recovery,
 }
 
-/// How the master's last log line begins when the job itself is at fault; the operator finds
-/// the job's own words after it in the container's termination message.
-pub const JOB_FAILED: &str = "the job failed: ";
+pub use sluice_proto::JOB_FAILED;
 
 /// Why the master stopped without finishing.
 #[derive(Debug, thiserror::Error)]

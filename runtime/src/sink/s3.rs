@@ -5,9 +5,9 @@
 use std::sync::OnceLock;
 
 use super::{LineFormat, Sink};
-use crate::checkpoint::{CheckpointStore, S3Settings, S3Store};
 use crate::error::{Error, Result};
 use crate::time::BatchInfo;
+use sluice_storage::{S3Settings, S3Store, Store};
 
 /// The `s3` sink.
 pub struct S3Sink<T> {

@@ -24,7 +24,7 @@ impl Compiler {
                 }
             }
             SinkKind::S3(s3) => {
-                let settings = crate::checkpoint::S3Settings {
+                let settings = sluice_storage::S3Settings {
                     endpoint: s3.endpoint.clone(),
                     region: s3.region.clone(),
                     path_style: s3.path_style.unwrap_or(false),

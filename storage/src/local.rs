@@ -1,38 +1,28 @@
-//! The checkpoint store: a few blocking object operations, so the protocol above it works the
-//! same on a local directory, in memory, or (with the distributed runtime) on S3.
+//! Stores on a local directory and in memory.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::error::{Error, Result};
-use crate::exec::lock_unpoisoned;
-use crate::sink::files::{remove_if_stale, write_atomically};
+use crate::Store;
+use crate::error::{Result, StoreError};
+use crate::files::{remove_if_stale, write_atomically};
 
-/// Objects named by `/`-separated keys.
-pub trait CheckpointStore: Send + Sync {
-    /// Where the store is, for messages.
-    fn describe(&self) -> String;
-    /// Writes an object atomically: a reader sees the old bytes or the new, never a mix.
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<()>;
-    /// Reads an object; `None` when it does not exist.
-    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
-    /// Keys under `prefix` (one level: the next path segment), sorted.
-    fn list(&self, prefix: &str) -> Result<Vec<String>>;
-    /// Deletes everything under `prefix` (an object or a "directory").
-    fn delete(&self, prefix: &str) -> Result<()>;
+/// Locks a mutex, ignoring poisoning: a store's map is whole after any panic.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Refuses a key that would leave the store's root (`..`, an absolute path). Keys come from the
 /// checkpoint's own logs and, in a distributed job, over the network.
-pub(crate) fn check_key(key: &str) -> Result<()> {
+pub fn check_key(key: &str) -> Result<()> {
     use std::path::Component;
     let escapes = Path::new(key)
         .components()
         .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
     if escapes {
-        return Err(Error::Checkpoint(format!(
+        return Err(StoreError::Damaged(format!(
             "key {key:?} is not inside the checkpoint"
         )));
     }
@@ -49,7 +39,7 @@ impl LocalStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root)
-            .map_err(|e| Error::io("create checkpoint directory", &root, e))?;
+            .map_err(|e| StoreError::io("create checkpoint directory", &root, e))?;
         match sweep_temporaries(&root) {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -72,7 +62,7 @@ impl LocalStore {
     }
 }
 
-impl CheckpointStore for LocalStore {
+impl Store for LocalStore {
     fn describe(&self) -> String {
         format!("file://{}", self.root.display())
     }
@@ -91,7 +81,7 @@ impl CheckpointStore for LocalStore {
         match fs::read(&path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read", path, e)),
+            Err(e) => Err(StoreError::io("read", path, e)),
         }
     }
 
@@ -100,11 +90,11 @@ impl CheckpointStore for LocalStore {
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io("list", dir, e)),
+            Err(e) => return Err(StoreError::io("list", dir, e)),
         };
         let mut names = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let entry = entry.map_err(|e| StoreError::io("list", &dir, e))?;
             if let Ok(name) = entry.file_name().into_string()
                 && !name.starts_with('.')
             {
@@ -125,7 +115,7 @@ impl CheckpointStore for LocalStore {
         match result {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("delete", path, e)),
+            Err(e) => Err(StoreError::io("delete", path, e)),
         }
     }
 }
@@ -134,8 +124,8 @@ impl CheckpointStore for LocalStore {
 /// never shows them, but each put cut short by a crash would otherwise leave one for good.
 fn sweep_temporaries(dir: &Path) -> Result<usize> {
     let mut removed = 0;
-    for entry in fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))? {
-        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+    for entry in fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))? {
+        let entry = entry.map_err(|e| StoreError::io("list", dir, e))?;
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             removed += sweep_temporaries(&entry.path())?;
         } else if let Ok(name) = entry.file_name().into_string()
@@ -154,23 +144,23 @@ pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
-impl CheckpointStore for MemoryStore {
+impl Store for MemoryStore {
     fn describe(&self) -> String {
         "memory".to_string()
     }
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        lock_unpoisoned(&self.objects).insert(key.to_string(), bytes.to_vec());
+        lock(&self.objects).insert(key.to_string(), bytes.to_vec());
         Ok(())
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(lock_unpoisoned(&self.objects).get(key).cloned())
+        Ok(lock(&self.objects).get(key).cloned())
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let dir = format!("{}/", prefix.trim_end_matches('/'));
-        let objects = lock_unpoisoned(&self.objects);
+        let objects = lock(&self.objects);
         let mut names: Vec<String> = objects
             .keys()
             .filter_map(|k| k.strip_prefix(&dir))
@@ -182,11 +172,35 @@ impl CheckpointStore for MemoryStore {
 
     fn delete(&self, prefix: &str) -> Result<()> {
         if prefix.trim_matches('/').is_empty() {
-            lock_unpoisoned(&self.objects).clear();
+            lock(&self.objects).clear();
             return Ok(());
         }
         let dir = format!("{}/", prefix.trim_end_matches('/'));
-        lock_unpoisoned(&self.objects).retain(|k, _| k != prefix && !k.starts_with(&dir));
+        lock(&self.objects).retain(|k, _| k != prefix && !k.starts_with(&dir));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_leave_the_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("outside"), b"secret").expect("write");
+        let store = LocalStore::open(dir.path().join("ckpt")).expect("store");
+        for key in ["../outside", "/etc/passwd", "wal/../../outside"] {
+            assert!(
+                matches!(store.get(key), Err(StoreError::Damaged(_))),
+                "{key}"
+            );
+            assert!(store.put(key, b"x").is_err(), "{key}");
+            assert!(store.delete(key).is_err(), "{key}");
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join("outside")).expect("read"),
+            b"secret"
+        );
     }
 }

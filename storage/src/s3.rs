@@ -9,8 +9,8 @@ use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
-use super::CheckpointStore;
-use crate::error::{Error, Result};
+use crate::Store;
+use crate::error::{Result, StoreError};
 
 /// Where an S3 endpoint is and how to address it.
 #[derive(Clone, Debug, Default)]
@@ -48,7 +48,7 @@ fn is_checksum_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-pub use sluice_crds::parse_s3_uri;
+use sluice_crds::parse_s3_uri;
 
 /// Checkpoints under `s3://bucket/prefix`.
 pub struct S3Store {
@@ -63,14 +63,16 @@ impl S3Store {
     /// Connects and checks that the bucket is reachable.
     pub fn open(uri: &str, settings: &S3Settings) -> Result<Self> {
         let (bucket, prefix) = parse_s3_uri(uri).ok_or_else(|| {
-            Error::Config(format!(
+            StoreError::Config(format!(
                 "{uri:?} is not an S3 URI; write s3://bucket/prefix"
             ))
         })?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| Error::Internal(format!("cannot start the S3 client runtime: {e}")))?;
+            .map_err(|e| {
+                StoreError::Internal(format!("cannot start the S3 client runtime: {e}"))
+            })?;
         // A server that accepts connections and never answers must fail the request (and so
         // the batch, visibly) instead of hanging it: bound the connect and each wait for bytes,
         // not the whole operation, which may upload a large snapshot.
@@ -105,7 +107,7 @@ impl S3Store {
                 None => false,
             };
             if !found {
-                return Err(Error::Store(format!(
+                return Err(StoreError::Unavailable(format!(
                     "no S3 credentials for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or a web identity); on Kubernetes, spec.checkpointCredentials names a Secret that holds them"
                 )));
             }
@@ -131,7 +133,7 @@ impl S3Store {
             .runtime
             .block_on(store.client.head_bucket().bucket(&store.bucket).send())
             .map_err(|e| {
-                Error::Store(format!(
+                StoreError::Unavailable(format!(
                     "bucket {} at {} is not usable (missing, unreachable or not allowed): {}",
                     store.bucket,
                     store.endpoint,
@@ -182,8 +184,8 @@ impl S3Store {
         }
     }
 
-    fn fail(&self, action: &str, key: &str, e: impl std::error::Error) -> Error {
-        Error::Store(format!(
+    fn fail(&self, action: &str, key: &str, e: impl std::error::Error) -> StoreError {
+        StoreError::Unavailable(format!(
             "{action} s3://{}/{} at {}: {}",
             self.bucket,
             self.key(key),
@@ -241,13 +243,13 @@ impl S3Store {
     }
 }
 
-impl CheckpointStore for S3Store {
+impl Store for S3Store {
     fn describe(&self) -> String {
         format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint)
     }
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        super::store::check_key(key)?;
+        crate::check_key(key)?;
         let req = self
             .client
             .put_object()
@@ -261,7 +263,7 @@ impl CheckpointStore for S3Store {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        super::store::check_key(key)?;
+        crate::check_key(key)?;
         let req = self
             .client
             .get_object()
@@ -286,7 +288,7 @@ impl CheckpointStore for S3Store {
                         attempt += 1;
                         continue;
                     }
-                    return Err(Error::Checkpoint(format!(
+                    return Err(StoreError::Damaged(format!(
                         "s3://{}/{} at {} is damaged: its bytes do not match the checksum the store recorded for them ({attempt} reads)",
                         self.bucket,
                         self.key(key),
@@ -314,7 +316,7 @@ impl CheckpointStore for S3Store {
     }
 
     fn delete(&self, prefix: &str) -> Result<()> {
-        super::store::check_key(prefix)?;
+        crate::check_key(prefix)?;
         // One listing finds the object itself and everything under it; deleting only keys that
         // exist keeps servers that refuse missing keys (or treat them as folders) happy.
         if prefix.trim_matches('/').is_empty() {

@@ -1,0 +1,30 @@
+//! Object storage under Sluice's checkpoints and sinks: a few blocking operations on objects
+//! named by `/`-separated keys, so the checkpoint protocol and the sinks above work the same on
+//! a local directory ([`LocalStore`]), in memory ([`MemoryStore`]) or on S3 ([`S3Store`]);
+//! atomic file writes ([`files`]); and what a checkpoint holds at rest ([`layout`]), which the
+//! operator reads and deletes without linking the engine.
+
+mod error;
+pub mod files;
+pub mod layout;
+mod local;
+mod s3;
+
+pub use error::{Result, StoreError};
+pub use local::{LocalStore, MemoryStore, check_key};
+pub use s3::{S3Settings, S3Store};
+pub use sluice_crds::parse_s3_uri;
+
+/// Objects named by `/`-separated keys.
+pub trait Store: Send + Sync {
+    /// Where the store is, for messages.
+    fn describe(&self) -> String;
+    /// Writes an object atomically: a reader sees the old bytes or the new, never a mix.
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<()>;
+    /// Reads an object; `None` when it does not exist.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Keys under `prefix` (one level: the next path segment), sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Deletes everything under `prefix` (an object or a "directory").
+    fn delete(&self, prefix: &str) -> Result<()>;
+}
