@@ -209,6 +209,26 @@ pub struct RunSummary {
     pub recoveries: u64,
 }
 
+/// Where the loop is in a job's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// Nothing has run yet: recover from the checkpoint (or start afresh) once the runner is
+    /// ready; a cluster waits for its minimum of workers.
+    Start,
+    /// After a failure: restore and replay, of every partition, or only of the partitions a
+    /// worker lost while batches ran.
+    Recover { lost_only: bool },
+    /// Batches run.
+    Run,
+}
+
+/// What a step did.
+enum Progress {
+    Done,
+    /// Waiting for the next batch's time.
+    Waiting,
+}
+
 /// The longest wait between tries of a store or source that fails.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 /// The longest wait between rollbacks for a cause that persists.
@@ -307,63 +327,40 @@ impl<R: Runner> Coordinator<R> {
         self.report(MasterState::Starting, "");
         let mut retry = Backoff::new(Duration::from_millis(200), MAX_RETRY_WAIT);
         let mut rollback = Backoff::new(Duration::from_millis(200), MAX_ROLLBACK_WAIT);
-        let mut needs_recovery = true;
-        // The last failure was a worker lost between or during new batches: the others hold
-        // whole state, so only the lost partitions need rebuilding.
-        let mut lost_while_running = false;
-        let mut started = false;
+        let mut step = Step::Start;
         let mut rollbacks_in_row = 0u32;
         while !stop.load(Ordering::Relaxed) {
-            if self.stop_after.is_some_and(|last| self.next > last) && !needs_recovery {
+            if self.stop_after.is_some_and(|last| self.next > last) && step == Step::Run {
                 break;
             }
-            let changed = match self.runner.poll(started)? {
+            // From the first attempt on, a cluster's minimum of workers no longer applies: a
+            // worker lost while recovering must not stall the job.
+            let changed = match self.runner.poll(step != Step::Start)? {
                 Poll::Ready => false,
                 Poll::Changed => true,
                 Poll::Wait(why) => {
                     self.report(MasterState::Starting, &why);
-                    needs_recovery = true;
+                    if step == Step::Run {
+                        step = Step::Recover { lost_only: false };
+                    }
                     sleep_unless_stopped(Duration::from_millis(100), stop);
                     continue;
                 }
             };
-            let was_recovery = needs_recovery;
-            let partial = std::mem::take(&mut lost_while_running)
-                && self.recovery == Recovery::Partial
-                && self.job.recomputable_by_partition();
-            let result = if needs_recovery {
-                // From the first attempt on, a cluster's minimum of workers no longer applies:
-                // a worker lost while recovering must not stall the job.
-                started = true;
-                if partial {
+            let was_recovery = step != Step::Run;
+            let result = match step {
+                Step::Recover { lost_only: true }
+                    if self.recovery == Recovery::Partial
+                        && self.job.recomputable_by_partition() =>
+                {
                     self.recover_lost()
-                } else {
-                    self.recover()
                 }
-            } else if changed {
-                self.rescale()
-            } else {
-                let batch = BatchInfo::new(self.zero, self.interval, self.next);
-                let wait = if self.paced {
-                    self.schedule.until(batch.time_ms)
-                } else {
-                    Duration::ZERO
-                };
-                if !wait.is_zero() {
-                    // Between batches: a cluster shows its workers it is alive.
-                    if let Err(fault) = self.runner.idle() {
-                        Err(fault)
-                    } else {
-                        sleep_unless_stopped(wait.min(TICK), stop);
-                        continue;
-                    }
-                } else {
-                    self.run_new_batch(batch)
-                }
+                Step::Start | Step::Recover { .. } => self.recover(),
+                Step::Run => self.run_step(changed, stop),
             };
             let fault = match result {
-                Ok(()) => {
-                    needs_recovery = false;
+                Ok(Progress::Done) => {
+                    step = Step::Run;
                     retry.reset();
                     if !was_recovery {
                         rollbacks_in_row = 0;
@@ -372,6 +369,7 @@ impl<R: Runner> Coordinator<R> {
                     self.report(MasterState::Running, "");
                     continue;
                 }
+                Ok(Progress::Waiting) => continue,
                 Err(fault) => fault,
             };
             match fault.class() {
@@ -380,15 +378,18 @@ impl<R: Runner> Coordinator<R> {
                         tracing::error!(%worker, error = %why, "worker lost; rolling back to the last checkpoint");
                         self.runner.lost(worker);
                     }
-                    lost_while_running = !was_recovery && !changed;
+                    // Lost between or during new batches: the others hold whole state, so only
+                    // the lost partitions need rebuilding.
+                    step = Step::Recover {
+                        lost_only: !was_recovery && !changed,
+                    };
                     self.summary.recoveries += 1;
-                    needs_recovery = true;
                     self.report(MasterState::Recovering, &fault.to_string());
                 }
                 Class::Rollback => {
                     tracing::warn!(error = %fault, "rolling back to the last checkpoint");
                     self.summary.recoveries += 1;
-                    needs_recovery = true;
+                    step = Step::Recover { lost_only: false };
                     self.report(MasterState::Recovering, &fault.to_string());
                     // At once the first time; a cause that persists must not spin.
                     rollbacks_in_row += 1;
@@ -409,7 +410,7 @@ impl<R: Runner> Coordinator<R> {
                     if !was_recovery {
                         self.summary.recoveries += 1;
                     }
-                    needs_recovery = true;
+                    step = Step::Recover { lost_only: false };
                 }
                 Class::Damaged => {
                     // Every intact snapshot was tried (recovery falls back past damaged
@@ -433,7 +434,7 @@ impl<R: Runner> Coordinator<R> {
             }
         }
         let last = self.next - 1;
-        if !needs_recovery && last > self.last_snapshot && self.runner.placement_intact() {
+        if step == Step::Run && last > self.last_snapshot && self.runner.placement_intact() {
             // A snapshot at shutdown means the next start replays nothing.
             match self.snapshot(last) {
                 Ok(()) => {
@@ -448,21 +449,42 @@ impl<R: Runner> Coordinator<R> {
         Ok(())
     }
 
+    /// One step while running: a rescale when workers changed, else the next batch when its
+    /// time has come (until then, a cluster shows its workers it is alive).
+    fn run_step(&mut self, changed: bool, stop: &AtomicBool) -> Result<Progress, Fault> {
+        if changed {
+            return self.rescale().map(|()| Progress::Done);
+        }
+        let batch = BatchInfo::new(self.zero, self.interval, self.next);
+        let wait = if self.paced {
+            self.schedule.until(batch.time_ms)
+        } else {
+            Duration::ZERO
+        };
+        if wait.is_zero() {
+            return self.run_new_batch(batch).map(|()| Progress::Done);
+        }
+        self.runner.idle()?;
+        sleep_unless_stopped(wait.min(TICK), stop);
+        Ok(Progress::Waiting)
+    }
+
     /// A new placement; the newest snapshot that loads; every batch logged after it run again.
-    fn recover(&mut self) -> Result<(), Fault> {
+    fn recover(&mut self) -> Result<Progress, Fault> {
         self.runner.place(&self.job)?;
         let (base, positions) = self.restore_newest(None, u64::MAX)?;
         self.job.seek(&positions)?;
         self.last_snapshot = base;
         self.next = base + 1;
-        self.replay_after(base, true)
+        self.replay_after(base, true)?;
+        Ok(Progress::Done)
     }
 
     /// After a worker loss: the lost partitions are placed on other workers, loaded from the
     /// newest snapshot there, and the committed batches after it are run again for them alone
     /// (every worker reads its logged input and sends blocks to them only); the surviving
     /// partitions keep their state. Then the batch in flight runs again for every partition.
-    fn recover_lost(&mut self) -> Result<(), Fault> {
+    fn recover_lost(&mut self) -> Result<Progress, Fault> {
         let Some(moved) = self.runner.replace_lost(&self.job)? else {
             return self.recover();
         };
@@ -506,7 +528,8 @@ impl<R: Runner> Coordinator<R> {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "rebuilt the lost partitions on other workers; the other partitions kept their state"
         );
-        self.replay_after(committed, false)
+        self.replay_after(committed, false)?;
+        Ok(Progress::Done)
     }
 
     /// Runs every batch logged after `base` again, for every partition, and commits it;
@@ -594,7 +617,7 @@ impl<R: Runner> Coordinator<R> {
             tracing::warn!(error = %e, "the snapshot before the hand-off failed; replaying instead");
         }
         if self.last_snapshot != last {
-            return self.recover();
+            return self.recover().map(|_| ());
         }
         self.runner.place(&self.job)?;
         self.runner.restore(&mut self.job, &self.ckpt, last, None)?;
