@@ -7,7 +7,7 @@ mod tls;
 pub use tls::Tls;
 
 /// Bumped on any incompatible change of the protocol; peers of another version are refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The exit code of a `sluice` process whose job is at fault (an invalid manifest, a record
 /// refused under `onRecordError: fail`): starting it again fails the same way.

@@ -9,6 +9,8 @@
 //! commits/<batch>.json                  written AFTER its outputs (and snapshot) are durable
 //! state/<batch>/<operation>/<part>.bin  state of each stateful operation and partition
 //! state/<batch>/MANIFEST.json           sizes and CRC32s of the above, written LAST
+//! wal/<batch>/<source>.bin              records of sources that cannot read them again
+//! statelog/<batch>-<partitions>.bin     stateful operations' inputs (see [`state_log`])
 //! ```
 //!
 //! A snapshot without a manifest, or whose files do not match it, is ignored (with a warning)
@@ -27,6 +29,8 @@ pub use sluice_storage::{
 };
 
 use crate::error::{Error, Result};
+
+pub mod state_log;
 
 /// Opens the store a manifest's `spec.checkpoint` names.
 pub fn open_store(spec: &sluice_crds::CheckpointSpec) -> Result<Box<dyn CheckpointStore>> {
@@ -452,6 +456,11 @@ impl Checkpointer {
                 if parse_batch(&name).is_some_and(|b| b < floor) {
                     self.store.delete(&format!("{dir}/{name}"))?;
                 }
+            }
+        }
+        for logged in self.state_log()? {
+            if logged.batch < floor {
+                self.store.delete(&logged.key)?;
             }
         }
         Ok(())

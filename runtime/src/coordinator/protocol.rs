@@ -1,11 +1,12 @@
 //! The decisions of the checkpoint protocol, as pure functions of what was read: whether a
 //! checkpoint belongs to this job, what a new one records, when a snapshot is due, whether a
-//! snapshot's files cover the job's state, whether the offset log can be replayed, and how
-//! long to wait before trying again. The loop in [`super`] does the I/O around them.
+//! snapshot's files cover the job's state, whether the offset log can be replayed, which
+//! state log objects rebuild lost partitions, and how long to wait before trying again. The loop in [`super`] does the I/O around them.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::checkpoint::state_log::LoggedState;
 use crate::checkpoint::{FORMAT_VERSION, JobMeta, OffsetEntry, StateFile, state_file_part};
 
 /// What the job about to run is, to compare with a checkpoint's `job.json`.
@@ -94,6 +95,49 @@ pub fn check_coverage(
     Ok(())
 }
 
+/// One batch to rebuild from the state log: the objects that cover the lost partitions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogBatch {
+    pub batch: u64,
+    pub time_ms: u64,
+    pub keys: Vec<String>,
+}
+
+/// Of `replay` (consecutive batches, with their times), the leading batches whose state log
+/// covers every one of `parts`, each with the objects to read (one per partition at most;
+/// the first in key order where several cover one). Stops at the first batch with a gap:
+/// that one and the rest are recomputed.
+pub fn state_log_plan(
+    logged: &[LoggedState],
+    parts: &[usize],
+    replay: &[(u64, u64)],
+) -> Vec<LogBatch> {
+    let mut plan = Vec::new();
+    if parts.is_empty() {
+        return plan;
+    }
+    for &(batch, time_ms) in replay {
+        let mut keys: Vec<String> = Vec::new();
+        for p in parts {
+            let Some(cover) = logged
+                .iter()
+                .find(|l| l.batch == batch && l.parts.contains(p))
+            else {
+                return plan;
+            };
+            if !keys.contains(&cover.key) {
+                keys.push(cover.key.clone());
+            }
+        }
+        plan.push(LogBatch {
+            batch,
+            time_ms,
+            keys,
+        });
+    }
+    plan
+}
+
 /// The logged batches to run again after the snapshot of `base`, up to `stop_after`; an
 /// error when the log has a gap (it would skip input).
 pub fn replay_plan(
@@ -152,6 +196,40 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    fn logged(batch: u64, parts: &[usize]) -> LoggedState {
+        LoggedState {
+            batch,
+            parts: parts.to_vec(),
+            key: format!("statelog/{batch}-{parts:?}"),
+        }
+    }
+
+    #[test]
+    fn the_state_log_rebuilds_up_to_its_first_gap() {
+        let log = vec![
+            logged(11, &[0, 4]),
+            logged(11, &[1, 5]),
+            logged(12, &[0, 4]),
+            logged(12, &[1]),
+            logged(13, &[0, 4, 1, 5]),
+        ];
+        let replay = [(11, 1100), (12, 1200), (13, 1300)];
+        // Partitions 0 and 4 were one worker's: one object per batch.
+        let plan = state_log_plan(&log, &[0, 4], &replay);
+        assert_eq!(plan.len(), 3);
+        assert_eq!(plan[0].keys, vec![log[0].key.clone()]);
+        assert_eq!((plan[2].batch, plan[2].time_ms), (13, 1300));
+        // Partition 5 has no log for batch 12: batch 11 comes from the log, 12 on are redone.
+        let plan = state_log_plan(&log, &[1, 5], &replay);
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].keys, vec![log[1].key.clone()]);
+        // Partitions of two objects read both.
+        let plan = state_log_plan(&log, &[0, 1], &replay[..1]);
+        assert_eq!(plan[0].keys, vec![log[0].key.clone(), log[1].key.clone()]);
+        assert!(state_log_plan(&log, &[2], &replay).is_empty());
+        assert!(state_log_plan(&log, &[], &replay).is_empty());
+    }
 
     fn identity() -> Identity {
         Identity {

@@ -91,7 +91,9 @@ struct MapState<K, V, S, U> {
 impl<K: Key, V: Data, S: Data, U: Data> Task for MapState<K, V, S, U> {
     fn run(&self, cx: &BatchContext, part: usize) -> Result<()> {
         let now = cx.batch.index;
-        let grouped = read_grouped::<K, Vec<V>>(cx, self.shuffle, part, &|a, b| a.extend(b))?;
+        let grouped = cx.state_input(part, || {
+            read_grouped::<K, Vec<V>>(cx, self.shuffle, part, &|a, b| a.extend(b))
+        })?;
         let mut state = lock_unpoisoned(&self.parts[part]);
         let mut out = Vec::new();
         for (k, values) in grouped {

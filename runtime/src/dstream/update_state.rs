@@ -27,11 +27,13 @@ struct StateStore<K, C, S> {
 
 impl<K: Key, C: Data, S: Data> Task for StateStore<K, C, S> {
     fn run(&self, cx: &BatchContext, part: usize) -> Result<()> {
-        let mut fresh: KeyMap<K, Option<C>> =
-            read_grouped::<K, C>(cx, self.shuffle, part, &*self.merge)?
-                .into_iter()
-                .map(|(k, c)| (k, Some(c)))
-                .collect();
+        let mut fresh: KeyMap<K, Option<C>> = cx
+            .state_input(part, || {
+                read_grouped::<K, C>(cx, self.shuffle, part, &*self.merge)
+            })?
+            .into_iter()
+            .map(|(k, c)| (k, Some(c)))
+            .collect();
         let mut state = lock_unpoisoned(&self.parts[part]);
         let old = std::mem::take(&mut *state);
         let mut next =

@@ -63,7 +63,7 @@ impl<T: Data> Buffer<T> {
 
 impl<T: Data> Task for Buffer<T> {
     fn run(&self, cx: &BatchContext, part: usize) -> Result<()> {
-        let records = self.parent.pull(cx, part)?;
+        let records = cx.state_input(part, || self.parent.pull(cx, part))?;
         let now = cx.batch.index;
         let mut buf = lock_unpoisoned(&self.parts[part]);
         buf.insert(now, records);

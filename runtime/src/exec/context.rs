@@ -2,9 +2,12 @@
 //! the record error count. Dropped when the batch ends, so nothing leaks across batches.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use sluice_crds::OnRecordError;
 
@@ -100,7 +103,18 @@ pub struct BatchContext {
     /// In a replay for some partitions only, which partitions and shuffles it recomputes.
     redo: Option<std::sync::Arc<Redo>>,
     outbox: Mutex<Vec<OutgoingBlock>>,
+    /// The materializer whose stage runs now (stages run one at a time).
+    materializing: AtomicUsize,
+    /// When recording: what each materializer took in, by (materializer, partition), for the
+    /// state log (see `checkpoint::state_log`).
+    state_inputs: Option<Mutex<StateInputs>>,
+    /// In a replay from the state log: the inputs to take instead of computing them.
+    logged_state: Option<StateInputs>,
 }
+
+/// Serialized materializer inputs by (materializer, partition). An empty entry: the
+/// materializer ran for the partition and took no input (it reads other state).
+pub type StateInputs = BTreeMap<(usize, usize), Vec<u8>>;
 
 /// Sizes of the graph a context is built for.
 pub(crate) struct Shared {
@@ -130,7 +144,72 @@ impl BatchContext {
             placement: None,
             redo: None,
             outbox: Mutex::new(Vec::new()),
+            materializing: AtomicUsize::new(0),
+            state_inputs: None,
+            logged_state: None,
         }
+    }
+
+    /// Records what each materializer takes in, for the state log.
+    pub(crate) fn recording_state_inputs(mut self) -> Self {
+        self.state_inputs = Some(Mutex::new(BTreeMap::new()));
+        self
+    }
+
+    /// A replay from the state log: materializers take `inputs` instead of computing them.
+    pub(crate) fn with_logged_state(mut self, inputs: StateInputs) -> Self {
+        self.logged_state = Some(inputs);
+        self
+    }
+
+    pub(crate) fn set_materializing(&self, m: usize) {
+        self.materializing.store(m, Ordering::Relaxed);
+    }
+
+    /// A materializer's input for `part`: from the state log in a replay from it, else
+    /// computed (and recorded when the batch records state inputs).
+    pub(crate) fn state_input<T: Serialize + DeserializeOwned>(
+        &self,
+        part: usize,
+        compute: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let m = self.materializing.load(Ordering::Relaxed);
+        if let Some(logged) = &self.logged_state {
+            let bytes = logged.get(&(m, part)).ok_or_else(|| {
+                Error::Internal(format!(
+                    "the state log of batch {} has no input for materializer {m} of partition {part}",
+                    self.batch.index
+                ))
+            })?;
+            return postcard::from_bytes(bytes).map_err(|e| {
+                Error::Checkpoint(format!(
+                    "the state log of batch {} is unreadable for partition {part}: {e}",
+                    self.batch.index
+                ))
+            });
+        }
+        let input = compute()?;
+        if let Some(inputs) = &self.state_inputs {
+            let bytes = postcard::to_stdvec(&input)
+                .map_err(|e| Error::Internal(format!("cannot encode a state input: {e}")))?;
+            lock_unpoisoned(inputs).insert((m, part), bytes);
+        }
+        Ok(input)
+    }
+
+    /// Notes that materializer `m` brought `part` up to this batch (with or without input).
+    pub(crate) fn note_materialized(&self, m: usize, part: usize) {
+        if let Some(inputs) = &self.state_inputs {
+            lock_unpoisoned(inputs).entry((m, part)).or_default();
+        }
+    }
+
+    /// The state inputs recorded since the last call.
+    pub fn take_state_inputs(&self) -> StateInputs {
+        self.state_inputs
+            .as_ref()
+            .map(|i| std::mem::take(&mut *lock_unpoisoned(i)))
+            .unwrap_or_default()
     }
 
     /// Recomputes only what `redo` marks: a replay after a worker loss, in which the other

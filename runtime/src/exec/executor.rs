@@ -68,6 +68,17 @@ impl Executor {
         (0..plan.stages.len()).try_for_each(|i| self.run_stage(plan, i, cx))
     }
 
+    /// Runs the plan's materializers only, over the partitions `cx` reduces: a replay from
+    /// the state log, whose inputs `cx` holds.
+    pub(crate) fn run_materializers(&self, plan: &BatchPlan, cx: &BatchContext) -> Result<()> {
+        for (i, stage) in plan.stages.iter().enumerate() {
+            if matches!(stage.kind, StageKind::Materialize(_)) {
+                self.run_stage(plan, i, cx)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs stage `index` of `plan` over the partitions this process owns.
     pub fn run_stage(&self, plan: &BatchPlan, index: usize, cx: &BatchContext) -> Result<()> {
         let Some(stage) = plan.stages.get(index) else {
@@ -89,7 +100,8 @@ impl Executor {
                             .is_none_or(|a| a.load(Ordering::Relaxed) < batch)
                     })
                     .collect();
-                (&self.materializers[m], due, Some(applied))
+                cx.set_materializing(m);
+                (&self.materializers[m], due, Some((m, applied)))
             }
             // A partial replay rebuilds the state of batches already committed, whose outputs
             // were written whole before their commit.
@@ -99,8 +111,11 @@ impl Executor {
         self.pool.install(|| {
             parts.par_iter().copied().try_for_each(|p| {
                 contain(|| task.run(cx, p))?;
-                if let Some(a) = applied.and_then(|a| a.get(p)) {
-                    a.store(batch, Ordering::Relaxed);
+                if let Some((m, applied)) = applied {
+                    if let Some(a) = applied.get(p) {
+                        a.store(batch, Ordering::Relaxed);
+                    }
+                    cx.note_materialized(m, p);
                 }
                 Ok::<(), Error>(())
             })

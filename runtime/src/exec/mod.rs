@@ -4,7 +4,9 @@
 mod context;
 mod executor;
 
-pub use context::{BatchContext, ERROR_SAMPLES, OutgoingBlock, Placement, RecordErrors, Redo};
+pub use context::{
+    BatchContext, ERROR_SAMPLES, OutgoingBlock, Placement, RecordErrors, Redo, StateInputs,
+};
 pub(crate) use context::{Shared, lock_unpoisoned};
 pub use executor::Executor;
 #[cfg(test)]

@@ -12,7 +12,7 @@ use tonic::Status as RpcStatus;
 use super::placement;
 use super::service::Shared;
 use crate::checkpoint::{Checkpointer, StateFile};
-use crate::coordinator::{BatchInput, Fault, Poll, Runner, Status};
+use crate::coordinator::{BatchInput, Fault, Poll, Runner, Status, protocol};
 use crate::exec::lock_unpoisoned;
 use crate::job::{BatchReport, Job};
 use crate::rpc::{AddToken, MAX_MESSAGE_BYTES, Tls, channel, pb};
@@ -451,6 +451,45 @@ impl Runner for Cluster {
             async move { c.restore(req).await }
         })?;
         Ok(())
+    }
+
+    fn apply_state_log(
+        &mut self,
+        plan: &[protocol::LogBatch],
+        moved: &[usize],
+    ) -> Result<usize, Fault> {
+        if plan.is_empty() {
+            return Ok(0);
+        }
+        let epoch = self.epoch;
+        let partitions: Vec<u32> = moved.iter().map(|p| *p as u32).collect();
+        let batches: Vec<pb::LoggedBatch> = plan
+            .iter()
+            .map(|b| pb::LoggedBatch {
+                batch: b.batch,
+                time_ms: b.time_ms,
+                keys: b.keys.clone(),
+            })
+            .collect();
+        let what = format!(
+            "rebuilding {} partitions from the state log of {} batches",
+            moved.len(),
+            plan.len()
+        );
+        let replies = self.all(&self.placed, &what, move |mut c| {
+            let req = pb::ApplyStateLogRequest {
+                epoch,
+                partitions: partitions.clone(),
+                batches: batches.clone(),
+            };
+            async move { c.apply_state_log(req).await }
+        })?;
+        let applied = replies
+            .iter()
+            .map(|r| r.applied as usize)
+            .min()
+            .unwrap_or(0);
+        Ok(applied.min(plan.len()))
     }
 
     fn execute(

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 use crate::checkpoint::Checkpointer;
-use crate::exec::{BatchContext, Placement, lock_unpoisoned};
+use crate::exec::{BatchContext, Placement, StateInputs, lock_unpoisoned};
 use crate::job::Job;
 use crate::rpc::pb;
 use crate::time::BatchInfo;
@@ -28,6 +28,13 @@ pub enum Command {
         /// Only these partitions, leaving the others' state as it is.
         only: Option<Vec<usize>>,
         reply: Reply<()>,
+    },
+    ApplyStateLog {
+        parts: Vec<usize>,
+        /// Consecutive batches, each with the state log objects to read.
+        batches: Vec<(BatchInfo, Vec<String>)>,
+        /// How many batches every owned partition of `parts` took.
+        reply: Reply<u32>,
     },
     Begin {
         batch: BatchInfo,
@@ -71,6 +78,9 @@ pub fn executor_thread(
     commands: std::sync::mpsc::Receiver<Command>,
 ) {
     let mut placement: Option<Arc<Placement>> = None;
+    // The state inputs of the batch in progress, kept across its runs: a batch run again
+    // skips the operations a partition already took it for, whose inputs the first run holds.
+    let mut pending = PendingLog::default();
     for command in commands {
         match command {
             Command::Assign { owners, me, reply } => {
@@ -117,10 +127,22 @@ pub fn executor_thread(
                     };
                     job.restore_owned(snapshot.as_ref(), &owned)
                         .map_err(internal)?;
+                    pending = PendingLog::default();
                     *lock_unpoisoned(&current) = None;
                     tracing::info!(snapshot = batch, "state restored for the owned partitions");
                     Ok(())
                 })();
+                let _ = reply.send(result);
+            }
+            Command::ApplyStateLog {
+                parts,
+                batches,
+                reply,
+            } => {
+                let result = placement
+                    .clone()
+                    .ok_or_else(|| Status::failed_precondition("no assignment yet"))
+                    .and_then(|p| apply_state_log(&job, &ckpt, p, &parts, batches));
                 let _ = reply.send(result);
             }
             Command::Begin {
@@ -154,23 +176,29 @@ pub fn executor_thread(
                 reply,
             } => {
                 let cx = lock_unpoisoned(&current).clone();
-                let result = match cx {
-                    Some((_, b, cx)) if b == batch => job
-                        .run_stage(&cx, stage)
-                        .map(|()| StageDone {
-                            outgoing: cx.take_outgoing(),
-                            reply: pb::StageReply {
-                                records: cx.input_records(),
-                                record_errors: cx.errors().count(),
-                                error_samples: cx.errors().samples(),
-                            },
-                        })
-                        .map_err(internal),
-                    _ => Err(Status::failed_precondition(format!(
+                let Some((_, _, cx)) = cx.filter(|(_, b, _)| *b == batch) else {
+                    let _ = reply.send(Err(Status::failed_precondition(format!(
                         "batch {batch} was not begun"
-                    ))),
+                    ))));
+                    continue;
                 };
-                let _ = reply.send(result);
+                let result = job.run_stage(&cx, stage).map_err(internal);
+                let ok = result.is_ok();
+                if ok {
+                    pending.add(batch, cx.take_state_inputs());
+                }
+                let _ = reply.send(result.map(|()| StageDone {
+                    outgoing: cx.take_outgoing(),
+                    reply: pb::StageReply {
+                        records: cx.input_records(),
+                        record_errors: cx.errors().count(),
+                        error_samples: cx.errors().samples(),
+                    },
+                }));
+                // After the answer, while the master commits: off the batch's path.
+                if ok && stage + 1 == job.graph().plan(cx.batch).stages.len() {
+                    pending.write(&job, &ckpt, &cx);
+                }
             }
             Command::Snapshot { batch, reply } => {
                 let result = (|| {
@@ -195,4 +223,110 @@ pub fn executor_thread(
             }
         }
     }
+}
+
+/// The state inputs recorded for one batch so far.
+#[derive(Default)]
+struct PendingLog {
+    batch: u64,
+    inputs: StateInputs,
+}
+
+impl PendingLog {
+    fn add(&mut self, batch: u64, inputs: StateInputs) {
+        if batch != self.batch {
+            *self = PendingLog {
+                batch,
+                inputs: StateInputs::new(),
+            };
+        }
+        self.inputs.extend(inputs);
+    }
+
+    /// Writes the batch's state log for the partitions whose every stateful operation's input
+    /// is here. A failure is only logged: the batch is then recomputed if it is ever needed.
+    fn write(&mut self, job: &Job, ckpt: &Checkpointer, cx: &BatchContext) {
+        let materializers = job.materializers_of(cx.batch);
+        if self.batch != cx.batch.index || materializers.is_empty() {
+            return;
+        }
+        let covered: Vec<usize> = cx
+            .reduced_partitions()
+            .into_iter()
+            .filter(|p| {
+                materializers
+                    .iter()
+                    .all(|m| self.inputs.contains_key(&(*m, *p)))
+            })
+            .collect();
+        if covered.is_empty() {
+            return;
+        }
+        if let Err(e) = ckpt.put_state_log(self.batch, &covered, &self.inputs) {
+            tracing::warn!(batch = self.batch, error = %e, "could not write the state log; a lost partition would recompute this batch");
+        }
+    }
+}
+
+/// Brings the owned partitions of `parts` up to each of `batches` in turn from the state log;
+/// stops at a batch whose log is incomplete or unreadable for them. Returns how many batches
+/// they took.
+fn apply_state_log(
+    job: &Job,
+    ckpt: &Checkpointer,
+    placement: Arc<Placement>,
+    parts: &[usize],
+    batches: Vec<(BatchInfo, Vec<String>)>,
+) -> Result<u32, Status> {
+    let mine: Vec<usize> = parts
+        .iter()
+        .copied()
+        .filter(|p| placement.owners.get(*p) == Some(&placement.me))
+        .collect();
+    let total = batches.len() as u32;
+    if mine.is_empty() {
+        return Ok(total);
+    }
+    let started = std::time::Instant::now();
+    let mut applied = 0u32;
+    for (batch, keys) in batches {
+        let batch = BatchInfo {
+            interval_ms: job.interval_ms(),
+            ..batch
+        };
+        let mut inputs = StateInputs::new();
+        for key in &keys {
+            let covers = key
+                .rsplit('/')
+                .next()
+                .and_then(crate::checkpoint::state_log::parse)
+                .is_some_and(|(_, covered)| covered.iter().any(|p| mine.contains(p)));
+            if !covers {
+                continue;
+            }
+            match ckpt.read_state_log(key, batch.index) {
+                Ok(read) => inputs.extend(read.into_iter().filter(|((_, p), _)| mine.contains(p))),
+                Err(e) => {
+                    tracing::warn!(batch = batch.index, error = %e, "the state log is unusable here; recomputing from this batch");
+                    return Ok(applied);
+                }
+            }
+        }
+        let materializers = job.materializers_of(batch);
+        let whole = mine
+            .iter()
+            .all(|p| materializers.iter().all(|m| inputs.contains_key(&(*m, *p))));
+        if !whole {
+            tracing::warn!(
+                batch = batch.index,
+                "the state log misses an input here; recomputing from this batch"
+            );
+            return Ok(applied);
+        }
+        job.apply_state_log(batch, placement.clone(), &mine, inputs)
+            .map_err(internal)?;
+        applied += 1;
+    }
+    tracing::info!(partitions = ?mine, batches = applied, elapsed_ms = started.elapsed().as_millis() as u64, "state rebuilt from the state log");
+    Ok(applied)
 }

@@ -198,6 +198,49 @@ impl pb::worker_server::Worker for WorkerService {
         Ok(Response::new(pb::Ack {}))
     }
 
+    async fn apply_state_log(
+        &self,
+        request: Request<pb::ApplyStateLogRequest>,
+    ) -> Result<Response<pb::ApplyStateLogReply>, Status> {
+        let r = request.into_inner();
+        self.contact(r.epoch)?;
+        let parts = self.partitions(&r.partitions, "partitions")?;
+        let mut batches = Vec::with_capacity(r.batches.len());
+        for (expected, b) in (r.batches.first().map_or(0, |b| b.batch)..).zip(r.batches) {
+            if b.batch != expected {
+                return Err(self.reject(format!(
+                    "batches: batch {} where {expected} was due (they must be consecutive)",
+                    b.batch
+                )));
+            }
+            if let Some(key) = b.keys.iter().find(|k| {
+                k.strip_prefix(crate::checkpoint::state_log::DIR)
+                    .and_then(|k| k.strip_prefix('/'))
+                    .and_then(crate::checkpoint::state_log::parse)
+                    .is_none_or(|(batch, _)| batch != b.batch)
+            }) {
+                return Err(self.reject(format!(
+                    "batches: {key} is not a state log object of batch {}",
+                    b.batch
+                )));
+            }
+            let batch = BatchInfo {
+                index: b.batch,
+                time_ms: b.time_ms,
+                interval_ms: 0,
+            };
+            batches.push((batch, b.keys));
+        }
+        let applied = self
+            .call(|reply| Command::ApplyStateLog {
+                parts,
+                batches,
+                reply,
+            })
+            .await?;
+        Ok(Response::new(pb::ApplyStateLogReply { applied }))
+    }
+
     async fn begin_batch(
         &self,
         request: Request<pb::BeginBatchRequest>,
