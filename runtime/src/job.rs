@@ -231,9 +231,6 @@ impl Job {
     ) -> Result<BatchContext> {
         let mut cx = BatchContext::new(batch, self.graph.partitions, replay, &self.shared)
             .with_placement(placement);
-        if self.graph.partitions <= crate::checkpoint::state_log::MAX_PARTITIONS {
-            cx = cx.recording_state_inputs();
-        }
         if let Some(parts) = redo {
             cx = cx.with_redo(self.redo(parts));
         }
@@ -490,14 +487,16 @@ mod tests {
         for index in 1..=4 {
             let batch = BatchInfo::new(0, 1000, index);
             let (ranges, _) = whole.plan_inputs(&batch)?;
-            let cx = whole.begin(
-                batch,
-                &ranges,
-                &BTreeMap::new(),
-                false,
-                placement.clone(),
-                None,
-            )?;
+            let cx = whole
+                .begin(
+                    batch,
+                    &ranges,
+                    &BTreeMap::new(),
+                    false,
+                    placement.clone(),
+                    None,
+                )?
+                .recording_state_inputs();
             let mut inputs = crate::exec::StateInputs::new();
             for stage in 0..whole.graph().plan(batch).stages.len() {
                 whole.run_stage(&cx, stage)?;

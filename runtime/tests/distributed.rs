@@ -837,6 +837,7 @@ enum Message {
     Stage(u64, u64, u32),
     Blocks(u64, u64, u32, u32, u32, Vec<u8>),
     Snapshot(u64, u64),
+    ApplyStateLog(u64, u64, String),
 }
 
 fn message() -> impl proptest::strategy::Strategy<Value = Message> {
@@ -876,7 +877,21 @@ fn message() -> impl proptest::strategy::Strategy<Value = Message> {
             proptest::collection::vec(any::<u8>(), 0..64)
         )
             .prop_map(|(e, b, s, m, r, d)| Message::Blocks(e, b, s, m, r, d)),
-        (epoch, batch).prop_map(|(e, b)| Message::Snapshot(e, b)),
+        (epoch.clone(), batch.clone()).prop_map(|(e, b)| Message::Snapshot(e, b)),
+        (
+            epoch,
+            batch,
+            prop::sample::select(vec![
+                "statelog/00000000000000000001-1.bin",
+                "statelog/00000000000000000001-ff.bin",
+                "statelog/../../etc/passwd-1.bin",
+                "wal/00000000000000000001/g.bin",
+                "statelog/x-1.bin",
+                "",
+            ])
+            .prop_map(String::from)
+        )
+            .prop_map(|(e, b, k)| Message::ApplyStateLog(e, b, k)),
     ]
 }
 
@@ -953,6 +968,7 @@ fn a_worker_answers_hostile_messages_and_stays_up() {
                             } else {
                                 "x".into()
                             },
+                            state_log: right_job,
                         })
                         .await
                         .map(|_| ()),
@@ -1009,6 +1025,26 @@ fn a_worker_answers_hostile_messages_and_stays_up() {
                     }
                     Message::Snapshot(epoch, batch) => client
                         .snapshot(pb::SnapshotRequest { epoch, batch })
+                        .await
+                        .map(|_| ()),
+                    Message::ApplyStateLog(epoch, batch, key) => client
+                        .apply_state_log(pb::ApplyStateLogRequest {
+                            epoch,
+                            // Partitions in and out of range; batches in and out of order.
+                            partitions: vec![(batch % 20) as u32, u32::MAX >> (batch % 2)],
+                            batches: vec![
+                                pb::LoggedBatch {
+                                    batch,
+                                    time_ms: batch,
+                                    keys: vec![key.clone()],
+                                },
+                                pb::LoggedBatch {
+                                    batch: batch.wrapping_add(1 + batch % 2),
+                                    time_ms: 0,
+                                    keys: vec![key],
+                                },
+                            ],
+                        })
                         .await
                         .map(|_| ()),
                 }

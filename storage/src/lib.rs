@@ -23,6 +23,10 @@ pub trait Store: Send + Sync {
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()>;
     /// Reads an object; `None` when it does not exist.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Reads several objects, in order (a store that can reads them at once).
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
     /// Keys under `prefix` (one level: the next path segment), sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     /// Deletes everything under `prefix` (an object or a "directory").

@@ -34,6 +34,9 @@ const S3_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 const GET_ATTEMPTS_ON_BAD_CHECKSUM: u32 = 3;
 
 /// Whether a body read failed the checksum the store sent with the object.
+/// Reads in flight at once in [`Store::get_many`].
+const PARALLEL_GETS: usize = 16;
+
 fn is_checksum_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(e) = next {
@@ -60,6 +63,45 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// Reads an object (see [`Store::get`]).
+    async fn get_async(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        crate::check_key(key)?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(key));
+        let mut attempt = 1;
+        loop {
+            let out = match req.clone().send().await {
+                Ok(out) => out,
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(self.fail("read", key, e)),
+            };
+            match out.body.collect().await {
+                Ok(body) => return Ok(Some(body.into_bytes().to_vec())),
+                // Bytes damaged on the way read well a second time; bytes damaged at rest never
+                // do, and retrying them for ever would stall the job: say the object is damaged,
+                // so that recovery can fall back to an older snapshot.
+                Err(e) if is_checksum_mismatch(&e) => {
+                    if attempt < GET_ATTEMPTS_ON_BAD_CHECKSUM {
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(StoreError::Damaged(format!(
+                        "s3://{}/{} at {} is damaged: its bytes do not match the checksum the store recorded for them ({attempt} reads)",
+                        self.bucket,
+                        self.key(key),
+                        self.endpoint
+                    )));
+                }
+                Err(e) => return Err(self.fail("read", key, e)),
+            }
+        }
+    }
+
     /// Connects and checks that the bucket is reachable.
     pub fn open(uri: &str, settings: &S3Settings) -> Result<Self> {
         let (bucket, prefix) = parse_s3_uri(uri).ok_or_else(|| {
@@ -263,41 +305,17 @@ impl Store for S3Store {
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        crate::check_key(key)?;
-        let req = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.key(key));
-        let mut attempt = 1;
-        loop {
-            let out = match self.runtime.block_on(req.clone().send()) {
-                Ok(out) => out,
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                    return Ok(None);
-                }
-                Err(e) => return Err(self.fail("read", key, e)),
-            };
-            match self.runtime.block_on(out.body.collect()) {
-                Ok(body) => return Ok(Some(body.into_bytes().to_vec())),
-                // Bytes damaged on the way read well a second time; bytes damaged at rest never
-                // do, and retrying them for ever would stall the job: say the object is damaged,
-                // so that recovery can fall back to an older snapshot.
-                Err(e) if is_checksum_mismatch(&e) => {
-                    if attempt < GET_ATTEMPTS_ON_BAD_CHECKSUM {
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(StoreError::Damaged(format!(
-                        "s3://{}/{} at {} is damaged: its bytes do not match the checksum the store recorded for them ({attempt} reads)",
-                        self.bucket,
-                        self.key(key),
-                        self.endpoint
-                    )));
-                }
-                Err(e) => return Err(self.fail("read", key, e)),
-            }
-        }
+        self.runtime.block_on(self.get_async(key))
+    }
+
+    fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+        use futures::{StreamExt, TryStreamExt};
+        self.runtime.block_on(
+            futures::stream::iter(keys)
+                .map(|key| self.get_async(key))
+                .buffered(PARALLEL_GETS)
+                .try_collect(),
+        )
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {

@@ -244,16 +244,20 @@ impl Checkpointer {
 
     /// Logged batches after `batch`, in order.
     pub fn offsets_after(&self, batch: u64) -> Result<Vec<OffsetEntry>> {
-        let mut out = Vec::new();
-        for name in self.store.list("offsets")? {
-            if parse_batch(&name).is_some_and(|b| b > batch) {
-                let entry = self
-                    .get_json::<OffsetEntry>(&format!("offsets/{name}"))?
-                    .ok_or_else(|| {
-                        Error::Checkpoint(format!("offsets/{name} vanished while reading"))
-                    })?;
-                out.push(entry);
-            }
+        let keys: Vec<String> = self
+            .store
+            .list("offsets")?
+            .into_iter()
+            .filter(|name| parse_batch(name).is_some_and(|b| b > batch))
+            .map(|name| format!("offsets/{name}"))
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, bytes) in keys.iter().zip(self.store.get_many(&keys)?) {
+            let bytes =
+                bytes.ok_or_else(|| Error::Checkpoint(format!("{key} vanished while reading")))?;
+            out.push(serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Checkpoint(format!("{}/{key} is unreadable: {e}", self.describe()))
+            })?);
         }
         Ok(out)
     }

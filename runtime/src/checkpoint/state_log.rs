@@ -117,29 +117,43 @@ impl Checkpointer {
     /// The inputs an object holds, by (materializer, partition); a damaged or vanished object
     /// is an error of the checkpoint.
     pub fn read_state_log(&self, key: &str, batch: u64) -> Result<StateInputs> {
-        let bytes = self
-            .store
-            .get(key)?
-            .ok_or_else(|| Error::Checkpoint(format!("state log {key} is missing")))?;
-        let damaged = |why: &str| Error::Checkpoint(format!("state log {key} is damaged: {why}"));
-        let Some(split) = bytes.len().checked_sub(4) else {
-            return Err(damaged("too short"));
-        };
-        let (body, crc) = bytes.split_at(split);
-        let crc: [u8; 4] = crc.try_into().map_err(|_| damaged("too short"))?;
-        if crc32fast::hash(body) != u32::from_le_bytes(crc) {
-            return Err(damaged("checksum mismatch"));
-        }
-        let body: Body = postcard::from_bytes(body).map_err(|e| damaged(&e.to_string()))?;
-        if body.batch != batch {
-            return Err(damaged(&format!("it holds batch {}", body.batch)));
-        }
-        let mut out = BTreeMap::new();
-        for (m, p, input) in body.inputs {
-            out.insert((m as usize, p as usize), input);
-        }
-        Ok(out)
+        decode(key, batch, self.store.get(key)?)
     }
+
+    /// Several objects (key, batch) read at once, each decoded as [`Self::read_state_log`]
+    /// does; the store failing fails them all.
+    pub fn read_state_logs(&self, wanted: &[(String, u64)]) -> Result<Vec<Result<StateInputs>>> {
+        let keys: Vec<String> = wanted.iter().map(|(k, _)| k.clone()).collect();
+        Ok(self
+            .store
+            .get_many(&keys)?
+            .into_iter()
+            .zip(wanted)
+            .map(|(bytes, (key, batch))| decode(key, *batch, bytes))
+            .collect())
+    }
+}
+
+fn decode(key: &str, batch: u64, bytes: Option<Vec<u8>>) -> Result<StateInputs> {
+    let bytes = bytes.ok_or_else(|| Error::Checkpoint(format!("state log {key} is missing")))?;
+    let damaged = |why: &str| Error::Checkpoint(format!("state log {key} is damaged: {why}"));
+    let Some(split) = bytes.len().checked_sub(4) else {
+        return Err(damaged("too short"));
+    };
+    let (body, crc) = bytes.split_at(split);
+    let crc: [u8; 4] = crc.try_into().map_err(|_| damaged("too short"))?;
+    if crc32fast::hash(body) != u32::from_le_bytes(crc) {
+        return Err(damaged("checksum mismatch"));
+    }
+    let body: Body = postcard::from_bytes(body).map_err(|e| damaged(&e.to_string()))?;
+    if body.batch != batch {
+        return Err(damaged(&format!("it holds batch {}", body.batch)));
+    }
+    let mut out = BTreeMap::new();
+    for (m, p, input) in body.inputs {
+        out.insert((m as usize, p as usize), input);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -71,9 +71,17 @@ pub struct Cluster {
     last_ping: Instant,
     /// The last status the coordinator reported; a long wait is shown on top of it.
     status: Status,
+    /// Whether the workers write the state log.
+    state_log: bool,
 }
 
 impl Cluster {
+    /// Whether the workers write the state log (on unless recovery is global).
+    pub fn keeping_state_log(mut self, keep: bool) -> Self {
+        self.state_log = keep;
+        self
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: Arc<Mutex<Shared>>,
@@ -101,6 +109,7 @@ impl Cluster {
             checkpoint_uri,
             last_ping: Instant::now(),
             status: Status::default(),
+            state_log: true,
         }
     }
 
@@ -394,7 +403,8 @@ impl Runner for Cluster {
             .iter()
             .map(|w| self.placed[*w].address.clone())
             .collect();
-        let (epoch, fingerprint) = (self.epoch, self.fingerprint.clone());
+        let (epoch, fingerprint, state_log) =
+            (self.epoch, self.fingerprint.clone(), self.state_log);
         self.all(
             &self.placed,
             &format!("the placement of epoch {epoch}"),
@@ -404,6 +414,7 @@ impl Runner for Cluster {
                     master_id: String::new(),
                     owners: addresses.clone(),
                     fingerprint: fingerprint.clone(),
+                    state_log,
                 };
                 async move { c.assign(req).await }
             },

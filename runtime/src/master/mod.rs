@@ -105,7 +105,8 @@ pub fn run(
         options.tls.clone(),
         options.min_workers,
         ckpt.describe(),
-    );
+    )
+    .keeping_state_log(options.recovery == Recovery::Partial);
     let settings = Settings {
         job_name: options.job_name,
         job_uid: options.job_uid,

@@ -21,6 +21,8 @@ pub enum Command {
     Assign {
         owners: Vec<usize>,
         me: usize,
+        /// Write the state log after each batch.
+        state_log: bool,
         reply: Reply<()>,
     },
     Restore {
@@ -81,9 +83,15 @@ pub fn executor_thread(
     // The state inputs of the batch in progress, kept across its runs: a batch run again
     // skips the operations a partition already took it for, whose inputs the first run holds.
     let mut pending = PendingLog::default();
+    let mut keep_state_log = false;
     for command in commands {
         match command {
-            Command::Assign { owners, me, reply } => {
+            Command::Assign {
+                owners,
+                me,
+                state_log,
+                reply,
+            } => {
                 if owners.len() != job.partitions() {
                     let _ = reply.send(Err(Status::invalid_argument(format!(
                         "an assignment of {} partitions, but the job has {}",
@@ -93,6 +101,8 @@ pub fn executor_thread(
                     continue;
                 }
                 placement = Some(Arc::new(Placement { owners, me }));
+                keep_state_log =
+                    state_log && job.partitions() <= crate::checkpoint::state_log::MAX_PARTITIONS;
                 *lock_unpoisoned(&current) = None;
                 let _ = reply.send(Ok(()));
             }
@@ -161,9 +171,12 @@ pub fn executor_thread(
                         ..batch
                     };
                     let logged = ckpt.logged_inputs(&ranges).map_err(internal)?;
-                    let cx = job
+                    let mut cx = job
                         .begin(batch, &ranges, &logged, replay, p, redo.as_deref())
                         .map_err(internal)?;
+                    if keep_state_log {
+                        cx = cx.recording_state_inputs();
+                    }
                     *lock_unpoisoned(&current) =
                         Some((epoch.load(Ordering::SeqCst), batch.index, Arc::new(cx)));
                     Ok(())
@@ -224,6 +237,9 @@ pub fn executor_thread(
         }
     }
 }
+
+/// Batches of the state log read at once.
+const LOG_READ_AHEAD: usize = 32;
 
 /// The state inputs recorded for one batch so far.
 #[derive(Default)]
@@ -288,44 +304,63 @@ fn apply_state_log(
         return Ok(total);
     }
     let started = std::time::Instant::now();
+    let covers_mine = |key: &String| {
+        key.rsplit('/')
+            .next()
+            .and_then(crate::checkpoint::state_log::parse)
+            .is_some_and(|(_, covered)| covered.iter().any(|p| mine.contains(p)))
+    };
     let mut applied = 0u32;
-    for (batch, keys) in batches {
-        let batch = BatchInfo {
-            interval_ms: job.interval_ms(),
-            ..batch
-        };
-        let mut inputs = StateInputs::new();
-        for key in &keys {
-            let covers = key
-                .rsplit('/')
-                .next()
-                .and_then(crate::checkpoint::state_log::parse)
-                .is_some_and(|(_, covered)| covered.iter().any(|p| mine.contains(p)));
-            if !covers {
-                continue;
+    // Read a chunk of batches' objects at once, then apply them in order.
+    for chunk in batches.chunks(LOG_READ_AHEAD) {
+        let wanted: Vec<(String, u64)> = chunk
+            .iter()
+            .flat_map(|(batch, keys)| {
+                keys.iter()
+                    .filter(|k| covers_mine(k))
+                    .map(|k| (k.clone(), batch.index))
+            })
+            .collect();
+        let mut read = match ckpt.read_state_logs(&wanted) {
+            Ok(read) => read.into_iter(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the state log cannot be read; recomputing the rest");
+                return Ok(applied);
             }
-            match ckpt.read_state_log(key, batch.index) {
-                Ok(read) => inputs.extend(read.into_iter().filter(|((_, p), _)| mine.contains(p))),
-                Err(e) => {
-                    tracing::warn!(batch = batch.index, error = %e, "the state log is unusable here; recomputing from this batch");
-                    return Ok(applied);
+        };
+        for (batch, keys) in chunk {
+            let batch = BatchInfo {
+                interval_ms: job.interval_ms(),
+                ..*batch
+            };
+            let mut inputs = StateInputs::new();
+            for _ in keys.iter().filter(|k| covers_mine(k)) {
+                match read.next() {
+                    Some(Ok(more)) => {
+                        inputs.extend(more.into_iter().filter(|((_, p), _)| mine.contains(p)))
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(batch = batch.index, error = %e, "the state log is unusable here; recomputing from this batch");
+                        return Ok(applied);
+                    }
+                    None => return Err(Status::internal("state log reads out of step")),
                 }
             }
+            let materializers = job.materializers_of(batch);
+            let whole = mine
+                .iter()
+                .all(|p| materializers.iter().all(|m| inputs.contains_key(&(*m, *p))));
+            if !whole {
+                tracing::warn!(
+                    batch = batch.index,
+                    "the state log misses an input here; recomputing from this batch"
+                );
+                return Ok(applied);
+            }
+            job.apply_state_log(batch, placement.clone(), &mine, inputs)
+                .map_err(internal)?;
+            applied += 1;
         }
-        let materializers = job.materializers_of(batch);
-        let whole = mine
-            .iter()
-            .all(|p| materializers.iter().all(|m| inputs.contains_key(&(*m, *p))));
-        if !whole {
-            tracing::warn!(
-                batch = batch.index,
-                "the state log misses an input here; recomputing from this batch"
-            );
-            return Ok(applied);
-        }
-        job.apply_state_log(batch, placement.clone(), &mine, inputs)
-            .map_err(internal)?;
-        applied += 1;
     }
     tracing::info!(partitions = ?mine, batches = applied, elapsed_ms = started.elapsed().as_millis() as u64, "state rebuilt from the state log");
     Ok(applied)

@@ -169,8 +169,14 @@ impl pb::worker_server::Worker for WorkerService {
             .position(|p| *p == self.address)
             .unwrap_or(usize::MAX);
         *lock_unpoisoned(&self.peers) = peers;
-        self.call(|reply| Command::Assign { owners, me, reply })
-            .await?;
+        let state_log = r.state_log;
+        self.call(|reply| Command::Assign {
+            owners,
+            me,
+            state_log,
+            reply,
+        })
+        .await?;
         tracing::info!(
             epoch = r.epoch,
             partitions = r.owners.iter().filter(|a| **a == self.address).count(),
@@ -206,10 +212,11 @@ impl pb::worker_server::Worker for WorkerService {
         self.contact(r.epoch)?;
         let parts = self.partitions(&r.partitions, "partitions")?;
         let mut batches = Vec::with_capacity(r.batches.len());
-        for (expected, b) in (r.batches.first().map_or(0, |b| b.batch)..).zip(r.batches) {
-            if b.batch != expected {
+        let first = r.batches.first().map_or(0, |b| b.batch);
+        for (i, b) in r.batches.into_iter().enumerate() {
+            if Some(b.batch) != first.checked_add(i as u64) {
                 return Err(self.reject(format!(
-                    "batches: batch {} where {expected} was due (they must be consecutive)",
+                    "batches: batch {} at place {i} after batch {first} (they must be consecutive)",
                     b.batch
                 )));
             }
