@@ -35,7 +35,7 @@ const GET_ATTEMPTS_ON_BAD_CHECKSUM: u32 = 3;
 
 /// Whether a body read failed the checksum the store sent with the object.
 /// Reads in flight at once in [`Store::get_many`].
-const PARALLEL_GETS: usize = 16;
+const PARALLEL_GETS: usize = 32;
 
 fn is_checksum_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);

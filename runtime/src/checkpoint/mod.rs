@@ -443,6 +443,16 @@ impl Checkpointer {
                     .is_some()
             })
             .collect();
+        // The state log serves recovery from the newest snapshot only (from an older one,
+        // after damage, its batches are recomputed instead): it is the bulk of what a job
+        // writes, so it goes as soon as a snapshot covers it.
+        if let Some(newest) = complete.last().and_then(|n| parse_batch(n)) {
+            for logged in self.state_log()? {
+                if logged.batch <= newest {
+                    self.store.delete(&logged.key)?;
+                }
+            }
+        }
         if complete.len() <= self.retain {
             return Ok(());
         }
@@ -460,11 +470,6 @@ impl Checkpointer {
                 if parse_batch(&name).is_some_and(|b| b < floor) {
                     self.store.delete(&format!("{dir}/{name}"))?;
                 }
-            }
-        }
-        for logged in self.state_log()? {
-            if logged.batch < floor {
-                self.store.delete(&logged.key)?;
             }
         }
         Ok(())
@@ -574,8 +579,23 @@ mod tests {
             };
             c.write_offsets(&entry).expect("offsets");
             c.write_snapshot(&snapshot(b)).expect("snapshot");
+            c.put_state_log(b, &[0], &BTreeMap::new())
+                .expect("state log");
         }
+        c.put_state_log(5, &[0], &BTreeMap::new())
+            .expect("state log");
         c.prune().expect("prune");
+        let logged: Vec<u64> = c
+            .state_log()
+            .expect("list")
+            .iter()
+            .map(|l| l.batch)
+            .collect();
+        assert_eq!(
+            logged,
+            vec![5],
+            "only the state log after the newest snapshot stays"
+        );
         assert_eq!(c.store.list("state").expect("list").len(), 2);
         assert!(c.read_offsets(2).expect("read").is_none());
         assert!(c.read_offsets(3).expect("read").is_some());

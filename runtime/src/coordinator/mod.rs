@@ -506,18 +506,26 @@ impl<R: Runner> Coordinator<R> {
         let (mut base, mut replayed, mut from_log) = (committed, 0, 0);
         if !moved.is_empty() {
             base = self.restore_newest(Some(&moved), committed)?.0;
-            let logged = self.ckpt.offsets_after(base)?;
-            let plan =
-                protocol::replay_plan(base, logged, Some(committed)).map_err(Fault::Damaged)?;
-            if plan.last().map_or(base, |e| e.batch) != committed {
-                return Err(Fault::Damaged(format!(
-                    "the offset log after batch {base} ends before batch {committed}, the last committed"
-                )));
-            }
-            let times: Vec<(u64, u64)> = plan.iter().map(|e| (e.batch, e.time_ms)).collect();
+            // A batch's time follows from its index: the offset log is read only for the
+            // batches the state log does not cover.
+            let times: Vec<(u64, u64)> = (base + 1..=committed)
+                .map(|b| (b, BatchInfo::new(self.zero, self.interval, b).time_ms))
+                .collect();
             let log_plan = protocol::state_log_plan(&self.ckpt.state_log()?, &moved, &times);
             from_log = self.runner.apply_state_log(&log_plan, &moved)?;
-            for entry in plan.into_iter().skip(from_log) {
+            let rebuilt = base + from_log as u64;
+            let plan = if rebuilt < committed {
+                let logged = self.ckpt.offsets_after(rebuilt)?;
+                protocol::replay_plan(rebuilt, logged, Some(committed)).map_err(Fault::Damaged)?
+            } else {
+                Vec::new()
+            };
+            if plan.last().map_or(rebuilt, |e| e.batch) != committed {
+                return Err(Fault::Damaged(format!(
+                    "the offset log after batch {rebuilt} ends before batch {committed}, the last committed"
+                )));
+            }
+            for entry in plan {
                 let batch = BatchInfo {
                     index: entry.batch,
                     time_ms: entry.time_ms,

@@ -239,7 +239,7 @@ pub fn executor_thread(
 }
 
 /// Batches of the state log read at once.
-const LOG_READ_AHEAD: usize = 32;
+const LOG_READ_AHEAD: usize = 64;
 
 /// The state inputs recorded for one batch so far.
 #[derive(Default)]
@@ -304,6 +304,7 @@ fn apply_state_log(
         return Ok(total);
     }
     let started = std::time::Instant::now();
+    let mut reading = std::time::Duration::ZERO;
     let covers_mine = |key: &String| {
         key.rsplit('/')
             .next()
@@ -321,7 +322,10 @@ fn apply_state_log(
                     .map(|k| (k.clone(), batch.index))
             })
             .collect();
-        let mut read = match ckpt.read_state_logs(&wanted) {
+        let read_started = std::time::Instant::now();
+        let read = ckpt.read_state_logs(&wanted);
+        reading += read_started.elapsed();
+        let mut read = match read {
             Ok(read) => read.into_iter(),
             Err(e) => {
                 tracing::warn!(error = %e, "the state log cannot be read; recomputing the rest");
@@ -362,6 +366,12 @@ fn apply_state_log(
             applied += 1;
         }
     }
-    tracing::info!(partitions = ?mine, batches = applied, elapsed_ms = started.elapsed().as_millis() as u64, "state rebuilt from the state log");
+    tracing::info!(
+        partitions = ?mine,
+        batches = applied,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        reading_ms = reading.as_millis() as u64,
+        "state rebuilt from the state log"
+    );
     Ok(applied)
 }
