@@ -39,6 +39,13 @@ fn conformance(s: &dyn CheckpointStore) {
     s.delete("offsets/0001.json").expect("delete");
     assert_eq!(s.get("offsets/0001.json").expect("get"), None);
     s.delete("missing/thing").expect("deleting nothing is fine");
+    s.put("statelog/1-1.bin", b"a").expect("put");
+    s.put("statelog/2-1.bin", b"b").expect("put");
+    s.put("statelog/3-1.bin", b"c").expect("put");
+    s.delete_objects(&["statelog/1-1.bin".into(), "statelog/2-1.bin".into()])
+        .expect("delete objects");
+    assert_eq!(s.list("statelog").expect("list"), vec!["3-1.bin"]);
+    s.delete_objects(&[]).expect("deleting no objects is fine");
     s.delete("").expect("delete everything");
     assert_eq!(s.list("state").expect("list"), Vec::<String>::new());
     assert_eq!(s.get("job.json").expect("get"), None);

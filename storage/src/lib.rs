@@ -29,6 +29,11 @@ pub trait Store: Send + Sync {
     }
     /// Keys under `prefix` (one level: the next path segment), sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Deletes objects by key, keys just listed (a store that can deletes a thousand per
+    /// request).
+    fn delete_objects(&self, keys: &[String]) -> Result<()> {
+        keys.iter().try_for_each(|k| self.delete(k))
+    }
     /// Deletes everything under `prefix` (an object or a "directory").
     fn delete(&self, prefix: &str) -> Result<()>;
 }

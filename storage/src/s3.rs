@@ -333,6 +333,15 @@ impl Store for S3Store {
         Ok(names)
     }
 
+    fn delete_objects(&self, keys: &[String]) -> Result<()> {
+        let mut full = Vec::with_capacity(keys.len());
+        for k in keys {
+            crate::check_key(k)?;
+            full.push(self.key(k));
+        }
+        self.delete_keys(&full, keys.first().map_or("", String::as_str))
+    }
+
     fn delete(&self, prefix: &str) -> Result<()> {
         crate::check_key(prefix)?;
         // One listing finds the object itself and everything under it; deleting only keys that

@@ -447,11 +447,13 @@ impl Checkpointer {
         // after damage, its batches are recomputed instead): it is the bulk of what a job
         // writes, so it goes as soon as a snapshot covers it.
         if let Some(newest) = complete.last().and_then(|n| parse_batch(n)) {
-            for logged in self.state_log()? {
-                if logged.batch <= newest {
-                    self.store.delete(&logged.key)?;
-                }
-            }
+            let covered: Vec<String> = self
+                .state_log()?
+                .into_iter()
+                .filter(|l| l.batch <= newest)
+                .map(|l| l.key)
+                .collect();
+            self.store.delete_objects(&covered)?;
         }
         if complete.len() <= self.retain {
             return Ok(());
@@ -465,11 +467,20 @@ impl Checkpointer {
                 self.store.delete(&format!("state/{name}"))?;
             }
         }
-        for dir in ["offsets", "commits", "wal"] {
-            for name in self.store.list(dir)? {
-                if parse_batch(&name).is_some_and(|b| b < floor) {
-                    self.store.delete(&format!("{dir}/{name}"))?;
-                }
+        for dir in ["offsets", "commits"] {
+            let old: Vec<String> = self
+                .store
+                .list(dir)?
+                .into_iter()
+                .filter(|name| parse_batch(name).is_some_and(|b| b < floor))
+                .map(|name| format!("{dir}/{name}"))
+                .collect();
+            self.store.delete_objects(&old)?;
+        }
+        // Directories, one per batch.
+        for name in self.store.list("wal")? {
+            if parse_batch(&name).is_some_and(|b| b < floor) {
+                self.store.delete(&format!("wal/{name}"))?;
             }
         }
         Ok(())
