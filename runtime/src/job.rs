@@ -280,20 +280,6 @@ impl Job {
         self.executor.run_materializers(&plan, &cx)
     }
 
-    /// The stateful operations (materializers) of `batch`'s plan, each of which a state log
-    /// must hold an input of for every partition it covers.
-    pub(crate) fn materializers_of(&self, batch: BatchInfo) -> Vec<usize> {
-        self.graph
-            .plan(batch)
-            .stages
-            .iter()
-            .filter_map(|s| match s.kind {
-                crate::plan::StageKind::Materialize(m) => Some(m),
-                _ => None,
-            })
-            .collect()
-    }
-
     /// Runs stage `index` of the batch's plan over the partitions this worker owns.
     pub(crate) fn run_stage(&self, cx: &BatchContext, index: usize) -> Result<()> {
         let plan = self.graph.plan(cx.batch);
@@ -502,7 +488,7 @@ mod tests {
                 whole.run_stage(&cx, stage)?;
                 inputs.extend(cx.take_state_inputs());
             }
-            let materializers = whole.materializers_of(batch);
+            let materializers = whole.graph().plan(batch).materializers();
             assert!(!materializers.is_empty());
             for m in materializers {
                 for p in 0..2 {

@@ -526,22 +526,7 @@ impl<R: Runner> Coordinator<R> {
                 )));
             }
             for entry in plan {
-                let batch = BatchInfo {
-                    index: entry.batch,
-                    time_ms: entry.time_ms,
-                    interval_ms: self.interval,
-                };
-                self.runner.execute(
-                    &mut self.job,
-                    &self.ckpt,
-                    BatchInput {
-                        batch,
-                        ranges: &entry.ranges,
-                        logged: None,
-                        replay: true,
-                        redo: Some(&moved),
-                    },
-                )?;
+                self.replay_batch(&entry, Some(&moved))?;
                 replayed += 1;
             }
         }
@@ -575,26 +560,35 @@ impl<R: Runner> Coordinator<R> {
             );
         }
         for entry in plan {
-            let batch = BatchInfo {
-                index: entry.batch,
-                time_ms: entry.time_ms,
-                interval_ms: self.interval,
-            };
-            let report = self.runner.execute(
-                &mut self.job,
-                &self.ckpt,
-                BatchInput {
-                    batch,
-                    ranges: &entry.ranges,
-                    logged: None,
-                    replay: true,
-                    redo: None,
-                },
-            )?;
+            let report = self.replay_batch(&entry, None)?;
             self.job.seek(&entry.positions)?;
             self.complete(report)?;
         }
         Ok(())
+    }
+
+    /// Runs a logged batch again from its logged ranges: for every partition, or for `redo`.
+    fn replay_batch(
+        &mut self,
+        entry: &OffsetEntry,
+        redo: Option<&[usize]>,
+    ) -> Result<BatchReport, Fault> {
+        let batch = BatchInfo {
+            index: entry.batch,
+            time_ms: entry.time_ms,
+            interval_ms: self.interval,
+        };
+        self.runner.execute(
+            &mut self.job,
+            &self.ckpt,
+            BatchInput {
+                batch,
+                ranges: &entry.ranges,
+                logged: None,
+                replay: true,
+                redo,
+            },
+        )
     }
 
     /// Loads the newest snapshot (of a batch up to `at_most`) that is whole, by its manifest

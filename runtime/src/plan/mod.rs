@@ -76,6 +76,19 @@ pub struct BatchPlan {
     pub stages: Vec<Stage>,
 }
 
+impl BatchPlan {
+    /// The materializers (window buffers, keyed state) that run in this batch, in order.
+    pub fn materializers(&self) -> Vec<usize> {
+        self.stages
+            .iter()
+            .filter_map(|s| match s.kind {
+                StageKind::Materialize(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
 /// The whole job as data: streams, shuffles, materializers and outputs.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct JobGraph {

@@ -176,6 +176,7 @@ pub fn executor_thread(
                         .map_err(internal)?;
                     if keep_state_log {
                         cx = cx.recording_state_inputs();
+                        pending.begin(&job, batch);
                     }
                     *lock_unpoisoned(&current) =
                         Some((epoch.load(Ordering::SeqCst), batch.index, Arc::new(cx)));
@@ -200,6 +201,7 @@ pub fn executor_thread(
                 if ok {
                     pending.add(batch, cx.take_state_inputs());
                 }
+                let last = ok && pending.is_last_stage(batch, stage);
                 let _ = reply.send(result.map(|()| StageDone {
                     outgoing: cx.take_outgoing(),
                     reply: pb::StageReply {
@@ -209,8 +211,8 @@ pub fn executor_thread(
                     },
                 }));
                 // After the answer, while the master commits: off the batch's path.
-                if ok && stage + 1 == job.graph().plan(cx.batch).stages.len() {
-                    pending.write(&job, &ckpt, &cx);
+                if last {
+                    pending.write(&ckpt, &cx);
                 }
             }
             Command::Snapshot { batch, reply } => {
@@ -245,32 +247,47 @@ const LOG_READ_AHEAD: usize = 64;
 #[derive(Default)]
 struct PendingLog {
     batch: u64,
+    /// The batch's stages, and which of them are materializers: from its plan, once.
+    stages: usize,
+    materializers: Vec<usize>,
     inputs: StateInputs,
 }
 
 impl PendingLog {
-    fn add(&mut self, batch: u64, inputs: StateInputs) {
-        if batch != self.batch {
+    /// A batch begins; one begun again keeps what its earlier run recorded.
+    fn begin(&mut self, job: &Job, batch: BatchInfo) {
+        if batch.index != self.batch {
+            let plan = job.graph().plan(batch);
             *self = PendingLog {
-                batch,
+                batch: batch.index,
+                stages: plan.stages.len(),
+                materializers: plan.materializers(),
                 inputs: StateInputs::new(),
             };
         }
-        self.inputs.extend(inputs);
+    }
+
+    fn add(&mut self, batch: u64, inputs: StateInputs) {
+        if batch == self.batch {
+            self.inputs.extend(inputs);
+        }
+    }
+
+    fn is_last_stage(&self, batch: u64, stage: usize) -> bool {
+        batch == self.batch && stage + 1 == self.stages
     }
 
     /// Writes the batch's state log for the partitions whose every stateful operation's input
     /// is here. A failure is only logged: the batch is then recomputed if it is ever needed.
-    fn write(&mut self, job: &Job, ckpt: &Checkpointer, cx: &BatchContext) {
-        let materializers = job.materializers_of(cx.batch);
-        if self.batch != cx.batch.index || materializers.is_empty() {
+    fn write(&self, ckpt: &Checkpointer, cx: &BatchContext) {
+        if self.materializers.is_empty() {
             return;
         }
         let covered: Vec<usize> = cx
             .reduced_partitions()
             .into_iter()
             .filter(|p| {
-                materializers
+                self.materializers
                     .iter()
                     .all(|m| self.inputs.contains_key(&(*m, *p)))
             })
@@ -350,7 +367,7 @@ fn apply_state_log(
                     None => return Err(Status::internal("state log reads out of step")),
                 }
             }
-            let materializers = job.materializers_of(batch);
+            let materializers = job.graph().plan(batch).materializers();
             let whole = mine
                 .iter()
                 .all(|p| materializers.iter().all(|m| inputs.contains_key(&(*m, *p))));
