@@ -328,16 +328,17 @@ fn apply_state_log(
             .and_then(crate::checkpoint::state_log::parse)
             .is_some_and(|(_, covered)| covered.iter().any(|p| mine.contains(p)))
     };
+    // Of each batch's objects, those that hold partitions of this worker.
+    let batches: Vec<(BatchInfo, Vec<String>)> = batches
+        .into_iter()
+        .map(|(batch, keys)| (batch, keys.into_iter().filter(covers_mine).collect()))
+        .collect();
     let mut applied = 0u32;
     // Read a chunk of batches' objects at once, then apply them in order.
     for chunk in batches.chunks(LOG_READ_AHEAD) {
         let wanted: Vec<(String, u64)> = chunk
             .iter()
-            .flat_map(|(batch, keys)| {
-                keys.iter()
-                    .filter(|k| covers_mine(k))
-                    .map(|k| (k.clone(), batch.index))
-            })
+            .flat_map(|(batch, keys)| keys.iter().map(|k| (k.clone(), batch.index)))
             .collect();
         let read_started = std::time::Instant::now();
         let read = ckpt.read_state_logs(&wanted);
@@ -355,16 +356,15 @@ fn apply_state_log(
                 ..*batch
             };
             let mut inputs = StateInputs::new();
-            for _ in keys.iter().filter(|k| covers_mine(k)) {
-                match read.next() {
-                    Some(Ok(more)) => {
+            for object in read.by_ref().take(keys.len()) {
+                match object {
+                    Ok(more) => {
                         inputs.extend(more.into_iter().filter(|((_, p), _)| mine.contains(p)))
                     }
-                    Some(Err(e)) => {
+                    Err(e) => {
                         tracing::warn!(batch = batch.index, error = %e, "the state log is unusable here; recomputing from this batch");
                         return Ok(applied);
                     }
-                    None => return Err(Status::internal("state log reads out of step")),
                 }
             }
             let materializers = job.graph().plan(batch).materializers();
