@@ -114,14 +114,9 @@ impl Checkpointer {
             .collect())
     }
 
-    /// The inputs an object holds, by (materializer, partition); a damaged or vanished object
-    /// is an error of the checkpoint.
-    pub fn read_state_log(&self, key: &str, batch: u64) -> Result<StateInputs> {
-        decode(key, batch, self.store.get(key)?)
-    }
-
-    /// Several objects (key, batch) read at once, each decoded as [`Self::read_state_log`]
-    /// does; the store failing fails them all.
+    /// Several objects (key, batch) read at once: the inputs each holds, by (materializer,
+    /// partition), or why it cannot be used (vanished, damaged, of another batch). The store
+    /// failing fails them all.
     pub fn read_state_logs(&self, wanted: &[(String, u64)]) -> Result<Vec<Result<StateInputs>>> {
         let keys: Vec<String> = wanted.iter().map(|(k, _)| k.clone()).collect();
         Ok(self
@@ -189,15 +184,18 @@ mod tests {
         let logged = c.state_log()?;
         assert_eq!(logged.len(), 1);
         assert_eq!((logged[0].batch, logged[0].parts.clone()), (5, vec![1]));
-        let read = c.read_state_log(&logged[0].key, 5)?;
+        let read_one = |batch: u64| -> Result<StateInputs> {
+            let mut read = c.read_state_logs(&[(logged[0].key.clone(), batch)])?;
+            read.pop().expect("one result")
+        };
+        let read = read_one(5)?;
         assert_eq!(read.len(), 2, "only partition 1's entries");
         assert_eq!(read.get(&(0, 1)), Some(&vec![1, 2, 3]));
-        assert!(
-            c.read_state_log(&logged[0].key, 6).is_err(),
-            "another batch"
-        );
+        assert!(read_one(6).is_err(), "another batch");
         c.store.put(&logged[0].key, b"not a log")?;
-        assert!(c.read_state_log(&logged[0].key, 5).is_err(), "damaged");
+        assert!(read_one(5).is_err(), "damaged");
+        c.store.delete(&logged[0].key)?;
+        assert!(read_one(5).is_err(), "vanished");
         Ok(())
     }
 }
