@@ -205,7 +205,7 @@ impl BatchContext {
     }
 
     /// The state inputs recorded since the last call.
-    pub fn take_state_inputs(&self) -> StateInputs {
+    pub(crate) fn take_state_inputs(&self) -> StateInputs {
         self.state_inputs
             .as_ref()
             .map(|i| std::mem::take(&mut *lock_unpoisoned(i)))
