@@ -5,9 +5,9 @@
 //! here first.
 
 use crate::spec::{
-    Empty, FilesSink, FilesSource, FilterStep, FlatMapStep, GeneratorSource, KeyByStep,
-    PipelineStep, ReduceStep, S3Sink, Selector, SinkSpec, SocketSource, SourceSpec, StateStep,
-    StaticJoinStep, StdoutSink, WindowStep, WindowedReduceStep,
+    Empty, FilesSink, FilesSource, FilterStep, FlatMapStep, GeneratorSource, KafkaSink,
+    KafkaSource, KeyByStep, PipelineStep, ReduceStep, S3Sink, Selector, SinkSpec, SocketSource,
+    SourceSpec, StateStep, StaticJoinStep, StdoutSink, WindowStep, WindowedReduceStep,
 };
 
 /// What a source is.
@@ -16,11 +16,12 @@ pub enum SourceKind<'a> {
     Socket(&'a SocketSource),
     Files(&'a FilesSource),
     Generator(&'a GeneratorSource),
+    Kafka(&'a KafkaSource),
 }
 
 impl SourceKind<'_> {
     /// Every kind's field name, in order.
-    pub const NAMES: [&'static str; 3] = ["socket", "files", "generator"];
+    pub const NAMES: [&'static str; 4] = ["socket", "files", "generator", "kafka"];
 
     /// The field that sets it.
     pub fn name(&self) -> &'static str {
@@ -28,6 +29,7 @@ impl SourceKind<'_> {
             SourceKind::Socket(_) => "socket",
             SourceKind::Files(_) => "files",
             SourceKind::Generator(_) => "generator",
+            SourceKind::Kafka(_) => "kafka",
         }
     }
 }
@@ -40,11 +42,13 @@ impl SourceSpec {
             socket,
             files,
             generator,
+            kafka,
         } = self;
         let mut set = Vec::with_capacity(1);
         set.extend(socket.as_ref().map(SourceKind::Socket));
         set.extend(files.as_ref().map(SourceKind::Files));
         set.extend(generator.as_ref().map(SourceKind::Generator));
+        set.extend(kafka.as_ref().map(SourceKind::Kafka));
         set
     }
 
@@ -60,11 +64,12 @@ pub enum SinkKind<'a> {
     Stdout(&'a StdoutSink),
     Files(&'a FilesSink),
     S3(&'a S3Sink),
+    Kafka(&'a KafkaSink),
 }
 
 impl SinkKind<'_> {
     /// Every kind's field name, in order.
-    pub const NAMES: [&'static str; 3] = ["stdout", "files", "s3"];
+    pub const NAMES: [&'static str; 4] = ["stdout", "files", "s3", "kafka"];
 
     /// The field that sets it.
     pub fn name(&self) -> &'static str {
@@ -72,6 +77,7 @@ impl SinkKind<'_> {
             SinkKind::Stdout(_) => "stdout",
             SinkKind::Files(_) => "files",
             SinkKind::S3(_) => "s3",
+            SinkKind::Kafka(_) => "kafka",
         }
     }
 }
@@ -79,11 +85,17 @@ impl SinkKind<'_> {
 impl SinkSpec {
     /// The kinds set (exactly one when valid).
     pub fn kinds(&self) -> Vec<SinkKind<'_>> {
-        let SinkSpec { stdout, files, s3 } = self;
+        let SinkSpec {
+            stdout,
+            files,
+            s3,
+            kafka,
+        } = self;
         let mut set = Vec::with_capacity(1);
         set.extend(stdout.as_ref().map(SinkKind::Stdout));
         set.extend(files.as_ref().map(SinkKind::Files));
         set.extend(s3.as_ref().map(SinkKind::S3));
+        set.extend(kafka.as_ref().map(SinkKind::Kafka));
         set
     }
 
@@ -207,6 +219,7 @@ mod tests {
                 vocabulary: None,
                 line_bytes: None,
             }),
+            kafka: None,
         };
         assert_eq!(source.kind().map(|k| k.name()), Some("generator"));
         let none = SourceSpec {

@@ -6,6 +6,7 @@
 
 mod duration;
 mod fingerprint;
+pub mod kafka;
 mod kinds;
 mod parse;
 #[cfg(feature = "kube")]

@@ -105,7 +105,7 @@ pub enum OnRecordError {
     Fail,
 }
 
-/// One input. Set `name` and exactly one of `socket`, `files`, `generator`.
+/// One input. Set `name` and exactly one of `socket`, `files`, `generator`, `kafka`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceSpec {
@@ -121,6 +121,48 @@ pub struct SourceSpec {
     /// Deterministic text or JSON lines at a target rate, for examples and benchmarks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generator: Option<GeneratorSource>,
+    /// Records of Kafka topics, read exactly once: each batch's offset ranges are planned and
+    /// checkpointed before it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSource>,
+}
+
+/// Kafka topics read directly: no receivers, no consumer-group rebalancing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSource {
+    /// Brokers to start from: `host:port[,host:port...]`.
+    #[schemars(length(max = 2048))]
+    pub bootstrap_servers: String,
+    /// The topics to read. Partitions added while the job runs are read from their start.
+    #[schemars(length(min = 1, max = 64))]
+    pub topics: Vec<String>,
+    /// Where a job without a checkpoint starts: `latest` (default: records written from now
+    /// on), `earliest` (every record the brokers hold), or an RFC 3339 time such as
+    /// `2026-11-30T12:00:00Z` (the first record at or after it). A job with a checkpoint goes
+    /// on from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub starting_offsets: Option<String>,
+    /// At most this many records per second of batch interval from each topic-partition, so a
+    /// backlog is taken in bounded batches. Default: no bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate_per_partition: Option<u64>,
+    /// Hand records on as maps with `key`, `value`, `topic`, `partition`, `offset` and
+    /// `timestamp` (ms) instead of the value alone, for `keyBy`, `filter` and `map`. Default
+    /// false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<bool>,
+    /// The consumer group that receives each committed batch's offsets, for lag tools (the job
+    /// never reads them back). Default `sluice.<namespace>.<job name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub group_id: Option<String>,
+    /// Extra librdkafka client properties (`security.protocol`, `ssl.ca.location`,
+    /// `sasl.mechanism`, ...). Secrets do not belong here: `sasl.username` and `sasl.password`
+    /// come from the environment (`SLUICE_KAFKA_SASL_USERNAME`, `SLUICE_KAFKA_SASL_PASSWORD`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
 }
 
 /// A TCP text source.
@@ -398,6 +440,48 @@ pub struct SinkSpec {
     /// One object per batch and partition in S3; a re-run batch overwrites its objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Sink>,
+    /// A Kafka topic, each batch's partition in one transaction: `read_committed` readers see
+    /// every batch once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSink>,
+}
+
+/// Records written to a Kafka topic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaSink {
+    /// Brokers to start from: `host:port[,host:port...]`.
+    #[schemars(length(max = 2048))]
+    pub bootstrap_servers: String,
+    /// The topic (it must exist).
+    #[schemars(length(max = 249))]
+    pub topic: String,
+    /// The message key: a field or expression of the record. Default: the key of a keyed
+    /// stream (its value is the message), none for plain records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Selector>,
+    /// How a message's value is written: `text` or `json`. Default text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<OutputFormat>,
+    /// `exactlyOnce` (default): each batch's partition is one transaction, and a batch Kafka
+    /// already holds is not written again. `atLeastOnce`: no transactions; a batch run again
+    /// after a failure may be written twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<KafkaDelivery>,
+    /// Extra librdkafka producer properties, as for the source.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// What a reader of a Kafka sink's topic may see after failures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum KafkaDelivery {
+    /// Every record once, for readers with `isolation.level=read_committed`.
+    #[default]
+    ExactlyOnce,
+    /// Every record at least once; cheaper.
+    AtLeastOnce,
 }
 
 /// Objects in S3 (or an S3-compatible store), `PREFIX/batch-<time ms>/part-<partition>.txt`.

@@ -202,7 +202,7 @@ impl Validator {
         if sources.is_empty() {
             self.add(
                 "spec.sources",
-                "needs at least one source (socket, files or generator)",
+                "needs at least one source (socket, files, generator or kafka)",
             );
         }
         let mut names = BTreeSet::new();
@@ -263,6 +263,11 @@ impl Validator {
                     }
                 }
                 SourceKind::Generator(g) => self.generator(&path, g),
+                SourceKind::Kafka(k) => {
+                    for (field, message) in crate::kafka::source_problems(k) {
+                        self.add(format!("{path}.kafka.{field}"), message);
+                    }
+                }
             }
         }
     }
@@ -572,7 +577,7 @@ impl Validator {
         if sinks.is_empty() {
             self.add(
                 "spec.sinks",
-                "needs at least one sink (stdout, files or s3)",
+                "needs at least one sink (stdout, files, s3 or kafka)",
             );
         }
         for (i, sink) in sinks.iter().enumerate() {
@@ -594,6 +599,11 @@ impl Validator {
                             format!("{path}.stdout.limit"),
                             format!("{limit} is too many to print; use at most 100000"),
                         );
+                    }
+                }
+                SinkKind::Kafka(k) => {
+                    for (field, message) in crate::kafka::sink_problems(k) {
+                        self.add(format!("{path}.kafka.{field}"), message);
                     }
                 }
                 SinkKind::S3(s3) => {

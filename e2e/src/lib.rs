@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod crd;
 pub mod fixtures;
+pub mod kafka;
 pub mod pki;
 pub mod process;
 

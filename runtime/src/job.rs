@@ -412,6 +412,10 @@ impl Job {
         !self.graph.shuffles_read_state()
     }
 
+    pub(crate) fn on_commit(&mut self, batch: &BatchInfo) {
+        self.sources.iter_mut().for_each(|s| s.on_commit(batch));
+    }
+
     pub(crate) fn on_checkpoint(&mut self, batch: &BatchInfo) {
         self.sources.iter_mut().for_each(|s| s.on_checkpoint(batch));
     }

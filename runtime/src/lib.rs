@@ -3,7 +3,7 @@
 //! - [`dstream`]: the typed API ([`StreamingContext`], [`DStream`]).
 //! - [`plan`]: the job graph and per-batch stage plans, as plain data.
 //! - [`exec`]: running a plan's stages on a thread pool.
-//! - [`source`] and [`sink`]: inputs and outputs.
+//! - [`source`] and [`sink`]: inputs and outputs; [`kafka`]: Kafka's source and sink.
 //! - [`checkpoint`]: what is written where (offset log, commits, snapshots) on a store.
 //! - [`coordinator`]: the batch protocol — clock, offset log, snapshots and recovery — once,
 //!   over a runner: in this process ([`local`], `sluice run`) or on workers ([`master`],
@@ -19,6 +19,7 @@ pub mod dstream;
 pub mod error;
 pub mod exec;
 pub mod job;
+pub mod kafka;
 pub mod local;
 pub mod manifest;
 pub mod master;

@@ -687,6 +687,7 @@ impl<R: Runner> Coordinator<R> {
             processing_ms: report.processing.as_millis() as u64,
             committed_at_ms: now,
         })?;
+        self.job.on_commit(&batch);
         self.next = batch.index + 1;
         self.summary.batches += 1;
         self.summary.replayed += u64::from(report.replay);

@@ -11,6 +11,7 @@
 //! | `files` | yes (while the files stay) | exactly once |
 //! | `socket` | through the write-ahead log | exactly once from the moment a batch is planned; lines received after the last planned batch are lost with the process |
 //! | `queue` | through the write-ahead log | as `socket` (tests and the Rust API) |
+//! | `kafka` ([`crate::kafka`]) | yes (while the brokers keep the records) | exactly once |
 
 mod files;
 mod generator;
@@ -57,6 +58,25 @@ pub trait Source: Send + 'static {
         refused: &mut Refusals,
     ) -> Result<Vec<Vec<Self::Item>>>;
 
+    /// Whether [`Source::read_owned`] reads only the partitions asked for. Other sources read
+    /// the whole range on every worker, which keeps its partitions.
+    fn reads_owned_partitions(&self) -> bool {
+        false
+    }
+
+    /// Reads the partitions of a planned range that `owns` says this process runs; the others
+    /// may be left empty. By default, [`Source::read`] of the whole range.
+    fn read_owned(
+        &mut self,
+        range: &Json,
+        partitions: usize,
+        owns: &dyn Fn(usize) -> bool,
+        refused: &mut Refusals,
+    ) -> Result<Vec<Vec<Self::Item>>> {
+        let _ = owns;
+        self.read(range, partitions, refused)
+    }
+
     /// For a source that cannot replay: the records of a planned range, to be written to the
     /// write-ahead log before the batch runs. Replayable sources return `None`.
     fn records_for_log(&mut self, _range: &Json) -> Result<Option<Vec<Self::Item>>> {
@@ -78,6 +98,10 @@ pub trait Source: Send + 'static {
     /// data held for them may go.
     fn on_checkpoint(&mut self, _batch: &BatchInfo) {}
 
+    /// `batch` committed: its output is done and it is never run again unless a failure
+    /// rolls back past it.
+    fn on_commit(&mut self, _batch: &BatchInfo) {}
+
     /// Called when the job stops.
     fn on_close(&mut self) {}
 }
@@ -97,6 +121,17 @@ impl Refusals {
     /// job's status.
     pub fn push(&mut self, reason: impl Into<String>) {
         self.count += 1;
+        if self.samples.len() < Self::SAMPLES {
+            self.samples.push(reason.into());
+        }
+    }
+
+    /// Counts `n` refusals for one reason (a run of records lost together).
+    pub fn push_many(&mut self, n: u64, reason: impl Into<String>) {
+        if n == 0 {
+            return;
+        }
+        self.count += n;
         if self.samples.len() < Self::SAMPLES {
             self.samples.push(reason.into());
         }
@@ -154,6 +189,7 @@ pub(crate) trait ErasedSource: Send {
     fn seek(&mut self, position: &Json) -> Result<()>;
     fn on_start(&mut self) -> Result<()>;
     fn on_checkpoint(&mut self, batch: &BatchInfo);
+    fn on_commit(&mut self, batch: &BatchInfo);
     fn on_close(&mut self);
 }
 
@@ -184,6 +220,8 @@ impl<S: Source> ErasedSource for SourceNode<S> {
     ) -> Result<()> {
         // Refused while planning (logged with the range), then while reading.
         let mut refused = Refusals::from_json(&range["refused"]);
+        let mut read_refused = Refusals::default();
+        let owned_only = self.0.reads_owned_partitions();
         let parts = match (range.get("wal"), logged) {
             (Some(_), Some(bytes)) => {
                 let records: Vec<S::Item> =
@@ -199,13 +237,21 @@ impl<S: Source> ErasedSource for SourceNode<S> {
                     message: format!("write-ahead log {key} is missing"),
                 });
             }
+            _ if owned_only => {
+                self.0
+                    .read_owned(range, cx.partitions, &|p| cx.owns(p), &mut read_refused)?
+            }
             _ => self.0.read(range, cx.partitions, &mut refused)?,
         };
         // Every worker reads the whole range and keeps its partitions; the owner of partition
-        // 0 alone counts the refusals, so a distributed batch counts them once.
+        // 0 alone counts the refusals, so a distributed batch counts them once. A source that
+        // reads only this worker's partitions refused for those alone.
+        let operation = format!("source {}", self.0.name());
         if cx.owns(0) {
-            let operation = format!("source {}", self.0.name());
             cx.record_errors(&operation, refused.count(), refused.samples())?;
+        }
+        if read_refused.count() > 0 {
+            cx.record_errors(&operation, read_refused.count(), read_refused.samples())?;
         }
         cx.put_input(index, parts)
     }
@@ -228,6 +274,9 @@ impl<S: Source> ErasedSource for SourceNode<S> {
     }
     fn on_checkpoint(&mut self, batch: &BatchInfo) {
         self.0.on_checkpoint(batch)
+    }
+    fn on_commit(&mut self, batch: &BatchInfo) {
+        self.0.on_commit(batch)
     }
     fn on_close(&mut self) {
         self.0.on_close()

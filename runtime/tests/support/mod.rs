@@ -115,3 +115,4 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     );
     out
 }
+pub mod kafka;

@@ -74,9 +74,11 @@ pub fn compile(
     let mut c = Compiler {
         ctx: ctx.clone(),
         problems: Vec::new(),
+        job_name: job.metadata.name.clone(),
+        namespace: job.metadata.namespace.clone(),
     };
 
-    let mut input: Option<DStream<String>> = None;
+    let mut input: Option<DStream<Value>> = None;
     for (i, source) in spec.sources.iter().enumerate() {
         let stream = c.source(&format!("spec.sources[{i}]"), source);
         input = Some(match input {
@@ -90,7 +92,7 @@ pub fn compile(
             "needs at least one source",
         )]);
     };
-    let mut stream = Stream::Records(input.map(Value::Str));
+    let mut stream = Stream::Records(input);
     let steps = &spec.pipeline;
     let mut i = 0;
     while i < steps.len() {
@@ -118,6 +120,20 @@ pub fn compile(
 struct Compiler {
     ctx: StreamingContext,
     problems: Vec<Problem>,
+    /// The job's name and namespace: Kafka's consumer group and transactional ids derive
+    /// from them.
+    job_name: String,
+    namespace: Option<String>,
+}
+
+/// A Kafka client from a manifest's settings; SASL credentials come from the environment.
+fn kafka_client(
+    servers: &str,
+    properties: &std::collections::BTreeMap<String, String>,
+) -> crate::kafka::KafkaClient {
+    let mut client = crate::kafka::KafkaClient::new(servers);
+    client.properties = properties.clone();
+    client.with_credentials_from_env()
 }
 
 /// How `selector` picks a value.

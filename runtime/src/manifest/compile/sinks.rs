@@ -1,9 +1,22 @@
 //! Sinks: where a manifest's results go.
 
-use sluice_crds::{OutputFormat, SinkKind, SinkSpec, defaults};
+use sluice_crds::{KafkaDelivery, OutputFormat, SinkKind, SinkSpec, defaults};
 
-use super::{Compiler, Stream, local_path, text_format};
-use crate::sink::{FilesSink, StdoutSink};
+use super::{Compiler, Stream, kafka_client, local_path, per_record, text_format};
+use crate::kafka::{Delivery, KafkaMessage, KafkaSink};
+use crate::manifest::value::Value;
+use crate::sink::{FilesSink, StdoutSink, ToText};
+
+/// librdkafka's default `message.max.bytes`: a larger message fails its whole transaction, so
+/// it is refused on its own first.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// A key or value as message text: text as it is, anything else as the sink's format says.
+fn key_text(v: &Value) -> String {
+    let mut out = String::new();
+    v.write_text(&mut out);
+    out
+}
 
 impl Compiler {
     pub(super) fn sink(&mut self, path: &str, stream: &Stream, sink: &SinkSpec) {
@@ -15,6 +28,7 @@ impl Compiler {
             return;
         };
         match kind {
+            SinkKind::Kafka(k) => self.kafka_sink(path, stream, k),
             SinkKind::Stdout(out) => {
                 let limit = out.limit.unwrap_or(defaults::STDOUT_LIMIT) as usize;
                 let (records, pairs) = text_format(OutputFormat::Text);
@@ -53,5 +67,85 @@ impl Compiler {
                 }
             }
         }
+    }
+}
+
+impl Compiler {
+    fn kafka_sink(&mut self, path: &str, stream: &Stream, k: &sluice_crds::KafkaSink) {
+        let key = match &k.key {
+            Some(sel) => self.selector(&format!("{path}.kafka.key"), sel),
+            None => None,
+        };
+        let (records, _) = text_format(k.format.unwrap_or_default());
+        let limit = k
+            .properties
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+        let op = format!("{path}.kafka");
+        let check = move |m: KafkaMessage| -> Result<KafkaMessage, String> {
+            let size = m.value.len() + m.key.as_ref().map_or(0, String::len);
+            if size > limit {
+                return Err(format!(
+                    "a message of {size} bytes, over message.max.bytes ({limit})"
+                ));
+            }
+            Ok(m)
+        };
+        let messages = match stream {
+            Stream::Records(s) => {
+                let op2 = op.clone();
+                s.map_partitions(&op, move |cx, recs| {
+                    per_record(cx, &op2, recs, |root, r: Value, out| {
+                        let key = match &key {
+                            Some(sel) => Some(key_text(&sel.record(root, &r)?)),
+                            None => None,
+                        };
+                        let mut value = String::new();
+                        records(&r, &mut value);
+                        out.push(check(KafkaMessage { key, value })?);
+                        Ok(())
+                    })
+                })
+            }
+            Stream::Keyed(s) => {
+                let op2 = op.clone();
+                let format = k.format.unwrap_or_default();
+                s.map_partitions(&op, move |cx, recs| {
+                    per_record(cx, &op2, recs, |root, (k, v): (Value, Value), out| {
+                        let key = match &key {
+                            Some(sel) => key_text(&sel.pair(root, &k, &v)?),
+                            None => key_text(&k),
+                        };
+                        let mut value = String::new();
+                        match format {
+                            OutputFormat::Text => v.write_text(&mut value),
+                            OutputFormat::Json => value.push_str(&v.to_json().to_string()),
+                        }
+                        out.push(check(KafkaMessage {
+                            key: Some(key),
+                            value,
+                        })?);
+                        Ok(())
+                    })
+                })
+            }
+        };
+        let delivery = match k.delivery.unwrap_or_default() {
+            KafkaDelivery::ExactlyOnce => Delivery::ExactlyOnce,
+            KafkaDelivery::AtLeastOnce => Delivery::AtLeastOnce,
+        };
+        let prefix = format!(
+            "sluice.{}.{}.{}",
+            self.namespace.as_deref().unwrap_or("default"),
+            self.job_name,
+            k.topic
+        );
+        messages.output(KafkaSink::new(
+            kafka_client(&k.bootstrap_servers, &k.properties),
+            &k.topic,
+            &prefix,
+            delivery,
+        ));
     }
 }

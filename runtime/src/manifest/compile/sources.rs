@@ -1,24 +1,29 @@
 //! Sources: where a manifest's records come from.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use sluice_crds::kafka::{Starting, parse_starting_offsets};
 use sluice_crds::{SourceKind, SourceSpec, defaults};
 
-use super::{Compiler, local_path};
+use super::{Compiler, kafka_client, local_path};
 use crate::dstream::DStream;
-use crate::source::{FilesSource, GeneratorConfig, GeneratorSource, SocketSource};
+use crate::kafka::{KafkaRecord, KafkaSource, StartingOffsets};
+use crate::manifest::value::Value;
+use crate::source::{FilesSource, GeneratorConfig, GeneratorSource, QueueSource, SocketSource};
 
 impl Compiler {
-    pub(super) fn source(&mut self, path: &str, s: &SourceSpec) -> DStream<String> {
+    pub(super) fn source(&mut self, path: &str, s: &SourceSpec) -> DStream<Value> {
         let Some(kind) = s.kind() else {
             self.problem(
                 path,
                 format!("set exactly one of {}", SourceKind::NAMES.join(", ")),
             );
             // An empty queue keeps the graph well formed, so later steps are checked too.
-            return self.ctx.source(crate::source::QueueSource::new(&s.name));
+            return self.ctx.source(QueueSource::new(&s.name)).map(Value::Str);
         };
-        match kind {
+        let lines = match kind {
+            SourceKind::Kafka(k) => return self.kafka(&s.name, k),
             SourceKind::Generator(g) => self.ctx.source(GeneratorSource::new(GeneratorConfig {
                 name: s.name.clone(),
                 rate: g.rate,
@@ -50,6 +55,48 @@ impl Compiler {
                 &sock.host,
                 u16::try_from(sock.port).unwrap_or(0),
             )),
+        };
+        lines.map(Value::Str)
+    }
+
+    fn kafka(&mut self, name: &str, k: &sluice_crds::KafkaSource) -> DStream<Value> {
+        let starting = match k.starting_offsets.as_deref().map(parse_starting_offsets) {
+            Some(Ok(Starting::Earliest)) => StartingOffsets::Earliest,
+            Some(Ok(Starting::At(ms))) => StartingOffsets::Timestamp(ms),
+            _ => StartingOffsets::Latest,
+        };
+        let group = k.group_id.clone().unwrap_or_else(|| {
+            sluice_crds::kafka::default_group_id(self.namespace.as_deref(), &self.job_name)
+        });
+        let topics: Vec<&str> = k.topics.iter().map(String::as_str).collect();
+        let source = KafkaSource::new(
+            name,
+            kafka_client(&k.bootstrap_servers, &k.properties),
+            &topics,
+            &group,
+        )
+        .starting_at(starting)
+        .max_rate_per_partition(k.max_rate_per_partition);
+        let stream = self.ctx.source(source);
+        if k.metadata.unwrap_or(false) {
+            stream.map(with_metadata)
+        } else {
+            stream.map(|r: KafkaRecord| Value::Str(r.value))
         }
     }
+}
+
+/// A Kafka record as a map, for pipelines that read its key, topic, partition, offset or time.
+fn with_metadata(r: KafkaRecord) -> Value {
+    let mut fields = BTreeMap::new();
+    fields.insert("key".to_string(), r.key.map_or(Value::Null, Value::Str));
+    fields.insert("value".to_string(), Value::Str(r.value));
+    fields.insert("topic".to_string(), Value::Str(r.topic.to_string()));
+    fields.insert("partition".to_string(), Value::Int(i64::from(r.partition)));
+    fields.insert("offset".to_string(), Value::Int(r.offset));
+    fields.insert(
+        "timestamp".to_string(),
+        r.timestamp.map_or(Value::Null, Value::Int),
+    );
+    Value::Map(fields)
 }

@@ -111,6 +111,21 @@ impl Compiler {
                                 })?;
                                 out.push(Value::from_json(json));
                             }
+                            // A Kafka record with its metadata: the value is parsed in place.
+                            Value::Map(mut fields)
+                                if matches!(fields.get("value"), Some(Value::Str(_))) =>
+                            {
+                                if let Some(Value::Str(text)) = fields.remove("value") {
+                                    let json = serde_json::from_str(&text).map_err(|e| {
+                                        format!(
+                                            "value not JSON ({e}): {}",
+                                            Value::Str(text).describe()
+                                        )
+                                    })?;
+                                    fields.insert("value".into(), Value::from_json(json));
+                                }
+                                out.push(Value::Map(fields));
+                            }
                             other => out.push(other),
                         }
                         Ok(())

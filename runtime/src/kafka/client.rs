@@ -1,0 +1,105 @@
+//! The connection settings shared by the source and the sink, and the words for client errors.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+/// How requests that must answer (metadata, offsets, transactions) may take before the step
+/// fails and is retried by the coordinator.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The environment variables SASL credentials come from.
+pub const USERNAME_VAR: &str = "SLUICE_KAFKA_SASL_USERNAME";
+pub const PASSWORD_VAR: &str = "SLUICE_KAFKA_SASL_PASSWORD";
+
+/// Where the brokers are and how to talk to them. `Debug` leaves the properties' values out:
+/// they may hold credentials.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KafkaClient {
+    /// `host:port[,host:port...]`.
+    pub bootstrap_servers: String,
+    /// librdkafka properties, set last (`security.protocol`, `ssl.ca.location`, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaClient {
+    /// A client of `bootstrap_servers` with librdkafka's defaults.
+    pub fn new(bootstrap_servers: &str) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.to_string(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// Sets one librdkafka property.
+    pub fn property(mut self, key: &str, value: &str) -> Self {
+        self.properties.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Adds SASL credentials from `SLUICE_KAFKA_SASL_USERNAME` and `SLUICE_KAFKA_SASL_PASSWORD`
+    /// when they are set (a manifest never holds them).
+    pub fn with_credentials_from_env(mut self) -> Self {
+        for (var, key) in [
+            (USERNAME_VAR, "sasl.username"),
+            (PASSWORD_VAR, "sasl.password"),
+        ] {
+            if let Ok(value) = std::env::var(var)
+                && !value.is_empty()
+            {
+                self.properties.insert(key.to_string(), value);
+            }
+        }
+        self
+    }
+
+    /// The librdkafka configuration: ours, then the user's properties over them.
+    pub(crate) fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", "sluice")
+            // librdkafka logs through its own channel; its errors reach us as results.
+            .set("log_level", "3");
+        for (key, value) in &self.properties {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+impl std::fmt::Debug for KafkaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaClient")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A client error in words a user can act on, without the data.
+pub(crate) fn describe(e: &KafkaError, servers: &str) -> String {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure) => {
+            format!(
+                "cannot reach the Kafka brokers at {servers} ({e}); check bootstrapServers and that the brokers are up"
+            )
+        }
+        Some(RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut) => format!(
+            "the Kafka brokers at {servers} did not answer in time ({e}); check bootstrapServers and that the brokers are up"
+        ),
+        Some(
+            RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed,
+        ) => format!(
+            "the Kafka brokers at {servers} refused the credentials or their rights ({e}); check the SASL settings and the ACLs"
+        ),
+        _ => format!("Kafka at {servers}: {e}"),
+    }
+}

@@ -1,0 +1,536 @@
+//! The Kafka source, the direct approach: before each batch the coordinator asks the brokers
+//! for the newest committed offsets and plans one `[from, until)` range per topic-partition;
+//! the ranges go to the offset log before the batch runs, and the job's partitions read
+//! exactly them. A replay reads the logged ranges again, so results are exactly once.
+//!
+//! Reads use `isolation.level=read_committed`: planning stops at each partition's last stable
+//! offset, so a range never holds an open transaction and a replay sees the same records.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+
+use super::client::{KafkaClient, REQUEST_TIMEOUT, describe};
+use super::ranges::{self, OffsetRange, TopicPartition};
+use crate::error::{Error, Result};
+use crate::source::{MAX_LINE_BYTES, Refusals, Source};
+use crate::time::BatchInfo;
+
+/// How long a read may go without a record or the end of a range before the batch fails (and
+/// is retried after a back-off): the brokers may be restarting.
+const READ_STALL: Duration = Duration::from_secs(60);
+
+/// Batches whose planned offsets are kept until they commit, for the consumer group.
+const PLANNED_KEPT: usize = 256;
+
+/// One Kafka record as it reaches a stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KafkaRecord {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    /// Milliseconds since the epoch (creation or log-append time, as the topic says).
+    pub timestamp: Option<i64>,
+    pub key: Option<String>,
+    pub value: String,
+}
+
+/// Where a job that has never run starts reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartingOffsets {
+    /// The oldest records the brokers still hold.
+    Earliest,
+    /// Only records written after the job starts.
+    #[default]
+    Latest,
+    /// The first record at or after this time (ms since the epoch).
+    Timestamp(i64),
+}
+
+/// Reads topics of a Kafka cluster.
+pub struct KafkaSource {
+    name: String,
+    client: KafkaClient,
+    topics: Vec<String>,
+    starting: StartingOffsets,
+    group_id: String,
+    max_rate_per_partition: Option<u64>,
+    /// The next offset to plan, by topic-partition; `None` until the first plan or seek.
+    next: Option<BTreeMap<TopicPartition, i64>>,
+    /// Offsets after each planned batch, until it commits.
+    planned: VecDeque<(u64, BTreeMap<TopicPartition, i64>)>,
+    planner: Option<BaseConsumer>,
+    readers: HashMap<String, BaseConsumer>,
+}
+
+impl KafkaSource {
+    /// Reads `topics` through `client`; offsets are committed to `group_id` after each batch.
+    pub fn new(name: &str, client: KafkaClient, topics: &[&str], group_id: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            client,
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            starting: StartingOffsets::default(),
+            group_id: group_id.to_string(),
+            max_rate_per_partition: None,
+            next: None,
+            planned: VecDeque::new(),
+            planner: None,
+            readers: HashMap::new(),
+        }
+    }
+
+    /// Where a job that has never run starts (default: latest).
+    pub fn starting_at(mut self, starting: StartingOffsets) -> Self {
+        self.starting = starting;
+        self
+    }
+
+    /// At most this many records per second of batch interval from each topic-partition.
+    pub fn max_rate_per_partition(mut self, rate: Option<u64>) -> Self {
+        self.max_rate_per_partition = rate.filter(|r| *r > 0);
+        self
+    }
+
+    fn error(&self, message: String) -> Error {
+        Error::Source {
+            source_name: self.name.clone(),
+            message,
+        }
+    }
+
+    fn client_error(&self, what: &str, e: &KafkaError) -> Error {
+        self.error(format!(
+            "{what}: {}",
+            describe(e, &self.client.bootstrap_servers)
+        ))
+    }
+
+    /// A range that cannot be read again: the job cannot go on without losing records.
+    fn lost(&self, message: String) -> Error {
+        Error::Config(format!("source {}: {message}", self.name))
+    }
+
+    /// A client that reads committed records only.
+    fn consumer(&self, group: Option<&str>) -> Result<BaseConsumer> {
+        let mut config = self.client.config();
+        config
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "error");
+        if let Some(group) = group {
+            config.set("group.id", group);
+        }
+        config
+            .create()
+            .map_err(|e| self.client_error("cannot create a Kafka client", &e))
+    }
+
+    /// The client that plans (metadata, offsets) and commits to the job's group, made once.
+    fn planner(&mut self) -> Result<&BaseConsumer> {
+        if self.planner.is_none() {
+            self.planner = Some(self.consumer(Some(&self.group_id))?);
+        }
+        self.planner
+            .as_ref()
+            .ok_or_else(|| Error::Internal("the planning client is missing".into()))
+    }
+
+    /// Every partition of the topics, from the brokers' metadata.
+    fn partitions(&mut self) -> Result<Vec<TopicPartition>> {
+        let topics = self.topics.clone();
+        let mut all = Vec::new();
+        for topic in &topics {
+            let metadata = self.planner()?.fetch_metadata(Some(topic), REQUEST_TIMEOUT);
+            let metadata = metadata
+                .map_err(|e| self.client_error(&format!("cannot read topic {topic}"), &e))?;
+            let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+                return Err(self.error(format!("the brokers did not describe topic {topic}")));
+            };
+            if let Some(e) = t.error() {
+                let code = RDKafkaErrorCode::from(e);
+                return Err(if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                    self.error(format!(
+                        "topic {topic} does not exist at {}; create it or correct the source's topics (the job retries until it exists)",
+                        self.client.bootstrap_servers
+                    ))
+                } else {
+                    self.error(format!("cannot read topic {topic}: {code}"))
+                });
+            }
+            all.extend(
+                t.partitions()
+                    .iter()
+                    .map(|p| TopicPartition::new(topic, p.id())),
+            );
+        }
+        all.sort();
+        Ok(all)
+    }
+
+    /// The offset of each partition at `at` (a time, or `Offset::Beginning` / `Offset::End`,
+    /// where the end is the last stable offset under `read_committed`).
+    fn offsets(&mut self, tps: &[TopicPartition], at: Offset) -> Result<Vec<i64>> {
+        if tps.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut list = TopicPartitionList::new();
+        for tp in tps {
+            list.add_partition_offset(&tp.topic, tp.partition, at)
+                .map_err(|e| self.client_error("cannot list offsets", &e))?;
+        }
+        let answer = self.planner()?.offsets_for_times(list, REQUEST_TIMEOUT);
+        let answer = answer.map_err(|e| self.client_error("cannot list offsets", &e))?;
+        let mut out = Vec::with_capacity(tps.len());
+        for tp in tps {
+            let element = answer
+                .find_partition(&tp.topic, tp.partition)
+                .ok_or_else(|| self.error(format!("the brokers gave no offset for {tp}")))?;
+            if let Err(e) = element.error() {
+                return Err(self.client_error(&format!("cannot list the offsets of {tp}"), &e));
+            }
+            out.push(match element.offset() {
+                Offset::Offset(o) => o,
+                // No record at or after the time: start at the end.
+                Offset::End => match at {
+                    Offset::Offset(_) => -1,
+                    _ => {
+                        return Err(self.error(format!("the brokers gave no offset for {tp}")));
+                    }
+                },
+                other => {
+                    return Err(self.error(format!("the brokers gave offset {other:?} for {tp}")));
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    fn read_topic(
+        &mut self,
+        topic: &str,
+        pieces: &[(usize, OffsetRange)],
+        out: &mut [Vec<KafkaRecord>],
+        refused: &mut Refusals,
+    ) -> Result<()> {
+        // One piece's bounds per partition of the topic: pieces of one partition are adjacent,
+        // so they are read as one span and each record goes to the piece holding its offset.
+        let mut spans: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+        for (_, r) in pieces {
+            let span = spans.entry(r.tp.partition).or_insert((r.from, r.until));
+            span.0 = span.0.min(r.from);
+            span.1 = span.1.max(r.until);
+        }
+        if !self.readers.contains_key(topic) {
+            // librdkafka assigns only in a group; the reader never joins or commits to it.
+            let reader = self.consumer(Some(&self.group_id))?;
+            self.readers.insert(topic.to_string(), reader);
+        }
+        let Some(reader) = self.readers.get(topic) else {
+            return Err(Error::Internal("the reading client is missing".into()));
+        };
+        let mut list = TopicPartitionList::new();
+        for (partition, (from, _)) in &spans {
+            list.add_partition_offset(topic, *partition, Offset::Offset(*from))
+                .map_err(|e| self.client_error("cannot assign partitions", &e))?;
+        }
+        reader
+            .assign(&list)
+            .map_err(|e| self.client_error("cannot assign partitions", &e))?;
+        let topic_name: Arc<str> = Arc::from(topic);
+        let mut open: BTreeMap<i32, i64> =
+            spans.iter().map(|(p, (_, until))| (*p, *until)).collect();
+        let mut last_progress = Instant::now();
+        while !open.is_empty() {
+            let Some(event) = reader.poll(Duration::from_millis(100)) else {
+                if last_progress.elapsed() > READ_STALL {
+                    let waiting: Vec<String> =
+                        open.keys().map(|p| format!("{topic}[{p}]")).collect();
+                    return Err(self.error(format!(
+                        "no records from {} for {}s; the brokers at {} may be down (the batch is retried)",
+                        waiting.join(", "),
+                        READ_STALL.as_secs(),
+                        self.client.bootstrap_servers
+                    )));
+                }
+                continue;
+            };
+            last_progress = Instant::now();
+            let message = match event {
+                Ok(message) => message,
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    // The end of what can be read; planning stopped at or before it.
+                    open.remove(&partition);
+                    continue;
+                }
+                Err(KafkaError::MessageConsumption(code)) => {
+                    return Err(match code {
+                        RDKafkaErrorCode::OffsetOutOfRange => self.lost(format!(
+                            "records of topic {topic} planned for this batch were deleted by the brokers (retention) before they could be read; the job cannot go on exactly. Raise the topic's retention, then start the job over with a new checkpoint"
+                        )),
+                        RDKafkaErrorCode::UnknownTopicOrPartition
+                        | RDKafkaErrorCode::UnknownTopic
+                        | RDKafkaErrorCode::UnknownPartition => self.lost(format!(
+                            "topic {topic} was deleted while the job read it; its planned records cannot be read again. Start the job over with a new checkpoint"
+                        )),
+                        other => self.error(format!("cannot read topic {topic}: {other}")),
+                    });
+                }
+                Err(e) => return Err(self.client_error(&format!("cannot read topic {topic}"), &e)),
+            };
+            let partition = message.partition();
+            let offset = message.offset();
+            let Some(until) = open.get(&partition).copied() else {
+                continue;
+            };
+            if offset >= until {
+                open.remove(&partition);
+                continue;
+            }
+            if offset + 1 >= until {
+                open.remove(&partition);
+            }
+            let Some((part, _)) = pieces
+                .iter()
+                .find(|(_, r)| r.tp.partition == partition && r.from <= offset && offset < r.until)
+            else {
+                // Between two pieces another worker reads.
+                continue;
+            };
+            let at = format!("{topic}[{partition}] offset {offset}");
+            let value = match message.payload().map(std::str::from_utf8) {
+                None => String::new(),
+                Some(Ok(text)) if text.len() <= MAX_LINE_BYTES => text.to_string(),
+                Some(Ok(text)) => {
+                    refused.push(format!(
+                        "{at}: a value of {} bytes, over the limit of {MAX_LINE_BYTES}",
+                        text.len()
+                    ));
+                    continue;
+                }
+                Some(Err(_)) => {
+                    refused.push(format!("{at}: the value is not UTF-8 text"));
+                    continue;
+                }
+            };
+            let key = match message.key().map(std::str::from_utf8) {
+                None => None,
+                Some(Ok(text)) if text.len() <= MAX_LINE_BYTES => Some(text.to_string()),
+                Some(_) => {
+                    refused.push(format!(
+                        "{at}: the key is not UTF-8 text of at most {MAX_LINE_BYTES} bytes"
+                    ));
+                    continue;
+                }
+            };
+            out[*part].push(KafkaRecord {
+                topic: topic_name.clone(),
+                partition,
+                offset,
+                timestamp: message.timestamp().to_millis(),
+                key,
+                value,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Source for KafkaSource {
+    type Item = KafkaRecord;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn replayable(&self) -> bool {
+        true
+    }
+
+    fn plan(&mut self, batch: &BatchInfo) -> Result<Json> {
+        let tps = self.partitions()?;
+        let ends = self.offsets(&tps, Offset::End)?;
+        let starts = self.offsets(&tps, Offset::Beginning)?;
+        let mut refused = Refusals::default();
+        let first = self.next.is_none();
+        let mut next = self.next.take().unwrap_or_default();
+        // Partitions the position does not hold: all of them on the first batch (where the
+        // source says), new ones later (from their start, so nothing written to them is missed).
+        let fresh: Vec<TopicPartition> = tps
+            .iter()
+            .filter(|tp| !next.contains_key(*tp))
+            .cloned()
+            .collect();
+        if !fresh.is_empty() {
+            let at = match (first, self.starting) {
+                (true, StartingOffsets::Latest) => Offset::End,
+                (true, StartingOffsets::Timestamp(ms)) => Offset::Offset(ms),
+                _ => Offset::Beginning,
+            };
+            let starts = self.offsets(&fresh, at);
+            let starts = match starts {
+                Ok(s) => s,
+                Err(e) => {
+                    self.next = (!first).then_some(next);
+                    return Err(e);
+                }
+            };
+            for (tp, start) in fresh.into_iter().zip(starts) {
+                if !first {
+                    tracing::info!(source = %self.name, partition = %tp, "a new partition; reading it from its start");
+                }
+                next.insert(tp, start);
+            }
+        }
+        let cap = self.max_rate_per_partition.map(|rate| {
+            i64::try_from(rate.saturating_mul(batch.interval_ms) / 1000)
+                .unwrap_or(i64::MAX)
+                .max(1)
+        });
+        let mut planned = Vec::new();
+        for ((tp, end), start) in tps.iter().zip(&ends).zip(&starts) {
+            let Some(from) = next.get(tp).copied() else {
+                continue;
+            };
+            // A start at the end (-1: no record after the starting time) waits for records.
+            let mut from = if from < 0 { *end } else { from };
+            if from < *start {
+                // Deleted (retention) before any batch planned them: they are in no batch, and
+                // the job says so rather than fail for ever.
+                let lost = u64::try_from(start - from).unwrap_or(0);
+                tracing::error!(source = %self.name, partition = %tp, from, start, "records were deleted by the brokers before the job read them");
+                refused.push_many(
+                    lost,
+                    format!("{tp}: offsets {from}..{start} were deleted by the brokers (retention) before the job read them"),
+                );
+                from = *start;
+            }
+            let until = match cap {
+                Some(cap) => (*end).min(from.saturating_add(cap)),
+                None => *end,
+            }
+            .max(from);
+            next.insert(tp.clone(), until);
+            if until > from {
+                planned.push(OffsetRange {
+                    tp: tp.clone(),
+                    from,
+                    until,
+                });
+            }
+        }
+        // Deleted partitions (a topic recreated with fewer) drop out of the position.
+        next.retain(|tp, _| tps.binary_search(tp).is_ok());
+        if self.planned.len() >= PLANNED_KEPT {
+            self.planned.pop_front();
+        }
+        self.planned.push_back((batch.index, next.clone()));
+        self.next = Some(next);
+        let mut range = ranges::to_json(&planned);
+        if refused.count() > 0 {
+            range["refused"] = refused.to_json();
+        }
+        Ok(range)
+    }
+
+    fn read(
+        &mut self,
+        range: &Json,
+        partitions: usize,
+        refused: &mut Refusals,
+    ) -> Result<Vec<Vec<KafkaRecord>>> {
+        self.read_owned(range, partitions, &|_| true, refused)
+    }
+
+    fn read_owned(
+        &mut self,
+        range: &Json,
+        partitions: usize,
+        owns: &dyn Fn(usize) -> bool,
+        refused: &mut Refusals,
+    ) -> Result<Vec<Vec<KafkaRecord>>> {
+        let ranges = ranges::from_json(range).map_err(|m| {
+            self.error(format!(
+                "the offset log holds a range this source did not write: {m}"
+            ))
+        })?;
+        let cut = ranges::cut(&ranges, partitions);
+        let mut by_topic: BTreeMap<String, Vec<(usize, OffsetRange)>> = BTreeMap::new();
+        for (part, pieces) in cut.into_iter().enumerate() {
+            if owns(part) {
+                for piece in pieces {
+                    by_topic
+                        .entry(piece.tp.topic.clone())
+                        .or_default()
+                        .push((part, piece));
+                }
+            }
+        }
+        let mut out = vec![Vec::new(); partitions.max(1)];
+        for (topic, pieces) in by_topic {
+            self.read_topic(&topic, &pieces, &mut out, refused)?;
+        }
+        Ok(out)
+    }
+
+    fn reads_owned_partitions(&self) -> bool {
+        true
+    }
+
+    fn position(&self) -> Json {
+        match &self.next {
+            Some(next) => json!({ "next": ranges::positions_to_json(next) }),
+            None => json!({}),
+        }
+    }
+
+    fn seek(&mut self, position: &Json) -> Result<()> {
+        self.planned.clear();
+        let Some(next) = position.get("next") else {
+            self.next = None;
+            return Ok(());
+        };
+        self.next = Some(ranges::positions_from_json(next).ok_or_else(|| {
+            self.error(format!(
+                "the checkpoint's position of this source is not one it wrote: {}",
+                crate::error::shorten(&position.to_string(), 200)
+            ))
+        })?);
+        Ok(())
+    }
+
+    fn on_commit(&mut self, batch: &BatchInfo) {
+        let mut offsets = None;
+        while self.planned.front().is_some_and(|(b, _)| *b <= batch.index) {
+            offsets = self.planned.pop_front().map(|(_, o)| o);
+        }
+        let Some(offsets) = offsets else {
+            return;
+        };
+        let mut list = TopicPartitionList::new();
+        for (tp, offset) in &offsets {
+            if *offset >= 0 {
+                let _ = list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset));
+            }
+        }
+        // For the lag tools only: recovery never reads it, so a failed commit is a warning.
+        let result = match self.planner() {
+            Ok(planner) => planner
+                .commit(&list, CommitMode::Async)
+                .map_err(|e| describe(&e, &self.client.bootstrap_servers)),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(source = %self.name, group = %self.group_id, error = %e, "cannot commit the batch's offsets to the consumer group (lag tools will lag behind)");
+        }
+    }
+}

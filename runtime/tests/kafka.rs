@@ -1,0 +1,269 @@
+//! The Kafka source and sink against a real Apache Kafka broker (one KRaft node started once for
+//! this test binary; each test has its own topics).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sluice::kafka::{
+    Delivery, KafkaClient, KafkaMessage, KafkaRecord, KafkaSink, KafkaSource, StartingOffsets,
+};
+use sluice::sink::Sink;
+use sluice::time::BatchInfo;
+use sluice::{StreamingConfig, StreamingContext};
+use support::kafka::*;
+
+fn context(partitions: usize) -> StreamingContext {
+    StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(partitions))
+}
+
+fn source(broker: &KafkaBroker, topic: &str) -> KafkaSource {
+    KafkaSource::new(
+        "k",
+        KafkaClient::new(&broker.bootstrap()),
+        &[topic],
+        &format!("test.{topic}"),
+    )
+    .starting_at(StartingOffsets::Earliest)
+}
+
+fn records(n: usize, partitions: i32, tag: &str) -> Vec<(i32, Option<String>, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                i as i32 % partitions,
+                Some(format!("k{}", i % 7)),
+                format!("{tag}-{i}"),
+            )
+        })
+        .collect()
+}
+
+fn produce_owned(broker: &KafkaBroker, topic: &str, recs: &[(i32, Option<String>, String)]) {
+    let borrowed: Vec<(i32, Option<&str>, &str)> = recs
+        .iter()
+        .map(|(p, k, v)| (*p, k.as_deref(), v.as_str()))
+        .collect();
+    produce(&broker.bootstrap(), topic, &borrowed);
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[test]
+fn the_source_reads_each_record_once_with_its_metadata_and_new_records_in_the_next_batch() {
+    let broker = KafkaBroker::shared();
+    let topic = unique_topic("reads");
+    create_topic(&broker.bootstrap(), &topic, 3);
+    let first = records(30, 3, "a");
+    produce_owned(broker, &topic, &first);
+
+    let ctx = context(2);
+    let got = ctx.source(source(broker, &topic)).collect_batches();
+    let mut job = ctx.build().expect("build");
+    job.run_batches(1).expect("batch 1");
+    let batch: Vec<KafkaRecord> = got.take().into_iter().flat_map(|(_, r)| r).collect();
+    assert_eq!(
+        sorted(batch.iter().map(|r| r.value.clone()).collect()),
+        sorted(first.iter().map(|r| r.2.clone()).collect())
+    );
+    // Every record carries where it came from; offsets per partition are 0..10.
+    let mut by_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in &batch {
+        assert_eq!(&*r.topic, topic.as_str());
+        assert!(r.key.as_deref().is_some_and(|k| k.starts_with('k')));
+        assert!(r.timestamp.is_some_and(|t| t > 1_700_000_000_000));
+        by_partition.entry(r.partition).or_default().push(r.offset);
+    }
+    for offsets in by_partition.values_mut() {
+        offsets.sort_unstable();
+        assert_eq!(*offsets, (0..10).collect::<Vec<i64>>());
+    }
+
+    job.run_batches(1).expect("batch 2");
+    assert!(got.take().iter().all(|(_, r)| r.is_empty()), "nothing new");
+    let second = records(6, 3, "b");
+    produce_owned(broker, &topic, &second);
+    job.run_batches(1).expect("batch 3");
+    let batch: Vec<String> = got
+        .take()
+        .into_iter()
+        .flat_map(|(_, r)| r)
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(
+        sorted(batch),
+        sorted(second.iter().map(|r| r.2.clone()).collect())
+    );
+}
+
+#[test]
+fn max_rate_per_partition_bounds_every_batch_of_a_backlog() {
+    let broker = KafkaBroker::shared();
+    let topic = unique_topic("rate");
+    create_topic(&broker.bootstrap(), &topic, 2);
+    produce_owned(broker, &topic, &records(100, 2, "r"));
+    let ctx = context(3);
+    // 100 records/s per partition over 100 ms batches: 10 per partition, 20 per batch.
+    let got = ctx
+        .source(source(broker, &topic).max_rate_per_partition(Some(100)))
+        .collect_batches();
+    let mut job = ctx.build().expect("build");
+    let mut sizes = Vec::new();
+    let mut all = Vec::new();
+    for _ in 0..6 {
+        job.run_batches(1).expect("batch");
+        for (_, r) in got.take() {
+            sizes.push(r.len());
+            all.extend(r.into_iter().map(|r| r.value));
+        }
+    }
+    assert_eq!(sizes, vec![20, 20, 20, 20, 20, 0]);
+    assert_eq!(
+        sorted(all),
+        sorted(records(100, 2, "r").into_iter().map(|r| r.2).collect())
+    );
+}
+
+#[test]
+fn partitions_added_while_running_are_read_from_their_start() {
+    let broker = KafkaBroker::shared();
+    let topic = unique_topic("grow");
+    create_topic(&broker.bootstrap(), &topic, 1);
+    let ctx = context(2);
+    let got = ctx
+        .source(source(broker, &topic).starting_at(StartingOffsets::Latest))
+        .collect_batches();
+    let mut job = ctx.build().expect("build");
+    job.run_batches(1).expect("batch 1");
+    add_partitions(&broker.bootstrap(), &topic, 3);
+    produce(
+        &broker.bootstrap(),
+        &topic,
+        &[(0, None, "p0"), (1, None, "p1"), (2, None, "p2")],
+    );
+    job.run_batches(1).expect("batch 2");
+    let values: Vec<String> = got
+        .take()
+        .into_iter()
+        .flat_map(|(_, r)| r)
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(sorted(values), vec!["p0", "p1", "p2"]);
+}
+
+#[test]
+fn an_open_transaction_is_not_planned_and_aborted_records_are_never_read() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let broker = KafkaBroker::shared();
+    let topic = unique_topic("txn-in");
+    create_topic(&broker.bootstrap(), &topic, 1);
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap())
+        .set("transactional.id", format!("writer-{topic}"))
+        .create()
+        .expect("producer");
+    let t = Duration::from_secs(30);
+    p.init_transactions(t).expect("init");
+    let send = |values: &[&str]| {
+        for v in values {
+            p.send(BaseRecord::<(), str>::to(&topic).payload(*v))
+                .expect("send");
+        }
+        p.flush(t).expect("flush");
+    };
+    p.begin_transaction().expect("begin");
+    send(&["c1", "c2"]);
+    p.commit_transaction(t).expect("commit");
+    p.begin_transaction().expect("begin");
+    send(&["aborted"]);
+    p.abort_transaction(t).expect("abort");
+    p.begin_transaction().expect("begin");
+    send(&["open"]);
+
+    let ctx = context(2);
+    let got = ctx.source(source(broker, &topic)).collect_batches();
+    let mut job = ctx.build().expect("build");
+    job.run_batches(1).expect("batch 1");
+    let values = |got: &sluice::dstream::Collected<KafkaRecord>| -> Vec<String> {
+        got.take()
+            .into_iter()
+            .flat_map(|(_, r)| r)
+            .map(|r| r.value)
+            .collect()
+    };
+    assert_eq!(sorted(values(&got)), vec!["c1", "c2"]);
+    p.commit_transaction(t).expect("commit");
+    // The commit markers land just after the commit returns; until then the record waits.
+    let mut later = Vec::new();
+    for _ in 0..30 {
+        job.run_batches(1).expect("batch");
+        later.extend(values(&got));
+        if !later.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(later, vec!["open"]);
+}
+
+fn sink(broker: &KafkaBroker, topic: &str) -> KafkaSink {
+    KafkaSink::new(
+        KafkaClient::new(&broker.bootstrap()),
+        topic,
+        &format!("test.{topic}"),
+        Delivery::ExactlyOnce,
+    )
+}
+
+fn messages(batch: u64, part: usize, n: usize) -> Vec<KafkaMessage> {
+    (0..n)
+        .map(|i| KafkaMessage {
+            key: Some(format!("{part}")),
+            value: format!("b{batch}-p{part}-{i}"),
+        })
+        .collect()
+}
+
+#[test]
+fn the_sink_writes_a_batch_once_even_when_it_runs_again_in_a_new_process() {
+    let broker = KafkaBroker::shared();
+    let topic = unique_topic("out");
+    create_topic(&broker.bootstrap(), &topic, 2);
+    let batch = |i: u64| BatchInfo::new(1_000_000, 100, i);
+    let parts = |i: u64| vec![(0, messages(i, 0, 3)), (1, messages(i, 1, 2))];
+
+    let first = sink(broker, &topic);
+    first
+        .write_partitions(&batch(1), parts(1), false)
+        .expect("batch 1");
+    first
+        .write_partitions(&batch(2), parts(2), false)
+        .expect("batch 2");
+    // Run again in the same process: it knows what it wrote.
+    first
+        .write_partitions(&batch(2), parts(2), false)
+        .expect("batch 2 again");
+    // A new process (after a crash between the Kafka commit and the checkpoint) fences the
+    // old producers, reads the marks, and skips what Kafka holds.
+    let second = sink(broker, &topic);
+    second
+        .write_partitions(&batch(2), parts(2), false)
+        .expect("batch 2 in a new process");
+    second
+        .write_partitions(&batch(3), parts(3), false)
+        .expect("batch 3");
+    // The first process is now a zombie: its producers were fenced, so it cannot write.
+    let zombie = first.write_partitions(&batch(4), parts(4), false);
+    assert!(zombie.is_err(), "a fenced producer wrote");
+
+    let mut want: Vec<String> = (1..=3)
+        .flat_map(|i| parts(i).into_iter().flat_map(|(_, m)| m).map(|m| m.value))
+        .collect();
+    want.sort();
+    assert_eq!(sorted(committed_values(&broker.bootstrap(), &topic)), want);
+}
