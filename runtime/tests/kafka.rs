@@ -267,3 +267,170 @@ fn the_sink_writes_a_batch_once_even_when_it_runs_again_in_a_new_process() {
     want.sort();
     assert_eq!(sorted(committed_values(&broker.bootstrap(), &topic)), want);
 }
+
+/// A manifest from topic `input` to topic `output` through a running count per word.
+fn kafka_manifest(
+    dir: &std::path::Path,
+    name: &str,
+    broker: &KafkaBroker,
+    input: &str,
+    output: &str,
+) -> std::path::PathBuf {
+    let text = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: {name}}}\nspec:\n  batchInterval: 100ms\n  parallelism: 3\n  sources:\n    - name: in\n      kafka: {{bootstrapServers: \"{servers}\", topics: [{input}], startingOffsets: earliest, maxRatePerPartition: 1000}}\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n    - updateStateByKey: {{op: sum}}\n  sinks:\n    - kafka: {{bootstrapServers: \"{servers}\", topic: {output}}}\n  checkpoint: {{uri: \"file://{ckpt}\", interval: 4, retain: 2}}\n",
+        servers = broker.bootstrap(),
+        ckpt = dir.join("ckpt").display(),
+    );
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, text).expect("write manifest");
+    path
+}
+
+const CRASH_BATCHES: u64 = 30;
+
+fn sluice_run(manifest: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.arg("run")
+        .arg(manifest)
+        .args(["--batches", &CRASH_BATCHES.to_string(), "--no-wait"])
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+/// The output's records by batch (the `sluice-batch` header), each batch sorted.
+fn by_batch(broker: &KafkaBroker, topic: &str) -> BTreeMap<u64, Vec<(Option<String>, String)>> {
+    let mut out: BTreeMap<u64, Vec<(Option<String>, String)>> = BTreeMap::new();
+    for r in read_committed(&broker.bootstrap(), topic)
+        .into_values()
+        .flatten()
+    {
+        let batch = r.batch.expect("every record names its batch");
+        out.entry(batch).or_default().push((r.key, r.value));
+    }
+    out.values_mut().for_each(|v| v.sort());
+    out
+}
+
+/// The newest batch marked complete in a local checkpoint.
+fn last_commit(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("ckpt/commits"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    e.ok()?
+                        .file_name()
+                        .to_string_lossy()
+                        .trim_end_matches(".json")
+                        .parse()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn kafka_to_kafka_is_exactly_once_across_sigkills() {
+    let broker = KafkaBroker::shared();
+    let input = unique_topic("crash-in");
+    create_topic(&broker.bootstrap(), &input, 3);
+    // A backlog larger than the run takes: every batch is the rate bound, 100 records from
+    // each partition, in both runs, whatever the timing.
+    let lines: Vec<(i32, Option<String>, String)> = (0..3 * 100 * (CRASH_BATCHES as usize + 5))
+        .map(|i| (i as i32 % 3, None, format!("w{} w{} x", i % 37, i % 11)))
+        .collect();
+    produce_owned(broker, &input, &lines);
+
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("kafka crash: CRASH_SEED={seed}");
+    let mut rng = seed;
+    let mut next = move || {
+        // SplitMix64.
+        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+
+    let reference = tempfile::tempdir().expect("tempdir");
+    let reference_out = unique_topic("crash-ref");
+    create_topic(&broker.bootstrap(), &reference_out, 2);
+    let started = std::time::Instant::now();
+    let out = sluice_run(&kafka_manifest(
+        reference.path(),
+        "reference",
+        broker,
+        &input,
+        &reference_out,
+    ))
+    .output()
+    .expect("reference run");
+    let run_ms = (started.elapsed().as_millis() as u64).max(50);
+    assert!(
+        out.status.success(),
+        "reference run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = by_batch(broker, &reference_out);
+    assert_eq!(expected.len() as u64, CRASH_BATCHES, "one output per batch");
+
+    let crashed = tempfile::tempdir().expect("tempdir");
+    let crashed_out = unique_topic("crash-out");
+    create_topic(&broker.bootstrap(), &crashed_out, 2);
+    let job = kafka_manifest(crashed.path(), "crashed", broker, &input, &crashed_out);
+    let (mut kills, mut mid_run) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not finish in time"
+        );
+        let mut child = sluice_run(&job).spawn().expect("spawn sluice");
+        if kills < 6 {
+            std::thread::sleep(Duration::from_millis(20 + next() % (run_ms / 3).max(1)));
+            if child.try_wait().expect("wait").is_none() {
+                child.kill().expect("SIGKILL");
+                let _ = child.wait();
+                kills += 1;
+                let last = last_commit(crashed.path());
+                eprintln!("kafka crash: killed after batch {last}");
+                mid_run += u32::from(last > 0 && last < CRASH_BATCHES);
+                continue;
+            }
+        }
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "run after {kills} kills: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        break;
+    }
+    assert!(mid_run >= 1, "no kill landed mid-run ({kills} kills)");
+    let got = by_batch(broker, &crashed_out);
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "batches written after {kills} kills"
+    );
+    for (batch, want) in &expected {
+        assert!(
+            got.get(batch) == Some(want),
+            "batch {batch} differs from the uninterrupted run after {kills} kills (seed {seed}): {} records against {}",
+            got.get(batch).map_or(0, Vec::len),
+            want.len()
+        );
+    }
+}

@@ -14,5 +14,5 @@ mod source;
 
 pub use client::KafkaClient;
 pub use ranges::{OffsetRange, TopicPartition};
-pub use sink::{Delivery, KafkaMessage, KafkaSink};
+pub use sink::{BATCH_HEADER, Delivery, KafkaMessage, KafkaSink};
 pub use source::{KafkaRecord, KafkaSource, StartingOffsets};

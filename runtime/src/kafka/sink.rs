@@ -15,6 +15,7 @@ use std::time::Duration;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,10 @@ use crate::error::{Error, Result};
 use crate::exec::lock_unpoisoned;
 use crate::sink::Sink;
 use crate::time::BatchInfo;
+
+/// The header every message carries: the index of the batch that wrote it (1, 2, ...), so a
+/// reader can tell batches apart.
+pub const BATCH_HEADER: &str = "sluice-batch";
 
 /// One message to write.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,9 +166,21 @@ impl KafkaSink {
         })
     }
 
-    fn send_all(&self, producer: &Producer_, records: &[KafkaMessage]) -> Result<()> {
+    fn send_all(
+        &self,
+        producer: &Producer_,
+        batch: &BatchInfo,
+        records: &[KafkaMessage],
+    ) -> Result<()> {
+        let index = batch.index.to_string();
         for r in records {
-            let mut record = BaseRecord::to(&self.topic).payload(r.value.as_bytes());
+            let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: BATCH_HEADER,
+                value: Some(index.as_bytes()),
+            });
+            let mut record = BaseRecord::to(&self.topic)
+                .payload(r.value.as_bytes())
+                .headers(headers);
             if let Some(key) = &r.key {
                 record = record.key(key.as_bytes());
             }
@@ -194,7 +211,7 @@ impl KafkaSink {
             .begin_transaction()
             .map_err(|e| self.client_error("cannot begin a transaction", &e))?;
         let result = (|| {
-            self.send_all(producer, records)?;
+            self.send_all(producer, batch, records)?;
             let mut mark = TopicPartitionList::new();
             mark.add_partition_offset(&self.topic, 0, Offset::Offset(time))
                 .map_err(|e| self.client_error("cannot mark the batch", &e))?;
@@ -255,7 +272,11 @@ impl KafkaSink {
         }
     }
 
-    fn write_at_least_once(&self, parts: &[(usize, Vec<KafkaMessage>)]) -> Result<()> {
+    fn write_at_least_once(
+        &self,
+        batch: &BatchInfo,
+        parts: &[(usize, Vec<KafkaMessage>)],
+    ) -> Result<()> {
         let producer = {
             let mut plain = lock_unpoisoned(&self.plain);
             match plain.as_ref() {
@@ -268,7 +289,7 @@ impl KafkaSink {
             }
         };
         for (_, records) in parts {
-            self.send_all(&producer, records)?;
+            self.send_all(&producer, batch, records)?;
         }
         producer
             .flush(REQUEST_TIMEOUT)
@@ -302,7 +323,7 @@ impl Sink<KafkaMessage> for KafkaSink {
         _whole: bool,
     ) -> Result<()> {
         if self.delivery == Delivery::AtLeastOnce {
-            return self.write_at_least_once(&parts);
+            return self.write_at_least_once(batch, &parts);
         }
         // Partitions commit independently (each is its own transaction), so they go at once.
         std::thread::scope(|scope| {

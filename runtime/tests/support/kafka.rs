@@ -136,11 +136,18 @@ pub fn produce(bootstrap: &str, topic: &str, records: &[(i32, Option<&str>, &str
     p.flush(Duration::from_secs(30)).expect("flush");
 }
 
-/// Every record of `topic` a `read_committed` reader sees, by partition: (offset, key, value).
-pub fn read_committed(
-    bootstrap: &str,
-    topic: &str,
-) -> BTreeMap<i32, Vec<(i64, Option<String>, String)>> {
+/// One record as a reader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Read {
+    pub offset: i64,
+    pub key: Option<String>,
+    pub value: String,
+    /// The `sluice-batch` header, when the record has one.
+    pub batch: Option<u64>,
+}
+
+/// Every record of `topic` a `read_committed` reader sees, by partition.
+pub fn read_committed(bootstrap: &str, topic: &str) -> BTreeMap<i32, Vec<Read>> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("isolation.level", "read_committed")
@@ -164,16 +171,25 @@ pub fn read_committed(
     }
     c.assign(&list).expect("assign");
     let mut open: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
-    let mut out: BTreeMap<i32, Vec<(i64, Option<String>, String)>> = BTreeMap::new();
+    let mut out: BTreeMap<i32, Vec<Read>> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !open.is_empty() {
         assert!(Instant::now() < deadline, "reading {topic} took over 60 s");
         match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => out.entry(m.partition()).or_default().push((
-                m.offset(),
-                m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-            )),
+            Some(Ok(m)) => {
+                use rdkafka::message::Headers;
+                let batch = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == "sluice-batch")
+                        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+                });
+                out.entry(m.partition()).or_default().push(Read {
+                    offset: m.offset(),
+                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    batch,
+                })
+            }
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);
             }
@@ -189,6 +205,6 @@ pub fn committed_values(bootstrap: &str, topic: &str) -> Vec<String> {
     read_committed(bootstrap, topic)
         .into_values()
         .flatten()
-        .map(|(_, _, v)| v)
+        .map(|r| r.value)
         .collect()
 }
