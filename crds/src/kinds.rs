@@ -231,6 +231,7 @@ mod tests {
             files: Some(FilesSource {
                 path: "/in".into(),
                 remember_for: None,
+                max_files_per_batch: None,
             }),
             ..source
         };

@@ -92,6 +92,29 @@ pub struct StreamingJobSpec {
     /// Where progress and state are checkpointed. Without it a restart begins from scratch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointSpec>,
+    /// How fast sources that can bound a batch (Kafka) hand it records while a backlog
+    /// drains: on by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backpressure: Option<BackpressureSpec>,
+}
+
+/// The rate controller: from each batch's processing time and scheduling delay it sets how
+/// many records per second the next batch takes, so batches finish within the interval
+/// while the job catches up (Spark's `spark.streaming.backpressure`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackpressureSpec {
+    /// Default true. Off, a batch takes everything up to each source's own bound
+    /// (`maxRatePerPartition`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Records per second for the first batches, before the controller has measured any.
+    /// Default 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_rate: Option<u64>,
+    /// The controller never goes below it. Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_rate: Option<u64>,
 }
 
 /// What happens to a record that an operation cannot process.
@@ -190,6 +213,10 @@ pub struct FilesSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub remember_for: Option<String>,
+    /// At most this many files per batch, oldest first, so a directory that filled while the
+    /// job was away is taken in bounded batches. Default: every new file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files_per_batch: Option<u32>,
 }
 
 /// A seeded generator of lines.
@@ -607,4 +634,8 @@ pub mod defaults {
     pub const FILES_PREFIX: &str = "batch";
     /// `sources[].files.rememberFor`, in seconds (Spark's `minRememberDuration`).
     pub const FILES_REMEMBER_FOR_SECONDS: u64 = 60;
+    /// `spec.backpressure.initialRate`, records per second.
+    pub const BACKPRESSURE_INITIAL_RATE: u64 = 100_000;
+    /// `spec.backpressure.minRate`, records per second.
+    pub const BACKPRESSURE_MIN_RATE: u64 = 100;
 }

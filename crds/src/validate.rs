@@ -168,6 +168,9 @@ impl Validator {
         if let Some(interval) = interval {
             self.generated_batches(&spec.sources, interval);
         }
+        if let Some(bp) = &spec.backpressure {
+            self.backpressure(bp);
+        }
         self.pipeline(&spec.pipeline, interval);
         self.sinks(&spec.sinks);
         if let Some(ckpt) = &spec.checkpoint {
@@ -261,6 +264,12 @@ impl Validator {
                             "is empty; write the directory to watch",
                         );
                     }
+                    if files.max_files_per_batch == Some(0) {
+                        self.add(
+                            format!("{path}.files.maxFilesPerBatch"),
+                            "is 0; use at least 1 (or leave it out for every new file)",
+                        );
+                    }
                 }
                 SourceKind::Generator(g) => self.generator(&path, g),
                 SourceKind::Kafka(k) => {
@@ -269,6 +278,27 @@ impl Validator {
                     }
                 }
             }
+        }
+    }
+
+    fn backpressure(&mut self, bp: &BackpressureSpec) {
+        for (field, value) in [("initialRate", bp.initial_rate), ("minRate", bp.min_rate)] {
+            if let Some(v) = value
+                && !(1..=1_000_000_000).contains(&v)
+            {
+                self.add(
+                    format!("spec.backpressure.{field}"),
+                    format!("{v} is out of range; use 1 to 1000000000 records/s"),
+                );
+            }
+        }
+        if let (Some(initial), Some(min)) = (bp.initial_rate, bp.min_rate)
+            && min > initial
+        {
+            self.add(
+                "spec.backpressure.minRate",
+                format!("{min} is above initialRate ({initial}); lower it"),
+            );
         }
     }
 

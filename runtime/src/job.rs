@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 use crate::checkpoint::Snapshot;
+use crate::coordinator::rate::Backpressure;
 use sluice_crds::OnRecordError;
 
 use crate::error::{Error, Result};
@@ -32,6 +33,7 @@ pub(crate) struct Builder {
     pub interval_ms: u64,
     pub threads: usize,
     pub policy: OnRecordError,
+    pub backpressure: Option<Backpressure>,
     pub shuffle_tasks: Vec<Arc<dyn Task>>,
     pub materializer_tasks: Vec<Arc<dyn Task>>,
     pub output_tasks: Vec<Arc<dyn Task>>,
@@ -65,6 +67,7 @@ pub struct Job {
     shared: Shared,
     interval_ms: u64,
     next_unpaced: u64,
+    backpressure: Option<Backpressure>,
 }
 
 impl Job {
@@ -102,6 +105,7 @@ impl Job {
             shared,
             interval_ms: b.interval_ms,
             next_unpaced: 1,
+            backpressure: b.backpressure,
         })
     }
 
@@ -410,6 +414,25 @@ impl Job {
     /// the state they hold now.
     pub(crate) fn recomputable_by_partition(&self) -> bool {
         !self.graph.shuffles_read_state()
+    }
+
+    /// The rate controller's settings, when it is on.
+    pub fn backpressure(&self) -> Option<Backpressure> {
+        self.backpressure
+    }
+
+    /// Whether a source bounds its batches by the rate controller's figure.
+    pub(crate) fn has_rate_limited_sources(&self) -> bool {
+        self.sources.iter().any(|s| s.rate_limited())
+    }
+
+    /// Bounds the next batches at `rate` records per second, shared by the sources that can
+    /// bound a batch; `None` lifts the bound.
+    pub(crate) fn limit_rate(&mut self, rate: Option<f64>) {
+        let bounded = self.sources.iter().filter(|s| s.rate_limited()).count();
+        for s in self.sources.iter_mut().filter(|s| s.rate_limited()) {
+            s.limit_rate(rate.map(|r| r / bounded as f64));
+        }
     }
 
     pub(crate) fn on_commit(&mut self, batch: &BatchInfo) {

@@ -434,3 +434,114 @@ fn kafka_to_kafka_is_exactly_once_across_sigkills() {
         );
     }
 }
+
+/// One line of `sluice run`'s progress: (batch, records, scheduling delay ms).
+fn progress_line(line: &str) -> Option<(u64, u64, u64)> {
+    let rest = line.split("batch ").nth(1)?;
+    let batch = rest.split_whitespace().next()?.parse().ok()?;
+    let records = rest
+        .split(": ")
+        .nth(1)?
+        .split(" records")
+        .next()?
+        .trim()
+        .parse()
+        .ok()?;
+    let delay = rest
+        .split("scheduling delay ")
+        .nth(1)?
+        .split("ms")
+        .next()?
+        .parse()
+        .ok()?;
+    Some((batch, records, delay))
+}
+
+#[test]
+fn a_backlog_of_two_million_records_is_taken_in_bounded_batches_until_the_job_keeps_up() {
+    use rdkafka::producer::Producer;
+    use std::io::BufRead;
+    let broker = KafkaBroker::shared();
+    let topic = unique_topic("backlog");
+    create_topic(&broker.bootstrap(), &topic, 4);
+    const BACKLOG: u64 = 2_000_000;
+    let p = producer(&broker.bootstrap());
+    for i in 0..BACKLOG {
+        let value = format!("w{} x", i % 1000);
+        let mut r = rdkafka::producer::BaseRecord::<(), str>::to(&topic)
+            .partition((i % 4) as i32)
+            .payload(&value);
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    p.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 4 partitions × 200 000 records/s × 0.5 s: at most 400 000 records a batch.
+    let bound = 400_000;
+    let manifest = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: backlog}}\nspec:\n  batchInterval: 500ms\n  parallelism: 2\n  sources:\n    - name: in\n      kafka: {{bootstrapServers: \"{}\", topics: [{topic}], startingOffsets: earliest, maxRatePerPartition: 200000}}\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n  sinks: [{{stdout: {{limit: 0}}}}]\n  checkpoint: {{uri: \"file://{}\"}}\n",
+        broker.bootstrap(),
+        dir.path().join("ckpt").display()
+    );
+    let path = dir.path().join("job.yaml");
+    std::fs::write(&path, manifest).expect("manifest");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(&path)
+        .env("SLUICE_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("sluice run");
+    let stderr = child.stderr.take().expect("stderr");
+    let (mut total, mut batches) = (0u64, Vec::new());
+    let (mut after_drain, mut in_time) = (0, 0);
+    let mut log = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        log.push(line.clone());
+        let Some((batch, records, delay)) = progress_line(&line) else {
+            continue;
+        };
+        total += records;
+        batches.push((batch, records, delay));
+        if total >= BACKLOG {
+            // Drained: the job must then run within its interval, batch after batch.
+            after_drain += 1;
+            in_time = if delay < 500 { in_time + 1 } else { 0 };
+            if in_time == 3 || after_drain > 30 {
+                break;
+            }
+        }
+        assert!(
+            batches.len() < 600,
+            "no catch-up in 600 batches: {batches:?}"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!("(batch, records, scheduling delay ms): {batches:?}");
+    assert_eq!(total, BACKLOG, "every record once: {}", log.join("\n"));
+    let biggest = batches.iter().map(|b| b.1).max().unwrap_or(0);
+    assert!(
+        biggest <= bound,
+        "a batch of {biggest} records, over the bound of {bound}"
+    );
+    let tail: Vec<u64> = batches.iter().rev().take(3).map(|b| b.2).collect();
+    assert!(
+        tail.iter().all(|d| *d < 500),
+        "still behind after the backlog: {tail:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("rate limit")),
+        "the rate controller never spoke"
+    );
+}

@@ -13,6 +13,7 @@
 
 mod fault;
 pub mod protocol;
+pub mod rate;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -185,6 +186,8 @@ pub struct BatchProgress {
     pub scheduling_delay: Duration,
     /// From the batch's time to its completion.
     pub total_delay: Duration,
+    /// The rate controller's bound for the next batches, records per second.
+    pub rate_limit: Option<f64>,
 }
 
 impl BatchProgress {
@@ -192,8 +195,12 @@ impl BatchProgress {
     pub fn log(&self) {
         let r = &self.report;
         let replay = if r.replay { " (replayed)" } else { "" };
+        let rate = self
+            .rate_limit
+            .map(|r| format!(", rate limit {r:.0} records/s"))
+            .unwrap_or_default();
         tracing::info!(
-            "batch {} {}{replay}: {} records, {} errors, processing {}ms, scheduling delay {}ms, total delay {}ms",
+            "batch {} {}{replay}: {} records, {} errors, processing {}ms, scheduling delay {}ms, total delay {}ms{rate}",
             r.batch.index,
             r.batch.display_time(),
             r.records,
@@ -282,7 +289,16 @@ pub fn run<R: Runner>(
         tracing::info!(sources = ?not_replayable, "these sources are not replayable: records they delivered after the last checkpoint are lost if the process dies");
     }
     job.start_sources()?;
+    let rate = job
+        .backpressure()
+        .filter(|_| job.has_rate_limited_sources())
+        .map(|bp| {
+            job.limit_rate(Some(bp.initial_rate));
+            rate::RateEstimator::new(meta.interval_ms, &bp)
+        });
     let mut coordinator = Coordinator {
+        rate,
+        rate_limit: job.backpressure().map(|bp| bp.initial_rate),
         initial_positions: job.positions(),
         job,
         ckpt,
@@ -321,6 +337,10 @@ struct Coordinator<R> {
     summary: RunSummary,
     schedule: Schedule,
     lag: Lag,
+    /// The rate controller, when backpressure is on and a source can be bounded.
+    rate: Option<rate::RateEstimator>,
+    /// Its present figure, records per second.
+    rate_limit: Option<f64>,
 }
 
 impl<R: Runner> Coordinator<R> {
@@ -700,9 +720,22 @@ impl<R: Runner> Coordinator<R> {
             self.lag
                 .observe(scheduling_delay, Duration::from_millis(self.interval))
         };
+        if !report.replay
+            && let Some(rate) = self.rate.as_mut()
+            && let Some(limit) = rate.compute(
+                batch.time_ms,
+                report.records,
+                report.processing.as_millis() as u64,
+                scheduling_delay.as_millis() as u64,
+            )
+        {
+            self.job.limit_rate(Some(limit));
+            self.rate_limit = Some(limit);
+        }
         let progress = BatchProgress {
             scheduling_delay,
             total_delay,
+            rate_limit: self.rate.as_ref().and(self.rate_limit),
             report,
         };
         (self.on_batch)(&progress);

@@ -64,6 +64,8 @@ pub struct StreamingConfig {
     pub threads: usize,
     /// What to do with a record an operation refuses.
     pub on_record_error: OnRecordError,
+    /// The rate controller of sources that can bound a batch; `None`: off.
+    pub backpressure: Option<crate::coordinator::rate::Backpressure>,
 }
 
 impl StreamingConfig {
@@ -76,7 +78,14 @@ impl StreamingConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
             on_record_error: OnRecordError::Skip,
+            backpressure: None,
         }
+    }
+
+    /// Turns on the rate controller of sources that can bound a batch (Kafka).
+    pub fn backpressure(mut self, settings: crate::coordinator::rate::Backpressure) -> Self {
+        self.backpressure = Some(settings);
+        self
     }
 
     /// Sets the number of partitions.
@@ -134,6 +143,7 @@ impl StreamingContext {
             interval_ms: config.batch_interval.as_millis() as u64,
             threads: config.threads,
             policy: config.on_record_error,
+            backpressure: config.backpressure,
             ..Builder::default()
         };
         b.graph.partitions = config.parallelism;

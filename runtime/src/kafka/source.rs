@@ -62,6 +62,8 @@ pub struct KafkaSource {
     starting: StartingOffsets,
     group_id: String,
     max_rate_per_partition: Option<u64>,
+    /// The rate controller's bound for the whole source, records per second.
+    rate_limit: Option<f64>,
     /// The next offset to plan, by topic-partition; `None` until the first plan or seek.
     next: Option<BTreeMap<TopicPartition, i64>>,
     /// Offsets after each planned batch, until it commits.
@@ -80,6 +82,7 @@ impl KafkaSource {
             starting: StartingOffsets::default(),
             group_id: group_id.to_string(),
             max_rate_per_partition: None,
+            rate_limit: None,
             next: None,
             planned: VecDeque::new(),
             planner: None,
@@ -213,6 +216,42 @@ impl KafkaSource {
             });
         }
         Ok(out)
+    }
+
+    /// The most each partition may give the next batch: `maxRatePerPartition`, and the rate
+    /// controller's bound shared by the partitions in proportion to their backlogs (as Spark's
+    /// direct stream does), at least one record where there is a backlog.
+    fn caps(
+        &self,
+        tps: &[TopicPartition],
+        ends: &[i64],
+        next: &BTreeMap<TopicPartition, i64>,
+        interval_ms: u64,
+    ) -> Vec<Option<i64>> {
+        let lags: Vec<f64> = tps
+            .iter()
+            .zip(ends)
+            .map(|(tp, end)| match next.get(tp) {
+                Some(from) if *from >= 0 => (end - from).max(0) as f64,
+                _ => 0.0,
+            })
+            .collect();
+        let total: f64 = lags.iter().sum();
+        lags.iter()
+            .map(|lag| {
+                let by_controller = self
+                    .rate_limit
+                    .filter(|_| total > 0.0)
+                    .map(|rate| rate * lag / total);
+                let by_setting = self.max_rate_per_partition.map(|r| r as f64);
+                let rate = match (by_controller, by_setting) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }?;
+                // Whole products stay exact: 100/s over 100 ms is 10, not 9.999.
+                Some(((rate * interval_ms as f64 / 1000.0).floor() as i64).max(1))
+            })
+            .collect()
     }
 
     fn read_topic(
@@ -391,13 +430,9 @@ impl Source for KafkaSource {
                 next.insert(tp, start);
             }
         }
-        let cap = self.max_rate_per_partition.map(|rate| {
-            i64::try_from(rate.saturating_mul(batch.interval_ms) / 1000)
-                .unwrap_or(i64::MAX)
-                .max(1)
-        });
+        let caps = self.caps(&tps, &ends, &next, batch.interval_ms);
         let mut planned = Vec::new();
-        for ((tp, end), start) in tps.iter().zip(&ends).zip(&starts) {
+        for (((tp, end), start), cap) in tps.iter().zip(&ends).zip(&starts).zip(caps) {
             let Some(from) = next.get(tp).copied() else {
                 continue;
             };
@@ -484,6 +519,14 @@ impl Source for KafkaSource {
 
     fn reads_owned_partitions(&self) -> bool {
         true
+    }
+
+    fn rate_limited(&self) -> bool {
+        true
+    }
+
+    fn limit_rate(&mut self, records_per_second: Option<f64>) {
+        self.rate_limit = records_per_second;
     }
 
     fn position(&self) -> Json {

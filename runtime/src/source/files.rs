@@ -29,6 +29,8 @@ pub struct FilesSource {
     newest_ms: u64,
     /// Files already planned whose change time is within the window, with that time.
     recent: BTreeMap<String, u64>,
+    /// At most this many files per batch, oldest first.
+    max_files: Option<usize>,
 }
 
 impl FilesSource {
@@ -40,7 +42,15 @@ impl FilesSource {
             remember_ms: 60_000,
             newest_ms: 0,
             recent: BTreeMap::new(),
+            max_files: None,
         }
+    }
+
+    /// Takes at most `n` files per batch (`maxFilesPerBatch`), the oldest first; the others
+    /// wait for the next batches.
+    pub fn max_files_per_batch(mut self, n: Option<usize>) -> Self {
+        self.max_files = n.filter(|n| *n > 0);
+        self
     }
 
     /// How long names of read files are remembered (`rememberFor`).
@@ -123,6 +133,14 @@ impl Source for FilesSource {
             if meta.is_file() && changed >= floor {
                 new.push((name, changed));
             }
+        }
+        if let Some(max) = self.max_files
+            && new.len() > max
+        {
+            // The oldest first: those left are newer than every file taken, so they stay
+            // within the window for the next batch.
+            new.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+            new.truncate(max);
         }
         new.sort();
         for (name, changed) in &new {
@@ -266,6 +284,23 @@ mod tests {
         let mut t = FilesSource::new("f", dir.path()).remembering(Duration::from_millis(300));
         t.seek(&pos).expect("seek");
         assert_eq!(t.plan(&b).expect("plan"), json!({"files": []}));
+    }
+
+    #[test]
+    fn max_files_per_batch_takes_the_oldest_and_leaves_the_rest_for_later() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = FilesSource::new("f", dir.path()).max_files_per_batch(Some(2));
+        for name in ["c.txt", "a.txt", "b.txt"] {
+            fs::write(dir.path().join(name), "x\n").expect("write");
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        let b = BatchInfo::new(0, 1000, 1);
+        assert_eq!(
+            s.plan(&b).expect("plan"),
+            json!({"files": ["a.txt", "c.txt"]})
+        );
+        assert_eq!(s.plan(&b).expect("plan"), json!({"files": ["b.txt"]}));
+        assert_eq!(s.plan(&b).expect("plan"), json!({"files": []}));
     }
 
     #[test]

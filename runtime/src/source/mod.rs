@@ -98,6 +98,15 @@ pub trait Source: Send + 'static {
     /// data held for them may go.
     fn on_checkpoint(&mut self, _batch: &BatchInfo) {}
 
+    /// Whether the source bounds its batches by [`Source::limit_rate`] (backpressure).
+    fn rate_limited(&self) -> bool {
+        false
+    }
+
+    /// From the next plan on, hand at most `records_per_second` of batch interval (the rate
+    /// controller's figure); `None` lifts the bound.
+    fn limit_rate(&mut self, _records_per_second: Option<f64>) {}
+
     /// `batch` committed: its output is done and it is never run again unless a failure
     /// rolls back past it.
     fn on_commit(&mut self, _batch: &BatchInfo) {}
@@ -190,6 +199,8 @@ pub(crate) trait ErasedSource: Send {
     fn on_start(&mut self) -> Result<()>;
     fn on_checkpoint(&mut self, batch: &BatchInfo);
     fn on_commit(&mut self, batch: &BatchInfo);
+    fn rate_limited(&self) -> bool;
+    fn limit_rate(&mut self, records_per_second: Option<f64>);
     fn on_close(&mut self);
 }
 
@@ -277,6 +288,12 @@ impl<S: Source> ErasedSource for SourceNode<S> {
     }
     fn on_commit(&mut self, batch: &BatchInfo) {
         self.0.on_commit(batch)
+    }
+    fn rate_limited(&self) -> bool {
+        self.0.rate_limited()
+    }
+    fn limit_rate(&mut self, records_per_second: Option<f64>) {
+        self.0.limit_rate(records_per_second)
     }
     fn on_close(&mut self) {
         self.0.on_close()

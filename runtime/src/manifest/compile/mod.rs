@@ -70,6 +70,14 @@ pub fn compile(
         .parallelism(spec.parallelism.unwrap_or(defaults::PARALLELISM) as usize)
         .threads(options.threads);
     config.on_record_error = spec.on_record_error.unwrap_or_default();
+    let bp = spec.backpressure.clone().unwrap_or_default();
+    if bp.enabled.unwrap_or(true) {
+        let defaults = crate::coordinator::rate::Backpressure::default();
+        config.backpressure = Some(crate::coordinator::rate::Backpressure {
+            initial_rate: bp.initial_rate.map_or(defaults.initial_rate, |r| r as f64),
+            min_rate: bp.min_rate.map_or(defaults.min_rate, |r| r as f64),
+        });
+    }
     let ctx = StreamingContext::new(config);
     let mut c = Compiler {
         ctx: ctx.clone(),

@@ -47,8 +47,11 @@ impl Compiler {
                         d
                     }
                 };
-                self.ctx
-                    .source(FilesSource::new(&s.name, local_path(&f.path)).remembering(remember))
+                self.ctx.source(
+                    FilesSource::new(&s.name, local_path(&f.path))
+                        .remembering(remember)
+                        .max_files_per_batch(f.max_files_per_batch.map(|n| n as usize)),
+                )
             }
             SourceKind::Socket(sock) => self.ctx.source(SocketSource::new(
                 &s.name,
