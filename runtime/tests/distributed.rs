@@ -120,6 +120,11 @@ impl Cluster {
             server.endpoint()
         );
         let job = manifest_with(dir, &out, &checkpoint, parallelism);
+        Self::for_manifest(dir, job, out, parallelism)
+    }
+
+    /// A cluster for the manifest `job`, whose files sink writes to `out`.
+    fn for_manifest(dir: &Path, job: PathBuf, out: PathBuf, parallelism: usize) -> Cluster {
         Cluster {
             dir: dir.to_path_buf(),
             job,
@@ -1066,4 +1071,99 @@ fn a_worker_answers_hostile_messages_and_stays_up() {
         "the worker exited"
     );
     eprintln!("{sent} hostile messages answered");
+}
+
+/// A job from a 4-partition Kafka topic to a Kafka topic (and files, to count commits), with a
+/// worker and then the master killed: both outputs equal a local run's, batch by batch. The
+/// input is a backlog, so every batch is the rate bound in both runs.
+#[test]
+fn a_kafka_job_survives_worker_and_master_loss() {
+    use support::kafka::{KafkaBroker, by_batch, create_topic, produce, unique_topic};
+    let broker = KafkaBroker::shared();
+    let servers = broker.bootstrap();
+    let input = unique_topic("dist-in");
+    create_topic(&servers, &input, 4);
+    let lines: Vec<String> = (0..4 * 100 * (BATCHES as usize + 5))
+        .map(|i| format!("w{} w{} x", i % 37, i % 11))
+        .collect();
+    let records: Vec<(i32, Option<&str>, &str)> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as i32 % 4, None, l.as_str()))
+        .collect();
+    produce(&servers, &input, &records);
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let job = |name: &str, out: &Path, output: &str, checkpoint: &str| -> PathBuf {
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: {name}}}\nspec:\n  batchInterval: 100ms\n  parallelism: 6\n  backpressure: {{enabled: false}}\n  sources:\n    - name: in\n      kafka: {{bootstrapServers: \"{servers}\", topics: [{input}], startingOffsets: earliest, maxRatePerPartition: 1000}}\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n    - updateStateByKey: {{op: sum}}\n  sinks:\n    - files: {{path: \"{}\"}}\n    - kafka: {{bootstrapServers: \"{servers}\", topic: {output}}}\n  checkpoint: {checkpoint}\n",
+            out.display()
+        );
+        let path = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, text).expect("write manifest");
+        path
+    };
+
+    let reference_topic = unique_topic("dist-ref");
+    create_topic(&servers, &reference_topic, 3);
+    let reference_out = tmp.path().join("reference-out");
+    let reference = job(
+        "reference",
+        &reference_out,
+        &reference_topic,
+        &format!(
+            "{{uri: \"file://{}\"}}",
+            tmp.path().join("reference-ckpt").display()
+        ),
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(&reference)
+        .args(["--batches", &BATCHES.to_string(), "--no-wait"])
+        .env("SLUICE_LOG", "warn")
+        .output()
+        .expect("reference run");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let want_files: Vec<Vec<String>> = batches(&reference_out).into_values().collect();
+    let want_topic = by_batch(&servers, &reference_topic);
+    assert_eq!(want_topic.len() as u64, BATCHES);
+
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let topic = unique_topic("dist-out");
+    create_topic(&servers, &topic, 3);
+    let out = tmp.path().join("kafka-out");
+    let checkpoint = format!(
+        "{{uri: \"s3://ckpt/kafka\", endpoint: \"{}\", pathStyle: true, interval: 5}}",
+        server.endpoint()
+    );
+    let mut c = Cluster::for_manifest(tmp.path(), job("kafka", &out, &topic, &checkpoint), out, 6);
+    c.start_master(3);
+    for w in ["w1", "w2", "w3"] {
+        c.start_worker(w);
+    }
+    c.wait_commits(8, Duration::from_secs(60));
+    let before = c.commits();
+    c.kill_worker("w2");
+    c.wait_commits(before + 3, Duration::from_secs(60));
+    let before = c.commits();
+    c.kill_master();
+    c.start_master(2);
+    c.wait_commits(before + 1, Duration::from_secs(60));
+    assert_exactly_once(
+        &c.finish(),
+        &want_files,
+        "Kafka job, worker and master killed",
+    );
+    let got = by_batch(&servers, &topic);
+    assert_eq!(got.len(), want_topic.len(), "batches in the output topic");
+    for (batch, want) in &want_topic {
+        assert!(
+            got.get(batch) == Some(want),
+            "batch {batch} of the output topic differs from the local run's"
+        );
+    }
 }

@@ -277,7 +277,7 @@ fn kafka_manifest(
     output: &str,
 ) -> std::path::PathBuf {
     let text = format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: {name}}}\nspec:\n  batchInterval: 100ms\n  parallelism: 3\n  sources:\n    - name: in\n      kafka: {{bootstrapServers: \"{servers}\", topics: [{input}], startingOffsets: earliest, maxRatePerPartition: 1000}}\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n    - updateStateByKey: {{op: sum}}\n  sinks:\n    - kafka: {{bootstrapServers: \"{servers}\", topic: {output}}}\n  checkpoint: {{uri: \"file://{ckpt}\", interval: 4, retain: 2}}\n",
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: {name}}}\nspec:\n  batchInterval: 100ms\n  parallelism: 3\n  sources:\n    - name: in\n      kafka: {{bootstrapServers: \"{servers}\", topics: [{input}], startingOffsets: earliest, maxRatePerPartition: 1000}}\n  backpressure: {{enabled: false}}\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n    - updateStateByKey: {{op: sum}}\n  sinks:\n    - kafka: {{bootstrapServers: \"{servers}\", topic: {output}}}\n  checkpoint: {{uri: \"file://{ckpt}\", interval: 4, retain: 2}}\n",
         servers = broker.bootstrap(),
         ckpt = dir.join("ckpt").display(),
     );
@@ -297,20 +297,6 @@ fn sluice_run(manifest: &std::path::Path) -> std::process::Command {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     c
-}
-
-/// The output's records by batch (the `sluice-batch` header), each batch sorted.
-fn by_batch(broker: &KafkaBroker, topic: &str) -> BTreeMap<u64, Vec<(Option<String>, String)>> {
-    let mut out: BTreeMap<u64, Vec<(Option<String>, String)>> = BTreeMap::new();
-    for r in read_committed(&broker.bootstrap(), topic)
-        .into_values()
-        .flatten()
-    {
-        let batch = r.batch.expect("every record names its batch");
-        out.entry(batch).or_default().push((r.key, r.value));
-    }
-    out.values_mut().for_each(|v| v.sort());
-    out
 }
 
 /// The newest batch marked complete in a local checkpoint.
@@ -383,7 +369,7 @@ fn kafka_to_kafka_is_exactly_once_across_sigkills() {
         "reference run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = by_batch(broker, &reference_out);
+    let expected = by_batch(&broker.bootstrap(), &reference_out);
     assert_eq!(expected.len() as u64, CRASH_BATCHES, "one output per batch");
 
     let crashed = tempfile::tempdir().expect("tempdir");
@@ -419,7 +405,7 @@ fn kafka_to_kafka_is_exactly_once_across_sigkills() {
         break;
     }
     assert!(mid_run >= 1, "no kill landed mid-run ({kills} kills)");
-    let got = by_batch(broker, &crashed_out);
+    let got = by_batch(&broker.bootstrap(), &crashed_out);
     assert_eq!(
         got.len(),
         expected.len(),

@@ -208,3 +208,14 @@ pub fn committed_values(bootstrap: &str, topic: &str) -> Vec<String> {
         .map(|r| r.value)
         .collect()
 }
+
+/// A topic's records by batch (the `sluice-batch` header), each batch's (key, value) sorted.
+pub fn by_batch(bootstrap: &str, topic: &str) -> BTreeMap<u64, Vec<(Option<String>, String)>> {
+    let mut out: BTreeMap<u64, Vec<(Option<String>, String)>> = BTreeMap::new();
+    for r in read_committed(bootstrap, topic).into_values().flatten() {
+        let batch = r.batch.expect("every record names its batch");
+        out.entry(batch).or_default().push((r.key, r.value));
+    }
+    out.values_mut().for_each(|v| v.sort());
+    out
+}
