@@ -531,3 +531,154 @@ fn a_backlog_of_two_million_records_is_taken_in_bounded_batches_until_the_job_ke
         "the rate controller never spoke"
     );
 }
+
+/// `sluice run` of a manifest from `topic` (on `servers`) to files in `dir/out`, logging at
+/// info to `dir/log`.
+fn run_to_files(dir: &std::path::Path, servers: &str, topic: &str) -> std::process::Child {
+    let manifest = format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: files}}\nspec:\n  batchInterval: 100ms\n  parallelism: 2\n  sources:\n    - name: in\n      kafka: {{bootstrapServers: \"{servers}\", topics: [{topic}], startingOffsets: earliest}}\n  sinks: [{{files: {{path: \"{}\"}}}}]\n  checkpoint: {{uri: \"file://{}\"}}\n",
+        dir.join("out").display(),
+        dir.join("ckpt").display()
+    );
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, manifest).expect("manifest");
+    let log = std::fs::File::create(dir.join("log")).expect("log");
+    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(&path)
+        .env("SLUICE_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("sluice run")
+}
+
+/// Every line the files sink wrote, sorted.
+fn file_lines(dir: &std::path::Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_dir(dir.join("out"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .flat_map(|e| {
+                    std::fs::read_to_string(e.path())
+                        .unwrap_or_default()
+                        .lines()
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    lines.sort();
+    lines
+}
+
+/// Waits for `done`; on a timeout the message ends with the job's log in `dir`.
+fn wait_until(
+    what: &str,
+    dir: &std::path::Path,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; the job's log:\n{}",
+            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_broker_restart_mid_run_loses_and_doubles_nothing() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut broker = KafkaBroker::start(data.path()).expect("own broker");
+    let servers = broker.bootstrap();
+    let topic = unique_topic("restart");
+    create_topic(&servers, &topic, 2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut job = run_to_files(dir.path(), &servers, &topic);
+    let value = |i: usize| format!("r{i:05}");
+    let send = |from: usize, to: usize| {
+        let values: Vec<String> = (from..to).map(value).collect();
+        let records: Vec<(i32, Option<&str>, &str)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as i32 % 2, None, v.as_str()))
+            .collect();
+        produce(&servers, &topic, &records);
+    };
+    send(0, 500);
+    wait_until(
+        "the first records",
+        dir.path(),
+        Duration::from_secs(30),
+        || file_lines(dir.path()).len() >= 500,
+    );
+    broker.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    broker.resume().expect("broker back");
+    send(500, 1000);
+    wait_until(
+        "every record after the restart",
+        dir.path(),
+        Duration::from_secs(90),
+        || file_lines(dir.path()).len() >= 1000,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = job.kill();
+    let _ = job.wait();
+    let want: Vec<String> = (0..1000).map(value).collect();
+    assert_eq!(file_lines(dir.path()), want);
+}
+
+#[test]
+fn a_topic_deleted_and_created_again_under_a_running_job_stops_it_with_the_reason() {
+    let broker = KafkaBroker::shared();
+    let servers = broker.bootstrap();
+    let topic = unique_topic("deleted");
+    create_topic(&servers, &topic, 1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut job = run_to_files(dir.path(), &servers, &topic);
+    produce(
+        &servers,
+        &topic,
+        &[(0, None, "a"), (0, None, "b"), (0, None, "c")],
+    );
+    wait_until("the records", dir.path(), Duration::from_secs(30), || {
+        file_lines(dir.path()).len() == 3
+    });
+    delete_topic(&servers, &topic);
+    let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    wait_until(
+        "a message naming the missing topic",
+        dir.path(),
+        Duration::from_secs(30),
+        || log().contains(&format!("topic {topic} does not exist")),
+    );
+    create_topic(&servers, &topic, 1);
+    produce(&servers, &topic, &[(0, None, "new")]);
+    let status = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = job.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the job went on: {}",
+                log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(!status.success());
+    assert!(
+        log().contains("deleted and created again"),
+        "the reason is not in the log: {}",
+        log()
+    );
+    assert_eq!(file_lines(dir.path()), vec!["a", "b", "c"]);
+}

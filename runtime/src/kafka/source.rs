@@ -290,40 +290,74 @@ impl KafkaSource {
             spans.iter().map(|(p, (_, until))| (*p, *until)).collect();
         let mut last_progress = Instant::now();
         while !open.is_empty() {
+            if last_progress.elapsed() > READ_STALL {
+                let waiting: Vec<String> = open.keys().map(|p| format!("{topic}[{p}]")).collect();
+                return Err(self.error(format!(
+                    "no records from {} for {}s; the brokers at {} may be down (the batch is retried)",
+                    waiting.join(", "),
+                    READ_STALL.as_secs(),
+                    self.client.bootstrap_servers
+                )));
+            }
             let Some(event) = reader.poll(Duration::from_millis(100)) else {
-                if last_progress.elapsed() > READ_STALL {
-                    let waiting: Vec<String> =
-                        open.keys().map(|p| format!("{topic}[{p}]")).collect();
-                    return Err(self.error(format!(
-                        "no records from {} for {}s; the brokers at {} may be down (the batch is retried)",
-                        waiting.join(", "),
-                        READ_STALL.as_secs(),
-                        self.client.bootstrap_servers
-                    )));
-                }
                 continue;
             };
-            last_progress = Instant::now();
+            // Only records and ends count as progress: errors repeat while brokers are away.
+            if matches!(event, Ok(_) | Err(KafkaError::PartitionEOF(_))) {
+                last_progress = Instant::now();
+            }
             let message = match event {
                 Ok(message) => message,
                 Err(KafkaError::PartitionEOF(partition)) => {
-                    // The end of what can be read; planning stopped at or before it.
-                    open.remove(&partition);
+                    // The end of what can be read. Planning stopped at or before it, and a
+                    // partition's end never moves back: a log that now ends inside the range
+                    // is another log (the topic was created again) or was truncated.
+                    let Some(until) = open.remove(&partition) else {
+                        continue;
+                    };
+                    let position = reader
+                        .position()
+                        .ok()
+                        .and_then(|l| l.find_partition(topic, partition).map(|e| e.offset()));
+                    let reached = match position {
+                        Some(Offset::Offset(o)) => o,
+                        _ => spans.get(&partition).map_or(0, |s| s.0),
+                    };
+                    if reached < until {
+                        return Err(self.lost(format!(
+                            "{topic}[{partition}] now ends at offset {reached}, inside the range [.., {until}) this batch planned: the topic was deleted and created again, or truncated, and its records cannot be read again. Start the job over with a new checkpoint"
+                        )));
+                    }
                     continue;
                 }
-                Err(KafkaError::MessageConsumption(code)) => {
-                    return Err(match code {
-                        RDKafkaErrorCode::OffsetOutOfRange => self.lost(format!(
+                Err(KafkaError::MessageConsumption(code)) => match code {
+                    RDKafkaErrorCode::OffsetOutOfRange => {
+                        return Err(self.lost(format!(
                             "records of topic {topic} planned for this batch were deleted by the brokers (retention) before they could be read; the job cannot go on exactly. Raise the topic's retention, then start the job over with a new checkpoint"
-                        )),
-                        RDKafkaErrorCode::UnknownTopicOrPartition
-                        | RDKafkaErrorCode::UnknownTopic
-                        | RDKafkaErrorCode::UnknownPartition => self.lost(format!(
+                        )));
+                    }
+                    RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::UnknownTopic
+                    | RDKafkaErrorCode::UnknownPartition => {
+                        return Err(self.lost(format!(
                             "topic {topic} was deleted while the job read it; its planned records cannot be read again. Start the job over with a new checkpoint"
-                        )),
-                        other => self.error(format!("cannot read topic {topic}: {other}")),
-                    });
-                }
+                        )));
+                    }
+                    RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::SaslAuthenticationFailed
+                    | RDKafkaErrorCode::Authentication => {
+                        return Err(self.client_error(
+                            &format!("cannot read topic {topic}"),
+                            &KafkaError::MessageConsumption(code),
+                        ));
+                    }
+                    // Brokers restarting, connections dropped, leaders moving: the client
+                    // reconnects on its own; a read that stays stuck fails after READ_STALL.
+                    other => {
+                        tracing::debug!(source = %self.name, %topic, error = %other, "waiting for the brokers");
+                        continue;
+                    }
+                },
                 Err(e) => return Err(self.client_error(&format!("cannot read topic {topic}"), &e)),
             };
             let partition = message.partition();
@@ -401,7 +435,8 @@ impl Source for KafkaSource {
         let starts = self.offsets(&tps, Offset::Beginning)?;
         let mut refused = Refusals::default();
         let first = self.next.is_none();
-        let mut next = self.next.take().unwrap_or_default();
+        // Planned on a copy: a plan that fails moves nothing.
+        let mut next = self.next.clone().unwrap_or_default();
         // Partitions the position does not hold: all of them on the first batch (where the
         // source says), new ones later (from their start, so nothing written to them is missed).
         let fresh: Vec<TopicPartition> = tps
@@ -415,15 +450,8 @@ impl Source for KafkaSource {
                 (true, StartingOffsets::Timestamp(ms)) => Offset::Offset(ms),
                 _ => Offset::Beginning,
             };
-            let starts = self.offsets(&fresh, at);
-            let starts = match starts {
-                Ok(s) => s,
-                Err(e) => {
-                    self.next = (!first).then_some(next);
-                    return Err(e);
-                }
-            };
-            for (tp, start) in fresh.into_iter().zip(starts) {
+            let fresh_starts = self.offsets(&fresh, at)?;
+            for (tp, start) in fresh.into_iter().zip(fresh_starts) {
                 if !first {
                     tracing::info!(source = %self.name, partition = %tp, "a new partition; reading it from its start");
                 }
@@ -438,6 +466,14 @@ impl Source for KafkaSource {
             };
             // A start at the end (-1: no record after the starting time) waits for records.
             let mut from = if from < 0 { *end } else { from };
+            if from > *end {
+                // The log ends before where the job stands: the topic was deleted and created
+                // again, or truncated. Which records were missed cannot be known.
+                let e = self.lost(format!(
+                    "{tp} ends at offset {end}, before the job's position {from}: the topic was deleted and created again, or truncated, and the job cannot tell which records it missed. Start the job over with a new checkpoint (startingOffsets says where it begins)"
+                ));
+                return Err(e);
+            }
             if from < *start {
                 // Deleted (retention) before any batch planned them: they are in no batch, and
                 // the job says so rather than fail for ever.
