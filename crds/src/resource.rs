@@ -71,6 +71,12 @@ pub struct StreamingJobResourceSpec {
     /// `AWS_SECRET_ACCESS_KEY`), given to every pod as environment variables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_credentials: Option<LocalObjectReference>,
+    /// A Secret with the Kafka SASL credentials of the job's sources and sinks, under the keys
+    /// `username` and `password`: every pod gets them as `SLUICE_KAFKA_SASL_USERNAME` and
+    /// `SLUICE_KAFKA_SASL_PASSWORD` (set `sasl.mechanism` and `security.protocol` in the
+    /// Kafka `properties`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_credentials: Option<LocalObjectReference>,
     /// Stop the job's pods (state stays in the checkpoint); resume by setting it back to false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,

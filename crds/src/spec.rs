@@ -23,6 +23,7 @@ pub const DEPLOYMENT_FIELDS: &[&str] = &[
     "affinity",
     "serviceAccountName",
     "checkpointCredentials",
+    "kafkaCredentials",
     "suspend",
     "restartPolicy",
 ];

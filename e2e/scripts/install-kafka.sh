@@ -5,17 +5,19 @@
 # configuration.
 #
 # Output (stdout): the directory of the jars, $SLUICE_E2E_CACHE/kafka-<version>/jars. A second
-# run finds them and does nothing.
+# run finds them (the marker .complete-v2) and does nothing.
 set -euo pipefail
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"
-SLF4J_VERSION="${SLF4J_VERSION:-2.0.17}"
+# Kafka's clients and broker log through SLF4J 1.7; its reload4j binding of the same line
+# makes the broker's log readable (a 2.x binding is ignored and the broker logs nothing).
+SLF4J_VERSION="${SLF4J_VERSION:-1.7.36}"
 CACHE="${SLUICE_E2E_CACHE:-$HOME/.cache/sluice-e2e}/kafka-$KAFKA_VERSION"
 JARS="$CACHE/jars"
 
 log() { printf '[kafka %ss] %s\n' "$SECONDS" "$*" >&2; }
 
-if [ -f "$CACHE/.complete" ]; then
+if [ -f "$CACHE/.complete-v2" ]; then
   echo "$JARS"
   exit 0
 fi
@@ -40,6 +42,6 @@ POM
 (cd "$CACHE" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=jars) >&2
 count=$(find "$JARS" -name '*.jar' | wc -l)
 [ "$count" -gt 10 ] || { echo "install-kafka: only $count jars in $JARS" >&2; exit 1; }
-touch "$CACHE/.complete"
+touch "$CACHE/.complete-v2"
 log "$count jars in $JARS"
 echo "$JARS"

@@ -33,7 +33,7 @@ pub fn jars_dir() -> Result<PathBuf> {
             })
             .join(format!("kafka-{KAFKA_VERSION}/jars")),
     };
-    if !dir.join("../.complete").exists() && std::env::var("SLUICE_KAFKA_JARS").is_err() {
+    if !dir.join("../.complete-v2").exists() && std::env::var("SLUICE_KAFKA_JARS").is_err() {
         bail!(
             "the Kafka broker is not installed in {}: run e2e/scripts/install-kafka.sh (scripts/test does) or set SLUICE_KAFKA_JARS",
             dir.display()
@@ -50,6 +50,8 @@ pub struct KafkaBroker {
     process: Option<Process>,
     /// Remove `dir` when the broker's process ends (the shared broker's own directory).
     remove_dir: bool,
+    /// The SCRAM-SHA-256 user (name, password) of a SASL listener; none: plaintext.
+    scram: Vec<(String, String)>,
 }
 
 impl KafkaBroker {
@@ -63,16 +65,35 @@ impl KafkaBroker {
         SHARED.get_or_init(|| {
             let dir = std::env::temp_dir().join(format!("sluice-kafka-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            KafkaBroker::launch(&dir, true).unwrap_or_else(|e| panic!("Kafka broker: {e:#}"))
+            KafkaBroker::launch(&dir, true, Vec::new())
+                .unwrap_or_else(|e| panic!("Kafka broker: {e:#}"))
         })
     }
 
     /// Formats `dir` (once) and starts a broker on fresh loopback ports.
     pub fn start(dir: &Path) -> Result<KafkaBroker> {
-        Self::launch(dir, false)
+        Self::launch(dir, false, Vec::new())
     }
 
-    fn launch(dir: &Path, remove_dir: bool) -> Result<KafkaBroker> {
+    /// A broker whose listener takes SASL/SCRAM-SHA-256 (no TLS) from one user, which the
+    /// broker also logs in as (`StorageTool format` keeps one `--add-scram` user only).
+    pub fn start_with_scram(dir: &Path, user: &str, password: &str) -> Result<KafkaBroker> {
+        Self::launch(dir, false, vec![(user.to_string(), password.to_string())])
+    }
+
+    /// librdkafka properties a client needs for this broker's listener, credentials aside.
+    pub fn client_properties(&self) -> Vec<(&'static str, &'static str)> {
+        if self.scram.is_empty() {
+            vec![]
+        } else {
+            vec![
+                ("security.protocol", "SASL_PLAINTEXT"),
+                ("sasl.mechanism", "SCRAM-SHA-256"),
+            ]
+        }
+    }
+
+    fn launch(dir: &Path, remove_dir: bool, scram: Vec<(String, String)>) -> Result<KafkaBroker> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let mut broker = KafkaBroker {
             dir: dir.to_path_buf(),
@@ -80,6 +101,7 @@ impl KafkaBroker {
             controller_port: free_port()?,
             process: None,
             remove_dir,
+            scram,
         };
         broker.format()?;
         broker.resume()?;
@@ -93,15 +115,26 @@ impl KafkaBroker {
 
     fn properties(&self) -> String {
         let data = self.dir.join("data");
+        let (listener, security) = match self.scram.first() {
+            None => ("PLAINTEXT", String::new()),
+            Some((user, password)) => (
+                "SASL_PLAINTEXT",
+                format!(
+                    "sasl.enabled.mechanisms=SCRAM-SHA-256\n\
+                     sasl.mechanism.inter.broker.protocol=SCRAM-SHA-256\n\
+                     listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"{user}\" password=\"{password}\";\n"
+                ),
+            ),
+        };
         format!(
-            "process.roles=broker,controller\n\
+            "{security}process.roles=broker,controller\n\
              node.id=1\n\
              controller.quorum.voters=1@127.0.0.1:{cport}\n\
-             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             listeners={listener}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
+             advertised.listeners={listener}://127.0.0.1:{port}\n\
              controller.listener.names=CONTROLLER\n\
-             inter.broker.listener.name=PLAINTEXT\n\
-             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             inter.broker.listener.name={listener}\n\
+             listener.security.protocol.map={listener}:{listener},CONTROLLER:PLAINTEXT\n\
              log.dirs={data}\n\
              num.partitions=1\n\
              offsets.topic.replication.factor=1\n\
@@ -125,7 +158,8 @@ impl KafkaBroker {
         }
         let props = self.dir.join("server.properties");
         std::fs::write(&props, self.properties())?;
-        let out = Command::new("java")
+        let mut command = Command::new("java");
+        command
             .arg("-cp")
             .arg(classpath()?)
             .args([
@@ -135,9 +169,13 @@ impl KafkaBroker {
                 &cluster_id(),
                 "-c",
             ])
-            .arg(&props)
-            .output()
-            .context("run java (install a JDK 17+)")?;
+            .arg(&props);
+        for (user, password) in &self.scram {
+            command
+                .arg("--add-scram")
+                .arg(format!("SCRAM-SHA-256=[name={user},password={password}]"));
+        }
+        let out = command.output().context("run java (install a JDK 17+)")?;
         if !out.status.success() {
             bail!(
                 "formatting the broker's storage failed: {}{}",
@@ -155,6 +193,15 @@ impl KafkaBroker {
         }
         let props = self.dir.join("server.properties");
         std::fs::write(&props, self.properties())?;
+        // Warnings and errors only: enough to see why a broker refused something.
+        let log4j = self.dir.join("log4j.properties");
+        std::fs::write(
+            &log4j,
+            "log4j.rootLogger=WARN, out\n\
+             log4j.appender.out=org.apache.log4j.ConsoleAppender\n\
+             log4j.appender.out.layout=org.apache.log4j.PatternLayout\n\
+             log4j.appender.out.layout.ConversionPattern=[%d] %p %m (%c)%n\n",
+        )?;
         // The loop outlives neither the broker nor the test process that started it.
         let cleanup = if self.remove_dir {
             format!("wait $broker; rm -rf '{}'", self.dir.display())
@@ -162,12 +209,13 @@ impl KafkaBroker {
             String::new()
         };
         let script = format!(
-            "java -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp '{cp}' kafka.Kafka '{props}' &\n\
+            "java -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Dlog4j.configuration=file:'{log4j}' -cp '{cp}' kafka.Kafka '{props}' &\n\
              broker=$!\n\
              trap 'kill -9 $broker 2>/dev/null; {cleanup}' EXIT TERM\n\
              while kill -0 {owner} 2>/dev/null && kill -0 $broker 2>/dev/null; do sleep 1; done\n",
             cp = classpath()?,
             props = props.display(),
+            log4j = log4j.display(),
             owner = std::process::id(),
         );
         let mut command = Command::new("sh");

@@ -355,13 +355,26 @@ async fn read_pods(
         &previous.pods,
         resources::workers_wanted(job, was_stopped),
     );
-    if let Some(secret) = &job.spec.checkpoint_credentials {
+    let named = [
+        (
+            &job.spec.checkpoint_credentials,
+            "spec.checkpointCredentials",
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ),
+        (
+            &job.spec.kafka_credentials,
+            "spec.kafkaCredentials",
+            "the keys username and password",
+        ),
+    ];
+    for (secret, field, keys) in named {
+        let Some(secret) = secret else { continue };
         let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
         if secrets.get_opt(&secret.name).await?.is_none() {
             report.problems.insert(0, health::Problem {
                 reason: reason::SECRET_MISSING,
                 message: format!(
-                    "the Secret {} named by spec.checkpointCredentials does not exist in namespace {ns}; create it with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the pods wait for it)",
+                    "the Secret {} named by {field} does not exist in namespace {ns}; create it with {keys} (the pods wait for it)",
                     secret.name
                 ),
             });

@@ -682,3 +682,89 @@ fn a_topic_deleted_and_created_again_under_a_running_job_stops_it_with_the_reaso
     );
     assert_eq!(file_lines(dir.path()), vec!["a", "b", "c"]);
 }
+
+#[test]
+fn sasl_scram_credentials_come_from_the_environment_and_a_refusal_is_named() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let data = tempfile::tempdir().expect("tempdir");
+    let broker = KafkaBroker::start_with_scram(data.path(), "alice", "alice-secret")
+        .expect("a SCRAM broker");
+    let servers = broker.bootstrap();
+    let mut admin_config = ClientConfig::new();
+    admin_config
+        .set("bootstrap.servers", &servers)
+        .set("sasl.username", "alice")
+        .set("sasl.password", "alice-secret");
+    for (k, v) in broker.client_properties() {
+        admin_config.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = admin_config.create().expect("admin");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for r in rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new("secure", 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        ))
+        .expect("create")
+    {
+        r.expect("topic");
+    }
+    let producer: rdkafka::producer::BaseProducer = admin_config.create().expect("producer");
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(1)).ok();
+    for v in ["s1", "s2"] {
+        producer
+            .send(rdkafka::producer::BaseRecord::<(), str>::to("secure").payload(v))
+            .expect("send");
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).expect("flush");
+
+    let run = |password: &str| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manifest = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: secure}}\nspec:\n  batchInterval: 100ms\n  sources:\n    - name: in\n      kafka:\n        bootstrapServers: \"{servers}\"\n        topics: [secure]\n        startingOffsets: earliest\n        properties: {{security.protocol: SASL_PLAINTEXT, sasl.mechanism: SCRAM-SHA-256}}\n  sinks: [{{stdout: {{limit: 10}}}}]\n"
+        );
+        let path = dir.path().join("job.yaml");
+        std::fs::write(&path, manifest).expect("manifest");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("run")
+            .arg(&path)
+            .args(["--batches", "3"])
+            .env("SLUICE_LOG", "info")
+            .env("SLUICE_KAFKA_SASL_USERNAME", "alice")
+            .env("SLUICE_KAFKA_SASL_PASSWORD", password)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("sluice run");
+        // A refused login is retried for ever: give it the time to say so, then stop it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        while child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().expect("output");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (stdout, stderr) = run("alice-secret");
+    assert!(
+        stdout.contains("s1") && stdout.contains("s2"),
+        "{stdout}\n{stderr}"
+    );
+    let (_, stderr) = run("wrong-secret");
+    assert!(
+        stderr.contains("refused the credentials"),
+        "the refusal is not named: {stderr}"
+    );
+    assert!(
+        !stderr.contains("wrong-secret"),
+        "the password reached the log"
+    );
+}

@@ -101,6 +101,26 @@ fn template(
             env.push(extra);
         }
     }
+    if let Some(secret) = &spec.kafka_credentials {
+        for (var, key) in [
+            ("SLUICE_KAFKA_SASL_USERNAME", "username"),
+            ("SLUICE_KAFKA_SASL_PASSWORD", "password"),
+        ] {
+            env.retain(|e| e.name != var);
+            env.push(EnvVar {
+                name: var.into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.name.clone(),
+                        key: key.into(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+    }
     let mut env_from: Vec<EnvFromSource> = overrides.env_from.unwrap_or_default();
     if let Some(secret) = &spec.checkpoint_credentials {
         env_from.push(EnvFromSource {
@@ -397,8 +417,9 @@ mod tests {
 
     #[test]
     fn pods_run_the_roles_with_token_and_credentials_and_restricted_security() {
-        let j =
-            job("  image: registry.example/sluice:9\n  checkpointCredentials: {name: s3-creds}\n");
+        let j = job(
+            "  image: registry.example/sluice:9\n  checkpointCredentials: {name: s3-creds}\n  kafkaCredentials: {name: kafka-creds}\n",
+        );
         let master = container(&master_statefulset(&j, "wc-token", false).expect("builds"));
         assert_eq!(master.image.as_deref(), Some("registry.example/sluice:9"));
         assert_eq!(
@@ -430,6 +451,21 @@ mod tests {
                 .any(|e| e.name == "SLUICE_ADVERTISE"
                     && e.value.as_deref() == Some("$(POD_IP):7071"))
         );
+        // Kafka's SASL credentials come from the job's Secret, by key.
+        for (name, key) in [
+            ("SLUICE_KAFKA_SASL_USERNAME", "username"),
+            ("SLUICE_KAFKA_SASL_PASSWORD", "password"),
+        ] {
+            let from = env
+                .iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+                .unwrap_or_else(|| panic!("{name} from a Secret"));
+            assert_eq!(
+                (from.name.as_str(), from.key.as_str()),
+                ("kafka-creds", key)
+            );
+        }
         // Mutual TLS by default, with the job's own certificate, and no Kubernetes token.
         for (name, file) in [
             ("SLUICE_TLS_CERT", "/etc/sluice-tls/tls.crt"),

@@ -3,8 +3,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use crate::exec::lock_unpoisoned;
 
 /// How requests that must answer (metadata, offsets, transactions) may take before the step
 /// fails and is retried by the coordinator.
@@ -79,6 +86,68 @@ impl std::fmt::Debug for KafkaClient {
     }
 }
 
+/// Keeps the last error librdkafka reported on its own (not as the result of a call): a
+/// refused login shows as a transport failure of the request, and only here as what it is.
+#[derive(Default)]
+pub(crate) struct Watch {
+    last: Mutex<Option<(Option<RDKafkaErrorCode>, String)>>,
+}
+
+impl ClientContext for Watch {
+    /// librdkafka reports a refused SASL login only in its log (the request fails as a
+    /// transport failure).
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if (level as i32) <= (RDKafkaLogLevel::Error as i32)
+            && message.contains("SASL authentication error")
+        {
+            *lock_unpoisoned(&self.last) =
+                Some((Some(RDKafkaErrorCode::Authentication), message.to_string()));
+        }
+        tracing::debug!(facility, message, "librdkafka");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, reason, "Kafka client");
+        *lock_unpoisoned(&self.last) = Some((error.rdkafka_error_code(), reason.to_string()));
+    }
+}
+
+impl ConsumerContext for Watch {}
+
+impl Watch {
+    /// The last authentication failure reported, if that is the last error.
+    pub(crate) fn refused_login(&self) -> Option<String> {
+        let last = lock_unpoisoned(&self.last);
+        match &*last {
+            Some((Some(code), reason)) if is_auth(*code) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn is_auth(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+            | RDKafkaErrorCode::ClusterAuthorizationFailed
+    )
+}
+
+/// A client error in words a user can act on, without the data; `refused`: the client's
+/// own report of a refused login, which explains a failed request better than it does.
+pub(crate) fn describe_with(e: &KafkaError, servers: &str, refused: Option<String>) -> String {
+    if let Some(reason) = refused {
+        return format!(
+            "the Kafka brokers at {servers} refused the credentials or their rights ({reason}); check SLUICE_KAFKA_SASL_USERNAME, SLUICE_KAFKA_SASL_PASSWORD (spec.kafkaCredentials), sasl.mechanism and the ACLs"
+        );
+    }
+    describe(e, servers)
+}
+
 /// A client error in words a user can act on, without the data.
 pub(crate) fn describe(e: &KafkaError, servers: &str) -> String {
     match e.rdkafka_error_code() {
@@ -90,14 +159,7 @@ pub(crate) fn describe(e: &KafkaError, servers: &str) -> String {
         Some(RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut) => format!(
             "the Kafka brokers at {servers} did not answer in time ({e}); check bootstrapServers and that the brokers are up"
         ),
-        Some(
-            RDKafkaErrorCode::SaslAuthenticationFailed
-            | RDKafkaErrorCode::Authentication
-            | RDKafkaErrorCode::TopicAuthorizationFailed
-            | RDKafkaErrorCode::GroupAuthorizationFailed
-            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
-            | RDKafkaErrorCode::ClusterAuthorizationFailed,
-        ) => format!(
+        Some(code) if is_auth(code) => format!(
             "the Kafka brokers at {servers} refused the credentials or their rights ({e}); check the SASL settings and the ACLs"
         ),
         _ => format!("Kafka at {servers}: {e}"),

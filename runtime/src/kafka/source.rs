@@ -17,7 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
-use super::client::{KafkaClient, REQUEST_TIMEOUT, describe};
+use super::client::{KafkaClient, REQUEST_TIMEOUT, Watch, describe, describe_with, is_auth};
 use super::ranges::{self, OffsetRange, TopicPartition};
 use crate::error::{Error, Result};
 use crate::source::{MAX_LINE_BYTES, Refusals, Source};
@@ -68,8 +68,8 @@ pub struct KafkaSource {
     next: Option<BTreeMap<TopicPartition, i64>>,
     /// Offsets after each planned batch, until it commits.
     planned: VecDeque<(u64, BTreeMap<TopicPartition, i64>)>,
-    planner: Option<BaseConsumer>,
-    readers: HashMap<String, BaseConsumer>,
+    planner: Option<BaseConsumer<Watch>>,
+    readers: HashMap<String, BaseConsumer<Watch>>,
 }
 
 impl KafkaSource {
@@ -110,9 +110,23 @@ impl KafkaSource {
     }
 
     fn client_error(&self, what: &str, e: &KafkaError) -> Error {
+        // Errors the client reported on its own arrive with a poll.
+        let refused = self.planner.as_ref().and_then(|p| {
+            let mut found = None;
+            for _ in 0..16 {
+                match p.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Err(e)) if e.rdkafka_error_code().is_some_and(is_auth) => {
+                        found = Some(e.to_string());
+                    }
+                    Some(_) => {}
+                }
+            }
+            found.or_else(|| p.context().refused_login())
+        });
         self.error(format!(
             "{what}: {}",
-            describe(e, &self.client.bootstrap_servers)
+            describe_with(e, &self.client.bootstrap_servers, refused)
         ))
     }
 
@@ -122,7 +136,7 @@ impl KafkaSource {
     }
 
     /// A client that reads committed records only.
-    fn consumer(&self, group: Option<&str>) -> Result<BaseConsumer> {
+    fn consumer(&self, group: Option<&str>) -> Result<BaseConsumer<Watch>> {
         let mut config = self.client.config();
         config
             .set("isolation.level", "read_committed")
@@ -134,12 +148,12 @@ impl KafkaSource {
             config.set("group.id", group);
         }
         config
-            .create()
+            .create_with_context(Watch::default())
             .map_err(|e| self.client_error("cannot create a Kafka client", &e))
     }
 
     /// The client that plans (metadata, offsets) and commits to the job's group, made once.
-    fn planner(&mut self) -> Result<&BaseConsumer> {
+    fn planner(&mut self) -> Result<&BaseConsumer<Watch>> {
         if self.planner.is_none() {
             self.planner = Some(self.consumer(Some(&self.group_id))?);
         }
