@@ -162,11 +162,11 @@ impl KafkaBroker {
         command
             .arg("-cp")
             .arg(classpath()?)
+            // `=`: an id may begin with '-', which would read as a flag.
             .args([
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                &cluster_id(),
+                &format!("--cluster-id={}", cluster_id()),
                 "-c",
             ])
             .arg(&props);

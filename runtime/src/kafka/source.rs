@@ -69,7 +69,7 @@ pub struct KafkaSource {
     /// Offsets after each planned batch, until it commits.
     planned: VecDeque<(u64, BTreeMap<TopicPartition, i64>)>,
     planner: Option<BaseConsumer<Watch>>,
-    readers: HashMap<String, BaseConsumer<Watch>>,
+    readers: HashMap<String, Reader>,
 }
 
 impl KafkaSource {
@@ -143,7 +143,10 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "error");
+            .set("auto.offset.reset", "error")
+            // A full local queue pauses fetching for this long (1 s by default): a batch that
+            // drains it must not wait that long for more.
+            .set("fetch.queue.backoff.ms", "10");
         if let Some(group) = group {
             config.set("group.id", group);
         }
@@ -285,23 +288,110 @@ impl KafkaSource {
         }
         if !self.readers.contains_key(topic) {
             // librdkafka assigns only in a group; the reader never joins or commits to it.
-            let reader = self.consumer(Some(&self.group_id))?;
-            self.readers.insert(topic.to_string(), reader);
+            let consumer = self.consumer(Some(&self.group_id))?;
+            self.readers.insert(
+                topic.to_string(),
+                Reader {
+                    consumer,
+                    covered: BTreeMap::new(),
+                    ahead: BTreeMap::new(),
+                },
+            );
         }
-        let Some(reader) = self.readers.get(topic) else {
+        let Some(mut reader) = self.readers.remove(topic) else {
             return Err(Error::Internal("the reading client is missing".into()));
         };
-        let mut list = TopicPartitionList::new();
-        for (partition, (from, _)) in &spans {
-            list.add_partition_offset(topic, *partition, Offset::Offset(*from))
-                .map_err(|e| self.client_error("cannot assign partitions", &e))?;
+        let result = self.read_spans(topic, &mut reader, &spans, pieces, out, refused);
+        if result.is_err() {
+            // What the client holds is no longer known to follow on: assign afresh next time.
+            reader.covered.clear();
+            reader.ahead.clear();
         }
-        reader
-            .assign(&list)
-            .map_err(|e| self.client_error("cannot assign partitions", &e))?;
+        self.readers.insert(topic.to_string(), reader);
+        result
+    }
+
+    /// Reads `spans` (partition → `[from, until)`) with `reader`. When every span starts where
+    /// the reader's last one ended, the client goes on as it is, with what it fetched ahead;
+    /// otherwise it is assigned the spans afresh.
+    fn read_spans(
+        &self,
+        topic: &str,
+        reader: &mut Reader,
+        spans: &BTreeMap<i32, (i64, i64)>,
+        pieces: &[(usize, OffsetRange)],
+        out: &mut [Vec<KafkaRecord>],
+        refused: &mut Refusals,
+    ) -> Result<()> {
+        let follows_on = spans
+            .iter()
+            .all(|(p, (from, _))| reader.covered.get(p) == Some(from));
+        if !follows_on {
+            let mut list = TopicPartitionList::new();
+            for (partition, (from, _)) in spans {
+                list.add_partition_offset(topic, *partition, Offset::Offset(*from))
+                    .map_err(|e| self.client_error("cannot assign partitions", &e))?;
+            }
+            reader
+                .consumer
+                .assign(&list)
+                .map_err(|e| self.client_error("cannot assign partitions", &e))?;
+            reader.covered = spans.iter().map(|(p, (from, _))| (*p, *from)).collect();
+            reader.ahead.clear();
+        }
         let topic_name: Arc<str> = Arc::from(topic);
         let mut open: BTreeMap<i32, i64> =
             spans.iter().map(|(p, (_, until))| (*p, *until)).collect();
+        let mut overflowed = std::collections::BTreeSet::new();
+        // A record goes to the piece holding its offset, or ahead when past the span.
+        let mut place = |partition: i32, offset: i64, fetched: Fetched, reader: &mut Reader| {
+            let end = spans
+                .get(&partition)
+                .map(|s| s.1)
+                .or_else(|| reader.covered.get(&partition).copied());
+            if end.is_some_and(|end| offset >= end) {
+                let ahead = reader.ahead.entry(partition).or_default();
+                if ahead.len() < AHEAD_KEPT {
+                    ahead.push_back((offset, fetched));
+                } else {
+                    // Too far ahead to keep: the next range of it starts afresh.
+                    reader.ahead.remove(&partition);
+                    reader.covered.remove(&partition);
+                    overflowed.insert(partition);
+                }
+                return;
+            }
+            let piece = pieces
+                .iter()
+                .find(|(_, r)| r.tp.partition == partition && r.from <= offset && offset < r.until);
+            match (piece, fetched) {
+                (Some((part, _)), Fetched::Record(r)) => out[*part].push(r),
+                (Some(_), Fetched::Refused(why)) => refused.push(why),
+                // Between two pieces another worker reads.
+                (None, _) => {}
+            }
+        };
+        // First what was fetched ahead last time.
+        for (partition, (_, until)) in spans {
+            let Some(mut ahead) = reader.ahead.remove(partition) else {
+                continue;
+            };
+            while let Some((offset, fetched)) = ahead.pop_front() {
+                if offset >= *until {
+                    ahead.push_front((offset, fetched));
+                    break;
+                }
+                if offset + 1 >= *until {
+                    open.remove(partition);
+                }
+                place(*partition, offset, fetched, reader);
+            }
+            if !ahead.is_empty() {
+                // Seen past the end: the span is whole.
+                open.remove(partition);
+                reader.ahead.insert(*partition, ahead);
+            }
+        }
         let mut last_progress = Instant::now();
         while !open.is_empty() {
             if last_progress.elapsed() > READ_STALL {
@@ -313,7 +403,7 @@ impl KafkaSource {
                     self.client.bootstrap_servers
                 )));
             }
-            let Some(event) = reader.poll(Duration::from_millis(100)) else {
+            let Some(event) = reader.consumer.poll(Duration::from_millis(100)) else {
                 continue;
             };
             // Only records and ends count as progress: errors repeat while brokers are away.
@@ -330,6 +420,7 @@ impl KafkaSource {
                         continue;
                     };
                     let position = reader
+                        .consumer
                         .position()
                         .ok()
                         .and_then(|l| l.find_partition(topic, partition).map(|e| e.offset()));
@@ -338,6 +429,17 @@ impl KafkaSource {
                         _ => spans.get(&partition).map_or(0, |s| s.0),
                     };
                     if reached < until {
+                        // An end reached in an earlier batch may be reported only now: the log
+                        // itself says whether it ends before the range.
+                        let end = reader
+                            .consumer
+                            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+                            .map_err(|e| self.client_error("cannot list offsets", &e))?
+                            .1;
+                        if end >= until {
+                            open.insert(partition, until);
+                            continue;
+                        }
                         return Err(self.lost(format!(
                             "{topic}[{partition}] now ends at offset {reached}, inside the range [.., {until}) this batch planned: the topic was deleted and created again, or truncated, and its records cannot be read again. Start the job over with a new checkpoint"
                         )));
@@ -376,60 +478,78 @@ impl KafkaSource {
             };
             let partition = message.partition();
             let offset = message.offset();
-            let Some(until) = open.get(&partition).copied() else {
-                continue;
-            };
-            if offset >= until {
-                open.remove(&partition);
-                continue;
-            }
-            if offset + 1 >= until {
+            if let Some(until) = open.get(&partition).copied()
+                && offset + 1 >= until
+            {
                 open.remove(&partition);
             }
-            let Some((part, _)) = pieces
-                .iter()
-                .find(|(_, r)| r.tp.partition == partition && r.from <= offset && offset < r.until)
-            else {
-                // Between two pieces another worker reads.
-                continue;
-            };
-            let at = format!("{topic}[{partition}] offset {offset}");
-            let value = match message.payload().map(std::str::from_utf8) {
-                None => String::new(),
-                Some(Ok(text)) if text.len() <= MAX_LINE_BYTES => text.to_string(),
-                Some(Ok(text)) => {
-                    refused.push(format!(
-                        "{at}: a value of {} bytes, over the limit of {MAX_LINE_BYTES}",
-                        text.len()
-                    ));
-                    continue;
-                }
-                Some(Err(_)) => {
-                    refused.push(format!("{at}: the value is not UTF-8 text"));
-                    continue;
-                }
-            };
-            let key = match message.key().map(std::str::from_utf8) {
-                None => None,
-                Some(Ok(text)) if text.len() <= MAX_LINE_BYTES => Some(text.to_string()),
-                Some(_) => {
-                    refused.push(format!(
-                        "{at}: the key is not UTF-8 text of at most {MAX_LINE_BYTES} bytes"
-                    ));
-                    continue;
-                }
-            };
-            out[*part].push(KafkaRecord {
-                topic: topic_name.clone(),
-                partition,
-                offset,
-                timestamp: message.timestamp().to_millis(),
-                key,
-                value,
-            });
+            let fetched = fetched(&topic_name, &message);
+            place(partition, offset, fetched, reader);
+        }
+        for (partition, (_, until)) in spans {
+            // A partition whose read-ahead overflowed was dropped from `covered`: it starts
+            // afresh next time.
+            if !overflowed.contains(partition) {
+                reader.covered.insert(*partition, *until);
+            }
         }
         Ok(())
     }
+}
+
+/// Records fetched past a span's end are kept for the next batch, up to this many per
+/// partition (the client fetches ahead by about as many).
+const AHEAD_KEPT: usize = 200_000;
+
+/// A topic's reading client, and where it stands.
+struct Reader {
+    consumer: BaseConsumer<Watch>,
+    /// For each assigned partition, the end of the last span read.
+    covered: BTreeMap<i32, i64>,
+    /// Records fetched past a span's end, in offset order, for the span that follows on.
+    ahead: BTreeMap<i32, VecDeque<(i64, Fetched)>>,
+}
+
+/// A message as the source hands it on, or why it cannot.
+enum Fetched {
+    Record(KafkaRecord),
+    Refused(String),
+}
+
+fn fetched(topic: &Arc<str>, message: &rdkafka::message::BorrowedMessage<'_>) -> Fetched {
+    let (partition, offset) = (message.partition(), message.offset());
+    // Formatted only for a refusal: most records are not.
+    let at = || format!("{topic}[{partition}] offset {offset}");
+    let value = match message.payload().map(std::str::from_utf8) {
+        None => String::new(),
+        Some(Ok(text)) if text.len() <= MAX_LINE_BYTES => text.to_string(),
+        Some(Ok(text)) => {
+            return Fetched::Refused(format!(
+                "{}: a value of {} bytes, over the limit of {MAX_LINE_BYTES}",
+                at(),
+                text.len()
+            ));
+        }
+        Some(Err(_)) => return Fetched::Refused(format!("{}: the value is not UTF-8 text", at())),
+    };
+    let key = match message.key().map(std::str::from_utf8) {
+        None => None,
+        Some(Ok(text)) if text.len() <= MAX_LINE_BYTES => Some(text.to_string()),
+        Some(_) => {
+            return Fetched::Refused(format!(
+                "{}: the key is not UTF-8 text of at most {MAX_LINE_BYTES} bytes",
+                at()
+            ));
+        }
+    };
+    Fetched::Record(KafkaRecord {
+        topic: topic.clone(),
+        partition,
+        offset,
+        timestamp: message.timestamp().to_millis(),
+        key,
+        value,
+    })
 }
 
 impl Source for KafkaSource {
