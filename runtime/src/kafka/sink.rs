@@ -149,9 +149,27 @@ impl KafkaSink {
             .map_err(|e| self.client_error("cannot create a Kafka client", &e))?;
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.topic, 0);
-        let committed = marks
-            .committed_offsets(list, REQUEST_TIMEOUT)
-            .map_err(|e| self.client_error("cannot read what the topic holds", &e))?;
+        // A group coordinator that is just starting or moving answers "not yet": ask again.
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        let committed = loop {
+            match marks.committed_offsets(list.clone(), REQUEST_TIMEOUT) {
+                Ok(committed) => break committed,
+                Err(e)
+                    if std::time::Instant::now() < deadline
+                        && matches!(
+                            e.rdkafka_error_code(),
+                            Some(
+                                RDKafkaErrorCode::NotCoordinator
+                                    | RDKafkaErrorCode::CoordinatorLoadInProgress
+                                    | RDKafkaErrorCode::CoordinatorNotAvailable
+                            )
+                        ) =>
+                {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(self.client_error("cannot read what the topic holds", &e)),
+            }
+        };
         let written = committed
             .find_partition(&self.topic, 0)
             .and_then(|e| match e.offset() {
