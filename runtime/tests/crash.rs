@@ -2,9 +2,13 @@
 //! command, and its files output must equal an uninterrupted run's — no gap, no duplicate, same
 //! bytes.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{Rng, run_with_kills};
 
 const BATCHES: u64 = 60;
 
@@ -58,51 +62,10 @@ fn batch_times(files: &[(String, Vec<u8>)]) -> Vec<u64> {
         .collect()
 }
 
-/// The newest batch marked complete in the checkpoint.
-fn last_commit(dir: &Path) -> u64 {
-    std::fs::read_dir(dir.join("ckpt/commits"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| {
-                    e.ok()?
-                        .file_name()
-                        .to_string_lossy()
-                        .trim_end_matches(".json")
-                        .parse()
-                        .ok()
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
-}
-
-/// SplitMix64, seeded from the clock; the seed is printed so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
 /// `slide_ms`: how often the pipeline emits, so how far apart its files are.
 fn check_exactly_once(name: &str, steps: &str, slide_ms: u64) {
     let files = BATCHES * 100 / slide_ms;
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("{name}: CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_env(name);
 
     let reference = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
@@ -125,32 +88,19 @@ fn check_exactly_once(name: &str, steps: &str, slide_ms: u64) {
 
     let crashed = tempfile::tempdir().expect("tempdir");
     let job = manifest(crashed.path(), steps);
-    let mut kills = 0;
-    let mut mid_run_kills = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(Instant::now() < deadline, "{name}: did not finish in time");
-        let mut child = sluice(&job).spawn().expect("spawn sluice");
-        if kills < 5 {
-            std::thread::sleep(Duration::from_millis(5 + rng.next() % (run_ms / 4).max(1)));
-            if child.try_wait().expect("wait").is_none() {
-                child.kill().expect("SIGKILL");
-                let _ = child.wait();
-                kills += 1;
-                let last = last_commit(crashed.path());
-                eprintln!("{name}: killed after batch {last}");
-                mid_run_kills += u32::from(last > 0 && last < BATCHES);
-                continue;
-            }
-        }
-        let out = child.wait_with_output().expect("wait");
-        assert!(
-            out.status.success(),
-            "{name}: run after {kills} kills: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        break;
-    }
+    let (kills, mid_run_kills) = run_with_kills(
+        name,
+        &mut rng,
+        || sluice(&job),
+        crashed.path(),
+        BATCHES,
+        (
+            5,
+            Duration::from_millis(5),
+            Duration::from_millis(run_ms / 4),
+        ),
+        Duration::from_secs(120),
+    );
     assert!(
         mid_run_kills >= 1,
         "{name}: no kill landed mid-run ({kills} kills); make the job longer"

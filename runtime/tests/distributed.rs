@@ -78,9 +78,15 @@ fn reference(dir: &Path) -> Vec<Vec<String>> {
             dir.join("reference-ckpt").display()
         ),
     );
+    run_local(&job);
+    batches(&out).into_values().collect()
+}
+
+/// `sluice run` of BATCHES batches of `job`, back to back, to the end.
+fn run_local(job: &Path) {
     let run = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run"])
-        .arg(&job)
+        .arg("run")
+        .arg(job)
         .args(["--batches", &BATCHES.to_string(), "--no-wait"])
         .env("SLUICE_LOG", "warn")
         .output()
@@ -90,7 +96,6 @@ fn reference(dir: &Path) -> Vec<Vec<String>> {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    batches(&out).into_values().collect()
 }
 
 struct Cluster {
@@ -1116,18 +1121,7 @@ fn a_kafka_job_survives_worker_and_master_loss() {
             tmp.path().join("reference-ckpt").display()
         ),
     );
-    let run = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("run")
-        .arg(&reference)
-        .args(["--batches", &BATCHES.to_string(), "--no-wait"])
-        .env("SLUICE_LOG", "warn")
-        .output()
-        .expect("reference run");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    run_local(&reference);
     let want_files: Vec<Vec<String>> = batches(&reference_out).into_values().collect();
     let want_topic = by_batch(&servers, &reference_topic);
     assert_eq!(want_topic.len() as u64, BATCHES);

@@ -13,6 +13,7 @@ use sluice::sink::Sink;
 use sluice::time::BatchInfo;
 use sluice::{StreamingConfig, StreamingContext};
 use support::kafka::*;
+use support::{Rng, run_with_kills};
 
 fn context(partitions: usize) -> StreamingContext {
     StreamingContext::new(StreamingConfig::new(Duration::from_millis(100)).parallelism(partitions))
@@ -299,25 +300,6 @@ fn sluice_run(manifest: &std::path::Path) -> std::process::Command {
     c
 }
 
-/// The newest batch marked complete in a local checkpoint.
-fn last_commit(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir.join("ckpt/commits"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| {
-                    e.ok()?
-                        .file_name()
-                        .to_string_lossy()
-                        .trim_end_matches(".json")
-                        .parse()
-                        .ok()
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn kafka_to_kafka_is_exactly_once_across_sigkills() {
     let broker = KafkaBroker::shared();
@@ -330,25 +312,7 @@ fn kafka_to_kafka_is_exactly_once_across_sigkills() {
         .collect();
     produce_owned(broker, &input, &lines);
 
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("kafka crash: CRASH_SEED={seed}");
-    let mut rng = seed;
-    let mut next = move || {
-        // SplitMix64.
-        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = Rng::from_env("kafka crash");
 
     let reference = tempfile::tempdir().expect("tempdir");
     let reference_out = unique_topic("crash-ref");
@@ -376,34 +340,19 @@ fn kafka_to_kafka_is_exactly_once_across_sigkills() {
     let crashed_out = unique_topic("crash-out");
     create_topic(&broker.bootstrap(), &crashed_out, 2);
     let job = kafka_manifest(crashed.path(), "crashed", broker, &input, &crashed_out);
-    let (mut kills, mut mid_run) = (0, 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(240);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "did not finish in time"
-        );
-        let mut child = sluice_run(&job).spawn().expect("spawn sluice");
-        if kills < 6 {
-            std::thread::sleep(Duration::from_millis(20 + next() % (run_ms / 3).max(1)));
-            if child.try_wait().expect("wait").is_none() {
-                child.kill().expect("SIGKILL");
-                let _ = child.wait();
-                kills += 1;
-                let last = last_commit(crashed.path());
-                eprintln!("kafka crash: killed after batch {last}");
-                mid_run += u32::from(last > 0 && last < CRASH_BATCHES);
-                continue;
-            }
-        }
-        let out = child.wait_with_output().expect("wait");
-        assert!(
-            out.status.success(),
-            "run after {kills} kills: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        break;
-    }
+    let (kills, mid_run) = run_with_kills(
+        "kafka crash",
+        &mut rng,
+        || sluice_run(&job),
+        crashed.path(),
+        CRASH_BATCHES,
+        (
+            6,
+            Duration::from_millis(20),
+            Duration::from_millis(run_ms / 3),
+        ),
+        Duration::from_secs(240),
+    );
     assert!(mid_run >= 1, "no kill landed mid-run ({kills} kills)");
     let got = by_batch(&broker.bootstrap(), &crashed_out);
     assert_eq!(
@@ -414,7 +363,8 @@ fn kafka_to_kafka_is_exactly_once_across_sigkills() {
     for (batch, want) in &expected {
         assert!(
             got.get(batch) == Some(want),
-            "batch {batch} differs from the uninterrupted run after {kills} kills (seed {seed}): {} records against {}",
+            "batch {batch} differs from the uninterrupted run after {kills} kills (seed {}): {} records against {}",
+            rng.seed(),
             got.get(batch).map_or(0, Vec::len),
             want.len()
         );

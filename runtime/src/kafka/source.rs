@@ -343,6 +343,14 @@ impl KafkaSource {
         let mut open: BTreeMap<i32, i64> =
             spans.iter().map(|(p, (_, until))| (*p, *until)).collect();
         let mut overflowed = std::collections::BTreeSet::new();
+        // The pieces of each partition, looked up once per record (a topic may have hundreds).
+        let mut by_partition: HashMap<i32, Vec<(i64, i64, usize)>> = HashMap::new();
+        for (part, r) in pieces {
+            by_partition
+                .entry(r.tp.partition)
+                .or_default()
+                .push((r.from, r.until, *part));
+        }
         // A record goes to the piece holding its offset, or ahead when past the span.
         let mut place = |partition: i32, offset: i64, fetched: Fetched, reader: &mut Reader| {
             let end = spans
@@ -361,11 +369,12 @@ impl KafkaSource {
                 }
                 return;
             }
-            let piece = pieces
-                .iter()
-                .find(|(_, r)| r.tp.partition == partition && r.from <= offset && offset < r.until);
+            let piece = by_partition.get(&partition).and_then(|ps| {
+                ps.iter()
+                    .find(|(from, until, _)| *from <= offset && offset < *until)
+            });
             match (piece, fetched) {
-                (Some((part, _)), Fetched::Record(r)) => out[*part].push(r),
+                (Some((_, _, part)), Fetched::Record(r)) => out[*part].push(r),
                 (Some(_), Fetched::Refused(why)) => refused.push(why),
                 // Between two pieces another worker reads.
                 (None, _) => {}

@@ -116,3 +116,99 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     out
 }
 pub mod kafka;
+
+/// SplitMix64 for crash tests, seeded from `CRASH_SEED` or the clock; the seed is printed so
+/// a failure can be replayed.
+pub struct Rng {
+    seed: u64,
+    state: u64,
+}
+
+impl Rng {
+    pub fn from_env(name: &str) -> Rng {
+        let seed = std::env::var("CRASH_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("{name}: CRASH_SEED={seed}");
+        Rng { seed, state: seed }
+    }
+
+    /// The seed, for failure messages.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// The newest batch marked complete in the local checkpoint `DIR/ckpt`.
+pub fn last_commit(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("ckpt/commits"))
+        .map(|entries| {
+            entries
+                .filter_map(|e| {
+                    e.ok()?
+                        .file_name()
+                        .to_string_lossy()
+                        .trim_end_matches(".json")
+                        .parse()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `command()` (a `sluice run` of `batches` batches checkpointing to `DIR/ckpt`) until it
+/// finishes, first SIGKILLing `kills` starts of it, each `min_wait` plus a random part of
+/// `spread` after it starts. Returns the kills and how many landed mid-run (after the first
+/// commit, before the last); fails the test on a failed final run or after `timeout`.
+pub fn run_with_kills(
+    name: &str,
+    rng: &mut Rng,
+    command: impl Fn() -> Command,
+    dir: &Path,
+    batches: u64,
+    (kills, min_wait, spread): (u32, Duration, Duration),
+    timeout: Duration,
+) -> (u32, u32) {
+    let (mut done, mut mid_run) = (0, 0);
+    let deadline = Instant::now() + timeout;
+    loop {
+        assert!(Instant::now() < deadline, "{name}: did not finish in time");
+        let mut child = command().spawn().expect("spawn sluice");
+        if done < kills {
+            let spread_ms = (spread.as_millis() as u64).max(1);
+            std::thread::sleep(min_wait + Duration::from_millis(rng.next() % spread_ms));
+            if child.try_wait().expect("wait").is_none() {
+                child.kill().expect("SIGKILL");
+                let _ = child.wait();
+                done += 1;
+                let last = last_commit(dir);
+                eprintln!("{name}: killed after batch {last}");
+                mid_run += u32::from(last > 0 && last < batches);
+                continue;
+            }
+        }
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{name}: run after {done} kills: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return (done, mid_run);
+    }
+}
