@@ -100,6 +100,8 @@ pub fn properties_problems(properties: &BTreeMap<String, String>) -> Vec<(String
             || lower.contains("secret")
             || lower == "sasl.username"
             || lower == "sasl.jaas.config"
+            // A client's private key, unlike a CA certificate (`ssl.ca.pem`), is a secret.
+            || lower == "ssl.key.pem"
         {
             out.push((
                 key.clone(),
@@ -211,12 +213,19 @@ mod tests {
             ("sasl.password", "hunter2"),
             ("isolation.level", "read_uncommitted"),
             ("security.protocol", "SASL_SSL"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"),
+            ("ssl.ca.pem", "-----BEGIN CERTIFICATE-----"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let problems = properties_problems(&props);
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        let named: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            named,
+            ["isolation.level", "sasl.password", "ssl.key.pem"],
+            "{problems:?}"
+        );
         assert!(problems.iter().all(|(_, m)| !m.contains("hunter2")));
     }
 }

@@ -1,9 +1,12 @@
 //! The whole system under real faults: the chart installed with helm into the real control
-//! plane, the operator running as two pods, `examples/word-totals-s3.yaml` applied with kubectl,
-//! its master and workers as real `sluice` processes, S3 on s3s-fs. Processes are killed for
-//! real (SIGKILL), the job is scaled, suspended, resumed and deleted, and at the end every batch
-//! it wrote to S3 is compared with an uninterrupted run of the same manifest by the local
-//! engine (`sluice run`, one process, no network, no faults): no batch lost, none counted twice.
+//! plane, the operator running as two pods, two jobs applied with kubectl — `examples/word-totals-s3.yaml`
+//! (a generator, running totals, S3 output) and `examples/kafka-wordcount.yaml` (from one topic
+//! of a Kafka broker running as a pod to another, exactly once) — their masters and workers as
+//! real `sluice` processes, S3 on s3s-fs. Processes are killed for real (SIGKILL), the jobs are
+//! scaled, suspended, resumed and deleted, and at the end every batch they wrote (to S3, and
+//! to Kafka as a `read_committed` reader sees it) is compared with an uninterrupted run of the
+//! same manifest by the local engine (`sluice run`, one process, no faults): no batch lost,
+//! none counted twice.
 //!
 //! A report (each scenario, pass or fail, recovery times, records checked) goes to stderr and
 //! to `$SLUICE_E2E_REPORT` when set; `scripts/test` prints it.
@@ -11,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -24,16 +28,82 @@ use serde_json::json;
 use sluice_e2e::cluster::{ClusterOptions, TestCluster};
 use sluice_e2e::control_plane::bin_dir;
 use sluice_e2e::fixtures::{self, S3Server, create_namespace, workspace_bin};
+use sluice_e2e::kafka::{self, topics};
 use sluice_e2e::wait_for;
 
-const JOB: &str = "word-totals";
 const NS: &str = "jobs";
 const OPERATOR_NS: &str = "sluice-system";
 const EXAMPLE: &str = "examples/word-totals-s3.yaml";
 /// Where the example writes, and where the reference run writes instead.
 const OUTPUT: &str = "s3://sluice/word-totals/out";
-const CHECKPOINT: &str = "s3://sluice/word-totals/checkpoint";
 const REFERENCE_OUTPUT: &str = "s3://sluice/reference/out";
+
+/// A job under test: its name, where it checkpoints, its batch interval.
+struct Job {
+    name: &'static str,
+    checkpoint: &'static str,
+    interval_ms: u64,
+}
+
+/// `examples/word-totals-s3.yaml`: a generator, running totals, S3 output.
+const TOTALS: Job = Job {
+    name: "word-totals",
+    checkpoint: "s3://sluice/word-totals/checkpoint",
+    interval_ms: 200,
+};
+
+/// `examples/kafka-wordcount.yaml` as `docs/kind.md` runs it: from one topic of a broker pod
+/// to another, exactly once.
+const KAFKA_JOB: Job = Job {
+    name: "kafka-wordcount",
+    checkpoint: "s3://sluice/kafka-wordcount/checkpoint",
+    interval_ms: 200,
+};
+const KAFKA_EXAMPLE: &str = "examples/kafka-wordcount.yaml";
+const KAFKA_NS: &str = "kafka";
+/// The broker as the job's pods reach it (the pod's name through the cluster's names).
+const KAFKA_IN_CLUSTER: &str = "kafka-0.kafka.kafka:9092";
+const KAFKA_PARTITIONS: i32 = 4;
+/// Records the input topic holds before the job starts: more than the job reads in the
+/// test at `maxRatePerPartition` (the cap makes every batch read a fixed range, so an
+/// uninterrupted run reads the same ranges), so no batch is short of input.
+const KAFKA_BACKLOG: usize = 200_000;
+const KAFKA_RATE_PER_PARTITION: u32 = 50;
+
+/// One broker as `docs/kind.md` runs it (the image maps to `kafka-pod`, which listens on the
+/// pod's address and keeps its data in the volume); `$(JARS)`, where the image would have
+/// the broker, is the jars' cache on this machine.
+const KAFKA_BROKER: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: kafka}
+spec:
+  serviceName: kafka
+  replicas: 1
+  selector: {matchLabels: {app: kafka}}
+  template:
+    metadata: {labels: {app: kafka}}
+    spec:
+      containers:
+        - name: kafka
+          image: apache/kafka:4.1.0
+          env:
+            - name: POD_IP
+              valueFrom: {fieldRef: {fieldPath: status.podIP}}
+            - {name: KAFKA_DATA_DIR, value: /var/lib/kafka/data}
+            - {name: SLUICE_KAFKA_JARS, value: "$(JARS)"}
+          ports: [{containerPort: 9092, name: kafka}]
+          volumeMounts: [{name: data, mountPath: /var/lib/kafka/data}]
+      volumes: [{name: data, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kafka}
+spec:
+  clusterIP: None
+  selector: {app: kafka}
+  ports: [{port: 9092, name: kafka}]
+"#;
 
 /// One line of the report.
 struct Outcome {
@@ -102,6 +172,8 @@ struct System {
     cluster: TestCluster,
     client: Client,
     s3: S3Server,
+    /// The broker pod's address, once it runs.
+    kafka: OnceLock<String>,
 }
 
 impl System {
@@ -125,10 +197,10 @@ impl System {
     }
 
     /// `kubectl patch sj JOB --type merge -p '{"spec":{"suspend":...}}'`.
-    fn suspend(&self, suspend: bool) -> Result<()> {
+    fn suspend(&self, job: &Job, suspend: bool) -> Result<()> {
         let patch = json!({"spec": {"suspend": suspend}}).to_string();
         let args = [
-            "patch", "sj", JOB, "-n", NS, "--type", "merge", "-p", &patch,
+            "patch", "sj", job.name, "-n", NS, "--type", "merge", "-p", &patch,
         ];
         self.kubectl_ok(&args, None).map(|_| ())
     }
@@ -138,14 +210,14 @@ impl System {
         Api::namespaced_with(self.client.clone(), NS, &ApiResource::from_gvk(&gvk))
     }
 
-    async fn status(&self) -> Result<serde_json::Value> {
-        Ok(self.jobs().get(JOB).await?.data["status"].clone())
+    async fn status(&self, job: &Job) -> Result<serde_json::Value> {
+        Ok(self.jobs().get(job.name).await?.data["status"].clone())
     }
 
-    async fn job_pods(&self) -> Result<Vec<Pod>> {
+    async fn job_pods(&self, job: &Job) -> Result<Vec<Pod>> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
         Ok(pods
-            .list(&ListParams::default().labels(&format!("sluice.dev/job={JOB}")))
+            .list(&ListParams::default().labels(&format!("sluice.dev/job={}", job.name)))
             .await?
             .items)
     }
@@ -182,11 +254,11 @@ impl System {
     /// The newest batch the master has committed: `commits/<batch>.json` in the checkpoint is
     /// written only after the batch's outputs and snapshot are durable, and only by a live
     /// master (output files could still be written by workers after the master died).
-    fn newest_commit(&self) -> u64 {
+    fn newest_commit(&self, job: &Job) -> u64 {
         let dir = self
             .s3
             .root
-            .join(CHECKPOINT.trim_start_matches("s3://"))
+            .join(job.checkpoint.trim_start_matches("s3://"))
             .join("commits");
         std::fs::read_dir(dir)
             .into_iter()
@@ -201,33 +273,39 @@ impl System {
     }
 
     /// Waits for a batch committed after the call; returns the time since `since`.
-    async fn next_commit_after(&self, since: Instant, timeout: Duration) -> Result<Duration> {
-        self.commit_after(self.newest_commit(), since, timeout)
+    async fn next_commit_after(
+        &self,
+        job: &Job,
+        since: Instant,
+        timeout: Duration,
+    ) -> Result<Duration> {
+        self.commit_after(job, self.newest_commit(job), since, timeout)
             .await
     }
 
     /// Waits for a commit of a batch newer than `newest`; returns the time since `since`.
     async fn commit_after(
         &self,
+        job: &Job,
         newest: u64,
         since: Instant,
         timeout: Duration,
     ) -> Result<Duration> {
         wait_for(
-            "a newly committed batch in the checkpoint",
+            &format!("a newly committed batch of {} in the checkpoint", job.name),
             timeout,
-            async || Ok((self.newest_commit() > newest).then_some(())),
+            async || Ok((self.newest_commit(job) > newest).then_some(())),
         )
         .await?;
         Ok(since.elapsed())
     }
 
-    async fn wait_running(&self, workers: i64, timeout: Duration) -> Result<()> {
+    async fn wait_running(&self, job: &Job, workers: i64, timeout: Duration) -> Result<()> {
         wait_for(
-            &format!("{JOB} Running with {workers} workers"),
+            &format!("{} Running with {workers} workers", job.name),
             timeout,
             async || {
-                let s = self.status().await?;
+                let s = self.status(job).await?;
                 Ok((s["phase"] == "Running"
                     && s["workersReady"] == workers
                     && s["workersDesired"] == workers)
@@ -238,14 +316,14 @@ impl System {
     }
 
     /// How many objects of kind `K` labelled as the job's are left in its namespace.
-    async fn labelled<K>(&self) -> Result<usize>
+    async fn labelled<K>(&self, job: &Job) -> Result<usize>
     where
         K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
             + k8s_openapi::serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
-        let selector = ListParams::default().labels(&format!("sluice.dev/job={JOB}"));
+        let selector = ListParams::default().labels(&format!("sluice.dev/job={}", job.name));
         Ok(Api::<K>::namespaced(self.client.clone(), NS)
             .list(&selector)
             .await?
@@ -265,7 +343,10 @@ impl System {
     fn diagnostics(&self) -> String {
         let mut out = format!("--- node agent:\n{}\n", self.cluster.agent_log(40));
         out.push_str(&self.cluster.pod_logs("sluice-", 25));
-        out.push_str(&self.cluster.pod_logs(&format!("{JOB}-master"), 25));
+        for job in [&TOTALS, &KAFKA_JOB] {
+            out.push_str(&self.cluster.pod_logs(&format!("{}-master", job.name), 25));
+        }
+        out.push_str(&self.cluster.pod_logs("kafka-0", 25));
         if let Ok((_, text, _)) = self.kubectl(&["get", "sj,pods,sts", "-A", "-o", "wide"], None) {
             out.push_str(&text);
         }
@@ -285,7 +366,13 @@ async fn the_whole_system_under_real_faults() -> Result<()> {
         dir: dir.path().join("cluster"),
         nodes: vec!["node-1".into(), "node-2".into(), "node-3".into()],
         // The image holds `sluice` and, next to it, `sluice-operator` (as the Dockerfile's).
-        images: vec![("sluice".into(), workspace_bin("sluice")?)],
+        images: vec![
+            ("sluice".into(), workspace_bin("sluice")?),
+            (
+                "apache/kafka".into(),
+                env!("CARGO_BIN_EXE_kafka-pod").into(),
+            ),
+        ],
         agent_bin: env!("CARGO_BIN_EXE_sluice-node-agent").into(),
     })
     .await?;
@@ -295,6 +382,7 @@ async fn the_whole_system_under_real_faults() -> Result<()> {
         cluster,
         client,
         s3,
+        kafka: OnceLock::new(),
     };
     let mut report = Report::default();
     let outcome = scenarios(&system, &mut report).await;
@@ -368,7 +456,58 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
         .await;
 
     report
-        .run("b. kubectl apply the example; outputs; kubectl get sj", async || {
+        .run(
+            "b0. a Kafka broker as a pod; topics; a backlog",
+            async || {
+                create_namespace(&sys.client, KAFKA_NS).await?;
+                let manifest = KAFKA_BROKER.replace(
+                    "$(JARS)",
+                    &sluice_e2e::kafka::jars_dir()?.to_string_lossy(),
+                );
+                sys.kubectl_ok(&["apply", "-n", KAFKA_NS, "-f", "-"], Some(&manifest))?;
+                let pods: Api<Pod> = Api::namespaced(sys.client.clone(), KAFKA_NS);
+                let ip = wait_for(
+                    "the broker pod listening",
+                    Duration::from_secs(120),
+                    async || {
+                        let ip = pods
+                            .get_opt("kafka-0")
+                            .await?
+                            .and_then(|p| p.status)
+                            .and_then(|s| s.pod_ip);
+                        Ok(ip.filter(|ip| {
+                            std::net::TcpStream::connect((ip.as_str(), kafka::POD_PORT)).is_ok()
+                        }))
+                    },
+                )
+                .await?;
+                let bootstrap = format!("{ip}:{}", kafka::POD_PORT);
+                sys.kafka
+                    .set(bootstrap.clone())
+                    .map_err(|_| anyhow!("the broker was started twice"))?;
+                let at = bootstrap.clone();
+                tokio::task::spawn_blocking(move || {
+                    for topic in ["lines", "word-counts", "word-counts-reference"] {
+                        topics::create_topic(&at, topic, KAFKA_PARTITIONS);
+                    }
+                    let lines: Vec<String> = (0..KAFKA_BACKLOG).map(backlog_line).collect();
+                    let records: Vec<(i32, Option<&str>, &str)> = lines
+                        .iter()
+                        .enumerate()
+                        .map(|(i, line)| (i as i32 % KAFKA_PARTITIONS, None, line.as_str()))
+                        .collect();
+                    topics::produce(&at, "lines", &records);
+                })
+                .await?;
+                Ok(format!(
+                    "broker pod at {bootstrap}; {KAFKA_BACKLOG} lines in {KAFKA_PARTITIONS} partitions"
+                ))
+            },
+        )
+        .await;
+
+    report
+        .run("b. kubectl apply the examples; outputs; kubectl get sj", async || {
             create_namespace(&sys.client, NS).await?;
             Api::<Secret>::namespaced(sys.client.clone(), NS)
                 .create(
@@ -381,9 +520,17 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             let example = fixtures::repo().join(EXAMPLE);
             let path = example.to_string_lossy();
             sys.kubectl_ok(&["apply", "-n", NS, "-f", &path], None)?;
-            sys.wait_running(2, Duration::from_secs(120)).await?;
+            let kafka_job = kafka_manifest(KAFKA_IN_CLUSTER, "word-counts", KAFKA_JOB.checkpoint)?;
+            sys.kubectl_ok(&["apply", "-n", NS, "-f", "-"], Some(&kafka_job))?;
+            sys.wait_running(&TOTALS, 2, Duration::from_secs(120)).await?;
+            sys.wait_running(&KAFKA_JOB, 2, Duration::from_secs(120)).await?;
             wait_for("20 batches in S3", Duration::from_secs(60), async || {
                 Ok((sys.batches(OUTPUT).len() >= 20).then_some(()))
+            })
+            .await?;
+            wait_for("5 Kafka batches committed", Duration::from_secs(60), async || {
+                let s = sys.status(&KAFKA_JOB).await?;
+                Ok((s["lastCompletedBatch"].as_i64().unwrap_or(0) >= 5).then_some(()))
             })
             .await?;
             let mut first_seen: Option<u64> = None;
@@ -392,7 +539,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                 Duration::from_secs(30),
                 async || {
                     let out = sys.kubectl_ok(&["get", "sj", "-n", NS], None)?;
-                    let row = out.lines().find(|l| l.starts_with(JOB)).unwrap_or("");
+                    let row = out.lines().find(|l| l.starts_with(TOTALS.name)).unwrap_or("");
                     let cols: Vec<&str> = row.split_whitespace().collect();
                     let batch: u64 = cols.get(4).and_then(|b| b.parse().ok()).unwrap_or(0);
                     // Progressing: a later look shows a later batch.
@@ -404,34 +551,46 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                 },
             )
             .await?;
+            let rows: Vec<String> = table
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect();
             Ok(format!(
-                "{} batches; {}",
+                "{} batches in S3; {}",
                 sys.batches(OUTPUT).len(),
-                table.lines().nth(1).unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ")
+                rows.join("; ")
             ))
         })
         .await;
 
     report
         .run(
-            "c+i. kill the master and the operator leader together",
+            "c+i. kill the masters and the operator leader together",
             async || {
                 let holder = sys
                     .lease_holder()
                     .await?
                     .ok_or_else(|| anyhow!("no operator leader"))?;
-                let batch_before = sys.status().await?["lastCompletedBatch"]
+                let batch_before = sys.status(&TOTALS).await?["lastCompletedBatch"]
                     .as_i64()
                     .unwrap_or(0);
+                let kafka_newest = sys.newest_commit(&KAFKA_JOB);
                 let killed = Instant::now();
-                ensure!(sys.cluster.kill_pod_processes(&format!("{JOB}-master-0"))? >= 1);
+                for job in [&TOTALS, &KAFKA_JOB] {
+                    let master = format!("{}-master-0", job.name);
+                    ensure!(sys.cluster.kill_pod_processes(&master)? >= 1, "no {master}");
+                }
                 // The operator leader goes with its node: processes killed, pod force-deleted.
                 sys.cluster.kill_pod_processes(&holder)?;
                 Api::<Pod>::namespaced(sys.client.clone(), OPERATOR_NS)
                     .delete(&holder, &DeleteParams::default().grace_period(0))
                     .await?;
                 let recovery = sys
-                    .next_commit_after(killed, Duration::from_secs(90))
+                    .next_commit_after(&TOTALS, killed, Duration::from_secs(90))
+                    .await?;
+                let kafka_recovery = sys
+                    .commit_after(&KAFKA_JOB, kafka_newest, killed, Duration::from_secs(90))
                     .await?;
                 let new_holder = wait_for(
                     "another operator replica to lead",
@@ -445,7 +604,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     "progress past the kill in the status",
                     Duration::from_secs(60),
                     async || {
-                        let s = sys.status().await?;
+                        let s = sys.status(&TOTALS).await?;
                         let last = s["lastCompletedBatch"].as_i64().unwrap_or(0);
                         let recovered = s["recoveries"].as_i64().unwrap_or(0) >= 1;
                         Ok((s["phase"] == "Running" && last > batch_before && recovered)
@@ -464,8 +623,9 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                 })
                 .await?;
                 Ok(format!(
-                    "master kill -> next committed batch {:.1}s; operator takeover by {new_holder} {:.1}s; batch {} and {} recoveries in the status",
+                    "master kill -> next committed batch {:.1}s (Kafka job {:.1}s); operator takeover by {new_holder} {:.1}s; batch {} and {} recoveries in the status",
                     recovery.as_secs_f64(),
+                    kafka_recovery.as_secs_f64(),
                     takeover.as_secs_f64(),
                     s["lastCompletedBatch"],
                     s["recoveries"]
@@ -478,36 +638,40 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
         .run(
             "d. kill a worker; output continues; the pod comes back",
             async || {
-                let pod = format!("{JOB}-worker-1");
-                // The batch in flight at the kill may still commit (the worker had done its
-                // part); the one after it is dispatched after the kill, so its commit shows
-                // the loss noticed and recovered from.
-                let in_flight = sys.newest_commit() + 1;
-                let killed = Instant::now();
-                ensure!(sys.cluster.kill_pod_processes(&pod)? >= 1);
-                let recovery = sys
-                    .commit_after(in_flight, killed, Duration::from_secs(60))
+                let mut recoveries = Vec::new();
+                for job in [&TOTALS, &KAFKA_JOB] {
+                    let pod = format!("{}-worker-1", job.name);
+                    // The batch in flight at the kill may still commit (the worker had done
+                    // its part); the one after it is dispatched after the kill, so its commit
+                    // shows the loss noticed and recovered from.
+                    let in_flight = sys.newest_commit(job) + 1;
+                    let killed = Instant::now();
+                    ensure!(sys.cluster.kill_pod_processes(&pod)? >= 1, "no {pod}");
+                    let recovery = sys
+                        .commit_after(job, in_flight, killed, Duration::from_secs(60))
+                        .await?;
+                    let pods: Api<Pod> = Api::namespaced(sys.client.clone(), NS);
+                    wait_for(
+                        &format!("{pod} back and ready"),
+                        Duration::from_secs(60),
+                        async || {
+                            let p = pods.get(&pod).await?;
+                            let status = p.status.unwrap_or_default();
+                            let restarted = status
+                                .container_statuses
+                                .iter()
+                                .flatten()
+                                .any(|c| c.restart_count >= 1 && c.ready);
+                            Ok(restarted.then_some(()))
+                        },
+                    )
                     .await?;
-                let pods: Api<Pod> = Api::namespaced(sys.client.clone(), NS);
-                wait_for(
-                    "the worker back and ready",
-                    Duration::from_secs(60),
-                    async || {
-                        let p = pods.get(&pod).await?;
-                        let status = p.status.unwrap_or_default();
-                        let restarted = status
-                            .container_statuses
-                            .iter()
-                            .flatten()
-                            .any(|c| c.restart_count >= 1 && c.ready);
-                        Ok(restarted.then_some(()))
-                    },
-                )
-                .await?;
-                sys.wait_running(2, Duration::from_secs(60)).await?;
+                    sys.wait_running(job, 2, Duration::from_secs(60)).await?;
+                    recoveries.push(format!("{:.1}s", recovery.as_secs_f64()));
+                }
                 Ok(format!(
-                    "worker kill -> next committed batch {:.1}s",
-                    recovery.as_secs_f64()
+                    "worker kill -> next committed batch {} (word totals, Kafka job)",
+                    recoveries.join(", ")
                 ))
             },
         )
@@ -515,40 +679,67 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
 
     report
         .run(
-            "e. kubectl scale to 5, then to 2: live, no restart",
+            "e. kubectl scale to 5 (Kafka job 3), then 2: live, no restart",
             async || {
-                let master_uid = |pods: &[Pod]| {
+                let master_uid = |job: &Job, pods: &[Pod]| {
                     pods.iter()
-                        .find(|p| p.metadata.name.as_deref() == Some(&format!("{JOB}-master-0")))
+                        .find(|p| {
+                            p.metadata.name.as_deref() == Some(&format!("{}-master-0", job.name))
+                        })
                         .and_then(|p| p.metadata.uid.clone())
                 };
-                let before = master_uid(&sys.job_pods().await?);
-                sys.kubectl_ok(&["scale", "sj", JOB, "-n", NS, "--replicas", "5"], None)?;
-                sys.wait_running(5, Duration::from_secs(120)).await?;
-                let at_five = Instant::now();
-                sys.next_commit_after(at_five, Duration::from_secs(30))
+                let jobs = [(&TOTALS, 5), (&KAFKA_JOB, 3)];
+                let mut before = Vec::new();
+                for (job, up) in jobs {
+                    before.push(master_uid(job, &sys.job_pods(job).await?));
+                    let replicas = up.to_string();
+                    sys.kubectl_ok(
+                        &["scale", "sj", job.name, "-n", NS, "--replicas", &replicas],
+                        None,
+                    )?;
+                }
+                for (job, up) in jobs {
+                    sys.wait_running(job, up, Duration::from_secs(120)).await?;
+                    sys.next_commit_after(job, Instant::now(), Duration::from_secs(30))
+                        .await?;
+                }
+                for (job, _) in jobs {
+                    sys.kubectl_ok(
+                        &["scale", "sj", job.name, "-n", NS, "--replicas", "2"],
+                        None,
+                    )?;
+                }
+                for ((job, up), before) in jobs.into_iter().zip(before) {
+                    sys.wait_running(job, 2, Duration::from_secs(120)).await?;
+                    let gone = up - 2;
+                    wait_for(
+                        &format!("{gone} workers of {} gone", job.name),
+                        Duration::from_secs(60),
+                        async || {
+                            let pods = sys.job_pods(job).await?;
+                            let workers = pods
+                                .iter()
+                                .filter(|p| {
+                                    p.metadata
+                                        .name
+                                        .as_deref()
+                                        .is_some_and(|n| n.contains("-worker-"))
+                                })
+                                .count();
+                            Ok((workers == 2).then_some(()))
+                        },
+                    )
                     .await?;
-                sys.kubectl_ok(&["scale", "sj", JOB, "-n", NS, "--replicas", "2"], None)?;
-                sys.wait_running(2, Duration::from_secs(120)).await?;
-                let workers = wait_for("3 workers gone", Duration::from_secs(60), async || {
-                    let pods = sys.job_pods().await?;
-                    let workers = pods
-                        .iter()
-                        .filter(|p| {
-                            p.metadata
-                                .name
-                                .as_deref()
-                                .is_some_and(|n| n.contains("-worker-"))
-                        })
-                        .count();
-                    Ok((workers == 2).then_some(workers))
-                })
-                .await?;
-                let after = master_uid(&sys.job_pods().await?);
-                ensure!(before == after, "the master was replaced by a rescale");
-                sys.next_commit_after(Instant::now(), Duration::from_secs(30))
-                    .await?;
-                Ok(format!("5 then {workers} workers, same master pod"))
+                    let after = master_uid(job, &sys.job_pods(job).await?);
+                    ensure!(
+                        before == after,
+                        "the master of {} was replaced by a rescale",
+                        job.name
+                    );
+                    sys.next_commit_after(job, Instant::now(), Duration::from_secs(30))
+                        .await?;
+                }
+                Ok("5 (and 3) then 2 workers, same master pods".into())
             },
         )
         .await;
@@ -556,27 +747,34 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
     report
         .run("f. suspend and resume: pods go and come back", async || {
             let recoveries = |s: &serde_json::Value| s["recoveries"].as_i64().unwrap_or(0);
-            let before = recoveries(&sys.status().await?);
-            sys.suspend(true)?;
-            wait_for(
-                "Suspended with no pods",
-                Duration::from_secs(90),
-                async || {
-                    let s = sys.status().await?;
-                    let pods = sys.job_pods().await?;
-                    Ok((s["phase"] == "Suspended" && pods.is_empty()).then_some(()))
-                },
-            )
-            .await?;
+            let before = recoveries(&sys.status(&TOTALS).await?);
+            for job in [&TOTALS, &KAFKA_JOB] {
+                sys.suspend(job, true)?;
+            }
+            for job in [&TOTALS, &KAFKA_JOB] {
+                wait_for(
+                    &format!("{} Suspended with no pods", job.name),
+                    Duration::from_secs(90),
+                    async || {
+                        let s = sys.status(job).await?;
+                        let pods = sys.job_pods(job).await?;
+                        Ok((s["phase"] == "Suspended" && pods.is_empty()).then_some(()))
+                    },
+                )
+                .await?;
+            }
             tokio::time::sleep(Duration::from_secs(3)).await;
             // Nothing is committed while suspended: any batch newer than this one is the
             // resumed job's.
-            let newest = sys.newest_commit();
+            let newest = sys.newest_commit(&TOTALS);
+            let kafka_newest = sys.newest_commit(&KAFKA_JOB);
             let resumed = Instant::now();
-            sys.suspend(false)?;
+            for job in [&TOTALS, &KAFKA_JOB] {
+                sys.suspend(job, false)?;
+            }
             // Where the time goes: pods started, job Running, first batch.
             wait_for("the job's pods running", Duration::from_secs(120), async || {
-                let pods = sys.job_pods().await?;
+                let pods = sys.job_pods(&TOTALS).await?;
                 let running = pods.iter().filter(|p| {
                     p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
                 });
@@ -584,22 +782,27 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             })
             .await?;
             let pods_running = resumed.elapsed();
-            sys.wait_running(2, Duration::from_secs(120)).await?;
+            sys.wait_running(&TOTALS, 2, Duration::from_secs(120)).await?;
             let job_running = resumed.elapsed();
             let back = sys
-                .commit_after(newest, resumed, Duration::from_secs(60))
+                .commit_after(&TOTALS, newest, resumed, Duration::from_secs(60))
+                .await?;
+            sys.wait_running(&KAFKA_JOB, 2, Duration::from_secs(120)).await?;
+            let kafka_back = sys
+                .commit_after(&KAFKA_JOB, kafka_newest, resumed, Duration::from_secs(60))
                 .await?;
             // The new master pod counts from zero; the job's total must not.
-            let after = recoveries(&sys.status().await?);
+            let after = recoveries(&sys.status(&TOTALS).await?);
             ensure!(
                 after >= before,
                 "status.recoveries went from {before} to {after} across suspend and resume"
             );
             Ok(format!(
-                "resume -> next committed batch {:.1}s (pods running {:.1}s, job Running {:.1}s); recoveries kept ({after})",
+                "resume -> next committed batch {:.1}s (pods running {:.1}s, job Running {:.1}s; Kafka job {:.1}s); recoveries kept ({after})",
                 back.as_secs_f64(),
                 pods_running.as_secs_f64(),
                 job_running.as_secs_f64(),
+                kafka_back.as_secs_f64(),
             ))
         })
         .await;
@@ -641,38 +844,54 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
 
     report
         .run(
-            "h. delete the job: every child and process gone",
+            "h. delete the jobs: every child and process gone",
             async || {
-                let checkpoint = sys.s3.root.join(CHECKPOINT.trim_start_matches("s3://"));
-                sys.kubectl_ok(
-                    &[
-                        "delete",
-                        "sj",
-                        JOB,
-                        "-n",
-                        NS,
-                        "--wait=true",
-                        "--timeout=120s",
-                    ],
-                    None,
-                )?;
-                wait_for("children gone", Duration::from_secs(120), async || {
-                    let left = sys.labelled::<StatefulSet>().await?
-                        + sys.labelled::<Service>().await?
-                        + sys.labelled::<ConfigMap>().await?
-                        + sys.labelled::<Pod>().await?
-                        + Api::<Secret>::namespaced(sys.client.clone(), NS)
-                            .get_opt(&format!("{JOB}-token"))
-                            .await?
-                            .map_or(0, |_| 1);
-                    Ok((left == 0).then_some(()))
-                })
-                .await?;
-                let processes = wait_for("no job processes", Duration::from_secs(60), async || {
-                    let left = sys.cluster.pod_processes(&format!("{JOB}-"))?;
-                    Ok((left == 0).then_some(left))
-                })
-                .await?;
+                let checkpoint = sys
+                    .s3
+                    .root
+                    .join(TOTALS.checkpoint.trim_start_matches("s3://"));
+                for job in [&TOTALS, &KAFKA_JOB] {
+                    sys.kubectl_ok(
+                        &[
+                            "delete",
+                            "sj",
+                            job.name,
+                            "-n",
+                            NS,
+                            "--wait=true",
+                            "--timeout=120s",
+                        ],
+                        None,
+                    )?;
+                }
+                let mut processes = 0;
+                for job in [&TOTALS, &KAFKA_JOB] {
+                    wait_for(
+                        &format!("the children of {} gone", job.name),
+                        Duration::from_secs(120),
+                        async || {
+                            let left = sys.labelled::<StatefulSet>(job).await?
+                                + sys.labelled::<Service>(job).await?
+                                + sys.labelled::<ConfigMap>(job).await?
+                                + sys.labelled::<Pod>(job).await?
+                                + Api::<Secret>::namespaced(sys.client.clone(), NS)
+                                    .get_opt(&format!("{}-token", job.name))
+                                    .await?
+                                    .map_or(0, |_| 1);
+                            Ok((left == 0).then_some(()))
+                        },
+                    )
+                    .await?;
+                    processes += wait_for(
+                        &format!("no processes of {}", job.name),
+                        Duration::from_secs(60),
+                        async || {
+                            let left = sys.cluster.pod_processes(&format!("{}-", job.name))?;
+                            Ok((left == 0).then_some(left))
+                        },
+                    )
+                    .await?;
+                }
                 let kept = fixtures::files_under(&checkpoint);
                 ensure!(
                     kept > 0,
@@ -692,7 +911,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             ensure!(times.len() > 50, "only {} batches written", times.len());
             for pair in times.windows(2) {
                 ensure!(
-                    pair[1] - pair[0] == 200,
+                    pair[1] - pair[0] == TOTALS.interval_ms,
                     "batch {} follows {}: a batch is missing",
                     pair[1],
                     pair[0]
@@ -700,7 +919,12 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             }
             // The last batch may have been cut short by the delete.
             let compared = times.len() - 1;
-            let reference = reference_run(sys, compared).await?;
+            let example = std::fs::read_to_string(fixtures::repo().join(EXAMPLE))?;
+            let manifest = example
+                .replace(OUTPUT, REFERENCE_OUTPUT)
+                .replace(TOTALS.checkpoint, "s3://sluice/reference/checkpoint");
+            reference_run(sys, &manifest, compared).await?;
+            let reference: Vec<Vec<String>> = sys.batches(REFERENCE_OUTPUT).into_values().collect();
             let mut records = 0;
             for (k, (time, lines)) in written.iter().take(compared).enumerate() {
                 let expected = reference
@@ -720,16 +944,119 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             ))
         })
         .await;
+
+    report
+        .run(
+            "exactly-once: Kafka output (read_committed) equals an uninterrupted local run",
+            async || {
+                let bootstrap = sys
+                    .kafka
+                    .get()
+                    .cloned()
+                    .ok_or_else(|| anyhow!("no broker"))?;
+                let at = bootstrap.clone();
+                let written =
+                    tokio::task::spawn_blocking(move || topics::by_batch(&at, "word-counts"))
+                        .await?;
+                // The `sluice-batch` header numbers a job's batches 1, 2, ...: none missing.
+                let batches: Vec<u64> = written.keys().copied().collect();
+                ensure!(batches.len() > 50, "only {} Kafka batches written", batches.len());
+                ensure!(
+                    batches.iter().copied().eq(1..=batches.len() as u64),
+                    "the Kafka job's batches are not 1..{}: {:?}",
+                    batches.len(),
+                    batches
+                        .windows(2)
+                        .find(|w| w[1] != w[0] + 1)
+                );
+                let compared = batches.len() - 1;
+                // The same manifest from outside the cluster: the broker by its address.
+                let manifest = kafka_manifest(
+                    &bootstrap,
+                    "word-counts-reference",
+                    "s3://sluice/reference-kafka/checkpoint",
+                )?;
+                reference_run(sys, &manifest, compared).await?;
+                let at = bootstrap.clone();
+                let reference = tokio::task::spawn_blocking(move || {
+                    topics::by_batch(&at, "word-counts-reference")
+                })
+                .await?;
+                let mut records = 0;
+                for batch in 1..=compared as u64 {
+                    let (got, expected) = (&written[&batch], reference.get(&batch));
+                    let expected =
+                        expected.ok_or_else(|| anyhow!("the reference run has no batch {batch}"))?;
+                    ensure!(
+                        got == expected,
+                        "Kafka batch {batch} differs from the reference: {} records vs {}; first difference {:?}",
+                        got.len(),
+                        expected.len(),
+                        got.iter().zip(expected).find(|(a, b)| a != b)
+                    );
+                    records += got.len();
+                }
+                Ok(format!(
+                    "{compared} batches, {records} records (running word totals) equal"
+                ))
+            },
+        )
+        .await;
     Ok(())
 }
 
-/// The same manifest, run by `sluice run` for `batches` batches without waiting for the clock,
-/// writing to another prefix of the same S3 server; its batches in order.
-async fn reference_run(sys: &System, batches: usize) -> Result<Vec<Vec<String>>> {
-    let example = std::fs::read_to_string(fixtures::repo().join(EXAMPLE))?;
-    let manifest = example
-        .replace(OUTPUT, REFERENCE_OUTPUT)
-        .replace(CHECKPOINT, "s3://sluice/reference/checkpoint");
+/// `examples/kafka-wordcount.yaml` for this test: the broker at `bootstrap`, output to
+/// `output`, checkpoints to S3 at `checkpoint`, two workers, the batch interval of
+/// [`KAFKA_JOB`]. Each batch reads a fixed range
+/// (`maxRatePerPartition` over a backlog, backpressure off), so a run without faults reads
+/// the same ranges batch by batch.
+fn kafka_manifest(bootstrap: &str, output: &str, checkpoint: &str) -> Result<String> {
+    let example = std::fs::read_to_string(fixtures::repo().join(KAFKA_EXAMPLE))?;
+    let edits = [
+        (
+            "batchInterval: 1s",
+            format!("batchInterval: {}ms", KAFKA_JOB.interval_ms),
+        ),
+        (
+            "bootstrapServers: localhost:9092",
+            format!("bootstrapServers: {bootstrap}"),
+        ),
+        (
+            "maxRatePerPartition: 100000",
+            format!("maxRatePerPartition: {KAFKA_RATE_PER_PARTITION}"),
+        ),
+        ("topic: word-counts", format!("topic: {output}")),
+        (
+            "  sources:\n",
+            "  backpressure: {enabled: false}\n  sources:\n".into(),
+        ),
+        (
+            "  checkpoint: {uri: \"file:///tmp/sluice/kafka-wordcount\"}",
+            format!(
+                "  checkpoint: {{uri: \"{checkpoint}\", pathStyle: true, interval: 5}}\n  \
+                 checkpointCredentials: {{name: s3-creds}}\n  workers: {{replicas: 2}}"
+            ),
+        ),
+    ];
+    let mut manifest = example;
+    for (from, to) in edits {
+        ensure!(
+            manifest.contains(from),
+            "{KAFKA_EXAMPLE} changed shape: no {from:?}"
+        );
+        manifest = manifest.replace(from, &to);
+    }
+    Ok(manifest)
+}
+
+/// One line of the Kafka job's input: three words of small vocabularies.
+fn backlog_line(i: usize) -> String {
+    format!("w{} w{} W{}", i % 97, (i * 31) % 89, (i * 7) % 53)
+}
+
+/// Runs `manifest` with `sluice run` for `batches` batches without waiting for the clock (one
+/// process, no network faults), with the S3 server's credentials.
+async fn reference_run(sys: &System, manifest: &str, batches: usize) -> Result<()> {
     let path = sys.dir.join("reference.yaml");
     std::fs::write(&path, manifest)?;
     let mut cmd = Command::new(workspace_bin("sluice")?);
@@ -746,6 +1073,5 @@ async fn reference_run(sys: &System, batches: usize) -> Result<Vec<Vec<String>>>
     if !out.status.success() {
         bail!("reference run: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let batches: Vec<Vec<String>> = sys.batches(REFERENCE_OUTPUT).into_values().collect();
-    Ok(batches)
+    Ok(())
 }

@@ -680,28 +680,17 @@ fn sasl_scram_credentials_come_from_the_environment_and_a_refusal_is_named() {
         );
         let path = dir.path().join("job.yaml");
         std::fs::write(&path, manifest).expect("manifest");
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("run")
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("run")
             .arg(&path)
             .args(["--batches", "3"])
             .env("SLUICE_LOG", "info")
             .env("SLUICE_KAFKA_SASL_USERNAME", "alice")
-            .env("SLUICE_KAFKA_SASL_PASSWORD", password)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("sluice run");
-        // A refused login is retried for ever: give it the time to say so, then stop it.
-        let deadline = std::time::Instant::now() + Duration::from_secs(40);
-        while child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let out = child.wait_with_output().expect("output");
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .env("SLUICE_KAFKA_SASL_PASSWORD", password);
+        // A refused login is retried for ever: stop it once it says so.
+        let (_, stdout, stderr) =
+            run_until(cmd, "refused the credentials", Duration::from_secs(40));
+        (stdout, stderr)
     };
     let (stdout, stderr) = run("alice-secret");
     assert!(
@@ -716,5 +705,156 @@ fn sasl_scram_credentials_come_from_the_environment_and_a_refusal_is_named() {
     assert!(
         !stderr.contains("wrong-secret"),
         "the password reached the log"
+    );
+
+    // The sink's transactional producer names the refusal too (librdkafka reports it on the
+    // side, not as the failed call's error).
+    let refused = KafkaSink::new(
+        KafkaClient::new(&servers)
+            .property("security.protocol", "SASL_PLAINTEXT")
+            .property("sasl.mechanism", "SCRAM-SHA-256")
+            .property("sasl.username", "alice")
+            .property("sasl.password", "wrong-secret"),
+        "secure",
+        "test.secure",
+        Delivery::ExactlyOnce,
+    )
+    .write_partitions(
+        &BatchInfo::new(1_000_000, 100, 1),
+        vec![(0, messages(1, 0, 1))],
+        false,
+    );
+    let message = format!("{:#}", refused.expect_err("a refused login wrote"));
+    assert!(
+        message.contains("refused the credentials"),
+        "the sink's refusal is not named: {message}"
+    );
+}
+
+/// Runs `cmd` until its stderr has a line containing `wanted` (then kills it), it exits, or
+/// `timeout` passes; returns whether it exited successfully, its stdout and its stderr.
+fn run_until(
+    mut cmd: std::process::Command,
+    wanted: &str,
+    timeout: Duration,
+) -> (bool, String, String) {
+    use std::io::{BufRead, Read};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let mut text = String::new();
+    loop {
+        match seen.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                let found = !wanted.is_empty() && line.contains(wanted);
+                text.push_str(&line);
+                text.push('\n');
+                if found {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let status = child.wait().expect("wait");
+    let stdout = out.join().unwrap_or_default();
+    (status.success(), stdout, text)
+}
+
+#[test]
+fn tls_in_and_out_with_the_ca_from_properties_and_a_wrong_ca_is_named() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let broker = KafkaBroker::start_with_tls(data.path()).expect("a TLS broker");
+    let plain = broker.bootstrap();
+    let tls = broker.tls_bootstrap().expect("a TLS listener");
+    create_topic(&plain, "tls-in", 2);
+    create_topic(&plain, "tls-out", 2);
+    produce(&plain, "tls-in", &[(0, None, "a b"), (1, None, "b c")]);
+    // Another CA, which did not sign the broker's certificate.
+    let stranger = sluice_e2e::pki::Pki::generate(&data.path().join("stranger"))
+        .expect("a CA")
+        .ca_cert;
+
+    let run = |source: &str,
+               source_ca: &std::path::Path,
+               sink_ca: &std::path::Path,
+               wanted: &str| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tls_props = |ca: &std::path::Path| {
+            format!(
+                "properties: {{security.protocol: SSL, ssl.ca.location: \"{}\"}}",
+                ca.display()
+            )
+        };
+        let source_props = if source == tls {
+            tls_props(source_ca)
+        } else {
+            "properties: {}".into()
+        };
+        let manifest = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: tls}}\nspec:\n  batchInterval: 100ms\n  sources:\n    - name: in\n      kafka: {{bootstrapServers: \"{source}\", topics: [tls-in], startingOffsets: earliest, {source_props}}}\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n    - updateStateByKey: {{op: sum}}\n  sinks:\n    - kafka: {{bootstrapServers: \"{tls}\", topic: tls-out, {sink_props}}}\n  checkpoint: {{uri: \"file://{ckpt}\"}}\n",
+            sink_props = tls_props(sink_ca),
+            ckpt = dir.path().join("ckpt").display(),
+        );
+        let path = dir.path().join("job.yaml");
+        std::fs::write(&path, manifest).expect("manifest");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.arg("run")
+            .arg(&path)
+            .args(["--batches", "3", "--no-wait"])
+            .env("SLUICE_LOG", "warn");
+        let (ok, _, stderr) = run_until(cmd, wanted, Duration::from_secs(60));
+        (ok, stderr)
+    };
+
+    let ca = broker.ca_cert();
+    let (ok, stderr) = run(&tls, &ca, &ca, "");
+    assert!(ok, "the job over TLS failed: {stderr}");
+    let batches = by_batch(&plain, "tls-out");
+    let last = batches.values().next_back().expect("output over TLS");
+    let totals: Vec<&str> = last.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(totals.len(), 3, "{batches:?}");
+
+    // A CA that did not sign the brokers' certificates: the source says so, and so does the
+    // sink (its source on the plaintext listener).
+    for (source, what) in [(tls.as_str(), "source"), (plain.as_str(), "sink")] {
+        let (ok, stderr) = run(source, &stranger, &stranger, "TLS handshake");
+        assert!(!ok, "the {what} trusted a stranger's CA");
+        assert!(
+            stderr.contains("the TLS handshake with the Kafka brokers")
+                && stderr.contains("ssl.ca.location"),
+            "the {what}'s handshake failure is not named: {stderr}"
+        );
+    }
+    assert_eq!(
+        by_batch(&plain, "tls-out").len(),
+        batches.len(),
+        "a failed run wrote"
     );
 }

@@ -86,11 +86,34 @@ impl std::fmt::Debug for KafkaClient {
     }
 }
 
-/// Keeps the last error librdkafka reported on its own (not as the result of a call): a
-/// refused login shows as a transport failure of the request, and only here as what it is.
+/// What a client reported on its own (not as the result of a call) that explains a failed
+/// request better than the request's error, which is a mere transport failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// The brokers refused the credentials or their rights.
+    RefusedLogin(String),
+    /// The TLS handshake failed: an unknown CA, a certificate for another name, TLS against
+    /// a plaintext listener.
+    TlsHandshake(String),
+}
+
+impl Cause {
+    /// The cause an error report of the client names, if any.
+    pub(crate) fn of(code: Option<RDKafkaErrorCode>, text: &str) -> Option<Cause> {
+        if code.is_some_and(is_auth) || text.contains("SASL authentication error") {
+            Some(Cause::RefusedLogin(text.to_string()))
+        } else if text.contains("SSL handshake failed") {
+            Some(Cause::TlsHandshake(text.to_string()))
+        } else {
+            None
+        }
+    }
+}
+
+/// Keeps the cause of the last error librdkafka reported on its own.
 #[derive(Default)]
 pub(crate) struct Watch {
-    last: Mutex<Option<(Option<RDKafkaErrorCode>, String)>>,
+    last: Mutex<Option<Cause>>,
 }
 
 impl ClientContext for Watch {
@@ -98,30 +121,25 @@ impl ClientContext for Watch {
     /// transport failure).
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         if (level as i32) <= (RDKafkaLogLevel::Error as i32)
-            && message.contains("SASL authentication error")
+            && let Some(cause) = Cause::of(None, message)
         {
-            *lock_unpoisoned(&self.last) =
-                Some((Some(RDKafkaErrorCode::Authentication), message.to_string()));
+            *lock_unpoisoned(&self.last) = Some(cause);
         }
         tracing::debug!(facility, message, "librdkafka");
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::debug!(%error, reason, "Kafka client");
-        *lock_unpoisoned(&self.last) = Some((error.rdkafka_error_code(), reason.to_string()));
+        *lock_unpoisoned(&self.last) = Cause::of(error.rdkafka_error_code(), reason);
     }
 }
 
 impl ConsumerContext for Watch {}
 
 impl Watch {
-    /// The last authentication failure reported, if that is the last error.
-    pub(crate) fn refused_login(&self) -> Option<String> {
-        let last = lock_unpoisoned(&self.last);
-        match &*last {
-            Some((Some(code), reason)) if is_auth(*code) => Some(reason.clone()),
-            _ => None,
-        }
+    /// The cause of the last error reported, if it names one.
+    pub(crate) fn cause(&self) -> Option<Cause> {
+        lock_unpoisoned(&self.last).clone()
     }
 }
 
@@ -137,15 +155,18 @@ pub(crate) fn is_auth(code: RDKafkaErrorCode) -> bool {
     )
 }
 
-/// A client error in words a user can act on, without the data; `refused`: the client's
-/// own report of a refused login, which explains a failed request better than it does.
-pub(crate) fn describe_with(e: &KafkaError, servers: &str, refused: Option<String>) -> String {
-    if let Some(reason) = refused {
-        return format!(
+/// A client error in words a user can act on, without the data; `cause`: what the client
+/// reported on its own, which explains a failed request better than it does.
+pub(crate) fn describe_with(e: &KafkaError, servers: &str, cause: Option<Cause>) -> String {
+    match cause {
+        Some(Cause::RefusedLogin(reason)) => format!(
             "the Kafka brokers at {servers} refused the credentials or their rights ({reason}); check SLUICE_KAFKA_SASL_USERNAME, SLUICE_KAFKA_SASL_PASSWORD (spec.kafkaCredentials), sasl.mechanism and the ACLs"
-        );
+        ),
+        Some(Cause::TlsHandshake(reason)) => format!(
+            "the TLS handshake with the Kafka brokers at {servers} failed ({reason}); check security.protocol, ssl.ca.location or ssl.ca.pem (the CA that signed the brokers' certificates), and that the certificates name the addresses in bootstrapServers"
+        ),
+        None => describe(e, servers),
     }
-    describe(e, servers)
 }
 
 /// A client error in words a user can act on, without the data.

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -20,7 +21,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::client::{KafkaClient, REQUEST_TIMEOUT, describe};
+use super::client::{KafkaClient, REQUEST_TIMEOUT, Watch, describe, describe_with};
 use crate::error::{Error, Result};
 use crate::exec::lock_unpoisoned;
 use crate::sink::Sink;
@@ -47,14 +48,24 @@ pub enum Delivery {
     AtLeastOnce,
 }
 
-/// Counts failed deliveries (the default context drops them).
+/// Counts failed deliveries (the default context drops them) and keeps what the client
+/// reports on its own.
 #[derive(Default)]
 struct Deliveries {
     failed: AtomicU64,
     first_error: Mutex<Option<String>>,
+    watch: Watch,
 }
 
-impl ClientContext for Deliveries {}
+impl ClientContext for Deliveries {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.watch.log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.watch.error(error, reason);
+    }
+}
 
 impl ProducerContext for Deliveries {
     type DeliveryOpaque = ();
@@ -73,7 +84,7 @@ type Producer_ = BaseProducer<Deliveries>;
 struct Writer {
     producer: Producer_,
     /// The client of the partition's consumer group, which holds the mark.
-    marks: BaseConsumer,
+    marks: BaseConsumer<Watch>,
     /// The time of the newest batch Kafka holds for this partition.
     written: Option<i64>,
 }
@@ -117,6 +128,17 @@ impl KafkaSink {
         ))
     }
 
+    /// A producer's error, explained by what the producer reported on its own (its reports
+    /// arrive with a poll).
+    fn producer_error(&self, what: &str, producer: &Producer_, e: &KafkaError) -> Error {
+        producer.poll(Duration::ZERO);
+        let cause = producer.context().watch.cause();
+        self.error(format!(
+            "{what}: {}",
+            describe_with(e, &self.client.bootstrap_servers, cause)
+        ))
+    }
+
     fn producer(&self, transactional_id: Option<&str>) -> Result<Producer_> {
         let mut config = self.client.config();
         config
@@ -138,14 +160,14 @@ impl KafkaSink {
         let producer = self.producer(Some(&id))?;
         producer
             .init_transactions(REQUEST_TIMEOUT)
-            .map_err(|e| self.client_error("cannot start transactions", &e))?;
+            .map_err(|e| self.producer_error("cannot start transactions", &producer, &e))?;
         let mut config = self.client.config();
         config
             .set("group.id", &id)
             .set("isolation.level", "read_committed")
             .set("enable.auto.commit", "false");
-        let marks: BaseConsumer = config
-            .create()
+        let marks: BaseConsumer<Watch> = config
+            .create_with_context(Watch::default())
             .map_err(|e| self.client_error("cannot create a Kafka client", &e))?;
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.topic, 0);
@@ -167,7 +189,13 @@ impl KafkaSink {
                 {
                     std::thread::sleep(Duration::from_millis(200));
                 }
-                Err(e) => return Err(self.client_error("cannot read what the topic holds", &e)),
+                Err(e) => {
+                    let cause = marks.context().cause();
+                    return Err(self.error(format!(
+                        "cannot read what the topic holds: {}",
+                        describe_with(&e, &self.client.bootstrap_servers, cause)
+                    )));
+                }
             }
         };
         let written = committed
@@ -227,7 +255,7 @@ impl KafkaSink {
         let producer = &writer.producer;
         producer
             .begin_transaction()
-            .map_err(|e| self.client_error("cannot begin a transaction", &e))?;
+            .map_err(|e| self.producer_error("cannot begin a transaction", producer, &e))?;
         let result = (|| {
             self.send_all(producer, batch, records)?;
             let mut mark = TopicPartitionList::new();
@@ -239,10 +267,10 @@ impl KafkaSink {
                 .ok_or_else(|| self.error("the mark's group is missing".into()))?;
             producer
                 .send_offsets_to_transaction(&mark, &group, REQUEST_TIMEOUT)
-                .map_err(|e| self.client_error("cannot mark the batch", &e))?;
+                .map_err(|e| self.producer_error("cannot mark the batch", producer, &e))?;
             producer
                 .commit_transaction(REQUEST_TIMEOUT)
-                .map_err(|e| self.client_error("cannot commit the transaction", &e))
+                .map_err(|e| self.producer_error("cannot commit the transaction", producer, &e))
         })();
         if result.is_err() {
             let _ = producer.abort_transaction(REQUEST_TIMEOUT);
@@ -311,7 +339,7 @@ impl KafkaSink {
         }
         producer
             .flush(REQUEST_TIMEOUT)
-            .map_err(|e| self.client_error("cannot deliver the batch", &e))?;
+            .map_err(|e| self.producer_error("cannot deliver the batch", &producer, &e))?;
         let failed = producer.context().failed.swap(0, Ordering::Relaxed);
         if failed > 0 {
             let first = lock_unpoisoned(&producer.context().first_error)

@@ -17,7 +17,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
-use super::client::{KafkaClient, REQUEST_TIMEOUT, Watch, describe, describe_with, is_auth};
+use super::client::{Cause, KafkaClient, REQUEST_TIMEOUT, Watch, describe, describe_with};
 use super::ranges::{self, OffsetRange, TopicPartition};
 use crate::error::{Error, Result};
 use crate::source::{MAX_LINE_BYTES, Refusals, Source};
@@ -111,22 +111,22 @@ impl KafkaSource {
 
     fn client_error(&self, what: &str, e: &KafkaError) -> Error {
         // Errors the client reported on its own arrive with a poll.
-        let refused = self.planner.as_ref().and_then(|p| {
+        let cause = self.planner.as_ref().and_then(|p| {
             let mut found = None;
             for _ in 0..16 {
                 match p.poll(Duration::ZERO) {
                     None => break,
-                    Some(Err(e)) if e.rdkafka_error_code().is_some_and(is_auth) => {
-                        found = Some(e.to_string());
+                    Some(Err(e)) => {
+                        found = Cause::of(e.rdkafka_error_code(), &e.to_string()).or(found);
                     }
                     Some(_) => {}
                 }
             }
-            found.or_else(|| p.context().refused_login())
+            found.or_else(|| p.context().cause())
         });
         self.error(format!(
             "{what}: {}",
-            describe_with(e, &self.client.bootstrap_servers, refused)
+            describe_with(e, &self.client.bootstrap_servers, cause)
         ))
     }
 

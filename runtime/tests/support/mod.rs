@@ -115,7 +115,12 @@ pub fn run_ok(cmd: &mut Command) -> std::process::Output {
     );
     out
 }
-pub mod kafka;
+/// The real broker and its client helpers.
+#[allow(unused_imports)]
+pub mod kafka {
+    pub use sluice_e2e::kafka::KafkaBroker;
+    pub use sluice_e2e::kafka::topics::*;
+}
 
 /// SplitMix64 for crash tests, seeded from `CRASH_SEED` or the clock; the seed is printed so
 /// a failure can be replayed.

@@ -1,7 +1,6 @@
-//! Kafka helpers for tests against the real broker of `sluice_e2e::kafka`: topics, a producer
-//! and a `read_committed` reader.
-
-#![allow(dead_code, unused_imports)]
+//! Client helpers for tests against a real broker: topics, a producer and a `read_committed`
+//! reader. They block (each call runs its own small runtime) and panic on failure, as test
+//! helpers do; from async code call them through `spawn_blocking`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,8 +13,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-
-pub use sluice_e2e::kafka::KafkaBroker;
 
 fn admin(bootstrap: &str) -> AdminClient<DefaultClientContext> {
     ClientConfig::new()
