@@ -23,6 +23,7 @@ pub mod kafka;
 pub mod local;
 pub mod manifest;
 pub mod master;
+pub mod metrics;
 pub mod plan;
 pub mod rpc;
 pub mod sink;

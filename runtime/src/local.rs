@@ -7,6 +7,7 @@ use crate::checkpoint::{CheckpointStore, Checkpointer, MemoryStore, StateFile};
 use crate::coordinator::{self, BatchInput, BatchProgress, Fault, RunSummary, Runner, Settings};
 use crate::error::Result;
 use crate::job::{BatchReport, Job};
+use crate::metrics::RuntimeMetrics;
 
 /// How a job runs in this process.
 pub struct LocalOptions {
@@ -30,6 +31,8 @@ pub struct LocalOptions {
     pub paced: bool,
     /// Called after every batch.
     pub on_batch: Box<dyn FnMut(&BatchProgress) + Send>,
+    /// Where the loop's figures go, when they are served.
+    pub metrics: Option<Arc<RuntimeMetrics>>,
 }
 
 /// Drives `job` in this process until the stop flag, `stop_after`, or an error that no retry
@@ -48,6 +51,7 @@ pub fn run(job: Job, options: LocalOptions) -> Result<RunSummary> {
         paced: options.paced,
         on_batch: options.on_batch,
         recovery: coordinator::Recovery::Global,
+        metrics: options.metrics,
     };
     coordinator::run(job, ckpt, InProcess, settings).map_err(Fault::into_error)
 }

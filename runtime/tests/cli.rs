@@ -526,3 +526,109 @@ fn a_checkpoint_that_lost_its_job_json_is_refused_not_restarted() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("has no job.json but holds"), "{stderr}");
 }
+
+/// `GET path` on `addr`: the status line and the body.
+fn http_get(addr: &str, path: &str) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
+}
+
+/// The value of the series `name` (with any labels) in an OpenMetrics text.
+fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[test]
+fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: seen, namespace: team}}\nspec:\n  batchInterval: 100ms\n  sources: [{{name: g, generator: {{rate: 2000}}}}]\n  pipeline: [{{flatMap: {{split: \" \"}}}}, {{countByValue: {{}}}}, {{updateStateByKey: {{op: sum}}}}]\n  sinks: [{{stdout: {{limit: 0}}}}]\n  checkpoint: {{uri: \"file://{}\", interval: 3}}\n",
+            dir.path().join("ckpt").display()
+        ),
+    )
+    .expect("manifest");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(&manifest)
+        .args(["--metrics-addr", &addr])
+        .env("SLUICE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sluice run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while support::last_commit(dir.path()) < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no 10 batches in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (status, text) = http_get(&addr, "/metrics").expect("scrape");
+    let (health, _) = http_get(&addr, "/healthz").expect("healthz");
+    let (missing, _) = http_get(&addr, "/nothing").expect("404");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        health.contains("200") && missing.contains("404"),
+        "{health} {missing}"
+    );
+    assert!(
+        text.contains(r#"sluice_batches_completed_total{job="seen",namespace="team"}"#),
+        "{text}"
+    );
+    // The scrape sees whole batches: counters agree with the newest batch it names, and with
+    // what the commit log says of those batches.
+    let last = series(&text, "sluice_last_batch") as u64;
+    assert!(last >= 10, "{text}");
+    assert_eq!(series(&text, "sluice_batches_completed_total") as u64, last);
+    let mut committed = 0u64;
+    for batch in 1..=last {
+        let entry: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("ckpt/commits/{batch:020}.json")))
+                .unwrap_or_else(|e| panic!("commit {batch}: {e}")),
+        )
+        .expect("a commit entry");
+        committed += entry["records"].as_u64().expect("records");
+    }
+    let input = series(&text, "sluice_input_records_total") as u64;
+    assert_eq!(
+        input, committed,
+        "records in the metrics and the commit log"
+    );
+    // 2000 lines a second in 100 ms batches: 200 generated per batch.
+    assert_eq!(input, 200 * last, "records in = records generated");
+    assert!(
+        series(&text, "sluice_last_checkpoint_batch") >= 3.0,
+        "{text}"
+    );
+    assert!(
+        series(&text, "sluice_checkpoint_duration_seconds_count") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(series(&text, "sluice_recoveries_total"), 0.0);
+    assert!(series(&text, "sluice_batch_processing_seconds_count") >= last as f64);
+}

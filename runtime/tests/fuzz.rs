@@ -247,6 +247,7 @@ fn run_on(dir: &Path, until: u64) -> (Result<(), String>, bool) {
                 stop,
                 paced: false,
                 on_batch: Box::new(|_| {}),
+                metrics: None,
             },
         )
         .map(|_| ())

@@ -118,6 +118,7 @@ fn measure(
                     .unwrap_or_else(|e| e.into_inner())
                     .push(p.clone())
             }),
+            metrics: None,
         },
     )
     .map_err(|e| e.to_string())?;

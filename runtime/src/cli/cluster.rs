@@ -66,6 +66,10 @@ pub struct MasterArgs {
     /// all partitions, instead of rebuilding the lost partitions alone (for comparisons).
     #[arg(long)]
     pub global_recovery: bool,
+    /// Serve the job's metrics (Prometheus/OpenMetrics text) at http://ADDR/metrics, e.g.
+    /// 0.0.0.0:9090.
+    #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -177,6 +181,14 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
+    let metrics = match super::serve_metrics(
+        args.metrics_addr,
+        &manifest.metadata.name,
+        manifest.metadata.namespace.as_deref(),
+    ) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -195,6 +207,7 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         stop,
         paced: !args.no_wait,
         tls,
+        metrics,
         recovery: if args.global_recovery {
             crate::master::Recovery::Global
         } else {

@@ -122,3 +122,25 @@ pub(crate) fn stop_flag() -> Result<Arc<AtomicBool>, ExitCode> {
     }
     Ok(stop)
 }
+
+/// Starts serving the job's metrics at `addr`, when given.
+pub(crate) fn serve_metrics(
+    addr: Option<std::net::SocketAddr>,
+    job: &str,
+    namespace: Option<&str>,
+) -> Result<Option<Arc<crate::metrics::RuntimeMetrics>>, ExitCode> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let metrics = Arc::new(crate::metrics::RuntimeMetrics::new(
+        job,
+        namespace.unwrap_or(""),
+    ));
+    match crate::metrics::http::spawn(addr, metrics.clone()) {
+        Ok(_) => Ok(Some(metrics)),
+        Err(e) => {
+            eprintln!("sluice: --metrics-addr {addr}: cannot listen: {e}");
+            Err(ExitCode::from(EXIT_FAILED))
+        }
+    }
+}

@@ -28,6 +28,10 @@ pub struct RunArgs {
     /// tests). Batch times stay those of the clock.
     #[arg(long)]
     pub no_wait: bool,
+    /// Serve the job's metrics (Prometheus/OpenMetrics text) at http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9090 (port 0: any free port; the log says which).
+    #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub(crate) fn run(args: RunArgs) -> ExitCode {
@@ -78,6 +82,14 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
             None
         }
     };
+    let metrics = match super::serve_metrics(
+        args.metrics_addr,
+        &manifest.metadata.name,
+        manifest.metadata.namespace.as_deref(),
+    ) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
     tracing::info!(
         job = %manifest.metadata.name,
         batch_interval = %manifest.spec.batch_interval,
@@ -100,6 +112,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         stop,
         paced: !args.no_wait,
         on_batch: Box::new(BatchProgress::log),
+        metrics,
     };
     match local::run(job, options) {
         Ok(summary) => {

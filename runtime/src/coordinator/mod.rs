@@ -18,7 +18,7 @@ pub mod rate;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
@@ -27,6 +27,7 @@ use protocol::{Backoff, Identity};
 
 use crate::checkpoint::{Checkpointer, CommitEntry, OffsetEntry, StateFile};
 use crate::job::{BatchReport, Job};
+use crate::metrics::RuntimeMetrics;
 use crate::rpc::pb::MasterState;
 use crate::time::{BatchInfo, Lag, Schedule, now_ms};
 
@@ -176,6 +177,8 @@ pub struct Settings {
     pub on_batch: Box<dyn FnMut(&BatchProgress) + Send>,
     /// What a worker loss redoes.
     pub recovery: Recovery,
+    /// Where the loop's figures go, when they are served.
+    pub metrics: Option<Arc<RuntimeMetrics>>,
 }
 
 /// A finished batch with its delays, as shown to the user.
@@ -314,6 +317,8 @@ pub fn run<R: Runner>(
         summary: RunSummary::default(),
         schedule: Schedule::new(),
         lag: Lag::default(),
+        metrics: settings.metrics.clone(),
+        recovering_since: None,
     };
     let result = coordinator.run_loop(&settings.stop);
     coordinator.job.close_sources();
@@ -337,6 +342,9 @@ struct Coordinator<R> {
     summary: RunSummary,
     schedule: Schedule,
     lag: Lag,
+    metrics: Option<Arc<RuntimeMetrics>>,
+    /// When the running recovery began (after a failure, not at the start).
+    recovering_since: Option<Instant>,
     /// The rate controller, when backpressure is on and a source can be bounded.
     rate: Option<rate::RateEstimator>,
     /// Its present figure, records per second.
@@ -393,6 +401,11 @@ impl<R: Runner> Coordinator<R> {
             let fault = match result {
                 Ok(Progress::Done) => {
                     step = Step::Run;
+                    if let Some(since) = self.recovering_since.take()
+                        && let Some(m) = &self.metrics
+                    {
+                        m.recovery(since.elapsed());
+                    }
                     retry.reset();
                     if !was_recovery {
                         rollbacks_in_row = 0;
@@ -404,6 +417,10 @@ impl<R: Runner> Coordinator<R> {
                 Ok(Progress::Waiting) => continue,
                 Err(fault) => fault,
             };
+            if let Some(m) = &self.metrics {
+                m.failure();
+            }
+            self.recovering_since.get_or_insert_with(Instant::now);
             match fault.class() {
                 Class::Lost => {
                     if let Fault::Lost { worker, why } = &fault {
@@ -738,12 +755,24 @@ impl<R: Runner> Coordinator<R> {
             rate_limit: self.rate.as_ref().and(self.rate_limit),
             report,
         };
+        if let Some(m) = &self.metrics {
+            m.batch(&progress, Duration::from_millis(self.interval));
+        }
         (self.on_batch)(&progress);
         self.report(MasterState::Running, behind.as_deref().unwrap_or(""));
         Ok(())
     }
 
     fn snapshot(&mut self, batch: u64) -> Result<(), Fault> {
+        let started = Instant::now();
+        let result = self.write_snapshot(batch);
+        if let Some(m) = &self.metrics {
+            m.checkpoint(batch, started.elapsed(), result.is_ok());
+        }
+        result
+    }
+
+    fn write_snapshot(&mut self, batch: u64) -> Result<(), Fault> {
         let files = self.runner.snapshot(&self.job, &self.ckpt, batch)?;
         protocol::check_coverage(
             batch,

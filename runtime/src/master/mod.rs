@@ -46,6 +46,8 @@ pub struct MasterOptions {
     pub tls: Option<Tls>,
     /// What a worker loss redoes.
     pub recovery: Recovery,
+    /// Where the loop's figures go, when they are served.
+    pub metrics: Option<Arc<crate::metrics::RuntimeMetrics>>,
 }
 
 pub use sluice_proto::JOB_FAILED;
@@ -116,6 +118,7 @@ pub fn run(
         paced: options.paced,
         on_batch: Box::new(BatchProgress::log),
         recovery: options.recovery,
+        metrics: options.metrics,
     };
     match coordinator::run(job, ckpt, cluster, settings) {
         Ok(_) => Ok(()),

@@ -1,0 +1,279 @@
+//! The job's runtime metrics, in the Prometheus/OpenMetrics text format
+//! (`prometheus-client`): what the batch loop did (batches, records, delays), what checkpoints
+//! cost, how often the job recovered. One registry per process, labelled with the job and its
+//! namespace; [`http`] serves it.
+//!
+//! Metric names and their meaning are listed in `docs/observability.md`; a test checks that
+//! the Grafana dashboard queries only names this module exports.
+
+pub mod http;
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::coordinator::BatchProgress;
+use crate::exec::lock_unpoisoned;
+
+/// Bucket bounds in seconds for batch times and delays: 5 ms to about 80 s, doubling.
+fn time_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 15)
+}
+
+/// Every series the batch loop updates.
+pub struct RuntimeMetrics {
+    registry: Registry,
+    /// Held while one batch's figures are updated and while the text is rendered, so a
+    /// scrape sees whole batches only (records and batches agree with `last_batch`).
+    update: Mutex<()>,
+    batches: Counter,
+    replayed_batches: Counter,
+    failures: Counter,
+    processing: Histogram,
+    scheduling_delay: Histogram,
+    total_delay: Histogram,
+    input_records: Counter,
+    refused_records: Counter,
+    last_batch: Gauge,
+    last_processing: Gauge<f64, AtomicU64>,
+    last_scheduling_delay: Gauge<f64, AtomicU64>,
+    last_input_rate: Gauge<f64, AtomicU64>,
+    rate_limit: Gauge<f64, AtomicU64>,
+    checkpoint_duration: Histogram,
+    checkpoint_failures: Counter,
+    last_checkpoint_batch: Gauge,
+    recoveries: Counter,
+    recovery_duration: Histogram,
+}
+
+impl RuntimeMetrics {
+    /// The metrics of job `job` in `namespace` (empty outside Kubernetes).
+    pub fn new(job: &str, namespace: &str) -> Self {
+        let mut registry = Registry::with_prefix_and_labels(
+            "sluice",
+            [
+                ("job".into(), job.to_string().into()),
+                ("namespace".into(), namespace.to_string().into()),
+            ]
+            .into_iter(),
+        );
+        let m = Self {
+            update: Mutex::new(()),
+            batches: Counter::default(),
+            replayed_batches: Counter::default(),
+            failures: Counter::default(),
+            processing: Histogram::new(time_buckets()),
+            scheduling_delay: Histogram::new(time_buckets()),
+            total_delay: Histogram::new(time_buckets()),
+            input_records: Counter::default(),
+            refused_records: Counter::default(),
+            last_batch: Gauge::default(),
+            last_processing: Gauge::default(),
+            last_scheduling_delay: Gauge::default(),
+            last_input_rate: Gauge::default(),
+            rate_limit: Gauge::default(),
+            checkpoint_duration: Histogram::new(time_buckets()),
+            checkpoint_failures: Counter::default(),
+            last_checkpoint_batch: Gauge::default(),
+            recoveries: Counter::default(),
+            recovery_duration: Histogram::new(time_buckets()),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "batches_completed",
+            "Batches completed and committed (replays included)",
+            m.batches.clone(),
+        );
+        r.register(
+            "batches_replayed",
+            "Batches run again from the offset log after a failure",
+            m.replayed_batches.clone(),
+        );
+        r.register(
+            "batch_failures",
+            "Failed batch attempts: each is rolled back and retried, or recovered from",
+            m.failures.clone(),
+        );
+        r.register(
+            "batch_processing_seconds",
+            "Time to read a batch's input and run all its stages",
+            m.processing.clone(),
+        );
+        r.register(
+            "batch_scheduling_delay_seconds",
+            "From a batch's time to the start of its processing",
+            m.scheduling_delay.clone(),
+        );
+        r.register(
+            "batch_total_delay_seconds",
+            "From a batch's time to its commit",
+            m.total_delay.clone(),
+        );
+        r.register(
+            "input_records",
+            "Records read from all sources",
+            m.input_records.clone(),
+        );
+        r.register(
+            "refused_records",
+            "Records an operation refused (onRecordError: skip)",
+            m.refused_records.clone(),
+        );
+        r.register(
+            "last_batch",
+            "Index of the newest committed batch",
+            m.last_batch.clone(),
+        );
+        r.register(
+            "last_batch_processing_seconds",
+            "Processing time of the newest committed batch",
+            m.last_processing.clone(),
+        );
+        r.register(
+            "last_batch_scheduling_delay_seconds",
+            "Scheduling delay of the newest committed batch",
+            m.last_scheduling_delay.clone(),
+        );
+        r.register(
+            "input_rate",
+            "Records per second of batch time in the newest committed batch",
+            m.last_input_rate.clone(),
+        );
+        r.register(
+            "rate_limit",
+            "The backpressure bound on input, records per second (0: none)",
+            m.rate_limit.clone(),
+        );
+        r.register(
+            "checkpoint_duration_seconds",
+            "Time to write a snapshot of the job's state",
+            m.checkpoint_duration.clone(),
+        );
+        r.register(
+            "checkpoint_failures",
+            "Snapshots that failed",
+            m.checkpoint_failures.clone(),
+        );
+        r.register(
+            "last_checkpoint_batch",
+            "The batch of the newest snapshot",
+            m.last_checkpoint_batch.clone(),
+        );
+        r.register(
+            "recoveries",
+            "Recoveries from a failure: state restored and the log replayed",
+            m.recoveries.clone(),
+        );
+        r.register(
+            "recovery_duration_seconds",
+            "From the start of a recovery to the job running again",
+            m.recovery_duration.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// One committed batch.
+    pub fn batch(&self, p: &BatchProgress, interval: Duration) {
+        let _whole = lock_unpoisoned(&self.update);
+        let r = &p.report;
+        self.batches.inc();
+        if r.replay {
+            self.replayed_batches.inc();
+        }
+        self.input_records.inc_by(r.records);
+        self.refused_records.inc_by(r.record_errors);
+        self.processing.observe(r.processing.as_secs_f64());
+        self.scheduling_delay
+            .observe(p.scheduling_delay.as_secs_f64());
+        self.total_delay.observe(p.total_delay.as_secs_f64());
+        self.last_processing.set(r.processing.as_secs_f64());
+        self.last_scheduling_delay
+            .set(p.scheduling_delay.as_secs_f64());
+        if !interval.is_zero() {
+            self.last_input_rate
+                .set(r.records as f64 / interval.as_secs_f64());
+        }
+        self.rate_limit.set(p.rate_limit.unwrap_or(0.0));
+        self.last_batch
+            .set(i64::try_from(r.batch.index).unwrap_or(i64::MAX));
+    }
+
+    /// A failed batch attempt.
+    pub fn failure(&self) {
+        self.failures.inc();
+    }
+
+    /// A snapshot written for `batch` in `took`, or failed.
+    pub fn checkpoint(&self, batch: u64, took: Duration, ok: bool) {
+        if ok {
+            self.checkpoint_duration.observe(took.as_secs_f64());
+            self.last_checkpoint_batch
+                .set(i64::try_from(batch).unwrap_or(i64::MAX));
+        } else {
+            self.checkpoint_failures.inc();
+        }
+    }
+
+    /// A recovery that took `took`.
+    pub fn recovery(&self, took: Duration) {
+        self.recoveries.inc();
+        self.recovery_duration.observe(took.as_secs_f64());
+    }
+
+    /// The OpenMetrics text.
+    pub fn render(&self) -> String {
+        let _whole = lock_unpoisoned(&self.update);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::BatchReport;
+    use crate::time::BatchInfo;
+
+    #[test]
+    fn a_batch_shows_in_counters_gauges_and_histograms_with_the_job_labels() {
+        let m = RuntimeMetrics::new("clicks", "prod");
+        m.batch(
+            &BatchProgress {
+                report: BatchReport {
+                    batch: BatchInfo::new(0, 1000, 7),
+                    records: 500,
+                    record_errors: 2,
+                    error_samples: vec![],
+                    processing: Duration::from_millis(250),
+                    replay: false,
+                },
+                scheduling_delay: Duration::from_millis(10),
+                total_delay: Duration::from_millis(260),
+                rate_limit: None,
+            },
+            Duration::from_secs(1),
+        );
+        let text = m.render();
+        let labels = r#"{job="clicks",namespace="prod"}"#;
+        for line in [
+            format!("sluice_batches_completed_total{labels} 1"),
+            format!("sluice_input_records_total{labels} 500"),
+            format!("sluice_refused_records_total{labels} 2"),
+            format!("sluice_last_batch{labels} 7"),
+            format!("sluice_input_rate{labels} 500.0"),
+            format!("sluice_batch_processing_seconds_count{labels} 1"),
+        ] {
+            assert!(text.contains(&line), "no {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
