@@ -905,44 +905,39 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
         .await;
 
     report
-        .run("exactly-once: S3 output equals an uninterrupted local run", async || {
-            let written = sys.batches(OUTPUT);
-            let times: Vec<u64> = written.keys().copied().collect();
-            ensure!(times.len() > 50, "only {} batches written", times.len());
-            for pair in times.windows(2) {
-                ensure!(
-                    pair[1] - pair[0] == TOTALS.interval_ms,
-                    "batch {} follows {}: a batch is missing",
-                    pair[1],
-                    pair[0]
-                );
-            }
-            // The last batch may have been cut short by the delete.
-            let compared = times.len() - 1;
-            let example = std::fs::read_to_string(fixtures::repo().join(EXAMPLE))?;
-            let manifest = example
-                .replace(OUTPUT, REFERENCE_OUTPUT)
-                .replace(TOTALS.checkpoint, "s3://sluice/reference/checkpoint");
-            reference_run(sys, &manifest, compared).await?;
-            let reference: Vec<Vec<String>> = sys.batches(REFERENCE_OUTPUT).into_values().collect();
-            let mut records = 0;
-            for (k, (time, lines)) in written.iter().take(compared).enumerate() {
-                let expected = reference
-                    .get(k)
-                    .ok_or_else(|| anyhow!("the reference run has no batch {k}"))?;
-                ensure!(
-                    lines == expected,
-                    "batch {k} (time {time}) differs from the reference: {} lines vs {}; first difference {:?}",
-                    lines.len(),
-                    expected.len(),
-                    lines.iter().zip(expected).find(|(a, b)| a != b)
-                );
-                records += lines.len();
-            }
-            Ok(format!(
-                "{compared} batches, {records} records (running word totals) equal"
-            ))
-        })
+        .run(
+            "exactly-once: S3 output equals an uninterrupted local run",
+            async || {
+                let written = sys.batches(OUTPUT);
+                let times: Vec<u64> = written.keys().copied().collect();
+                ensure!(times.len() > 50, "only {} batches written", times.len());
+                for pair in times.windows(2) {
+                    ensure!(
+                        pair[1] - pair[0] == TOTALS.interval_ms,
+                        "batch {} follows {}: a batch is missing",
+                        pair[1],
+                        pair[0]
+                    );
+                }
+                // The last batch may have been cut short by the delete.
+                let compared = times.len() - 1;
+                let example = std::fs::read_to_string(fixtures::repo().join(EXAMPLE))?;
+                let manifest = example
+                    .replace(OUTPUT, REFERENCE_OUTPUT)
+                    .replace(TOTALS.checkpoint, "s3://sluice/reference/checkpoint");
+                reference_run(sys, &manifest, compared).await?;
+                let reference: Vec<Vec<String>> =
+                    sys.batches(REFERENCE_OUTPUT).into_values().collect();
+                let records = equal_batches(written.iter().take(compared).enumerate().map(
+                    |(k, (time, lines))| {
+                        (format!("batch {k} (time {time})"), lines, reference.get(k))
+                    },
+                ))?;
+                Ok(format!(
+                    "{compared} batches, {records} records (running word totals) equal"
+                ))
+            },
+        )
         .await;
 
     report
@@ -960,14 +955,16 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                         .await?;
                 // The `sluice-batch` header numbers a job's batches 1, 2, ...: none missing.
                 let batches: Vec<u64> = written.keys().copied().collect();
-                ensure!(batches.len() > 50, "only {} Kafka batches written", batches.len());
+                ensure!(
+                    batches.len() > 50,
+                    "only {} Kafka batches written",
+                    batches.len()
+                );
                 ensure!(
                     batches.iter().copied().eq(1..=batches.len() as u64),
                     "the Kafka job's batches are not 1..{}: {:?}",
                     batches.len(),
-                    batches
-                        .windows(2)
-                        .find(|w| w[1] != w[0] + 1)
+                    batches.windows(2).find(|w| w[1] != w[0] + 1)
                 );
                 let compared = batches.len() - 1;
                 // The same manifest from outside the cluster: the broker by its address.
@@ -982,20 +979,13 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     topics::by_batch(&at, "word-counts-reference")
                 })
                 .await?;
-                let mut records = 0;
-                for batch in 1..=compared as u64 {
-                    let (got, expected) = (&written[&batch], reference.get(&batch));
-                    let expected =
-                        expected.ok_or_else(|| anyhow!("the reference run has no batch {batch}"))?;
-                    ensure!(
-                        got == expected,
-                        "Kafka batch {batch} differs from the reference: {} records vs {}; first difference {:?}",
-                        got.len(),
-                        expected.len(),
-                        got.iter().zip(expected).find(|(a, b)| a != b)
-                    );
-                    records += got.len();
-                }
+                let records = equal_batches((1..=compared as u64).map(|batch| {
+                    (
+                        format!("Kafka batch {batch}"),
+                        &written[&batch],
+                        reference.get(&batch),
+                    )
+                }))?;
                 Ok(format!(
                     "{compared} batches, {records} records (running word totals) equal"
                 ))
@@ -1003,6 +993,26 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
         )
         .await;
     Ok(())
+}
+
+/// Checks each batch a job wrote (named, records) against the reference run's; returns the
+/// records compared.
+fn equal_batches<'a, T: PartialEq + std::fmt::Debug + 'a>(
+    batches: impl Iterator<Item = (String, &'a Vec<T>, Option<&'a Vec<T>>)>,
+) -> Result<usize> {
+    let mut records = 0;
+    for (batch, got, expected) in batches {
+        let expected = expected.ok_or_else(|| anyhow!("the reference run has no {batch}"))?;
+        ensure!(
+            got == expected,
+            "{batch} differs from the reference: {} records vs {}; first difference {:?}",
+            got.len(),
+            expected.len(),
+            got.iter().zip(expected).find(|(a, b)| a != b)
+        );
+        records += got.len();
+    }
+    Ok(records)
 }
 
 /// `examples/kafka-wordcount.yaml` for this test: the broker at `bootstrap`, output to

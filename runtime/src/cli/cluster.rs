@@ -181,11 +181,7 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let metrics = match super::serve_metrics(
-        args.metrics_addr,
-        &manifest.metadata.name,
-        manifest.metadata.namespace.as_deref(),
-    ) {
+    let metrics = match super::serve_metrics(args.metrics_addr, &manifest) {
         Ok(m) => m,
         Err(code) => return code,
     };

@@ -123,18 +123,17 @@ pub(crate) fn stop_flag() -> Result<Arc<AtomicBool>, ExitCode> {
     Ok(stop)
 }
 
-/// Starts serving the job's metrics at `addr`, when given.
+/// Starts serving the metrics of `manifest`'s job at `addr`, when given.
 pub(crate) fn serve_metrics(
     addr: Option<std::net::SocketAddr>,
-    job: &str,
-    namespace: Option<&str>,
+    manifest: &sluice_crds::StreamingJob,
 ) -> Result<Option<Arc<crate::metrics::RuntimeMetrics>>, ExitCode> {
     let Some(addr) = addr else {
         return Ok(None);
     };
     let metrics = Arc::new(crate::metrics::RuntimeMetrics::new(
-        job,
-        namespace.unwrap_or(""),
+        &manifest.metadata.name,
+        manifest.metadata.namespace.as_deref().unwrap_or(""),
     ));
     match crate::metrics::http::spawn(addr, metrics.clone()) {
         Ok(_) => Ok(Some(metrics)),

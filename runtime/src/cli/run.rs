@@ -82,11 +82,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
             None
         }
     };
-    let metrics = match super::serve_metrics(
-        args.metrics_addr,
-        &manifest.metadata.name,
-        manifest.metadata.namespace.as_deref(),
-    ) {
+    let metrics = match super::serve_metrics(args.metrics_addr, &manifest) {
         Ok(m) => m,
         Err(code) => return code,
     };

@@ -21,7 +21,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use super::client::{KafkaClient, REQUEST_TIMEOUT, Watch, describe, describe_with};
+use super::client::{Cause, KafkaClient, REQUEST_TIMEOUT, Watch, describe_with};
 use crate::error::{Error, Result};
 use crate::exec::lock_unpoisoned;
 use crate::sink::Sink;
@@ -122,9 +122,14 @@ impl KafkaSink {
     }
 
     fn client_error(&self, what: &str, e: &KafkaError) -> Error {
+        self.explained_error(what, e, None)
+    }
+
+    /// `e`, explained by what the client reported on its own when that names a cause.
+    fn explained_error(&self, what: &str, e: &KafkaError, cause: Option<Cause>) -> Error {
         self.error(format!(
             "{what}: {}",
-            describe(e, &self.client.bootstrap_servers)
+            describe_with(e, &self.client.bootstrap_servers, cause)
         ))
     }
 
@@ -132,11 +137,7 @@ impl KafkaSink {
     /// arrive with a poll).
     fn producer_error(&self, what: &str, producer: &Producer_, e: &KafkaError) -> Error {
         producer.poll(Duration::ZERO);
-        let cause = producer.context().watch.cause();
-        self.error(format!(
-            "{what}: {}",
-            describe_with(e, &self.client.bootstrap_servers, cause)
-        ))
+        self.explained_error(what, e, producer.context().watch.cause())
     }
 
     fn producer(&self, transactional_id: Option<&str>) -> Result<Producer_> {
@@ -190,11 +191,8 @@ impl KafkaSink {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(e) => {
-                    let cause = marks.context().cause();
-                    return Err(self.error(format!(
-                        "cannot read what the topic holds: {}",
-                        describe_with(&e, &self.client.bootstrap_servers, cause)
-                    )));
+                    let what = "cannot read what the topic holds";
+                    return Err(self.explained_error(what, &e, marks.context().cause()));
                 }
             }
         };

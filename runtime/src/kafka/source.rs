@@ -343,19 +343,22 @@ impl KafkaSource {
         let mut open: BTreeMap<i32, i64> =
             spans.iter().map(|(p, (_, until))| (*p, *until)).collect();
         let mut overflowed = std::collections::BTreeSet::new();
-        // The pieces of each partition, looked up once per record (a topic may have hundreds).
-        let mut by_partition: HashMap<i32, Vec<(i64, i64, usize)>> = HashMap::new();
+        // Each partition's span end and pieces, looked up once per record (a topic may have
+        // hundreds of partitions).
+        let mut by_partition: HashMap<i32, (i64, Vec<Piece>)> = spans
+            .iter()
+            .map(|(p, (_, until))| (*p, (*until, Vec::new())))
+            .collect();
         for (part, r) in pieces {
-            by_partition
-                .entry(r.tp.partition)
-                .or_default()
-                .push((r.from, r.until, *part));
+            if let Some((_, in_partition)) = by_partition.get_mut(&r.tp.partition) {
+                in_partition.push((r.from, r.until, *part));
+            }
         }
         // A record goes to the piece holding its offset, or ahead when past the span.
         let mut place = |partition: i32, offset: i64, fetched: Fetched, reader: &mut Reader| {
-            let end = spans
-                .get(&partition)
-                .map(|s| s.1)
+            let this = by_partition.get(&partition);
+            let end = this
+                .map(|(end, _)| *end)
                 .or_else(|| reader.covered.get(&partition).copied());
             if end.is_some_and(|end| offset >= end) {
                 let ahead = reader.ahead.entry(partition).or_default();
@@ -369,7 +372,7 @@ impl KafkaSource {
                 }
                 return;
             }
-            let piece = by_partition.get(&partition).and_then(|ps| {
+            let piece = this.and_then(|(_, ps)| {
                 ps.iter()
                     .find(|(from, until, _)| *from <= offset && offset < *until)
             });
@@ -505,6 +508,9 @@ impl KafkaSource {
         Ok(())
     }
 }
+
+/// A piece of a partition's span: `[from, until)` and the job partition it goes to.
+type Piece = (i64, i64, usize);
 
 /// Records fetched past a span's end are kept for the next batch, up to this many per
 /// partition (the client fetches ahead by about as many).

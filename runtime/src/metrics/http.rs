@@ -24,6 +24,7 @@ pub fn spawn(addr: SocketAddr, metrics: Arc<RuntimeMetrics>) -> std::io::Result<
     let bound = listener.local_addr()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()?;
     std::thread::Builder::new()
         .name("metrics".into())
@@ -41,8 +42,14 @@ async fn serve(listener: std::net::TcpListener, metrics: Arc<RuntimeMetrics>) {
         }
     };
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file handles, say: wait instead of spinning on the same error.
+                tracing::warn!(error = %e, "the metrics endpoint cannot accept a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {

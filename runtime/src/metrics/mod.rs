@@ -55,7 +55,7 @@ pub struct RuntimeMetrics {
 impl RuntimeMetrics {
     /// The metrics of job `job` in `namespace` (empty outside Kubernetes).
     pub fn new(job: &str, namespace: &str) -> Self {
-        let mut registry = Registry::with_prefix_and_labels(
+        let registry = Registry::with_prefix_and_labels(
             "sluice",
             [
                 ("job".into(), job.to_string().into()),
@@ -63,7 +63,8 @@ impl RuntimeMetrics {
             ]
             .into_iter(),
         );
-        let m = Self {
+        let mut m = Self {
+            registry,
             update: Mutex::new(()),
             batches: Counter::default(),
             replayed_batches: Counter::default(),
@@ -83,100 +84,99 @@ impl RuntimeMetrics {
             last_checkpoint_batch: Gauge::default(),
             recoveries: Counter::default(),
             recovery_duration: Histogram::new(time_buckets()),
-            registry: Registry::default(),
         };
-        let r = &mut registry;
-        r.register(
+        // The registry holds handles to the same values the fields update.
+        m.registry.register(
             "batches_completed",
             "Batches completed and committed (replays included)",
             m.batches.clone(),
         );
-        r.register(
+        m.registry.register(
             "batches_replayed",
             "Batches run again from the offset log after a failure",
             m.replayed_batches.clone(),
         );
-        r.register(
+        m.registry.register(
             "batch_failures",
-            "Failed batch attempts: each is rolled back and retried, or recovered from",
+            "Failed attempts to run a batch or to recover: each is retried from the last checkpoint",
             m.failures.clone(),
         );
-        r.register(
+        m.registry.register(
             "batch_processing_seconds",
             "Time to read a batch's input and run all its stages",
             m.processing.clone(),
         );
-        r.register(
+        m.registry.register(
             "batch_scheduling_delay_seconds",
             "From a batch's time to the start of its processing",
             m.scheduling_delay.clone(),
         );
-        r.register(
+        m.registry.register(
             "batch_total_delay_seconds",
             "From a batch's time to its commit",
             m.total_delay.clone(),
         );
-        r.register(
+        m.registry.register(
             "input_records",
             "Records read from all sources",
             m.input_records.clone(),
         );
-        r.register(
+        m.registry.register(
             "refused_records",
             "Records an operation refused (onRecordError: skip)",
             m.refused_records.clone(),
         );
-        r.register(
+        m.registry.register(
             "last_batch",
             "Index of the newest committed batch",
             m.last_batch.clone(),
         );
-        r.register(
+        m.registry.register(
             "last_batch_processing_seconds",
             "Processing time of the newest committed batch",
             m.last_processing.clone(),
         );
-        r.register(
+        m.registry.register(
             "last_batch_scheduling_delay_seconds",
             "Scheduling delay of the newest committed batch",
             m.last_scheduling_delay.clone(),
         );
-        r.register(
+        m.registry.register(
             "input_rate",
             "Records per second of batch time in the newest committed batch",
             m.last_input_rate.clone(),
         );
-        r.register(
+        m.registry.register(
             "rate_limit",
             "The backpressure bound on input, records per second (0: none)",
             m.rate_limit.clone(),
         );
-        r.register(
+        m.registry.register(
             "checkpoint_duration_seconds",
             "Time to write a snapshot of the job's state",
             m.checkpoint_duration.clone(),
         );
-        r.register(
+        m.registry.register(
             "checkpoint_failures",
             "Snapshots that failed",
             m.checkpoint_failures.clone(),
         );
-        r.register(
+        m.registry.register(
             "last_checkpoint_batch",
             "The batch of the newest snapshot",
             m.last_checkpoint_batch.clone(),
         );
-        r.register(
+        m.registry.register(
             "recoveries",
             "Recoveries from a failure: state restored and the log replayed",
             m.recoveries.clone(),
         );
-        r.register(
+        m.registry.register(
             "recovery_duration_seconds",
             "From the start of a recovery to the job running again",
             m.recovery_duration.clone(),
         );
-        Self { registry, ..m }
+        m
     }
 
     /// One committed batch.
