@@ -13,12 +13,15 @@ use sluice_crds::OnRecordError;
 
 use crate::error::{Error, Result};
 use crate::exec::{BatchContext, Executor, Shared, Task};
+use crate::metrics::{BatchFlow, RuntimeMetrics};
 use crate::plan::JobGraph;
 use crate::source::ErasedSource;
 use crate::time::BatchInfo;
 
 /// Keyed state or buffers kept across batches, saved in checkpoints per partition.
 pub(crate) trait Stateful: Send + Sync {
+    /// Keys (or buffered records, for a window) the partition holds, for the metrics.
+    fn entries(&self, part: usize) -> usize;
     /// The partition's state, serialized.
     fn snapshot(&self, part: usize) -> Result<Vec<u8>>;
     /// Replaces the partition's state; `None` empties it.
@@ -68,6 +71,7 @@ pub struct Job {
     interval_ms: u64,
     next_unpaced: u64,
     backpressure: Option<Backpressure>,
+    metrics: Option<Arc<RuntimeMetrics>>,
 }
 
 impl Job {
@@ -106,7 +110,58 @@ impl Job {
             interval_ms: b.interval_ms,
             next_unpaced: 1,
             backpressure: b.backpressure,
+            metrics: None,
         })
+    }
+
+    /// Reports what each batch moves (and snapshot sizes) to `metrics`.
+    pub(crate) fn set_metrics(&mut self, metrics: Arc<RuntimeMetrics>) {
+        self.metrics = Some(metrics);
+    }
+
+    /// Reports what a batch moved in this process, once its last stage ran.
+    pub(crate) fn observe(&self, cx: &BatchContext) {
+        let Some(metrics) = &self.metrics else {
+            return;
+        };
+        let flow = cx.flow();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let owned = cx.owned_partitions();
+        metrics.flow(&BatchFlow {
+            sources: self
+                .sources
+                .iter()
+                .zip(flow.source_records.iter().zip(&flow.source_bytes))
+                .map(|(s, (records, bytes))| {
+                    let bytes = s.bytes_read().map(|_| load(bytes));
+                    (s.name().to_string(), load(records), bytes)
+                })
+                .collect(),
+            sinks: self
+                .graph
+                .outputs
+                .iter()
+                .zip(&flow.output_records)
+                .enumerate()
+                .map(|(i, (o, records))| (format!("{i}:{}", o.name), load(records)))
+                .collect(),
+            shuffle_bytes_sent: load(&flow.shuffle_bytes_sent),
+            shuffle_bytes_received: load(&flow.shuffle_bytes_received),
+            state_entries: self
+                .stateful
+                .iter()
+                .map(|(name, state)| {
+                    let entries: usize = owned.iter().map(|p| state.entries(*p)).sum();
+                    (name.clone(), entries as u64)
+                })
+                .collect(),
+            partitions_owned: owned.len(),
+        });
+    }
+
+    /// The stages of `batch`'s plan.
+    pub(crate) fn stage_count(&self, batch: BatchInfo) -> usize {
+        self.graph.plan(batch).stages.len()
     }
 
     /// The job graph as data.
@@ -312,6 +367,7 @@ impl Job {
         }
         let plan = self.graph.plan(batch);
         self.executor.run(&plan, &cx)?;
+        self.observe(&cx);
         Ok(BatchReport {
             batch,
             records: cx.input_records(),
@@ -342,10 +398,14 @@ impl Job {
             parts: BTreeMap::new(),
         };
         for (name, state) in &self.stateful {
+            let mut bytes = 0;
             for &part in parts {
-                snapshot
-                    .parts
-                    .insert((name.clone(), part), state.snapshot(part)?);
+                let state = state.snapshot(part)?;
+                bytes += state.len() as u64;
+                snapshot.parts.insert((name.clone(), part), state);
+            }
+            if let Some(m) = &self.metrics {
+                m.state_bytes(name, bytes);
             }
         }
         Ok(snapshot)

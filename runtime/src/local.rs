@@ -37,7 +37,10 @@ pub struct LocalOptions {
 
 /// Drives `job` in this process until the stop flag, `stop_after`, or an error that no retry
 /// repairs.
-pub fn run(job: Job, options: LocalOptions) -> Result<RunSummary> {
+pub fn run(mut job: Job, options: LocalOptions) -> Result<RunSummary> {
+    if let Some(m) = &options.metrics {
+        job.set_metrics(m.clone());
+    }
     let store = options
         .store
         .unwrap_or_else(|| Box::new(MemoryStore::default()));

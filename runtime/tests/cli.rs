@@ -527,32 +527,6 @@ fn a_checkpoint_that_lost_its_job_json_is_refused_not_restarted() {
     assert!(stderr.contains("has no job.json but holds"), "{stderr}");
 }
 
-/// `GET path` on `addr`: the status line and the body.
-fn http_get(addr: &str, path: &str) -> std::io::Result<(String, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    Ok((
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    ))
-}
-
-/// The value of the series `name` (with any labels) in an OpenMetrics text.
-fn series(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-}
-
 #[test]
 fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -586,9 +560,9 @@ fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let (status, text) = http_get(&addr, "/metrics").expect("scrape");
-    let (health, _) = http_get(&addr, "/healthz").expect("healthz");
-    let (missing, _) = http_get(&addr, "/nothing").expect("404");
+    let (status, text) = support::http_get(&addr, "/metrics").expect("scrape");
+    let (health, _) = support::http_get(&addr, "/healthz").expect("healthz");
+    let (missing, _) = support::http_get(&addr, "/nothing").expect("404");
     let _ = child.kill();
     let _ = child.wait();
     assert!(status.contains("200"), "{status}");
@@ -602,9 +576,12 @@ fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
     );
     // The scrape sees whole batches: counters agree with the newest batch it names, and with
     // what the commit log says of those batches.
-    let last = series(&text, "sluice_last_batch") as u64;
+    let last = support::series(&text, "sluice_last_batch") as u64;
     assert!(last >= 10, "{text}");
-    assert_eq!(series(&text, "sluice_batches_completed_total") as u64, last);
+    assert_eq!(
+        support::series(&text, "sluice_batches_completed_total") as u64,
+        last
+    );
     let mut committed = 0u64;
     for batch in 1..=last {
         let entry: serde_json::Value = serde_json::from_str(
@@ -614,7 +591,7 @@ fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
         .expect("a commit entry");
         committed += entry["records"].as_u64().expect("records");
     }
-    let input = series(&text, "sluice_input_records_total") as u64;
+    let input = support::series(&text, "sluice_input_records_total") as u64;
     assert_eq!(
         input, committed,
         "records in the metrics and the commit log"
@@ -622,13 +599,44 @@ fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
     // 2000 lines a second in 100 ms batches: 200 generated per batch.
     assert_eq!(input, 200 * last, "records in = records generated");
     assert!(
-        series(&text, "sluice_last_checkpoint_batch") >= 3.0,
+        support::series(&text, "sluice_last_checkpoint_batch") >= 3.0,
         "{text}"
     );
     assert!(
-        series(&text, "sluice_checkpoint_duration_seconds_count") >= 1.0,
+        support::series(&text, "sluice_checkpoint_duration_seconds_count") >= 1.0,
         "{text}"
     );
-    assert_eq!(series(&text, "sluice_recoveries_total"), 0.0);
-    assert!(series(&text, "sluice_batch_processing_seconds_count") >= last as f64);
+    assert_eq!(support::series(&text, "sluice_recoveries_total"), 0.0);
+    // What the tasks moved, updated as a batch ends, before its commit: at most one batch
+    // ahead of the loop's figures.
+    let texts = [text.clone()];
+    let read = support::series_sum(&texts, "sluice_source_records_total", r#"source="g""#)
+        .expect("records of source g") as u64;
+    assert!(
+        read == input || read == input + 200,
+        "{read} read, {input} committed"
+    );
+    let written = support::series_sum(&texts, "sluice_sink_records_total", r#"sink="0:stdout""#)
+        .expect("records of the stdout sink");
+    assert!(written > 0.0, "{text}");
+    let keys = support::series_sum(&texts, "sluice_state_entries", "updateStateByKey")
+        .expect("entries of the running count");
+    assert!(keys > 0.0, "{text}");
+    assert!(
+        support::series_sum(&texts, "sluice_state_bytes", "updateStateByKey")
+            .is_some_and(|b| b > 0.0),
+        "{text}"
+    );
+    assert!(support::series(&text, "sluice_partitions_owned") >= 1.0);
+    // A generator knows no bytes; a local run shuffles nothing over the network.
+    assert_eq!(
+        support::series_sum(&texts, "sluice_source_bytes_total", ""),
+        None
+    );
+    assert_eq!(
+        support::series(&text, "sluice_shuffle_sent_bytes_total"),
+        0.0
+    );
+    assert_eq!(support::series_sum(&texts, "sluice_workers", ""), None);
+    assert!(support::series(&text, "sluice_batch_processing_seconds_count") >= last as f64);
 }

@@ -106,6 +106,8 @@ struct Cluster {
     master: Option<Child>,
     workers: Vec<(String, Child)>,
     parallelism: usize,
+    /// Where the master and each worker serve their metrics, when asked for.
+    metrics: Option<Vec<String>>,
 }
 
 impl Cluster {
@@ -138,7 +140,23 @@ impl Cluster {
             master: None,
             workers: Vec::new(),
             parallelism,
+            metrics: None,
         }
+    }
+
+    /// Every process started from now on serves its metrics.
+    fn serving_metrics(mut self) -> Self {
+        self.metrics = Some(Vec::new());
+        self
+    }
+
+    /// `--metrics-addr` on a free port, when metrics are asked for.
+    fn metrics_args(&mut self, c: &mut Command) -> Option<String> {
+        let served = self.metrics.as_mut()?;
+        let addr = format!("127.0.0.1:{}", port());
+        c.args(["--metrics-addr", &addr]);
+        served.push(addr.clone());
+        Some(addr)
     }
 
     fn worker_log(&self, id: &str) -> String {
@@ -171,6 +189,7 @@ impl Cluster {
             "--batches",
             &BATCHES.to_string(),
         ]);
+        self.metrics_args(&mut c);
         self.master = Some(c.spawn().expect("start master"));
     }
 
@@ -187,6 +206,7 @@ impl Cluster {
             "--threads",
             "1",
         ]);
+        self.metrics_args(&mut c);
         self.workers
             .push((id.to_string(), c.spawn().expect("start worker")));
     }
@@ -351,6 +371,96 @@ fn distributed_job_survives_master_and_worker_loss_and_rescales() {
     c.stop_worker("w1");
     assert_exactly_once(&c.finish(), &want, "rescaled");
     assert!(c.master_log().contains("rescaled"), "{}", c.master_log());
+}
+
+/// Scrapes `addr`'s metrics.
+fn scrape(addr: &str) -> String {
+    let (status, text) = support::http_get(addr, "/metrics").expect("scrape");
+    assert!(status.contains("200"), "{status}");
+    text
+}
+
+/// The master's and the workers' metrics add up to what the job did: the master's batch
+/// figures to the generated input, the workers' records, sink records, state and partitions
+/// to the output the job wrote.
+#[test]
+fn master_and_workers_serve_metrics_that_add_up() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let mut c = Cluster::new(tmp.path(), &server, "metrics").serving_metrics();
+    c.start_master(2);
+    c.start_worker("w1");
+    c.start_worker("w2");
+    let served = c.metrics.clone().expect("addresses");
+    let (master, workers) = (&served[0], &served[1..]);
+    c.wait_commits(10, Duration::from_secs(60));
+
+    // The master's batch loop, while it runs: whole batches of 1,000 generated lines.
+    let text = scrape(master);
+    let labels = r#"{job="dist",namespace=""}"#;
+    assert!(
+        text.contains(&format!("sluice_workers{labels} 2")),
+        "{text}"
+    );
+    // Outputs are written before the commit: the tenth may still be committing.
+    let last = support::series(&text, "sluice_last_batch") as u64;
+    assert!(last >= 9, "{text}");
+    assert_eq!(
+        support::series(&text, "sluice_batches_completed_total") as u64,
+        last
+    );
+    assert_eq!(
+        support::series(&text, "sluice_input_records_total") as u64,
+        1000 * last,
+        "records in = records generated"
+    );
+    assert_eq!(
+        support::series_sum(
+            std::slice::from_ref(&text),
+            "sluice_source_records_total",
+            ""
+        ),
+        None,
+        "the master runs no task"
+    );
+
+    // The workers, once the job has finished its batches (and they are idle).
+    let out = c.finish();
+    assert_eq!(out.len() as u64, BATCHES);
+    let texts: Vec<String> = workers.iter().map(|w| scrape(w)).collect();
+    let sum = |name: &str, label: &str| {
+        support::series_sum(&texts, name, label).unwrap_or_else(|| panic!("no {name} {label}"))
+    };
+    assert_eq!(
+        sum("sluice_source_records_total", r#"source="g""#) as u64,
+        1000 * BATCHES,
+        "each worker counts the lines of its partitions"
+    );
+    let lines: usize = out.iter().map(Vec::len).sum();
+    assert_eq!(
+        sum("sluice_sink_records_total", r#"sink="0:files""#) as usize,
+        lines
+    );
+    // The running count holds every word seen, and writes them all in each batch.
+    let keys = out.last().map(Vec::len).unwrap_or(0);
+    assert_eq!(
+        sum("sluice_state_entries", "updateStateByKey") as usize,
+        keys
+    );
+    assert!(sum("sluice_state_bytes", "updateStateByKey") > 0.0);
+    assert_eq!(sum("sluice_partitions_owned", "") as usize, 6);
+    for (w, text) in texts.iter().enumerate() {
+        assert!(
+            support::series(text, "sluice_shuffle_sent_bytes_total") > 0.0,
+            "worker {w} shuffled nothing:\n{text}"
+        );
+        assert!(!text.contains("sluice_batches_completed"), "{text}");
+    }
+    // Without a fault, every block sent was received once.
+    assert_eq!(
+        sum("sluice_shuffle_sent_bytes_total", ""),
+        sum("sluice_shuffle_received_bytes_total", "")
+    );
 }
 
 /// One of four workers of a 16-partition job is killed: only its partitions are rebuilt, on

@@ -94,6 +94,10 @@ pub struct WorkerArgs {
     /// Task threads. Default: one per core.
     #[arg(long, env = "SLUICE_THREADS")]
     pub threads: Option<usize>,
+    /// Serve this worker's metrics (records per source and sink, shuffle bytes, state,
+    /// partitions owned) at http://ADDR/metrics, e.g. 0.0.0.0:9090.
+    #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -181,10 +185,11 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let metrics = match super::serve_metrics(args.metrics_addr, &manifest) {
-        Ok(m) => m,
-        Err(code) => return code,
-    };
+    let metrics =
+        match super::serve_metrics(args.metrics_addr, &manifest, crate::metrics::Role::Master) {
+            Ok(m) => m,
+            Err(code) => return code,
+        };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -244,10 +249,15 @@ pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let (manifest, job, ckpt) = match load(&args.file, threads) {
+    let (manifest, mut job, ckpt) = match load(&args.file, threads) {
         Ok(x) => x,
         Err(code) => return code,
     };
+    match super::serve_metrics(args.metrics_addr, &manifest, crate::metrics::Role::Worker) {
+        Ok(Some(m)) => job.set_metrics(m),
+        Ok(None) => {}
+        Err(code) => return code,
+    }
     let advertise = args.advertise.clone().unwrap_or_else(|| {
         let host = std::env::var("POD_IP")
             .ok()

@@ -123,10 +123,12 @@ pub(crate) fn stop_flag() -> Result<Arc<AtomicBool>, ExitCode> {
     Ok(stop)
 }
 
-/// Starts serving the metrics of `manifest`'s job at `addr`, when given.
+/// Starts serving the metrics of `manifest`'s job, as a process in `role`, at `addr`, when
+/// given.
 pub(crate) fn serve_metrics(
     addr: Option<std::net::SocketAddr>,
     manifest: &sluice_crds::StreamingJob,
+    role: crate::metrics::Role,
 ) -> Result<Option<Arc<crate::metrics::RuntimeMetrics>>, ExitCode> {
     let Some(addr) = addr else {
         return Ok(None);
@@ -134,6 +136,7 @@ pub(crate) fn serve_metrics(
     let metrics = Arc::new(crate::metrics::RuntimeMetrics::new(
         &manifest.metadata.name,
         manifest.metadata.namespace.as_deref().unwrap_or(""),
+        role,
     ));
     match crate::metrics::http::spawn(addr, metrics.clone()) {
         Ok(_) => Ok(Some(metrics)),

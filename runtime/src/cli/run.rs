@@ -82,10 +82,11 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
             None
         }
     };
-    let metrics = match super::serve_metrics(args.metrics_addr, &manifest) {
-        Ok(m) => m,
-        Err(code) => return code,
-    };
+    let metrics =
+        match super::serve_metrics(args.metrics_addr, &manifest, crate::metrics::Role::Local) {
+            Ok(m) => m,
+            Err(code) => return code,
+        };
     tracing::info!(
         job = %manifest.metadata.name,
         batch_interval = %manifest.spec.batch_interval,

@@ -135,6 +135,10 @@ impl<K: Key, V: Data, S: Data, U: Data> Task for MapState<K, V, S, U> {
 }
 
 impl<K: Key, V: Data, S: Data, U: Data> Stateful for MapState<K, V, S, U> {
+    fn entries(&self, part: usize) -> usize {
+        lock_unpoisoned(&self.parts[part]).len()
+    }
+
     fn snapshot(&self, part: usize) -> Result<Vec<u8>> {
         let state = lock_unpoisoned(&self.parts[part]);
         let entries: Vec<(&K, &(S, u64))> = state.iter().collect();

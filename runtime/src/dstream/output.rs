@@ -24,8 +24,12 @@ impl<T: Data> Task for OutputTask<T> {
     }
 
     fn finish(&self, cx: &BatchContext) -> Result<()> {
+        let parts = cx.take_output(self.output)?;
+        let records: usize = parts.iter().map(|(_, r)| r.len()).sum();
         self.sink
-            .write_partitions(&cx.batch, cx.take_output(self.output)?, cx.is_whole())
+            .write_partitions(&cx.batch, parts, cx.is_whole())?;
+        cx.count_output(self.output, records as u64);
+        Ok(())
     }
 }
 

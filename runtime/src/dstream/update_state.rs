@@ -58,6 +58,10 @@ impl<K: Key, C: Data, S: Data> Task for StateStore<K, C, S> {
 }
 
 impl<K: Key, C: Send + 'static, S: Data> Stateful for StateStore<K, C, S> {
+    fn entries(&self, part: usize) -> usize {
+        lock_unpoisoned(&self.parts[part]).len()
+    }
+
     fn snapshot(&self, part: usize) -> Result<Vec<u8>> {
         let state = lock_unpoisoned(&self.parts[part]);
         let pairs: Vec<(&K, &S)> = state.iter().collect();

@@ -74,6 +74,13 @@ impl<T: Data> Task for Buffer<T> {
 }
 
 impl<T: Data> Stateful for Buffer<T> {
+    fn entries(&self, part: usize) -> usize {
+        lock_unpoisoned(&self.parts[part])
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
     fn snapshot(&self, part: usize) -> Result<Vec<u8>> {
         postcard::to_stdvec(&*lock_unpoisoned(&self.parts[part]))
             .map_err(|e| Error::Internal(format!("cannot serialize a window buffer: {e}")))

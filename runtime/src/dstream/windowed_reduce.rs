@@ -91,6 +91,10 @@ impl<K: Key, V: Data> Task for IncrementalWindow<K, V> {
 }
 
 impl<K: Key, V: Data> Stateful for IncrementalWindow<K, V> {
+    fn entries(&self, part: usize) -> usize {
+        lock_unpoisoned(&self.windows[part]).len()
+    }
+
     fn snapshot(&self, part: usize) -> Result<Vec<u8>> {
         let window = lock_unpoisoned(&self.windows[part]);
         let pairs: Vec<(&K, &V)> = window.iter().collect();

@@ -99,6 +99,8 @@ pub struct BatchContext {
     memo: Mutex<HashMap<(NodeId, usize), Box<dyn Any + Send>>>,
     errors: RecordErrors,
     input_records: AtomicU64,
+    /// What the batch moved here, for the metrics.
+    flow: Flow,
     placement: Option<std::sync::Arc<Placement>>,
     /// In a replay for some partitions only, which partitions and shuffles it recomputes.
     redo: Option<std::sync::Arc<Redo>>,
@@ -110,6 +112,36 @@ pub struct BatchContext {
     state_inputs: Option<Mutex<StateInputs>>,
     /// In a replay from the state log: the inputs to take instead of computing them.
     logged_state: Option<StateInputs>,
+}
+
+/// Records and bytes a batch moved in this process: read per source, written per output,
+/// shuffled to and from other workers. Counted as they pass, read by the metrics after the
+/// batch.
+#[derive(Debug, Default)]
+pub struct Flow {
+    pub source_records: Vec<AtomicU64>,
+    pub source_bytes: Vec<AtomicU64>,
+    pub output_records: Vec<AtomicU64>,
+    pub shuffle_bytes_sent: AtomicU64,
+    pub shuffle_bytes_received: AtomicU64,
+}
+
+impl Flow {
+    fn new(sources: usize, outputs: usize) -> Self {
+        let zeros = |n: usize| (0..n).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            source_records: zeros(sources),
+            source_bytes: zeros(sources),
+            output_records: zeros(outputs),
+            ..Self::default()
+        }
+    }
+}
+
+fn add(counters: &[AtomicU64], index: usize, n: u64) {
+    if let Some(c) = counters.get(index) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// Serialized materializer inputs by (materializer, partition). An empty entry: the
@@ -141,6 +173,7 @@ impl BatchContext {
             memo: Mutex::new(HashMap::new()),
             errors: RecordErrors::default(),
             input_records: AtomicU64::new(0),
+            flow: Flow::new(shared.sources, shared.outputs),
             placement: None,
             redo: None,
             outbox: Mutex::new(Vec::new()),
@@ -285,6 +318,9 @@ impl BatchContext {
                     "block for unknown shuffle {shuffle} partition {reduce_part}/{map_part}"
                 ))
             })?;
+        self.flow
+            .shuffle_bytes_received
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         *lock_unpoisoned(slot) = Some(Box::new(RemoteBytes(data)));
         Ok(())
     }
@@ -343,6 +379,21 @@ impl BatchContext {
         self.input_records.load(Ordering::Relaxed)
     }
 
+    /// What the batch moved here so far.
+    pub fn flow(&self) -> &Flow {
+        &self.flow
+    }
+
+    /// Bytes source `source` read for this batch.
+    pub(crate) fn count_source_bytes(&self, source: usize, bytes: u64) {
+        add(&self.flow.source_bytes, source, bytes);
+    }
+
+    /// Records output `output` wrote for this batch.
+    pub(crate) fn count_output(&self, output: usize, records: u64) {
+        add(&self.flow.output_records, output, records);
+    }
+
     pub(crate) fn put_input<T: Send + 'static>(
         &self,
         source: usize,
@@ -358,6 +409,7 @@ impl BatchContext {
             }
             self.input_records
                 .fetch_add(records.len() as u64, Ordering::Relaxed);
+            add(&self.flow.source_records, source, records.len() as u64);
             *lock_unpoisoned(slot) = Some(Box::new(records));
         }
         Ok(())
@@ -389,6 +441,9 @@ impl BatchContext {
                     let data = postcard::to_stdvec(&bucket).map_err(|e| {
                         Error::Internal(format!("cannot encode a shuffle block: {e}"))
                     })?;
+                    self.flow
+                        .shuffle_bytes_sent
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     lock_unpoisoned(&self.outbox).push(OutgoingBlock {
                         owner: p.owners[reduce_part],
                         shuffle,

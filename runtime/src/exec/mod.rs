@@ -5,7 +5,7 @@ mod context;
 mod executor;
 
 pub use context::{
-    BatchContext, ERROR_SAMPLES, OutgoingBlock, Placement, RecordErrors, Redo, StateInputs,
+    BatchContext, ERROR_SAMPLES, Flow, OutgoingBlock, Placement, RecordErrors, Redo, StateInputs,
 };
 pub(crate) use context::{Shared, lock_unpoisoned};
 pub use executor::Executor;

@@ -70,6 +70,8 @@ pub struct KafkaSource {
     planned: VecDeque<(u64, BTreeMap<TopicPartition, i64>)>,
     planner: Option<BaseConsumer<Watch>>,
     readers: HashMap<String, Reader>,
+    /// Bytes of keys and values handed on, for the metrics.
+    bytes_read: u64,
 }
 
 impl KafkaSource {
@@ -86,6 +88,7 @@ impl KafkaSource {
             next: None,
             planned: VecDeque::new(),
             planner: None,
+            bytes_read: 0,
             readers: HashMap::new(),
         }
     }
@@ -699,7 +702,17 @@ impl Source for KafkaSource {
         for (topic, pieces) in by_topic {
             self.read_topic(&topic, &pieces, &mut out, refused)?;
         }
+        let bytes: usize = out
+            .iter()
+            .flatten()
+            .map(|r| r.value.len() + r.key.as_ref().map_or(0, String::len))
+            .sum();
+        self.bytes_read += bytes as u64;
         Ok(out)
+    }
+
+    fn bytes_read(&self) -> Option<u64> {
+        Some(self.bytes_read)
     }
 
     fn reads_owned_partitions(&self) -> bool {

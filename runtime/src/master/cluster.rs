@@ -73,12 +73,19 @@ pub struct Cluster {
     status: Status,
     /// Whether the workers write the state log.
     state_log: bool,
+    metrics: Option<Arc<crate::metrics::RuntimeMetrics>>,
 }
 
 impl Cluster {
     /// Whether the workers write the state log (on unless recovery is global).
     pub fn keeping_state_log(mut self, keep: bool) -> Self {
         self.state_log = keep;
+        self
+    }
+
+    /// Where the number of placed workers goes.
+    pub fn reporting_to(mut self, metrics: Option<Arc<crate::metrics::RuntimeMetrics>>) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -110,6 +117,7 @@ impl Cluster {
             last_ping: Instant::now(),
             status: Status::default(),
             state_log: true,
+            metrics: None,
         }
     }
 
@@ -420,6 +428,9 @@ impl Runner for Cluster {
             },
         )?;
         tracing::info!(epoch, workers = self.placed.len(), "partitions assigned");
+        if let Some(m) = &self.metrics {
+            m.workers(self.placed.len());
+        }
         Ok(())
     }
 

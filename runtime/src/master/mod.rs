@@ -108,7 +108,8 @@ pub fn run(
         options.min_workers,
         ckpt.describe(),
     )
-    .keeping_state_log(options.recovery == Recovery::Partial);
+    .keeping_state_log(options.recovery == Recovery::Partial)
+    .reporting_to(options.metrics.clone());
     let settings = Settings {
         job_name: options.job_name,
         job_uid: options.job_uid,

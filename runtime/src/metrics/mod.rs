@@ -6,7 +6,10 @@
 //! Metric names and their meaning are listed in `docs/observability.md`; a test checks that
 //! the Grafana dashboard queries only names this module exports.
 
+mod flow;
 pub mod http;
+
+pub use flow::BatchFlow;
 
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -26,8 +29,23 @@ fn time_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 15)
 }
 
-/// Every series the batch loop updates.
+/// What the process does in the job, which decides the series it exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `sluice run`: the batch loop and every task.
+    Local,
+    /// `sluice master`: the batch loop; tasks run on the workers.
+    Master,
+    /// `sluice worker`: tasks of the partitions it owns.
+    Worker,
+}
+
+/// Every series a process exports: the batch loop's (local run, master) and what its tasks
+/// moved (local run, workers).
 pub struct RuntimeMetrics {
+    role: Role,
+    flow: Option<flow::FlowSeries>,
+    workers: Gauge,
     registry: Registry,
     /// Held while one batch's figures are updated and while the text is rendered, so a
     /// scrape sees whole batches only (records and batches agree with `last_batch`).
@@ -53,9 +71,10 @@ pub struct RuntimeMetrics {
 }
 
 impl RuntimeMetrics {
-    /// The metrics of job `job` in `namespace` (empty outside Kubernetes).
-    pub fn new(job: &str, namespace: &str) -> Self {
-        let registry = Registry::with_prefix_and_labels(
+    /// The metrics of job `job` in `namespace` (empty outside Kubernetes) for a process in
+    /// `role`.
+    pub fn new(job: &str, namespace: &str, role: Role) -> Self {
+        let mut registry = Registry::with_prefix_and_labels(
             "sluice",
             [
                 ("job".into(), job.to_string().into()),
@@ -63,7 +82,11 @@ impl RuntimeMetrics {
             ]
             .into_iter(),
         );
+        let flow = (role != Role::Master).then(|| flow::FlowSeries::register(&mut registry));
         let mut m = Self {
+            role,
+            flow,
+            workers: Gauge::default(),
             registry,
             update: Mutex::new(()),
             batches: Counter::default(),
@@ -85,6 +108,16 @@ impl RuntimeMetrics {
             recoveries: Counter::default(),
             recovery_duration: Histogram::new(time_buckets()),
         };
+        if role == Role::Worker {
+            return m;
+        }
+        if role == Role::Master {
+            m.registry.register(
+                "workers",
+                "Workers the partitions are placed on",
+                m.workers.clone(),
+            );
+        }
         // The registry holds handles to the same values the fields update.
         m.registry.register(
             "batches_completed",
@@ -205,6 +238,31 @@ impl RuntimeMetrics {
             .set(i64::try_from(r.batch.index).unwrap_or(i64::MAX));
     }
 
+    /// What one batch moved in this process (a local run, a worker).
+    pub fn flow(&self, flow: &BatchFlow) {
+        if let Some(series) = &self.flow {
+            let _whole = lock_unpoisoned(&self.update);
+            series.observe(flow);
+        }
+    }
+
+    /// A snapshot holds `bytes` of stateful step `step`'s state from this process.
+    pub fn state_bytes(&self, step: &str, bytes: u64) {
+        if let Some(series) = &self.flow {
+            series.state_bytes(step, bytes);
+        }
+    }
+
+    /// The master placed the partitions on `n` workers.
+    pub fn workers(&self, n: usize) {
+        self.workers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// What the process does in the job.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
     /// A failed batch attempt.
     pub fn failure(&self) {
         self.failures.inc();
@@ -245,7 +303,7 @@ mod tests {
 
     #[test]
     fn a_batch_shows_in_counters_gauges_and_histograms_with_the_job_labels() {
-        let m = RuntimeMetrics::new("clicks", "prod");
+        let m = RuntimeMetrics::new("clicks", "prod", Role::Local);
         m.batch(
             &BatchProgress {
                 report: BatchReport {

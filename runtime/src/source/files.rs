@@ -31,6 +31,8 @@ pub struct FilesSource {
     recent: BTreeMap<String, u64>,
     /// At most this many files per batch, oldest first.
     max_files: Option<usize>,
+    /// Bytes of the files read, for the metrics.
+    bytes_read: u64,
 }
 
 impl FilesSource {
@@ -43,6 +45,7 @@ impl FilesSource {
             newest_ms: 0,
             recent: BTreeMap::new(),
             max_files: None,
+            bytes_read: 0,
         }
     }
 
@@ -170,15 +173,25 @@ impl Source for FilesSource {
             let path = self.dir.join(&name);
             // A file that cannot be read, or a line that is not text, is refused on its own:
             // failing the batch would fail every replay of it too, and wedge the job.
+            let mut bytes = 0;
             if let Err(e) = read_lines(&path, &mut |line| match line {
-                Line::Text(text) => lines.push(text),
+                Line::Text(text) => {
+                    // The line and its end.
+                    bytes += text.len() as u64 + 1;
+                    lines.push(text)
+                }
                 Line::Refused(why) => refused.push(format!("file {name} {why}")),
             }) {
                 tracing::warn!(source = %self.name, file = %path.display(), error = %e, "cannot read a file; it is skipped");
                 refused.push(format!("file {name} cannot be read: {e}"));
             }
+            self.bytes_read += bytes;
         }
         Ok(split_even(lines, partitions))
+    }
+
+    fn bytes_read(&self) -> Option<u64> {
+        Some(self.bytes_read)
     }
 
     fn position(&self) -> Json {

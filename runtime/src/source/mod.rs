@@ -113,6 +113,12 @@ pub trait Source: Send + 'static {
 
     /// Called when the job stops.
     fn on_close(&mut self) {}
+
+    /// Bytes read so far, for the metrics, by a source that knows them (a file's length, a
+    /// Kafka message's size); others say `None`.
+    fn bytes_read(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Input a source could not turn into records, counted, with the first few reasons.
@@ -202,6 +208,7 @@ pub(crate) trait ErasedSource: Send {
     fn rate_limited(&self) -> bool;
     fn limit_rate(&mut self, records_per_second: Option<f64>);
     fn on_close(&mut self);
+    fn bytes_read(&self) -> Option<u64>;
 }
 
 pub(crate) struct SourceNode<S>(S);
@@ -233,6 +240,7 @@ impl<S: Source> ErasedSource for SourceNode<S> {
         let mut refused = Refusals::from_json(&range["refused"]);
         let mut read_refused = Refusals::default();
         let owned_only = self.0.reads_owned_partitions();
+        let bytes_before = self.0.bytes_read();
         let parts = match (range.get("wal"), logged) {
             (Some(_), Some(bytes)) => {
                 let records: Vec<S::Item> =
@@ -263,6 +271,9 @@ impl<S: Source> ErasedSource for SourceNode<S> {
         }
         if read_refused.count() > 0 {
             cx.record_errors(&operation, read_refused.count(), read_refused.samples())?;
+        }
+        if let (Some(before), Some(after)) = (bytes_before, self.0.bytes_read()) {
+            cx.count_source_bytes(index, after.saturating_sub(before));
         }
         cx.put_input(index, parts)
     }
@@ -297,6 +308,9 @@ impl<S: Source> ErasedSource for SourceNode<S> {
     }
     fn on_close(&mut self) {
         self.0.on_close()
+    }
+    fn bytes_read(&self) -> Option<u64> {
+        self.0.bytes_read()
     }
 }
 

@@ -217,3 +217,51 @@ pub fn run_with_kills(
         return (done, mid_run);
     }
 }
+
+/// `GET path` on `addr`: the status line and the body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    ))
+}
+
+/// The value of the series `name` (with any labels) in an OpenMetrics text.
+pub fn series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// The sum of the series `name` whose labels contain `label` (e.g. `source="g"`; empty:
+/// every one), over several OpenMetrics texts (the master's and each worker's); `None` when
+/// no text has one.
+pub fn series_sum(texts: &[String], name: &str, label: &str) -> Option<f64> {
+    let mut found = None;
+    for text in texts {
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            let labelled = rest.starts_with('{') && rest.contains(label);
+            let bare = label.is_empty() && rest.starts_with(' ');
+            if (labelled || bare)
+                && let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())
+            {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
+}
