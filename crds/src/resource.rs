@@ -25,10 +25,13 @@ use crate::spec::StreamingJobSpec;
     status = "StreamingJobStatus",
     scale(spec_replicas_path = ".spec.workers.replicas", status_replicas_path = ".status.workersReady"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.workersReady", description = "workers ready"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.workers.replicas", description = "workers wanted"),
-    printcolumn(name = "Last batch", type_ = "integer", json_path = ".status.lastCompletedBatch"),
+    printcolumn(name = "Workers", type_ = "string", json_path = ".status.workers", description = "workers ready / wanted"),
+    printcolumn(name = "Batch", type_ = "integer", json_path = ".status.lastCompletedBatch", description = "the newest committed batch"),
+    printcolumn(name = "Delay", type_ = "string", json_path = ".status.lastBatch.schedulingDelay", description = "scheduling delay of the newest batch: above the batch interval, the job falls behind"),
+    printcolumn(name = "Rate", type_ = "integer", json_path = ".status.lastBatch.inputRate", description = "input records per second in the newest batch"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Last checkpoint", type_ = "integer", json_path = ".status.lastCheckpoint.batch", description = "the batch of the newest snapshot", priority = 1),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.message", priority = 1),
     validation = Rule::new("!has(self.spec.podTemplate) || !has(self.spec.podTemplate.labels) || self.spec.podTemplate.labels.all(k, !k.startsWith('sluice.dev/'))").message("spec.podTemplate.labels: keys under sluice.dev/ belong to the operator; use another prefix"),
     validation = Rule::new("!has(self.spec.podTemplate) || !has(self.spec.podTemplate.volumes) || self.spec.podTemplate.volumes.all(v, v.name != 'config' && v.name != 'tls')").message("spec.podTemplate.volumes: the names config and tls are the operator's (they hold the job manifest and its TLS certificate); rename the volume"),
     validation = Rule::new("!has(self.spec.checkpoint) || !has(self.spec.checkpoint.deletionPolicy) || self.spec.checkpoint.deletionPolicy != 'Delete' || self.spec.checkpoint.uri.matches('^s3://[^/]+/+[^/]')").message("spec.checkpoint.deletionPolicy: Delete needs an s3://bucket/prefix location with a prefix of the job's own, never a whole bucket"),
@@ -247,6 +250,12 @@ pub struct StreamingJobStatus {
     /// Workers wanted.
     #[serde(default)]
     pub workers_desired: i32,
+    /// `ready/wanted`, as `kubectl get` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<String>,
+    /// What the newest committed batch took, as the master reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_batch: Option<BatchStatus>,
     /// The newest committed batch.
     #[serde(default)]
     pub last_completed_batch: Option<i64>,
@@ -302,6 +311,27 @@ pub struct RecoveryTally {
     pub master_uid: String,
     /// Recoveries counted before that pod started.
     pub earlier: i64,
+}
+
+/// What one batch took: the figures of Spark's Streaming tab.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchStatus {
+    /// The batch's index.
+    pub batch: i64,
+    /// The batch's time (RFC 3339).
+    pub time: String,
+    /// Input records read from all sources.
+    pub records: i64,
+    /// Input records per second of batch time.
+    pub input_rate: i64,
+    /// Time to read the input and run every stage, e.g. `35ms`, `1.2s`.
+    pub processing_time: String,
+    /// From the batch's time to the start of its processing. Growing past the batch
+    /// interval: the job falls behind.
+    pub scheduling_delay: String,
+    /// From the batch's time to its commit.
+    pub total_delay: String,
 }
 
 /// Where the newest checkpoint is.

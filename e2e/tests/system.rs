@@ -540,14 +540,30 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                 async || {
                     let out = sys.kubectl_ok(&["get", "sj", "-n", NS], None)?;
                     let row = out.lines().find(|l| l.starts_with(TOTALS.name)).unwrap_or("");
+                    // NAME PHASE WORKERS BATCH DELAY RATE AGE
                     let cols: Vec<&str> = row.split_whitespace().collect();
-                    let batch: u64 = cols.get(4).and_then(|b| b.parse().ok()).unwrap_or(0);
+                    let batch: u64 = cols.get(3).and_then(|b| b.parse().ok()).unwrap_or(0);
                     // Progressing: a later look shows a later batch.
                     let progressed = first_seen.is_some_and(|first| batch > first);
                     if first_seen.is_none() && batch > 0 {
                         first_seen = Some(batch);
                     }
-                    Ok((cols.get(1) == Some(&"Running") && progressed).then_some(out))
+                    let all_workers = cols
+                        .get(2)
+                        .and_then(|w| w.split_once('/'))
+                        .is_some_and(|(ready, wanted)| ready == wanted && ready != "0");
+                    let delay = cols.get(4).is_some_and(|d| {
+                        d.strip_suffix("ms")
+                            .or_else(|| d.strip_suffix('s'))
+                            .is_some_and(|n| n.parse::<f64>().is_ok())
+                    });
+                    let rate = cols.get(5).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
+                    Ok((cols.get(1) == Some(&"Running")
+                        && progressed
+                        && all_workers
+                        && delay
+                        && rate > 0)
+                        .then_some(out))
                 },
             )
             .await?;

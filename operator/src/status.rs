@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use sluice_crds::resource::{CheckpointStatus, Phase, RecoveryTally, StreamingJobStatus};
+use sluice_crds::resource::{
+    BatchStatus, CheckpointStatus, Phase, RecoveryTally, StreamingJobStatus,
+};
 use sluice_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 
@@ -21,6 +23,8 @@ pub struct MasterView {
     /// it with the job's total (`tally_recoveries`) before the status is computed.
     pub recoveries: u64,
     pub message: String,
+    /// The newest committed batch's figures.
+    pub last_batch: Option<pb::BatchFigures>,
 }
 
 /// Asks the master at `address` (`ip:port`) for its status, with the job's token.
@@ -54,6 +58,7 @@ pub async fn ask_master(
         checkpoint_uri: reply.checkpoint_uri,
         recoveries: reply.recoveries,
         message: reply.message,
+        last_batch: reply.last_batch,
     })
 }
 
@@ -99,6 +104,33 @@ fn state_words(state: pb::MasterState) -> &'static str {
         pb::MasterState::CheckpointFailing => "checkpoint failing",
         pb::MasterState::Failed => "failed",
         pb::MasterState::Stopped => "stopped",
+    }
+}
+
+/// A duration as people read it in a column: `35ms`, `1.2s`, `4m05s`.
+pub fn short_duration(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000),
+    }
+}
+
+/// The status's account of one batch.
+fn batch_status(b: &pb::BatchFigures) -> BatchStatus {
+    let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    BatchStatus {
+        batch: int(b.batch),
+        time: i64::try_from(b.time_ms)
+            .ok()
+            .and_then(|ms| k8s_openapi::jiff::Timestamp::from_millisecond(ms).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        records: int(b.records),
+        input_rate: int(b.input_rate),
+        processing_time: short_duration(b.processing_ms),
+        scheduling_delay: short_duration(b.scheduling_delay_ms),
+        total_delay: short_duration(b.total_delay_ms),
     }
 }
 
@@ -200,10 +232,14 @@ pub fn compute(o: &Observed<'_>) -> StreamingJobStatus {
         observed_generation: g,
         workers_ready: o.workers_ready,
         workers_desired: o.workers_desired,
+        workers: Some(format!("{}/{}", o.workers_ready, o.workers_desired)),
         conditions,
         ..o.previous.clone()
     };
     if let Some(m) = o.master {
+        if let Some(b) = &m.last_batch {
+            status.last_batch = Some(batch_status(b));
+        }
         status.last_completed_batch =
             Some(i64::try_from(m.last_completed_batch).unwrap_or(i64::MAX));
         status.recoveries = i64::try_from(m.recoveries).unwrap_or(i64::MAX);
@@ -363,6 +399,40 @@ mod tests {
         let status = compute(&observed(None, &status));
         assert_eq!(status.phase, Some(Phase::Pending));
         assert_eq!(status.last_completed_batch, Some(7));
+    }
+
+    #[test]
+    fn the_newest_batch_shows_in_the_columns_kubectl_prints() {
+        let running = MasterView {
+            state: pb::MasterState::Running,
+            last_completed_batch: 12,
+            last_batch: Some(pb::BatchFigures {
+                batch: 12,
+                time_ms: 1_764_590_400_200,
+                records: 400,
+                processing_ms: 35,
+                scheduling_delay_ms: 1_250,
+                total_delay_ms: 245_000,
+                input_rate: 2000,
+            }),
+            ..Default::default()
+        };
+        let status = compute(&observed(Some(&running), &StreamingJobStatus::default()));
+        assert_eq!(status.workers.as_deref(), Some("2/2"));
+        let b = status.last_batch.clone().expect("the newest batch");
+        assert_eq!((b.batch, b.records, b.input_rate), (12, 400, 2000), "{b:?}");
+        assert_eq!(b.time, "2025-12-01T12:00:00.2Z");
+        assert_eq!(
+            (
+                b.processing_time.as_str(),
+                b.scheduling_delay.as_str(),
+                b.total_delay.as_str()
+            ),
+            ("35ms", "1.2s", "4m05s")
+        );
+        // The master is silent: the figures it gave last stay.
+        let later = compute(&observed(None, &status));
+        assert_eq!(later.last_batch, Some(b));
     }
 
     #[test]

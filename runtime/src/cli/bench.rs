@@ -15,6 +15,7 @@ use super::EXIT_FAILED;
 use crate::coordinator::BatchProgress;
 use crate::local::{self, LocalOptions};
 use crate::manifest::{CompileOptions, compile};
+use crate::metrics::{Role, RuntimeMetrics};
 use crate::source::{GeneratorConfig, TextGenerator};
 
 #[derive(Args, Debug)]
@@ -37,6 +38,21 @@ pub struct BenchArgs {
     /// Partitions.
     #[arg(long, default_value_t = 4)]
     pub parallelism: u32,
+    /// Runtime metrics during the runs: off, on (updated every batch, as with
+    /// --metrics-addr), or compare (throughput with and without, alternating runs, no paced
+    /// runs).
+    #[arg(long, value_enum, default_value = "off")]
+    pub metrics: MetricsMode,
+    /// With --metrics compare: runs of each kind per scenario (the median is shown).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MetricsMode {
+    Off,
+    On,
+    Compare,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -79,15 +95,26 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn measure(
+/// One run of a scenario.
+struct Run<'a> {
     scenario: Scenario,
-    interval: &str,
+    interval: &'a str,
     rate: u64,
     batches: u64,
+    /// Batches at their times (a live job) rather than back to back.
     paced: bool,
-    args: &BenchArgs,
-    threads: usize,
-) -> Result<Figures, String> {
+    metrics: bool,
+}
+
+fn measure(run: Run<'_>, args: &BenchArgs, threads: usize) -> Result<Figures, String> {
+    let Run {
+        scenario,
+        interval,
+        rate,
+        batches,
+        paced,
+        metrics,
+    } = run;
     let text = manifest(scenario, interval, rate, args.parallelism);
     let job_spec = sluice_crds::load(&text).map_err(|p| format!("{p:?}"))?;
     let job = compile(
@@ -118,7 +145,7 @@ fn measure(
                     .unwrap_or_else(|e| e.into_inner())
                     .push(p.clone())
             }),
-            metrics: None,
+            metrics: metrics.then(|| Arc::new(RuntimeMetrics::new("bench", "", Role::Local))),
         },
     )
     .map_err(|e| e.to_string())?;
@@ -168,6 +195,10 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
         words as f64 / args.rate.max(1) as f64
     );
     drop(lines);
+    if args.metrics == MetricsMode::Compare {
+        return compare_metrics(&args, &scenarios, threads);
+    }
+    let metrics = args.metrics == MetricsMode::On;
     println!(
         "{:<10} {:>12} {:>14} {:>10} {:>10} | {:>14} {:>11} {:>11} {:>11}",
         "job",
@@ -189,11 +220,14 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
             0
         };
         let full = match measure(
-            scenario,
-            "1s",
-            args.rate,
-            args.seconds + warm,
-            false,
+            Run {
+                scenario,
+                interval: "1s",
+                rate: args.rate,
+                batches: args.seconds + warm,
+                paced: false,
+                metrics,
+            },
             &args,
             threads,
         ) {
@@ -214,11 +248,14 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
         if args.paced_seconds > 0 {
             let paced_rate = (per_sec / 2.0) as u64;
             match measure(
-                scenario,
-                "100ms",
-                paced_rate.max(1),
-                args.paced_seconds * 10,
-                true,
+                Run {
+                    scenario,
+                    interval: "100ms",
+                    rate: paced_rate.max(1),
+                    batches: args.paced_seconds * 10,
+                    paced: true,
+                    metrics,
+                },
                 &args,
                 threads,
             ) {
@@ -233,6 +270,59 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
             }
         }
         println!("{line}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Throughput with metrics off and on, in alternating runs so that the machine's drift hits
+/// both alike; the median of each.
+fn compare_metrics(args: &BenchArgs, scenarios: &[Scenario], threads: usize) -> ExitCode {
+    println!(
+        "metrics cost: 1 s batches back to back, off and on alternating, median of {} runs each",
+        args.rounds.max(1)
+    );
+    println!(
+        "{:<10} {:>14} {:>14} {:>8}",
+        "job", "off lines/s", "on lines/s", "change"
+    );
+    for &scenario in scenarios {
+        let name = format!("{scenario:?}").to_lowercase();
+        let warm = if scenario == Scenario::Windowed {
+            10
+        } else {
+            0
+        };
+        let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..args.rounds.max(1) {
+            for (on, rates) in rates.iter_mut().enumerate() {
+                match measure(
+                    Run {
+                        scenario,
+                        interval: "1s",
+                        rate: args.rate,
+                        batches: args.seconds + warm,
+                        paced: false,
+                        metrics: on == 1,
+                    },
+                    args,
+                    threads,
+                ) {
+                    Ok(f) => rates.push(f.records as f64 / f.wall.as_secs_f64()),
+                    Err(e) => {
+                        eprintln!("sluice bench: {name}: {e}");
+                        return ExitCode::from(EXIT_FAILED);
+                    }
+                }
+            }
+        }
+        let [off, on] = rates.map(|mut r| {
+            r.sort_by(f64::total_cmp);
+            r[r.len() / 2]
+        });
+        println!(
+            "{name:<10} {off:>14.0} {on:>14.0} {:>+7.1}%",
+            (on / off - 1.0) * 100.0
+        );
     }
     ExitCode::SUCCESS
 }

@@ -157,6 +157,21 @@ pub struct Status {
     pub last_completed_batch: u64,
     pub last_checkpoint_batch: u64,
     pub recoveries: u64,
+    /// The newest committed batch's figures, once there is one.
+    pub last_batch: Option<BatchFigures>,
+}
+
+/// What one committed batch took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchFigures {
+    pub batch: u64,
+    pub time_ms: u64,
+    pub records: u64,
+    pub processing: Duration,
+    pub scheduling_delay: Duration,
+    pub total_delay: Duration,
+    /// Records per second of batch time.
+    pub input_rate: u64,
 }
 
 /// How a job is driven, wherever its batches run.
@@ -319,6 +334,7 @@ pub fn run<R: Runner>(
         lag: Lag::default(),
         metrics: settings.metrics.clone(),
         recovering_since: None,
+        last_batch: None,
     };
     let result = coordinator.run_loop(&settings.stop);
     coordinator.job.close_sources();
@@ -349,6 +365,7 @@ struct Coordinator<R> {
     rate: Option<rate::RateEstimator>,
     /// Its present figure, records per second.
     rate_limit: Option<f64>,
+    last_batch: Option<BatchFigures>,
 }
 
 impl<R: Runner> Coordinator<R> {
@@ -359,6 +376,7 @@ impl<R: Runner> Coordinator<R> {
             last_completed_batch: self.next.saturating_sub(1),
             last_checkpoint_batch: self.last_snapshot,
             recoveries: self.summary.recoveries,
+            last_batch: self.last_batch,
         };
         self.runner.report(&status);
     }
@@ -749,6 +767,19 @@ impl<R: Runner> Coordinator<R> {
             self.job.limit_rate(Some(limit));
             self.rate_limit = Some(limit);
         }
+        let input_rate = match self.interval {
+            0 => 0,
+            ms => report.records.saturating_mul(1000) / ms,
+        };
+        self.last_batch = Some(BatchFigures {
+            batch: batch.index,
+            time_ms: batch.time_ms,
+            records: report.records,
+            processing: report.processing,
+            scheduling_delay,
+            total_delay,
+            input_rate,
+        });
         let progress = BatchProgress {
             scheduling_delay,
             total_delay,

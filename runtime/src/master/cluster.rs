@@ -76,6 +76,10 @@ pub struct Cluster {
     metrics: Option<Arc<crate::metrics::RuntimeMetrics>>,
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 impl Cluster {
     /// Whether the workers write the state log (on unless recovery is global).
     pub fn keeping_state_log(mut self, keep: bool) -> Self {
@@ -131,6 +135,15 @@ impl Cluster {
             workers: self.workers.iter().map(|w| w.id.clone()).collect(),
             message: message.to_string(),
             epoch: self.epoch,
+            last_batch: self.status.last_batch.map(|b| pb::BatchFigures {
+                batch: b.batch,
+                time_ms: b.time_ms,
+                records: b.records,
+                processing_ms: millis(b.processing),
+                scheduling_delay_ms: millis(b.scheduling_delay),
+                total_delay_ms: millis(b.total_delay),
+                input_rate: b.input_rate,
+            }),
         };
     }
 
