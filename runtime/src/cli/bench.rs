@@ -106,6 +106,27 @@ struct Run<'a> {
     metrics: bool,
 }
 
+impl Run<'static> {
+    /// The throughput run: 1 s batches back to back for `args.seconds` of stream time, after
+    /// one window length of warm-up for the windowed job (before it, batches do not carry
+    /// their full cost).
+    fn throughput(scenario: Scenario, args: &BenchArgs, metrics: bool) -> Self {
+        let warm = if scenario == Scenario::Windowed {
+            10
+        } else {
+            0
+        };
+        Run {
+            scenario,
+            interval: "1s",
+            rate: args.rate,
+            batches: args.seconds + warm,
+            paced: false,
+            metrics,
+        }
+    }
+}
+
 fn measure(run: Run<'_>, args: &BenchArgs, threads: usize) -> Result<Figures, String> {
     let Run {
         scenario,
@@ -213,24 +234,7 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
     );
     for scenario in scenarios {
         let name = format!("{scenario:?}").to_lowercase();
-        // Windows need a warm-up of one window length before batches carry their full cost.
-        let warm = if scenario == Scenario::Windowed {
-            10
-        } else {
-            0
-        };
-        let full = match measure(
-            Run {
-                scenario,
-                interval: "1s",
-                rate: args.rate,
-                batches: args.seconds + warm,
-                paced: false,
-                metrics,
-            },
-            &args,
-            threads,
-        ) {
+        let full = match measure(Run::throughput(scenario, &args, metrics), &args, threads) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("sluice bench: {name}: {e}");
@@ -287,26 +291,10 @@ fn compare_metrics(args: &BenchArgs, scenarios: &[Scenario], threads: usize) -> 
     );
     for &scenario in scenarios {
         let name = format!("{scenario:?}").to_lowercase();
-        let warm = if scenario == Scenario::Windowed {
-            10
-        } else {
-            0
-        };
         let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..args.rounds.max(1) {
             for (on, rates) in rates.iter_mut().enumerate() {
-                match measure(
-                    Run {
-                        scenario,
-                        interval: "1s",
-                        rate: args.rate,
-                        batches: args.seconds + warm,
-                        paced: false,
-                        metrics: on == 1,
-                    },
-                    args,
-                    threads,
-                ) {
+                match measure(Run::throughput(scenario, args, on == 1), args, threads) {
                     Ok(f) => rates.push(f.records as f64 / f.wall.as_secs_f64()),
                     Err(e) => {
                         eprintln!("sluice bench: {name}: {e}");
