@@ -3,9 +3,11 @@
 //! that runs pods as local processes. See `e2e/README.md`.
 
 pub mod agent;
+pub mod browser;
 pub mod cluster;
 pub mod control_plane;
 pub mod crd;
+pub mod dashboard;
 pub mod fixtures;
 pub mod kafka;
 pub mod pki;

@@ -24,6 +24,19 @@ fn run(cmd: &mut Command, input: Option<&str>) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The Prometheus Operator's CRDs: `$SLUICE_PROMETHEUS_CRDS`, or the cache
+/// `e2e/scripts/install-prometheus-crds.sh` fills (scripts/test runs it).
+fn prometheus_crds() -> Result<std::path::PathBuf> {
+    if let Ok(dir) = std::env::var("SLUICE_PROMETHEUS_CRDS") {
+        return Ok(dir.into());
+    }
+    let out = run(
+        &mut Command::new(repo().join("e2e/scripts/install-prometheus-crds.sh")),
+        None,
+    )?;
+    Ok(out.trim().into())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chart_lints_and_renders_objects_the_api_server_accepts() -> Result<()> {
     let bin = bin_dir()?;
@@ -50,18 +63,37 @@ async fn chart_lints_and_renders_objects_the_api_server_accepts() -> Result<()> 
     };
     // Our own install waits for Established (kubectl wait fails while conditions are still unset).
     sluice_e2e::crd::install(&cp.client().await?, &chart.join("crds/streamingjob.yaml")).await?;
+    // The monitors the chart renders are checked against the Prometheus Operator's own CRDs.
+    let prometheus = prometheus_crds()?;
+    for kind in ["servicemonitors", "podmonitors"] {
+        let file = prometheus.join(format!("monitoring.coreos.com_{kind}.yaml"));
+        sluice_e2e::crd::install(&cp.client().await?, &file).await?;
+    }
     kubectl(&["create", "namespace", "sluice-system"], None)?;
     for ns in ["team-a", "team-b"] {
         kubectl(&["create", "namespace", ns], None)?;
     }
-    for extra in [
-        vec![],
-        vec![
-            "--set",
-            "watchNamespaces={team-a,team-b}",
-            "--set",
-            "metrics.enabled=false",
-        ],
+    for (cluster_wide, extra) in [
+        (
+            true,
+            vec![
+                "--set",
+                "metrics.serviceMonitor.enabled=true",
+                "--set",
+                "metrics.podMonitor.enabled=true",
+            ],
+        ),
+        (
+            false,
+            vec![
+                "--set",
+                "metrics.podMonitor.enabled=true",
+                "--set",
+                "watchNamespaces={team-a,team-b}",
+                "--set",
+                "metrics.enabled=false",
+            ],
+        ),
     ] {
         let rendered = run(
             Command::new(bin.join("helm"))
@@ -85,9 +117,14 @@ async fn chart_lints_and_renders_objects_the_api_server_accepts() -> Result<()> 
         )?;
         let objects = applied.lines().count();
         assert!(objects >= 6, "only {objects} objects applied:\n{applied}");
-        if extra.is_empty() {
+        assert!(
+            applied.contains("podmonitor.monitoring.coreos.com/sluice-operator-jobs"),
+            "{applied}"
+        );
+        if cluster_wide {
             assert!(
-                applied.contains("clusterrole.rbac.authorization.k8s.io/sluice-operator"),
+                applied.contains("clusterrole.rbac.authorization.k8s.io/sluice-operator")
+                    && applied.contains("servicemonitor.monitoring.coreos.com/sluice-operator"),
                 "{applied}"
             );
         } else {

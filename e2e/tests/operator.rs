@@ -171,6 +171,17 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
         )
         .await?;
         assert!(metrics.contains("sluice_reconciles_total "), "{metrics}");
+        // The dashboard's operator panels query only what the operator exports.
+        let exported = sluice_e2e::dashboard::sample_names(std::slice::from_ref(&metrics));
+        let missing: Vec<String> = sluice_e2e::dashboard::dashboard_series()
+            .into_iter()
+            .filter(|s| s.starts_with("sluice_jobs") || s.starts_with("sluice_reconcile"))
+            .filter(|s| !exported.contains(s))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "the dashboard queries {missing:?}, which the operator does not export:\n{metrics}"
+        );
         assert!(http_get("127.0.0.1", metrics_port, "/healthz")?.contains("ok"));
         let before = sink_objects(&s3_root);
         wait_for(

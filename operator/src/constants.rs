@@ -17,6 +17,9 @@ pub const OPERATOR_APP_NAME: &str = "sluice-operator";
 pub const MASTER_PORT: i32 = 7070;
 /// A worker's gRPC port.
 pub const WORKER_PORT: i32 = 7071;
+/// Where the master and every worker serve `/metrics` (named `metrics` in the pods and the
+/// Services, announced by the `prometheus.io/*` annotations).
+pub const METRICS_PORT: i32 = 9090;
 
 /// Where the job manifest is mounted, and its file name.
 pub const CONFIG_DIR: &str = "/etc/sluice";

@@ -123,20 +123,12 @@ async fn run_in(
 async fn reconcile(job: Arc<StreamingJobResource>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let result = reconcile_with_finalizer(job, &ctx).await;
-    let m = &ctx.metrics;
-    m.reconciles
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    *m.reconcile_seconds_total
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) += started.elapsed().as_secs_f64();
-    let counter = match &result {
-        Err(Error::Build(_)) => Some(&m.errors_build),
-        Err(_) => Some(&m.errors_api),
+    let failure = match &result {
+        Err(Error::Build(_)) => Some(crate::metrics::Failure::Build),
+        Err(_) => Some(crate::metrics::Failure::Api),
         Ok(_) => None,
     };
-    if let Some(c) = counter {
-        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
+    ctx.metrics.reconciled(started.elapsed(), failure);
     result
 }
 
@@ -168,6 +160,7 @@ async fn reconcile_with_finalizer(
             .await?;
         }
         if job.metadata.deletion_timestamp.is_some() {
+            ctx.metrics.forget(&format!("{ns}/{}", job.name_any()));
             tracing::info!(job = %job.name_any(), "job deleted; checkpoint retained");
             return Ok(Action::await_change());
         }
@@ -177,6 +170,7 @@ async fn reconcile_with_finalizer(
         match event {
             kube::runtime::finalizer::Event::Apply(job) => reconcile_job(&job, ctx).await,
             kube::runtime::finalizer::Event::Cleanup(job) => {
+                ctx.metrics.forget(&format!("{ns}/{}", job.name_any()));
                 crate::cleanup::cleanup(&job, ctx).await
             }
         }
@@ -455,11 +449,7 @@ async fn write_status(
     jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
         .await?;
     if let Some(phase) = status.phase {
-        ctx.metrics
-            .phases
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(format!("{ns}/{name}"), phase);
+        ctx.metrics.phase(format!("{ns}/{name}"), phase);
     }
     Ok(())
 }

@@ -101,12 +101,17 @@ fn job_failure(c: &ContainerStatus) -> Option<String> {
         .find(|t| t.exit_code == i32::from(sluice_proto::EXIT_JOB_AT_FAULT))?;
     let said = t.message.as_deref().map(str::trim).unwrap_or_default();
     // The termination message is the log's tail: the job's own account is its last line.
-    let line = said
-        .lines()
+    // Text or JSON lines (`--log-format`): their messages.
+    let messages: Vec<_> = said.lines().map(sluice_proto::logs::message_of).collect();
+    let line = messages
+        .iter()
         .rev()
         .find(|l| l.contains(JOB_FAILED))
-        .or_else(|| said.lines().last())
-        .unwrap_or("the master stopped with exit code 2 (the job is at fault)");
+        .or_else(|| messages.last())
+        .map_or(
+            "the master stopped with exit code 2 (the job is at fault)",
+            |l| l,
+        );
     let text = line
         .split_once(JOB_FAILED)
         .map_or(line, |(_, why)| why)
@@ -323,6 +328,23 @@ mod tests {
         assert_eq!(
             r.job_failed.as_deref(),
             Some("worker w1: spec.pipeline[0].parseJson: a text of 12 bytes is not JSON")
+        );
+        // The same in JSON logs (`--log-format json`).
+        let json_log = concat!(
+            r#"{"timestamp":"2026-11-27T10:00:04Z","level":"INFO","fields":{"message":"batch 3"}}"#,
+            "\n",
+            r#"{"timestamp":"2026-11-27T10:00:05Z","level":"ERROR","fields":{"message":"the job failed: a record was refused"}}"#,
+        );
+        let master = pod(
+            "wc-master-0",
+            "u",
+            "master",
+            json!({"name": "c", "image": "sluice", "imageID": "", "ready": false, "restartCount": 1,
+                   "state": {"terminated": {"exitCode": 2, "reason": "Error", "message": json_log}}}),
+        );
+        assert_eq!(
+            inspect(&[master], &[], 2).job_failed.as_deref(),
+            Some("a record was refused")
         );
         // A worker's exit code says nothing about the job.
         let worker = pod(

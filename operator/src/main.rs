@@ -29,16 +29,19 @@ struct Args {
     /// This pod's namespace: where the leader Lease is, and what job NetworkPolicies admit.
     #[arg(long, env = "POD_NAMESPACE")]
     pod_namespace: Option<String>,
+    /// Log filter, e.g. `info`, `sluice_operator=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    log: String,
+    /// Log format: `text` (coloured on a terminal unless NO_COLOR is set) or `json` (one
+    /// object per line; the chart's default).
+    #[arg(long, env = "SLUICE_LOG_FORMAT", default_value = "text")]
+    log_format: sluice_proto::logs::LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    sluice_proto::logs::init(&args.log, args.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default().await?;
     let settings = Settings {

@@ -1,68 +1,135 @@
-//! `/metrics` (Prometheus text format) and `/healthz` for the operator. Labels are static
-//! categories (phases, error kinds), never free-form strings.
+//! `/metrics` (OpenMetrics text, `prometheus-client`, as the jobs' own) and `/healthz` for the
+//! operator. Labels are static categories (phases, error kinds), never free-form strings.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
+use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use sluice_crds::resource::Phase;
 
-/// Counters the reconciler updates.
-#[derive(Default)]
+/// The content type of the OpenMetrics text.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Why a reconcile failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The job's resources could not be built from its spec.
+    Build,
+    /// The API server refused or did not answer.
+    Api,
+}
+
+impl Failure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Failure::Build => "build",
+            Failure::Api => "api",
+        }
+    }
+}
+
+type Label = [(&'static str, &'static str); 1];
+
+/// What the reconciler does, and the phase of every job it knows.
 pub struct Metrics {
-    pub reconciles: AtomicU64,
-    pub errors_build: AtomicU64,
-    pub errors_api: AtomicU64,
-    /// The phase of each job (namespace/name), for the jobs-by-phase gauge.
-    pub phases: Mutex<BTreeMap<String, Phase>>,
-    pub reconcile_seconds_total: Mutex<f64>,
+    registry: Registry,
+    reconciles: Counter,
+    errors: Family<Label, Counter>,
+    reconcile_duration: Histogram,
+    jobs: Family<Label, Gauge>,
+    /// The phase of each job (namespace/name); `jobs` is counted from it when scraped.
+    phases: Mutex<BTreeMap<String, Phase>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("sluice"),
+            reconciles: Counter::default(),
+            errors: Family::default(),
+            // 1 ms to about 16 s, doubling.
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            jobs: Family::default(),
+            phases: Mutex::default(),
+        };
+        m.registry.register(
+            "reconciles",
+            "StreamingJob reconciles",
+            m.reconciles.clone(),
+        );
+        m.registry.register(
+            "reconcile_errors",
+            "Failed reconciles by kind (build: the spec cannot make resources; api: the API server)",
+            m.errors.clone(),
+        );
+        m.registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took",
+            m.reconcile_duration.clone(),
+        );
+        m.registry
+            .register("jobs", "StreamingJobs by phase", m.jobs.clone());
+        for kind in [Failure::Build, Failure::Api] {
+            // Both kinds show from the start, at 0.
+            let _ = m.errors.get_or_create(&[("kind", kind.as_str())]);
+        }
+        m
+    }
 }
 
 impl Metrics {
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let mut by_phase: BTreeMap<Phase, u64> = BTreeMap::new();
-        for phase in self
-            .phases
+    /// One reconcile that took `took` and failed for `failure`, if it did.
+    pub fn reconciled(&self, took: Duration, failure: Option<Failure>) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(took.as_secs_f64());
+        if let Some(kind) = failure {
+            self.errors.get_or_create(&[("kind", kind.as_str())]).inc();
+        }
+    }
+
+    /// Job `key` (namespace/name) is in `phase`.
+    pub fn phase(&self, key: String, phase: Phase) {
+        self.phases
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
+            .insert(key, phase);
+    }
+
+    /// Job `key` is gone.
+    pub fn forget(&self, key: &str) {
+        self.phases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
+    /// The OpenMetrics text.
+    pub fn render(&self) -> String {
         {
-            *by_phase.entry(*phase).or_default() += 1;
+            let phases = self.phases.lock().unwrap_or_else(|e| e.into_inner());
+            for phase in Phase::ALL {
+                let n = phases.values().filter(|p| **p == phase).count();
+                self.jobs
+                    .get_or_create(&[("phase", phase.as_str())])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
         let mut out = String::new();
-        out.push_str("# HELP sluice_reconciles_total StreamingJob reconciles.\n# TYPE sluice_reconciles_total counter\n");
-        out.push_str(&format!(
-            "sluice_reconciles_total {}\n",
-            self.reconciles.load(Ordering::Relaxed)
-        ));
-        out.push_str("# HELP sluice_reconcile_errors_total Failed reconciles by kind.\n# TYPE sluice_reconcile_errors_total counter\n");
-        out.push_str(&format!(
-            "sluice_reconcile_errors_total{{kind=\"build\"}} {}\n",
-            self.errors_build.load(Ordering::Relaxed)
-        ));
-        out.push_str(&format!(
-            "sluice_reconcile_errors_total{{kind=\"api\"}} {}\n",
-            self.errors_api.load(Ordering::Relaxed)
-        ));
-        out.push_str("# HELP sluice_reconcile_seconds_total Time spent reconciling.\n# TYPE sluice_reconcile_seconds_total counter\n");
-        out.push_str(&format!(
-            "sluice_reconcile_seconds_total {}\n",
-            *self
-                .reconcile_seconds_total
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-        ));
-        out.push_str("# HELP sluice_jobs StreamingJobs by phase.\n# TYPE sluice_jobs gauge\n");
-        for (phase, n) in by_phase {
-            out.push_str(&format!("sluice_jobs{{phase=\"{phase}\"}} {n}\n"));
-        }
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }
@@ -78,13 +145,16 @@ pub async fn serve(addr: SocketAddr, metrics: std::sync::Arc<Metrics>) -> std::i
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move {
-                    let (status, body) = match req.uri().path() {
-                        "/metrics" => (StatusCode::OK, metrics.render()),
-                        "/healthz" | "/readyz" => (StatusCode::OK, "ok\n".to_string()),
-                        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+                    let (status, content_type, body) = match req.uri().path() {
+                        "/metrics" => (StatusCode::OK, OPENMETRICS, metrics.render()),
+                        "/healthz" | "/readyz" => (StatusCode::OK, "text/plain", "ok\n".into()),
+                        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
                     };
                     let mut response = Response::new(Full::new(Bytes::from(body)));
                     *response.status_mut() = status;
+                    if let Ok(value) = content_type.parse() {
+                        response.headers_mut().insert(CONTENT_TYPE, value);
+                    }
                     Ok::<_, Infallible>(response)
                 }
             });
@@ -100,22 +170,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_and_phases() {
+    fn renders_reconciles_errors_and_jobs_by_phase() {
         let m = Metrics::default();
-        m.reconciles.fetch_add(3, Ordering::Relaxed);
-        m.phases
-            .lock()
-            .expect("lock")
-            .insert("a/x".into(), Phase::Running);
-        m.phases
-            .lock()
-            .expect("lock")
-            .insert("a/y".into(), Phase::Running);
+        for failure in [None, None, Some(Failure::Api)] {
+            m.reconciled(Duration::from_millis(3), failure);
+        }
+        m.phase("a/x".into(), Phase::Running);
+        m.phase("a/y".into(), Phase::Running);
+        m.phase("a/z".into(), Phase::Failed);
+        m.forget("a/z");
         let text = m.render();
-        assert!(text.contains("sluice_reconciles_total 3\n"), "{text}");
-        assert!(
-            text.contains("sluice_jobs{phase=\"Running\"} 2\n"),
-            "{text}"
-        );
+        for line in [
+            "sluice_reconciles_total 3\n",
+            "sluice_reconcile_errors_total{kind=\"api\"} 1\n",
+            "sluice_reconcile_errors_total{kind=\"build\"} 0\n",
+            "sluice_reconcile_duration_seconds_count 3\n",
+            "sluice_jobs{phase=\"Running\"} 2\n",
+            "sluice_jobs{phase=\"Failed\"} 0\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! What a job's processes agree on: the gRPC types and services of `sluice.v1` (see
-//! `sluice/v1/runtime.proto`), their TLS, and how a master tells the operator that the job
-//! itself failed. The operator depends on this crate, not on the engine.
+//! `sluice/v1/runtime.proto`), their TLS, how they log, and how a master tells the operator
+//! that the job itself failed. The operator depends on this crate, not on the engine.
 
+pub mod logs;
 mod tls;
 
 pub use tls::Tls;

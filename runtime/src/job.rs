@@ -59,6 +59,8 @@ pub struct BatchReport {
     pub processing: Duration,
     /// Whether the batch was recomputed from the checkpoint log.
     pub replay: bool,
+    /// Each stage's label and wall time, in plan order.
+    pub stages: Vec<(String, Duration)>,
 }
 
 /// A runnable job.
@@ -366,7 +368,13 @@ impl Job {
             s.read_into(&cx, i, range, logged.get(s.name()).map(Vec::as_slice))?;
         }
         let plan = self.graph.plan(batch);
-        self.executor.run(&plan, &cx)?;
+        let mut stages = Vec::with_capacity(plan.stages.len() + 1);
+        stages.push(("input".to_string(), started.elapsed()));
+        for (i, stage) in plan.stages.iter().enumerate() {
+            let started = Instant::now();
+            self.executor.run_stage(&plan, i, &cx)?;
+            stages.push((stage.kind.label(), started.elapsed()));
+        }
         self.observe(&cx);
         Ok(BatchReport {
             batch,
@@ -375,6 +383,7 @@ impl Job {
             error_samples: cx.errors().samples(),
             processing: started.elapsed(),
             replay,
+            stages,
         })
     }
 

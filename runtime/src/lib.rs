@@ -29,6 +29,7 @@ pub mod rpc;
 pub mod sink;
 pub mod source;
 pub mod time;
+pub mod ui;
 pub mod worker;
 
 pub use dstream::{DStream, StreamingConfig, StreamingContext};

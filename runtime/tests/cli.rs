@@ -544,10 +544,17 @@ fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
         .expect("a free port")
         .port();
     let addr = format!("127.0.0.1:{port}");
+    let ui = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("run")
         .arg(&manifest)
-        .args(["--metrics-addr", &addr])
+        .args(["--metrics-addr", &addr, "--ui", &ui])
         .env("SLUICE_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -563,7 +570,30 @@ fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
     let (status, text) = support::http_get(&addr, "/metrics").expect("scrape");
     let (health, _) = support::http_get(&addr, "/healthz").expect("healthz");
     let (missing, _) = support::http_get(&addr, "/nothing").expect("404");
+    // The page and its data, on --ui as on the metrics address.
+    let (page_status, page) = support::http_get(&ui, "/").expect("the page");
+    let (_, uplot) = support::http_get(&ui, "/uplot.js").expect("uPlot");
+    let (_, timeline) = support::http_get(&ui, "/api/timeline").expect("the timeline");
+    let (_, job) = support::http_get(&addr, "/api/job").expect("the job");
     let _ = child.kill();
+    assert!(
+        page_status.contains("200") && page.contains("uplot.js"),
+        "{page}"
+    );
+    assert!(uplot.contains("uPlot"), "uPlot is served");
+    let timeline: serde_json::Value = serde_json::from_str(&timeline).expect("timeline JSON");
+    assert_eq!(timeline["interval_ms"], 100, "{timeline}");
+    let rows = timeline["batches"].as_array().expect("batches");
+    assert!(rows.len() >= 10, "{timeline}");
+    assert!(
+        rows.iter()
+            .all(|r| r["records"] == 200 && r["stages"][0][0] == "input"),
+        "{timeline}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&job).expect("job JSON"),
+        serde_json::json!({"name": "seen", "namespace": "team"})
+    );
     let _ = child.wait();
     assert!(status.contains("200"), "{status}");
     assert!(
@@ -571,7 +601,7 @@ fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
         "{health} {missing}"
     );
     assert!(
-        text.contains(r#"sluice_batches_completed_total{job="seen",namespace="team"}"#),
+        text.contains(r#"sluice_batches_completed_total{job_name="seen",job_namespace="team"}"#),
         "{text}"
     );
     // The scrape sees whole batches: counters agree with the newest batch it names, and with
@@ -639,4 +669,43 @@ fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
     );
     assert_eq!(support::series_sum(&texts, "sluice_workers", ""), None);
     assert!(support::series(&text, "sluice_batch_processing_seconds_count") >= last as f64);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_and_a_bad_format_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = disk_job(dir.path());
+    let out = sluice()
+        .arg("run")
+        .arg(&job)
+        .args(["--batches", "3", "--no-wait", "--log-format", "json"])
+        .env("SLUICE_LOG", "info")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut batches = 0;
+    for line in stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: not JSON: {line}"));
+        let message = v["fields"]["message"].as_str().expect("a message");
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        batches += usize::from(message.starts_with("batch "));
+    }
+    assert_eq!(batches, 3, "{stderr}");
+    let out = sluice()
+        .arg("run")
+        .arg(&job)
+        .args(["--log-format", "yaml"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--log-format") && stderr.contains("text or json"),
+        "{stderr}"
+    );
 }

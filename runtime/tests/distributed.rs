@@ -108,6 +108,8 @@ struct Cluster {
     parallelism: usize,
     /// Where the master and each worker serve their metrics, when asked for.
     metrics: Option<Vec<String>>,
+    /// The master stops after this batch.
+    batches: u64,
 }
 
 impl Cluster {
@@ -141,7 +143,14 @@ impl Cluster {
             workers: Vec::new(),
             parallelism,
             metrics: None,
+            batches: BATCHES,
         }
+    }
+
+    /// The master stops after batch `n` instead of [`BATCHES`].
+    fn stopping_after(mut self, n: u64) -> Self {
+        self.batches = n;
+        self
     }
 
     /// Every process started from now on serves its metrics.
@@ -187,7 +196,7 @@ impl Cluster {
             "--min-workers",
             &min_workers.to_string(),
             "--batches",
-            &BATCHES.to_string(),
+            &self.batches.to_string(),
         ]);
         self.metrics_args(&mut c);
         self.master = Some(c.spawn().expect("start master"));
@@ -397,7 +406,7 @@ fn master_and_workers_serve_metrics_that_add_up() {
 
     // The master's batch loop, while it runs: whole batches of 1,000 generated lines.
     let text = scrape(master);
-    let labels = r#"{job="dist",namespace=""}"#;
+    let labels = r#"{job_name="dist",job_namespace=""}"#;
     assert!(
         text.contains(&format!("sluice_workers{labels} 2")),
         "{text}"
@@ -456,11 +465,130 @@ fn master_and_workers_serve_metrics_that_add_up() {
         );
         assert!(!text.contains("sluice_batches_completed"), "{text}");
     }
+    // The Grafana dashboard queries only series the job's processes export (the operator's
+    // own are checked against the operator in e2e/tests/operator.rs).
+    let mut all = texts.clone();
+    all.push(text);
+    let exported = sluice_e2e::dashboard::sample_names(&all);
+    let missing: Vec<String> = sluice_e2e::dashboard::dashboard_series()
+        .into_iter()
+        .filter(|s| !s.starts_with("sluice_jobs") && !s.starts_with("sluice_reconcile"))
+        .filter(|s| !exported.contains(s))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, which no process exports"
+    );
     // Without a fault, every block sent was received once.
     assert_eq!(
         sum("sluice_shuffle_sent_bytes_total", ""),
         sum("sluice_shuffle_received_bytes_total", "")
     );
+}
+
+/// The master's batch-timeline page in a real browser (Chromium over the DevTools protocol):
+/// its charts plot the batches the master committed, a rescale shows as a placement marker,
+/// the partitions table names the three workers. A screenshot is saved as
+/// `$CARGO_TARGET_TMPDIR/batch-timeline.png`.
+#[test]
+fn the_batch_timeline_page_shows_the_committed_batches_and_a_rescale() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let mut c = Cluster::new(tmp.path(), &server, "page")
+        .serving_metrics()
+        .stopping_after(100_000);
+    c.start_master(2);
+    c.start_worker("w1");
+    c.start_worker("w2");
+    let master = c.metrics.as_ref().expect("addresses")[0].clone();
+    c.wait_commits(5, Duration::from_secs(60));
+    let mut browser = sluice_e2e::browser::Browser::start(1400, 1000).expect("chromium");
+    browser
+        .open(&format!("http://{master}/"))
+        .expect("open the page");
+    browser
+        .wait_for(
+            "+document.body.dataset.rendered > 0",
+            Duration::from_secs(30),
+        )
+        .expect("the page renders");
+    // A rescale: the third worker gets partitions at a batch boundary.
+    c.start_worker("w3");
+    browser
+        .wait_for(
+            "document.querySelectorAll('#events tr[data-kind=placement]').length >= 2 \
+             && document.querySelectorAll('#owners tr[data-worker]').length == 3 \
+             && +document.getElementById('rate').dataset.markers >= 2",
+            Duration::from_secs(60),
+        )
+        .expect("the rescale on the page");
+    c.wait_commits(30, Duration::from_secs(60));
+    browser
+        .wait_for(
+            "+document.body.dataset.lastBatch >= 25",
+            Duration::from_secs(30),
+        )
+        .expect("the page follows the batches");
+    // What the charts plot, point by point: batch time and records per second.
+    let plotted = browser
+        .eval("JSON.stringify(charts.rate.data)")
+        .expect("the chart's data");
+    let plotted: Vec<Vec<f64>> =
+        serde_json::from_str(plotted.as_str().expect("a string")).expect("two series");
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("batch-timeline.png");
+    browser.screenshot(&shot).expect("screenshot");
+    drop(browser);
+    // The commit log (pruned up to the oldest snapshot kept): batch time -> records.
+    let commits: BTreeMap<u64, f64> = std::fs::read_dir(tmp.path().join("s3/ckpt/page/commits"))
+        .expect("the commit log")
+        .flatten()
+        .filter_map(|e| {
+            let entry: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
+            Some((entry["timeMs"].as_u64()?, entry["records"].as_f64()?))
+        })
+        .collect();
+    let oldest = *commits.keys().next().unwrap_or_else(|| {
+        panic!(
+            "no commit entry in {:?}",
+            std::fs::read_dir(tmp.path().join("s3/ckpt/page/commits")).map(|d| d
+                .flatten()
+                .map(|e| e.path())
+                .take(3)
+                .collect::<Vec<_>>())
+        )
+    });
+    let points: BTreeMap<u64, f64> = plotted[0]
+        .iter()
+        .zip(&plotted[1])
+        .map(|(x, y)| ((x * 1000.0).round() as u64, *y))
+        .collect();
+    let newest_plotted = *points.keys().last().expect("points");
+    let mut matched = 0;
+    for (time, records) in commits.range(oldest..=newest_plotted) {
+        // 100 ms batches: records per second is ten times the batch's records.
+        assert_eq!(
+            points.get(time),
+            Some(&(records * 10.0)),
+            "the committed batch at {time} ms on the chart"
+        );
+        matched += 1;
+    }
+    let unknown: Vec<&u64> = points
+        .keys()
+        .filter(|t| **t >= oldest && !commits.contains_key(t))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "points of no committed batch: {unknown:?}"
+    );
+    assert!(
+        matched >= 10,
+        "only {matched} committed batches on the chart"
+    );
+    let png = std::fs::metadata(&shot).expect("the screenshot").len();
+    assert!(png > 20_000, "a {png}-byte screenshot is blank");
+    eprintln!("screenshot: {} ({png} bytes)", shot.display());
 }
 
 /// One of four workers of a 16-partition job is killed: only its partitions are rebuilt, on

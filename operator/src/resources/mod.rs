@@ -128,11 +128,18 @@ fn headless_service(
     let spec = k8s_openapi::api::core::v1::ServiceSpec {
         cluster_ip: Some("None".into()),
         selector: Some(selector(&job_name(job)?, role)),
-        ports: Some(vec![k8s_openapi::api::core::v1::ServicePort {
-            name: Some("grpc".into()),
-            port,
-            ..Default::default()
-        }]),
+        ports: Some(vec![
+            k8s_openapi::api::core::v1::ServicePort {
+                name: Some("grpc".into()),
+                port,
+                ..Default::default()
+            },
+            k8s_openapi::api::core::v1::ServicePort {
+                name: Some("metrics".into()),
+                port: crate::constants::METRICS_PORT,
+                ..Default::default()
+            },
+        ]),
         publish_not_ready_addresses: Some(true),
         ..Default::default()
     };

@@ -1,5 +1,6 @@
-//! The job's NetworkPolicy: its pods take connections from each other and, on the master's
-//! port, from the operator (its Status calls); from nothing else. The master and workers check
+//! The job's NetworkPolicy: its pods take connections from each other, on the master's port
+//! from the operator (its Status calls), and on the metrics port from anyone (a scraper: the
+//! metrics hold counts and names, nothing secret); from nothing else. The master and workers check
 //! a token, but only after a connection is accepted: the policy keeps other pods from reaching
 //! them at all (where the cluster's network enforces policies).
 
@@ -12,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sluice_crds::resource::StreamingJobResource;
 
 use super::{BuildError, child_meta, job_name};
-use crate::constants::{LABEL_JOB, LABEL_NAME, MASTER_PORT, OPERATOR_APP_NAME};
+use crate::constants::{LABEL_JOB, LABEL_NAME, MASTER_PORT, METRICS_PORT, OPERATOR_APP_NAME};
 
 fn labels(pairs: &[(&str, &str)]) -> LabelSelector {
     LabelSelector {
@@ -63,6 +64,14 @@ pub fn network_policy(
                         ..Default::default()
                     }]),
                 },
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::Int(METRICS_PORT)),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    }]),
+                },
             ]),
             ..Default::default()
         }),
@@ -87,7 +96,13 @@ mod tests {
         );
         assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
         let rules = spec.ingress.expect("ingress");
-        assert_eq!(rules.len(), 2);
+        assert_eq!(rules.len(), 3);
+        // Anyone may scrape the metrics port, and only it.
+        assert!(rules[2].from.is_none());
+        assert_eq!(
+            rules[2].ports.as_ref().expect("ports")[0].port,
+            Some(IntOrString::Int(9090))
+        );
         let peer = &rules[0].from.as_ref().expect("from")[0];
         assert!(peer.namespace_selector.is_none(), "same namespace only");
         assert_eq!(

@@ -90,6 +90,8 @@ fn template(
         env("SLUICE_TLS_KEY", &format!("{TLS_DIR}/{TLS_KEY_KEY}")),
         env("SLUICE_TLS_CA", &format!("{TLS_DIR}/{TLS_CA_KEY}")),
         env("SLUICE_TLS_SERVER_NAME", TLS_SERVER_NAME),
+        // On the pod's own address: pods of one node may share a network namespace in tests.
+        env("SLUICE_METRICS_ADDR", &format!("$(POD_IP):{METRICS_PORT}")),
     ];
     if role == "worker" {
         env.push(env_advertise());
@@ -185,11 +187,18 @@ fn template(
         args: Some(args),
         env: Some(env),
         env_from: (!env_from.is_empty()).then_some(env_from),
-        ports: Some(vec![ContainerPort {
-            name: Some("grpc".into()),
-            container_port: port,
-            ..Default::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: port,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: METRICS_PORT,
+                ..Default::default()
+            },
+        ]),
         resources,
         security_context: Some(restricted()),
         // A failed run's last log lines become its termination message, which the operator
@@ -210,6 +219,14 @@ fn template(
     // the checkpoint); a replica change does not.
     let mut annotations = overrides.annotations.unwrap_or_default();
     annotations.insert("sluice.dev/manifest-hash".to_string(), manifest_hash(job));
+    // Where Prometheus finds the metrics, unless the template says otherwise.
+    for (key, value) in [
+        ("prometheus.io/scrape", "true".to_string()),
+        ("prometheus.io/port", METRICS_PORT.to_string()),
+        ("prometheus.io/path", "/metrics".to_string()),
+    ] {
+        annotations.entry(key.to_string()).or_insert(value);
+    }
     Ok(PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels),
@@ -451,6 +468,40 @@ mod tests {
                 .any(|e| e.name == "SLUICE_ADVERTISE"
                     && e.value.as_deref() == Some("$(POD_IP):7071"))
         );
+        // Both roles serve their metrics on a named port, and say so.
+        for (set, c) in [
+            (
+                master_statefulset(&j, "wc-token", false).expect("builds"),
+                &master,
+            ),
+            (
+                worker_statefulset(&j, "wc-token", false).expect("builds"),
+                &worker,
+            ),
+        ] {
+            assert!(
+                c.env
+                    .as_ref()
+                    .expect("env")
+                    .iter()
+                    .any(|e| e.name == "SLUICE_METRICS_ADDR"
+                        && e.value.as_deref() == Some("$(POD_IP):9090"))
+            );
+            assert!(
+                c.ports
+                    .as_ref()
+                    .expect("ports")
+                    .iter()
+                    .any(|p| p.name.as_deref() == Some("metrics") && p.container_port == 9090)
+            );
+            let annotations = set
+                .spec
+                .and_then(|s| s.template.metadata)
+                .and_then(|m| m.annotations)
+                .expect("annotations");
+            assert_eq!(annotations["prometheus.io/scrape"], "true");
+            assert_eq!(annotations["prometheus.io/port"], "9090");
+        }
         // Kafka's SASL credentials come from the job's Secret, by key.
         for (name, key) in [
             ("SLUICE_KAFKA_SASL_USERNAME", "username"),

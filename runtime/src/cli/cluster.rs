@@ -67,9 +67,13 @@ pub struct MasterArgs {
     #[arg(long)]
     pub global_recovery: bool,
     /// Serve the job's metrics (Prometheus/OpenMetrics text) at http://ADDR/metrics, e.g.
-    /// 0.0.0.0:9090.
+    /// 0.0.0.0:9090, and the batch-timeline page at http://ADDR/.
     #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve the batch-timeline page (and /metrics) at http://ADDR/ as well, e.g.
+    /// 0.0.0.0:4040.
+    #[arg(long, env = "SLUICE_UI_ADDR", value_name = "ADDR")]
+    pub ui: Option<SocketAddr>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -185,11 +189,14 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let metrics =
-        match super::serve_metrics(args.metrics_addr, &manifest, crate::metrics::Role::Master) {
-            Ok(m) => m,
-            Err(code) => return code,
-        };
+    let metrics = match super::serve_metrics(
+        &[args.metrics_addr, args.ui],
+        &manifest,
+        crate::metrics::Role::Master,
+    ) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -253,7 +260,11 @@ pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    match super::serve_metrics(args.metrics_addr, &manifest, crate::metrics::Role::Worker) {
+    match super::serve_metrics(
+        &[args.metrics_addr],
+        &manifest,
+        crate::metrics::Role::Worker,
+    ) {
         Ok(Some(m)) => job.set_metrics(m),
         Ok(None) => {}
         Err(code) => return code,

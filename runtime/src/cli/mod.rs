@@ -34,6 +34,10 @@ struct Cli {
     /// Log filter, e.g. `info`, `debug`, `sluice=debug`.
     #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]
     log: String,
+    /// Log format: `text` (for people; coloured on a terminal unless NO_COLOR is set) or
+    /// `json` (one object per line, for log collectors).
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", default_value = "text")]
+    log_format: sluice_proto::logs::LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,7 +85,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(&cli.log);
+    sluice_proto::logs::init(&cli.log, cli.log_format);
     // Several rustls providers are compiled in (ring for gRPC, aws-lc for the S3 client):
     // pick one for everything that uses the process default.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -92,20 +96,6 @@ pub fn main() -> ExitCode {
         Command::Master(args) => cluster::master(args),
         Command::Worker(args) => cluster::worker(args),
     }
-}
-
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
-        eprintln!("sluice: --log {filter:?} is not a log filter ({e}); using info");
-        tracing_subscriber::EnvFilter::new("info")
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .compact()
-        .try_init();
 }
 
 /// Set by SIGINT or SIGTERM: finish the batch, checkpoint, exit. A second signal while stopping
@@ -123,26 +113,27 @@ pub(crate) fn stop_flag() -> Result<Arc<AtomicBool>, ExitCode> {
     Ok(stop)
 }
 
-/// Starts serving the metrics of `manifest`'s job, as a process in `role`, at `addr`, when
-/// given.
+/// Starts serving the metrics of `manifest`'s job (and the page, but on a worker), as a
+/// process in `role`, at each address given; `None` when none is.
 pub(crate) fn serve_metrics(
-    addr: Option<std::net::SocketAddr>,
+    addrs: &[Option<std::net::SocketAddr>],
     manifest: &sluice_crds::StreamingJob,
     role: crate::metrics::Role,
 ) -> Result<Option<Arc<crate::metrics::RuntimeMetrics>>, ExitCode> {
-    let Some(addr) = addr else {
+    let addrs: Vec<std::net::SocketAddr> = addrs.iter().flatten().copied().collect();
+    if addrs.is_empty() {
         return Ok(None);
-    };
+    }
     let metrics = Arc::new(crate::metrics::RuntimeMetrics::new(
         &manifest.metadata.name,
         manifest.metadata.namespace.as_deref().unwrap_or(""),
         role,
     ));
-    match crate::metrics::http::spawn(addr, metrics.clone()) {
-        Ok(_) => Ok(Some(metrics)),
-        Err(e) => {
-            eprintln!("sluice: --metrics-addr {addr}: cannot listen: {e}");
-            Err(ExitCode::from(EXIT_FAILED))
+    for addr in addrs {
+        if let Err(e) = crate::metrics::http::spawn(addr, metrics.clone()) {
+            eprintln!("sluice: cannot serve metrics at {addr}: {e}");
+            return Err(ExitCode::from(EXIT_FAILED));
         }
     }
+    Ok(Some(metrics))
 }

@@ -29,9 +29,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_wait: bool,
     /// Serve the job's metrics (Prometheus/OpenMetrics text) at http://ADDR/metrics, e.g.
-    /// 127.0.0.1:9090 (port 0: any free port; the log says which).
+    /// 127.0.0.1:9090 (port 0: any free port; the log says which), and the batch-timeline
+    /// page at http://ADDR/.
     #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the batch-timeline page (charts of input rate, delays and processing time,
+    /// recent batches, checkpoints) at http://ADDR/, e.g. 127.0.0.1:4040; /metrics too.
+    #[arg(long, env = "SLUICE_UI_ADDR", value_name = "ADDR")]
+    pub ui: Option<std::net::SocketAddr>,
 }
 
 pub(crate) fn run(args: RunArgs) -> ExitCode {
@@ -82,11 +87,14 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
             None
         }
     };
-    let metrics =
-        match super::serve_metrics(args.metrics_addr, &manifest, crate::metrics::Role::Local) {
-            Ok(m) => m,
-            Err(code) => return code,
-        };
+    let metrics = match super::serve_metrics(
+        &[args.metrics_addr, args.ui],
+        &manifest,
+        crate::metrics::Role::Local,
+    ) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
     tracing::info!(
         job = %manifest.metadata.name,
         batch_interval = %manifest.spec.batch_interval,

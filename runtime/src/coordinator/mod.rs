@@ -436,7 +436,7 @@ impl<R: Runner> Coordinator<R> {
                 Err(fault) => fault,
             };
             if let Some(m) = &self.metrics {
-                m.failure();
+                m.failure(&fault.to_string());
             }
             self.recovering_since.get_or_insert_with(Instant::now);
             match fault.class() {

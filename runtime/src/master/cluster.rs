@@ -442,7 +442,12 @@ impl Runner for Cluster {
         )?;
         tracing::info!(epoch, workers = self.placed.len(), "partitions assigned");
         if let Some(m) = &self.metrics {
-            m.workers(self.placed.len());
+            m.placement(
+                self.owners
+                    .iter()
+                    .map(|w| self.placed[*w].id.clone())
+                    .collect(),
+            );
         }
         Ok(())
     }
@@ -560,9 +565,13 @@ impl Runner for Cluster {
             };
             async move { c.begin_batch(req).await }
         })?;
-        let stages = job.graph().plan(batch).stages.len();
+        let plan = job.graph().plan(batch);
+        let stages = plan.stages.len();
+        let mut times = Vec::with_capacity(stages + 1);
+        times.push(("input".to_string(), started.elapsed()));
         let mut last: Vec<pb::StageReply> = Vec::new();
-        for stage in 0..stages {
+        for (stage, kind) in plan.stages.iter().map(|s| &s.kind).enumerate() {
+            let stage_started = Instant::now();
             let what = format!("stage {} of {stages} of batch {}", stage + 1, batch.index);
             last = self.all(&self.placed, &what, move |mut c| async move {
                 c.run_stage(pb::RunStageRequest {
@@ -572,6 +581,7 @@ impl Runner for Cluster {
                 })
                 .await
             })?;
+            times.push((kind.label(), stage_started.elapsed()));
         }
         Ok(BatchReport {
             batch,
@@ -584,6 +594,7 @@ impl Runner for Cluster {
                 .collect(),
             processing: started.elapsed(),
             replay,
+            stages: times,
         })
     }
 

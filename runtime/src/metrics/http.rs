@@ -1,5 +1,6 @@
-//! `/metrics` and `/healthz` over HTTP/1, on a thread of its own so a busy batch never delays
-//! a scrape and a scrape never touches the batch loop's runtime.
+//! `/metrics` and `/healthz` over HTTP/1, and the batch-timeline page ([`crate::ui`]) where
+//! the process runs the batch loop; on a thread of its own so a busy batch never delays a
+//! scrape and a scrape never touches the batch loop's runtime.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::RuntimeMetrics;
+use super::{Role, RuntimeMetrics};
 
 /// The content type of the OpenMetrics text.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -26,10 +27,15 @@ pub fn spawn(addr: SocketAddr, metrics: Arc<RuntimeMetrics>) -> std::io::Result<
         .enable_io()
         .enable_time()
         .build()?;
+    let page = metrics.role() != Role::Worker;
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || runtime.block_on(serve(listener, metrics)))?;
-    tracing::info!("metrics on http://{bound}/metrics");
+    if page {
+        tracing::info!("batch timeline on http://{bound}/, metrics on http://{bound}/metrics");
+    } else {
+        tracing::info!("metrics on http://{bound}/metrics");
+    }
     Ok(bound)
 }
 
@@ -65,13 +71,35 @@ async fn serve(listener: std::net::TcpListener, metrics: Arc<RuntimeMetrics>) {
 }
 
 fn answer(path: &str, metrics: &RuntimeMetrics) -> Response<Full<Bytes>> {
+    let page = metrics.role() != Role::Worker;
     let (status, content_type, body) = match path {
         "/metrics" => (StatusCode::OK, OPENMETRICS, metrics.render()),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/" if page => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            crate::ui::PAGE.to_string(),
+        ),
+        "/uplot.js" if page => (
+            StatusCode::OK,
+            "text/javascript; charset=utf-8",
+            crate::ui::UPLOT_JS.to_string(),
+        ),
+        "/uplot.css" if page => (
+            StatusCode::OK,
+            "text/css; charset=utf-8",
+            crate::ui::UPLOT_CSS.to_string(),
+        ),
+        "/api/timeline" if page => (StatusCode::OK, "application/json", metrics.timeline_json()),
+        "/api/job" if page => (StatusCode::OK, "application/json", metrics.job_json()),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics or /healthz\n".to_string(),
+            if page {
+                "not found: try /, /metrics or /healthz\n".to_string()
+            } else {
+                "not found: try /metrics or /healthz\n".to_string()
+            },
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

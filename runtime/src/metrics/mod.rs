@@ -8,6 +8,7 @@
 
 mod flow;
 pub mod http;
+pub mod timeline;
 
 pub use flow::BatchFlow;
 
@@ -44,8 +45,12 @@ pub enum Role {
 /// moved (local run, workers).
 pub struct RuntimeMetrics {
     role: Role,
+    job: String,
+    namespace: String,
     flow: Option<flow::FlowSeries>,
     workers: Gauge,
+    /// Recent batches and events, for the page (the batch loop's processes only).
+    timeline: Mutex<timeline::Timeline>,
     registry: Registry,
     /// Held while one batch's figures are updated and while the text is rendered, so a
     /// scrape sees whole batches only (records and batches agree with `last_batch`).
@@ -77,16 +82,19 @@ impl RuntimeMetrics {
         let mut registry = Registry::with_prefix_and_labels(
             "sluice",
             [
-                ("job".into(), job.to_string().into()),
-                ("namespace".into(), namespace.to_string().into()),
+                ("job_name".into(), job.to_string().into()),
+                ("job_namespace".into(), namespace.to_string().into()),
             ]
             .into_iter(),
         );
         let flow = (role != Role::Master).then(|| flow::FlowSeries::register(&mut registry));
         let mut m = Self {
             role,
+            job: job.to_string(),
+            namespace: namespace.to_string(),
             flow,
             workers: Gauge::default(),
+            timeline: Mutex::default(),
             registry,
             update: Mutex::new(()),
             batches: Counter::default(),
@@ -236,6 +244,28 @@ impl RuntimeMetrics {
         self.rate_limit.set(p.rate_limit.unwrap_or(0.0));
         self.last_batch
             .set(i64::try_from(r.batch.index).unwrap_or(i64::MAX));
+        let mut t = lock_unpoisoned(&self.timeline);
+        t.interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        t.batch(timeline::BatchRow {
+            batch: r.batch.index,
+            time_ms: r.batch.time_ms,
+            records: r.records,
+            refused: r.record_errors,
+            processing_ms: timeline::ms(r.processing),
+            scheduling_delay_ms: timeline::ms(p.scheduling_delay),
+            total_delay_ms: timeline::ms(p.total_delay),
+            input_rate: match interval.as_secs_f64() {
+                0.0 => 0.0,
+                s => r.records as f64 / s,
+            },
+            replay: r.replay,
+            stages: r
+                .stages
+                .iter()
+                .map(|(name, took)| (name.clone(), timeline::ms(*took)))
+                .collect(),
+            committed_at_ms: crate::time::now_ms(),
+        });
     }
 
     /// What one batch moved in this process (a local run, a worker).
@@ -253,9 +283,37 @@ impl RuntimeMetrics {
         }
     }
 
-    /// The master placed the partitions on `n` workers.
-    pub fn workers(&self, n: usize) {
-        self.workers.set(i64::try_from(n).unwrap_or(i64::MAX));
+    /// The master placed partition `p` on worker `owners[p]`.
+    pub fn placement(&self, owners: Vec<String>) {
+        let mut workers: Vec<&String> = owners.iter().collect();
+        workers.sort();
+        workers.dedup();
+        self.workers
+            .set(i64::try_from(workers.len()).unwrap_or(i64::MAX));
+        let detail = format!(
+            "{} partitions on {} workers: {}",
+            owners.len(),
+            workers.len(),
+            workers
+                .iter()
+                .map(|w| w.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut t = lock_unpoisoned(&self.timeline);
+        t.event(timeline::EventKind::Placement, detail);
+        t.owners = owners;
+    }
+
+    /// The job's name and namespace, as the page shows them (JSON).
+    pub fn job_json(&self) -> String {
+        serde_json::json!({ "name": self.job, "namespace": self.namespace }).to_string()
+    }
+
+    /// The recent batches and events, as the page reads them (JSON).
+    pub fn timeline_json(&self) -> String {
+        let _whole = lock_unpoisoned(&self.update);
+        serde_json::to_string(&*lock_unpoisoned(&self.timeline)).unwrap_or_else(|_| "{}".into())
     }
 
     /// What the process does in the job.
@@ -263,19 +321,29 @@ impl RuntimeMetrics {
         self.role
     }
 
-    /// A failed batch attempt.
-    pub fn failure(&self) {
+    /// A failed batch attempt, and why.
+    pub fn failure(&self, why: &str) {
         self.failures.inc();
+        lock_unpoisoned(&self.timeline).event(timeline::EventKind::Failure, why.to_string());
     }
 
     /// A snapshot written for `batch` in `took`, or failed.
     pub fn checkpoint(&self, batch: u64, took: Duration, ok: bool) {
+        let mut t = lock_unpoisoned(&self.timeline);
         if ok {
             self.checkpoint_duration.observe(took.as_secs_f64());
             self.last_checkpoint_batch
                 .set(i64::try_from(batch).unwrap_or(i64::MAX));
+            t.event(
+                timeline::EventKind::Checkpoint,
+                format!("snapshot of batch {batch} in {} ms", took.as_millis()),
+            );
         } else {
             self.checkpoint_failures.inc();
+            t.event(
+                timeline::EventKind::CheckpointFailed,
+                format!("the snapshot of batch {batch} failed"),
+            );
         }
     }
 
@@ -283,6 +351,10 @@ impl RuntimeMetrics {
     pub fn recovery(&self, took: Duration) {
         self.recoveries.inc();
         self.recovery_duration.observe(took.as_secs_f64());
+        lock_unpoisoned(&self.timeline).event(
+            timeline::EventKind::Recovered,
+            format!("running again after {} ms", took.as_millis()),
+        );
     }
 
     /// The OpenMetrics text.
@@ -313,6 +385,7 @@ mod tests {
                     error_samples: vec![],
                     processing: Duration::from_millis(250),
                     replay: false,
+                    stages: vec![("input".into(), Duration::from_millis(50))],
                 },
                 scheduling_delay: Duration::from_millis(10),
                 total_delay: Duration::from_millis(260),
@@ -321,7 +394,7 @@ mod tests {
             Duration::from_secs(1),
         );
         let text = m.render();
-        let labels = r#"{job="clicks",namespace="prod"}"#;
+        let labels = r#"{job_name="clicks",job_namespace="prod"}"#;
         for line in [
             format!("sluice_batches_completed_total{labels} 1"),
             format!("sluice_input_records_total{labels} 500"),

@@ -60,6 +60,17 @@ pub enum StageKind {
     Output(usize),
 }
 
+impl StageKind {
+    /// What the stage does, as the batch-timeline page names it.
+    pub fn label(&self) -> String {
+        match self {
+            StageKind::ShuffleMap(s) => format!("shuffle {s}"),
+            StageKind::Materialize(m) => format!("state {m}"),
+            StageKind::Output(o) => format!("output {o}"),
+        }
+    }
+}
+
 /// One stage of a batch: the same task over every partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stage {
