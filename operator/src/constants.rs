@@ -20,6 +20,9 @@ pub const WORKER_PORT: i32 = 7071;
 /// Where the master and every worker serve `/metrics` (named `metrics` in the pods and the
 /// Services, announced by the `prometheus.io/*` annotations).
 pub const METRICS_PORT: i32 = 9090;
+/// Where the master and every worker serve `grpc.health.v1` for the kubelet's gRPC probes
+/// (no TLS: the kubelet's probe cannot do it).
+pub const HEALTH_PORT: i32 = 7072;
 
 /// Where the job manifest is mounted, and its file name.
 pub const CONFIG_DIR: &str = "/etc/sluice";

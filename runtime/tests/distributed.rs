@@ -108,6 +108,8 @@ struct Cluster {
     parallelism: usize,
     /// Where the master and each worker serve their metrics, when asked for.
     metrics: Option<Vec<String>>,
+    /// Where they serve gRPC health, in the same order.
+    health: Vec<String>,
     /// The master stops after this batch.
     batches: u64,
 }
@@ -143,6 +145,7 @@ impl Cluster {
             workers: Vec::new(),
             parallelism,
             metrics: None,
+            health: Vec::new(),
             batches: BATCHES,
         }
     }
@@ -159,12 +162,15 @@ impl Cluster {
         self
     }
 
-    /// `--metrics-addr` on a free port, when metrics are asked for.
+    /// `--metrics-addr` and `--health-addr` on free ports, when metrics are asked for;
+    /// the health address is the metrics port's neighbour in `health`.
     fn metrics_args(&mut self, c: &mut Command) -> Option<String> {
         let served = self.metrics.as_mut()?;
         let addr = format!("127.0.0.1:{}", port());
-        c.args(["--metrics-addr", &addr]);
+        let health = format!("127.0.0.1:{}", port());
+        c.args(["--metrics-addr", &addr, "--health-addr", &health]);
         served.push(addr.clone());
+        self.health.push(health);
         Some(addr)
     }
 
@@ -404,6 +410,16 @@ fn master_and_workers_serve_metrics_that_add_up() {
     let (master, workers) = (&served[0], &served[1..]);
     c.wait_commits(10, Duration::from_secs(60));
 
+    // gRPC health for the probes: the master serves, the workers are registered.
+    let health = |i: usize, service: &str| {
+        let url = format!("http://{}", c.health[i]);
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(sluice_e2e::agent::probe::check(&url, service))
+    };
+    assert!(health(0, "sluice.v1.Master") && health(0, ""));
+    assert!(health(1, "sluice.v1.Worker") && health(2, "sluice.v1.Worker"));
+    assert!(!health(1, "sluice.v1.Master"), "a worker is no master");
     // The master's batch loop, while it runs: whole batches of 1,000 generated lines.
     let text = scrape(master);
     let labels = r#"{job_name="dist",job_namespace=""}"#;

@@ -14,12 +14,14 @@
 //!
 //! What a real kubelet does that this does not: images (an image name maps to a local binary),
 //! network, PID, user and cgroup isolation (processes share the host and are not limited),
-//! probes (a running container counts as ready), init and sidecar containers, persistent
+//! probes other than gRPC readiness (`probe`; a container without one counts as ready once
+//! running), init and sidecar containers, persistent
 //! volumes, ClusterIP virtual addresses and load balancing (a Service name resolves to its
 //! endpoints' addresses), port mapping (a process binds its pod IP itself), eviction.
 
 mod hosts;
 mod pod;
+pub mod probe;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

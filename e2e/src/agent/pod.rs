@@ -72,6 +72,27 @@ struct ContainerRun {
     next_start: Instant,
     backoff: Duration,
     finished: bool,
+    /// Its gRPC readiness probe: the checks run while the process does.
+    readiness: Option<super::probe::GrpcProbe>,
+    probe_ok: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    prober: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ContainerRun {
+    /// Ready: running, and its readiness probe (if any) answered SERVING last.
+    fn ready(&self) -> bool {
+        self.process.is_some()
+            && (self.readiness.is_none()
+                || self.probe_ok.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn stop_probing(&mut self) {
+        if let Some(p) = self.prober.take() {
+            p.abort();
+        }
+        self.probe_ok
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A pod this agent runs.
@@ -320,6 +341,9 @@ impl PodRun {
                 next_start: Instant::now(),
                 backoff: Duration::from_secs(1),
                 finished: false,
+                readiness: super::probe::GrpcProbe::of(c),
+                probe_ok: Default::default(),
+                prober: None,
             });
         }
         self.containers = containers;
@@ -595,6 +619,7 @@ impl PodRun {
                 let c = &mut self.containers[i];
                 let code = code.unwrap_or(137);
                 c.process = None;
+                c.stop_probing();
                 let started = c
                     .started_at
                     .as_ref()
@@ -626,9 +651,13 @@ impl PodRun {
             if c.process.is_none() && !c.finished && Instant::now() >= c.next_start {
                 match self.spawn(c) {
                     Ok(p) => {
+                        let ip = self.ip.clone();
                         let c = &mut self.containers[i];
                         c.process = Some(p);
                         c.started_at = Some((now_rfc3339(), Instant::now()));
+                        if let Some(probe) = &c.readiness {
+                            c.prober = Some(probe.start(&ip, c.probe_ok.clone()));
+                        }
                     }
                     Err(e) => {
                         self.waiting = Some(("RunContainerError".into(), format!("{e:#}")));
@@ -658,9 +687,11 @@ impl PodRun {
             if let Some(p) = &mut c.process {
                 if p.exited().is_some() {
                     c.process = None;
+                    c.stop_probing();
                 } else if deadline_passed {
                     p.kill();
                     c.process = None;
+                    c.stop_probing();
                 } else {
                     all_gone = false;
                 }
@@ -679,6 +710,7 @@ impl PodRun {
     /// Kills everything now and removes the pod's directory.
     pub fn destroy(&mut self) {
         for c in &mut self.containers {
+            c.stop_probing();
             if let Some(mut p) = c.process.take() {
                 p.kill();
             }
@@ -712,7 +744,8 @@ impl PodRun {
             };
             let running = state.get("running").is_some();
             any_running |= running;
-            all_ready &= running;
+            let ready = running && c.ready();
+            all_ready &= ready;
             all_finished &= c.finished;
             any_failed |= c.finished && c.last_exit.as_ref().is_some_and(|(code, ..)| *code != 0);
             let last_state = match &c.last_exit {
@@ -724,7 +757,7 @@ impl PodRun {
                 _ => json!({}),
             };
             statuses.push(json!({
-                "name": c.name, "image": c.image, "imageID": "", "ready": running, "started": running,
+                "name": c.name, "image": c.image, "imageID": "", "ready": ready, "started": running,
                 "restartCount": c.restarts, "state": state, "lastState": last_state,
             }));
         }

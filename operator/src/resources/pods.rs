@@ -5,8 +5,8 @@
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    EnvVarSource, GRPCAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, SeccompProfile, SecretEnvSource, SecretKeySelector, SecretVolumeSource, SecurityContext,
     Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -92,6 +92,7 @@ fn template(
         env("SLUICE_TLS_SERVER_NAME", TLS_SERVER_NAME),
         // On the pod's own address: pods of one node may share a network namespace in tests.
         env("SLUICE_METRICS_ADDR", &format!("$(POD_IP):{METRICS_PORT}")),
+        env("SLUICE_HEALTH_ADDR", &format!("$(POD_IP):{HEALTH_PORT}")),
     ];
     if role == "worker" {
         env.push(env_advertise());
@@ -198,7 +199,41 @@ fn template(
                 container_port: METRICS_PORT,
                 ..Default::default()
             },
+            ContainerPort {
+                name: Some("health".into()),
+                container_port: HEALTH_PORT,
+                ..Default::default()
+            },
         ]),
+        // Ready: the master serves its API; a worker is registered with its master (so
+        // WorkersReady means that, not just started). Alive: the process answers.
+        readiness_probe: Some(Probe {
+            grpc: Some(GRPCAction {
+                port: HEALTH_PORT,
+                service: Some(
+                    match role {
+                        "master" => "sluice.v1.Master",
+                        _ => "sluice.v1.Worker",
+                    }
+                    .into(),
+                ),
+            }),
+            period_seconds: Some(2),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }),
+        liveness_probe: Some(Probe {
+            grpc: Some(GRPCAction {
+                port: HEALTH_PORT,
+                service: None,
+            }),
+            initial_delay_seconds: Some(10),
+            period_seconds: Some(10),
+            // A minute without an answer: the process is stuck, not busy (health is served
+            // by its own tasks, beside the batch loop).
+            failure_threshold: Some(6),
+            ..Default::default()
+        }),
         resources,
         security_context: Some(restricted()),
         // A failed run's last log lines become its termination message, which the operator
@@ -501,6 +536,28 @@ mod tests {
                 .expect("annotations");
             assert_eq!(annotations["prometheus.io/scrape"], "true");
             assert_eq!(annotations["prometheus.io/port"], "9090");
+            // gRPC probes on the health port: readiness per role, liveness of the process.
+            let ready = c
+                .readiness_probe
+                .as_ref()
+                .and_then(|p| p.grpc.clone())
+                .expect("a gRPC readiness probe");
+            assert_eq!(ready.port, 7072);
+            let role = c.name.as_str();
+            assert_eq!(
+                ready.service.as_deref(),
+                Some(if role == "master" {
+                    "sluice.v1.Master"
+                } else {
+                    "sluice.v1.Worker"
+                })
+            );
+            assert!(
+                c.liveness_probe
+                    .as_ref()
+                    .and_then(|p| p.grpc.as_ref())
+                    .is_some()
+            );
         }
         // Kafka's SASL credentials come from the job's Secret, by key.
         for (name, key) in [

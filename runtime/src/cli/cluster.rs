@@ -74,6 +74,10 @@ pub struct MasterArgs {
     /// 0.0.0.0:4040.
     #[arg(long, env = "SLUICE_UI_ADDR", value_name = "ADDR")]
     pub ui: Option<SocketAddr>,
+    /// Serve gRPC health (grpc.health.v1, no TLS) at ADDR for probes: service
+    /// sluice.v1.Master is SERVING once the master's API is up.
+    #[arg(long, env = "SLUICE_HEALTH_ADDR", value_name = "ADDR")]
+    pub health_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -102,6 +106,10 @@ pub struct WorkerArgs {
     /// partitions owned) at http://ADDR/metrics, e.g. 0.0.0.0:9090.
     #[arg(long, env = "SLUICE_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Serve gRPC health (grpc.health.v1, no TLS) at ADDR for probes: service
+    /// sluice.v1.Worker is SERVING while the worker is registered with its master.
+    #[arg(long, env = "SLUICE_HEALTH_ADDR", value_name = "ADDR")]
+    pub health_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -216,6 +224,7 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         paced: !args.no_wait,
         tls,
         metrics,
+        health: args.health_addr,
         recovery: if args.global_recovery {
             crate::master::Recovery::Global
         } else {
@@ -302,6 +311,7 @@ pub(crate) fn worker(args: WorkerArgs) -> ExitCode {
         fingerprint: sluice_crds::fingerprint(&manifest.spec),
         token,
         tls,
+        health: args.health_addr,
     };
     let shutdown = async {
         let mut term =

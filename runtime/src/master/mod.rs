@@ -48,6 +48,8 @@ pub struct MasterOptions {
     pub recovery: Recovery,
     /// Where the loop's figures go, when they are served.
     pub metrics: Option<Arc<crate::metrics::RuntimeMetrics>>,
+    /// Where to serve `grpc.health.v1` for probes.
+    pub health: Option<SocketAddr>,
 }
 
 pub use sluice_proto::JOB_FAILED;
@@ -99,6 +101,14 @@ pub fn run(
         }
     });
     tracing::info!(%listen, job = %options.job_name, "master serving");
+    if let Some(addr) = options.health {
+        // Ready once the API serves: workers can register.
+        let health = runtime.block_on(crate::rpc::health::Health::serve(
+            addr,
+            crate::rpc::health::MASTER,
+        ))?;
+        runtime.block_on(health.ready(true));
+    }
     let cluster = cluster::Cluster::new(
         shared,
         runtime,

@@ -8,6 +8,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
+pub mod health;
 pub mod listener;
 
 pub use sluice_proto::v1 as pb;

@@ -34,6 +34,8 @@ pub struct WorkerOptions {
     pub token: String,
     /// Mutual TLS with the master and the other workers.
     pub tls: Option<Tls>,
+    /// Where to serve `grpc.health.v1` for probes: ready once registered with the master.
+    pub health: Option<SocketAddr>,
 }
 
 /// Serves until `shutdown` resolves; then asks the master to hand its partitions off.
@@ -90,14 +92,23 @@ pub async fn run(
             .await
     });
     tracing::info!(id = %options.id, listen = %options.listen, advertise = %options.advertise, master = %options.master, "worker serving");
+    let health = match options.health {
+        Some(addr) => {
+            Some(crate::rpc::health::Health::serve(addr, crate::rpc::health::WORKER).await?)
+        }
+        None => None,
+    };
     let register = tokio::spawn(register_loop(
-        options.id.clone(),
-        options.advertise.clone(),
-        options.master.clone(),
-        options.fingerprint.clone(),
-        options.token.clone(),
-        options.tls.clone(),
+        Registration {
+            id: options.id.clone(),
+            address: options.advertise.clone(),
+            master: options.master.clone(),
+            fingerprint: options.fingerprint.clone(),
+            token: options.token.clone(),
+            tls: options.tls.clone(),
+        },
         last_contact,
+        health,
     ));
     shutdown.await;
     register.abort();
@@ -126,17 +137,32 @@ pub async fn run(
     Ok(())
 }
 
-/// Registers with the master, and again whenever the master has been silent for a while (it
-/// restarted, or lost us).
-async fn register_loop(
+/// Who a worker is, as it registers.
+struct Registration {
     id: String,
+    /// Where the master and the other workers reach it.
     address: String,
     master: String,
     fingerprint: String,
     token: String,
     tls: Option<Tls>,
+}
+
+/// Registers with the master, and again whenever the master has been silent for a while (it
+/// restarted, or lost us); says the worker is ready while it is registered.
+async fn register_loop(
+    me: Registration,
     last_contact: Arc<AtomicU64>,
+    health: Option<crate::rpc::health::Health>,
 ) {
+    let Registration {
+        id,
+        address,
+        master,
+        fingerprint,
+        token,
+        tls,
+    } = me;
     let incarnation = format!("{}-{}", std::process::id(), now_ms());
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -161,11 +187,17 @@ async fn register_loop(
             match result {
                 Ok(_) => {
                     tracing::info!(%master, "registered with the master");
+                    if let Some(h) = &health {
+                        h.ready(true).await;
+                    }
                     last_contact.store(now_ms(), Ordering::Relaxed);
                     backoff = Duration::from_millis(100);
                 }
                 Err(e) => {
                     tracing::warn!(%master, error = %e, retry_in = ?backoff, "cannot register with the master; retrying");
+                    if let Some(h) = &health {
+                        h.ready(false).await;
+                    }
                     tokio::time::sleep(backoff).await;
                     // Capped low: a master that starts with its workers (a resume, a new job)
                     // is found within a second of answering, and a try costs one connection.
