@@ -94,5 +94,53 @@ fn wordcount_batch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, per_record, wordcount_batch);
+/// What the metrics add to each batch: the batch loop's update (counters, histograms, the
+/// timeline) and the tasks' (sources, sinks, state), as `sluice run --metrics-addr` does once
+/// per batch. Compare with `wordcount_batch_10k_lines`: a batch of 10,000 lines.
+fn metrics_per_batch(c: &mut Criterion) {
+    use sluice::coordinator::BatchProgress;
+    use sluice::job::BatchReport;
+    use sluice::metrics::{BatchFlow, Role, RuntimeMetrics};
+    use sluice::time::BatchInfo;
+    let mut g = c.benchmark_group("metrics_per_batch");
+    let metrics = RuntimeMetrics::new("bench", "", Role::Local);
+    let mut index = 0;
+    g.bench_function("batch_loop_and_tasks", |b| {
+        b.iter(|| {
+            index += 1;
+            metrics.batch(
+                &BatchProgress {
+                    report: BatchReport {
+                        batch: BatchInfo::new(0, 1000, index),
+                        records: 10_000,
+                        record_errors: 0,
+                        error_samples: vec![],
+                        processing: Duration::from_millis(30),
+                        replay: false,
+                        stages: vec![
+                            ("input".into(), Duration::from_millis(5)),
+                            ("shuffle 0".into(), Duration::from_millis(20)),
+                            ("output 0".into(), Duration::from_millis(5)),
+                        ],
+                    },
+                    scheduling_delay: Duration::from_millis(2),
+                    total_delay: Duration::from_millis(32),
+                    rate_limit: None,
+                },
+                Duration::from_secs(1),
+            );
+            metrics.flow(&BatchFlow {
+                sources: vec![("lines".into(), 10_000, Some(1_000_000))],
+                sinks: vec![("0:files".into(), 3_000)],
+                shuffle_bytes_sent: 0,
+                shuffle_bytes_received: 0,
+                state_entries: vec![("002-updateStateByKey".into(), 10_000)],
+                partitions_owned: 4,
+            });
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, per_record, wordcount_batch, metrics_per_batch);
 criterion_main!(benches);
