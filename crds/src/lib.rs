@@ -17,7 +17,7 @@ mod text;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
-pub use fingerprint::fingerprint;
+pub use fingerprint::{digest, fingerprint};
 pub use kinds::{SinkKind, SourceKind, StepKind};
 pub use parse::parse_yaml;
 pub use s3::{endpoint_problem, parse_s3_uri, s3_uri_problem};

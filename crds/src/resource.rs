@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::StreamingJobSpec;
 
-/// A StreamingJob as Kubernetes stores it.
+/// What the job runs (the same fields as a manifest for `sluice run`: sources, pipeline,
+/// sinks, batch interval, checkpoint) and how its pods run on Kubernetes.
 #[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "sluice.dev",
@@ -22,8 +23,9 @@ use crate::spec::StreamingJobSpec;
     root = "StreamingJobResource",
     namespaced,
     shortname = "sj",
+    doc = "A Sluice streaming job: sources cut into micro-batches every batch interval, a pipeline of steps, sinks, exactly once across failures through checkpoints. The operator runs it as a master and workers; kubectl get sj shows its phase, workers, newest batch, delay and input rate, and kubectl scale sj changes its workers.",
     status = "StreamingJobStatus",
-    scale(spec_replicas_path = ".spec.workers.replicas", status_replicas_path = ".status.workersReady"),
+    scale(spec_replicas_path = ".spec.workers.replicas", status_replicas_path = ".status.workersReady", label_selector_path = ".status.selector"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Workers", type_ = "string", json_path = ".status.workers", description = "workers ready / wanted"),
     printcolumn(name = "Batch", type_ = "integer", json_path = ".status.lastCompletedBatch", description = "the newest committed batch"),
@@ -253,6 +255,9 @@ pub struct StreamingJobStatus {
     /// `ready/wanted`, as `kubectl get` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<String>,
+    /// The label selector of the job's worker pods, for the scale subresource (HPA, KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// What the newest committed batch took, as the master reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_batch: Option<BatchStatus>,

@@ -54,3 +54,22 @@ fn a_cluster_manifest_runs_locally() {
     let text = "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {name: a}\nspec:\n  batchInterval: 1s\n  image: ghcr.io/x/sluice:1\n  workers: {replicas: 3}\n  sources: [{name: g, generator: {rate: 1}}]\n  sinks: [{stdout: {}}]\n";
     assert!(sluice_crds::load(text).is_ok());
 }
+
+#[test]
+fn kubectl_explain_describes_the_resource_and_hpa_can_target_it() {
+    use kube::CustomResourceExt;
+    let crd =
+        serde_json::to_value(sluice_crds::resource::StreamingJobResource::crd()).expect("json");
+    let version = &crd["spec"]["versions"][0];
+    let root = version["schema"]["openAPIV3Schema"]["description"]
+        .as_str()
+        .expect("a description");
+    assert!(
+        root.starts_with("A Sluice streaming job") && !root.contains("Auto-generated"),
+        "{root}"
+    );
+    assert_eq!(
+        version["subresources"]["scale"]["labelSelectorPath"],
+        ".status.selector"
+    );
+}

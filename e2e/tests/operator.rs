@@ -124,6 +124,22 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             Ok((s["workersReady"] == 3 && s["workersDesired"] == 3).then_some(()))
         })
         .await?;
+        // The scale subresource names the worker pods, as HPA and KEDA need it to.
+        let scale = jobs(&client).get_scale("wc").await?;
+        let selector = scale
+            .status
+            .and_then(|s| s.selector)
+            .ok_or_else(|| anyhow::anyhow!("the scale subresource has no selector"))?;
+        assert_eq!(selector, "sluice.dev/job=wc,sluice.dev/role=worker");
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "jobs");
+        let workers = pods
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await?;
+        assert_eq!(
+            workers.items.len(),
+            3,
+            "the selector finds the three workers"
+        );
         // Transitions a user cares about show as events on the job.
         let events: Api<k8s_openapi::api::events::v1::Event> =
             Api::namespaced(client.clone(), "jobs");

@@ -183,6 +183,15 @@ async fn reconcile_with_finalizer(
     })
 }
 
+/// The label selector of the job's worker pods, as the scale subresource reports it.
+fn worker_selector(job: &StreamingJobResource) -> String {
+    resources::selector(&job.name_any(), "worker")
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// How often a job blocked by a name conflict looks again (the objects in its way are not
 /// watched).
 const NAME_CONFLICT_RECHECK: Duration = Duration::from_secs(30);
@@ -253,6 +262,7 @@ async fn reconcile_job(
         problems: &pods.report.problems,
     });
     next.fingerprint = Some(sluice_crds::fingerprint(&job.spec.job));
+    next.selector = Some(worker_selector(job));
     next.restarts = hold.restarts;
     next.restart_at = hold.restart_at.map(|t| t.to_string());
     next.pods = pods.report.observed.clone();

@@ -296,13 +296,10 @@ fn template(
     })
 }
 
-/// A hash of the job part of the spec (what the ConfigMap holds).
+/// A hash of the job part of the spec (what the ConfigMap holds): stable across builds, so
+/// that a rebuilt operator rolls no pod whose manifest did not change.
 fn manifest_hash(job: &StreamingJobResource) -> String {
-    use std::hash::{Hash, Hasher};
-    let text = serde_json::to_string(&job.spec.job).unwrap_or_default();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    format!("{:016x}", h.finish())
+    sluice_crds::digest(&serde_json::to_string(&job.spec.job).unwrap_or_default())
 }
 
 fn env_advertise() -> EnvVar {
