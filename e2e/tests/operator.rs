@@ -422,6 +422,16 @@ async fn jobs_that_cannot_run_say_why_without_a_hot_loop() -> Result<()> {
     )
     .await?;
 
+    // Accepted by the CRD, refused by `sluice validate`: refused before any pod starts.
+    api.create(
+        &PostParams::default(),
+        &job(
+            "invalid",
+            json!({"pipeline": [{"flatMap": {"split": ""}}, {"countByValue": {}}]}),
+        )?,
+    )
+    .await?;
+
     let mut unsaved = job("nockpt", json!({}))?;
     unsaved.data["spec"]
         .as_object_mut()
@@ -438,6 +448,42 @@ async fn jobs_that_cannot_run_say_why_without_a_hot_loop() -> Result<()> {
             })
             .await
         };
+        let s = in_phase("invalid", "Blocked", Duration::from_secs(60)).await?;
+        let (reason, message) = degraded(&s).unwrap_or_default();
+        assert_eq!(reason, "InvalidSpec", "{s}");
+        assert!(
+            message.contains("spec.pipeline[0].flatMap.split: is empty"),
+            "{message}"
+        );
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "jobs");
+        let started = pods
+            .list(&kube::api::ListParams::default().labels("sluice.dev/job=invalid"))
+            .await?;
+        assert!(started.items.is_empty(), "an invalid job started pods");
+        // One Warning event says so, not one per look (the operator looks again on a timer
+        // and on every status write).
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(client.clone(), "jobs");
+        let invalid_events = async || -> Result<usize> {
+            Ok(events
+                .list(&Default::default())
+                .await?
+                .items
+                .iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some("InvalidSpec")
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("invalid")
+                })
+                .count())
+        };
+        wait_for(
+            "the InvalidSpec event",
+            Duration::from_secs(30),
+            async || Ok((invalid_events().await? >= 1).then_some(())),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(invalid_events().await?, 1, "one event for one refusal");
         let s = in_phase("nockpt", "Blocked", Duration::from_secs(60)).await?;
         assert_eq!(
             degraded(&s).map(|d| d.0).as_deref(),

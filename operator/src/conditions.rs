@@ -61,6 +61,8 @@ pub mod reason {
     // Degraded: the spec is refused (phase Blocked).
     pub const INCOMPATIBLE_CHANGE: &str = "IncompatibleChange";
     pub const NO_CHECKPOINT: &str = "NoCheckpoint";
+    /// The spec fails the checks of `sluice validate`.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const NAME_CONFLICT: &str = "NameConflict";
     // Events only.
     pub const CREATED: &str = "Created";

@@ -301,6 +301,15 @@ async fn reconcile_job(
 /// Why the operator refuses to run the spec as it is, before it touches anything: the reason
 /// and the message of the Blocked status.
 fn refusal(job: &StreamingJobResource) -> Option<(&'static str, String)> {
+    // What `sluice validate` refuses would crash-loop the pods: refuse it before any starts,
+    // with the same messages and field paths.
+    if let Ok(manifest) = resources::manifest(job) {
+        let problems = sluice_crds::validate(&manifest);
+        if !problems.is_empty() {
+            let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            return Some((reason::INVALID_SPEC, all.join("; ")));
+        }
+    }
     // A job whose state-shaping spec changed cannot resume from the checkpoint it wrote:
     // refuse the change (keep running the old one) instead of letting the master crash-loop.
     let fingerprint = sluice_crds::fingerprint(&job.spec.job);
@@ -476,6 +485,18 @@ async fn block(
 ) -> Result<Action, Error> {
     let previous = job.status.clone().unwrap_or_default();
     let next = status::blocked(&previous, job.metadata.generation, why, message);
+    // One Warning event when the job becomes blocked, or blocked for another reason; not one
+    // per look.
+    let was_reason = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::conditions::ConditionType::Degraded.as_str())
+        .filter(|_| previous.phase == Some(Phase::Blocked))
+        .map(|c| c.reason.as_str());
+    let same = was_reason == Some(why) && previous.message == next.message;
+    if !same {
+        events::publish(ctx, job, EventType::Warning, why, message, "Block").await;
+    }
     write_status(job, ctx, &next).await?;
     Ok(recheck.map_or_else(Action::await_change, Action::requeue))
 }
@@ -518,17 +539,21 @@ mod tests {
         let refused = refusal(&job(None)).expect("refused");
         assert_eq!(refused.0, reason::NO_CHECKPOINT);
         assert!(refused.1.contains("spec.checkpoint"), "{}", refused.1);
-        assert!(refusal(&job(Some("s3://b/wc"))).is_none());
+        assert!(refusal(&job(Some("s3://ckpt/wc"))).is_none());
+        // What `sluice validate` refuses is refused here, with its field path.
+        let (why, message) = refusal(&job(Some("s3://b/wc"))).expect("refused");
+        assert_eq!(why, reason::INVALID_SPEC);
+        assert!(message.starts_with("spec.checkpoint.uri: "), "{message}");
     }
 
     #[test]
     fn a_state_shaping_change_is_refused_only_where_the_old_checkpoint_is() {
-        let mut changed = job(Some("s3://b/wc"));
+        let mut changed = job(Some("s3://ckpt/wc"));
         changed.status = Some(StreamingJobStatus {
             fingerprint: Some("0123".into()),
             last_checkpoint: Some(CheckpointStatus {
                 batch: 4,
-                location: "s3://b/wc/snapshots/4".into(),
+                location: "s3://ckpt/wc/snapshots/4".into(),
             }),
             ..Default::default()
         });
@@ -542,12 +567,12 @@ mod tests {
         }
         assert!(refusal(&changed).is_none());
         // Changed, with a new location: starts over.
-        let mut moved = job(Some("s3://b/wc-v2"));
+        let mut moved = job(Some("s3://ckpt/wc-v2"));
         moved.status = Some(StreamingJobStatus {
             fingerprint: Some("0123".into()),
             last_checkpoint: Some(CheckpointStatus {
                 batch: 4,
-                location: "s3://b/wc/snapshots/4".into(),
+                location: "s3://ckpt/wc/snapshots/4".into(),
             }),
             ..Default::default()
         });

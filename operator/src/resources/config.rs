@@ -10,20 +10,25 @@ use sluice_crds::{API_VERSION, KIND, Metadata, StreamingJob};
 use super::{BuildError, child_meta, job_name};
 use crate::constants::MANIFEST_FILE;
 
-/// `<job>-config` with `job.yaml`.
-pub fn manifest_config_map(job: &StreamingJobResource) -> Result<ConfigMap, BuildError> {
-    let name = job_name(job)?;
-    let manifest = StreamingJob {
+/// The job's manifest, as `sluice` reads it in the pods (and `sluice validate` checks it).
+pub fn manifest(job: &StreamingJobResource) -> Result<StreamingJob, BuildError> {
+    Ok(StreamingJob {
         api_version: API_VERSION.into(),
         kind: KIND.into(),
         metadata: Metadata {
-            name: name.clone(),
+            name: job_name(job)?,
             namespace: job.metadata.namespace.clone(),
             uid: job.metadata.uid.clone(),
             labels: BTreeMap::new(),
         },
         spec: job.spec.job.clone(),
-    };
+    })
+}
+
+/// `<job>-config` with `job.yaml`.
+pub fn manifest_config_map(job: &StreamingJobResource) -> Result<ConfigMap, BuildError> {
+    let manifest = manifest(job)?;
+    let name = manifest.metadata.name.clone();
     let text = yaml_serde::to_string(&manifest).map_err(|e| BuildError::Render(e.to_string()))?;
     Ok(ConfigMap {
         metadata: child_meta(job, format!("{name}-config"), "config")?,

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 use sluice_crds::resource::StreamingJobResource;
 
-pub use config::manifest_config_map;
+pub use config::{manifest, manifest_config_map};
 pub use network::network_policy;
 pub use pods::{master_statefulset, worker_statefulset, workers_wanted};
 
