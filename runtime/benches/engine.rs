@@ -108,27 +108,24 @@ fn metrics_per_batch(c: &mut Criterion) {
     g.bench_function("batch_loop_and_tasks", |b| {
         b.iter(|| {
             index += 1;
-            metrics.batch(
-                &BatchProgress {
-                    report: BatchReport {
-                        batch: BatchInfo::new(0, 1000, index),
-                        records: 10_000,
-                        record_errors: 0,
-                        error_samples: vec![],
-                        processing: Duration::from_millis(30),
-                        replay: false,
-                        stages: vec![
-                            ("input".into(), Duration::from_millis(5)),
-                            ("shuffle 0".into(), Duration::from_millis(20)),
-                            ("output 0".into(), Duration::from_millis(5)),
-                        ],
-                    },
-                    scheduling_delay: Duration::from_millis(2),
-                    total_delay: Duration::from_millis(32),
-                    rate_limit: None,
+            metrics.batch(&BatchProgress {
+                report: BatchReport {
+                    batch: BatchInfo::new(0, 1000, index),
+                    records: 10_000,
+                    record_errors: 0,
+                    error_samples: vec![],
+                    processing: Duration::from_millis(30),
+                    replay: false,
+                    stages: vec![
+                        ("input".into(), Duration::from_millis(5)),
+                        ("shuffle 0".into(), Duration::from_millis(20)),
+                        ("output 0".into(), Duration::from_millis(5)),
+                    ],
                 },
-                Duration::from_secs(1),
-            );
+                scheduling_delay: Duration::from_millis(2),
+                total_delay: Duration::from_millis(32),
+                rate_limit: None,
+            });
             metrics.flow(&BatchFlow {
                 sources: vec![("lines".into(), 10_000, Some(1_000_000))],
                 sinks: vec![("0:files".into(), 3_000)],

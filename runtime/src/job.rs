@@ -122,7 +122,7 @@ impl Job {
     }
 
     /// Reports what a batch moved in this process, once its last stage ran.
-    pub(crate) fn observe(&self, cx: &BatchContext) {
+    fn observe(&self, cx: &BatchContext) {
         let Some(metrics) = &self.metrics else {
             return;
         };
@@ -159,11 +159,6 @@ impl Job {
                 .collect(),
             partitions_owned: owned.len(),
         });
-    }
-
-    /// The stages of `batch`'s plan.
-    pub(crate) fn stage_count(&self, batch: BatchInfo) -> usize {
-        self.graph.plan(batch).stages.len()
     }
 
     /// The job graph as data.
@@ -342,9 +337,14 @@ impl Job {
     }
 
     /// Runs stage `index` of the batch's plan over the partitions this worker owns.
+    /// After the last stage, reports what the batch moved here to the metrics.
     pub(crate) fn run_stage(&self, cx: &BatchContext, index: usize) -> Result<()> {
         let plan = self.graph.plan(cx.batch);
-        self.executor.run_stage(&plan, index, cx)
+        self.executor.run_stage(&plan, index, cx)?;
+        if index + 1 == plan.stages.len() {
+            self.observe(cx);
+        }
+        Ok(())
     }
 
     /// Reads the batch's input and runs its plan.

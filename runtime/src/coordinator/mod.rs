@@ -208,7 +208,30 @@ pub struct BatchProgress {
     pub rate_limit: Option<f64>,
 }
 
+impl BatchFigures {
+    fn of(p: &BatchProgress) -> Self {
+        let r = &p.report;
+        BatchFigures {
+            batch: r.batch.index,
+            time_ms: r.batch.time_ms,
+            records: r.records,
+            processing: r.processing,
+            scheduling_delay: p.scheduling_delay,
+            total_delay: p.total_delay,
+            input_rate: p.input_rate().round() as u64,
+        }
+    }
+}
+
 impl BatchProgress {
+    /// Input records per second of batch time.
+    pub fn input_rate(&self) -> f64 {
+        match self.report.batch.interval_ms {
+            0 => 0.0,
+            ms => self.report.records as f64 * 1000.0 / ms as f64,
+        }
+    }
+
     /// The batch's line in the log, and its refused records' samples.
     pub fn log(&self) {
         let r = &self.report;
@@ -767,27 +790,15 @@ impl<R: Runner> Coordinator<R> {
             self.job.limit_rate(Some(limit));
             self.rate_limit = Some(limit);
         }
-        let input_rate = match self.interval {
-            0 => 0,
-            ms => report.records.saturating_mul(1000) / ms,
-        };
-        self.last_batch = Some(BatchFigures {
-            batch: batch.index,
-            time_ms: batch.time_ms,
-            records: report.records,
-            processing: report.processing,
-            scheduling_delay,
-            total_delay,
-            input_rate,
-        });
         let progress = BatchProgress {
             scheduling_delay,
             total_delay,
             rate_limit: self.rate.as_ref().and(self.rate_limit),
             report,
         };
+        self.last_batch = Some(BatchFigures::of(&progress));
         if let Some(m) = &self.metrics {
-            m.batch(&progress, Duration::from_millis(self.interval));
+            m.batch(&progress);
         }
         (self.on_batch)(&progress);
         self.report(MasterState::Running, behind.as_deref().unwrap_or(""));

@@ -98,8 +98,8 @@ pub struct BatchContext {
     outputs: Vec<Vec<Slot>>,
     memo: Mutex<HashMap<(NodeId, usize), Box<dyn Any + Send>>>,
     errors: RecordErrors,
-    input_records: AtomicU64,
-    /// What the batch moved here, for the metrics.
+    /// What the batch moved here: input records per source, for the batch's report and the
+    /// metrics.
     flow: Flow,
     placement: Option<std::sync::Arc<Placement>>,
     /// In a replay for some partitions only, which partitions and shuffles it recomputes.
@@ -172,7 +172,6 @@ impl BatchContext {
             outputs: (0..shared.outputs).map(|_| slots(partitions)).collect(),
             memo: Mutex::new(HashMap::new()),
             errors: RecordErrors::default(),
-            input_records: AtomicU64::new(0),
             flow: Flow::new(shared.sources, shared.outputs),
             placement: None,
             redo: None,
@@ -376,7 +375,11 @@ impl BatchContext {
 
     /// Records read from all sources in this batch.
     pub fn input_records(&self) -> u64 {
-        self.input_records.load(Ordering::Relaxed)
+        self.flow
+            .source_records
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// What the batch moved here so far.
@@ -407,8 +410,6 @@ impl BatchContext {
             if !self.owns(part) {
                 continue;
             }
-            self.input_records
-                .fetch_add(records.len() as u64, Ordering::Relaxed);
             add(&self.flow.source_records, source, records.len() as u64);
             *lock_unpoisoned(slot) = Some(Box::new(records));
         }

@@ -305,17 +305,21 @@ impl KafkaSource {
             return Err(Error::Internal("the reading client is missing".into()));
         };
         let result = self.read_spans(topic, &mut reader, &spans, pieces, out, refused);
-        if result.is_err() {
-            // What the client holds is no longer known to follow on: assign afresh next time.
-            reader.covered.clear();
-            reader.ahead.clear();
+        match result {
+            Ok(bytes) => self.bytes_read += bytes,
+            Err(_) => {
+                // What the client holds is no longer known to follow on: assign afresh.
+                reader.covered.clear();
+                reader.ahead.clear();
+            }
         }
         self.readers.insert(topic.to_string(), reader);
-        result
+        result.map(drop)
     }
 
     /// Reads `spans` (partition → `[from, until)`) with `reader`. When every span starts where
     /// the reader's last one ended, the client goes on as it is, with what it fetched ahead;
+    /// returns the bytes of the keys and values handed on.
     /// otherwise it is assigned the spans afresh.
     fn read_spans(
         &self,
@@ -325,7 +329,7 @@ impl KafkaSource {
         pieces: &[(usize, OffsetRange)],
         out: &mut [Vec<KafkaRecord>],
         refused: &mut Refusals,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let follows_on = spans
             .iter()
             .all(|(p, (from, _))| reader.covered.get(p) == Some(from));
@@ -357,6 +361,7 @@ impl KafkaSource {
                 in_partition.push((r.from, r.until, *part));
             }
         }
+        let mut bytes = 0u64;
         // A record goes to the piece holding its offset, or ahead when past the span.
         let mut place = |partition: i32, offset: i64, fetched: Fetched, reader: &mut Reader| {
             let this = by_partition.get(&partition);
@@ -380,7 +385,10 @@ impl KafkaSource {
                     .find(|(from, until, _)| *from <= offset && offset < *until)
             });
             match (piece, fetched) {
-                (Some((_, _, part)), Fetched::Record(r)) => out[*part].push(r),
+                (Some((_, _, part)), Fetched::Record(r)) => {
+                    bytes += (r.value.len() + r.key.as_ref().map_or(0, String::len)) as u64;
+                    out[*part].push(r)
+                }
                 (Some(_), Fetched::Refused(why)) => refused.push(why),
                 // Between two pieces another worker reads.
                 (None, _) => {}
@@ -508,7 +516,7 @@ impl KafkaSource {
                 reader.covered.insert(*partition, *until);
             }
         }
-        Ok(())
+        Ok(bytes)
     }
 }
 
@@ -702,12 +710,6 @@ impl Source for KafkaSource {
         for (topic, pieces) in by_topic {
             self.read_topic(&topic, &pieces, &mut out, refused)?;
         }
-        let bytes: usize = out
-            .iter()
-            .flatten()
-            .map(|r| r.value.len() + r.key.as_ref().map_or(0, String::len))
-            .sum();
-        self.bytes_read += bytes as u64;
         Ok(out)
     }
 

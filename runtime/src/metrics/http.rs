@@ -72,37 +72,47 @@ async fn serve(listener: std::net::TcpListener, metrics: Arc<RuntimeMetrics>) {
 
 fn answer(path: &str, metrics: &RuntimeMetrics) -> Response<Full<Bytes>> {
     let page = metrics.role() != Role::Worker;
+    let html = "text/html; charset=utf-8";
     let (status, content_type, body) = match path {
-        "/metrics" => (StatusCode::OK, OPENMETRICS, metrics.render()),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/metrics" => (StatusCode::OK, OPENMETRICS, Bytes::from(metrics.render())),
+        "/healthz" => (StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n")),
         "/" if page => (
             StatusCode::OK,
-            "text/html; charset=utf-8",
-            crate::ui::PAGE.to_string(),
+            html,
+            Bytes::from_static(crate::ui::PAGE.as_bytes()),
         ),
         "/uplot.js" if page => (
             StatusCode::OK,
             "text/javascript; charset=utf-8",
-            crate::ui::UPLOT_JS.to_string(),
+            Bytes::from_static(crate::ui::UPLOT_JS.as_bytes()),
         ),
         "/uplot.css" if page => (
             StatusCode::OK,
             "text/css; charset=utf-8",
-            crate::ui::UPLOT_CSS.to_string(),
+            Bytes::from_static(crate::ui::UPLOT_CSS.as_bytes()),
         ),
-        "/api/timeline" if page => (StatusCode::OK, "application/json", metrics.timeline_json()),
-        "/api/job" if page => (StatusCode::OK, "application/json", metrics.job_json()),
+        "/api/timeline" if page => (
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(metrics.timeline_json()),
+        ),
+        "/api/job" if page => (
+            StatusCode::OK,
+            "application/json",
+            Bytes::from(metrics.job_json()),
+        ),
+        _ if page => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            Bytes::from_static(b"not found: try /, /metrics or /healthz\n"),
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            if page {
-                "not found: try /, /metrics or /healthz\n".to_string()
-            } else {
-                "not found: try /metrics or /healthz\n".to_string()
-            },
+            Bytes::from_static(b"not found: try /metrics or /healthz\n"),
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     if let Ok(value) = content_type.parse() {
         response.headers_mut().insert(CONTENT_TYPE, value);

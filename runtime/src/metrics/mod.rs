@@ -221,7 +221,7 @@ impl RuntimeMetrics {
     }
 
     /// One committed batch.
-    pub fn batch(&self, p: &BatchProgress, interval: Duration) {
+    pub fn batch(&self, p: &BatchProgress) {
         let _whole = lock_unpoisoned(&self.update);
         let r = &p.report;
         self.batches.inc();
@@ -237,15 +237,12 @@ impl RuntimeMetrics {
         self.last_processing.set(r.processing.as_secs_f64());
         self.last_scheduling_delay
             .set(p.scheduling_delay.as_secs_f64());
-        if !interval.is_zero() {
-            self.last_input_rate
-                .set(r.records as f64 / interval.as_secs_f64());
-        }
+        self.last_input_rate.set(p.input_rate());
         self.rate_limit.set(p.rate_limit.unwrap_or(0.0));
         self.last_batch
             .set(i64::try_from(r.batch.index).unwrap_or(i64::MAX));
         let mut t = lock_unpoisoned(&self.timeline);
-        t.interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        t.interval_ms = r.batch.interval_ms;
         t.batch(timeline::BatchRow {
             batch: r.batch.index,
             time_ms: r.batch.time_ms,
@@ -254,10 +251,7 @@ impl RuntimeMetrics {
             processing_ms: timeline::ms(r.processing),
             scheduling_delay_ms: timeline::ms(p.scheduling_delay),
             total_delay_ms: timeline::ms(p.total_delay),
-            input_rate: match interval.as_secs_f64() {
-                0.0 => 0.0,
-                s => r.records as f64 / s,
-            },
+            input_rate: p.input_rate(),
             replay: r.replay,
             stages: r
                 .stages
@@ -376,23 +370,20 @@ mod tests {
     #[test]
     fn a_batch_shows_in_counters_gauges_and_histograms_with_the_job_labels() {
         let m = RuntimeMetrics::new("clicks", "prod", Role::Local);
-        m.batch(
-            &BatchProgress {
-                report: BatchReport {
-                    batch: BatchInfo::new(0, 1000, 7),
-                    records: 500,
-                    record_errors: 2,
-                    error_samples: vec![],
-                    processing: Duration::from_millis(250),
-                    replay: false,
-                    stages: vec![("input".into(), Duration::from_millis(50))],
-                },
-                scheduling_delay: Duration::from_millis(10),
-                total_delay: Duration::from_millis(260),
-                rate_limit: None,
+        m.batch(&BatchProgress {
+            report: BatchReport {
+                batch: BatchInfo::new(0, 1000, 7),
+                records: 500,
+                record_errors: 2,
+                error_samples: vec![],
+                processing: Duration::from_millis(250),
+                replay: false,
+                stages: vec![("input".into(), Duration::from_millis(50))],
             },
-            Duration::from_secs(1),
-        );
+            scheduling_delay: Duration::from_millis(10),
+            total_delay: Duration::from_millis(260),
+            rate_limit: None,
+        });
         let text = m.render();
         let labels = r#"{job_name="clicks",job_namespace="prod"}"#;
         for line in [

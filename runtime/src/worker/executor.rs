@@ -202,9 +202,6 @@ pub fn executor_thread(
                     pending.add(batch, cx.take_state_inputs());
                 }
                 let last = ok && pending.is_last_stage(batch, stage);
-                if ok && stage + 1 == job.stage_count(cx.batch) {
-                    job.observe(&cx);
-                }
                 let _ = reply.send(result.map(|()| StageDone {
                     outgoing: cx.take_outgoing(),
                     reply: pb::StageReply {

@@ -244,6 +244,18 @@ pub fn series(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
+/// The newest committed batch a batch loop's scrape names, checked to be whole: as many
+/// batches completed as the newest batch's index.
+pub fn whole_batches(text: &str) -> u64 {
+    let last = series(text, "sluice_last_batch") as u64;
+    assert_eq!(
+        series(text, "sluice_batches_completed_total") as u64,
+        last,
+        "{text}"
+    );
+    last
+}
+
 /// The sum of the series `name` whose labels contain `label` (e.g. `source="g"`; empty:
 /// every one), over several OpenMetrics texts (the master's and each worker's); `None` when
 /// no text has one.
