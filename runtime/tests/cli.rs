@@ -705,3 +705,63 @@ fn json_logs_are_one_object_per_line_and_a_bad_format_is_named() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_files_source_counts_the_bytes_and_lines_it_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).expect("input dir");
+    // Two lines of 3 and 2 bytes, each with its end: 7 bytes.
+    std::fs::write(input.join("a.txt"), "a b\ncd\n").expect("input");
+    let manifest = dir.path().join("job.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: bytes}}\nspec:\n  batchInterval: 100ms\n  sources: [{{name: f, files: {{path: \"{}\"}}}}]\n  sinks: [{{stdout: {{limit: 0}}}}]\n  checkpoint: {{uri: \"file://{}\"}}\n",
+            input.display(),
+            dir.path().join("ckpt").display()
+        ),
+    )
+    .expect("manifest");
+    let addr = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    );
+    let mut child = sluice()
+        .arg("run")
+        .arg(&manifest)
+        .args(["--metrics-addr", &addr])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sluice run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let text = loop {
+        let text = support::http_get(&addr, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        let texts = [text.clone()];
+        if support::series_sum(&texts, "sluice_source_records_total", r#"source="f""#) == Some(2.0)
+        {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the file's lines never counted:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        support::series_sum(
+            std::slice::from_ref(&text),
+            "sluice_source_bytes_total",
+            r#"source="f""#
+        ),
+        Some(7.0),
+        "{text}"
+    );
+}
