@@ -148,6 +148,7 @@ impl PipelineStep {
     /// The operations set (exactly one when valid).
     pub fn kinds(&self) -> Vec<StepKind<'_>> {
         let PipelineStep {
+            name: _,
             map,
             parse_json,
             flat_map,

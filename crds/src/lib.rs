@@ -14,12 +14,13 @@ pub mod resource;
 mod s3;
 pub mod spec;
 mod text;
+pub mod upgrade;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
-pub use fingerprint::{digest, fingerprint};
+pub use fingerprint::{digest, fingerprint, fingerprint_v1};
 pub use kinds::{SinkKind, SourceKind, StepKind};
-pub use parse::parse_yaml;
+pub use parse::{parse_yaml, spec_json};
 pub use s3::{endpoint_problem, parse_s3_uri, s3_uri_problem};
 pub use spec::*;
 pub use text::shorten;

@@ -42,6 +42,18 @@ pub fn parse_yaml(text: &str) -> Result<StreamingJob, Problem> {
     })
 }
 
+/// The `spec` of a manifest as JSON, the operator's deployment fields included (for
+/// [`crate::upgrade::plan_resources`]). Parse it with [`parse_yaml`] first for its problems.
+pub fn spec_json(text: &str) -> Result<serde_json::Value, Problem> {
+    check_shape(text)?;
+    let value: serde_json::Value =
+        yaml_serde::from_str(text).map_err(|e| Problem::new("manifest", e.to_string()))?;
+    match value.get("spec") {
+        Some(spec) if spec.is_object() => Ok(spec.clone()),
+        _ => Err(Problem::new("spec", "is missing or not a mapping")),
+    }
+}
+
 /// The largest manifest read (the API server stores objects of up to about 1.5 MB).
 pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
 /// The deepest nesting of `[` and `{` read: a manifest needs a handful, and the YAML parser's

@@ -97,6 +97,19 @@ pub struct StreamingJobSpec {
     /// drains: on by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backpressure: Option<BackpressureSpec>,
+    /// How a changed spec may take over the checkpoint of the one before (see `sluice plan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeSpec>,
+}
+
+/// What a restart with a changed spec may do to the checkpointed state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpgradeSpec {
+    /// Accept the losses a change states (the state of a removed stateful step is dropped).
+    /// Default false: such a change is refused, and the job goes on with its old spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_state_loss: Option<bool>,
 }
 
 /// The rate controller: from each batch's processing time and scheduling delay it sets how
@@ -255,6 +268,13 @@ pub enum GeneratorFormat {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PipelineStep {
+    /// A name for the step, unique in the pipeline. A stateful step's checkpointed state is
+    /// known by it across upgrades; unnamed, by its operation and its place among the steps
+    /// of that operation (the second `updateStateByKey`), so name stateful steps before
+    /// inserting another of their kind ahead of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub name: Option<String>,
     /// Replace each record (each value, on a keyed stream) by a field or an expression.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map: Option<Selector>,

@@ -429,8 +429,18 @@ impl Validator {
     fn pipeline(&mut self, steps: &[PipelineStep], interval: Option<Duration>) {
         let mut shape = Shape::Records;
         let mut slide: Option<Duration> = None;
+        let mut named = std::collections::BTreeMap::new();
         for (i, step) in steps.iter().enumerate() {
             let path = format!("spec.pipeline[{i}]");
+            if let Some(name) = &step.name {
+                self.dns_label(&format!("{path}.name"), name);
+                if let Some(first) = named.insert(name.as_str(), i) {
+                    self.add(
+                        format!("{path}.name"),
+                        format!("{name:?} is the name of spec.pipeline[{first}] too; step names are unique"),
+                    );
+                }
+            }
             let ops = step.operations();
             if ops.len() != 1 {
                 if ops.is_empty() {

@@ -231,7 +231,46 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             killed.elapsed()
         );
 
-        // A pipeline change that the checkpoint cannot follow is refused with a clear status.
+        // A new parallelism: planned (an event and the Upgrade condition), then the pods
+        // restart and the keyed state is re-sharded from the checkpoint.
+        let condition = |s: &serde_json::Value, kind: &str| {
+            s["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == kind).cloned())
+                .unwrap_or_default()
+        };
+        let wider = json!({"spec": {"parallelism": 8}});
+        jobs(&client)
+            .patch("wc", &PatchParams::default(), &Patch::Merge(&wider))
+            .await?;
+        wait_for("the upgrade planned", Duration::from_secs(30), async || {
+            let s = status(&jobs(&client).get("wc").await?);
+            let planned = condition(&s, "Upgrade");
+            Ok((planned["status"] == "True"
+                && planned["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("spec.parallelism (state migration)"))
+            .then_some(()))
+        })
+        .await?;
+        wait_for_events(&events, &["UpgradePlanned"], Duration::from_secs(30)).await?;
+        let before = sink_objects(&s3_root);
+        wait_for(
+            "batches at parallelism 8",
+            Duration::from_secs(120),
+            async || {
+                let s = status(&jobs(&client).get("wc").await?);
+                Ok(
+                    (s["phase"] == "Running" && sink_objects(&s3_root) >= before + 40)
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+
+        // A change that drops state is refused, with its plan, and the job goes on with its
+        // previous spec; accepted with allowStateLoss.
         let change =
             json!({"spec": {"pipeline": [{"flatMap": {"split": ","}}, {"countByValue": {}}]}});
         jobs(&client)
@@ -242,13 +281,44 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
             Ok((s["phase"] == "Blocked").then_some(s))
         })
         .await?;
+        let message = s["message"].as_str().unwrap_or("");
         assert!(
-            s["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("cannot be resumed"),
+            message.contains("updateStateByKey#0") && message.contains("allowStateLoss"),
             "{s}"
         );
+        let refused = condition(&s, "Upgrade");
+        assert_eq!(
+            (refused["status"].as_str(), refused["reason"].as_str()),
+            (Some("False"), Some("UpgradeRefused")),
+            "{s}"
+        );
+        let before = sink_objects(&s3_root);
+        wait_for(
+            "the old spec still running",
+            Duration::from_secs(60),
+            async || Ok((sink_objects(&s3_root) >= before + 20).then_some(())),
+        )
+        .await?;
+        let consent = json!({"spec": {"upgrade": {"allowStateLoss": true}}});
+        jobs(&client)
+            .patch("wc", &PatchParams::default(), &Patch::Merge(&consent))
+            .await?;
+        wait_for(
+            "the change applied with consent",
+            Duration::from_secs(120),
+            async || {
+                let s = status(&jobs(&client).get("wc").await?);
+                let upgraded = condition(&s, "Upgrade");
+                Ok((s["phase"] == "Running"
+                    && upgraded["status"] == "True"
+                    && upgraded["message"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("state loss"))
+                .then_some(()))
+            },
+        )
+        .await?;
 
         // Delete the job with deletionPolicy Delete: children, processes and checkpoint go.
         assert!(

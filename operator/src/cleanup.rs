@@ -258,6 +258,8 @@ mod tests {
             zero_time_ms: 0,
             interval_ms: 1000,
             partitions: 4,
+            spec: None,
+            legacy_layout: None,
         }
     }
 

@@ -16,6 +16,9 @@ pub enum ConditionType {
     Progressing,
     /// Something is wrong; its reason says what.
     Degraded,
+    /// The last change of the spec: planned and applied (true), or refused (false); the
+    /// message is its plan.
+    Upgrade,
 }
 
 impl ConditionType {
@@ -26,6 +29,7 @@ impl ConditionType {
             ConditionType::WorkersReady => "WorkersReady",
             ConditionType::Progressing => "Progressing",
             ConditionType::Degraded => "Degraded",
+            ConditionType::Upgrade => "Upgrade",
         }
     }
 }
@@ -59,7 +63,10 @@ pub mod reason {
     pub const POD_CONFIG_ERROR: &str = "PodConfigError";
     pub const SECRET_MISSING: &str = "SecretMissing";
     // Degraded: the spec is refused (phase Blocked).
-    pub const INCOMPATIBLE_CHANGE: &str = "IncompatibleChange";
+    /// A change of the spec its checkpoint cannot take, or that drops state without consent.
+    pub const UPGRADE_REFUSED: &str = "UpgradeRefused";
+    // Upgrade (and its event).
+    pub const UPGRADE_PLANNED: &str = "UpgradePlanned";
     pub const NO_CHECKPOINT: &str = "NoCheckpoint";
     /// The spec fails the checks of `sluice validate`.
     pub const INVALID_SPEC: &str = "InvalidSpec";

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -18,10 +18,10 @@ use serde_json::json;
 use sluice_crds::resource::{Phase, StreamingJobResource, StreamingJobStatus};
 use sluice_proto::v1 as pb;
 
-use crate::conditions::reason;
+use crate::conditions::{ConditionType, condition, reason};
 use crate::constants::{LABEL_JOB, MANAGER};
 use crate::resources::{self, BuildError};
-use crate::{apply, events, health, ownership, restart, status};
+use crate::{apply, events, health, ownership, restart, status, upgrade};
 
 /// What reconciles share.
 pub struct Context {
@@ -204,16 +204,60 @@ async fn reconcile_job(
     if let Some((why, message)) = refusal(job) {
         return block(job, ctx, why, &message, None).await;
     }
-    // 2. Read what the job's pods say.
+    // 2. A changed spec: planned against the one the pods run, applied only where the plan
+    // allows; said in an event and the Upgrade condition before anything changes.
     let previous = job.status.clone().unwrap_or_default();
+    let upgrade = match upgrade::decide(applied_spec(job, ctx).await?.as_deref(), job) {
+        upgrade::Decision::Unchanged => None,
+        upgrade::Decision::Refuse(plan, why) => {
+            let refused = condition(
+                &previous.conditions,
+                ConditionType::Upgrade,
+                false,
+                reason::UPGRADE_REFUSED,
+                &plan.summary(),
+                job.metadata.generation,
+            );
+            let message = format!("{why} (the job goes on with its previous spec)");
+            return block_with(
+                job,
+                ctx,
+                reason::UPGRADE_REFUSED,
+                &message,
+                None,
+                Some(refused),
+            )
+            .await;
+        }
+        upgrade::Decision::Proceed(plan) => {
+            events::publish(
+                ctx,
+                job,
+                EventType::Normal,
+                reason::UPGRADE_PLANNED,
+                &plan.summary(),
+                "Upgrade",
+            )
+            .await;
+            Some(condition(
+                &previous.conditions,
+                ConditionType::Upgrade,
+                true,
+                reason::UPGRADE_PLANNED,
+                &plan.summary(),
+                job.metadata.generation,
+            ))
+        }
+    };
+    // 3. Read what the job's pods say.
     let suspended = job.spec.suspend == Some(true);
     let pods = read_pods(job, ctx, &previous, suspended).await?;
-    // 3. Decide whether the restart policy holds the pods at zero.
+    // 4. Decide whether the restart policy holds the pods at zero.
     // Any change of the spec (a fix, a suspend and resume) gives a failed job a fresh start.
     let spec_changed = previous.observed_generation != job.metadata.generation;
     let hold = restart::decide(job, &previous, spec_changed, suspended, &pods.report);
     let stopped = suspended || hold.phase.is_some();
-    // 4. Build the objects, and make sure their names are free.
+    // 5. Build the objects, and make sure their names are free.
     let name = job.name_any();
     let desired = resources::desired(
         job,
@@ -233,9 +277,9 @@ async fn reconcile_job(
         )
         .await;
     }
-    // 5. Write them.
+    // 6. Write them.
     let access = apply::all(&ctx.client, job, &desired).await?;
-    // 6. Read the progress, and say it.
+    // 7. Read the progress, and say it.
     let workers_desired = resources::workers_wanted(job, stopped);
     let progress = read_progress(job, ctx, &desired, &pods, &access).await?;
     let (recoveries, recovery_tally) = status::tally_recoveries(
@@ -262,6 +306,10 @@ async fn reconcile_job(
         problems: &pods.report.problems,
     });
     next.fingerprint = Some(sluice_crds::fingerprint(&job.spec.job));
+    if let Some(planned) = upgrade {
+        next.conditions.retain(|c| c.type_ != planned.type_);
+        next.conditions.push(planned);
+    }
     next.selector = Some(worker_selector(job));
     next.restarts = hold.restarts;
     next.restart_at = hold.restart_at.map(|t| t.to_string());
@@ -280,7 +328,7 @@ async fn reconcile_job(
     }
     events::publish_transitions(job, ctx, phase, workers_desired, master.as_ref(), incidents).await;
     write_status(job, ctx, &next).await?;
-    // 7. When to look again. The master's progress is read over RPC, not watched: while its
+    // 8. When to look again. The master's progress is read over RPC, not watched: while its
     // master says it is coming up (waiting for workers, restoring the checkpoint) look again
     // soon, so that the status says Running within a second of the first batch rather than up
     // to five seconds later. Pods that are not up yet wake the controller through their
@@ -310,29 +358,6 @@ fn refusal(job: &StreamingJobResource) -> Option<(&'static str, String)> {
             return Some((reason::INVALID_SPEC, all.join("; ")));
         }
     }
-    // A job whose state-shaping spec changed cannot resume from the checkpoint it wrote:
-    // refuse the change (keep running the old one) instead of letting the master crash-loop.
-    let fingerprint = sluice_crds::fingerprint(&job.spec.job);
-    if let Some(status) = &job.status {
-        let same_location = match (&status.last_checkpoint, &job.spec.job.checkpoint) {
-            (Some(written), Some(now)) => written.location.starts_with(&now.uri),
-            _ => false,
-        };
-        if let Some(old) = status
-            .fingerprint
-            .as_ref()
-            .filter(|old| **old != fingerprint && same_location)
-        {
-            let uri = job.spec.job.checkpoint.as_ref().map(|c| c.uri.as_str());
-            return Some((
-                reason::INCOMPATIBLE_CHANGE,
-                format!(
-                    "the sources, pipeline, batch interval or parallelism changed (fingerprint {old} -> {fingerprint}), so the checkpoint at {} cannot be resumed; revert the change, or set a new spec.checkpoint.uri to start over",
-                    uri.unwrap_or("")
-                ),
-            ));
-        }
-    }
     if job.spec.job.checkpoint.is_none() {
         return Some((
             reason::NO_CHECKPOINT,
@@ -340,6 +365,20 @@ fn refusal(job: &StreamingJobResource) -> Option<(&'static str, String)> {
         ));
     }
     None
+}
+
+/// The spec the job's pods were made from, as its ConfigMap keeps it: `None` for a new job
+/// (or one made by an operator that did not keep it).
+async fn applied_spec(job: &StreamingJobResource, ctx: &Context) -> Result<Option<String>, Error> {
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let config = api
+        .get_opt(&format!("{}-config", job.name_any()))
+        .await
+        .map_err(Error::Kube)?;
+    Ok(config
+        .and_then(|c| c.data)
+        .and_then(|mut d| d.remove(upgrade::APPLIED_SPEC_KEY)))
 }
 
 /// The job's pods as the API server has them, and what they say.
@@ -483,8 +522,24 @@ async fn block(
     message: &str,
     recheck: Option<Duration>,
 ) -> Result<Action, Error> {
+    block_with(job, ctx, why, message, recheck, None).await
+}
+
+/// [`block`], with one more condition in the status (replacing its kind's).
+async fn block_with(
+    job: &StreamingJobResource,
+    ctx: &Context,
+    why: &str,
+    message: &str,
+    recheck: Option<Duration>,
+    extra: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+) -> Result<Action, Error> {
     let previous = job.status.clone().unwrap_or_default();
-    let next = status::blocked(&previous, job.metadata.generation, why, message);
+    let mut next = status::blocked(&previous, job.metadata.generation, why, message);
+    if let Some(extra) = extra {
+        next.conditions.retain(|c| c.type_ != extra.type_);
+        next.conditions.push(extra);
+    }
     // One Warning event when the job becomes blocked, or blocked for another reason; not one
     // per look.
     let was_reason = previous
@@ -512,7 +567,6 @@ fn error_policy(_job: Arc<StreamingJobResource>, error: &Error, _ctx: Arc<Contex
 #[cfg(test)]
 mod tests {
     use serde_json::json;
-    use sluice_crds::resource::CheckpointStatus;
 
     use super::*;
 
@@ -544,39 +598,6 @@ mod tests {
         let (why, message) = refusal(&job(Some("s3://b/wc"))).expect("refused");
         assert_eq!(why, reason::INVALID_SPEC);
         assert!(message.starts_with("spec.checkpoint.uri: "), "{message}");
-    }
-
-    #[test]
-    fn a_state_shaping_change_is_refused_only_where_the_old_checkpoint_is() {
-        let mut changed = job(Some("s3://ckpt/wc"));
-        changed.status = Some(StreamingJobStatus {
-            fingerprint: Some("0123".into()),
-            last_checkpoint: Some(CheckpointStatus {
-                batch: 4,
-                location: "s3://ckpt/wc/snapshots/4".into(),
-            }),
-            ..Default::default()
-        });
-        let refused = refusal(&changed).expect("refused");
-        assert_eq!(refused.0, reason::INCOMPATIBLE_CHANGE);
-        assert!(refused.1.contains("0123 ->"), "{}", refused.1);
-        // Unchanged: runs.
-        let same = sluice_crds::fingerprint(&changed.spec.job);
-        if let Some(s) = changed.status.as_mut() {
-            s.fingerprint = Some(same);
-        }
-        assert!(refusal(&changed).is_none());
-        // Changed, with a new location: starts over.
-        let mut moved = job(Some("s3://ckpt/wc-v2"));
-        moved.status = Some(StreamingJobStatus {
-            fingerprint: Some("0123".into()),
-            last_checkpoint: Some(CheckpointStatus {
-                batch: 4,
-                location: "s3://ckpt/wc/snapshots/4".into(),
-            }),
-            ..Default::default()
-        });
-        assert!(refusal(&moved).is_none());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The Sluice operator. The reconciler (`controller`) runs a pipeline over pure decisions:
 //! what the job's pods say (`health`), whether the restart policy holds them (`restart`), the
 //! objects that run the job (`resources`), whose its names are (`ownership`), and its status
-//! and conditions (`status`, `conditions`); then writes (`apply`) and says (`events`). Around
+//! and conditions (`status`, `conditions`), whether a changed spec may take over the
+//! checkpoint (`upgrade`); then writes (`apply`) and says (`events`). Around
 //! it: the checkpoint's deletion (`cleanup`), leader election, TLS and metrics.
 
 pub mod apply;
@@ -18,3 +19,4 @@ pub mod resources;
 pub mod restart;
 pub mod status;
 pub mod tls;
+pub mod upgrade;

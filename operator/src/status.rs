@@ -227,6 +227,14 @@ pub fn compute(o: &Observed<'_>) -> StreamingJobStatus {
             g,
         ),
     ];
+    // Conditions computed elsewhere (the last upgrade's) stay as they were.
+    let mut conditions = conditions;
+    conditions.extend(
+        p.iter()
+            .filter(|c| !conditions.iter().any(|n| n.type_ == c.type_))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
     let mut status = StreamingJobStatus {
         phase: Some(phase),
         observed_generation: g,

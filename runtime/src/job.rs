@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use crate::checkpoint::Snapshot;
+use crate::checkpoint::{Snapshot, StateLayout};
 use crate::coordinator::rate::Backpressure;
 use sluice_crds::OnRecordError;
 
@@ -26,6 +26,39 @@ pub(crate) trait Stateful: Send + Sync {
     fn snapshot(&self, part: usize) -> Result<Vec<u8>>;
     /// Replaces the partition's state; `None` empties it.
     fn restore(&self, part: usize, bytes: Option<&[u8]>) -> Result<()>;
+    /// Replaces the partition's state with its share of a snapshot taken with another number
+    /// of partitions (`olds`, one per old partition): the keys that now hash to `part` of
+    /// `partitions`.
+    fn reshard(&self, part: usize, olds: &[&[u8]], partitions: usize) -> Result<()>;
+}
+
+/// The entries of serialized keyed-state partitions (`olds`) whose keys hash to `part` of
+/// `partitions`, in old partition order and then in each one's order.
+pub(crate) fn keyed_share<K: crate::data::Key, S: crate::data::Data>(
+    olds: &[&[u8]],
+    part: usize,
+    partitions: usize,
+    what: &str,
+) -> Result<Vec<(K, S)>> {
+    let mut share = Vec::new();
+    for bytes in olds {
+        let entries: Vec<(K, S)> = postcard::from_bytes(bytes)
+            .map_err(|e| Error::Checkpoint(format!("{what} is unreadable: {e}")))?;
+        share.extend(
+            entries
+                .into_iter()
+                .filter(|(k, _)| crate::data::partition_of(k, partitions) == part),
+        );
+    }
+    Ok(share)
+}
+
+/// Where a stateful operation's state is found in a snapshot.
+enum StateSource {
+    /// Under this name, sharded into this many partitions.
+    Named(String, usize),
+    /// Nowhere: the operation is new, its state starts empty.
+    Empty,
 }
 
 /// What a [`StreamingContext`](crate::StreamingContext) collects as streams are declared,
@@ -74,6 +107,12 @@ pub struct Job {
     next_unpaced: u64,
     backpressure: Option<Backpressure>,
     metrics: Option<Arc<RuntimeMetrics>>,
+    /// The manifest the job was compiled from, if it was: a checkpoint records it, and a
+    /// changed one is planned against it (see [`sluice_crds::upgrade`]).
+    spec: Option<sluice_crds::StreamingJobSpec>,
+    /// The manifest step each stateful operation belongs to (by `stateful`'s order): a job
+    /// with another spec finds its state by it.
+    state_steps: Vec<Option<String>>,
 }
 
 impl Job {
@@ -113,7 +152,87 @@ impl Job {
             next_unpaced: 1,
             backpressure: b.backpressure,
             metrics: None,
+            spec: None,
+            state_steps: Vec::new(),
         })
+    }
+
+    /// Records the manifest the job was compiled from, and the step each stateful operation
+    /// belongs to (by the operations' order).
+    pub(crate) fn set_manifest(
+        &mut self,
+        spec: sluice_crds::StreamingJobSpec,
+        state_steps: Vec<Option<String>>,
+    ) {
+        self.spec = Some(spec);
+        self.state_steps = state_steps;
+    }
+
+    /// The manifest the job was compiled from, if it was.
+    pub fn spec(&self) -> Option<&sluice_crds::StreamingJobSpec> {
+        self.spec.as_ref()
+    }
+
+    /// How this job lays its state out in a snapshot.
+    pub(crate) fn state_layout(&self) -> StateLayout {
+        StateLayout {
+            partitions: self.graph.partitions,
+            states: self
+                .stateful
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| (name.clone(), self.state_steps.get(i).cloned().flatten()))
+                .collect(),
+        }
+    }
+
+    /// Where each stateful operation's state is in `snapshot`: under the same name, or the
+    /// name its step's state had when the snapshot was taken by another spec.
+    fn state_sources(&self, snapshot: &Snapshot) -> Result<Vec<StateSource>> {
+        let Some(layout) = &snapshot.layout else {
+            return Ok(self
+                .stateful
+                .iter()
+                .map(|(name, _)| StateSource::Named(name.clone(), self.graph.partitions))
+                .collect());
+        };
+        let mut out = Vec::with_capacity(self.stateful.len());
+        for (i, (name, _)) in self.stateful.iter().enumerate() {
+            let step = self.state_steps.get(i).cloned().flatten();
+            let old = match &step {
+                // A manifest step: its state is its step's, in the same place among that
+                // step's states (a windowed reduce has a buffer and a window).
+                Some(id) => {
+                    let nth = self.state_steps[..i]
+                        .iter()
+                        .filter(|s| s.as_deref() == Some(id))
+                        .count();
+                    layout
+                        .states
+                        .iter()
+                        .filter(|(_, s)| s.as_deref() == Some(id))
+                        .nth(nth)
+                        .map(|(n, _)| n.clone())
+                }
+                None => layout
+                    .states
+                    .iter()
+                    .any(|(n, _)| n == name)
+                    .then(|| name.clone()),
+            };
+            out.push(match (old, step) {
+                (Some(old), _) => StateSource::Named(old, layout.partitions),
+                // A step the snapshot's spec did not have (the upgrade plan said so).
+                (None, Some(_)) => StateSource::Empty,
+                (None, None) => {
+                    return Err(Error::Checkpoint(format!(
+                        "the snapshot of batch {} has no state for {name}",
+                        snapshot.batch
+                    )));
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// Reports what each batch moves (and snapshot sizes) to `metrics`.
@@ -405,6 +524,7 @@ impl Job {
         let mut snapshot = Snapshot {
             batch,
             parts: BTreeMap::new(),
+            layout: Some(self.state_layout()),
         };
         for (name, state) in &self.stateful {
             let mut bytes = 0;
@@ -464,17 +584,44 @@ impl Job {
     }
 
     fn restore_partition(&self, snapshot: Option<&Snapshot>, part: usize) -> Result<()> {
-        for (name, state) in &self.stateful {
-            let bytes = snapshot.and_then(|s| s.parts.get(&(name.clone(), part)));
-            if snapshot.is_some() && bytes.is_none() {
-                return Err(Error::Checkpoint(format!(
-                    "snapshot has no state for {name} partition {part}"
-                )));
+        let Some(snapshot) = snapshot else {
+            for (_, state) in &self.stateful {
+                state.restore(part, None)?;
             }
-            state.restore(part, bytes.map(Vec::as_slice))?;
+            self.executor.set_applied(part, 0);
+            return Ok(());
+        };
+        let missing = |name: &str, p: usize| {
+            Error::Checkpoint(format!(
+                "the snapshot of batch {} has no state for {name} partition {p}",
+                snapshot.batch
+            ))
+        };
+        for ((_, state), source) in self.stateful.iter().zip(self.state_sources(snapshot)?) {
+            match source {
+                StateSource::Empty => state.restore(part, None)?,
+                StateSource::Named(old, parts) if parts == self.graph.partitions => {
+                    let bytes = snapshot
+                        .parts
+                        .get(&(old.clone(), part))
+                        .ok_or_else(|| missing(&old, part))?;
+                    state.restore(part, Some(bytes))?;
+                }
+                StateSource::Named(old, parts) => {
+                    let olds = (0..parts)
+                        .map(|p| {
+                            snapshot
+                                .parts
+                                .get(&(old.clone(), p))
+                                .map(Vec::as_slice)
+                                .ok_or_else(|| missing(&old, p))
+                        })
+                        .collect::<Result<Vec<&[u8]>>>()?;
+                    state.reshard(part, &olds, self.graph.partitions)?;
+                }
+            }
         }
-        self.executor
-            .set_applied(part, snapshot.map_or(0, |s| s.batch));
+        self.executor.set_applied(part, snapshot.batch);
         Ok(())
     }
 

@@ -388,6 +388,41 @@ fn distributed_job_survives_master_and_worker_loss_and_rescales() {
     assert!(c.master_log().contains("rescaled"), "{}", c.master_log());
 }
 
+/// An upgrade of parallelism on a cluster: stopped after batch 12 at 4 partitions, resumed at 8
+/// until batch 26, then at 3 to the end, each time by a new master and new workers that read
+/// the re-sharded state from S3 (every worker reads all of a snapshot's old partitions, and
+/// keeps the keys that now hash to its own). The output is the uninterrupted run's.
+#[test]
+fn a_cluster_resumes_with_another_parallelism_and_its_state_resharded() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let want = reference(tmp.path());
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    for (parallelism, until, workers) in [(4, 12, 2), (8, 26, 3), (3, BATCHES, 2)] {
+        let mut c = Cluster::with_parallelism(tmp.path(), &server, "upgrade", parallelism)
+            .stopping_after(until);
+        c.start_master(workers);
+        for w in 0..workers {
+            c.start_worker(&format!("w{w}"));
+        }
+        let got = c.finish();
+        assert_eq!(
+            got.len() as u64,
+            until,
+            "batches after parallelism {parallelism}"
+        );
+        if parallelism != 4 {
+            assert!(
+                c.master_log().contains("re-sharded by key hash"),
+                "{}",
+                c.master_log()
+            );
+        }
+        if until == BATCHES {
+            assert_exactly_once(&got, &want, "parallelism 4 -> 8 -> 3");
+        }
+    }
+}
+
 /// Scrapes `addr`'s metrics.
 fn scrape(addr: &str) -> String {
     let (status, text) = support::http_get(addr, "/metrics").expect("scrape");

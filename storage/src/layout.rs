@@ -30,6 +30,25 @@ pub struct JobMeta {
     pub zero_time_ms: u64,
     pub interval_ms: u64,
     pub partitions: usize,
+    /// The job's spec (of a manifest job), as JSON: what a changed spec is planned against
+    /// (`sluice plan`). Absent in checkpoints from before upgrades were planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+    /// The state layout of the snapshots written before snapshots recorded their own: that of
+    /// the job that first recorded its spec here (the same spec that wrote them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_layout: Option<StateLayout>,
+}
+
+/// How a snapshot's state is laid out: what a job with another spec needs to read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateLayout {
+    /// The partitions the state is sharded into.
+    pub partitions: usize,
+    /// Each stateful operation's state name and the identity of the manifest step it belongs
+    /// to (see `sluice_crds::upgrade`); `None` for a job written in Rust, whose names are fixed.
+    pub states: Vec<(String, Option<String>)>,
 }
 
 /// The checkpoint's `job.json`, if one was written.

@@ -1,5 +1,6 @@
 //! The ConfigMap with the job manifest that master and workers read: the job part of the spec
-//! only, as `sluice run` would take it.
+//! only, as `sluice run` would take it; beside it, the whole spec the pods were made from, which
+//! a changed spec is planned against (see [`crate::upgrade`]).
 
 use std::collections::BTreeMap;
 
@@ -32,7 +33,16 @@ pub fn manifest_config_map(job: &StreamingJobResource) -> Result<ConfigMap, Buil
     let text = yaml_serde::to_string(&manifest).map_err(|e| BuildError::Render(e.to_string()))?;
     Ok(ConfigMap {
         metadata: child_meta(job, format!("{name}-config"), "config")?,
-        data: Some([(MANIFEST_FILE.to_string(), text)].into()),
+        data: Some(
+            [
+                (MANIFEST_FILE.to_string(), text),
+                (
+                    crate::upgrade::APPLIED_SPEC_KEY.to_string(),
+                    crate::upgrade::applied_spec(job).unwrap_or_default(),
+                ),
+            ]
+            .into(),
+        ),
         ..Default::default()
     })
 }

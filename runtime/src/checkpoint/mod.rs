@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
-pub use sluice_storage::layout::{self, FORMAT_VERSION, JobMeta};
+pub use sluice_storage::layout::{self, FORMAT_VERSION, JobMeta, StateLayout};
 pub use sluice_storage::{
     LocalStore, MemoryStore, S3Settings, S3Store, Store as CheckpointStore, parse_s3_uri,
 };
@@ -114,6 +114,9 @@ pub struct CommitEntry {
 struct Manifest {
     batch: u64,
     files: Vec<StateFile>,
+    /// Absent in snapshots from before upgrades could change the layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layout: Option<StateLayout>,
 }
 
 /// One state file of a snapshot, as its manifest lists it.
@@ -130,6 +133,9 @@ pub struct Snapshot {
     pub batch: u64,
     /// By (operation name, partition).
     pub parts: BTreeMap<(String, usize), Vec<u8>>,
+    /// How `parts` is laid out, when the snapshot says: a job with another spec re-shards and
+    /// renames from it (see [`crate::job::Job::restore`]). `None`: as the job that reads it.
+    pub layout: Option<StateLayout>,
 }
 
 fn batch_key(batch: u64) -> String {
@@ -300,7 +306,7 @@ impl Checkpointer {
     /// Writes a snapshot: the state files first, the manifest last.
     pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
         let files = self.write_state_files(snapshot)?;
-        self.write_manifest(snapshot.batch, files)
+        self.write_manifest(snapshot.batch, files, snapshot.layout.clone())
     }
 
     /// Writes state files of a snapshot (all of it, or one worker's partitions) and returns
@@ -331,14 +337,33 @@ impl Checkpointer {
     }
 
     /// Completes a snapshot: the manifest, written last, makes it visible to recovery.
-    pub fn write_manifest(&self, batch: u64, files: Vec<StateFile>) -> Result<()> {
+    pub fn write_manifest(
+        &self,
+        batch: u64,
+        files: Vec<StateFile>,
+        layout: Option<StateLayout>,
+    ) -> Result<()> {
         let dir = format!("state/{}", batch_key(batch));
-        self.put_json(&format!("{dir}/MANIFEST.json"), &Manifest { batch, files })
+        self.put_json(
+            &format!("{dir}/MANIFEST.json"),
+            &Manifest {
+                batch,
+                files,
+                layout,
+            },
+        )
     }
 
     /// The snapshot of `batch`, verified: every partition of every operation.
     pub fn snapshot_at(&self, batch: u64) -> Result<Snapshot> {
-        self.read_state(batch, &|_| true)
+        self.read_state(batch, 0, &|_| true)
+    }
+
+    /// Deletes the state log: after a change of the state's layout it describes partitions
+    /// and operations that are no more (recovery recomputes what it covered instead).
+    pub fn drop_state_log(&self) -> Result<()> {
+        let keys: Vec<String> = self.state_log()?.into_iter().map(|l| l.key).collect();
+        Ok(self.store.delete_objects(&keys)?)
     }
 
     /// The batches of the snapshots present, newest first (complete or not: a snapshot is
@@ -373,19 +398,36 @@ impl Checkpointer {
         }
     }
 
-    /// The state of the partitions `wanted` in the snapshot of `batch`, verified against its
-    /// manifest; the files of other partitions are not read. [`Error::Checkpoint`] when the
-    /// snapshot is torn or damaged.
-    pub fn read_state(&self, batch: u64, wanted: &dyn Fn(usize) -> bool) -> Result<Snapshot> {
+    /// The state of the partitions `wanted` (of a job of `partitions`) in the snapshot of
+    /// `batch`, verified against its manifest; the files of other partitions are not read,
+    /// unless the snapshot has another partition count (every partition is then re-sharded
+    /// from all of them). [`Error::Checkpoint`] when the snapshot is torn or damaged.
+    pub fn read_state(
+        &self,
+        batch: u64,
+        partitions: usize,
+        wanted: &dyn Fn(usize) -> bool,
+    ) -> Result<Snapshot> {
         let name = batch_key(batch);
         let manifest = self.read_manifest(batch)?.ok_or_else(|| {
             Error::Checkpoint(format!(
                 "state/{name} has no manifest (an interrupted snapshot)"
             ))
         })?;
+        // Snapshots from before layouts were recorded have the layout job.json kept for them.
+        let layout = match manifest.layout {
+            Some(layout) => Some(layout),
+            None => self.load_meta()?.and_then(|m| m.legacy_layout),
+        };
+        let all = |_: usize| true;
+        let wanted: &dyn Fn(usize) -> bool = match &layout {
+            Some(l) if l.partitions != partitions => &all,
+            _ => wanted,
+        };
         let mut snapshot = Snapshot {
             batch: manifest.batch,
             parts: BTreeMap::new(),
+            layout,
         };
         let mut listed = std::collections::BTreeSet::new();
         for file in manifest.files {
@@ -495,6 +537,7 @@ mod tests {
         let mut s = Snapshot {
             batch,
             parts: BTreeMap::new(),
+            layout: None,
         };
         s.parts
             .insert(("000-state".into(), 0), vec![batch as u8; 4]);
@@ -508,7 +551,7 @@ mod tests {
         let first = c.write_state_files(&snapshot(4)).expect("write");
         let again = c.write_state_files(&snapshot(4)).expect("write");
         assert_ne!(first[0].key, again[0].key);
-        c.write_manifest(4, again).expect("manifest");
+        c.write_manifest(4, again, None).expect("manifest");
         assert_eq!(c.snapshot_at(4).expect("read"), snapshot(4));
         // A checkpoint written before unique keys: `PART.bin`.
         let old = snapshot(5);
@@ -520,7 +563,7 @@ mod tests {
             len: bytes.len() as u64,
             crc32: crc32fast::hash(bytes),
         };
-        c.write_manifest(5, vec![file]).expect("manifest");
+        c.write_manifest(5, vec![file], None).expect("manifest");
         assert_eq!(c.snapshot_at(5).expect("read"), old);
     }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cluster;
+mod plan;
 mod run;
 mod validate;
 
@@ -57,6 +58,16 @@ job.yaml: spec.pipeline[2].window.slide: 3s is not a multiple of spec.batchInter
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Say what a changed manifest does to the job's checkpoint, change by change.
+    #[command(
+        after_help = "Each change is live (applied without a restart), restart (the job resumes from its checkpoint with all \
+its state), state migration (state re-sharded onto a new parallelism, or a new stateful step starting empty), state loss \
+(a removed stateful step's state is dropped) or cannot restore (a stateful step's state changed form, or the batch \
+interval changed).\n\nExit status: 0 restores, 1 restores with stated losses (the job proceeds only with \
+spec.upgrade.allowStateLoss: true), 2 cannot restore, 3 a manifest or the checkpoint cannot be read.\n\n\
+Example:\n  sluice plan job.yaml job-v2.yaml\n  sluice plan job.yaml job-v2.yaml --checkpoint s3://ckpt/jobs/wc"
+    )]
+    Plan(plan::PlanArgs),
     /// Run the master of a distributed job: batch clock, placement, checkpoints.
     #[command(
         after_help = "Needs SLUICE_TOKEN (shared with the workers) and spec.checkpoint (usually s3://...).\n\nExample:\n  SLUICE_TOKEN=... sluice master job.yaml --listen 0.0.0.0:7070 --min-workers 3"
@@ -92,6 +103,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Validate { files } => validate::validate(&files),
+        Command::Plan(args) => plan::plan(args),
         Command::Bench(args) => bench::bench(args),
         Command::Master(args) => cluster::master(args),
         Command::Worker(args) => cluster::worker(args),

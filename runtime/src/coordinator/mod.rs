@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 pub use fault::{Class, Fault};
-use protocol::{Backoff, Identity};
+use protocol::{Backoff, Identity, Takeover};
 
 use crate::checkpoint::{Checkpointer, CommitEntry, OffsetEntry, StateFile};
 use crate::job::{BatchReport, Job};
@@ -310,12 +310,28 @@ pub fn run<R: Runner>(
         fingerprint: settings.fingerprint.clone(),
         interval_ms: job.interval_ms(),
         partitions: job.partitions(),
+        spec: job.spec().cloned(),
+        layout: job.state_layout(),
     };
     let meta = match ckpt.load_meta_checked()? {
         Some(meta) => {
-            if let Some(why) = identity.refuse(&meta, &ckpt.describe()) {
-                return Err(Fault::Engine(crate::Error::Config(why)));
-            }
+            let meta = match identity.take_over(&meta, &ckpt.describe()) {
+                Err(why) => return Err(Fault::Engine(crate::Error::Config(why))),
+                Ok(Takeover::AsIs) => meta,
+                Ok(Takeover::Rewrite(next, plan)) => {
+                    if let Some(plan) = &plan {
+                        for change in &plan.changes {
+                            tracing::info!(path = %change.path, class = change.class.label(), "upgrade: {}", change.effect);
+                        }
+                        // What the state log holds was logged for the old layout.
+                        if plan.reshapes_state() {
+                            ckpt.drop_state_log()?;
+                        }
+                    }
+                    ckpt.write_meta(&next)?;
+                    *next
+                }
+            };
             tracing::info!(checkpoint = %ckpt.describe(), "resuming from checkpoint");
             meta
         }
@@ -823,7 +839,8 @@ impl<R: Runner> Coordinator<R> {
             self.job.partitions(),
         )
         .map_err(Fault::Rollback)?;
-        self.ckpt.write_manifest(batch, files)?;
+        self.ckpt
+            .write_manifest(batch, files, Some(self.job.state_layout()))?;
         self.last_snapshot = batch;
         self.job
             .on_checkpoint(&BatchInfo::new(self.zero, self.interval, batch));

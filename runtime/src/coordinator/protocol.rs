@@ -7,7 +7,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::checkpoint::state_log::LoggedState;
-use crate::checkpoint::{FORMAT_VERSION, JobMeta, OffsetEntry, StateFile, state_file_part};
+use sluice_crds::StreamingJobSpec;
+use sluice_crds::upgrade::{self, UpgradePlan};
+
+use crate::checkpoint::{
+    FORMAT_VERSION, JobMeta, OffsetEntry, StateFile, StateLayout, state_file_part,
+};
 
 /// What the job about to run is, to compare with a checkpoint's `job.json`.
 #[derive(Clone, Debug)]
@@ -17,6 +22,21 @@ pub struct Identity {
     pub fingerprint: String,
     pub interval_ms: u64,
     pub partitions: usize,
+    /// The manifest, for a job compiled from one: a changed one is planned against the
+    /// checkpoint's.
+    pub spec: Option<StreamingJobSpec>,
+    /// How the job lays its state out.
+    pub layout: StateLayout,
+}
+
+/// What taking over a checkpoint takes.
+#[derive(Debug, PartialEq)]
+pub enum Takeover {
+    /// The checkpoint is this job's as it is.
+    AsIs,
+    /// The checkpoint was written by another spec (or before specs were recorded): its
+    /// `job.json` becomes this, under the plan of the change (`None` for the same spec).
+    Rewrite(Box<JobMeta>, Option<UpgradePlan>),
 }
 
 impl Identity {
@@ -31,30 +51,76 @@ impl Identity {
             zero_time_ms: now_ms / self.interval_ms * self.interval_ms,
             interval_ms: self.interval_ms,
             partitions: self.partitions,
+            spec: self.spec_json(),
+            legacy_layout: None,
         }
     }
 
-    /// Why the checkpoint at `place`, described by `meta`, cannot be resumed by this job.
-    pub fn refuse(&self, meta: &JobMeta, place: &str) -> Option<String> {
+    fn spec_json(&self) -> Option<serde_json::Value> {
+        self.spec
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
+    }
+
+    /// Whether the checkpoint at `place`, described by `meta`, can be resumed by this job, and
+    /// what its `job.json` becomes; the reason when it cannot.
+    pub fn take_over(&self, meta: &JobMeta, place: &str) -> Result<Takeover, String> {
         if meta.format_version != FORMAT_VERSION {
-            return Some(format!(
+            return Err(format!(
                 "checkpoint {place} has format version {}, this sluice reads {FORMAT_VERSION}; use a new checkpoint.uri",
                 meta.format_version
             ));
         }
-        if meta.fingerprint != self.fingerprint {
-            return Some(format!(
-                "checkpoint {place} belongs to a different job (job {:?}, fingerprint {} != {}): the sources, pipeline, batch interval or parallelism changed. Point spec.checkpoint.uri at a new location, or delete the old checkpoint to start over",
+        let recorded = meta.spec.as_ref().map(|json| {
+            serde_json::from_value::<StreamingJobSpec>(json.clone()).map_err(|e| {
+                format!(
+                    "checkpoint {place} records a spec this sluice cannot read ({e}); resume it with the sluice that wrote it, or use a new spec.checkpoint.uri"
+                )
+            })
+        });
+        if let (Some(recorded), Some(spec)) = (recorded, &self.spec) {
+            let plan = upgrade::plan(&recorded?, spec);
+            let allowed = spec
+                .upgrade
+                .as_ref()
+                .and_then(|u| u.allow_state_loss)
+                .unwrap_or(false);
+            if let Some(why) = plan.refusal(allowed) {
+                return Err(format!("checkpoint {place}: {why}"));
+            }
+            if plan.is_empty() && meta.fingerprint == self.fingerprint {
+                return Ok(Takeover::AsIs);
+            }
+            let mut next = meta.clone();
+            next.fingerprint = self.fingerprint.clone();
+            next.partitions = self.partitions;
+            next.spec = self.spec_json();
+            return Ok(Takeover::Rewrite(Box::new(next), Some(plan)));
+        }
+        // A checkpoint that does not record its spec (or a job without one): only the job
+        // that wrote it resumes it.
+        let legacy = self.spec.as_ref().map(sluice_crds::fingerprint_v1);
+        if meta.fingerprint != self.fingerprint && Some(&meta.fingerprint) != legacy.as_ref() {
+            return Err(format!(
+                "checkpoint {place} belongs to a different job (job {:?}, fingerprint {} != {}): the sources, pipeline, batch interval or parallelism changed, and it was written before sluice recorded specs, so the change cannot be planned. Resume it once with the spec that wrote it (it then records it), point spec.checkpoint.uri at a new location, or delete the old checkpoint to start over",
                 meta.job, meta.fingerprint, self.fingerprint
             ));
         }
         if meta.interval_ms != self.interval_ms || meta.partitions != self.partitions {
-            return Some(format!(
+            return Err(format!(
                 "checkpoint {place} was written with batch interval {}ms and {} partitions, the job has {}ms and {}",
                 meta.interval_ms, meta.partitions, self.interval_ms, self.partitions
             ));
         }
-        None
+        if self.spec.is_none() {
+            return Ok(Takeover::AsIs);
+        }
+        // Record the spec from now on, and the layout of the snapshots written before it.
+        let mut next = meta.clone();
+        next.fingerprint = self.fingerprint.clone();
+        next.spec = self.spec_json();
+        next.legacy_layout = Some(self.layout.clone());
+        Ok(Takeover::Rewrite(Box::new(next), None))
     }
 }
 
@@ -238,6 +304,15 @@ mod tests {
             fingerprint: "f1".into(),
             interval_ms: 1000,
             partitions: 4,
+            spec: None,
+            layout: StateLayout::default(),
+        }
+    }
+
+    fn refusal(id: &Identity, meta: &JobMeta) -> String {
+        match id.take_over(meta, "ckpt") {
+            Err(why) => why,
+            Ok(t) => panic!("taken over: {t:?}"),
         }
     }
 
@@ -246,31 +321,81 @@ mod tests {
         let id = identity();
         let meta = id.new_meta(12_345);
         assert_eq!(meta.zero_time_ms, 12_000);
-        assert!(id.refuse(&meta, "ckpt").is_none());
+        assert_eq!(id.take_over(&meta, "ckpt"), Ok(Takeover::AsIs));
         let old = JobMeta {
             format_version: FORMAT_VERSION + 1,
             ..meta.clone()
         };
-        assert!(
-            id.refuse(&old, "ckpt")
-                .is_some_and(|m| m.contains("format version"))
-        );
+        assert!(refusal(&id, &old).contains("format version"));
         let other = JobMeta {
             fingerprint: "f2".into(),
             ..meta.clone()
         };
-        assert!(
-            id.refuse(&other, "ckpt")
-                .is_some_and(|m| m.contains("different job"))
-        );
+        assert!(refusal(&id, &other).contains("different job"));
         let wider = JobMeta {
             partitions: 8,
             ..meta
         };
-        assert!(
-            id.refuse(&wider, "ckpt")
-                .is_some_and(|m| m.contains("8 partitions"))
+        assert!(refusal(&id, &wider).contains("8 partitions"));
+    }
+
+    fn manifest_job(yaml_spec: &str) -> Identity {
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: wc}}\nspec:\n{yaml_spec}"
         );
+        let spec = sluice_crds::parse_yaml(&text).expect("manifest").spec;
+        Identity {
+            fingerprint: sluice_crds::fingerprint(&spec),
+            partitions: spec.parallelism.unwrap_or(4) as usize,
+            spec: Some(spec),
+            ..identity()
+        }
+    }
+
+    const SPEC: &str = "  batchInterval: 1s
+  sources: [{name: in, generator: {rate: 10}}]
+  pipeline: [{flatMap: {split: ' '}}, {countByValue: {}}, {updateStateByKey: {op: sum}}]
+  sinks: [{stdout: {}}]
+";
+
+    #[test]
+    fn a_changed_spec_takes_over_the_checkpoint_as_its_plan_allows() {
+        let id = manifest_job(SPEC);
+        let meta = id.new_meta(0);
+        assert_eq!(id.take_over(&meta, "ckpt"), Ok(Takeover::AsIs));
+        // Re-sharded: job.json gets the new spec and partition count; the clock stays.
+        let wider = manifest_job(&SPEC.replace("1s\n", "1s\n  parallelism: 8\n"));
+        let Ok(Takeover::Rewrite(next, Some(plan))) = wider.take_over(&meta, "ckpt") else {
+            panic!("not rewritten");
+        };
+        assert_eq!(next.partitions, 8);
+        assert_eq!(next.zero_time_ms, meta.zero_time_ms);
+        assert_eq!(next.fingerprint, wider.fingerprint);
+        assert!(plan.reshapes_state());
+        // Dropping state needs allowStateLoss; an unreadable state is refused whatever is set.
+        let dropped = SPEC.replace(", {updateStateByKey: {op: sum}}", "");
+        assert!(refusal(&manifest_job(&dropped), &meta).contains("allowStateLoss"));
+        let allowed = format!("{dropped}  upgrade: {{allowStateLoss: true}}\n");
+        assert!(manifest_job(&allowed).take_over(&meta, "ckpt").is_ok());
+        let reshaped = SPEC.replace("op: sum", "op: max");
+        assert!(refusal(&manifest_job(&reshaped), &meta).contains("changed form"));
+    }
+
+    #[test]
+    fn a_checkpoint_without_a_spec_is_resumed_by_its_own_job_and_then_records_it() {
+        let id = manifest_job(SPEC);
+        let legacy = JobMeta {
+            fingerprint: sluice_crds::fingerprint_v1(id.spec.as_ref().expect("spec")),
+            spec: None,
+            ..id.new_meta(0)
+        };
+        let Ok(Takeover::Rewrite(next, None)) = id.take_over(&legacy, "ckpt") else {
+            panic!("not recorded");
+        };
+        assert!(next.spec.is_some());
+        assert_eq!(next.legacy_layout, Some(id.layout.clone()));
+        let changed = manifest_job(&SPEC.replace("1s\n", "1s\n  parallelism: 8\n"));
+        assert!(refusal(&changed, &legacy).contains("before sluice recorded specs"));
     }
 
     fn file(batch: u64, op: &str, part: usize) -> StateFile {

@@ -155,6 +155,13 @@ impl<K: Key, V: Data, S: Data, U: Data> Stateful for MapState<K, V, S, U> {
         *lock_unpoisoned(&self.parts[part]) = entries.into_iter().collect();
         Ok(())
     }
+
+    fn reshard(&self, part: usize, olds: &[&[u8]], partitions: usize) -> Result<()> {
+        let share: Vec<(K, (S, u64))> =
+            crate::job::keyed_share(olds, part, partitions, "keyed state")?;
+        *lock_unpoisoned(&self.parts[part]) = share.into_iter().collect();
+        Ok(())
+    }
 }
 
 struct Emitted<K, V, S, U> {

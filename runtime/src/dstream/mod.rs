@@ -191,6 +191,11 @@ impl StreamingContext {
         crate::job::Job::from_builder(builder)
     }
 
+    /// How many stateful operations were declared so far.
+    pub(crate) fn stateful_count(&self) -> usize {
+        self.with(|b| b.stateful.len())
+    }
+
     pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Builder) -> R) -> R {
         f(&mut lock_unpoisoned(&self.inner))
     }

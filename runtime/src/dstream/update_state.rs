@@ -78,6 +78,12 @@ impl<K: Key, C: Send + 'static, S: Data> Stateful for StateStore<K, C, S> {
         *lock_unpoisoned(&self.parts[part]) = pairs.into_iter().collect();
         Ok(())
     }
+
+    fn reshard(&self, part: usize, olds: &[&[u8]], partitions: usize) -> Result<()> {
+        let share: Vec<(K, S)> = crate::job::keyed_share(olds, part, partitions, "keyed state")?;
+        *lock_unpoisoned(&self.parts[part]) = share.into_iter().collect();
+        Ok(())
+    }
 }
 
 struct StateRead<K, C, S> {

@@ -15,18 +15,30 @@ use crate::error::{Error, Result};
 use crate::exec::{BatchContext, Task, lock_unpoisoned};
 use crate::plan::Dep;
 
+/// The partition of a record among so many, for a buffer of records placed by key.
+pub(crate) type Route<T> = Arc<dyn Fn(&T, usize) -> usize + Send + Sync>;
+
 /// The parent's batches of the last `keep_ms`, per partition, by batch index.
 pub(crate) struct Buffer<T> {
     parent: Upstream<T>,
     keep_batches: u64,
     parts: Vec<Mutex<BTreeMap<u64, Vec<T>>>>,
+    /// How the parent placed its records, when by key; `None`: anywhere will do.
+    route: Option<Route<T>>,
 }
 
 impl<T: Data> Buffer<T> {
-    /// Buffers `stream` for `keep_ms`; returns the buffer and its materializer.
-    pub(crate) fn register(stream: &DStream<T>, keep_ms: u64, op: &str) -> (Arc<Self>, usize) {
+    /// Buffers `stream` for `keep_ms`; returns the buffer and its materializer. `route` says
+    /// where a record belongs when the stream is placed by key.
+    pub(crate) fn register(
+        stream: &DStream<T>,
+        keep_ms: u64,
+        op: &str,
+        route: Option<Route<T>>,
+    ) -> (Arc<Self>, usize) {
         let interval = stream.ctx.interval_ms().max(1);
         let buffer = Arc::new(Buffer {
+            route,
             parent: stream.upstream(),
             keep_batches: keep_ms / interval,
             parts: (0..stream.ctx.partitions())
@@ -95,6 +107,29 @@ impl<T: Data> Stateful for Buffer<T> {
         *lock_unpoisoned(&self.parts[part]) = restored;
         Ok(())
     }
+
+    fn reshard(&self, part: usize, olds: &[&[u8]], partitions: usize) -> Result<()> {
+        let mut share: BTreeMap<u64, Vec<T>> = BTreeMap::new();
+        for (old, bytes) in olds.iter().enumerate() {
+            // Records not placed by key stay together: old partition `old` goes whole to one
+            // new partition.
+            if self.route.is_none() && old % partitions != part {
+                continue;
+            }
+            let batches: BTreeMap<u64, Vec<T>> = postcard::from_bytes(bytes)
+                .map_err(|e| Error::Checkpoint(format!("window buffer is unreadable: {e}")))?;
+            for (batch, records) in batches {
+                let records = records.into_iter().filter(|r| {
+                    self.route
+                        .as_ref()
+                        .is_none_or(|route| route(r, partitions) == part)
+                });
+                share.entry(batch).or_default().extend(records);
+            }
+        }
+        *lock_unpoisoned(&self.parts[part]) = share;
+        Ok(())
+    }
 }
 
 struct Window<T> {
@@ -155,7 +190,7 @@ impl<T: Data> DStream<T> {
     /// ```
     pub fn window(&self, length: Duration, slide: Duration) -> DStream<T> {
         let (length_ms, slide_ms) = self.window_ms("window", length, slide);
-        let (buffer, m) = Buffer::register(self, length_ms, "window");
+        let (buffer, m) = Buffer::register(self, length_ms, "window", None);
         let interval = self.ctx.interval_ms().max(1);
         let compute = Arc::new(Window {
             buffer,

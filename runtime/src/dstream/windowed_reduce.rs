@@ -111,6 +111,12 @@ impl<K: Key, V: Data> Stateful for IncrementalWindow<K, V> {
         *lock_unpoisoned(&self.windows[part]) = pairs.into_iter().collect();
         Ok(())
     }
+
+    fn reshard(&self, part: usize, olds: &[&[u8]], partitions: usize) -> Result<()> {
+        let share: Vec<(K, V)> = crate::job::keyed_share(olds, part, partitions, "window state")?;
+        *lock_unpoisoned(&self.windows[part]) = share.into_iter().collect();
+        Ok(())
+    }
 }
 
 struct WindowRead<K, V> {
@@ -122,6 +128,11 @@ impl<K: Key, V: Data> Compute<(K, V)> for WindowRead<K, V> {
         let window = lock_unpoisoned(&self.window.windows[part]);
         Ok(window.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
+}
+
+/// Places a buffered (key, value) pair by its key, as the per-batch reduce placed it.
+fn by_key<K: Key, V: Data>() -> super::window::Route<(K, V)> {
+    Arc::new(|(k, _): &(K, V), partitions: usize| crate::data::partition_of(k, partitions))
 }
 
 /// An inverse reduction and which results to keep after it.
@@ -149,7 +160,7 @@ impl<K: Key, V: Data> DStream<(K, V)> {
         let (length_batches, slide_batches) = (length_ms / interval, slide_ms / interval);
         match inverse {
             None => {
-                let (buffer, m) = Buffer::register(self, length_ms, op);
+                let (buffer, m) = Buffer::register(self, length_ms, op, Some(by_key()));
                 let compute = Arc::new(FullWindow {
                     buffer,
                     length_batches,
@@ -159,7 +170,7 @@ impl<K: Key, V: Data> DStream<(K, V)> {
                     .add_node(op, slide_ms, vec![Dep::Materialized(m)], compute)
             }
             Some(Inverse { inverse, keep }) => {
-                let (buffer, m) = Buffer::register(self, length_ms + slide_ms, op);
+                let (buffer, m) = Buffer::register(self, length_ms + slide_ms, op, Some(by_key()));
                 let window = Arc::new(IncrementalWindow {
                     buffer,
                     length_batches,

@@ -119,7 +119,7 @@ pub fn executor_thread(
                         let snapshot = match batch {
                             0 => None,
                             b => Some(
-                                ckpt.read_state(b, &|part| mine.contains(&part))
+                                ckpt.read_state(b, job.partitions(), &|part| mine.contains(&part))
                                     .map_err(internal)?,
                             ),
                         };
@@ -133,7 +133,10 @@ pub fn executor_thread(
                     let snapshot = if batch == 0 {
                         None
                     } else {
-                        Some(ckpt.read_state(batch, &owned).map_err(internal)?)
+                        Some(
+                            ckpt.read_state(batch, job.partitions(), &owned)
+                                .map_err(internal)?,
+                        )
                     };
                     job.restore_owned(snapshot.as_ref(), &owned)
                         .map_err(internal)?;

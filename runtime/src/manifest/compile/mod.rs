@@ -102,9 +102,17 @@ pub fn compile(
     };
     let mut stream = Stream::Records(input);
     let steps = &spec.pipeline;
+    // Each stateful operation's step, so that a later spec finds its state by the step.
+    let stateful_steps = sluice_crds::upgrade::stateful_steps(spec);
+    let mut state_steps = Vec::new();
     let mut i = 0;
     while i < steps.len() {
         let (next, used) = c.step(stream, steps, i);
+        let step = stateful_steps
+            .iter()
+            .find(|s| (i..i + used).contains(&s.index))
+            .map(|s| s.id.clone());
+        state_steps.resize(c.ctx.stateful_count(), step);
         stream = next;
         i += used;
     }
@@ -121,8 +129,11 @@ pub fn compile(
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
-    ctx.build()
-        .map_err(|e| vec![Problem::new("spec", e.to_string())])
+    let mut built = ctx
+        .build()
+        .map_err(|e| vec![Problem::new("spec", e.to_string())])?;
+    built.set_manifest(spec.clone(), state_steps);
+    Ok(built)
 }
 
 struct Compiler {
