@@ -5,6 +5,8 @@
 //! Kubernetes client code so both sides can depend on it cheaply.
 
 mod duration;
+#[cfg(any(feature = "expressions", test))]
+pub mod expressions;
 mod fingerprint;
 pub mod kafka;
 mod kinds;

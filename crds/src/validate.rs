@@ -107,6 +107,28 @@ impl Validator {
         }
     }
 
+    /// A CEL expression the runtime compiles (where this crate is built to compile it).
+    fn cel(&mut self, path: &str, text: &str) {
+        if text.trim().is_empty() {
+            self.add(path, "is empty; write a CEL expression");
+            return;
+        }
+        #[cfg(any(feature = "expressions", test))]
+        if let Err(message) = crate::expressions::compile_cel(text) {
+            self.add(path, message);
+        }
+    }
+
+    /// A regular expression the runtime compiles (where this crate is built to compile it).
+    fn regex(&mut self, path: &str, text: &str) {
+        #[cfg(any(feature = "expressions", test))]
+        if let Err(message) = crate::expressions::check_regex(text) {
+            self.add(path, message);
+        }
+        #[cfg(not(any(feature = "expressions", test)))]
+        let _ = (path, text);
+    }
+
     fn duration(&mut self, path: &str, text: &str) -> Option<Duration> {
         match parse_duration(text) {
             Ok(d) if d.is_zero() => {
@@ -365,10 +387,8 @@ impl Validator {
                     format!("{field:?} is not a field path; write e.g. user or geo.country"),
                 );
             }
-            if let Some(expr) = &s.expr
-                && expr.trim().is_empty()
-            {
-                self.add(format!("{path}.expr"), "is empty; write a CEL expression");
+            if let Some(expr) = &s.expr {
+                self.cel(&format!("{path}.expr"), expr);
             }
         }
     }
@@ -485,19 +505,33 @@ impl Validator {
                         ("regex", f.regex.is_some()),
                         ("expr", f.expr.is_some()),
                     ],
-                ) && f.split.as_deref() == Some("")
-                {
-                    self.add(
-                        format!("{p}.split"),
-                        "is empty; write a separator such as \" \" or \",\"",
-                    );
+                ) {
+                    if f.split.as_deref() == Some("") {
+                        self.add(
+                            format!("{p}.split"),
+                            "is empty; write a separator such as \" \" or \",\"",
+                        );
+                    }
+                    if let Some(re) = &f.regex {
+                        self.regex(&format!("{p}.regex"), re);
+                    }
+                    if let Some(expr) = &f.expr {
+                        self.cel(&format!("{p}.expr"), expr);
+                    }
                 }
             }
             if let Some(f) = &step.filter {
-                self.exactly_one(
+                if self.exactly_one(
                     &format!("{path}.filter"),
                     &[("expr", f.expr.is_some()), ("regex", f.regex.is_some())],
-                );
+                ) {
+                    if let Some(re) = &f.regex {
+                        self.regex(&format!("{path}.filter.regex"), re);
+                    }
+                    if let Some(expr) = &f.expr {
+                        self.cel(&format!("{path}.filter.expr"), expr);
+                    }
+                }
                 if f.regex.is_some() && shape == Shape::Keyed {
                     self.add(format!("{path}.filter.regex"), "needs plain text records; on a keyed stream write an expr over key and value");
                 }

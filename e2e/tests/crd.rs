@@ -82,6 +82,29 @@ async fn crd_accepts_examples_and_refuses_bad_manifests() -> Result<()> {
             base.replace("batchInterval: 1s", "batchInterval: 1s\n  speed: 3"),
             ".spec.speed: field not declared in schema",
         ),
+        // One-of fields and durations, refused by the CRD's CEL rules at apply.
+        (
+            base.replace(
+                "generator: {rate: 5000, seed: 7}",
+                "generator: {rate: 5000, seed: 7}\n      files: {path: /in}",
+            ),
+            "spec.sources[]: set exactly one of socket, files, generator, kafka",
+        ),
+        (
+            base.replace("    - stdout: {limit: 10}", "    - {}"),
+            "spec.sinks[]: set exactly one of stdout, files, s3, kafka",
+        ),
+        (
+            base.replace(
+                "    - filter: {expr: \"value >= 20\"}",
+                "    - filter: {expr: \"value >= 20\"}\n      count: {}",
+            ),
+            "spec.pipeline[]: set exactly one operation in each step",
+        ),
+        (
+            base.replace("batchInterval: 1s", "batchInterval: 5ms"),
+            "spec.batchInterval: a duration from 10ms to 1h",
+        ),
     ];
     for (manifest, expected) in cases {
         let err = match dry_run(&client, &manifest).await {

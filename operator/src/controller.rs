@@ -601,6 +601,28 @@ mod tests {
     }
 
     #[test]
+    fn expressions_that_would_not_compile_are_refused_before_any_pod() {
+        let mut bad = job(Some("s3://ckpt/wc"));
+        bad.spec.job.pipeline = serde_json::from_value(json!([
+            {"filter": {"expr": "record.size() >"}},
+            {"flatMap": {"regex": "(unclosed"}}
+        ]))
+        .expect("steps");
+        let (why, message) = refusal(&bad).expect("refused");
+        assert_eq!(why, reason::INVALID_SPEC);
+        assert!(
+            message.contains("spec.pipeline[0].filter.expr: ")
+                && message.contains("is not a valid CEL expression"),
+            "{message}"
+        );
+        assert!(
+            message.contains("spec.pipeline[1].flatMap.regex: ")
+                && message.contains("is not a valid regular expression"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn event_notes_fit_the_api_limit() {
         use sluice_crds::shorten;
         assert_eq!(shorten("short", 1024), "short");

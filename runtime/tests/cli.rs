@@ -133,27 +133,37 @@ fn missing_file_and_bad_flags_exit_2() {
 }
 
 #[test]
-fn checkpoint_of_another_job_is_refused() {
+fn a_changed_spec_resumes_the_checkpoint_only_as_its_plan_allows() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifest = |split: &str| {
+    let manifest = |interval: &str, split: &str| {
         format!(
-            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: fp}}\nspec:\n  batchInterval: 100ms\n  sources: [{{name: g, generator: {{rate: 100}}}}]\n  pipeline: [{{flatMap: {{split: \"{split}\"}}}}]\n  sinks: [{{stdout: {{limit: 0}}}}]\n  checkpoint: {{uri: \"file://{}\"}}\n",
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: fp}}\nspec:\n  batchInterval: {interval}\n  sources: [{{name: g, generator: {{rate: 100}}}}]\n  pipeline: [{{flatMap: {{split: \"{split}\"}}}}]\n  sinks: [{{stdout: {{limit: 0}}}}]\n  checkpoint: {{uri: \"file://{}\"}}\n",
             dir.path().join("ckpt").display()
         )
     };
     let first = dir.path().join("a.yaml");
-    std::fs::write(&first, manifest(" ")).expect("write");
+    std::fs::write(&first, manifest("100ms", " ")).expect("write");
     run_ok(
         sluice()
             .arg("run")
             .arg(&first)
             .args(["--batches", "2", "--no-wait"]),
     );
-    let second = dir.path().join("b.yaml");
-    std::fs::write(&second, manifest(",")).expect("write");
-    let (code, stderr) = run_unpaced(&second, 4);
+    // Another interval: the checkpoint's batch times cannot follow.
+    let slower = dir.path().join("b.yaml");
+    std::fs::write(&slower, manifest("200ms", " ")).expect("write");
+    let (code, stderr) = run_unpaced(&slower, 4);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("belongs to a different job"), "{stderr}");
+    assert!(
+        stderr.contains("cannot be resumed by the new spec")
+            && stderr.contains("spec.batchInterval"),
+        "{stderr}"
+    );
+    // A stateless step changed: resumed.
+    let split = dir.path().join("c.yaml");
+    std::fs::write(&split, manifest("100ms", ",")).expect("write");
+    let (code, stderr) = run_unpaced(&split, 4);
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 fn disk_job(dir: &Path) -> PathBuf {

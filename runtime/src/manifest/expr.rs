@@ -6,9 +6,8 @@
 
 use std::sync::Arc;
 
-use cel::common::ast::{EntryExpr, Expr as Node, MapExpr, StructExpr};
 use cel::objects::{Key as CelKey, Map as CelMap};
-use cel::{Context, IdedExpr, Program, Value as Cel};
+use cel::{Context, Program, Value as Cel};
 
 use super::value::Value;
 
@@ -21,28 +20,12 @@ pub struct Expr {
 
 impl Expr {
     /// Compiles `text`; the error is CEL's message, or the bound it breaks. Size and depth are
-    /// bounded here so that evaluation, which recurses once per level, can never run out of
-    /// stack at run time: a job that validates does not abort on its first record.
+    /// bounded (see [`sluice_crds::expressions`]) so that evaluation, which recurses once per
+    /// level, can never run out of stack at run time: a job that validates does not abort on
+    /// its first record.
     pub fn compile(text: &str) -> Result<Self, String> {
-        if text.len() > MAX_EXPR_BYTES {
-            return Err(format!(
-                "the expression is {} bytes long; the limit is {MAX_EXPR_BYTES}: split the work into several steps",
-                text.len()
-            ));
-        }
-        // CEL's parser recurses once per level too, before any depth can be checked: parse on
-        // a thread with room for the longest text accepted (a 2,000-term chain needs about
-        // 5 MiB in a debug build); untouched stack costs no memory.
-        let source = text.to_string();
-        let program = std::thread::Builder::new()
-            .name("sluice-cel-compile".into())
-            .stack_size(COMPILE_STACK_BYTES)
-            .spawn(move || parse_bounded(&source))
-            .map_err(|e| format!("cannot start the CEL compiler: {e}"))?
-            .join()
-            .map_err(|_| "the CEL compiler failed on this expression".to_string())??;
         Ok(Self {
-            program: Arc::new(program),
+            program: Arc::new(sluice_crds::expressions::compile_cel(text)?),
             text: text.to_string(),
         })
     }
@@ -73,71 +56,6 @@ impl Expr {
             .execute(scope)
             .map_err(|e| format!("{}: {e}", self.text))?;
         from_cel(result)
-    }
-}
-
-/// The longest expression accepted, in bytes (the CRD says the same).
-pub const MAX_EXPR_BYTES: usize = 4096;
-/// The deepest expression accepted: levels of nesting of its syntax tree.
-pub const MAX_EXPR_DEPTH: usize = 100;
-
-/// Stack of the thread that parses an expression.
-const COMPILE_STACK_BYTES: usize = 64 << 20;
-
-/// Parses `text` and checks its depth; the deep tree of a refused text is dropped here too.
-fn parse_bounded(text: &str) -> Result<Program, String> {
-    let program = Program::compile(text).map_err(|e| {
-        format!(
-            "{:?} is not a valid CEL expression: {e}",
-            crate::error::shorten(text, 200)
-        )
-    })?;
-    let depth = depth(program.expression());
-    if depth > MAX_EXPR_DEPTH {
-        return Err(format!(
-            "the expression nests {depth} levels deep (a chain of operators counts one level per operator); the limit is {MAX_EXPR_DEPTH}: split the work into several steps"
-        ));
-    }
-    Ok(program)
-}
-
-/// The depth of an expression's syntax tree, found without recursion.
-fn depth(root: &IdedExpr) -> usize {
-    let mut deepest = 0;
-    let mut pending = vec![(root, 1usize)];
-    while let Some((node, level)) = pending.pop() {
-        deepest = deepest.max(level);
-        pending.extend(children(node).into_iter().map(|c| (c, level + 1)));
-    }
-    deepest
-}
-
-/// The sub-expressions of `node`.
-fn children(node: &IdedExpr) -> Vec<&IdedExpr> {
-    match &node.expr {
-        Node::Call(call) => call
-            .target
-            .as_deref()
-            .into_iter()
-            .chain(call.args.iter())
-            .collect(),
-        Node::Comprehension(c) => vec![
-            &c.iter_range,
-            &c.accu_init,
-            &c.loop_cond,
-            &c.loop_step,
-            &c.result,
-        ],
-        Node::List(list) => list.elements.iter().collect(),
-        Node::Map(MapExpr { entries }) | Node::Struct(StructExpr { entries, .. }) => entries
-            .iter()
-            .flat_map(|entry| match &entry.expr {
-                EntryExpr::StructField(field) => vec![&field.value],
-                EntryExpr::MapEntry(pair) => vec![&pair.key, &pair.value],
-            })
-            .collect(),
-        Node::Select(select) => vec![&*select.operand],
-        Node::Unspecified | Node::Ident(_) | Node::Literal(_) => Vec::new(),
     }
 }
 
@@ -201,6 +119,7 @@ fn from_cel(v: Cel) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_crds::expressions::{MAX_EXPR_BYTES, MAX_EXPR_DEPTH};
 
     #[test]
     fn evaluates_over_records_and_pairs() {

@@ -257,13 +257,10 @@ impl Compiler {
     }
 
     fn regex(&mut self, path: &str, text: &str) -> Option<Regex> {
-        match Regex::new(text) {
+        match sluice_crds::expressions::check_regex(text) {
             Ok(r) => Some(r),
-            Err(e) => {
-                self.problem(
-                    path,
-                    format!("{text:?} is not a valid regular expression: {e}"),
-                );
+            Err(message) => {
+                self.problem(path, message);
                 None
             }
         }
