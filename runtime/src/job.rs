@@ -320,7 +320,7 @@ impl Job {
             let batch = BatchInfo::new(0, self.interval_ms, self.next_unpaced);
             let (mut ranges, _) = self.plan_inputs(&batch)?;
             let logged = self
-                .log_inputs(&batch, &mut ranges)?
+                .log_inputs(&batch, 0, &mut ranges)?
                 .into_iter()
                 .map(|(name, (_, bytes))| (name, bytes))
                 .collect();
@@ -356,6 +356,7 @@ impl Job {
     pub(crate) fn log_inputs(
         &mut self,
         batch: &BatchInfo,
+        epoch: u64,
         ranges: &mut BTreeMap<String, Json>,
     ) -> Result<BTreeMap<String, (String, Vec<u8>)>> {
         let mut logs = BTreeMap::new();
@@ -365,7 +366,9 @@ impl Job {
                 continue;
             };
             if let Some(bytes) = s.log_bytes(range)? {
-                let key = format!("wal/{:020}/{name}.bin", batch.index);
+                // A key of this epoch's own: a replaced master still running cannot
+                // overwrite the records its successor logged for the same batch.
+                let key = format!("wal/{:020}/{name}.{epoch}.bin", batch.index);
                 // The range as planned (its refusals are counted again on a replay), plus
                 // where its records went.
                 let mut logged = range.clone();
@@ -790,7 +793,7 @@ mod tests {
         let batch = BatchInfo::new(0, 1000, 1);
         let (mut ranges, _) = job.plan_inputs(&batch)?;
         let logged: BTreeMap<String, Vec<u8>> = job
-            .log_inputs(&batch, &mut ranges)?
+            .log_inputs(&batch, 0, &mut ranges)?
             .into_iter()
             .map(|(name, (_, bytes))| (name, bytes))
             .collect();

@@ -46,6 +46,13 @@ fn conformance(s: &dyn CheckpointStore) {
         .expect("delete objects");
     assert_eq!(s.list("statelog").expect("list"), vec!["3-1.bin"]);
     s.delete_objects(&[]).expect("deleting no objects is fine");
+    // A conditional write goes in once: the second writer of a key learns it is taken.
+    assert!(s.put_new("epochs/1.json", b"a").expect("put_new"));
+    assert!(!s.put_new("epochs/1.json", b"b").expect("put_new"));
+    assert_eq!(
+        s.get("epochs/1.json").expect("get").as_deref(),
+        Some(&b"a"[..])
+    );
     s.delete("").expect("delete everything");
     assert_eq!(s.list("state").expect("list"), Vec::<String>::new());
     assert_eq!(s.get("job.json").expect("get"), None);
@@ -141,6 +148,99 @@ fn exactly_once_across_sigkill_with_s3_checkpoints() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("resuming from checkpoint"), "{stderr}");
     assert_same_batches(&outputs(&crashed), &expected);
+}
+
+/// A master frozen mid-run (SIGSTOP: a node that stopped answering) is replaced by another
+/// that takes the checkpoint over and finishes the job; thawed, the first finds its next log
+/// write taken by the newer epoch and stops without committing, and the output stays exactly
+/// once.
+#[test]
+fn a_replaced_master_thawed_cannot_commit() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let reference = tmp.path().join("reference");
+    std::fs::create_dir_all(&reference).expect("dir");
+    run_ok(sluice(&job(&reference, &server, "reference", 5000), 40).stderr(Stdio::piped()));
+    let expected = outputs(&reference);
+
+    let dir = tmp.path().join("fenced");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let manifest = job(&dir, &server, "fenced", 5000);
+    let commits = server.root.join("ckpt/fenced/commits");
+    let committed = || std::fs::read_dir(&commits).map_or(0, |d| d.count());
+    // Paced (one batch per 100 ms), so that it is mid-run when frozen.
+    let log = std::fs::File::create(dir.join("first.log")).expect("log");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    first
+        .arg("run")
+        .arg(&manifest)
+        .args(["--batches", "40"])
+        .env("SLUICE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    with_credentials(&mut first);
+    let mut first = first.spawn().expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while committed() < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first master committed nothing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(first.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("freeze");
+    let frozen_at = committed();
+    // Its successor takes the checkpoint over and runs the job to its end.
+    let out = sluice(&manifest, 40)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("claimed the checkpoint") && stderr.contains("epoch=2"),
+        "{stderr}"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("thaw");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = first.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the thawed master runs on"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let first_log = std::fs::read_to_string(dir.join("first.log")).expect("log");
+    assert!(
+        !status.success(),
+        "the replaced master ended as if nothing happened:\n{first_log}"
+    );
+    assert!(
+        first_log.contains("another master took the checkpoint over"),
+        "{first_log}"
+    );
+    // Every commit after the freeze is the successor's.
+    for entry in std::fs::read_dir(&commits).expect("commits") {
+        let path = entry.expect("entry").path();
+        let batch: usize = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse().ok())
+            .expect("a batch number");
+        let commit: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        if batch > frozen_at + 1 {
+            assert_eq!(
+                commit["epoch"], 2,
+                "batch {batch} committed by the replaced master"
+            );
+        }
+    }
+    assert_same_batches(&outputs(&dir), &expected);
 }
 
 #[test]

@@ -26,6 +26,30 @@ pub fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| StoreError::io("sync directory", dir, e))
 }
 
+/// Writes `bytes` to `path` only if nothing is there, atomically: `false` when something is.
+/// The bytes are written to a temporary file and hard-linked into place, which fails where
+/// the name is taken, whoever races for it.
+pub fn write_new(dir: &Path, path: &Path, bytes: &[u8]) -> Result<bool> {
+    fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let tmp = dir.join(temporary_name(name, std::process::id()));
+    let mut file = fs::File::create(&tmp).map_err(|e| StoreError::io("create", &tmp, e))?;
+    let linked = file
+        .write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .and_then(|_| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(StoreError::io("link into place", path, e)),
+    }
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io("sync directory", dir, e))?;
+    Ok(true)
+}
+
 /// `.<name>.<pid>.tmp`: hidden, so readers that skip dot files never see a half-written batch,
 /// and carrying the writer's process id, so a sweep can tell a dead writer's file from a live one.
 fn temporary_name(name: &str, pid: u32) -> String {

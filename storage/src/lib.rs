@@ -21,6 +21,10 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String;
     /// Writes an object atomically: a reader sees the old bytes or the new, never a mix.
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()>;
+    /// Writes an object only where none has the key, atomically: `false` (and nothing written)
+    /// when one does. Of writers racing for one key, exactly one gets `true` (S3:
+    /// `If-None-Match: *`), so a key written this way names one writer for good.
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool>;
     /// Reads an object; `None` when it does not exist.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Reads several objects, in order (a store that can reads them at once).

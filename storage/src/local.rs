@@ -76,6 +76,15 @@ impl Store for LocalStore {
         write_atomically(&dir, &path, bytes)
     }
 
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+        let path = self.path(key)?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        crate::files::write_new(&dir, &path, bytes)
+    }
+
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let path = self.path(key)?;
         match fs::read(&path) {
@@ -152,6 +161,15 @@ impl Store for MemoryStore {
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
         lock(&self.objects).insert(key.to_string(), bytes.to_vec());
         Ok(())
+    }
+
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+        let mut objects = lock(&self.objects);
+        if objects.contains_key(key) {
+            return Ok(false);
+        }
+        objects.insert(key.to_string(), bytes.to_vec());
+        Ok(true)
     }
 
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {

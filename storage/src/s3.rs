@@ -304,6 +304,33 @@ impl Store for S3Store {
         Ok(())
     }
 
+    fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool> {
+        crate::check_key(key)?;
+        // 409: another conditional write to the key is in flight; S3 asks to try again.
+        let mut conflicts = 0;
+        loop {
+            let req = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(self.key(key))
+                .if_none_match("*")
+                .body(ByteStream::from(bytes.to_vec()));
+            let status = match self.runtime.block_on(req.send()) {
+                Ok(_) => return Ok(true),
+                Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
+                    // The key exists.
+                    Some(412) => return Ok(false),
+                    Some(409) if conflicts < 5 => 409,
+                    _ => return Err(self.fail("write", key, e)),
+                },
+            };
+            conflicts += 1;
+            tracing::debug!(key, status, "conditional write conflicted; trying again");
+            std::thread::sleep(std::time::Duration::from_millis(20 << conflicts));
+        }
+    }
+
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         self.runtime.block_on(self.get_async(key))
     }

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! job.json                              fingerprint, zero time, interval, partitions
+//! epochs/<n>.json                       one per master that took the checkpoint over
 //! offsets/<batch>.json                  source ranges of a batch, written BEFORE it runs
 //! commits/<batch>.json                  written AFTER its outputs (and snapshot) are durable
 //! state/<batch>/<operation>/<part>.bin  state of each stateful operation and partition
@@ -92,6 +93,9 @@ pub fn lock_local_writer(spec: Option<&sluice_crds::CheckpointSpec>) -> Result<O
 pub struct OffsetEntry {
     pub batch: u64,
     pub time_ms: u64,
+    /// The epoch of the master that planned it (0 in checkpoints from before epochs).
+    #[serde(default)]
+    pub epoch: u64,
     /// What each source contributes to the batch.
     pub ranges: BTreeMap<String, Json>,
     /// Where each source stands after planning the batch.
@@ -104,6 +108,9 @@ pub struct OffsetEntry {
 pub struct CommitEntry {
     pub batch: u64,
     pub time_ms: u64,
+    /// The epoch of the master that committed it (0 in checkpoints from before epochs).
+    #[serde(default)]
+    pub epoch: u64,
     pub records: u64,
     pub record_errors: u64,
     pub processing_ms: u64,
@@ -154,6 +161,21 @@ pub(crate) fn state_file_part(batch: u64, key: &str) -> Option<(String, usize)> 
     let part = file.strip_suffix(".bin")?.split('.').next()?.parse().ok()?;
     Some((op.to_string(), part))
 }
+
+/// What a write to the offset or commit log did: log entries are written once, by the first
+/// master to get there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logged {
+    Written,
+    /// An entry was there already, written in this epoch.
+    Taken {
+        epoch: u64,
+    },
+}
+
+/// Epoch claims kept by [`Checkpointer::prune`]: a replaced master finds its successor's
+/// claim (see [`Checkpointer::superseded`]) unless this many masters came after it.
+const KEPT_EPOCH_CLAIMS: usize = 1000;
 
 /// Reads and writes one job's checkpoints.
 pub struct Checkpointer {
@@ -238,9 +260,74 @@ impl Checkpointer {
         Ok(layout::delete(&*self.store)?)
     }
 
-    /// Logs a batch's input before it runs.
-    pub fn write_offsets(&self, entry: &OffsetEntry) -> Result<()> {
-        self.put_json(&format!("offsets/{}.json", batch_key(entry.batch)), entry)
+    /// Claims the next epoch for this process: `epochs/<n>.json`, written only where no
+    /// other master wrote it. A master looks for a newer claim before it plans or commits a
+    /// batch ([`Checkpointer::superseded`]), every batch it plans and commits carries its
+    /// epoch, and neither log entry is ever overwritten (see [`Logged`]): a master that a
+    /// newer one replaced (a frozen node thawed, a network partition healed) stops at its next
+    /// batch, and cannot slip a write in between.
+    pub fn claim_epoch(&self) -> Result<u64> {
+        for _ in 0..100 {
+            let next = self
+                .store
+                .list("epochs")?
+                .iter()
+                .filter_map(|n| parse_batch(n))
+                .max()
+                .unwrap_or(0)
+                + 1;
+            let claim = serde_json::json!({
+                "epoch": next,
+                "pid": std::process::id(),
+                "host": std::env::var("HOSTNAME").unwrap_or_default(),
+                "claimedAtMs": crate::time::now_ms(),
+            });
+            let bytes = serde_json::to_vec_pretty(&claim)
+                .map_err(|e| Error::Internal(format!("cannot encode an epoch claim: {e}")))?;
+            if self
+                .store
+                .put_new(&format!("epochs/{}.json", batch_key(next)), &bytes)?
+            {
+                return Ok(next);
+            }
+        }
+        Err(Error::Store(format!(
+            "{}: no epoch could be claimed in 100 tries (as many masters starting at once?)",
+            self.describe()
+        )))
+    }
+
+    /// Whether a master newer than the one of `epoch` claimed the checkpoint. Every claim
+    /// takes the next number, so the first after `epoch` is `epoch + 1`: one read, which finds
+    /// a successor even where the log entries it could collide with have been pruned.
+    pub fn superseded(&self, epoch: u64) -> Result<bool> {
+        Ok(self
+            .store
+            .get(&format!("epochs/{}.json", batch_key(epoch + 1)))?
+            .is_some())
+    }
+
+    /// Logs a batch's input before it runs, unless the batch is logged already.
+    pub fn write_offsets(&self, entry: &OffsetEntry) -> Result<Logged> {
+        self.put_json_new(&format!("offsets/{}.json", batch_key(entry.batch)), entry)
+    }
+
+    /// Writes `value` at `key` only where nothing is; else says the epoch of what is there.
+    fn put_json_new<T: Serialize>(&self, key: &str, value: &T) -> Result<Logged> {
+        #[derive(Deserialize)]
+        struct Epoch {
+            #[serde(default)]
+            epoch: u64,
+        }
+        let bytes = serde_json::to_vec_pretty(value)
+            .map_err(|e| Error::Internal(format!("cannot encode {key}: {e}")))?;
+        if self.store.put_new(key, &bytes)? {
+            return Ok(Logged::Written);
+        }
+        let there: Epoch = self
+            .get_json(key)?
+            .ok_or_else(|| Error::Checkpoint(format!("{key} was there, then vanished")))?;
+        Ok(Logged::Taken { epoch: there.epoch })
     }
 
     /// The logged input of one batch.
@@ -290,9 +377,9 @@ impl Checkpointer {
         Ok(out)
     }
 
-    /// Marks a batch complete.
-    pub fn write_commit(&self, entry: &CommitEntry) -> Result<()> {
-        self.put_json(&format!("commits/{}.json", batch_key(entry.batch)), entry)
+    /// Marks a batch complete, unless it is marked already.
+    pub fn write_commit(&self, entry: &CommitEntry) -> Result<Logged> {
+        self.put_json_new(&format!("commits/{}.json", batch_key(entry.batch)), entry)
     }
 
     /// The newest completed batch.
@@ -519,6 +606,15 @@ impl Checkpointer {
                 .collect();
             self.store.delete_objects(&old)?;
         }
+        // Epoch claims: a replaced master looks for its successor's among the newest.
+        let epochs = self.store.list("epochs")?;
+        let old: Vec<String> = epochs
+            .iter()
+            .rev()
+            .skip(KEPT_EPOCH_CLAIMS)
+            .map(|n| format!("epochs/{n}"))
+            .collect();
+        self.store.delete_objects(&old)?;
         // Directories, one per batch.
         for name in self.store.list("wal")? {
             if parse_batch(&name).is_some_and(|b| b < floor) {
@@ -591,9 +687,55 @@ mod tests {
     }
 
     #[test]
+    fn log_entries_are_written_once_and_say_whose_they_are() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = Checkpointer::new(Box::new(LocalStore::open(dir.path()).expect("store")), 1, 3);
+        assert_eq!(c.claim_epoch().expect("claim"), 1);
+        assert_eq!(
+            c.claim_epoch().expect("claim"),
+            2,
+            "each master its own epoch"
+        );
+        let first = OffsetEntry {
+            batch: 7,
+            time_ms: 7000,
+            epoch: 1,
+            ranges: BTreeMap::new(),
+            positions: BTreeMap::new(),
+        };
+        assert_eq!(c.write_offsets(&first).expect("write"), Logged::Written);
+        let second = OffsetEntry {
+            epoch: 2,
+            time_ms: 9999,
+            ..first.clone()
+        };
+        assert_eq!(
+            c.write_offsets(&second).expect("write"),
+            Logged::Taken { epoch: 1 }
+        );
+        assert_eq!(c.read_offsets(7).expect("read"), Some(first));
+        let commit = CommitEntry {
+            batch: 7,
+            time_ms: 7000,
+            epoch: 2,
+            records: 1,
+            record_errors: 0,
+            processing_ms: 1,
+            committed_at_ms: 1,
+        };
+        assert_eq!(c.write_commit(&commit).expect("commit"), Logged::Written);
+        let late = CommitEntry { epoch: 1, ..commit };
+        assert_eq!(
+            c.write_commit(&late).expect("commit"),
+            Logged::Taken { epoch: 2 }
+        );
+    }
+
+    #[test]
     fn deleting_the_layout_leaves_other_keys_alone() {
-        const LAYOUT: [&str; 5] = [
+        const LAYOUT: [&str; 6] = [
             "job.json",
+            "epochs/1.json",
             "offsets/1.json",
             "state/1/a/0.bin",
             "wal/1/x",
@@ -628,6 +770,7 @@ mod tests {
             let entry = OffsetEntry {
                 batch: b,
                 time_ms: b,
+                epoch: 1,
                 ranges: BTreeMap::new(),
                 positions: BTreeMap::new(),
             };

@@ -25,7 +25,7 @@ use serde_json::Value as Json;
 pub use fault::{Class, Fault};
 use protocol::{Backoff, Identity, Takeover};
 
-use crate::checkpoint::{Checkpointer, CommitEntry, OffsetEntry, StateFile};
+use crate::checkpoint::{Checkpointer, CommitEntry, Logged, OffsetEntry, StateFile};
 use crate::job::{BatchReport, Job};
 use crate::metrics::RuntimeMetrics;
 use crate::rpc::pb::MasterState;
@@ -341,6 +341,8 @@ pub fn run<R: Runner>(
             meta
         }
     };
+    let epoch = ckpt.claim_epoch()?;
+    tracing::info!(epoch, checkpoint = %ckpt.describe(), "claimed the checkpoint: batches are planned and committed under this epoch");
     let not_replayable = job.non_replayable_sources();
     if !not_replayable.is_empty() {
         tracing::info!(sources = ?not_replayable, "these sources are not replayable: records they delivered after the last checkpoint are lost if the process dies");
@@ -366,6 +368,7 @@ pub fn run<R: Runner>(
         paced: settings.paced,
         on_batch: settings.on_batch,
         recovery: settings.recovery,
+        epoch,
         next: 1,
         last_snapshot: 0,
         summary: RunSummary::default(),
@@ -391,6 +394,8 @@ struct Coordinator<R> {
     on_batch: Box<dyn FnMut(&BatchProgress) + Send>,
     recovery: Recovery,
     initial_positions: BTreeMap<String, Json>,
+    /// This master's epoch (see [`Checkpointer::claim_epoch`]).
+    epoch: u64,
     /// The next batch to plan.
     next: u64,
     last_snapshot: u64,
@@ -544,7 +549,7 @@ impl<R: Runner> Coordinator<R> {
             // A snapshot at shutdown means the next start replays nothing.
             match self.snapshot(last) {
                 Ok(()) => {
-                    tracing::debug!(batch = last, checkpoint = %self.ckpt.describe(), "final checkpoint written")
+                    tracing::info!(batch = last, checkpoint = %self.ckpt.describe(), "final checkpoint written")
                 }
                 Err(e) => {
                     tracing::warn!(batch = last, error = %e, "the final checkpoint failed; the next start replays from the one before")
@@ -739,19 +744,32 @@ impl<R: Runner> Coordinator<R> {
     }
 
     fn run_new_batch(&mut self, batch: BatchInfo) -> Result<(), Fault> {
+        self.check_not_superseded(batch.index)?;
         let (mut ranges, positions) = self.job.plan_inputs(&batch)?;
         // Records that cannot be read again go to the write-ahead log before the batch is logged.
         let mut logged = BTreeMap::new();
-        for (name, (key, bytes)) in self.job.log_inputs(&batch, &mut ranges)? {
+        for (name, (key, bytes)) in self.job.log_inputs(&batch, self.epoch, &mut ranges)? {
             self.ckpt.put_log(&key, &bytes)?;
             logged.insert(name, bytes);
         }
-        self.ckpt.write_offsets(&OffsetEntry {
+        let entry = OffsetEntry {
             batch: batch.index,
             time_ms: batch.time_ms,
+            epoch: self.epoch,
             ranges: ranges.clone(),
             positions,
-        })?;
+        };
+        if let Logged::Taken { epoch } = self.ckpt.write_offsets(&entry)? {
+            return Err(if epoch > self.epoch {
+                self.superseded(batch.index, epoch)
+            } else {
+                // An older master, still running, planned it first: run it as it logged it.
+                Fault::Rollback(format!(
+                    "batch {} was planned meanwhile by the master of epoch {epoch}; replaying it as logged",
+                    batch.index
+                ))
+            });
+        }
         let report = self.runner.execute(
             &mut self.job,
             &self.ckpt,
@@ -772,15 +790,24 @@ impl<R: Runner> Coordinator<R> {
         if protocol::snapshot_due(batch.index, self.ckpt.interval) {
             self.snapshot(batch.index)?;
         }
+        self.check_not_superseded(batch.index)?;
         let now = now_ms();
-        self.ckpt.write_commit(&CommitEntry {
+        let commit = CommitEntry {
             batch: batch.index,
             time_ms: batch.time_ms,
+            epoch: self.epoch,
             records: report.records,
             record_errors: report.record_errors,
             processing_ms: report.processing.as_millis() as u64,
             committed_at_ms: now,
-        })?;
+        };
+        // Committed already by this master or an older one (a replayed batch), from the same
+        // logged input: done. By a newer one: this master was replaced.
+        if let Logged::Taken { epoch } = self.ckpt.write_commit(&commit)?
+            && epoch > self.epoch
+        {
+            return Err(self.superseded(batch.index, epoch));
+        }
         self.job.on_commit(&batch);
         self.next = batch.index + 1;
         self.summary.batches += 1;
@@ -819,6 +846,23 @@ impl<R: Runner> Coordinator<R> {
         (self.on_batch)(&progress);
         self.report(MasterState::Running, behind.as_deref().unwrap_or(""));
         Ok(())
+    }
+
+    /// Stops a master that a newer one replaced, before it writes anything for `batch`.
+    fn check_not_superseded(&self, batch: u64) -> Result<(), Fault> {
+        if self.ckpt.superseded(self.epoch)? {
+            return Err(self.superseded(batch, self.epoch + 1));
+        }
+        Ok(())
+    }
+
+    /// The fault of a master whose checkpoint a newer one (of `epoch`) took over, found at
+    /// `batch`: it stops, writing nothing more.
+    fn superseded(&self, batch: u64, epoch: u64) -> Fault {
+        Fault::Fatal(format!(
+            "another master took the checkpoint over (epoch {epoch}; this one has {}), found at batch {batch}. This master stops without writing more",
+            self.epoch
+        ))
     }
 
     fn snapshot(&mut self, batch: u64) -> Result<(), Fault> {

@@ -421,6 +421,7 @@ mod tests {
         OffsetEntry {
             batch,
             time_ms: batch * 1000,
+            epoch: 1,
             ranges: BTreeMap::new(),
             positions: BTreeMap::new(),
         }
