@@ -42,6 +42,7 @@ use crate::spec::StreamingJobSpec;
     validation = Rule::new("!has(self.spec.pipeline) || self.spec.pipeline.all(s, [has(s.map), has(s.parseJson), has(s.flatMap), has(s.filter), has(s.keyBy), has(s.window), has(s.countByValue), has(s.count), has(s.reduceByKey), has(s.countByValueAndWindow), has(s.reduceByKeyAndWindow), has(s.updateStateByKey), has(s.joinStatic)].filter(x, x).size() == 1)").message("spec.pipeline[]: set exactly one operation in each step (map, parseJson, flatMap, filter, keyBy, window, countByValue, count, reduceByKey, countByValueAndWindow, reduceByKeyAndWindow, updateStateByKey, joinStatic)"),
     validation = Rule::new("duration(self.spec.batchInterval) >= duration('10ms') && duration(self.spec.batchInterval) <= duration('1h')").message("spec.batchInterval: a duration from 10ms to 1h, such as 100ms or 1s"),
     validation = Rule::new("!has(self.spec.pipeline) || self.spec.pipeline.all(s, !has(s.updateStateByKey) || !has(s.updateStateByKey.timeout) || duration(s.updateStateByKey.timeout) > duration('0s'))").message("spec.pipeline[].updateStateByKey.timeout: a duration above zero, such as 10m"),
+    validation = Rule::new("!has(self.spec.master) || !has(self.spec.master.nodeLossTimeout) || duration(self.spec.master.nodeLossTimeout) >= duration('0s')").message("spec.master.nodeLossTimeout: a duration such as 30s or 2m (0s: never)"),
     validation = Rule::new("self.metadata.name.size() <= 52").message("metadata.name: at most 52 characters (pod names add a suffix)"),
     validation = Rule::new("self.spec.pipeline.all(s, !has(s.window) || ((!has(s.window.slide) || duration(s.window.slide).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0) && duration(s.window.length).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0))").message("spec.pipeline[].window: length and slide must be multiples of spec.batchInterval"),
     validation = Rule::new("self.spec.pipeline.all(s, !has(s.countByValueAndWindow) || ((!has(s.countByValueAndWindow.slide) || duration(s.countByValueAndWindow.slide).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0) && duration(s.countByValueAndWindow.length).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0))").message("spec.pipeline[].countByValueAndWindow: length and slide must be multiples of spec.batchInterval"),
@@ -180,6 +181,15 @@ pub struct MasterSpec {
     /// CPU and memory of the master.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// How long the node of one of the job's pods (the master's or a worker's) may be
+    /// NotReady — lost, frozen, cut off — before the operator force-deletes the pod so that
+    /// its StatefulSet starts it elsewhere (Kubernetes alone waits until the node object is
+    /// deleted, which may be never). A master that was only cut off and comes back cannot
+    /// commit: the checkpoint refuses every master but the newest. Default 30s; 0s turns it
+    /// off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub node_loss_timeout: Option<String>,
 }
 
 /// Where a job is in its life, as `kubectl get sj` shows it.

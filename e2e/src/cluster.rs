@@ -138,6 +138,45 @@ impl TestCluster {
         Ok(pids.len())
     }
 
+    /// Freezes `node` as a machine that stops answering does: its agent stops renewing its
+    /// Lease (the node lifecycle controller marks it NotReady) and leaves its pods alone, and
+    /// the processes of `pods` (the pods bound to it) are stopped (SIGSTOP). Returns the
+    /// stopped processes, for [`TestCluster::thaw_processes`].
+    pub fn freeze_node(&self, node: &str, pods: &[String]) -> Result<Vec<u32>> {
+        let marker = crate::agent::frozen_marker(&self.agent_dir, node);
+        if let Some(dir) = marker.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&marker, b"")?;
+        let pids = self.processes_where(|host| pods.iter().any(|p| p == host))?;
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGSTOP,
+            );
+        }
+        Ok(pids)
+    }
+
+    /// Lets stopped processes run again (SIGCONT), on a node still frozen: they act on what
+    /// they knew before, as processes on a machine whose network comes back before its
+    /// kubelet has caught up.
+    pub fn thaw_processes(&self, pids: &[u32]) {
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+    }
+
+    /// Ends a freeze: the agent renews the node's Lease and Ready condition again, and kills
+    /// what is left of pods deleted meanwhile, as a kubelet that comes back does.
+    pub fn unfreeze_node(&self, node: &str) -> Result<()> {
+        std::fs::remove_file(crate::agent::frozen_marker(&self.agent_dir, node))?;
+        Ok(())
+    }
+
     /// The last `lines` of the logs of every container of pods whose name starts with
     /// `prefix`, current and past runs alike, for failure messages.
     pub fn pod_logs(&self, prefix: &str, lines: usize) -> String {

@@ -143,6 +143,10 @@ impl ControlPlane {
                 "--bind-address=127.0.0.1",
                 "--secure-port=0",
                 "--leader-elect=false",
+                // A node whose agent stopped renewing its Lease is NotReady after 16 s (50 s
+                // by default): the node-loss tests need not wait so long. The agent renews
+                // every 2 s.
+                "--node-monitor-grace-period=16s",
             ])
             .arg(format!(
                 "--service-account-private-key-file={}",

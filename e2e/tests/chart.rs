@@ -49,6 +49,20 @@ async fn chart_lints_and_renders_objects_the_api_server_accepts() -> Result<()> 
         None,
     )?;
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    // values.schema.json refuses what the templates would misread.
+    for (value, field) in [("logFormat=xml", "logFormat"), ("replicas=0", "replicas")] {
+        let refused = run(
+            Command::new(bin.join("helm"))
+                .args(["template", "sluice", "--kube-version", "1.34.4"])
+                .arg(&chart)
+                .args(["--set", value]),
+            None,
+        );
+        let Err(why) = refused else {
+            panic!("helm accepted --set {value}");
+        };
+        assert!(why.to_string().contains(field), "{why}");
+    }
 
     let dir = tempfile::tempdir()?;
     let cp = ControlPlane::start(&bin, dir.path()).await?;
@@ -97,7 +111,7 @@ async fn chart_lints_and_renders_objects_the_api_server_accepts() -> Result<()> 
     ] {
         let rendered = run(
             Command::new(bin.join("helm"))
-                .args(["template", "sluice"])
+                .args(["template", "sluice", "--kube-version", "1.34.4"])
                 .arg(&chart)
                 .args(["--namespace", "sluice-system"])
                 .args(&extra),
@@ -118,7 +132,8 @@ async fn chart_lints_and_renders_objects_the_api_server_accepts() -> Result<()> 
         let objects = applied.lines().count();
         assert!(objects >= 6, "only {objects} objects applied:\n{applied}");
         assert!(
-            applied.contains("podmonitor.monitoring.coreos.com/sluice-operator-jobs"),
+            applied.contains("podmonitor.monitoring.coreos.com/sluice-operator-jobs")
+                && applied.contains("poddisruptionbudget.policy/sluice-operator"),
             "{applied}"
         );
         if cluster_wide {
@@ -128,9 +143,16 @@ async fn chart_lints_and_renders_objects_the_api_server_accepts() -> Result<()> 
                 "{applied}"
             );
         } else {
+            // Namespaced: the jobs' rights per namespace; cluster-wide only reading nodes and
+            // keeping the one CRD current.
+            let cluster_roles: Vec<&str> = applied
+                .lines()
+                .filter_map(|l| l.strip_prefix("clusterrole.rbac.authorization.k8s.io/"))
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
             assert!(
                 applied.contains("role.rbac.authorization.k8s.io/sluice-operator")
-                    && !applied.contains("clusterrole"),
+                    && cluster_roles == ["sluice-operator-crd", "sluice-operator-nodes"],
                 "{applied}"
             );
         }

@@ -117,3 +117,107 @@ async fn crd_accepts_examples_and_refuses_bad_manifests() -> Result<()> {
     }
     Ok(())
 }
+
+/// `helm upgrade` never upgrades a chart's CRDs: the operator applies its own at start where
+/// the installed one is older, and leaves a newer operator's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_brings_an_older_crd_up_to_date() -> Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    use kube::api::PostParams;
+    use sluice_crds::resource::StreamingJobResource;
+    use sluice_e2e::control_plane::free_port;
+    use sluice_e2e::fixtures::spawn_operator_with_env;
+    use sluice_e2e::wait_for;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir()?;
+    let cp = ControlPlane::start(&bin_dir()?, dir.path()).await?;
+    let client = cp.client().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let name = "streamingjobs.sluice.dev";
+    // The CRD as an older release had it: without spec.upgrade, and an older version.
+    let older = |version: &str| -> Result<CustomResourceDefinition> {
+        let mut crd = serde_json::to_value(StreamingJobResource::crd())?;
+        let spec = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"];
+        spec.as_object_mut()
+            .and_then(|o| o.remove("upgrade"))
+            .ok_or_else(|| anyhow::anyhow!("the CRD has no spec.upgrade"))?;
+        crd["metadata"]["annotations"] =
+            serde_json::json!({"sluice.dev/operator-version": version});
+        Ok(serde_json::from_value(crd)?)
+    };
+    let has_upgrade = |crd: &CustomResourceDefinition| {
+        serde_json::to_value(crd).is_ok_and(|v| {
+            v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+                ["properties"]
+                .get("upgrade")
+                .is_some()
+        })
+    };
+    let file = dir.path().join("older-crd.yaml");
+    std::fs::write(&file, yaml_serde::to_string(&older("0.0.1")?)?)?;
+    sluice_e2e::crd::install(&client, &file).await?;
+    let manifest = std::fs::read_to_string(repo().join("examples/user-totals.yaml"))?.replace(
+        "  batchInterval: 1s",
+        "  batchInterval: 1s\n  upgrade: {allowStateLoss: true}",
+    );
+    let refused = dry_run(&client, &manifest)
+        .await
+        .expect_err("spec.upgrade is unknown to the older CRD");
+    assert!(refused.contains("upgrade"), "{refused}");
+
+    let start = |log: &str| {
+        spawn_operator_with_env(
+            &cp.kubeconfig,
+            log,
+            free_port()?,
+            &dir.path().join(format!("{log}.log")),
+            &[("SLUICE_MANAGE_CRD", "true")],
+        )
+    };
+    let _operator = start("operator-new")?;
+    wait_for("the CRD updated", Duration::from_secs(60), async || {
+        let crd = crds.get(name).await?;
+        let version = crd
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("sluice.dev/operator-version").cloned());
+        Ok(
+            (has_upgrade(&crd) && version.as_deref() == Some(env!("CARGO_PKG_VERSION")))
+                .then_some(()),
+        )
+    })
+    .await?;
+    wait_for(
+        "the new field accepted",
+        Duration::from_secs(30),
+        async || Ok(dry_run(&client, &manifest).await.ok()),
+    )
+    .await?;
+
+    // A CRD a newer operator wrote stays as it is.
+    let mut newer = older("99.0.0")?;
+    let current = crds.get(name).await?;
+    newer.metadata.resource_version = current.metadata.resource_version;
+    crds.replace(name, &PostParams::default(), &newer).await?;
+    let _older_operator = start("operator-old")?;
+    let log = dir.path().join("operator-old.log");
+    wait_for(
+        "the old operator to say so",
+        Duration::from_secs(60),
+        async || {
+            Ok(std::fs::read_to_string(&log)?
+                .contains("Newer")
+                .then_some(()))
+        },
+    )
+    .await?;
+    assert!(
+        !has_upgrade(&crds.get(name).await?),
+        "a newer operator's CRD was replaced"
+    );
+    Ok(())
+}

@@ -303,7 +303,7 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
         jobs(&client)
             .patch("wc", &PatchParams::default(), &Patch::Merge(&consent))
             .await?;
-        wait_for(
+        let applied = wait_for(
             "the change applied with consent",
             Duration::from_secs(120),
             async || {
@@ -318,7 +318,11 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
                 .then_some(()))
             },
         )
-        .await?;
+        .await;
+        if let Err(e) = applied {
+            let s = status(&jobs(&client).get("wc").await?);
+            anyhow::bail!("{e}; the status: {s}");
+        }
 
         // Delete the job with deletionPolicy Delete: children, processes and checkpoint go.
         assert!(

@@ -695,6 +695,77 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
 
     report
         .run(
+            "d2. kubectl drain the node of a job's master: one pod at a time, exactly once",
+            async || {
+                let node_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+                let master = format!("{}-master-0", TOTALS.name);
+                let pods = sys.job_pods(&TOTALS).await?;
+                let node = pods
+                    .iter()
+                    .find(|p| p.metadata.name.as_deref() == Some(master.as_str()))
+                    .and_then(node_of)
+                    .ok_or_else(|| anyhow!("{master} is on no node"))?;
+                let on_node = pods.iter().filter(|p| node_of(p).as_deref() == Some(&node)).count();
+                let budget: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+                    Api::namespaced(sys.client.clone(), NS);
+                let budget = budget.get(&format!("{}-pods", TOTALS.name)).await?;
+                let allowed = budget.status.map_or(-1, |s| s.disruptions_allowed);
+                ensure!(allowed == 1, "the job's PodDisruptionBudget allows {allowed} disruptions, not 1");
+                let newest = sys.newest_commit(&TOTALS);
+                let started = Instant::now();
+                // kubectl drain: cordon, then evict through the Eviction API, which the
+                // budget holds to one of the job's pods at a time (kubectl retries the rest).
+                let selector = format!("sluice.dev/job={}", TOTALS.name);
+                sys.kubectl_ok(
+                    &["drain", &node, "--pod-selector", &selector, "--timeout", "300s"],
+                    None,
+                )?;
+                let drained = started.elapsed();
+                sys.wait_running(&TOTALS, 2, Duration::from_secs(120)).await?;
+                let recovery = sys
+                    .commit_after(&TOTALS, newest, started, Duration::from_secs(90))
+                    .await?;
+                let moved = sys.job_pods(&TOTALS).await?;
+                ensure!(
+                    moved.iter().all(|p| node_of(p).as_deref() != Some(&node)),
+                    "a pod of the job is still on the drained node {node}"
+                );
+                sys.kubectl_ok(&["uncordon", &node], None)?;
+                // Evicted, the master got SIGTERM: it finished its batch and wrote a final
+                // snapshot within its grace period (not SIGKILLed), so its successor, a new
+                // pod, restored it and had nothing to replay.
+                let now = sys
+                    .job_pods(&TOTALS)
+                    .await?
+                    .into_iter()
+                    .find(|p| p.metadata.name.as_deref() == Some(master.as_str()))
+                    .and_then(|p| p.metadata.uid)
+                    .ok_or_else(|| anyhow!("no {master} after the drain"))?;
+                let logs = sys.cluster.pod_logs(&master, 100_000);
+                let successor = logs
+                    .split("--- ")
+                    .find(|section| section.contains(&now))
+                    .unwrap_or_default();
+                let restored = successor
+                    .lines()
+                    .find(|l| l.contains("restored state"))
+                    .and_then(|l| l.find("snapshot=").map(|at| l[at..].to_string()))
+                    .unwrap_or_default();
+                ensure!(
+                    restored.contains("replay=0"),
+                    "the evicted master left batches to replay (no final snapshot?): {restored:?}"
+                );
+                Ok(format!(
+                    "drained {node} of {on_node} pods of the job in {:.1}s, one at a time; the evicted master's final snapshot left nothing to replay ({restored}); next committed batch {:.1}s after the drain began",
+                    drained.as_secs_f64(),
+                    recovery.as_secs_f64()
+                ))
+            },
+        )
+        .await;
+
+    report
+        .run(
             "e. kubectl scale to 5 (Kafka job 3), then 2: live, no restart",
             async || {
                 let master_uid = |job: &Job, pods: &[Pod]| {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -33,12 +34,16 @@ pub async fn all(
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let token = ensure_secret(job, &secrets, &resources::token_secret(&name), || {
-        Ok([(TOKEN_KEY.to_string(), random_token()?)].into())
-    })
+    let token = ensure_secret(
+        job,
+        &secrets,
+        &resources::token_secret(&name),
+        "token",
+        || Ok([(TOKEN_KEY.to_string(), random_token()?)].into()),
+    )
     .await?
     .and_then(|data| String::from_utf8(data.get(TOKEN_KEY)?.clone()).ok());
-    let tls = ensure_secret(job, &secrets, &resources::tls_secret(&name), || {
+    let tls = ensure_secret(job, &secrets, &resources::tls_secret(&name), "tls", || {
         Ok(crate::tls::issue(&name)?)
     })
     .await?
@@ -48,6 +53,7 @@ pub async fn all(
     apply::<Service>(client, &ns, &desired.master_service).await?;
     apply::<Service>(client, &ns, &desired.worker_service).await?;
     apply::<NetworkPolicy>(client, &ns, &desired.network_policy).await?;
+    apply::<PodDisruptionBudget>(client, &ns, &desired.disruption_budget).await?;
     apply::<StatefulSet>(client, &ns, &desired.master).await?;
     apply::<StatefulSet>(client, &ns, &desired.workers).await?;
     Ok(Access { token, tls })
@@ -69,6 +75,7 @@ async fn ensure_secret(
     job: &StreamingJobResource,
     api: &Api<Secret>,
     name: &str,
+    role: &str,
     make: impl FnOnce() -> Result<BTreeMap<String, String>, Error>,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, Error> {
     let ours = |secret: Secret| {
@@ -84,16 +91,9 @@ async fn ensure_secret(
     if let Some(secret) = api.get_opt(name).await? {
         return Ok(ours(secret));
     }
-    let owner = job
-        .controller_owner_ref(&())
-        .ok_or(BuildError::Missing("metadata.uid"))?;
     let data = make()?;
     let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            owner_references: Some(vec![owner]),
-            ..Default::default()
-        },
+        metadata: resources::child_meta(job, name.into(), role)?,
         string_data: Some(data.clone()),
         ..Default::default()
     };

@@ -82,6 +82,8 @@ pub mod reason {
     pub const FAILED: &str = "Failed";
     pub const MASTER_RESTARTED: &str = "MasterRestarted";
     pub const WORKER_LOST: &str = "WorkerLost";
+    /// A pod force-deleted because its node has been NotReady past the timeout.
+    pub const NODE_LOST: &str = "NodeLost";
     pub const CHECKPOINT_DELETED: &str = "CheckpointDeleted";
     pub const CHECKPOINT_RETAINED: &str = "CheckpointRetained";
 }

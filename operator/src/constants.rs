@@ -8,6 +8,14 @@ pub const LABEL_ROLE: &str = "sluice.dev/role";
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// What an object is to the job: `master`, `worker`, `config`, `token`, ...
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
+/// The operator version that wrote the object (not on pods: an operator upgrade must not roll
+/// every job's pods for a label).
+pub const LABEL_VERSION: &str = "app.kubernetes.io/version";
+/// `app.kubernetes.io/part-of` of everything Sluice makes.
+pub const PART_OF: &str = "sluice";
 pub const MANAGER: &str = "sluice-operator";
 /// `app.kubernetes.io/name` of the operator's own pods (the chart sets it): the job's
 /// NetworkPolicy lets them reach the master.

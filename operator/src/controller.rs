@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -21,7 +21,7 @@ use sluice_proto::v1 as pb;
 use crate::conditions::{ConditionType, condition, reason};
 use crate::constants::{LABEL_JOB, MANAGER};
 use crate::resources::{self, BuildError};
-use crate::{apply, events, health, ownership, restart, status, upgrade};
+use crate::{apply, events, health, node_loss, ownership, restart, status, upgrade};
 
 /// What reconciles share.
 pub struct Context {
@@ -252,6 +252,9 @@ async fn reconcile_job(
     // 3. Read what the job's pods say.
     let suspended = job.spec.suspend == Some(true);
     let pods = read_pods(job, ctx, &previous, suspended).await?;
+    // Pods on nodes lost past the timeout: force-deleted, so their StatefulSets start them on
+    // another node (the checkpoint fences whatever still runs on the lost one).
+    let node_recheck = replace_lost_pods(job, ctx, &pods.items).await?;
     // 4. Decide whether the restart policy holds the pods at zero.
     // Any change of the spec (a fix, a suspend and resume) gives a failed job a fresh start.
     let spec_changed = previous.observed_generation != job.metadata.generation;
@@ -339,11 +342,87 @@ async fn reconcile_job(
             master.as_ref().map(|m| m.state),
             Some(pb::MasterState::Starting | pb::MasterState::Recovering)
         );
-    Ok(Action::requeue(Duration::from_secs(if coming_up {
-        1
-    } else {
-        5
-    })))
+    let next = Duration::from_secs(if coming_up { 1 } else { 5 });
+    Ok(Action::requeue(
+        node_recheck.map_or(next, |r| r.clamp(Duration::from_secs(1), next)),
+    ))
+}
+
+/// Force-deletes the job's pods whose nodes have been NotReady past
+/// `spec.master.nodeLossTimeout`, with a Warning event each; returns when a NotReady node
+/// reaches the timeout, if one will.
+async fn replace_lost_pods(
+    job: &StreamingJobResource,
+    ctx: &Context,
+    pods: &[Pod],
+) -> Result<Option<Duration>, Error> {
+    let timeout = job
+        .spec
+        .master
+        .as_ref()
+        .and_then(|m| m.node_loss_timeout.as_deref())
+        .and_then(|t| sluice_crds::parse_duration(t).ok())
+        .unwrap_or(node_loss::DEFAULT_TIMEOUT);
+    if timeout.is_zero() {
+        return Ok(None);
+    }
+    let bound: std::collections::BTreeSet<&str> = pods
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.as_deref())
+        .collect();
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let mut nodes = std::collections::BTreeMap::new();
+    for name in bound {
+        match api.get_opt(name).await {
+            Ok(Some(node)) => {
+                nodes.insert(name.to_string(), node);
+            }
+            Ok(None) => {}
+            // Installed without the right to read nodes: lost nodes wait for Kubernetes.
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                tracing::debug!(
+                    node = name,
+                    "cannot read nodes; pods on lost nodes wait for the node object to go"
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let verdict = node_loss::judge(pods, &nodes, k8s_openapi::jiff::Timestamp::now(), timeout);
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for lost in &verdict.lost {
+        match pods_api
+            .delete(
+                &lost.pod,
+                &kube::api::DeleteParams::default().grace_period(0),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(e) => return Err(e.into()),
+        }
+        let note = format!(
+            "{} force-deleted: its node {} has been NotReady for {}s (spec.master.nodeLossTimeout {}s); its StatefulSet starts it on another node, and a process left on the lost node cannot commit",
+            lost.pod,
+            lost.node,
+            lost.for_.as_secs(),
+            timeout.as_secs()
+        );
+        tracing::warn!(job = %job.name_any(), pod = %lost.pod, node = %lost.node, "{note}");
+        events::publish(
+            ctx,
+            job,
+            EventType::Warning,
+            reason::NODE_LOST,
+            &note,
+            "ForceDelete",
+        )
+        .await;
+    }
+    Ok(verdict.recheck)
 }
 
 /// Why the operator refuses to run the spec as it is, before it touches anything: the reason

@@ -36,6 +36,11 @@ struct Args {
     /// object per line; the chart's default).
     #[arg(long, env = "SLUICE_LOG_FORMAT", default_value = "text")]
     log_format: sluice_proto::logs::LogFormat,
+    /// Apply the StreamingJob CRD this operator was built with at start, where the installed
+    /// one is older (`helm upgrade` never upgrades CRDs). Needs get and patch on
+    /// customresourcedefinitions; without them it says so and goes on.
+    #[arg(long, env = "SLUICE_MANAGE_CRD", default_value_t = false)]
+    manage_crd: bool,
 }
 
 #[tokio::main]
@@ -56,6 +61,14 @@ async fn main() -> anyhow::Result<()> {
         pod_name: args.pod_name.clone(),
     };
     tracing::info!(namespaces = ?settings.namespaces, "sluice-operator running");
+    if args.manage_crd {
+        match sluice_operator::crd::ensure(&client).await {
+            Ok(outcome) => tracing::info!(?outcome, "StreamingJob CRD"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot keep the StreamingJob CRD current; jobs are validated against the one installed")
+            }
+        }
+    }
     let metrics = Arc::new(sluice_operator::metrics::Metrics::default());
     let addr = args.metrics_addr.unwrap_or(SocketAddr::new(
         IpAddr::V4(Ipv4Addr::UNSPECIFIED),

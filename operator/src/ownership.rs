@@ -40,6 +40,7 @@ pub async fn foreign_objects(
     claims.object(&desired.master_service).await?;
     claims.object(&desired.worker_service).await?;
     claims.object(&desired.network_policy).await?;
+    claims.object(&desired.disruption_budget).await?;
     claims.object(&desired.master).await?;
     claims.object(&desired.workers).await?;
     Ok(claims.foreign)

@@ -54,6 +54,7 @@ pub async fn run(
         config,
         nodes,
         pods: HashMap::new(),
+        node_of: HashMap::new(),
         next_ip: 2,
     };
     for node in agent.nodes.clone() {
@@ -83,7 +84,11 @@ pub async fn run(
     .for_each(|_| async {});
     tokio::spawn(pod_watch);
     tokio::spawn(service_watch);
-    tokio::spawn(heartbeat(client.clone(), agent.nodes.clone()));
+    tokio::spawn(heartbeat(
+        client.clone(),
+        agent.nodes.clone(),
+        agent.config.dir.clone(),
+    ));
     tracing::info!(nodes = ?agent.nodes, "node agent running");
 
     tokio::pin!(shutdown);
@@ -111,7 +116,21 @@ struct Agent {
     nodes: Vec<String>,
     hosts: Hosts,
     pods: HashMap<String, PodRun>,
+    /// The node of each pod run, by uid.
+    node_of: HashMap<String, String>,
     next_ip: u32,
+}
+
+/// Where a test marks a node frozen: an empty file named after it. A frozen node neither
+/// renews its Lease nor reports its status, and its agent leaves its pods alone (whatever the
+/// API server says of them), as a kubelet on a frozen or cut-off machine would; the test stops
+/// the pods' processes itself.
+pub fn frozen_marker(agent_dir: &std::path::Path, node: &str) -> std::path::PathBuf {
+    agent_dir.join("frozen").join(node)
+}
+
+fn frozen(agent_dir: &std::path::Path, node: &str) -> bool {
+    frozen_marker(agent_dir, node).exists()
 }
 
 impl Agent {
@@ -154,22 +173,26 @@ impl Agent {
     async fn sync(&mut self, pods: &Store<Pod>, services: &Store<Service>) -> Result<()> {
         let all_pods = pods.state();
         self.hosts.update(&services.state(), &all_pods)?;
+        let dir = self.config.dir.clone();
         let mine: Vec<std::sync::Arc<Pod>> = all_pods
             .into_iter()
             .filter(|p| {
                 p.spec
                     .as_ref()
                     .and_then(|s| s.node_name.as_ref())
-                    .is_some_and(|n| self.nodes.contains(n))
+                    .is_some_and(|n| self.nodes.contains(n) && !frozen(&dir, n))
             })
             .collect();
         let live: std::collections::HashSet<String> =
             mine.iter().filter_map(|p| p.metadata.uid.clone()).collect();
-        // Pods deleted outright (no grace): kill what is left of them.
+        // Pods deleted outright (no grace): kill what is left of them (not on a frozen node,
+        // whose agent hears nothing).
+        let node_of = &mut self.node_of;
         self.pods.retain(|uid, run| {
-            if live.contains(uid) {
+            if live.contains(uid) || node_of.get(uid).is_some_and(|n| frozen(&dir, n)) {
                 true
             } else {
+                node_of.remove(uid);
                 tracing::info!(pod = %run.name, namespace = %run.namespace, "pod is gone; killing its processes");
                 run.destroy();
                 false
@@ -203,6 +226,7 @@ impl Agent {
                 let run = PodRun::prepare(&self.client, &self.config, &pod, ip, &hosts).await;
                 tracing::info!(pod = %run.name, namespace = %run.namespace, ip = %run.ip, waiting = ?run.waiting, "pod admitted");
                 self.pods.insert(uid.clone(), run);
+                self.node_of.insert(uid.clone(), node);
             }
             let Some(run) = self.pods.get_mut(&uid) else {
                 continue;
@@ -221,6 +245,7 @@ impl Agent {
                 if run.terminated() {
                     run.destroy();
                     self.pods.remove(&uid);
+                    self.node_of.remove(&uid);
                     self.delete_pod(&pod).await;
                 }
                 continue;
@@ -306,14 +331,18 @@ fn node_status(node: &str) -> serde_json::Value {
     })
 }
 
-/// Renews each node's Lease every 10 s and its Ready condition every 30 s, so the node
-/// lifecycle controller keeps the nodes Ready.
-async fn heartbeat(client: Client, nodes: Vec<String>) {
+/// Renews each node's Lease every 2 s and its Ready condition every 30 s, so the node
+/// lifecycle controller keeps the nodes Ready (the test control plane gives a node 16 s); a
+/// frozen node's are left to lapse.
+async fn heartbeat(client: Client, nodes: Vec<String>, agent_dir: std::path::PathBuf) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let node_api: Api<Node> = Api::all(client);
     let mut last_status = Instant::now();
+    let mut was_frozen: std::collections::HashSet<String> = Default::default();
     loop {
-        for node in &nodes {
+        for node in nodes.iter().filter(|n| !frozen(&agent_dir, n)) {
+            // Thawed: say Ready at once, as a kubelet back on the network does.
+            let thawed = was_frozen.remove(node.as_str());
             let lease = json!({
                 "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": node, "namespace": "kube-node-lease"},
@@ -329,7 +358,7 @@ async fn heartbeat(client: Client, nodes: Vec<String>) {
             {
                 tracing::warn!(node, error = %e, "lease renewal failed");
             }
-            if last_status.elapsed() > Duration::from_secs(30) {
+            if thawed || last_status.elapsed() > Duration::from_secs(30) {
                 let _ = node_api
                     .patch_status(
                         node,
@@ -342,7 +371,8 @@ async fn heartbeat(client: Client, nodes: Vec<String>) {
         if last_status.elapsed() > Duration::from_secs(30) {
             last_status = Instant::now();
         }
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        was_frozen.extend(nodes.iter().filter(|n| frozen(&agent_dir, n)).cloned());
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

@@ -2,6 +2,7 @@
 //! what a job's pods look like is unit-tested here.
 
 mod config;
+mod disruption;
 mod network;
 mod pods;
 
@@ -10,11 +11,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use sluice_crds::resource::StreamingJobResource;
 
 pub use config::{manifest, manifest_config_map};
+pub use disruption::disruption_budget;
 pub use network::network_policy;
 pub use pods::{master_statefulset, worker_statefulset, workers_wanted};
 
@@ -39,6 +42,7 @@ pub struct Desired {
     pub workers: StatefulSet,
     pub worker_service: Service,
     pub network_policy: NetworkPolicy,
+    pub disruption_budget: PodDisruptionBudget,
 }
 
 /// The objects for `job`, whose master–worker token is in the Secret `token_secret`.
@@ -57,6 +61,7 @@ pub fn desired(
         workers: worker_statefulset(job, token_secret, stopped)?,
         worker_service: headless_service(job, "worker", WORKER_PORT)?,
         network_policy: network_policy(job, operator_namespace)?,
+        disruption_budget: disruption_budget(job)?,
     })
 }
 
@@ -98,6 +103,9 @@ pub(crate) fn child_meta(
     labels.insert(LABEL_NAME.into(), "sluice".into());
     labels.insert(LABEL_INSTANCE.into(), job_name.clone());
     labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
+    labels.insert(LABEL_COMPONENT.into(), role.into());
+    labels.insert(LABEL_PART_OF.into(), PART_OF.into());
+    labels.insert(LABEL_VERSION.into(), env!("CARGO_PKG_VERSION").into());
     let owner = OwnerReference {
         api_version: StreamingJobResource::api_version(&()).to_string(),
         kind: StreamingJobResource::kind(&()).to_string(),
@@ -154,6 +162,8 @@ fn headless_service(
 pub(crate) mod tests {
     use sluice_crds::resource::StreamingJobResource;
 
+    use crate::constants::{LABEL_COMPONENT, LABEL_PART_OF, LABEL_VERSION};
+
     /// A job as the API server would hand it over (name, namespace, uid set).
     pub fn job(extra_spec: &str) -> StreamingJobResource {
         let text = format!(
@@ -172,6 +182,7 @@ pub(crate) mod tests {
             &d.master_service.metadata,
             &d.worker_service.metadata,
             &d.network_policy.metadata,
+            &d.disruption_budget.metadata,
         ] {
             let owner = &meta.owner_references.as_ref().expect("owned")[0];
             assert_eq!(
@@ -184,7 +195,26 @@ pub(crate) mod tests {
                 "wc"
             );
             assert!(meta.name.as_deref().expect("named").starts_with("wc-"));
+            // The recommended labels, on every object.
+            let labels = meta.labels.as_ref().expect("labels");
+            assert_eq!(labels[LABEL_PART_OF], "sluice");
+            assert_eq!(labels[LABEL_VERSION], env!("CARGO_PKG_VERSION"));
+            assert!(!labels[LABEL_COMPONENT].is_empty());
         }
+        let pod_labels = d
+            .master
+            .spec
+            .expect("spec")
+            .template
+            .metadata
+            .expect("meta")
+            .labels
+            .expect("labels");
+        assert_eq!(pod_labels[LABEL_COMPONENT], "master");
+        assert!(
+            !pod_labels.contains_key(LABEL_VERSION),
+            "an operator upgrade must not roll pods for a label"
+        );
         assert_eq!(
             d.master_service.spec.expect("spec").cluster_ip.as_deref(),
             Some("None")

@@ -250,6 +250,8 @@ fn template(
     }
     labels.extend(selector(&name, role));
     labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
+    labels.insert(LABEL_COMPONENT.into(), role.into());
+    labels.insert(LABEL_PART_OF.into(), PART_OF.into());
     // A changed manifest changes the template, so the pods restart and load it (resuming from
     // the checkpoint); a replica change does not.
     let mut annotations = overrides.annotations.unwrap_or_default();
