@@ -103,6 +103,21 @@ pub async fn create_namespace(client: &Client, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A cluster ready for StreamingJobs: the CRD installed, the namespace `jobs` with the Secret
+/// `s3-creds` that [`S3Server`]'s credentials go in.
+pub async fn prepare_jobs_namespace(client: &Client) -> Result<()> {
+    crate::crd::install(client, &repo().join("crds/streamingjob.yaml")).await?;
+    create_namespace(client, "jobs").await?;
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "jobs")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "s3-creds"}, "stringData": {
+                "AWS_ACCESS_KEY_ID": "e2e-key", "AWS_SECRET_ACCESS_KEY": "e2e-secret-0000", "AWS_REGION": "us-east-1"}}))?,
+        )
+        .await?;
+    Ok(())
+}
+
 /// Runs `sluice-operator` as a local process against `kubeconfig`, as replica `name`, with
 /// its metrics on `metrics_port`.
 pub fn spawn_operator(

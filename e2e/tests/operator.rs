@@ -58,15 +58,7 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
     })
     .await?;
     let client = cluster.client.clone();
-    sluice_e2e::crd::install(&client, &fixtures::repo().join("crds/streamingjob.yaml")).await?;
-    create_namespace(&client, "jobs").await?;
-    Api::<Secret>::namespaced(client.clone(), "jobs")
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "s3-creds"}, "stringData": {
-                "AWS_ACCESS_KEY_ID": "e2e-key", "AWS_SECRET_ACCESS_KEY": "e2e-secret-0000", "AWS_REGION": "us-east-1"}}))?,
-        )
-        .await?;
+    fixtures::prepare_jobs_namespace(&client).await?;
 
     // Two replicas, as the chart would run them: one leads, one waits for the Lease.
     let ports = [free_port()?, free_port()?];

@@ -741,16 +741,22 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     .find(|p| p.metadata.name.as_deref() == Some(master.as_str()))
                     .and_then(|p| p.metadata.uid)
                     .ok_or_else(|| anyhow!("no {master} after the drain"))?;
-                let logs = sys.cluster.pod_logs(&master, 100_000);
-                let successor = logs
-                    .split("--- ")
-                    .find(|section| section.contains(&now))
-                    .unwrap_or_default();
-                let restored = successor
-                    .lines()
-                    .find(|l| l.contains("restored state"))
-                    .and_then(|l| l.find("snapshot=").map(|at| l[at..].to_string()))
-                    .unwrap_or_default();
+                let restored = wait_for(
+                    "the successor restored",
+                    Duration::from_secs(60),
+                    async || {
+                        let logs = sys.cluster.pod_logs(&master, 100_000);
+                        let successor = logs
+                            .split("--- ")
+                            .find(|section| section.contains(&now))
+                            .unwrap_or_default();
+                        Ok(successor
+                            .lines()
+                            .find(|l| l.contains("restored state"))
+                            .and_then(|l| l.find("snapshot=").map(|at| l[at..].to_string())))
+                    },
+                )
+                .await?;
                 ensure!(
                     restored.contains("replay=0"),
                     "the evicted master left batches to replay (no final snapshot?): {restored:?}"
@@ -759,6 +765,98 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     "drained {node} of {on_node} pods of the job in {:.1}s, one at a time; the evicted master's final snapshot left nothing to replay ({restored}); next committed batch {:.1}s after the drain began",
                     drained.as_secs_f64(),
                     recovery.as_secs_f64()
+                ))
+            },
+        )
+        .await;
+
+    report
+        .run(
+            "d3. the node of a job's master freezes: new pods elsewhere; thawed, the old master cannot commit",
+            async || {
+                let node_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone());
+                let master = format!("{}-master-0", TOTALS.name);
+                let node = sys
+                    .job_pods(&TOTALS)
+                    .await?
+                    .iter()
+                    .find(|p| p.metadata.name.as_deref() == Some(master.as_str()))
+                    .and_then(node_of)
+                    .ok_or_else(|| anyhow!("{master} is on no node"))?;
+                // Every pod of both jobs on that node freezes with it.
+                let mut frozen = Vec::new();
+                for job in [&TOTALS, &KAFKA_JOB] {
+                    for p in sys.job_pods(job).await? {
+                        if node_of(&p).as_deref() == Some(node.as_str()) {
+                            frozen.extend(p.metadata.name.clone());
+                        }
+                    }
+                }
+                let commits = sys.s3.root.join(TOTALS.checkpoint.trim_start_matches("s3://")).join("commits");
+                // `None`: no such entry (any more: the log is pruned behind snapshots).
+                let epoch_of = |batch: u64| -> Option<u64> {
+                    std::fs::read(commits.join(format!("{batch:020}.json")))
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["epoch"].as_u64())
+                };
+                let newest = sys.newest_commit(&TOTALS);
+                let old_epoch = epoch_of(newest).unwrap_or(0);
+                let started = Instant::now();
+                let pids = sys.cluster.freeze_node(&node, &frozen)?;
+                ensure!(!pids.is_empty(), "no process of {frozen:?} to freeze");
+                // NotReady after the node grace period (16 s here), then nodeLossTimeout
+                // (30 s): the operator force-deletes the pods; a new master commits.
+                let takeover = sys
+                    .commit_after(&TOTALS, newest + 1, started, Duration::from_secs(180))
+                    .await?;
+                let events: Api<k8s_openapi::api::events::v1::Event> =
+                    Api::namespaced(sys.client.clone(), NS);
+                let lost = wait_for("a NodeLost event", Duration::from_secs(30), async || {
+                    let events = events.list(&Default::default()).await?.items;
+                    Ok(events
+                        .iter()
+                        .find(|e| e.reason.as_deref() == Some("NodeLost"))
+                        .and_then(|e| e.note.clone()))
+                })
+                .await?;
+                let new_epoch = epoch_of(sys.newest_commit(&TOTALS)).unwrap_or(0);
+                ensure!(new_epoch > old_epoch, "commits after the takeover carry epoch {new_epoch}, not above {old_epoch}");
+                sys.wait_running(&TOTALS, 2, Duration::from_secs(120)).await?;
+                // Thawed on a node still cut off, the old processes go on from what they knew:
+                // the checkpoint refuses whatever the old master tries to log.
+                let fenced = || {
+                    sys.cluster
+                        .pod_logs(&format!("{}-master", TOTALS.name), 100_000)
+                        .matches("another master took the checkpoint over")
+                        .count()
+                };
+                let fenced_before = fenced();
+                sys.cluster.thaw_processes(&pids);
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let said = fenced() > fenced_before;
+                sys.cluster.unfreeze_node(&node)?;
+                // Every commit entry after the takeover (the pruned ones are gone) is the new
+                // epoch's.
+                let late: Vec<u64> = std::fs::read_dir(&commits)?
+                    .flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.strip_suffix(".json")?.parse::<u64>().ok()
+                    })
+                    .filter(|b| *b > newest + 1 && epoch_of(*b).is_some_and(|e| e <= old_epoch))
+                    .collect();
+                ensure!(
+                    late.is_empty(),
+                    "batches {late:?} were committed in the old master's epoch after the takeover"
+                );
+                sys.wait_running(&TOTALS, 2, Duration::from_secs(120)).await?;
+                sys.wait_running(&KAFKA_JOB, 2, Duration::from_secs(180)).await?;
+                Ok(format!(
+                    "froze {node} ({} pods); a new master (epoch {new_epoch}, was {old_epoch}) committed {:.1}s after the freeze; {lost}; thawed, the old master {}",
+                    frozen.len(),
+                    takeover.as_secs_f64(),
+                    if said { "tried and was refused" } else { "stayed idle (no commit of its epoch)" }
                 ))
             },
         )

@@ -27,8 +27,25 @@ pub struct MasterView {
     pub last_batch: Option<pb::BatchFigures>,
 }
 
-/// Asks the master at `address` (`ip:port`) for its status, with the job's token.
+/// How long the operator waits for a master's answer, connection included.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Asks the master at `address` (`ip:port`) for its status, with the job's token; `None` when
+/// it does not answer within [`ASK_TIMEOUT`]. A master whose process is frozen (a node that
+/// stopped, SIGSTOP) accepts the TCP connection and never speaks: without the bound, the
+/// reconcile of its job would wait for ever, and nothing else would happen to that job.
 pub async fn ask_master(
+    address: &str,
+    token: &str,
+    tls: Option<&sluice_proto::Tls>,
+) -> Option<MasterView> {
+    tokio::time::timeout(ASK_TIMEOUT, ask_master_unbounded(address, token, tls))
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn ask_master_unbounded(
     address: &str,
     token: &str,
     tls: Option<&sluice_proto::Tls>,

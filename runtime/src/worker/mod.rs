@@ -148,6 +148,9 @@ struct Registration {
     tls: Option<Tls>,
 }
 
+/// How long a registration may take, connection included.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Registers with the master, and again whenever the master has been silent for a while (it
 /// restarted, or lost us); says the worker is ready while it is registered.
 async fn register_loop(
@@ -182,8 +185,14 @@ async fn register_loop(
                     })
                     .await
                     .map_err(|e| format!("{}: {}", e.code(), e.message()))
-            }
-            .await;
+            };
+            // Bounded whole: a master whose process is frozen accepts the connection and never
+            // answers, and the channel's own timeouts do not cover the HTTP/2 handshake. Its
+            // successor, under the same name, is found at the next try.
+            let result = match tokio::time::timeout(REGISTER_TIMEOUT, result).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no answer within {} s", REGISTER_TIMEOUT.as_secs())),
+            };
             match result {
                 Ok(_) => {
                     tracing::info!(%master, "registered with the master");
