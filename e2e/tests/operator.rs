@@ -521,6 +521,16 @@ async fn jobs_that_cannot_run_say_why_without_a_hot_loop() -> Result<()> {
             message.contains("spec.pipeline[0].flatMap.split: is empty"),
             "{message}"
         );
+        let ready = s["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("InvalidSpec")),
+            "{s}"
+        );
         let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "jobs");
         let started = pods
             .list(&kube::api::ListParams::default().labels("sluice.dev/job=invalid"))

@@ -36,9 +36,8 @@ impl ConditionType {
 
 /// Why a condition is as it is, or why an event was published.
 pub mod reason {
-    // Ready (otherwise the phase's name).
+    // Ready (otherwise the phase's name, or, Blocked, the reason of the block).
     pub const RUNNING: &str = "Running";
-    pub const BLOCKED: &str = "Blocked";
     // MasterReady, WorkersReady, Progressing.
     pub const POD_READY: &str = "PodReady";
     pub const POD_NOT_READY: &str = "PodNotReady";

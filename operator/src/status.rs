@@ -312,12 +312,14 @@ pub fn blocked(
         message,
         generation,
     ));
+    // Ready says why too (InvalidSpec, NoCheckpoint, UpgradeRefused, NameConflict), so that
+    // `kubectl wait --for=condition=Ready` users see the cause where they look.
     conditions.push(condition(
         p,
         ConditionType::Ready,
         false,
-        reason::BLOCKED,
-        "",
+        why,
+        message,
         generation,
     ));
     StreamingJobStatus {
@@ -528,7 +530,7 @@ mod tests {
         let ready = find(&status.conditions, ConditionType::Ready).expect("Ready");
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
-            ("False", reason::BLOCKED)
+            ("False", reason::NO_CHECKPOINT)
         );
         assert!(
             find(&status.conditions, ConditionType::Degraded)
