@@ -452,7 +452,7 @@ async fn applied_spec(job: &StreamingJobResource, ctx: &Context) -> Result<Optio
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let config = api
-        .get_opt(&format!("{}-config", job.name_any()))
+        .get_opt(&resources::config_map(&job.name_any()))
         .await
         .map_err(Error::Kube)?;
     Ok(config

@@ -554,9 +554,10 @@ impl Job {
         snapshot: Option<&Snapshot>,
         owned: &dyn Fn(usize) -> bool,
     ) -> Result<()> {
+        let sources = self.sources_in(snapshot)?;
         for part in 0..self.graph.partitions {
             if owned(part) {
-                self.restore_partition(snapshot, part)?;
+                self.restore_partition(snapshot, &sources, part)?;
             } else {
                 for (_, state) in &self.stateful {
                     state.restore(part, None)?;
@@ -574,6 +575,7 @@ impl Job {
         snapshot: Option<&Snapshot>,
         parts: &[usize],
     ) -> Result<()> {
+        let sources = self.sources_in(snapshot)?;
         for &part in parts {
             if part >= self.graph.partitions {
                 return Err(Error::Internal(format!(
@@ -581,12 +583,23 @@ impl Job {
                     self.graph.partitions
                 )));
             }
-            self.restore_partition(snapshot, part)?;
+            self.restore_partition(snapshot, &sources, part)?;
         }
         Ok(())
     }
 
-    fn restore_partition(&self, snapshot: Option<&Snapshot>, part: usize) -> Result<()> {
+    /// Where each stateful operation's state is in `snapshot` (nothing without one): worked
+    /// out once per restore, not per partition.
+    fn sources_in(&self, snapshot: Option<&Snapshot>) -> Result<Vec<StateSource>> {
+        snapshot.map_or(Ok(Vec::new()), |s| self.state_sources(s))
+    }
+
+    fn restore_partition(
+        &self,
+        snapshot: Option<&Snapshot>,
+        sources: &[StateSource],
+        part: usize,
+    ) -> Result<()> {
         let Some(snapshot) = snapshot else {
             for (_, state) in &self.stateful {
                 state.restore(part, None)?;
@@ -600,24 +613,24 @@ impl Job {
                 snapshot.batch
             ))
         };
-        for ((_, state), source) in self.stateful.iter().zip(self.state_sources(snapshot)?) {
+        for ((_, state), source) in self.stateful.iter().zip(sources) {
             match source {
                 StateSource::Empty => state.restore(part, None)?,
-                StateSource::Named(old, parts) if parts == self.graph.partitions => {
+                StateSource::Named(old, parts) if *parts == self.graph.partitions => {
                     let bytes = snapshot
                         .parts
                         .get(&(old.clone(), part))
-                        .ok_or_else(|| missing(&old, part))?;
+                        .ok_or_else(|| missing(old, part))?;
                     state.restore(part, Some(bytes))?;
                 }
                 StateSource::Named(old, parts) => {
-                    let olds = (0..parts)
+                    let olds = (0..*parts)
                         .map(|p| {
                             snapshot
                                 .parts
                                 .get(&(old.clone(), p))
                                 .map(Vec::as_slice)
-                                .ok_or_else(|| missing(&old, p))
+                                .ok_or_else(|| missing(old, p))
                         })
                         .collect::<Result<Vec<&[u8]>>>()?;
                     state.reshard(part, &olds, self.graph.partitions)?;

@@ -32,7 +32,7 @@ pub fn manifest_config_map(job: &StreamingJobResource) -> Result<ConfigMap, Buil
     let name = manifest.metadata.name.clone();
     let text = yaml_serde::to_string(&manifest).map_err(|e| BuildError::Render(e.to_string()))?;
     Ok(ConfigMap {
-        metadata: child_meta(job, format!("{name}-config"), "config")?,
+        metadata: child_meta(job, super::config_map(&name), "config")?,
         data: Some(
             [
                 (MANIFEST_FILE.to_string(), text),

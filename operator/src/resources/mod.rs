@@ -70,6 +70,11 @@ pub fn token_secret(job: &str) -> String {
     format!("{job}-token")
 }
 
+/// The ConfigMap with a job's manifest (and the spec its pods were made from).
+pub fn config_map(job: &str) -> String {
+    format!("{job}-config")
+}
+
 /// The Secret with a job's TLS certificate (see [`crate::tls`]).
 pub fn tls_secret(job: &str) -> String {
     format!("{job}-tls")

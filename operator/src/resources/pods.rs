@@ -153,7 +153,7 @@ fn template(
         Volume {
             name: CONFIG_VOLUME.into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: format!("{name}-config"),
+                name: super::config_map(&name),
                 ..Default::default()
             }),
             ..Default::default()
