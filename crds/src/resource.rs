@@ -43,6 +43,8 @@ use crate::spec::StreamingJobSpec;
     validation = Rule::new("duration(self.spec.batchInterval) >= duration('10ms') && duration(self.spec.batchInterval) <= duration('1h')").message("spec.batchInterval: a duration from 10ms to 1h, such as 100ms or 1s"),
     validation = Rule::new("!has(self.spec.pipeline) || self.spec.pipeline.all(s, !has(s.updateStateByKey) || !has(s.updateStateByKey.timeout) || duration(s.updateStateByKey.timeout) > duration('0s'))").message("spec.pipeline[].updateStateByKey.timeout: a duration above zero, such as 10m"),
     validation = Rule::new("!has(self.spec.master) || !has(self.spec.master.nodeLossTimeout) || duration(self.spec.master.nodeLossTimeout) >= duration('0s')").message("spec.master.nodeLossTimeout: a duration such as 30s or 2m (0s: never)"),
+    validation = Rule::new("!has(self.spec.workers) || !has(self.spec.workers.autoscale) || !has(self.spec.workers.autoscale.minReplicas) || self.spec.workers.autoscale.minReplicas <= self.spec.workers.autoscale.maxReplicas").message("spec.workers.autoscale: minReplicas must not exceed maxReplicas"),
+    validation = Rule::new("!has(self.spec.workers) || !has(self.spec.workers.autoscale) || ((!has(self.spec.workers.autoscale.scaleUpAfter) || duration(self.spec.workers.autoscale.scaleUpAfter) >= duration('0s')) && (!has(self.spec.workers.autoscale.scaleDownAfter) || duration(self.spec.workers.autoscale.scaleDownAfter) >= duration('0s')))").message("spec.workers.autoscale: scaleUpAfter and scaleDownAfter are durations such as 0s, 30s or 5m"),
     validation = Rule::new("self.metadata.name.size() <= 52").message("metadata.name: at most 52 characters (pod names add a suffix)"),
     validation = Rule::new("self.spec.pipeline.all(s, !has(s.window) || ((!has(s.window.slide) || duration(s.window.slide).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0) && duration(s.window.length).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0))").message("spec.pipeline[].window: length and slide must be multiples of spec.batchInterval"),
     validation = Rule::new("self.spec.pipeline.all(s, !has(s.countByValueAndWindow) || ((!has(s.countByValueAndWindow.slide) || duration(s.countByValueAndWindow.slide).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0) && duration(s.countByValueAndWindow.length).getMilliseconds() % duration(self.spec.batchInterval).getMilliseconds() == 0))").message("spec.pipeline[].countByValueAndWindow: length and slide must be multiples of spec.batchInterval"),
@@ -172,6 +174,43 @@ pub struct WorkersSpec {
     /// CPU and memory of each worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Let the operator set `replicas` from the job's own figures: more workers as soon as
+    /// the job falls behind, fewer once a smaller count is predicted to keep up. Without it,
+    /// `replicas` stays as set (by hand, `kubectl scale`, or an HPA/KEDA of your own; never
+    /// both on one job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
+}
+
+/// How the operator sizes a job's workers (see docs/autoscaling.md).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AutoscaleSpec {
+    /// Fewest workers. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: Option<i32>,
+    /// Most workers. Workers beyond `spec.parallelism` have no partition to run, so the
+    /// operator never goes past it; when the job needs more, the ScalingLimited condition says
+    /// so.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// The share of each batch interval the workers should spend processing: the operator
+    /// sizes the job so that processing time / batch interval stays near it. Default 0.7;
+    /// from 0.1 to 0.95 (headroom for bursts and snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.1, max = 0.95))]
+    pub target_utilization: Option<f64>,
+    /// How long the job must keep needing more workers before they are added. Default 0s:
+    /// at the first look that finds the job behind (each look judges its last batches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub scale_up_after: Option<String>,
+    /// How long a smaller count must keep being enough, at every look, before workers are
+    /// removed; counted again from every change. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub scale_down_after: Option<String>,
 }
 
 /// The master of a job.
@@ -306,9 +345,34 @@ pub struct StreamingJobStatus {
     /// What the operator last saw of the job's pods, to tell restarts and losses apart.
     #[serde(default)]
     pub pods: Vec<PodObservation>,
-    /// Ready, MasterReady, WorkersReady, Progressing, Degraded.
+    /// What the autoscaler (`spec.workers.autoscale`) last found and did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleStatus>,
+    /// Ready, MasterReady, WorkersReady, Progressing, Degraded, Upgrade, ScalingLimited.
     #[serde(default)]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
+/// The autoscaler's last look and its last change.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleStatus {
+    /// Workers the last look found right for the load, before waiting (scaleUpAfter,
+    /// scaleDownAfter) and bounds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recommended_workers: Option<i32>,
+    /// Processing time / batch interval over the batches of the last look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization: Option<f64>,
+    /// What the last look concluded, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the autoscaler last changed `spec.workers.replicas` (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    /// That change and its reason, as its event said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale: Option<String>,
 }
 
 /// One pod of the job as the operator last saw it.

@@ -19,6 +19,8 @@ pub enum ConditionType {
     /// The last change of the spec: planned and applied (true), or refused (false); the
     /// message is its plan.
     Upgrade,
+    /// With `spec.workers.autoscale`: the job needs more workers than its bounds allow (true).
+    ScalingLimited,
 }
 
 impl ConditionType {
@@ -30,6 +32,7 @@ impl ConditionType {
             ConditionType::Progressing => "Progressing",
             ConditionType::Degraded => "Degraded",
             ConditionType::Upgrade => "Upgrade",
+            ConditionType::ScalingLimited => "ScalingLimited",
         }
     }
 }
@@ -70,11 +73,18 @@ pub mod reason {
     /// The spec fails the checks of `sluice validate`.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const NAME_CONFLICT: &str = "NameConflict";
+    // ScalingLimited (true also as a Warning event).
+    pub const TOO_FEW_PARTITIONS: &str = "TooFewPartitions";
+    pub const MAX_REPLICAS_REACHED: &str = "MaxReplicasReached";
+    pub const WITHIN_BOUNDS: &str = "WithinBounds";
     // Events only.
     pub const CREATED: &str = "Created";
     pub const SUSPENDED: &str = "Suspended";
     pub const RESUMED: &str = "Resumed";
     pub const RESCALED: &str = "Rescaled";
+    /// The autoscaler changed `spec.workers.replicas`; the note says why.
+    pub const SCALED_UP: &str = "ScaledUp";
+    pub const SCALED_DOWN: &str = "ScaledDown";
     pub const RECOVERED: &str = "Recovered";
     pub const CHECKPOINT_FAILED: &str = "CheckpointFailed";
     /// Stopped for good after `restartPolicy.limit` restarts.

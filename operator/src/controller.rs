@@ -30,6 +30,8 @@ pub struct Context {
     pub namespace: Option<String>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub recorder: kube::runtime::events::Recorder,
+    /// What the autoscaler remembers of each job between looks.
+    pub autoscale: crate::autoscale::Memories,
 }
 
 /// Reconcile failures.
@@ -106,6 +108,7 @@ async fn run_in(
         namespace: settings.own_namespace.clone(),
         metrics,
         recorder,
+        autoscale: crate::autoscale::Memories::default(),
     });
     Controller::new(jobs, watcher::Config::default())
         .owns(sets, watcher::Config::default())
@@ -161,6 +164,7 @@ async fn reconcile_with_finalizer(
         }
         if job.metadata.deletion_timestamp.is_some() {
             ctx.metrics.forget(&format!("{ns}/{}", job.name_any()));
+            ctx.autoscale.forget(&job.uid().unwrap_or_default());
             tracing::info!(job = %job.name_any(), "job deleted; checkpoint retained");
             return Ok(Action::await_change());
         }
@@ -171,6 +175,7 @@ async fn reconcile_with_finalizer(
             kube::runtime::finalizer::Event::Apply(job) => reconcile_job(&job, ctx).await,
             kube::runtime::finalizer::Event::Cleanup(job) => {
                 ctx.metrics.forget(&format!("{ns}/{}", job.name_any()));
+                ctx.autoscale.forget(&job.uid().unwrap_or_default());
                 crate::cleanup::cleanup(&job, ctx).await
             }
         }
@@ -330,6 +335,9 @@ async fn reconcile_job(
         incidents.push((EventType::Warning, why, message.clone()));
     }
     events::publish_transitions(job, ctx, phase, workers_desired, master.as_ref(), incidents).await;
+    // The autoscaler's look, on what the master just said; a change of replicas comes back
+    // as a new generation of the job.
+    let autoscaled = crate::autoscale::look(job, ctx, phase, master.as_ref(), &mut next).await?;
     write_status(job, ctx, &next).await?;
     // 8. When to look again. The master's progress is read over RPC, not watched: while its
     // master says it is coming up (waiting for workers, restoring the checkpoint) look again
@@ -342,7 +350,13 @@ async fn reconcile_job(
             master.as_ref().map(|m| m.state),
             Some(pb::MasterState::Starting | pb::MasterState::Recovering)
         );
-    let next = Duration::from_secs(if coming_up { 1 } else { 5 });
+    let next = if coming_up {
+        Duration::from_secs(1)
+    } else if autoscaled {
+        crate::autoscale::LOOK_EVERY
+    } else {
+        Duration::from_secs(5)
+    };
     Ok(Action::requeue(
         node_recheck.map_or(next, |r| r.clamp(Duration::from_secs(1), next)),
     ))
@@ -436,6 +450,9 @@ fn refusal(job: &StreamingJobResource) -> Option<(&'static str, String)> {
             let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
             return Some((reason::INVALID_SPEC, all.join("; ")));
         }
+    }
+    if let Some(Err(message)) = crate::autoscale::settings(job) {
+        return Some((reason::INVALID_SPEC, message));
     }
     if job.spec.job.checkpoint.is_none() {
         return Some((

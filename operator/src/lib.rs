@@ -6,6 +6,7 @@
 //! it: the checkpoint's deletion (`cleanup`), leader election, TLS and metrics.
 
 pub mod apply;
+pub mod autoscale;
 pub mod cleanup;
 pub mod conditions;
 pub mod constants;

@@ -25,6 +25,10 @@ pub struct MasterView {
     pub message: String,
     /// The newest committed batch's figures.
     pub last_batch: Option<pb::BatchFigures>,
+    /// The last committed batches' figures, oldest first (the autoscaler's input).
+    pub recent: Vec<pb::BatchFigures>,
+    pub partitions: u32,
+    pub interval_ms: u64,
 }
 
 /// How long the operator waits for a master's answer, connection included.
@@ -76,6 +80,9 @@ async fn ask_master_unbounded(
         recoveries: reply.recoveries,
         message: reply.message,
         last_batch: reply.last_batch,
+        recent: reply.recent,
+        partitions: reply.partitions,
+        interval_ms: reply.interval_ms,
     })
 }
 
@@ -441,6 +448,7 @@ mod tests {
                 scheduling_delay_ms: 1_250,
                 total_delay_ms: 245_000,
                 input_rate: 2000,
+                ..Default::default()
             }),
             ..Default::default()
         };

@@ -125,6 +125,7 @@ fn metrics_per_batch(c: &mut Criterion) {
                 scheduling_delay: Duration::from_millis(2),
                 total_delay: Duration::from_millis(32),
                 rate_limit: None,
+                backlog: [("in".to_string(), 1200)].into(),
             });
             metrics.flow(&BatchFlow {
                 sources: vec![("lines".into(), 10_000, Some(1_000_000))],

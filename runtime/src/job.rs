@@ -380,6 +380,14 @@ impl Job {
         Ok(logs)
     }
 
+    /// Records waiting past the last planned batch, by each source that can count them.
+    pub(crate) fn backlogs(&self) -> BTreeMap<String, u64> {
+        self.sources
+            .iter()
+            .filter_map(|s| Some((s.name().to_string(), s.backlog()?)))
+            .collect()
+    }
+
     pub(crate) fn positions(&self) -> BTreeMap<String, Json> {
         self.sources
             .iter()

@@ -372,7 +372,8 @@ fn kafka_to_kafka_is_exactly_once_across_sigkills() {
 }
 
 /// One line of `sluice run`'s progress: (batch, records, scheduling delay ms).
-fn progress_line(line: &str) -> Option<(u64, u64, u64)> {
+/// A progress line's batch, records, scheduling delay (ms) and backlog (records), when it says.
+fn progress_line(line: &str) -> Option<(u64, u64, u64, Option<u64>)> {
     let rest = line.split("batch ").nth(1)?;
     let batch = rest.split_whitespace().next()?.parse().ok()?;
     let records = rest
@@ -390,7 +391,11 @@ fn progress_line(line: &str) -> Option<(u64, u64, u64)> {
         .next()?
         .parse()
         .ok()?;
-    Some((batch, records, delay))
+    let backlog = rest
+        .split("backlog ")
+        .nth(1)
+        .and_then(|b| b.split(" records").next()?.parse().ok());
+    Some((batch, records, delay, backlog))
 }
 
 #[test]
@@ -444,10 +449,16 @@ fn a_backlog_of_two_million_records_is_taken_in_bounded_batches_until_the_job_ke
     for line in std::io::BufReader::new(stderr).lines() {
         let Ok(line) = line else { break };
         log.push(line.clone());
-        let Some((batch, records, delay)) = progress_line(&line) else {
+        let Some((batch, records, delay, backlog)) = progress_line(&line) else {
             continue;
         };
         total += records;
+        // Nothing is produced while the job runs: what waits is what was not yet read.
+        assert_eq!(
+            backlog,
+            Some(BACKLOG - total),
+            "batch {batch}: the backlog is the records not yet read"
+        );
         batches.push((batch, records, delay));
         if total >= BACKLOG {
             // Drained: the job must then run within its interval, batch after batch.

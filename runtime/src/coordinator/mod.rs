@@ -15,7 +15,7 @@ mod fault;
 pub mod protocol;
 pub mod rate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -113,6 +113,12 @@ pub trait Runner {
     fn report(&mut self, status: &Status) {
         let _ = status;
     }
+
+    /// Workers the present placement gives at least one partition to (one for a process
+    /// running every partition itself).
+    fn busy_workers(&self) -> usize {
+        1
+    }
 }
 
 /// What a [`Runner`] says before a step.
@@ -157,9 +163,23 @@ pub struct Status {
     pub last_completed_batch: u64,
     pub last_checkpoint_batch: u64,
     pub recoveries: u64,
-    /// The newest committed batch's figures, once there is one.
-    pub last_batch: Option<BatchFigures>,
+    /// The figures of the last [`RECENT_BATCHES`] committed batches, oldest first: what an
+    /// autoscaler judges the job by between two looks.
+    pub recent: Vec<BatchFigures>,
+    /// The job's partitions: more workers than this have nothing to run.
+    pub partitions: u32,
+    pub interval_ms: u64,
 }
+
+impl Status {
+    /// The newest committed batch's figures, once there is one.
+    pub fn last_batch(&self) -> Option<&BatchFigures> {
+        self.recent.last()
+    }
+}
+
+/// How many committed batches' figures the status carries.
+pub const RECENT_BATCHES: usize = 30;
 
 /// What one committed batch took.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -172,6 +192,13 @@ pub struct BatchFigures {
     pub total_delay: Duration,
     /// Records per second of batch time.
     pub input_rate: u64,
+    /// Records waiting in the sources after this batch was planned, where they can count them
+    /// (Kafka); `None` when no source can.
+    pub backlog: Option<u64>,
+    /// Run again from the offset log after a failure.
+    pub replay: bool,
+    /// Workers that ran a partition of it.
+    pub workers: u32,
 }
 
 /// How a job is driven, wherever its batches run.
@@ -206,10 +233,13 @@ pub struct BatchProgress {
     pub total_delay: Duration,
     /// The rate controller's bound for the next batches, records per second.
     pub rate_limit: Option<f64>,
+    /// Records waiting in each source that can count them, after this batch was planned (a
+    /// replayed batch: after the newest plan).
+    pub backlog: BTreeMap<String, u64>,
 }
 
 impl BatchFigures {
-    fn of(p: &BatchProgress) -> Self {
+    fn of(p: &BatchProgress, workers: usize) -> Self {
         let r = &p.report;
         BatchFigures {
             batch: r.batch.index,
@@ -219,6 +249,9 @@ impl BatchFigures {
             scheduling_delay: p.scheduling_delay,
             total_delay: p.total_delay,
             input_rate: p.input_rate().round() as u64,
+            backlog: (!p.backlog.is_empty()).then(|| p.backlog.values().sum()),
+            replay: r.replay,
+            workers: u32::try_from(workers).unwrap_or(u32::MAX),
         }
     }
 }
@@ -240,8 +273,13 @@ impl BatchProgress {
             .rate_limit
             .map(|r| format!(", rate limit {r:.0} records/s"))
             .unwrap_or_default();
+        let backlog = if self.backlog.is_empty() {
+            String::new()
+        } else {
+            format!(", backlog {} records", self.backlog.values().sum::<u64>())
+        };
         tracing::info!(
-            "batch {} {}{replay}: {} records, {} errors, processing {}ms, scheduling delay {}ms, total delay {}ms{rate}",
+            "batch {} {}{replay}: {} records, {} errors, processing {}ms, scheduling delay {}ms, total delay {}ms{rate}{backlog}",
             r.batch.index,
             r.batch.display_time(),
             r.records,
@@ -376,7 +414,7 @@ pub fn run<R: Runner>(
         lag: Lag::default(),
         metrics: settings.metrics.clone(),
         recovering_since: None,
-        last_batch: None,
+        recent: VecDeque::with_capacity(RECENT_BATCHES),
     };
     let result = coordinator.run_loop(&settings.stop);
     coordinator.job.close_sources();
@@ -409,7 +447,8 @@ struct Coordinator<R> {
     rate: Option<rate::RateEstimator>,
     /// Its present figure, records per second.
     rate_limit: Option<f64>,
-    last_batch: Option<BatchFigures>,
+    /// The newest committed batches' figures, oldest first.
+    recent: VecDeque<BatchFigures>,
 }
 
 impl<R: Runner> Coordinator<R> {
@@ -420,7 +459,9 @@ impl<R: Runner> Coordinator<R> {
             last_completed_batch: self.next.saturating_sub(1),
             last_checkpoint_batch: self.last_snapshot,
             recoveries: self.summary.recoveries,
-            last_batch: self.last_batch,
+            recent: self.recent.iter().copied().collect(),
+            partitions: u32::try_from(self.job.partitions()).unwrap_or(u32::MAX),
+            interval_ms: self.interval,
         };
         self.runner.report(&status);
     }
@@ -837,9 +878,14 @@ impl<R: Runner> Coordinator<R> {
             scheduling_delay,
             total_delay,
             rate_limit: self.rate.as_ref().and(self.rate_limit),
+            backlog: self.job.backlogs(),
             report,
         };
-        self.last_batch = Some(BatchFigures::of(&progress));
+        if self.recent.len() == RECENT_BATCHES {
+            self.recent.pop_front();
+        }
+        let workers = self.runner.busy_workers();
+        self.recent.push_back(BatchFigures::of(&progress, workers));
         if let Some(m) = &self.metrics {
             m.batch(&progress);
         }

@@ -72,6 +72,8 @@ pub struct KafkaSource {
     readers: HashMap<String, Reader>,
     /// Bytes of keys and values handed on, for the metrics.
     bytes_read: u64,
+    /// Records past the last plan's ranges, as the brokers' ends stood then.
+    backlog: Option<u64>,
 }
 
 impl KafkaSource {
@@ -89,6 +91,7 @@ impl KafkaSource {
             planned: VecDeque::new(),
             planner: None,
             bytes_read: 0,
+            backlog: None,
             readers: HashMap::new(),
         }
     }
@@ -620,6 +623,7 @@ impl Source for KafkaSource {
         }
         let caps = self.caps(&tps, &ends, &next, batch.interval_ms);
         let mut planned = Vec::new();
+        let mut backlog = 0u64;
         for (((tp, end), start), cap) in tps.iter().zip(&ends).zip(&starts).zip(caps) {
             let Some(from) = next.get(tp).copied() else {
                 continue;
@@ -650,6 +654,7 @@ impl Source for KafkaSource {
                 None => *end,
             }
             .max(from);
+            backlog += u64::try_from(end - until).unwrap_or(0);
             next.insert(tp.clone(), until);
             if until > from {
                 planned.push(OffsetRange {
@@ -666,6 +671,7 @@ impl Source for KafkaSource {
         }
         self.planned.push_back((batch.index, next.clone()));
         self.next = Some(next);
+        self.backlog = Some(backlog);
         let mut range = ranges::to_json(&planned);
         if refused.count() > 0 {
             range["refused"] = refused.to_json();
@@ -715,6 +721,10 @@ impl Source for KafkaSource {
 
     fn bytes_read(&self) -> Option<u64> {
         Some(self.bytes_read)
+    }
+
+    fn backlog(&self) -> Option<u64> {
+        self.backlog
     }
 
     fn reads_owned_partitions(&self) -> bool {

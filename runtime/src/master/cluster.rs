@@ -12,7 +12,7 @@ use tonic::Status as RpcStatus;
 use super::placement;
 use super::service::Shared;
 use crate::checkpoint::{Checkpointer, StateFile};
-use crate::coordinator::{BatchInput, Fault, Poll, Runner, Status, protocol};
+use crate::coordinator::{BatchFigures, BatchInput, Fault, Poll, Runner, Status, protocol};
 use crate::exec::lock_unpoisoned;
 use crate::job::{BatchReport, Job};
 use crate::rpc::{AddToken, MAX_MESSAGE_BYTES, Tls, channel, pb};
@@ -80,6 +80,21 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+fn figures(b: &BatchFigures) -> pb::BatchFigures {
+    pb::BatchFigures {
+        batch: b.batch,
+        time_ms: b.time_ms,
+        records: b.records,
+        processing_ms: millis(b.processing),
+        scheduling_delay_ms: millis(b.scheduling_delay),
+        total_delay_ms: millis(b.total_delay),
+        input_rate: b.input_rate,
+        backlog: b.backlog,
+        replay: b.replay,
+        workers: b.workers,
+    }
+}
+
 impl Cluster {
     /// Whether the workers write the state log (on unless recovery is global).
     pub fn keeping_state_log(mut self, keep: bool) -> Self {
@@ -135,15 +150,10 @@ impl Cluster {
             workers: self.workers.iter().map(|w| w.id.clone()).collect(),
             message: message.to_string(),
             epoch: self.epoch,
-            last_batch: self.status.last_batch.map(|b| pb::BatchFigures {
-                batch: b.batch,
-                time_ms: b.time_ms,
-                records: b.records,
-                processing_ms: millis(b.processing),
-                scheduling_delay_ms: millis(b.scheduling_delay),
-                total_delay_ms: millis(b.total_delay),
-                input_rate: b.input_rate,
-            }),
+            last_batch: self.status.last_batch().map(figures),
+            recent: self.status.recent.iter().map(figures).collect(),
+            partitions: self.status.partitions,
+            interval_ms: self.status.interval_ms,
         };
     }
 
@@ -652,5 +662,12 @@ impl Runner for Cluster {
     fn report(&mut self, status: &Status) {
         self.status = status.clone();
         self.publish(status.state, &status.message);
+    }
+
+    fn busy_workers(&self) -> usize {
+        let mut owners = self.owners.clone();
+        owners.sort_unstable();
+        owners.dedup();
+        owners.len()
     }
 }

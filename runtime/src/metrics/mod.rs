@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
@@ -68,6 +69,7 @@ pub struct RuntimeMetrics {
     last_scheduling_delay: Gauge<f64, AtomicU64>,
     last_input_rate: Gauge<f64, AtomicU64>,
     rate_limit: Gauge<f64, AtomicU64>,
+    source_backlog: Family<[(&'static str, String); 1], Gauge>,
     checkpoint_duration: Histogram,
     checkpoint_failures: Counter,
     last_checkpoint_batch: Gauge,
@@ -110,6 +112,7 @@ impl RuntimeMetrics {
             last_scheduling_delay: Gauge::default(),
             last_input_rate: Gauge::default(),
             rate_limit: Gauge::default(),
+            source_backlog: Family::default(),
             checkpoint_duration: Histogram::new(time_buckets()),
             checkpoint_failures: Counter::default(),
             last_checkpoint_batch: Gauge::default(),
@@ -193,6 +196,11 @@ impl RuntimeMetrics {
             m.rate_limit.clone(),
         );
         m.registry.register(
+            "source_backlog_records",
+            "Records waiting in a source after the newest batch was planned (sources that can count them: Kafka)",
+            m.source_backlog.clone(),
+        );
+        m.registry.register(
             "checkpoint_duration_seconds",
             "Time to write a snapshot of the job's state",
             m.checkpoint_duration.clone(),
@@ -239,6 +247,11 @@ impl RuntimeMetrics {
             .set(p.scheduling_delay.as_secs_f64());
         self.last_input_rate.set(p.input_rate());
         self.rate_limit.set(p.rate_limit.unwrap_or(0.0));
+        for (source, records) in &p.backlog {
+            self.source_backlog
+                .get_or_create(&[("source", source.clone())])
+                .set(i64::try_from(*records).unwrap_or(i64::MAX));
+        }
         self.last_batch
             .set(i64::try_from(r.batch.index).unwrap_or(i64::MAX));
         let mut t = lock_unpoisoned(&self.timeline);
@@ -383,6 +396,7 @@ mod tests {
             scheduling_delay: Duration::from_millis(10),
             total_delay: Duration::from_millis(260),
             rate_limit: None,
+            backlog: [("clicks".to_string(), 1200)].into(),
         });
         let text = m.render();
         let labels = r#"{job_name="clicks",job_namespace="prod"}"#;
@@ -392,6 +406,7 @@ mod tests {
             format!("sluice_refused_records_total{labels} 2"),
             format!("sluice_last_batch{labels} 7"),
             format!("sluice_input_rate{labels} 500.0"),
+            r#"sluice_source_backlog_records{job_name="clicks",job_namespace="prod",source="clicks"} 1200"#.to_string(),
             format!("sluice_batch_processing_seconds_count{labels} 1"),
         ] {
             assert!(text.contains(&line), "no {line:?} in\n{text}");

@@ -119,6 +119,13 @@ pub trait Source: Send + 'static {
     fn bytes_read(&self) -> Option<u64> {
         None
     }
+
+    /// Records already waiting in the source past the last planned batch, by a source that
+    /// can count them (Kafka: the partitions' ends less the planned offsets); others say
+    /// `None`. It tells whether the job keeps up with its input (metrics, autoscaling).
+    fn backlog(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Input a source could not turn into records, counted, with the first few reasons.
@@ -209,6 +216,7 @@ pub(crate) trait ErasedSource: Send {
     fn limit_rate(&mut self, records_per_second: Option<f64>);
     fn on_close(&mut self);
     fn bytes_read(&self) -> Option<u64>;
+    fn backlog(&self) -> Option<u64>;
 }
 
 pub(crate) struct SourceNode<S>(S);
@@ -311,6 +319,9 @@ impl<S: Source> ErasedSource for SourceNode<S> {
     }
     fn bytes_read(&self) -> Option<u64> {
         self.0.bytes_read()
+    }
+    fn backlog(&self) -> Option<u64> {
+        self.0.backlog()
     }
 }
 

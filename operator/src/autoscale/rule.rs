@@ -1,0 +1,956 @@
+//! How many workers a job needs (`spec.workers.autoscale`), judged from the figures of its last
+//! batches as its master reports them: pure arithmetic, fed by the reconciler, which applies a
+//! change through the scale subresource.
+//!
+//! The rule. Each look takes the last [`WINDOW`] batches that ran on the present workers and
+//! measures the records one worker processes per second of processing time, the rate records
+//! arrive at (read, plus what the backlog grew by) and what waits (the sources' backlog, or,
+//! where they cannot count it, the scheduling delay's worth of input). The job needs the
+//! workers that process the arrival rate at `targetUtilization` of the interval — and, when it
+//! is behind (what waits would not drain within [`BEHIND_INTERVALS`] intervals), the waiting
+//! records on top within [`DRAIN_INTERVALS`], so that one step is enough. A need within
+//! [`TOLERANCE`] of the present count changes nothing.
+//!
+//! Up fast: the smallest need seen over `scaleUpAfter` (0s: this look's). Down slowly: the
+//! largest need seen over `scaleDownAfter`, at every look since the last change, so the smaller
+//! count is predicted under the target through the whole window, and a steady load never
+//! oscillates. Never more workers than partitions (they would have nothing to run) nor outside
+//! `minReplicas..maxReplicas`; a need past them is reported as a [`Limit`].
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use sluice_crds::resource::AutoscaleSpec;
+use sluice_crds::{format_duration, parse_duration};
+
+/// Batches a look judges: enough to smooth one slow batch (a snapshot), few enough to see a
+/// load step within seconds.
+pub const WINDOW: usize = 5;
+/// Batches on the present workers before a look decides anything.
+pub const MIN_BATCHES: usize = 3;
+/// No change while the need stays within this share of the present count's capacity (the
+/// Horizontal Pod Autoscaler's default tolerance).
+pub const TOLERANCE: f64 = 0.1;
+/// A job is behind when what waits would take longer than this many batch intervals to drain
+/// at its spare capacity.
+pub const BEHIND_INTERVALS: f64 = 10.0;
+/// A job behind is sized to drain what waits within this many batch intervals.
+pub const DRAIN_INTERVALS: f64 = 5.0;
+/// How long a change of workers may take to show in the batches (pods starting, registering)
+/// before looks judge the batches of whatever workers run.
+pub const SETTLE: Duration = Duration::from_secs(90);
+/// How long a measured capacity per worker is remembered. A batch's fixed cost weighs more
+/// in small batches, so a light load understates what a worker can do; sizing down uses the
+/// best capacity measured lately, so that one step down reaches the count that keeps up.
+pub const CAPACITY_MEMORY: Duration = Duration::from_secs(600);
+
+pub const DEFAULT_MIN_REPLICAS: u32 = 1;
+pub const DEFAULT_TARGET_UTILIZATION: f64 = 0.7;
+pub const DEFAULT_SCALE_UP_AFTER: Duration = Duration::ZERO;
+pub const DEFAULT_SCALE_DOWN_AFTER: Duration = Duration::from_secs(300);
+
+/// `spec.workers.autoscale`, checked and with its defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub min: u32,
+    pub max: u32,
+    pub target: f64,
+    pub up_after: Duration,
+    pub down_after: Duration,
+}
+
+impl Settings {
+    /// The settings of `spec`, or what is wrong with it, named by its field path.
+    pub fn from_spec(spec: &AutoscaleSpec) -> Result<Self, String> {
+        const PATH: &str = "spec.workers.autoscale";
+        let min = spec
+            .min_replicas
+            .map_or(Ok(DEFAULT_MIN_REPLICAS), u32::try_from)
+            .ok()
+            .filter(|m| *m >= 1)
+            .ok_or_else(|| format!("{PATH}.minReplicas: at least 1"))?;
+        let max = u32::try_from(spec.max_replicas)
+            .ok()
+            .filter(|m| *m >= 1)
+            .ok_or_else(|| format!("{PATH}.maxReplicas: at least 1"))?;
+        if min > max {
+            return Err(format!(
+                "{PATH}: minReplicas {min} exceeds maxReplicas {max}; lower minReplicas or raise maxReplicas"
+            ));
+        }
+        let target = spec
+            .target_utilization
+            .unwrap_or(DEFAULT_TARGET_UTILIZATION);
+        if !(0.1..=0.95).contains(&target) {
+            return Err(format!(
+                "{PATH}.targetUtilization: {target} is outside 0.1..0.95 (the share of each batch interval spent processing, such as 0.7)"
+            ));
+        }
+        let duration = |field: &str, text: Option<&str>, default: Duration| match text {
+            None => Ok(default),
+            Some(t) => parse_duration(t).map_err(|m| format!("{PATH}.{field}: {m}")),
+        };
+        Ok(Self {
+            min,
+            max,
+            target,
+            up_after: duration(
+                "scaleUpAfter",
+                spec.scale_up_after.as_deref(),
+                DEFAULT_SCALE_UP_AFTER,
+            )?,
+            down_after: duration(
+                "scaleDownAfter",
+                spec.scale_down_after.as_deref(),
+                DEFAULT_SCALE_DOWN_AFTER,
+            )?,
+        })
+    }
+}
+
+/// One committed batch, as the master reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub batch: u64,
+    pub records: u64,
+    pub processing_ms: u64,
+    pub scheduling_delay_ms: u64,
+    /// Records waiting in the sources after it was planned, where they can count them.
+    pub backlog: Option<u64>,
+    /// Workers that ran a partition of it.
+    pub workers: u32,
+    pub replay: bool,
+}
+
+/// What one look sees.
+#[derive(Clone, Copy, Debug)]
+pub struct Look<'a> {
+    /// Now, in ms of any clock that does not go back.
+    pub at_ms: u64,
+    /// `spec.workers.replicas` as it stands.
+    pub replicas: u32,
+    pub partitions: u32,
+    pub interval_ms: u64,
+    /// The newest batches, oldest first.
+    pub batches: &'a [Batch],
+}
+
+/// What a look measured over its batches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Estimate {
+    /// Batches judged, and the workers they ran on.
+    pub batches: usize,
+    pub workers: u32,
+    /// Mean processing time, ms.
+    pub processing_ms: f64,
+    /// Processing time / batch interval.
+    pub utilization: f64,
+    /// Records per second arriving at the sources: over the window, or, sizing up, over the
+    /// newest batches when they say more.
+    pub arrival: f64,
+    /// Records per second one worker processes, when the batches had records.
+    pub per_worker: Option<f64>,
+    /// The sources' backlog after the newest batch, where they count it.
+    pub backlog: Option<u64>,
+    /// Records waiting: the backlog and the scheduling delay's worth of input.
+    pub waiting: f64,
+    pub scheduling_delay_ms: u64,
+    /// What waits would not drain soon at the present capacity.
+    pub behind: bool,
+    /// Workers needed at the target, before bounds.
+    pub needed: u32,
+}
+
+/// A need the bounds do not let the autoscaler meet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// More workers than partitions would have nothing to run.
+    Partitions {
+        needed: u32,
+        partitions: u32,
+    },
+    MaxReplicas {
+        needed: u32,
+        max: u32,
+    },
+}
+
+impl Limit {
+    /// For the ScalingLimited condition and its event.
+    pub fn message(&self) -> String {
+        match *self {
+            Limit::Partitions { needed, partitions } => format!(
+                "the job needs {needed} workers to keep up, but spec.parallelism {partitions} gives work to {partitions} only: raise spec.parallelism (its state is re-sharded, with a restart; see docs/upgrades.md)"
+            ),
+            Limit::MaxReplicas { needed, max } => format!(
+                "the job needs {needed} workers to keep up; spec.workers.autoscale.maxReplicas is {max}"
+            ),
+        }
+    }
+}
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// Nothing to judge by yet.
+    Wait(String),
+    /// The present count stays.
+    Keep(String),
+    /// Set `replicas` to `to`; `why` is the event's message.
+    Scale { to: u32, why: String },
+}
+
+/// A look's outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub estimate: Option<Estimate>,
+    /// Workers the look found right, within the bounds.
+    pub recommended: Option<u32>,
+    pub limit: Option<Limit>,
+}
+
+/// What the autoscaler remembers of a job between looks: the counts it recommended since
+/// `replicas` last changed.
+#[derive(Clone, Debug, Default)]
+pub struct Memory {
+    replicas: Option<u32>,
+    since_ms: u64,
+    seen: VecDeque<(u64, u32)>,
+    /// Records per second per worker measured by recent looks, across changes.
+    capacities: VecDeque<(u64, f64)>,
+}
+
+/// The workers `look` calls for, remembered in `memory` (see the module's rule).
+pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Decision {
+    let replicas = look.replicas;
+    if memory.replicas != Some(replicas) {
+        memory.replicas = Some(replicas);
+        memory.since_ms = look.at_ms;
+        memory.seen.clear();
+    }
+    while memory
+        .capacities
+        .front()
+        .is_some_and(|(t, _)| look.at_ms.saturating_sub(*t) > millis(CAPACITY_MEMORY))
+    {
+        memory.capacities.pop_front();
+    }
+    let bounded = replicas.clamp(settings.min, settings.max);
+    if bounded != replicas {
+        let (edge, value) = if replicas < settings.min {
+            ("below minReplicas", settings.min)
+        } else {
+            ("above maxReplicas", settings.max)
+        };
+        return Decision {
+            verdict: Verdict::Scale {
+                to: bounded,
+                why: format!("{replicas} → {bounded}: {replicas} workers is {edge} {value}"),
+            },
+            estimate: None,
+            recommended: None,
+            limit: None,
+        };
+    }
+    let settled = look.at_ms.saturating_sub(memory.since_ms) >= millis(SETTLE);
+    let best = memory.capacities.iter().map(|(_, c)| *c).reduce(f64::max);
+    let estimate = match estimate(look, settings.target, settled, best) {
+        Ok(e) => e,
+        Err(why) => {
+            return Decision {
+                verdict: Verdict::Wait(why),
+                estimate: None,
+                recommended: None,
+                limit: None,
+            };
+        }
+    };
+    // Workers past the partitions have nothing to run; `minReplicas` is the user's to set.
+    let useful = settings.max.min(look.partitions.max(settings.min));
+    let recommended = estimate.needed.clamp(settings.min, useful);
+    let limit = (estimate.needed > useful).then_some({
+        if useful < settings.max {
+            Limit::Partitions {
+                needed: estimate.needed,
+                partitions: look.partitions,
+            }
+        } else {
+            Limit::MaxReplicas {
+                needed: estimate.needed,
+                max: settings.max,
+            }
+        }
+    });
+    if let Some(c) = estimate.per_worker {
+        memory.capacities.push_back((look.at_ms, c));
+    }
+    let keep_for = settings.up_after.max(settings.down_after);
+    memory.seen.push_back((look.at_ms, recommended));
+    while memory
+        .seen
+        .front()
+        .is_some_and(|(t, _)| look.at_ms.saturating_sub(*t) > millis(keep_for))
+    {
+        memory.seen.pop_front();
+    }
+    let observed_for = Duration::from_millis(look.at_ms.saturating_sub(memory.since_ms));
+    let within = |window: Duration| {
+        memory
+            .seen
+            .iter()
+            .filter(move |(t, _)| look.at_ms.saturating_sub(*t) <= millis(window))
+            .map(|(_, n)| *n)
+    };
+    let verdict = if recommended > replicas {
+        let to = within(settings.up_after).min().unwrap_or(recommended);
+        if observed_for < settings.up_after || to <= replicas {
+            Verdict::Keep(format!(
+                "needs {recommended} workers; waiting until that has held for scaleUpAfter {}",
+                format_duration(settings.up_after)
+            ))
+        } else {
+            Verdict::Scale {
+                to,
+                why: up_reason(replicas, to, &estimate, look.interval_ms),
+            }
+        }
+    } else if recommended < replicas {
+        // Every look over scaleDownAfter found fewer enough; the count is the largest need
+        // of its newer half, so that a window that began with the load still falling goes
+        // to the new load's count in one step.
+        let all_fewer = within(settings.down_after).max().unwrap_or(replicas) < replicas;
+        let to = within(settings.down_after / 2).max().unwrap_or(replicas);
+        if observed_for < settings.down_after || !all_fewer || to >= replicas {
+            Verdict::Keep(format!(
+                "{recommended} workers would do; waiting until that has held for scaleDownAfter {} (held {})",
+                format_duration(settings.down_after),
+                format_duration(Duration::from_secs(observed_for.as_secs()))
+            ))
+        } else {
+            Verdict::Scale {
+                to,
+                why: down_reason(replicas, to, &estimate, settings, look.interval_ms),
+            }
+        }
+    } else {
+        Verdict::Keep(format!(
+            "{replicas} workers keep up: processing {} per {} batch (utilization {:.2}, target {:.2})",
+            seconds(estimate.processing_ms),
+            seconds(look.interval_ms as f64),
+            estimate.utilization,
+            settings.target
+        ))
+    };
+    Decision {
+        verdict,
+        estimate: Some(estimate),
+        recommended: Some(recommended),
+        limit,
+    }
+}
+
+/// Measures the last batches on the present workers (or, once `settled`, on whatever workers
+/// ran the newest batch); a message when there is not enough to judge by.
+fn estimate(
+    look: &Look<'_>,
+    target: f64,
+    settled: bool,
+    best_per_worker: Option<f64>,
+) -> Result<Estimate, String> {
+    let expected = look.replicas.min(look.partitions.max(1)).max(1);
+    let live: Vec<&Batch> = look.batches.iter().filter(|b| !b.replay).collect();
+    let Some(newest) = live.last() else {
+        return Err("no batch figures from the master yet".into());
+    };
+    let workers = if newest.workers == expected || !settled {
+        expected
+    } else {
+        newest.workers.max(1)
+    };
+    let mut window: Vec<&Batch> = live
+        .iter()
+        .rev()
+        .take_while(|b| b.workers.max(1) == workers)
+        .take(WINDOW)
+        .copied()
+        .collect();
+    window.reverse();
+    if window.len() < MIN_BATCHES {
+        return Err(format!(
+            "waiting for {MIN_BATCHES} batches on {workers} workers ({} so far)",
+            window.len()
+        ));
+    }
+    let n = window.len() as f64;
+    let interval = look.interval_ms.max(1) as f64 / 1000.0;
+    let records: u64 = window.iter().map(|b| b.records).sum();
+    let processing: f64 = window.iter().map(|b| b.processing_ms as f64 / 1000.0).sum();
+    let newest = window[window.len() - 1];
+    let arrival = arrival_rate(&window, interval);
+    // A load step shows first in the newest batches: sizing up follows the newest that say
+    // more, so one change is enough; sizing down follows the whole window.
+    let arrival_now = (1..window.len())
+        .map(|k| arrival_rate(&window[window.len() - k..], interval))
+        .fold(arrival, f64::max);
+    // What waits: the sources' backlog, and the input of the batch time the job is behind.
+    let delay = newest.scheduling_delay_ms as f64 / 1000.0;
+    let waiting = newest.backlog.unwrap_or(0) as f64 + arrival * delay;
+    let per_worker = (records > 0 && processing > 0.0)
+        .then(|| records as f64 / (processing * f64::from(workers)));
+    let behind = match per_worker {
+        Some(c) => {
+            let spare = c * f64::from(workers) - arrival;
+            waiting > 0.0 && (spare <= 0.0 || waiting / spare > BEHIND_INTERVALS * interval)
+        }
+        None => false,
+    };
+    let mut input = arrival;
+    let needed = match per_worker {
+        Some(c) => {
+            let drain = if behind {
+                waiting / (DRAIN_INTERVALS * interval)
+            } else {
+                0.0
+            };
+            let capacity_at_target = c * f64::from(workers) * target;
+            let ratio = (arrival + drain) / capacity_at_target;
+            let (demand, per_worker) = if behind || ratio > 1.0 + TOLERANCE {
+                input = arrival_now;
+                (arrival_now + drain, c)
+            } else if ratio < 1.0 - TOLERANCE {
+                (arrival, best_per_worker.map_or(c, |b| b.max(c)))
+            } else {
+                (capacity_at_target, c)
+            };
+            // Float noise must not turn an exact fit into one more worker.
+            let exact = demand / (per_worker * target);
+            ((exact - 1e-9).ceil().max(1.0)).min(f64::from(u32::MAX)) as u32
+        }
+        // No records processed: an idle job needs the fewest; one with input but no time
+        // measured cannot be judged, so it stays.
+        None if arrival == 0.0 && waiting == 0.0 => 0,
+        None => workers,
+    };
+    Ok(Estimate {
+        batches: window.len(),
+        workers,
+        processing_ms: processing * 1000.0 / n,
+        utilization: processing / (n * interval),
+        arrival: input,
+        per_worker,
+        backlog: newest.backlog,
+        waiting,
+        scheduling_delay_ms: newest.scheduling_delay_ms,
+        behind,
+        needed,
+    })
+}
+
+/// Records per second arriving at the sources over `window` (oldest first, at least one batch).
+fn arrival_rate(window: &[&Batch], interval: f64) -> f64 {
+    let n = window.len() as f64;
+    let (first, newest) = (window[0], window[window.len() - 1]);
+    match (first.backlog, newest.backlog) {
+        // Sources that take what has arrived when a batch is planned (Kafka): the records
+        // between the first batch's plan and the newest's, read or left waiting, over the
+        // time between the two plans.
+        (Some(b0), Some(b1)) if window.len() > 1 => {
+            let read_after: u64 = window.iter().skip(1).map(|b| b.records).sum();
+            let span = (n - 1.0) * interval
+                + (newest.scheduling_delay_ms as f64 - first.scheduling_delay_ms as f64) / 1000.0;
+            ((read_after as f64 + b1 as f64 - b0 as f64) / span.max(interval)).max(0.0)
+        }
+        // Sources that cut their input by batch time (a generator): a batch holds its
+        // interval's records however late it runs.
+        _ => window.iter().map(|b| b.records).sum::<u64>() as f64 / (n * interval),
+    }
+}
+
+fn up_reason(from: u32, to: u32, e: &Estimate, interval_ms: u64) -> String {
+    let mut why = format!(
+        "{from} → {to}: processing {} per {} batch over the last {} batches (utilization {:.2}), input {}/s",
+        seconds(e.processing_ms),
+        seconds(interval_ms as f64),
+        e.batches,
+        e.utilization,
+        count(e.arrival)
+    );
+    if let Some(b) = e.backlog {
+        let _ = write!(why, ", backlog {} records", count(b as f64));
+    }
+    if e.scheduling_delay_ms > 0 {
+        let _ = write!(
+            why,
+            ", scheduling delay {}",
+            seconds(e.scheduling_delay_ms as f64)
+        );
+    }
+    why
+}
+
+fn down_reason(from: u32, to: u32, e: &Estimate, s: &Settings, interval_ms: u64) -> String {
+    let predicted = e.utilization * f64::from(e.workers) / f64::from(to);
+    format!(
+        "{from} → {to}: processing {} per {} batch over the last {} batches (utilization {:.2}), input {}/s; {to} workers were enough at every look for {} (predicted utilization {:.2}, target {:.2})",
+        seconds(e.processing_ms),
+        seconds(interval_ms as f64),
+        e.batches,
+        e.utilization,
+        count(e.arrival),
+        format_duration(s.down_after),
+        predicted,
+        s.target
+    )
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `ms` for people: `850ms`, `1.4s`, `12s`.
+fn seconds(ms: f64) -> String {
+    if ms < 1000.0 {
+        format!("{ms:.0}ms")
+    } else if ms < 10_000.0 {
+        format!("{:.1}s", ms / 1000.0)
+    } else {
+        format!("{:.0}s", ms / 1000.0)
+    }
+}
+
+/// A count for people: `950`, `12.5k`, `3.1M`.
+fn count(n: f64) -> String {
+    if n < 1000.0 {
+        format!("{n:.0}")
+    } else if n < 1e6 {
+        format!("{:.1}k", n / 1e3)
+    } else {
+        format!("{:.1}M", n / 1e6)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(min: u32, max: u32, up: u64, down: u64) -> Settings {
+        Settings {
+            min,
+            max,
+            target: 0.7,
+            up_after: Duration::from_secs(up),
+            down_after: Duration::from_secs(down),
+        }
+    }
+
+    /// Deterministic noise in `1 ± amplitude` (a linear congruential generator).
+    struct Noise(u64);
+
+    impl Noise {
+        fn next(&mut self, amplitude: f64) -> f64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let unit = (self.0 >> 11) as f64 / (1u64 << 53) as f64;
+            1.0 + amplitude * (2.0 * unit - 1.0)
+        }
+    }
+
+    /// How a simulated source hands records to batches.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Input {
+        /// A batch holds its interval's records, however late it runs (a generator).
+        ByBatchTime,
+        /// A batch takes what has arrived when it is planned, at most `cap` (Kafka with
+        /// backpressure's bound); the rest is the backlog.
+        Arrived { cap: Option<f64> },
+    }
+
+    /// A micro-batch job in simulated time, with the autoscaler in the loop: batches every
+    /// `interval`, each taking a fixed cost plus its records over the capacity of its workers,
+    /// with noise, one slow batch in ten (a snapshot); the operator looking every 2 s; new
+    /// workers running batches 4 s after a change.
+    struct Sim {
+        interval: f64,
+        per_worker: f64,
+        fixed: f64,
+        input: Input,
+        partitions: u32,
+        noise: Noise,
+        noise_amplitude: f64,
+        replicas: u32,
+        workers: u32,
+        workers_from: Option<(f64, u32)>,
+        batches: Vec<Batch>,
+        /// Batch end times, to know when the master reports a batch.
+        ends: Vec<f64>,
+        waiting: f64,
+        last_plan: f64,
+        end: f64,
+        memory: Memory,
+        events: Vec<(f64, u32, u32, String)>,
+        delays: Vec<(f64, f64)>,
+        limits: Vec<Limit>,
+    }
+
+    impl Sim {
+        fn new(workers: u32, input: Input) -> Self {
+            Sim {
+                interval: 1.0,
+                per_worker: 10_000.0,
+                fixed: 0.05,
+                input,
+                partitions: 8,
+                noise: Noise(7),
+                noise_amplitude: 0.2,
+                replicas: workers,
+                workers,
+                workers_from: None,
+                batches: Vec::new(),
+                ends: Vec::new(),
+                waiting: 0.0,
+                last_plan: 0.0,
+                end: 0.0,
+                memory: Memory::default(),
+                events: Vec::new(),
+                delays: Vec::new(),
+                limits: Vec::new(),
+            }
+        }
+
+        /// Runs from the last batch to `until` seconds with input `rate(t)` records/s.
+        fn run(&mut self, settings: &Settings, until: f64, rate: impl Fn(f64) -> f64) {
+            let mut next_look = (self.batches.len() as f64 * self.interval).max(2.0);
+            loop {
+                let k = self.batches.len() as u64 + 1;
+                let time = k as f64 * self.interval;
+                if time > until {
+                    break;
+                }
+                // The operator's looks up to this batch's start.
+                let start = time.max(self.end);
+                while next_look <= start {
+                    self.look(settings, next_look);
+                    next_look += 2.0;
+                }
+                if let Some((at, w)) = self.workers_from
+                    && start >= at
+                {
+                    self.workers = w;
+                    self.workers_from = None;
+                }
+                let records = match self.input {
+                    Input::ByBatchTime => rate(time) * self.interval,
+                    Input::Arrived { cap } => {
+                        self.waiting += rate(start) * (start - self.last_plan);
+                        let take =
+                            cap.map_or(self.waiting, |c| self.waiting.min(c * self.interval));
+                        self.waiting -= take;
+                        take
+                    }
+                };
+                self.last_plan = start;
+                let busy = self.workers.min(self.partitions);
+                let slow = if k.is_multiple_of(10) { 1.5 } else { 1.0 };
+                let processing = (self.fixed + records / (self.per_worker * f64::from(busy)))
+                    * self.noise.next(self.noise_amplitude)
+                    * slow;
+                self.end = start + processing;
+                self.delays.push((time, start - time));
+                self.ends.push(self.end);
+                self.batches.push(Batch {
+                    batch: k,
+                    records: records.round() as u64,
+                    processing_ms: (processing * 1000.0).round() as u64,
+                    scheduling_delay_ms: ((start - time) * 1000.0).round() as u64,
+                    backlog: match self.input {
+                        Input::ByBatchTime => None,
+                        Input::Arrived { .. } => Some(self.waiting.round() as u64),
+                    },
+                    workers: busy,
+                    replay: false,
+                });
+            }
+        }
+
+        fn look(&mut self, settings: &Settings, at: f64) {
+            let reported: Vec<Batch> = self
+                .batches
+                .iter()
+                .zip(&self.ends)
+                .filter(|(_, end)| **end <= at)
+                .map(|(b, _)| *b)
+                .collect();
+            let recent = &reported[reported.len().saturating_sub(30)..];
+            let look = Look {
+                at_ms: (at * 1000.0) as u64,
+                replicas: self.replicas,
+                partitions: self.partitions,
+                interval_ms: (self.interval * 1000.0) as u64,
+                batches: recent,
+            };
+            let d = decide(settings, &look, &mut self.memory);
+            if let Some(l) = d.limit {
+                self.limits.push(l);
+            }
+            if let Verdict::Scale { to, why } = d.verdict {
+                self.events.push((at, self.replicas, to, why));
+                self.replicas = to;
+                self.workers_from = Some((at + 4.0, to));
+            }
+        }
+
+        /// The greatest scheduling delay in `from..to` seconds of batch time.
+        fn peak_delay(&self, from: f64, to: f64) -> f64 {
+            self.delays
+                .iter()
+                .filter(|(t, _)| (from..to).contains(t))
+                .map(|(_, d)| *d)
+                .fold(0.0, f64::max)
+        }
+
+        /// The first batch time from `from` on after which every delay stays under the
+        /// interval.
+        fn back_in_time(&self, from: f64) -> Option<f64> {
+            let after: Vec<&(f64, f64)> = self.delays.iter().filter(|(t, _)| *t >= from).collect();
+            let last_late = after.iter().rposition(|(_, d)| *d >= self.interval);
+            match last_late {
+                None => after.first().map(|(t, _)| *t),
+                Some(i) => after.get(i + 1).map(|(t, _)| *t),
+            }
+        }
+    }
+
+    #[test]
+    fn a_steady_noisy_load_for_ten_minutes_makes_no_change() {
+        // 2 workers at about 0.55 of the interval, ±20 % noise, a slow batch in ten.
+        for input in [Input::ByBatchTime, Input::Arrived { cap: None }] {
+            let mut sim = Sim::new(2, input);
+            sim.run(&settings(1, 8, 0, 60), 600.0, |_| 10_000.0);
+            assert!(sim.events.is_empty(), "changes: {:?}", sim.events);
+            assert!(sim.limits.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_four_fold_step_is_met_in_one_change_and_undone_in_one_after_the_delay() {
+        for input in [
+            Input::ByBatchTime,
+            Input::Arrived { cap: None },
+            Input::Arrived {
+                cap: Some(200_000.0),
+            },
+        ] {
+            let mut sim = Sim::new(2, input);
+            let s = settings(1, 8, 0, 60);
+            let rate = |t: f64| {
+                if (60.0..240.0).contains(&t) {
+                    40_000.0
+                } else {
+                    10_000.0
+                }
+            };
+            sim.run(&s, 480.0, rate);
+            let ups: Vec<_> = sim.events.iter().filter(|e| e.2 > e.1).collect();
+            let downs: Vec<_> = sim.events.iter().filter(|e| e.2 < e.1).collect();
+            assert_eq!(ups.len(), 1, "one step up: {:?}", sim.events);
+            assert_eq!(downs.len(), 1, "one step down: {:?}", sim.events);
+            let (at, from, to, why) = ups[0];
+            // 40 000 records/s at 10 000 per worker and 0.7 of the interval: 6 workers, or
+            // more to drain what waits.
+            assert_eq!(*from, 2);
+            assert!((6..=8).contains(to), "{why}");
+            assert!(*at < 70.0, "decided at {at}s, 10 s after the step");
+            assert!(why.starts_with(&format!("2 → {to}: processing ")), "{why}");
+            // Pods start 4 s after the change: the delay built until then drains at the
+            // spare capacity of the new count.
+            let back = sim.back_in_time(60.0).expect("back under the interval");
+            assert!(
+                back < 90.0,
+                "behind until {back}s, peak delay {:.1}s",
+                sim.peak_delay(60.0, 120.0)
+            );
+            // Down after the load drops at 240 s, once the newer half of scaleDownAfter saw
+            // only the low load, to a count that keeps up (2 or 3 workers at 10 000
+            // records/s).
+            let (down_at, _, down_to, why) = downs[0];
+            assert!(*down_at >= 270.0, "down at {down_at}s: {why}");
+            assert!((2..=3).contains(down_to), "{why}");
+            assert!(why.contains("were enough at every look for 1m"), "{why}");
+            assert!(
+                sim.peak_delay(down_at + 10.0, 480.0) < 1.0,
+                "behind after the scale down"
+            );
+        }
+    }
+
+    #[test]
+    fn partitions_bound_the_workers_and_the_need_past_them_is_reported() {
+        let mut sim = Sim::new(2, Input::ByBatchTime);
+        sim.partitions = 4;
+        sim.run(&settings(1, 10, 0, 60), 120.0, |t| {
+            if t < 30.0 { 10_000.0 } else { 60_000.0 }
+        });
+        assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
+        assert_eq!(
+            sim.events[0].2, 4,
+            "as many as partitions: {:?}",
+            sim.events
+        );
+        let Some(Limit::Partitions { needed, partitions }) = sim.limits.last().copied() else {
+            panic!("no limit reported: {:?}", sim.limits);
+        };
+        assert_eq!(partitions, 4);
+        assert!(needed >= 9, "needs {needed}");
+        assert!(
+            Limit::Partitions { needed, partitions }
+                .message()
+                .contains("raise spec.parallelism")
+        );
+    }
+
+    #[test]
+    fn max_replicas_bounds_the_workers_and_says_so() {
+        let mut sim = Sim::new(2, Input::ByBatchTime);
+        sim.run(&settings(1, 3, 0, 60), 90.0, |t| {
+            if t < 30.0 { 10_000.0 } else { 60_000.0 }
+        });
+        assert_eq!(sim.replicas, 3, "{:?}", sim.events);
+        assert!(matches!(
+            sim.limits.last(),
+            Some(Limit::MaxReplicas { max: 3, .. })
+        ));
+    }
+
+    #[test]
+    fn an_idle_job_goes_down_to_the_minimum_after_the_delay() {
+        let mut sim = Sim::new(4, Input::ByBatchTime);
+        sim.run(&settings(2, 8, 0, 60), 200.0, |_| 0.0);
+        assert_eq!(sim.replicas, 2, "{:?}", sim.events);
+        assert_eq!(sim.events.len(), 1);
+        assert!(sim.events[0].0 >= 60.0);
+    }
+
+    #[test]
+    fn scale_up_after_waits_and_takes_the_smallest_need_it_saw() {
+        let mut sim = Sim::new(2, Input::ByBatchTime);
+        sim.run(&settings(1, 8, 20, 60), 120.0, |t| {
+            if t < 30.0 { 10_000.0 } else { 40_000.0 }
+        });
+        let (at, _, _, _) = sim.events.first().expect("a step up");
+        assert!(*at >= 50.0, "up at {at}s, before 20 s of need");
+    }
+
+    #[test]
+    fn a_short_spike_within_scale_up_after_changes_nothing() {
+        let mut sim = Sim::new(2, Input::ByBatchTime);
+        sim.run(&settings(1, 8, 30, 60), 200.0, |t| {
+            if (60.0..70.0).contains(&t) {
+                30_000.0
+            } else {
+                10_000.0
+            }
+        });
+        assert!(sim.events.is_empty(), "{:?}", sim.events);
+    }
+
+    #[test]
+    fn replicas_outside_the_bounds_are_brought_in_at_once() {
+        let s = settings(2, 5, 60, 60);
+        let mut memory = Memory::default();
+        let look = |replicas| Look {
+            at_ms: 1000,
+            replicas,
+            partitions: 8,
+            interval_ms: 1000,
+            batches: &[],
+        };
+        let d = decide(&s, &look(9), &mut memory);
+        assert_eq!(
+            d.verdict,
+            Verdict::Scale {
+                to: 5,
+                why: "9 → 5: 9 workers is above maxReplicas 5".into()
+            }
+        );
+        let d = decide(&s, &look(1), &mut memory);
+        assert!(matches!(d.verdict, Verdict::Scale { to: 2, .. }));
+        let d = decide(&s, &look(3), &mut memory);
+        assert_eq!(
+            d.verdict,
+            Verdict::Wait("no batch figures from the master yet".into())
+        );
+    }
+
+    #[test]
+    fn batches_of_the_previous_workers_and_replays_are_not_judged() {
+        let s = settings(1, 8, 0, 60);
+        let mut memory = Memory::default();
+        let batch = |k, workers, replay| Batch {
+            batch: k,
+            records: 40_000,
+            processing_ms: 3000,
+            scheduling_delay_ms: 5000,
+            backlog: None,
+            workers,
+            replay,
+        };
+        let batches = [
+            batch(1, 2, false),
+            batch(2, 2, false),
+            batch(3, 2, false),
+            batch(4, 6, true),
+            batch(5, 6, false),
+        ];
+        let look = Look {
+            at_ms: 1000,
+            replicas: 6,
+            partitions: 8,
+            interval_ms: 1000,
+            batches: &batches,
+        };
+        let d = decide(&s, &look, &mut memory);
+        assert_eq!(
+            d.verdict,
+            Verdict::Wait("waiting for 3 batches on 6 workers (1 so far)".into())
+        );
+        // Workers that never come (no room for their pods): after a while the batches of the
+        // workers there are judged.
+        let later = Look {
+            at_ms: 1000 + millis(SETTLE),
+            replicas: 6,
+            batches: &batches[..3],
+            ..look
+        };
+        let d = decide(&s, &later, &mut memory);
+        assert_eq!(d.estimate.map(|e| e.workers), Some(2));
+    }
+
+    #[test]
+    fn the_spec_is_checked_with_field_paths() {
+        let spec = |min, max, target, up: &str| AutoscaleSpec {
+            min_replicas: min,
+            max_replicas: max,
+            target_utilization: target,
+            scale_up_after: Some(up.to_string()),
+            scale_down_after: None,
+        };
+        let ok = Settings::from_spec(&spec(None, 4, None, "10s")).expect("valid");
+        assert_eq!(ok, settings(1, 4, 10, 300));
+        let err = |s| Settings::from_spec(&s).expect_err("invalid");
+        assert!(err(spec(Some(5), 4, None, "0s")).contains("minReplicas 5 exceeds maxReplicas 4"));
+        assert!(
+            err(spec(Some(0), 4, None, "0s")).starts_with("spec.workers.autoscale.minReplicas")
+        );
+        assert!(
+            err(spec(None, 4, Some(1.5), "0s"))
+                .starts_with("spec.workers.autoscale.targetUtilization")
+        );
+        assert!(
+            err(spec(None, 4, None, "soon")).starts_with("spec.workers.autoscale.scaleUpAfter")
+        );
+    }
+}
