@@ -30,6 +30,10 @@ const READ_STALL: Duration = Duration::from_secs(60);
 /// Batches whose planned offsets are kept until they commit, for the consumer group.
 const PLANNED_KEPT: usize = 256;
 
+/// How often a read asks the brokers where a partition's log ends, when the client reports
+/// an end before the planned range's: a log truncated under the job is found within it.
+const END_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// One Kafka record as it reaches a stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KafkaRecord {
@@ -152,7 +156,10 @@ impl KafkaSource {
             .set("auto.offset.reset", "error")
             // A full local queue pauses fetching for this long (1 s by default): a batch that
             // drains it must not wait that long for more.
-            .set("fetch.queue.backoff.ms", "10");
+            .set("fetch.queue.backoff.ms", "10")
+            // librdkafka backs off after reaching a partition's end as after an error (500 ms
+            // by default), and a batch reads up to an end planned a moment before.
+            .set("fetch.error.backoff.ms", "20");
         if let Some(group) = group {
             config.set("group.id", group);
         }
@@ -419,6 +426,8 @@ impl KafkaSource {
             }
         }
         let mut last_progress = Instant::now();
+        // When each partition's log end was last asked of the brokers (see below).
+        let mut ends_checked: HashMap<i32, Instant> = HashMap::new();
         while !open.is_empty() {
             if last_progress.elapsed() > READ_STALL {
                 let waiting: Vec<String> = open.keys().map(|p| format!("{topic}[{p}]")).collect();
@@ -455,8 +464,20 @@ impl KafkaSource {
                         _ => spans.get(&partition).map_or(0, |s| s.0),
                     };
                     if reached < until {
-                        // An end reached in an earlier batch may be reported only now: the log
-                        // itself says whether it ends before the range.
+                        // An end reached in an earlier batch may be reported only now (the
+                        // client reports one at every fetch that finds the end, and a client
+                        // that follows a busy topic finds it many times a second): the log
+                        // itself says whether it ends before the range. Asked once a second
+                        // at most per partition: a round trip for every stale report made
+                        // each batch wait most of a second for records it already held.
+                        let recently = ends_checked
+                            .get(&partition)
+                            .is_some_and(|at| at.elapsed() < END_CHECK_EVERY);
+                        if recently {
+                            open.insert(partition, until);
+                            continue;
+                        }
+                        ends_checked.insert(partition, Instant::now());
                         let end = reader
                             .consumer
                             .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
