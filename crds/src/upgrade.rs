@@ -402,6 +402,23 @@ pub fn plan_resources(old: &Json, new: &Json) -> Result<UpgradePlan, String> {
                     ),
                 );
             }
+            let autoscale = |w: &mut Json| {
+                w.as_object_mut()
+                    .and_then(|o| o.remove("autoscale"))
+                    .unwrap_or(Json::Null)
+            };
+            let (aa, ab) = (autoscale(&mut a), autoscale(&mut b));
+            if aa != ab {
+                p.push(
+                    "spec.workers.autoscale",
+                    ChangeClass::Live,
+                    if ab.is_null() {
+                        "the operator stops sizing the workers; replicas stays where it is"
+                    } else {
+                        "the operator sizes the workers from the job's figures, without a restart"
+                    },
+                );
+            }
             // `workers: {}` and no `workers` mean the same.
             for w in [&mut a, &mut b] {
                 if w.as_object().is_some_and(serde_json::Map::is_empty) {
@@ -871,8 +888,15 @@ mod tests {
         });
         let mut b = a.clone();
         b["workers"]["replicas"] = 5.into();
+        b["workers"]["autoscale"] = serde_json::json!({"maxReplicas": 6});
         let p = plan_resources(&a, &b).expect("plan");
         assert_eq!(p.class(), Some(ChangeClass::Live), "{}", p.render());
+        assert_eq!(p.changes.len(), 2, "{}", p.render());
+        b["workers"]["autoscale"] = Json::Null;
+        b["workers"]["resources"] = serde_json::json!({"limits": {"cpu": "1"}});
+        let p = plan_resources(&a, &b).expect("plan");
+        assert_eq!(p.class(), Some(ChangeClass::Restart), "{}", p.render());
+        b["workers"] = serde_json::json!({"replicas": 5});
         b["image"] = "sluice:2".into();
         b["checkpoint"]["deletionPolicy"] = "Delete".into();
         let p = plan_resources(&a, &b).expect("plan");

@@ -389,7 +389,14 @@ async fn the_whole_system_under_real_faults() -> Result<()> {
     let text = report.text();
     eprintln!("{text}");
     if let Ok(path) = std::env::var("SLUICE_E2E_REPORT") {
-        std::fs::write(&path, &text).with_context(|| format!("write {path}"))?;
+        // Appended: other test binaries (the autoscaling test) add theirs.
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{text}"))
+            .with_context(|| format!("write {path}"))?;
     }
     if outcome.is_err() || report.outcomes.iter().any(|o| o.result.is_err()) {
         eprintln!("{}", system.diagnostics());

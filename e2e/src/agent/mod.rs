@@ -12,13 +12,16 @@
 //! restarts with back-off (1 s doubling to 30 s); phases, container states, restart counts and
 //! exit codes; SIGTERM on deletion and SIGKILL after the grace period.
 //!
+//! CPU limits are enforced as a kubelet does, by a CFS quota per container (`cpu`).
+//!
 //! What a real kubelet does that this does not: images (an image name maps to a local binary),
-//! network, PID, user and cgroup isolation (processes share the host and are not limited),
+//! network, PID, user and cgroup isolation (processes share the host; only CPU limits hold),
 //! probes other than gRPC readiness (`probe`; a container without one counts as ready once
 //! running), init and sidecar containers, persistent
 //! volumes, ClusterIP virtual addresses and load balancing (a Service name resolves to its
 //! endpoints' addresses), port mapping (a process binds its pod IP itself), eviction.
 
+mod cpu;
 mod hosts;
 mod pod;
 pub mod probe;

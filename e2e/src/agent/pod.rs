@@ -53,6 +53,8 @@ struct Launch {
     /// (source on the host, path in the container, read-only)
     mounts: Vec<(PathBuf, String, bool)>,
     workdir: Option<String>,
+    /// `resources.limits.cpu` in millicores, enforced by a cgroup.
+    cpu_millicores: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -500,12 +502,20 @@ impl PodRun {
             };
             mounts.push((source, m.mount_path.clone(), m.read_only.unwrap_or(false)));
         }
+        let cpu_millicores = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("cpu"))
+            .map(super::cpu::millicores)
+            .transpose()?;
         Ok(Launch {
             program,
             args,
             env,
             mounts,
             workdir: c.working_dir.clone(),
+            cpu_millicores,
         })
     }
 
@@ -584,6 +594,12 @@ impl PodRun {
         }
         if let Some(dir) = &l.workdir {
             script.push_str(&format!("cd {}\n", quote(dir)));
+        }
+        if let Some(millicores) = l.cpu_millicores {
+            // The shell joins the cgroup and becomes the program: it and its threads are held
+            // to the limit.
+            let procs = super::cpu::limit(&self.uid, &c.name, millicores)?;
+            script.push_str(&format!("echo $$ > {}\n", quote(&procs.to_string_lossy())));
         }
         script.push_str("exec \"$@\"\n");
         let mut cmd = Command::new("unshare");
@@ -716,6 +732,7 @@ impl PodRun {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        super::cpu::remove(&self.uid);
     }
 
     /// The pod status as a merge patch, or `None` when unchanged since the last one.

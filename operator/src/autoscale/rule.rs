@@ -399,10 +399,18 @@ fn estimate(
     let waiting = newest.backlog.unwrap_or(0) as f64 + arrival * delay;
     let per_worker = (records > 0 && processing > 0.0)
         .then(|| records as f64 / (processing * f64::from(workers)));
+    // What waited at the window's first batch: a queue that shrinks over the window is being
+    // drained by the workers there are (just after a step up, say), and needs none more.
+    let first = window[0];
+    let waited =
+        first.backlog.unwrap_or(0) as f64 + arrival * first.scheduling_delay_ms as f64 / 1000.0;
+    let draining = waiting < waited * 0.9;
     let behind = match per_worker {
         Some(c) => {
             let spare = c * f64::from(workers) - arrival;
-            waiting > 0.0 && (spare <= 0.0 || waiting / spare > BEHIND_INTERVALS * interval)
+            waiting > 0.0
+                && !draining
+                && (spare <= 0.0 || waiting / spare > BEHIND_INTERVALS * interval)
         }
         None => false,
     };
@@ -456,7 +464,8 @@ fn arrival_rate(window: &[&Batch], interval: f64) -> f64 {
         // Sources that take what has arrived when a batch is planned (Kafka): the records
         // between the first batch's plan and the newest's, read or left waiting, over the
         // time between the two plans.
-        (Some(b0), Some(b1)) if window.len() > 1 => {
+        // (Over a few batches: one plan's moment against the next is noise.)
+        (Some(b0), Some(b1)) if window.len() >= MIN_BATCHES => {
             let read_after: u64 = window.iter().skip(1).map(|b| b.records).sum();
             let span = (n - 1.0) * interval
                 + (newest.scheduling_delay_ms as f64 - first.scheduling_delay_ms as f64) / 1000.0;
