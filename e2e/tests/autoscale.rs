@@ -82,6 +82,8 @@ fn now_ms() -> u64 {
 /// second, which the test changes live; counts what it wrote per word.
 struct Load {
     rate: Arc<AtomicU64>,
+    /// Records written so far.
+    sent: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Result<Vec<u64>>>>,
 }
@@ -91,7 +93,8 @@ impl Load {
         let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
         let rate = Arc::new(AtomicU64::new(rate));
         let stop = Arc::new(AtomicBool::new(false));
-        let (r, s) = (rate.clone(), stop.clone());
+        let sent_so_far = Arc::new(AtomicU64::new(0));
+        let (r, s, total) = (rate.clone(), stop.clone(), sent_so_far.clone());
         let thread = std::thread::spawn(move || -> Result<Vec<u64>> {
             // Records gathered for 50 ms per request: the broker (one JVM on this 2-core
             // machine) must not be what bounds the job.
@@ -126,6 +129,7 @@ impl Load {
                     }
                     counts[word] += 1;
                     sent += 1;
+                    total.store(sent, Ordering::Relaxed);
                     budget -= 1.0;
                 }
                 producer.poll(Duration::ZERO);
@@ -138,6 +142,7 @@ impl Load {
         });
         Load {
             rate,
+            sent: sent_so_far,
             stop,
             thread: Some(thread),
         }
@@ -274,6 +279,9 @@ struct Watch<'a> {
     replicas: u64,
     changes: Vec<Change>,
     log: CommitLog,
+    /// Records written by then: (time, records).
+    written: Vec<(u64, u64)>,
+    sent: Arc<AtomicU64>,
 }
 
 impl Watch<'_> {
@@ -282,6 +290,8 @@ impl Watch<'_> {
         let end = Instant::now() + how_long;
         while Instant::now() < end && !until(&self.changes) {
             self.log.update(self.s3_root);
+            self.written
+                .push((now_ms(), self.sent.load(Ordering::Relaxed)));
             let job = jobs(self.client).get(JOB).await?;
             let now = job.data["spec"]["workers"]["replicas"]
                 .as_u64()
@@ -297,6 +307,37 @@ impl Watch<'_> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         Ok(())
+    }
+}
+
+/// Records written but not yet in a committed batch, at each sample of `written` from
+/// `from_ms` to `to_ms`: what the job is behind by, whatever holds it (the scheduling delay, or
+/// backpressure's bound with the rest waiting in Kafka). Counted from the first sample, when
+/// nothing waited.
+fn behind_by(log: &[Commit], written: &[(u64, u64)], from_ms: u64, to_ms: u64) -> Vec<(u64, i64)> {
+    let Some(&(t0, w0)) = written.first() else {
+        return Vec::new();
+    };
+    written
+        .iter()
+        .filter(|(t, _)| (from_ms..to_ms).contains(t))
+        .map(|&(t, w)| {
+            let read: u64 = log
+                .iter()
+                .filter(|c| c.committed_at_ms > t0 && c.committed_at_ms <= t)
+                .map(|c| c.records)
+                .sum();
+            (t, (w - w0) as i64 - read as i64)
+        })
+        .collect()
+}
+
+/// The first time from which what the job is behind by stays under `bound` records.
+fn caught_up(behind: &[(u64, i64)], bound: i64) -> Option<u64> {
+    let last_over = behind.iter().rposition(|(_, b)| *b >= bound);
+    match last_over {
+        None => behind.first().map(|(t, _)| *t),
+        Some(i) => behind.get(i + 1).map(|(t, _)| *t),
     }
 }
 
@@ -502,6 +543,8 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
             replicas: 1,
             changes: Vec::new(),
             log: CommitLog::default(),
+            written: Vec::new(),
+            sent: load.sent.clone(),
         };
         let steady_from = now_ms();
         w.run(steady, |_| false).await?;
@@ -592,6 +635,12 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
         let back = back_under_interval(&log, step_ms, held_ms);
         let recover_s = back.map(|b| (b.saturating_sub(step_ms)) as f64 / 1000.0);
         let peak = peak_delay(&log, step_ms, held_ms);
+        // Caught up: less than one interval of the stepped load waits, from then on.
+        let behind = behind_by(&log, &w.written, step_ms, held_ms);
+        let step_interval = (base * 4 * INTERVAL_MS / 1000) as i64;
+        let caught = caught_up(&behind, step_interval)
+            .map(|t| (t.saturating_sub(step_ms)) as f64 / 1000.0);
+        let peak_behind = behind.iter().map(|(_, b)| *b).max().unwrap_or(0);
         let steady_peak = peak_delay(&log, steady_from, step_ms);
         let down_after_s = (down.at_ms.saturating_sub(drop_ms)) as f64 / 1000.0;
         let notes = event_notes(&client, &["ScaledUp", "ScaledDown"]).await?;
@@ -606,9 +655,10 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
             steady.as_secs()
         );
         report += &format!(
-            "4x step: decided in {decision_s:.1}s ({} -> {} workers), scheduling delay back under one interval after {}, peak delay {peak} ms, scale-ups {ups} (aim 1)\n",
+            "4x step: decided in {decision_s:.1}s ({} -> {} workers), caught up (under one interval of input waiting) after {}, at most {peak_behind} records waiting; scheduling delay back under one interval after {}, peak delay {peak} ms; scale-ups {ups} (aim 1)\n",
             up.from,
             up.to,
+            caught.map_or("never".to_string(), |s| format!("{s:.1}s ({:.1} intervals)", s * 1000.0 / INTERVAL_MS as f64)),
             recover_s.map_or("never".to_string(), |s| format!("{s:.1}s ({:.1} intervals)", s * 1000.0 / INTERVAL_MS as f64)),
         );
         report += &format!(
@@ -635,6 +685,7 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
         ensure!(downs <= 2, "at most two scale-downs for one step: {:?}", w.changes);
         ensure!(restarts == 0 && recoveries == 0, "restarts {restarts}, recoveries {recoveries}");
         ensure!(recover_s.is_some(), "the delay never came back under one interval");
+        ensure!(caught.is_some(), "the job never caught up with the stepped load: {behind:?}");
         Ok(report)
     }
     .await;

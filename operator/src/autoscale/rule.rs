@@ -217,7 +217,9 @@ pub struct Decision {
 pub struct Memory {
     replicas: Option<u32>,
     since_ms: u64,
-    seen: VecDeque<(u64, u32)>,
+    /// (time, workers recommended, workers the processing time says keep within the
+    /// target's tolerance, unrounded).
+    seen: VecDeque<(u64, u32, f64)>,
     /// Records per second per worker measured by recent looks, across changes.
     capacities: VecDeque<(u64, f64)>,
 }
@@ -287,11 +289,16 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
         memory.capacities.push_back((look.at_ms, c));
     }
     let keep_for = settings.up_after.max(settings.down_after);
-    memory.seen.push_back((look.at_ms, recommended));
+    // The best capacity measured may be more than these workers get now (cores shared with
+    // neighbours): a step down also keeps the processing time measured here, shared by
+    // fewer workers, within the target's tolerance (so it never calls for a step back up).
+    let floor =
+        f64::from(estimate.workers) * estimate.utilization / (settings.target * (1.0 + TOLERANCE));
+    memory.seen.push_back((look.at_ms, recommended, floor));
     while memory
         .seen
         .front()
-        .is_some_and(|(t, _)| look.at_ms.saturating_sub(*t) > millis(keep_for))
+        .is_some_and(|(t, _, _)| look.at_ms.saturating_sub(*t) > millis(keep_for))
     {
         memory.seen.pop_front();
     }
@@ -300,8 +307,8 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
         memory
             .seen
             .iter()
-            .filter(move |(t, _)| look.at_ms.saturating_sub(*t) <= millis(window))
-            .map(|(_, n)| *n)
+            .filter(move |(t, _, _)| look.at_ms.saturating_sub(*t) <= millis(window))
+            .map(|(_, n, _)| *n)
     };
     let verdict = if recommended > replicas {
         let to = within(settings.up_after).min().unwrap_or(recommended);
@@ -321,7 +328,20 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
         // of its newer half, so that a window that began with the load still falling goes
         // to the new load's count in one step.
         let all_fewer = within(settings.down_after).max().unwrap_or(replicas) < replicas;
-        let to = within(settings.down_after / 2).max().unwrap_or(replicas);
+        let newer = settings.down_after / 2;
+        let floors: Vec<f64> = memory
+            .seen
+            .iter()
+            .filter(|(t, _, _)| look.at_ms.saturating_sub(*t) <= millis(newer))
+            .map(|(_, _, f)| *f)
+            .collect();
+        // Over the newer half's looks on average: one slow batch (a snapshot) in a look's
+        // window must not hold the count up.
+        let floor = floors.iter().sum::<f64>() / floors.len().max(1) as f64;
+        let to = within(newer)
+            .max()
+            .unwrap_or(replicas)
+            .max((floor - 1e-9).ceil() as u32);
         if observed_for < settings.down_after || !all_fewer || to >= replicas {
             Verdict::Keep(format!(
                 "{recommended} workers would do; waiting until that has held for scaleDownAfter {} (held {})",
@@ -586,6 +606,9 @@ mod tests {
         interval: f64,
         per_worker: f64,
         fixed: f64,
+        /// Each worker beyond the first makes every worker this much slower (cores shared
+        /// with neighbours).
+        contention: f64,
         input: Input,
         partitions: u32,
         noise: Noise,
@@ -611,6 +634,7 @@ mod tests {
                 interval: 1.0,
                 per_worker: 10_000.0,
                 fixed: 0.05,
+                contention: 0.0,
                 input,
                 partitions: 8,
                 noise: Noise(7),
@@ -664,7 +688,9 @@ mod tests {
                 self.last_plan = start;
                 let busy = self.workers.min(self.partitions);
                 let slow = if k.is_multiple_of(10) { 1.5 } else { 1.0 };
-                let processing = (self.fixed + records / (self.per_worker * f64::from(busy)))
+                let slowdown = 1.0 + self.contention * f64::from(busy - 1);
+                let processing = (self.fixed
+                    + records * slowdown / (self.per_worker * f64::from(busy)))
                     * self.noise.next(self.noise_amplitude)
                     * slow;
                 self.end = start + processing;
@@ -794,6 +820,20 @@ mod tests {
                 "behind after the scale down"
             );
         }
+    }
+
+    #[test]
+    fn workers_slower_together_than_alone_are_not_taken_away_under_load() {
+        // Each added worker slows all by 15 %: what one worker did alone overstates what
+        // each does among four, and must not talk the count down while the load lasts.
+        let mut sim = Sim::new(1, Input::Arrived { cap: Some(6_000.0) });
+        sim.contention = 0.15;
+        sim.run(&settings(1, 8, 0, 60), 400.0, |t| {
+            if t < 60.0 { 6_000.0 } else { 24_000.0 }
+        });
+        let downs = sim.events.iter().filter(|e| e.2 < e.1).count();
+        assert_eq!(downs, 0, "{:?}", sim.events);
+        assert!(sim.events.len() <= 2, "{:?}", sim.events);
     }
 
     #[test]
