@@ -4,18 +4,20 @@
 //!
 //! The rule. Each look takes the last [`WINDOW`] batches that ran on the present workers and
 //! measures the records one worker processes per second of processing time, the rate records
-//! arrive at (read, plus what the backlog grew by) and what waits (the sources' backlog, or,
-//! where they cannot count it, the scheduling delay's worth of input). The job needs the
-//! workers that process the arrival rate at `targetUtilization` of the interval — and, when it
-//! is behind (what waits would not drain within [`BEHIND_INTERVALS`] intervals), the waiting
-//! records on top within [`DRAIN_INTERVALS`], so that one step is enough. A need within
-//! [`TOLERANCE`] of the present count changes nothing.
+//! arrive at (read, plus what the backlog grew by) and what waits (the sources' backlog, plus
+//! the scheduling delay's worth of input). The job needs the workers that process the arrival
+//! rate at `targetUtilization` of the interval — and, when it is behind (what waits would not
+//! drain within [`BEHIND_INTERVALS`] intervals and is not shrinking), the waiting records on top
+//! within [`DRAIN_INTERVALS`], so that one step is enough. A need within [`TOLERANCE`] of the
+//! present count changes nothing.
 //!
-//! Up fast: the smallest need seen over `scaleUpAfter` (0s: this look's). Down slowly: the
-//! largest need seen over `scaleDownAfter`, at every look since the last change, so the smaller
-//! count is predicted under the target through the whole window, and a steady load never
-//! oscillates. Never more workers than partitions (they would have nothing to run) nor outside
-//! `minReplicas..maxReplicas`; a need past them is reported as a [`Limit`].
+//! Up fast: the smallest need seen over `scaleUpAfter` (0s: this look's). Down slowly: only when
+//! every look over `scaleDownAfter` since the last change found fewer enough, to the largest
+//! need of its newer half, sized with the best capacity measured lately ([`CAPACITY_MEMORY`])
+//! but never below what the processing time measured now, shared by fewer workers, keeps
+//! within the tolerance; so a steady load never oscillates. Never more workers than partitions
+//! (they would have nothing to run) nor outside `minReplicas..maxReplicas`; a need past them is
+//! reported as a [`Limit`].
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
