@@ -193,3 +193,47 @@ pub fn run_with_input(cmd: &mut Command, input: Option<&str>) -> Result<Output> 
     }
     Ok(child.wait_with_output()?)
 }
+
+/// The batches a files or S3 sink wrote under `dir` (s3s-fs keeps one file per object): the
+/// lines of each `batch-<time>/part-*` object, sorted, by batch time.
+pub fn sink_batches(dir: &Path) -> std::collections::BTreeMap<u64, Vec<String>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(time) = name
+            .strip_prefix("batch-")
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let mut lines = Vec::new();
+        for part in std::fs::read_dir(entry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if part.file_name().to_string_lossy().starts_with("part-") {
+                let text = std::fs::read_to_string(part.path()).unwrap_or_default();
+                lines.extend(text.lines().map(String::from));
+            }
+        }
+        lines.sort();
+        out.insert(time, lines);
+    }
+    out
+}
+
+/// Appends a test's report to `$SLUICE_E2E_REPORT` when set (`scripts/test` prints the file
+/// after the tests; each test binary adds its own).
+pub fn append_report(text: &str) -> Result<()> {
+    use std::io::Write;
+    let Ok(path) = std::env::var("SLUICE_E2E_REPORT") else {
+        return Ok(());
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| writeln!(f, "{text}"))
+        .with_context(|| format!("write {path}"))
+}

@@ -20,11 +20,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Result, anyhow, ensure};
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Api, Client};
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer as _};
 use serde_json::json;
 use sluice_e2e::cluster::{ClusterOptions, TestCluster};
@@ -111,19 +110,10 @@ impl Load {
                 while budget >= 1.0 {
                     let word = (sent % WORDS as u64) as usize;
                     let value = format!("w{word:03}");
-                    let mut record = BaseRecord::<(), str>::to(&topic)
+                    let record = BaseRecord::<(), str>::to(&topic)
                         .partition((sent % PARTITIONS as u64) as i32)
                         .payload(&value);
-                    loop {
-                        match producer.send(record) {
-                            Ok(()) => break,
-                            Err((KafkaError::MessageProduction(_), back)) => {
-                                record = back;
-                                producer.poll(Duration::from_millis(5));
-                            }
-                            Err((e, _)) => return Err(anyhow!("produce: {e}")),
-                        }
-                    }
+                    topics::send(&producer, record).map_err(|e| anyhow!("produce: {e}"))?;
                     counts[word] += 1;
                     sent += 1;
                     budget -= 1.0;
@@ -210,16 +200,11 @@ fn commits(s3_root: &Path) -> Vec<Commit> {
 struct CommitLog(BTreeMap<u64, Commit>);
 
 impl CommitLog {
-    /// Takes in what the checkpoint holds now; returns the newest batch.
-    fn update(&mut self, s3_root: &Path) -> u64 {
+    /// Takes in what the checkpoint holds now.
+    fn update(&mut self, s3_root: &Path) {
         for c in commits(s3_root) {
             self.0.insert(c.batch, c);
         }
-        self.newest()
-    }
-
-    fn newest(&self) -> u64 {
-        self.0.keys().next_back().copied().unwrap_or(0)
     }
 
     fn all(&self) -> Vec<Commit> {
@@ -229,33 +214,19 @@ impl CommitLog {
 
 /// The running totals of the newest batch the sink wrote: word → count.
 fn newest_totals(s3_root: &Path) -> BTreeMap<String, u64> {
-    let dir = s3_root.join("data").join(JOB);
-    let newest = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            Some((name.strip_prefix("batch-")?.parse::<u64>().ok()?, e.path()))
-        })
-        .max_by_key(|(t, _)| *t);
-    let mut totals = BTreeMap::new();
-    let Some((_, path)) = newest else {
-        return totals;
+    let batches = fixtures::sink_batches(&s3_root.join("data").join(JOB));
+    let Some((_, lines)) = batches.into_iter().next_back() else {
+        return BTreeMap::new();
     };
-    for part in std::fs::read_dir(path).into_iter().flatten().flatten() {
-        let text = std::fs::read_to_string(part.path()).unwrap_or_default();
-        for line in text.lines() {
-            // `(word,count)`
+    // `(word,count)`
+    lines
+        .iter()
+        .filter_map(|line| {
             let inner = line.trim_start_matches('(').trim_end_matches(')');
-            if let Some((word, n)) = inner.split_once(',')
-                && let Ok(n) = n.parse::<u64>()
-            {
-                totals.insert(word.to_string(), n);
-            }
-        }
-    }
-    totals
+            let (word, n) = inner.split_once(',')?;
+            Some((word.to_string(), n.parse::<u64>().ok()?))
+        })
+        .collect()
 }
 
 /// A change of `spec.workers.replicas` the test saw, with the ScaledUp/ScaledDown reason.
@@ -325,57 +296,35 @@ impl Watch<'_> {
     }
 }
 
-/// The first time from `from_ms` to `to_ms` from which the backlog stays under `bound`
-/// records.
-fn caught_up(backlog: &[(u64, u64)], from_ms: u64, to_ms: u64, bound: u64) -> Option<u64> {
-    let behind: Vec<&(u64, u64)> = backlog
+/// The first time of `series` (time, value) in `from_ms..to_ms` from which every value stays
+/// under `bound`.
+fn settled_under(series: &[(u64, u64)], from_ms: u64, to_ms: u64, bound: u64) -> Option<u64> {
+    let span: Vec<&(u64, u64)> = series
         .iter()
         .filter(|(t, _)| (from_ms..to_ms).contains(t))
         .collect();
-    let last_over = behind.iter().rposition(|(_, b)| *b >= bound);
-    match last_over {
-        None => behind.first().map(|(t, _)| *t),
-        Some(i) => behind.get(i + 1).map(|(t, _)| *t),
+    match span.iter().rposition(|(_, v)| *v >= bound) {
+        None => span.first().map(|(t, _)| *t),
+        Some(i) => span.get(i + 1).map(|(t, _)| *t),
     }
 }
 
-/// The first batch time at or after `from_ms` after which every batch's scheduling delay stays
-/// under one interval (up to `to_ms`).
-fn back_under_interval(commits: &[Commit], from_ms: u64, to_ms: u64) -> Option<u64> {
-    let span: Vec<&Commit> = commits
-        .iter()
-        .filter(|c| (from_ms..to_ms).contains(&c.time_ms))
-        .collect();
-    let last_late = span
-        .iter()
-        .rposition(|c| c.scheduling_delay_ms() >= INTERVAL_MS);
-    match last_late {
-        None => span.first().map(|c| c.time_ms),
-        Some(i) => span.get(i + 1).map(|c| c.time_ms),
-    }
-}
-
-fn peak_delay(commits: &[Commit], from_ms: u64, to_ms: u64) -> u64 {
+/// Each batch's time and scheduling delay.
+fn delays(commits: &[Commit]) -> Vec<(u64, u64)> {
     commits
         .iter()
-        .filter(|c| (from_ms..to_ms).contains(&c.time_ms))
-        .map(Commit::scheduling_delay_ms)
-        .max()
-        .unwrap_or(0)
+        .map(|c| (c.time_ms, c.scheduling_delay_ms()))
+        .collect()
 }
 
-fn append_report(text: &str) -> Result<()> {
-    eprintln!("{text}");
-    if let Ok(path) = std::env::var("SLUICE_E2E_REPORT") {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("open {path}"))?;
-        writeln!(f, "{text}")?;
-    }
-    Ok(())
+/// The greatest value of `series` (time, value) in `from_ms..to_ms`.
+fn peak_of(series: &[(u64, u64)], from_ms: u64, to_ms: u64) -> u64 {
+    series
+        .iter()
+        .filter(|(t, _)| (from_ms..to_ms).contains(t))
+        .map(|(_, v)| *v)
+        .max()
+        .unwrap_or(0)
 }
 
 async fn event_notes(client: &Client, reasons: &[&str]) -> Result<Vec<String>> {
@@ -630,27 +579,21 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
         w.log.update(&s3_root);
         let log = w.log.all();
         let decision_s = (up.at_ms.saturating_sub(step_ms)) as f64 / 1000.0;
-        let back = back_under_interval(&log, step_ms, held_ms);
+        let back = settled_under(&delays(&log), step_ms, held_ms, INTERVAL_MS);
         let recover_s = back.map(|b| (b.saturating_sub(step_ms)) as f64 / 1000.0);
-        let peak = peak_delay(&log, step_ms, held_ms);
+        let peak = peak_of(&delays(&log), step_ms, held_ms);
         // Caught up: less than one interval of the stepped load waits, from then on.
         // Caught up: less than one interval of the stepped load waits in the topic, from then
         // on (backpressure keeps the scheduling delay short while the backlog grows).
         let step_interval = base * 4 * INTERVAL_MS / 1000;
-        let caught = caught_up(&w.backlog, step_ms, held_ms, step_interval)
+        let caught = settled_under(&w.backlog, step_ms, held_ms, step_interval)
             .map(|t| (t.saturating_sub(step_ms)) as f64 / 1000.0);
-        let peak_behind = w
-            .backlog
-            .iter()
-            .filter(|(t, _)| (step_ms..held_ms).contains(t))
-            .map(|(_, b)| *b)
-            .max()
-            .unwrap_or(0);
+        let peak_behind = peak_of(&w.backlog, step_ms, held_ms);
         ensure!(
             !w.backlog.is_empty(),
             "the master's /metrics never gave sluice_source_backlog_records"
         );
-        let steady_peak = peak_delay(&log, steady_from, step_ms);
+        let steady_peak = peak_of(&delays(&log), steady_from, step_ms);
         let down_after_s = (down.at_ms.saturating_sub(drop_ms)) as f64 / 1000.0;
         let notes = event_notes(&client, &["ScaledUp", "ScaledDown"]).await?;
         let mut report = String::from("=== autoscaling (e2e/tests/autoscale.rs)\n");
@@ -686,7 +629,8 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
         for n in notes {
             report += &format!("  event {n}\n");
         }
-        append_report(&report)?;
+        eprintln!("{report}");
+        fixtures::append_report(&report)?;
         // The aim is one change each way (the report says how many); more than two is
         // thrashing. On this 2-core machine the workers also compete for the cores with the
         // broker and the control plane, so a count can measure less than its limits promise.

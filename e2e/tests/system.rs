@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Result, anyhow, bail, ensure};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
@@ -224,31 +224,7 @@ impl System {
 
     /// Batch directories the job has written to S3, by batch time.
     fn batches(&self, uri: &str) -> BTreeMap<u64, Vec<String>> {
-        let dir = self.s3.root.join(uri.trim_start_matches("s3://"));
-        let mut out = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(time) = name
-                .strip_prefix("batch-")
-                .and_then(|t| t.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let mut lines = Vec::new();
-            for part in std::fs::read_dir(entry.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if part.file_name().to_string_lossy().starts_with("part-") {
-                    let text = std::fs::read_to_string(part.path()).unwrap_or_default();
-                    lines.extend(text.lines().map(String::from));
-                }
-            }
-            lines.sort();
-            out.insert(time, lines);
-        }
-        out
+        fixtures::sink_batches(&self.s3.root.join(uri.trim_start_matches("s3://")))
     }
 
     /// The newest batch the master has committed: `commits/<batch>.json` in the checkpoint is
@@ -388,16 +364,7 @@ async fn the_whole_system_under_real_faults() -> Result<()> {
     let outcome = scenarios(&system, &mut report).await;
     let text = report.text();
     eprintln!("{text}");
-    if let Ok(path) = std::env::var("SLUICE_E2E_REPORT") {
-        // Appended: other test binaries (the autoscaling test) add theirs.
-        use std::io::Write;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| writeln!(f, "{text}"))
-            .with_context(|| format!("write {path}"))?;
-    }
+    fixtures::append_report(&text)?;
     if outcome.is_err() || report.outcomes.iter().any(|o| o.result.is_err()) {
         eprintln!("{}", system.diagnostics());
         // Pod logs, the checkpoint and the outputs, for a failure that does not repeat.

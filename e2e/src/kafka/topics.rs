@@ -119,18 +119,30 @@ pub fn produce(bootstrap: &str, topic: &str, records: &[(i32, Option<&str>, &str
         if let Some(k) = key {
             r = r.key(*k);
         }
-        loop {
-            match p.send(r) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(_), back)) => {
-                    r = back;
-                    p.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => panic!("send: {e}"),
-            }
-        }
+        send(&p, r).unwrap_or_else(|e| panic!("send: {e}"));
     }
     p.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Hands `record` to `producer`, waiting while its local queue is full.
+pub fn send<K, P>(
+    producer: &BaseProducer,
+    mut record: BaseRecord<'_, K, P>,
+) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(_), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }
 
 /// One record as a reader sees it.

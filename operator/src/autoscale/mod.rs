@@ -96,7 +96,6 @@ pub async fn look(
         .recent
         .iter()
         .map(|b| rule::Batch {
-            batch: b.batch,
             records: b.records,
             processing_ms: b.processing_ms,
             scheduling_delay_ms: b.scheduling_delay_ms,

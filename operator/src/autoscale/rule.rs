@@ -114,7 +114,6 @@ impl Settings {
 /// One committed batch, as the master reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
-    pub batch: u64,
     pub records: u64,
     pub processing_ms: u64,
     pub scheduling_delay_ms: u64,
@@ -540,15 +539,9 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// `ms` for people: `850ms`, `1.4s`, `12s`.
+/// `ms` for people, as the status's columns show durations.
 fn seconds(ms: f64) -> String {
-    if ms < 1000.0 {
-        format!("{ms:.0}ms")
-    } else if ms < 10_000.0 {
-        format!("{:.1}s", ms / 1000.0)
-    } else {
-        format!("{:.0}s", ms / 1000.0)
-    }
+    crate::status::short_duration(ms.round() as u64)
 }
 
 /// A count for people: `950`, `12.5k`, `3.1M`.
@@ -699,7 +692,6 @@ mod tests {
                 self.delays.push((time, start - time));
                 self.ends.push(self.end);
                 self.batches.push(Batch {
-                    batch: k,
                     records: records.round() as u64,
                     processing_ms: (processing * 1000.0).round() as u64,
                     scheduling_delay_ms: ((start - time) * 1000.0).round() as u64,
@@ -940,8 +932,7 @@ mod tests {
     fn batches_of_the_previous_workers_and_replays_are_not_judged() {
         let s = settings(1, 8, 0, 60);
         let mut memory = Memory::default();
-        let batch = |k, workers, replay| Batch {
-            batch: k,
+        let batch = |workers, replay| Batch {
             records: 40_000,
             processing_ms: 3000,
             scheduling_delay_ms: 5000,
@@ -950,11 +941,11 @@ mod tests {
             replay,
         };
         let batches = [
-            batch(1, 2, false),
-            batch(2, 2, false),
-            batch(3, 2, false),
-            batch(4, 6, true),
-            batch(5, 6, false),
+            batch(2, false),
+            batch(2, false),
+            batch(2, false),
+            batch(6, true),
+            batch(6, false),
         ];
         let look = Look {
             at_ms: 1000,
