@@ -5,8 +5,10 @@
 //! The rule. Each look takes the last [`WINDOW`] batches that ran on the present workers and
 //! measures the records one worker processes per second of processing time, the rate records
 //! arrive at (read, plus what the backlog grew by) and what waits (the sources' backlog, plus
-//! the scheduling delay's worth of input). The job needs the workers that process the arrival
-//! rate at `targetUtilization` of the interval — and, when it is behind (what waits would not
+//! the scheduling delay's worth of input). Partitions are dealt out whole, so a batch takes as
+//! long as its busiest worker, who runs `ceil(partitions / workers)` of them: 3 workers over 4
+//! partitions are no faster than 2 (see [`effective_workers`]). The job needs the workers that
+//! process the arrival rate at `targetUtilization` of the interval — and, when it is behind (what waits would not
 //! drain within [`BEHIND_INTERVALS`] intervals and is not shrinking), the waiting records on top
 //! within [`DRAIN_INTERVALS`], so that one step is enough. A need within [`TOLERANCE`] of the
 //! present count changes nothing.
@@ -14,8 +16,9 @@
 //! Up fast: the smallest need seen over `scaleUpAfter` (0s: this look's). Down slowly: only when
 //! every look over `scaleDownAfter` since the last change found fewer enough, to the largest
 //! need of its newer half, sized with the best capacity measured lately ([`CAPACITY_MEMORY`])
-//! but never below what the processing time measured now, shared by fewer workers, keeps
-//! within the tolerance; so a steady load never oscillates. Never more workers than partitions
+//! but never below what the processing time measured now, shared by fewer workers (all but
+//! its fixed cost, [`fixed_cost`]), keeps within the tolerance; so a steady load never
+//! oscillates. Never more workers than partitions
 //! (they would have nothing to run) nor outside `minReplicas..maxReplicas`; a need past them is
 //! reported as a [`Limit`].
 
@@ -152,6 +155,9 @@ pub struct Estimate {
     pub arrival: f64,
     /// Records per second one worker processes, when the batches had records.
     pub per_worker: Option<f64>,
+    /// Workers the batches' partitions kept busy, as a count of evenly loaded workers (see
+    /// [`effective_workers`]).
+    pub effective: f64,
     /// The sources' backlog after the newest batch, where they count it.
     pub backlog: Option<u64>,
     /// Records waiting: the backlog and the scheduling delay's worth of input.
@@ -221,8 +227,19 @@ pub struct Memory {
     /// (time, workers recommended, workers the processing time says keep within the
     /// target's tolerance, unrounded).
     seen: VecDeque<(u64, u32, f64)>,
-    /// Records per second per worker measured by recent looks, across changes.
-    capacities: VecDeque<(u64, f64)>,
+    /// What recent looks measured, across changes.
+    measured: VecDeque<Measured>,
+}
+
+/// One look's measure of the workers' speed.
+#[derive(Clone, Copy, Debug)]
+struct Measured {
+    at_ms: u64,
+    /// Records per second one worker processes.
+    per_worker: f64,
+    /// Records a batch gives each evenly loaded worker, and the seconds a batch took.
+    load: f64,
+    processing: f64,
 }
 
 /// The workers `look` calls for, remembered in `memory` (see the module's rule).
@@ -234,11 +251,11 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
         memory.seen.clear();
     }
     while memory
-        .capacities
+        .measured
         .front()
-        .is_some_and(|(t, _)| look.at_ms.saturating_sub(*t) > millis(CAPACITY_MEMORY))
+        .is_some_and(|m| look.at_ms.saturating_sub(m.at_ms) > millis(CAPACITY_MEMORY))
     {
-        memory.capacities.pop_front();
+        memory.measured.pop_front();
     }
     let bounded = replicas.clamp(settings.min, settings.max);
     if bounded != replicas {
@@ -258,7 +275,11 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
         };
     }
     let settled = look.at_ms.saturating_sub(memory.since_ms) >= millis(SETTLE);
-    let best = memory.capacities.iter().map(|(_, c)| *c).reduce(f64::max);
+    let best = memory
+        .measured
+        .iter()
+        .map(|m| m.per_worker)
+        .reduce(f64::max);
     let estimate = match estimate(look, settings.target, settled, best) {
         Ok(e) => e,
         Err(why) => {
@@ -286,15 +307,27 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
             }
         }
     });
+    let processing = estimate.processing_ms / 1000.0;
     if let Some(c) = estimate.per_worker {
-        memory.capacities.push_back((look.at_ms, c));
+        memory.measured.push_back(Measured {
+            at_ms: look.at_ms,
+            per_worker: c,
+            load: c * processing,
+            processing,
+        });
     }
+    let fixed = fixed_cost(&memory.measured);
     let keep_for = settings.up_after.max(settings.down_after);
     // The best capacity measured may be more than these workers get now (cores shared with
-    // neighbours): a step down also keeps the processing time measured here, shared by
-    // fewer workers, within the target's tolerance (so it never calls for a step back up).
-    let floor =
-        f64::from(estimate.workers) * estimate.utilization / (settings.target * (1.0 + TOLERANCE));
+    // neighbours): a step down also keeps the processing time measured here, its fixed cost
+    // as it is and the rest shared by fewer workers, within the target's tolerance.
+    let interval = look.interval_ms.max(1) as f64 / 1000.0;
+    let budget = settings.target * (1.0 + TOLERANCE) * interval - fixed;
+    let floor = if budget > 0.0 {
+        (processing - fixed).max(0.0) * estimate.effective / budget
+    } else {
+        estimate.effective
+    };
     memory.seen.push_back((look.at_ms, recommended, floor));
     while memory
         .seen
@@ -342,7 +375,7 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
         let to = within(newer)
             .max()
             .unwrap_or(replicas)
-            .max((floor - 1e-9).ceil() as u32);
+            .max(workers_for(floor, look.partitions));
         if observed_for < settings.down_after || !all_fewer || to >= replicas {
             Verdict::Keep(format!(
                 "{recommended} workers would do; waiting until that has held for scaleDownAfter {} (held {})",
@@ -352,7 +385,15 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
         } else {
             Verdict::Scale {
                 to,
-                why: down_reason(replicas, to, &estimate, settings, look.interval_ms),
+                why: down_reason(
+                    replicas,
+                    to,
+                    &estimate,
+                    settings,
+                    fixed,
+                    look.partitions,
+                    look.interval_ms,
+                ),
             }
         }
     } else {
@@ -418,8 +459,9 @@ fn estimate(
     // What waits: the sources' backlog, and the input of the batch time the job is behind.
     let delay = newest.scheduling_delay_ms as f64 / 1000.0;
     let waiting = newest.backlog.unwrap_or(0) as f64 + arrival * delay;
-    let per_worker = (records > 0 && processing > 0.0)
-        .then(|| records as f64 / (processing * f64::from(workers)));
+    let effective = effective_workers(look.partitions, workers);
+    let per_worker =
+        (records > 0 && processing > 0.0).then(|| records as f64 / (processing * effective));
     // What waited at the window's first batch: a queue that shrinks over the window is being
     // drained by the workers there are (just after a step up, say), and needs none more.
     let first = window[0];
@@ -428,7 +470,7 @@ fn estimate(
     let draining = waiting < waited * 0.9;
     let behind = match per_worker {
         Some(c) => {
-            let spare = c * f64::from(workers) - arrival;
+            let spare = c * effective - arrival;
             waiting > 0.0
                 && !draining
                 && (spare <= 0.0 || waiting / spare > BEHIND_INTERVALS * interval)
@@ -443,7 +485,7 @@ fn estimate(
             } else {
                 0.0
             };
-            let capacity_at_target = c * f64::from(workers) * target;
+            let capacity_at_target = c * effective * target;
             let ratio = (arrival + drain) / capacity_at_target;
             let (demand, per_worker) = if behind || ratio > 1.0 + TOLERANCE {
                 input = arrival_now;
@@ -453,9 +495,7 @@ fn estimate(
             } else {
                 (capacity_at_target, c)
             };
-            // Float noise must not turn an exact fit into one more worker.
-            let exact = demand / (per_worker * target);
-            ((exact - 1e-9).ceil().max(1.0)).min(f64::from(u32::MAX)) as u32
+            workers_for(demand / (per_worker * target), look.partitions).max(1)
         }
         // No records processed: an idle job needs the fewest; one with input but no time
         // measured cannot be judged, so it stays.
@@ -469,12 +509,44 @@ fn estimate(
         utilization: processing / (n * interval),
         arrival: input,
         per_worker,
+        effective,
         backlog: newest.backlog,
         waiting,
         scheduling_delay_ms: newest.scheduling_delay_ms,
         behind,
         needed,
     })
+}
+
+/// How many evenly loaded workers `workers` are worth over `partitions`: a batch lasts as long
+/// as its busiest worker, who runs `ceil(partitions / workers)` of them (the master deals
+/// them out evenly, and the sources spread records evenly over them), so the count is
+/// `partitions / ceil(partitions / workers)`: 4 partitions on 3 workers are worth 2.
+pub fn effective_workers(partitions: u32, workers: u32) -> f64 {
+    let workers = workers.max(1);
+    if partitions == 0 {
+        return f64::from(workers);
+    }
+    if workers >= partitions {
+        return f64::from(partitions);
+    }
+    f64::from(partitions) / f64::from(partitions.div_ceil(workers))
+}
+
+/// The fewest workers worth `needed` evenly loaded ones over `partitions` (see
+/// [`effective_workers`]); past the partitions, as many as needed (a need the bounds report).
+pub fn workers_for(needed: f64, partitions: u32) -> u32 {
+    // Float noise must not turn an exact fit into one more worker.
+    let needed = needed - 1e-9;
+    if needed <= 0.0 {
+        return 0;
+    }
+    if needed > f64::from(partitions) {
+        return needed.ceil().min(f64::from(u32::MAX)) as u32;
+    }
+    (1..=partitions)
+        .find(|w| effective_workers(partitions, *w) >= needed)
+        .unwrap_or(partitions)
 }
 
 /// Records per second arriving at the sources over `window` (oldest first, at least one batch).
@@ -520,19 +592,77 @@ fn up_reason(from: u32, to: u32, e: &Estimate, interval_ms: u64) -> String {
     why
 }
 
-fn down_reason(from: u32, to: u32, e: &Estimate, s: &Settings, interval_ms: u64) -> String {
-    let predicted = e.utilization * f64::from(e.workers) / f64::from(to);
-    format!(
-        "{from} → {to}: processing {} per {} batch over the last {} batches (utilization {:.2}), input {}/s; {to} workers were enough at every look for {} (predicted utilization {:.2}, target {:.2})",
+fn down_reason(
+    from: u32,
+    to: u32,
+    e: &Estimate,
+    s: &Settings,
+    fixed: f64,
+    partitions: u32,
+    interval_ms: u64,
+) -> String {
+    let interval = interval_ms.max(1) as f64 / 1000.0;
+    let processing = e.processing_ms / 1000.0;
+    let predicted = (fixed
+        + (processing - fixed).max(0.0) * e.effective / effective_workers(partitions, to))
+        / interval;
+    let mut why = format!(
+        "{from} → {to}: processing {} per {} batch over the last {} batches (utilization {:.2}), input {}/s; {} enough at every look for {} (predicted utilization {:.2}, target {:.2}",
         seconds(e.processing_ms),
         seconds(interval_ms as f64),
         e.batches,
         e.utilization,
         count(e.arrival),
+        if to == 1 {
+            "1 worker was".to_string()
+        } else {
+            format!("{to} workers were")
+        },
         format_duration(s.down_after),
         predicted,
         s.target
-    )
+    );
+    if fixed > 0.0 {
+        let _ = write!(
+            why,
+            "; {} of each batch is fixed cost",
+            seconds(fixed * 1000.0)
+        );
+    }
+    why.push(')');
+    why
+}
+
+/// The part of a batch's processing time that does not shrink with its records, fitted over
+/// recent looks (processing time against records per worker) when their loads differ enough
+/// to tell; otherwise none, which errs towards more workers. A batch's fixed cost (planning,
+/// the commit, a snapshot's share) weighs on the workers that remain after a step down as much
+/// as on the many: without it, a job fast enough on one worker would step down one at a time.
+fn fixed_cost(measured: &VecDeque<Measured>) -> f64 {
+    let n = measured.len() as f64;
+    let (low, high) = measured.iter().fold((f64::MAX, 0.0f64), |(l, h), m| {
+        (l.min(m.load), h.max(m.load))
+    });
+    if measured.len() < 2 || high < 2.0 * low {
+        return 0.0;
+    }
+    let mean_x = measured.iter().map(|m| m.load).sum::<f64>() / n;
+    let mean_y = measured.iter().map(|m| m.processing).sum::<f64>() / n;
+    let (covariance, variance) = measured.iter().fold((0.0, 0.0), |(c, v), m| {
+        let dx = m.load - mean_x;
+        (c + dx * (m.processing - mean_y), v + dx * dx)
+    });
+    let slope = covariance / variance;
+    if slope.is_nan() || slope <= 0.0 {
+        return 0.0;
+    }
+    // Never most of the fastest batch: a fit over noisy looks must not promise that fewer
+    // workers cost next to nothing.
+    let fastest = measured
+        .iter()
+        .map(|m| m.processing)
+        .fold(f64::MAX, f64::min);
+    (mean_y - slope * mean_x).clamp(0.0, 0.8 * fastest)
 }
 
 fn millis(d: Duration) -> u64 {
@@ -684,8 +814,9 @@ mod tests {
                 let busy = self.workers.min(self.partitions);
                 let slow = if k.is_multiple_of(10) { 1.5 } else { 1.0 };
                 let slowdown = 1.0 + self.contention * f64::from(busy - 1);
-                let processing = (self.fixed
-                    + records * slowdown / (self.per_worker * f64::from(busy)))
+                // The busiest worker runs ceil(partitions / workers) of the partitions.
+                let share = f64::from(self.partitions.div_ceil(busy)) / f64::from(self.partitions);
+                let processing = (self.fixed + records * share * slowdown / self.per_worker)
                     * self.noise.next(self.noise_amplitude)
                     * slow;
                 self.end = start + processing;
@@ -812,6 +943,45 @@ mod tests {
             assert!(
                 sim.peak_delay(down_at + 10.0, 480.0) < 1.0,
                 "behind after the scale down"
+            );
+        }
+    }
+
+    #[test]
+    fn partitions_are_dealt_whole_so_counts_that_split_them_unevenly_are_skipped() {
+        assert_eq!(effective_workers(4, 3), 2.0);
+        assert_eq!(effective_workers(4, 9), 4.0);
+        assert_eq!(effective_workers(8, 3), 8.0 / 3.0);
+        assert_eq!(workers_for(2.3, 4), 4);
+        assert_eq!(workers_for(2.0, 4), 2);
+        assert_eq!(workers_for(6.5, 4), 7);
+        assert_eq!(workers_for(0.0, 4), 0);
+        // The end-to-end test's job: 4 partitions, a worker doing ~6,700 records/s with
+        // ~100 ms of fixed cost per batch, a 4x step from 0.35 of one worker. 3 workers
+        // would leave one with 2 partitions, as slow as 2 workers: the step goes to 4, and
+        // back down to a count that splits them evenly.
+        for input in [Input::ByBatchTime, Input::Arrived { cap: None }] {
+            let mut sim = Sim::new(1, input);
+            sim.partitions = 4;
+            sim.per_worker = 6_700.0;
+            sim.fixed = 0.1;
+            sim.run(&settings(1, 4, 0, 60), 400.0, |t| {
+                if (60.0..200.0).contains(&t) {
+                    9_000.0
+                } else {
+                    2_250.0
+                }
+            });
+            let changes: Vec<(u32, u32)> = sim.events.iter().map(|e| (e.1, e.2)).collect();
+            assert_eq!(changes.len(), 2, "{:?}", sim.events);
+            assert_eq!(changes[0], (1, 4), "{:?}", sim.events);
+            assert!(matches!(changes[1], (4, 1 | 2)), "{:?}", sim.events);
+            // The fixed cost, fitted over the looks before and after the step, is what lets
+            // one step down go that far.
+            assert!(
+                sim.events[1].3.contains("of each batch is fixed cost"),
+                "{:?}",
+                sim.events
             );
         }
     }
