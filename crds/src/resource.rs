@@ -191,10 +191,17 @@ pub struct AutoscaleSpec {
     #[schemars(range(min = 1, max = 1000))]
     pub min_replicas: Option<i32>,
     /// Most workers. Workers beyond `spec.parallelism` have no partition to run, so the
-    /// operator never goes past it; when the job needs more, the ScalingLimited condition says
-    /// so.
+    /// operator never goes past it (unless `maxParallelism` lets it raise the partitions);
+    /// when the job needs more, the ScalingLimited condition says so.
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
+    /// Most partitions the operator may raise `spec.parallelism` to when the job needs more
+    /// workers than it has partitions. It raises it once, straight to this value (the keyed
+    /// state is re-sharded from the last snapshot, with a restart: docs/upgrades.md), and
+    /// never lowers it. Unset: `spec.parallelism` is the user's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_parallelism: Option<i32>,
     /// The share of each batch interval the workers should spend processing: the operator
     /// sizes the job so that processing time / batch interval stays near it. Default 0.7;
     /// from 0.1 to 0.95 (headroom for bursts and snapshots).

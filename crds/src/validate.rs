@@ -52,7 +52,8 @@ pub enum Shape {
 /// "micro" batch is a daily job in disguise.
 const MIN_BATCH_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_BATCH_INTERVAL: Duration = Duration::from_secs(3600);
-const MAX_PARALLELISM: u32 = 1024;
+/// Most partitions a job may have (`spec.parallelism`).
+pub const MAX_PARALLELISM: u32 = 1024;
 /// As the CRD's `maxItems`.
 const MAX_SOURCES: usize = 32;
 const MAX_STEPS: usize = 64;

@@ -10,6 +10,10 @@
 //! the running totals the job wrote equal the records the test wrote: no record lost or
 //! counted twice across the rescales. No pod restarts, no recovery.
 //!
+//! Then a second job, with one partition and `maxParallelism`, at a load one worker cannot
+//! take: the operator raises its partitions once (a restart that re-shards the state) with its
+//! workers, and its totals too equal what was written.
+//!
 //! It prints a report (decision latency, time back under one interval, scale events, peak
 //! delay) and appends it to `$SLUICE_E2E_REPORT`. `SLUICE_E2E_AUTOSCALE_STEADY` sets the
 //! steady stretch in seconds (default 180; the 10 minutes: 600).
@@ -33,6 +37,8 @@ use sluice_e2e::kafka::{KafkaBroker, topics};
 use sluice_e2e::wait_for;
 
 const JOB: &str = "autoscaled";
+/// The job that starts with one partition.
+const RESHARDED: &str = "resharded";
 const INTERVAL_MS: u64 = 1000;
 const PARTITIONS: i32 = 4;
 const WORDS: usize = 200;
@@ -212,9 +218,9 @@ impl CommitLog {
     }
 }
 
-/// The running totals of the newest batch the sink wrote: word → count.
-fn newest_totals(s3_root: &Path) -> BTreeMap<String, u64> {
-    let batches = fixtures::sink_batches(&s3_root.join("data").join(JOB));
+/// The running totals of the newest batch `job`'s sink wrote: word → count.
+fn newest_totals(s3_root: &Path, job: &str) -> BTreeMap<String, u64> {
+    let batches = fixtures::sink_batches(&s3_root.join("data").join(job));
     let Some((_, lines)) = batches.into_iter().next_back() else {
         return BTreeMap::new();
     };
@@ -226,6 +232,15 @@ fn newest_totals(s3_root: &Path) -> BTreeMap<String, u64> {
             let (word, n) = inner.split_once(',')?;
             Some((word.to_string(), n.parse::<u64>().ok()?))
         })
+        .collect()
+}
+
+/// The running totals a job should end with: word → count, from what the load wrote per word.
+fn totals_of(written: &[u64]) -> BTreeMap<String, u64> {
+    written
+        .iter()
+        .enumerate()
+        .map(|(w, n)| (format!("w{w:03}"), *n))
         .collect()
 }
 
@@ -327,7 +342,8 @@ fn peak_of(series: &[(u64, u64)], from_ms: u64, to_ms: u64) -> u64 {
         .unwrap_or(0)
 }
 
-async fn event_notes(client: &Client, reasons: &[&str]) -> Result<Vec<String>> {
+/// The notes of `job`'s events with one of `reasons`, oldest first.
+async fn event_notes(client: &Client, job: &str, reasons: &[&str]) -> Result<Vec<String>> {
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "jobs");
     let mut notes: Vec<(String, String)> = events
         .list(&Default::default())
@@ -335,6 +351,11 @@ async fn event_notes(client: &Client, reasons: &[&str]) -> Result<Vec<String>> {
         .items
         .into_iter()
         .filter(|e| reasons.contains(&e.reason.as_deref().unwrap_or("")))
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.name.as_deref() == Some(job))
+        })
         .map(|e| {
             let at = e
                 .event_time
@@ -540,20 +561,16 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
 
         // Every record once: the last running totals equal what was written.
         let written = load.finish()?;
-        let expected: BTreeMap<String, u64> = written
-            .iter()
-            .enumerate()
-            .map(|(w, n)| (format!("w{w:03}"), *n))
-            .collect();
+        let expected = totals_of(&written);
         let total: u64 = written.iter().sum();
         wait_for(
             "the totals of every record written",
             Duration::from_secs(180),
-            async || Ok((newest_totals(&s3_root) == expected).then_some(())),
+            async || Ok((newest_totals(&s3_root, JOB) == expected).then_some(())),
         )
         .await
         .map_err(|e| {
-            let got = newest_totals(&s3_root);
+            let got = newest_totals(&s3_root, JOB);
             let diff: Vec<String> = expected
                 .iter()
                 .filter(|(w, n)| got.get(*w) != Some(n))
@@ -582,7 +599,6 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
         let back = settled_under(&delays(&log), step_ms, held_ms, INTERVAL_MS);
         let recover_s = back.map(|b| (b.saturating_sub(step_ms)) as f64 / 1000.0);
         let peak = peak_of(&delays(&log), step_ms, held_ms);
-        // Caught up: less than one interval of the stepped load waits, from then on.
         // Caught up: less than one interval of the stepped load waits in the topic, from then
         // on (backpressure keeps the scheduling delay short while the backlog grows).
         let step_interval = base * 4 * INTERVAL_MS / 1000;
@@ -595,7 +611,7 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
         );
         let steady_peak = peak_of(&delays(&log), steady_from, step_ms);
         let down_after_s = (down.at_ms.saturating_sub(drop_ms)) as f64 / 1000.0;
-        let notes = event_notes(&client, &["ScaledUp", "ScaledDown"]).await?;
+        let notes = event_notes(&client, JOB, &["ScaledUp", "ScaledDown"]).await?;
         let mut report = String::from("=== autoscaling (e2e/tests/autoscale.rs)\n");
         report += &format!(
             "one worker ({WORKER_CPU} CPU) processes about {capacity:.0} records/s (a batch costs {fixed_ms:.0} ms plus {:.1} µs a record); load {base}/s, step to {}/s; batch interval {INTERVAL_MS} ms\n",
@@ -626,6 +642,26 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
         report += &format!(
             "exactly once: the running totals of {total} records equal what was written; pod restarts {restarts}, recoveries {recoveries}\n"
         );
+        // How the step went, batch by batch: what each read and took, and what waited.
+        let caught_ms = caught.map_or(held_ms, |s| step_ms + (s * 1000.0) as u64 + 3000);
+        let timeline: Vec<String> = log
+            .iter()
+            .filter(|c| (step_ms..caught_ms).contains(&c.committed_at_ms))
+            .take(24)
+            .map(|c| {
+                let waiting = w
+                    .backlog
+                    .iter()
+                    .rev()
+                    .find(|(t, _)| *t <= c.committed_at_ms)
+                    .map_or(0, |(_, b)| *b);
+                format!("{}/{}/{}", c.records, c.processing_ms, waiting)
+            })
+            .collect();
+        report += &format!(
+            "  the step batch by batch (records/processing ms/waiting): {}\n",
+            timeline.join(" ")
+        );
         for n in notes {
             report += &format!("  event {n}\n");
         }
@@ -643,6 +679,94 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
             "the job never caught up with the stepped load: {:?}",
             w.backlog
         );
+
+        // Past the partitions: a second job, with one partition, at a load one worker cannot
+        // take at the target; maxParallelism lets the operator raise its partitions, once
+        // (a restart that re-shards the state), with its workers.
+        jobs(&client).delete(JOB, &Default::default()).await?;
+        let topic2 = "load-reshard";
+        let bootstrap = broker.bootstrap();
+        tokio::task::spawn_blocking(move || topics::create_topic(&bootstrap, topic2, PARTITIONS))
+            .await?;
+        let heavy = base * 3;
+        let mut load2 = Load::start(&broker.bootstrap(), topic2, heavy);
+        let job2: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "StreamingJob",
+            "metadata": {"name": RESHARDED, "namespace": "jobs"},
+            "spec": {
+                "batchInterval": format!("{INTERVAL_MS}ms"), "parallelism": 1,
+                "sources": [{"name": "in", "kafka": {"bootstrapServers": broker.bootstrap(), "topics": [topic2], "startingOffsets": "earliest"}}],
+                "pipeline": [{"filter": {"expr": WORK}}, {"countByValue": {}}, {"updateStateByKey": {"op": "sum"}}],
+                "sinks": [{"s3": {"uri": format!("s3://data/{RESHARDED}"), "endpoint": s3.endpoint(), "pathStyle": true}}],
+                "checkpoint": {"uri": format!("s3://ckpt/{RESHARDED}"), "endpoint": s3.endpoint(), "pathStyle": true, "interval": 10},
+                "image": "registry.example/sluice:e2e",
+                "workers": {"replicas": 1, "resources": {"limits": {"cpu": WORKER_CPU}},
+                    "autoscale": {"maxReplicas": MAX_REPLICAS, "maxParallelism": PARTITIONS, "scaleDownAfter": "10m"}},
+                "checkpointCredentials": {"name": "s3-creds"},
+            }
+        }))?;
+        jobs(&client).create(&PostParams::default(), &job2).await?;
+        let created = Instant::now();
+        let spec_of = async || -> Result<serde_json::Value> {
+            Ok(jobs(&client).get(RESHARDED).await?.data["spec"].clone())
+        };
+        let raised = wait_for("the partitions raised", Duration::from_secs(180), async || {
+            let spec = spec_of().await?;
+            Ok((spec["parallelism"] == PARTITIONS).then_some(spec))
+        })
+        .await?;
+        let raised_after = created.elapsed();
+        let workers = raised["workers"]["replicas"].as_u64().unwrap_or(0);
+        ensure!(workers >= 2, "the re-shard left {workers} workers: {raised}");
+        // Running on them: the new master places the partitions on the new workers.
+        let placed = wait_for("the re-sharded job placed on its workers", Duration::from_secs(180), async || {
+            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "jobs");
+            let Some(ip) = pods
+                .get(&format!("{RESHARDED}-master-0"))
+                .await
+                .ok()
+                .and_then(|p| p.status?.pod_ip)
+            else {
+                return Ok(None);
+            };
+            let Ok(metrics) = fixtures::http_get(&ip, 9090, "/metrics") else {
+                return Ok(None);
+            };
+            // `sluice_workers{job_name=..,job_namespace=..} 4`
+            let on = metrics
+                .lines()
+                .filter(|l| l.starts_with("sluice_workers{"))
+                .find_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            Ok((on == workers).then_some(on))
+        })
+        .await?;
+        let placed_after = created.elapsed();
+        // A while on the new partitions, then every record once.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let written = load2.finish()?;
+        let expected = totals_of(&written);
+        wait_for("the re-sharded job's totals of every record", Duration::from_secs(180), async || {
+            Ok((newest_totals(&s3_root, RESHARDED) == expected).then_some(()))
+        })
+        .await?;
+        let spec = spec_of().await?;
+        ensure!(spec["parallelism"] == PARTITIONS, "the partitions changed again: {spec}");
+        let notes = event_notes(&client, RESHARDED, &["ScaledUp", "ScaledDown"]).await?;
+        let reshards = notes.iter().filter(|n| n.contains("partitions")).count();
+        ensure!(reshards == 1, "one re-shard: {notes:?}");
+        let mut more = String::from("=== autoscaling past the partitions (e2e/tests/autoscale.rs)\n");
+        more += &format!(
+            "one partition at {heavy}/s (maxParallelism {PARTITIONS}): raised to {PARTITIONS} partitions and 1 -> {workers} workers {:.1}s after the job was created, running on {placed} workers after {:.1}s (a restart re-sharding the state); exactly once: the running totals of {} records equal what was written\n",
+            raised_after.as_secs_f64(),
+            placed_after.as_secs_f64(),
+            written.iter().sum::<u64>()
+        );
+        for n in notes {
+            more += &format!("  event {n}\n");
+        }
+        eprintln!("{more}");
+        fixtures::append_report(&more)?;
         Ok(report)
     }
     .await;
@@ -654,6 +778,7 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
         );
         eprintln!("--- node agent log:\n{}", cluster.agent_log(40));
         eprintln!("--- pod logs:\n{}", cluster.pod_logs(JOB, 30));
+        eprintln!("--- pod logs:\n{}", cluster.pod_logs(RESHARDED, 30));
     }
     result.map(drop)
 }

@@ -1,7 +1,9 @@
 //! `spec.workers.autoscale`: at every reconcile of a running job, a look at its master's
 //! figures ([`rule`]) and, when the rule says so, a new `spec.workers.replicas` through the
 //! scale subresource — the path `kubectl scale` takes — with an event that says why. The job
-//! rescales live at its next batch boundary.
+//! rescales live at its next batch boundary. Where `maxParallelism` lets it, a need past the
+//! partitions also raises `spec.parallelism` (the upgrade path then restarts the job and
+//! re-shards its state).
 
 pub mod rule;
 
@@ -135,16 +137,29 @@ pub async fn look(
     found.message = Some(match &decision.verdict {
         rule::Verdict::Wait(why) => format!("waiting: {why}"),
         rule::Verdict::Keep(why) => why.clone(),
-        rule::Verdict::Scale { why, .. } => why.clone(),
+        rule::Verdict::Scale { why, .. } | rule::Verdict::Reshard { why, .. } => why.clone(),
     });
-    if let rule::Verdict::Scale { to, why } = &decision.verdict {
-        scale(job, ctx, *to).await?;
-        let up = i64::from(*to) > i64::from(replicas);
-        let (event_reason, action) = if up {
-            (reason::SCALED_UP, "ScaleUp")
-        } else {
-            (reason::SCALED_DOWN, "ScaleDown")
-        };
+    let change = match &decision.verdict {
+        rule::Verdict::Scale { to, why } => {
+            scale(job, ctx, *to).await?;
+            let up = i64::from(*to) > i64::from(replicas);
+            Some(if up {
+                (reason::SCALED_UP, "ScaleUp", why)
+            } else {
+                (reason::SCALED_DOWN, "ScaleDown", why)
+            })
+        }
+        rule::Verdict::Reshard {
+            partitions,
+            to,
+            why,
+        } => {
+            reshard(job, ctx, *partitions, *to).await?;
+            Some((reason::SCALED_UP, "Reshard", why))
+        }
+        rule::Verdict::Wait(_) | rule::Verdict::Keep(_) => None,
+    };
+    if let Some((event_reason, action, why)) = change {
         tracing::info!(job = %job.name_any(), "autoscale: {why}");
         events::publish(ctx, job, EventType::Normal, event_reason, why, action).await;
         found.last_scale = Some(why.clone());
@@ -199,6 +214,28 @@ async fn scale(job: &StreamingJobResource, ctx: &Context, replicas: u32) -> Resu
         &job.name_any(),
         &PatchParams::default(),
         &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Raises the job's partitions and sets its workers in one change of its spec: the reconcile
+/// that follows plans it as an upgrade (a re-shard of the state, with a restart).
+async fn reshard(
+    job: &StreamingJobResource,
+    ctx: &Context,
+    partitions: u32,
+    replicas: u32,
+) -> Result<(), Error> {
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch(
+        &job.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {
+            "parallelism": partitions,
+            "workers": {"replicas": replicas},
+        }})),
     )
     .await?;
     Ok(())

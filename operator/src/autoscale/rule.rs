@@ -20,7 +20,11 @@
 //! its fixed cost, [`fixed_cost`]), keeps within the tolerance; so a steady load never
 //! oscillates. Never more workers than partitions
 //! (they would have nothing to run) nor outside `minReplicas..maxReplicas`; a need past them is
-//! reported as a [`Limit`].
+//! reported as a [`Limit`]. Unless `maxParallelism` allows more partitions: a step up past the
+//! partitions then raises them, once and straight to `maxParallelism` ([`Verdict::Reshard`]:
+//! the job restarts to re-shard its state, so it should happen once in its life, not at every
+//! step), and the workers to what the need calls for over them. Partitions are never lowered:
+//! idle partitions cost next to nothing, a restart does not.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -60,6 +64,8 @@ pub const DEFAULT_SCALE_DOWN_AFTER: Duration = Duration::from_secs(300);
 pub struct Settings {
     pub min: u32,
     pub max: u32,
+    /// The most partitions the job may be raised to.
+    pub max_parallelism: Option<u32>,
     pub target: f64,
     pub up_after: Duration,
     pub down_after: Duration,
@@ -84,6 +90,20 @@ impl Settings {
                 "{PATH}: minReplicas {min} exceeds maxReplicas {max}; lower minReplicas or raise maxReplicas"
             ));
         }
+        let max_parallelism = spec
+            .max_parallelism
+            .map(|m| {
+                u32::try_from(m)
+                    .ok()
+                    .filter(|m| (1..=sluice_crds::MAX_PARALLELISM).contains(m))
+                    .ok_or_else(|| {
+                        format!(
+                            "{PATH}.maxParallelism: {m} is out of range; use 1 to {}",
+                            sluice_crds::MAX_PARALLELISM
+                        )
+                    })
+            })
+            .transpose()?;
         let target = spec
             .target_utilization
             .unwrap_or(DEFAULT_TARGET_UTILIZATION);
@@ -99,6 +119,7 @@ impl Settings {
         Ok(Self {
             min,
             max,
+            max_parallelism,
             target,
             up_after: duration(
                 "scaleUpAfter",
@@ -165,7 +186,9 @@ pub struct Estimate {
     pub scheduling_delay_ms: u64,
     /// What waits would not drain soon at the present capacity.
     pub behind: bool,
-    /// Workers needed at the target, before bounds.
+    /// Evenly loaded workers needed at the target (see [`effective_workers`]).
+    pub need: f64,
+    /// Workers needed at the target over the present partitions, before bounds.
     pub needed: u32,
 }
 
@@ -176,6 +199,8 @@ pub enum Limit {
     Partitions {
         needed: u32,
         partitions: u32,
+        /// `maxParallelism`, when set (the partitions are then raised up to it).
+        max_parallelism: Option<u32>,
     },
     MaxReplicas {
         needed: u32,
@@ -187,8 +212,17 @@ impl Limit {
     /// For the ScalingLimited condition and its event.
     pub fn message(&self) -> String {
         match *self {
-            Limit::Partitions { needed, partitions } => format!(
-                "the job needs {needed} workers to keep up, but spec.parallelism {partitions} gives work to {partitions} only: raise spec.parallelism (its state is re-sharded, with a restart; see docs/upgrades.md)"
+            Limit::Partitions {
+                needed,
+                partitions,
+                max_parallelism: Some(most),
+            } if most <= partitions => format!(
+                "the job needs {needed} workers to keep up, but its {partitions} partitions give work to {partitions} only, and spec.workers.autoscale.maxParallelism is {most}: raise maxParallelism to let the operator raise spec.parallelism (its state is re-sharded, with a restart; see docs/upgrades.md)"
+            ),
+            Limit::Partitions {
+                needed, partitions, ..
+            } => format!(
+                "the job needs {needed} workers to keep up, but spec.parallelism {partitions} gives work to {partitions} only: raise spec.parallelism, or set spec.workers.autoscale.maxParallelism to let the operator raise it (its state is re-sharded, with a restart; see docs/upgrades.md)"
             ),
             Limit::MaxReplicas { needed, max } => format!(
                 "the job needs {needed} workers to keep up; spec.workers.autoscale.maxReplicas is {max}"
@@ -206,6 +240,13 @@ pub enum Verdict {
     Keep(String),
     /// Set `replicas` to `to`; `why` is the event's message.
     Scale { to: u32, why: String },
+    /// Set `spec.parallelism` to `partitions` (a restart re-shards the state) and `replicas` to
+    /// `to`.
+    Reshard {
+        partitions: u32,
+        to: u32,
+        why: String,
+    },
 }
 
 /// A look's outcome.
@@ -224,8 +265,8 @@ pub struct Decision {
 pub struct Memory {
     replicas: Option<u32>,
     since_ms: u64,
-    /// (time, workers recommended, workers the processing time says keep within the
-    /// target's tolerance, unrounded).
+    /// (time, workers recommended, the processing time beyond the fixed cost times the
+    /// evenly loaded workers: seconds of work a batch gives one worker).
     seen: VecDeque<(u64, u32, f64)>,
     /// What recent looks measured, across changes.
     measured: VecDeque<Measured>,
@@ -292,17 +333,31 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
         }
     };
     // Workers past the partitions have nothing to run; `minReplicas` is the user's to set.
-    let useful = settings.max.min(look.partitions.max(settings.min));
-    let recommended = estimate.needed.clamp(settings.min, useful);
-    let limit = (estimate.needed > useful).then_some({
+    // A need past the partitions, where `maxParallelism` allows more, is met over that many.
+    let most_partitions = settings
+        .max_parallelism
+        .map_or(look.partitions, |m| m.max(look.partitions));
+    let (partitions, needed) =
+        if estimate.needed > look.partitions && most_partitions > look.partitions {
+            (
+                most_partitions,
+                workers_for(estimate.need, most_partitions).max(1),
+            )
+        } else {
+            (look.partitions, estimate.needed)
+        };
+    let useful = settings.max.min(partitions.max(settings.min));
+    let recommended = needed.clamp(settings.min, useful);
+    let limit = (needed > useful).then_some({
         if useful < settings.max {
             Limit::Partitions {
-                needed: estimate.needed,
-                partitions: look.partitions,
+                needed,
+                partitions,
+                max_parallelism: settings.max_parallelism,
             }
         } else {
             Limit::MaxReplicas {
-                needed: estimate.needed,
+                needed,
                 max: settings.max,
             }
         }
@@ -318,17 +373,8 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
     }
     let fixed = fixed_cost(&memory.measured);
     let keep_for = settings.up_after.max(settings.down_after);
-    // The best capacity measured may be more than these workers get now (cores shared with
-    // neighbours): a step down also keeps the processing time measured here, its fixed cost
-    // as it is and the rest shared by fewer workers, within the target's tolerance.
-    let interval = look.interval_ms.max(1) as f64 / 1000.0;
-    let budget = settings.target * (1.0 + TOLERANCE) * interval - fixed;
-    let floor = if budget > 0.0 {
-        (processing - fixed).max(0.0) * estimate.effective / budget
-    } else {
-        estimate.effective
-    };
-    memory.seen.push_back((look.at_ms, recommended, floor));
+    let work = (processing - fixed).max(0.0) * estimate.effective;
+    memory.seen.push_back((look.at_ms, recommended, work));
     while memory
         .seen
         .front()
@@ -351,10 +397,20 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
                 "needs {recommended} workers; waiting until that has held for scaleUpAfter {}",
                 format_duration(settings.up_after)
             ))
+        } else if to > look.partitions {
+            let head = format!(
+                "{replicas} → {to} workers and {} → {partitions} partitions (spec.parallelism; the job restarts to re-shard its state)",
+                look.partitions
+            );
+            Verdict::Reshard {
+                partitions,
+                to,
+                why: up_reason(&head, &estimate, look.interval_ms),
+            }
         } else {
             Verdict::Scale {
                 to,
-                why: up_reason(replicas, to, &estimate, look.interval_ms),
+                why: up_reason(&format!("{replicas} → {to}"), &estimate, look.interval_ms),
             }
         }
     } else if recommended < replicas {
@@ -363,19 +419,30 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
         // to the new load's count in one step.
         let all_fewer = within(settings.down_after).max().unwrap_or(replicas) < replicas;
         let newer = settings.down_after / 2;
-        let floors: Vec<f64> = memory
+        let works: Vec<f64> = memory
             .seen
             .iter()
             .filter(|(t, _, _)| look.at_ms.saturating_sub(*t) <= millis(newer))
-            .map(|(_, _, f)| *f)
+            .map(|(_, _, w)| *w)
             .collect();
-        // Over the newer half's looks on average: one slow batch (a snapshot) in a look's
-        // window must not hold the count up.
-        let floor = floors.iter().sum::<f64>() / floors.len().max(1) as f64;
+        // The best capacity measured may be more than these workers get now (cores shared
+        // with neighbours): a step down also keeps the processing time measured, its fixed
+        // cost as it is and the rest shared by fewer workers, under the target (the tolerance
+        // above it is the gap to a step back up). Over the newer half's looks on average: one
+        // slow batch (a snapshot) in a look's window must not hold the count up.
+        let work = works.iter().sum::<f64>() / works.len().max(1) as f64;
+        let interval = look.interval_ms.max(1) as f64 / 1000.0;
+        let budget = settings.target * interval - fixed;
+        let floor = if budget > 0.0 {
+            work / budget
+        } else {
+            estimate.effective
+        };
         let to = within(newer)
             .max()
             .unwrap_or(replicas)
             .max(workers_for(floor, look.partitions));
+        let predicted = (fixed + work / effective_workers(look.partitions, to)) / interval;
         if observed_for < settings.down_after || !all_fewer || to >= replicas {
             Verdict::Keep(format!(
                 "{recommended} workers would do; waiting until that has held for scaleDownAfter {} (held {})",
@@ -390,8 +457,11 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
                     to,
                     &estimate,
                     settings,
-                    fixed,
-                    look.partitions,
+                    Prediction {
+                        utilization: predicted,
+                        over: newer,
+                        fixed,
+                    },
                     look.interval_ms,
                 ),
             }
@@ -478,6 +548,7 @@ fn estimate(
         None => false,
     };
     let mut input = arrival;
+    let mut need = f64::from(workers);
     let needed = match per_worker {
         Some(c) => {
             let drain = if behind {
@@ -495,11 +566,15 @@ fn estimate(
             } else {
                 (capacity_at_target, c)
             };
-            workers_for(demand / (per_worker * target), look.partitions).max(1)
+            need = demand / (per_worker * target);
+            workers_for(need, look.partitions).max(1)
         }
         // No records processed: an idle job needs the fewest; one with input but no time
         // measured cannot be judged, so it stays.
-        None if arrival == 0.0 && waiting == 0.0 => 0,
+        None if arrival == 0.0 && waiting == 0.0 => {
+            need = 0.0;
+            0
+        }
         None => workers,
     };
     Ok(Estimate {
@@ -514,6 +589,7 @@ fn estimate(
         waiting,
         scheduling_delay_ms: newest.scheduling_delay_ms,
         behind,
+        need,
         needed,
     })
 }
@@ -570,9 +646,10 @@ fn arrival_rate(window: &[&Batch], interval: f64) -> f64 {
     }
 }
 
-fn up_reason(from: u32, to: u32, e: &Estimate, interval_ms: u64) -> String {
+/// `head` says the change (`2 → 5`).
+fn up_reason(head: &str, e: &Estimate, interval_ms: u64) -> String {
     let mut why = format!(
-        "{from} → {to}: processing {} per {} batch over the last {} batches (utilization {:.2}), input {}/s",
+        "{head}: processing {} per {} batch over the last {} batches (utilization {:.2}), input {}/s",
         seconds(e.processing_ms),
         seconds(interval_ms as f64),
         e.batches,
@@ -592,22 +669,25 @@ fn up_reason(from: u32, to: u32, e: &Estimate, interval_ms: u64) -> String {
     why
 }
 
+/// What a step down expects of the fewer workers.
+struct Prediction {
+    utilization: f64,
+    /// The looks it is judged from.
+    over: Duration,
+    /// A batch's fixed cost, seconds.
+    fixed: f64,
+}
+
 fn down_reason(
     from: u32,
     to: u32,
     e: &Estimate,
     s: &Settings,
-    fixed: f64,
-    partitions: u32,
+    p: Prediction,
     interval_ms: u64,
 ) -> String {
-    let interval = interval_ms.max(1) as f64 / 1000.0;
-    let processing = e.processing_ms / 1000.0;
-    let predicted = (fixed
-        + (processing - fixed).max(0.0) * e.effective / effective_workers(partitions, to))
-        / interval;
     let mut why = format!(
-        "{from} → {to}: processing {} per {} batch over the last {} batches (utilization {:.2}), input {}/s; {} enough at every look for {} (predicted utilization {:.2}, target {:.2}",
+        "{from} → {to}: processing {} per {} batch over the last {} batches (utilization {:.2}), input {}/s; {} enough at every look for {} (predicted utilization {:.2} over the last {}, target {:.2}",
         seconds(e.processing_ms),
         seconds(interval_ms as f64),
         e.batches,
@@ -619,14 +699,15 @@ fn down_reason(
             format!("{to} workers were")
         },
         format_duration(s.down_after),
-        predicted,
+        p.utilization,
+        format_duration(p.over),
         s.target
     );
-    if fixed > 0.0 {
+    if p.fixed > 0.0 {
         let _ = write!(
             why,
             "; {} of each batch is fixed cost",
-            seconds(fixed * 1000.0)
+            seconds(p.fixed * 1000.0)
         );
     }
     why.push(')');
@@ -693,10 +774,20 @@ mod tests {
         Settings {
             min,
             max,
+            max_parallelism: None,
             target: 0.7,
             up_after: Duration::from_secs(up),
             down_after: Duration::from_secs(down),
         }
+    }
+
+    /// The utilization a step down's reason predicts.
+    fn predicted(why: &str) -> f64 {
+        why.split("predicted utilization ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|u| u.parse().ok())
+            .unwrap_or_else(|| panic!("no prediction in {why}"))
     }
 
     /// Deterministic noise in `1 ± amplitude` (a linear congruential generator).
@@ -741,6 +832,9 @@ mod tests {
         replicas: u32,
         workers: u32,
         workers_from: Option<(f64, u32)>,
+        /// A re-shard's restart: from when, to how many partitions.
+        partitions_from: Option<(f64, u32)>,
+        reshards: Vec<(f64, u32, u32)>,
         batches: Vec<Batch>,
         /// Batch end times, to know when the master reports a batch.
         ends: Vec<f64>,
@@ -767,6 +861,8 @@ mod tests {
                 replicas: workers,
                 workers,
                 workers_from: None,
+                partitions_from: None,
+                reshards: Vec::new(),
                 batches: Vec::new(),
                 ends: Vec::new(),
                 waiting: 0.0,
@@ -799,6 +895,12 @@ mod tests {
                 {
                     self.workers = w;
                     self.workers_from = None;
+                }
+                if let Some((at, p)) = self.partitions_from
+                    && start >= at
+                {
+                    self.partitions = p;
+                    self.partitions_from = None;
                 }
                 let records = match self.input {
                     Input::ByBatchTime => rate(time) * self.interval,
@@ -856,10 +958,26 @@ mod tests {
             if let Some(l) = d.limit {
                 self.limits.push(l);
             }
-            if let Verdict::Scale { to, why } = d.verdict {
-                self.events.push((at, self.replicas, to, why));
-                self.replicas = to;
-                self.workers_from = Some((at + 4.0, to));
+            match d.verdict {
+                Verdict::Scale { to, why } => {
+                    self.events.push((at, self.replicas, to, why));
+                    self.replicas = to;
+                    self.workers_from = Some((at + 4.0, to));
+                }
+                // A restart: no batch runs for 10 s, then the new partitions and workers.
+                Verdict::Reshard {
+                    partitions,
+                    to,
+                    why,
+                } => {
+                    self.events.push((at, self.replicas, to, why));
+                    self.reshards.push((at, self.partitions, partitions));
+                    self.replicas = to;
+                    self.end = self.end.max(at + 10.0);
+                    self.workers_from = Some((at + 10.0, to));
+                    self.partitions_from = Some((at + 10.0, partitions));
+                }
+                _ => {}
             }
         }
 
@@ -940,6 +1058,7 @@ mod tests {
             assert!(*down_at >= 270.0, "down at {down_at}s: {why}");
             assert!((2..=3).contains(down_to), "{why}");
             assert!(why.contains("were enough at every look for 1m"), "{why}");
+            assert!(predicted(why) <= 0.7, "{why}");
             assert!(
                 sim.peak_delay(down_at + 10.0, 480.0) < 1.0,
                 "behind after the scale down"
@@ -983,6 +1102,7 @@ mod tests {
                 "{:?}",
                 sim.events
             );
+            assert!(predicted(&sim.events[1].3) <= 0.7, "{:?}", sim.events);
         }
     }
 
@@ -1013,15 +1133,83 @@ mod tests {
             "as many as partitions: {:?}",
             sim.events
         );
-        let Some(Limit::Partitions { needed, partitions }) = sim.limits.last().copied() else {
+        let Some(
+            limit @ Limit::Partitions {
+                needed, partitions, ..
+            },
+        ) = sim.limits.last().copied()
+        else {
             panic!("no limit reported: {:?}", sim.limits);
         };
         assert_eq!(partitions, 4);
         assert!(needed >= 9, "needs {needed}");
         assert!(
-            Limit::Partitions { needed, partitions }
+            limit
                 .message()
-                .contains("raise spec.parallelism")
+                .contains("raise spec.parallelism, or set spec.workers.autoscale.maxParallelism"),
+            "{}",
+            limit.message()
+        );
+    }
+
+    #[test]
+    fn a_need_past_the_partitions_raises_them_once_where_max_parallelism_allows() {
+        // 2 partitions, up to 8: an 8x step needs about 6 workers, past the partitions. The
+        // partitions go to 8 in one restart, the workers to what 8 partitions need; later
+        // steps are live, and the partitions never come down.
+        let mut sim = Sim::new(1, Input::Arrived { cap: None });
+        sim.partitions = 2;
+        let s = Settings {
+            max_parallelism: Some(8),
+            ..settings(1, 8, 0, 60)
+        };
+        sim.run(&s, 400.0, |t| {
+            if (60.0..200.0).contains(&t) {
+                40_000.0
+            } else {
+                5_000.0
+            }
+        });
+        assert_eq!(sim.reshards.len(), 1, "{:?}", sim.events);
+        let (at, from, to) = sim.reshards[0];
+        assert!((60.0..70.0).contains(&at), "re-sharded at {at}s");
+        assert_eq!((from, to), (2, 8));
+        assert_eq!(sim.partitions, 8);
+        let (_, _, workers, why) = &sim.events[0];
+        assert!((6..=8).contains(workers), "{why}");
+        assert!(why.contains("2 → 8 partitions"), "{why}");
+        // The restart's pause builds a backlog past what 8 workers drain within 5 intervals:
+        // maxReplicas, not the partitions, is then the limit.
+        assert!(
+            sim.limits
+                .iter()
+                .all(|l| matches!(l, Limit::MaxReplicas { .. })),
+            "{:?}",
+            sim.limits
+        );
+        let downs: Vec<_> = sim.events.iter().filter(|e| e.2 < e.1).collect();
+        assert_eq!(downs.len(), 1, "{:?}", sim.events);
+        // The count met the load: the batches before the drop took under the target.
+        let late = &sim.batches[150..199];
+        let mean = late.iter().map(|b| b.processing_ms).sum::<u64>() / late.len() as u64;
+        assert!(mean < 750, "batches of {mean} ms at 8 partitions");
+
+        // At maxParallelism, the need past it is reported, naming maxParallelism.
+        let mut sim = Sim::new(2, Input::ByBatchTime);
+        sim.partitions = 4;
+        let s = Settings {
+            max_parallelism: Some(4),
+            ..settings(1, 10, 0, 60)
+        };
+        sim.run(&s, 90.0, |t| if t < 30.0 { 10_000.0 } else { 60_000.0 });
+        assert!(sim.reshards.is_empty());
+        let Some(limit) = sim.limits.last() else {
+            panic!("no limit: {:?}", sim.events);
+        };
+        assert!(
+            limit.message().contains("raise maxParallelism"),
+            "{}",
+            limit.message()
         );
     }
 
@@ -1149,6 +1337,7 @@ mod tests {
             target_utilization: target,
             scale_up_after: Some(up.to_string()),
             scale_down_after: None,
+            max_parallelism: None,
         };
         let ok = Settings::from_spec(&spec(None, 4, None, "10s")).expect("valid");
         assert_eq!(ok, settings(1, 4, 10, 300));
@@ -1164,5 +1353,10 @@ mod tests {
         assert!(
             err(spec(None, 4, None, "soon")).starts_with("spec.workers.autoscale.scaleUpAfter")
         );
+        let too_many = AutoscaleSpec {
+            max_parallelism: Some(5000),
+            ..spec(None, 4, None, "0s")
+        };
+        assert!(err(too_many).starts_with("spec.workers.autoscale.maxParallelism: 5000"));
     }
 }
