@@ -476,8 +476,10 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
             fixed_ms < 0.3 * INTERVAL_MS as f64,
             "a batch's fixed cost of {fixed_ms:.0} ms leaves too little of the interval to measure scaling"
         );
-        // One worker at 0.4 of its interval: four times that load is more than it can do.
-        let base = ((0.4 * INTERVAL_MS as f64 - fixed_ms) / per_record_ms * 1000.0
+        // One worker at 0.3 of its interval: four times that load is more than it can do, and
+        // what two workers (of four partitions) take at the target, clear of the edge where
+        // two are just enough (the counts to choose from are 1, 2 and 4).
+        let base = ((0.3 * INTERVAL_MS as f64 - fixed_ms) / per_record_ms * 1000.0
             / INTERVAL_MS as f64) as u64;
         let capacity = (INTERVAL_MS as f64 - fixed_ms) / per_record_ms * 1000.0 / INTERVAL_MS as f64;
         load.set(base);
@@ -688,7 +690,7 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
         let bootstrap = broker.bootstrap();
         tokio::task::spawn_blocking(move || topics::create_topic(&bootstrap, topic2, PARTITIONS))
             .await?;
-        let heavy = base * 3;
+        let heavy = base * 4;
         let mut load2 = Load::start(&broker.bootstrap(), topic2, heavy);
         let job2: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "sluice.dev/v1alpha1", "kind": "StreamingJob",

@@ -9,8 +9,9 @@
 //! long as its busiest worker, who runs `ceil(partitions / workers)` of them: 3 workers over 4
 //! partitions are no faster than 2 (see [`effective_workers`]). The job needs the workers that
 //! process the arrival rate at `targetUtilization` of the interval — and, when it is behind (what waits would not
-//! drain within [`BEHIND_INTERVALS`] intervals and is not shrinking), the waiting records on top
-//! within [`DRAIN_INTERVALS`], so that one step is enough. A need within [`TOLERANCE`] of the
+//! drain within [`BEHIND_INTERVALS`] intervals and is not shrinking), enough to also drain the
+//! waiting records within [`DRAIN_INTERVALS`] at full capacity (draining may take the headroom
+//! above the target, for a while), so that one step is enough. A need within [`TOLERANCE`] of the
 //! present count changes nothing.
 //!
 //! Up fast: the smallest need seen over `scaleUpAfter` (0s: this look's). Down slowly: only when
@@ -558,15 +559,17 @@ fn estimate(
             };
             let capacity_at_target = c * effective * target;
             let ratio = (arrival + drain) / capacity_at_target;
-            let (demand, per_worker) = if behind || ratio > 1.0 + TOLERANCE {
+            need = if behind || ratio > 1.0 + TOLERANCE {
                 input = arrival_now;
-                (arrival_now + drain, c)
+                // The input at the target, and what waits on top within the drain's
+                // intervals; draining is for a while, so it may take the headroom above the
+                // target too (sized at the target, a step with a backlog overshoots).
+                (arrival_now / (c * target)).max((arrival_now + drain) / c)
             } else if ratio < 1.0 - TOLERANCE {
-                (arrival, best_per_worker.map_or(c, |b| b.max(c)))
+                arrival / (best_per_worker.map_or(c, |b| b.max(c)) * target)
             } else {
-                (capacity_at_target, c)
+                effective
             };
-            need = demand / (per_worker * target);
             workers_for(need, look.partitions).max(1)
         }
         // No records processed: an idle job needs the fewest; one with input but no time
