@@ -337,8 +337,10 @@ async fn reconcile_job(
     events::publish_transitions(job, ctx, phase, workers_desired, master.as_ref(), incidents).await;
     // The autoscaler's look, on what the master just said; a change of replicas comes back
     // as a new generation of the job.
-    let autoscaled = crate::autoscale::look(job, ctx, phase, master.as_ref(), &mut next).await?;
-    write_status(job, ctx, &next).await?;
+    let mut version = job.metadata.resource_version.clone();
+    let autoscaled =
+        crate::autoscale::look(job, ctx, phase, master.as_ref(), &mut next, &mut version).await?;
+    write_status(job, ctx, &next, version).await?;
     // 8. When to look again. The master's progress is read over RPC, not watched: while its
     // master says it is coming up (waiting for workers, restoring the checkpoint) look again
     // soon, so that the status says Running within a second of the first batch rather than up
@@ -591,17 +593,35 @@ async fn read_progress(
 
 /// Writes the whole status (a JSON merge patch in which every field is present, so that one
 /// that no longer holds is cleared) and the phase gauge.
+///
+/// Only over the job as it was read (`version`, its resourceVersion): a status computed from an
+/// older copy (the cache behind a write of the reconcile before) would put back what that
+/// write changed, such as an Upgrade condition. On a conflict nothing is written: the newer
+/// job wakes the controller again.
 async fn write_status(
     job: &StreamingJobResource,
     ctx: &Context,
     status: &StreamingJobStatus,
+    version: Option<String>,
 ) -> Result<(), Error> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
-    let body = json!({ "status": status });
+    let body = match version {
+        Some(v) => json!({ "metadata": {"resourceVersion": v}, "status": status }),
+        None => json!({ "status": status }),
+    };
     let jobs: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
-    jobs.patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
-        .await?;
+    match jobs
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::debug!(job = %name, "status not written: the job changed since it was read");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
     if let Some(phase) = status.phase {
         ctx.metrics.phase(format!("{ns}/{name}"), phase);
     }
@@ -648,7 +668,7 @@ async fn block_with(
     if !same {
         events::publish(ctx, job, EventType::Warning, why, message, "Block").await;
     }
-    write_status(job, ctx, &next).await?;
+    write_status(job, ctx, &next, job.metadata.resource_version.clone()).await?;
     Ok(recheck.map_or_else(Action::await_change, Action::requeue))
 }
 

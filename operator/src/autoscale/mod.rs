@@ -70,6 +70,7 @@ pub async fn look(
     phase: Phase,
     master: Option<&MasterView>,
     next: &mut StreamingJobStatus,
+    version: &mut Option<String>,
 ) -> Result<bool, Error> {
     let Some(Ok(settings)) = settings(job) else {
         // Not autoscaled (any more): nothing of the autoscaler stays in the status.
@@ -141,7 +142,7 @@ pub async fn look(
     });
     let change = match &decision.verdict {
         rule::Verdict::Scale { to, why } => {
-            scale(job, ctx, *to).await?;
+            *version = scale(job, ctx, *to).await?;
             let up = i64::from(*to) > i64::from(replicas);
             Some(if up {
                 (reason::SCALED_UP, "ScaleUp", why)
@@ -154,7 +155,7 @@ pub async fn look(
             to,
             why,
         } => {
-            reshard(job, ctx, *partitions, *to).await?;
+            *version = reshard(job, ctx, *partitions, *to).await?;
             Some((reason::SCALED_UP, "Reshard", why))
         }
         rule::Verdict::Wait(_) | rule::Verdict::Keep(_) => None,
@@ -206,17 +207,23 @@ pub async fn look(
     Ok(true)
 }
 
-/// Sets the job's workers through its scale subresource, as `kubectl scale` does.
-async fn scale(job: &StreamingJobResource, ctx: &Context, replicas: u32) -> Result<(), Error> {
+/// Sets the job's workers through its scale subresource, as `kubectl scale` does; the job's
+/// new resourceVersion, for the status written after it.
+async fn scale(
+    job: &StreamingJobResource,
+    ctx: &Context,
+    replicas: u32,
+) -> Result<Option<String>, Error> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let api: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_scale(
-        &job.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"replicas": replicas}})),
-    )
-    .await?;
-    Ok(())
+    let scale = api
+        .patch_scale(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await?;
+    Ok(scale.metadata.resource_version)
 }
 
 /// Raises the job's partitions and sets its workers in one change of its spec: the reconcile
@@ -226,17 +233,18 @@ async fn reshard(
     ctx: &Context,
     partitions: u32,
     replicas: u32,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let api: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch(
-        &job.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {
-            "parallelism": partitions,
-            "workers": {"replicas": replicas},
-        }})),
-    )
-    .await?;
-    Ok(())
+    let patched = api
+        .patch(
+            &job.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "parallelism": partitions,
+                "workers": {"replicas": replicas},
+            }})),
+        )
+        .await?;
+    Ok(patched.metadata.resource_version)
 }
