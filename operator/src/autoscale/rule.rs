@@ -266,11 +266,20 @@ pub struct Decision {
 pub struct Memory {
     replicas: Option<u32>,
     since_ms: u64,
-    /// (time, workers recommended, the processing time beyond the fixed cost times the
-    /// evenly loaded workers: seconds of work a batch gives one worker).
-    seen: VecDeque<(u64, u32, f64)>,
+    seen: VecDeque<Seen>,
     /// What recent looks measured, across changes.
     measured: VecDeque<Measured>,
+}
+
+/// What one look since the last change found.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    at_ms: u64,
+    recommended: u32,
+    /// Mean processing time of its batches, seconds, and the evenly loaded workers that ran
+    /// them: what a step down is predicted from, with the fixed cost fitted when it is judged.
+    processing: f64,
+    effective: f64,
 }
 
 /// One look's measure of the workers' speed.
@@ -374,12 +383,16 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
     }
     let fixed = fixed_cost(&memory.measured);
     let keep_for = settings.up_after.max(settings.down_after);
-    let work = (processing - fixed).max(0.0) * estimate.effective;
-    memory.seen.push_back((look.at_ms, recommended, work));
+    memory.seen.push_back(Seen {
+        at_ms: look.at_ms,
+        recommended,
+        processing,
+        effective: estimate.effective,
+    });
     while memory
         .seen
         .front()
-        .is_some_and(|(t, _, _)| look.at_ms.saturating_sub(*t) > millis(keep_for))
+        .is_some_and(|s| look.at_ms.saturating_sub(s.at_ms) > millis(keep_for))
     {
         memory.seen.pop_front();
     }
@@ -388,8 +401,8 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
         memory
             .seen
             .iter()
-            .filter(move |(t, _, _)| look.at_ms.saturating_sub(*t) <= millis(window))
-            .map(|(_, n, _)| *n)
+            .filter(move |s| look.at_ms.saturating_sub(s.at_ms) <= millis(window))
+            .map(|s| s.recommended)
     };
     let verdict = if recommended > replicas {
         let to = within(settings.up_after).min().unwrap_or(recommended);
@@ -420,11 +433,12 @@ pub fn decide(settings: &Settings, look: &Look<'_>, memory: &mut Memory) -> Deci
         // to the new load's count in one step.
         let all_fewer = within(settings.down_after).max().unwrap_or(replicas) < replicas;
         let newer = settings.down_after / 2;
+        // Seconds of work a batch gives one evenly loaded worker, beyond the fixed cost.
         let works: Vec<f64> = memory
             .seen
             .iter()
-            .filter(|(t, _, _)| look.at_ms.saturating_sub(*t) <= millis(newer))
-            .map(|(_, _, w)| *w)
+            .filter(|s| look.at_ms.saturating_sub(s.at_ms) <= millis(newer))
+            .map(|s| (s.processing - fixed).max(0.0) * s.effective)
             .collect();
         // The best capacity measured may be more than these workers get now (cores shared
         // with neighbours): a step down also keeps the processing time measured, its fixed
