@@ -71,6 +71,31 @@ fn release_sluice() -> Result<PathBuf> {
     Ok(release)
 }
 
+/// A job counting the words of a Kafka topic into running totals on S3, each record through
+/// the [`WORK`] filter, its workers held to [`WORKER_CPU`].
+fn counting_job(
+    name: &str,
+    parallelism: i32,
+    bootstrap: &str,
+    topic: &str,
+    s3: &str,
+) -> Result<DynamicObject> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "StreamingJob",
+        "metadata": {"name": name, "namespace": "jobs"},
+        "spec": {
+            "batchInterval": format!("{INTERVAL_MS}ms"), "parallelism": parallelism,
+            "sources": [{"name": "in", "kafka": {"bootstrapServers": bootstrap, "topics": [topic], "startingOffsets": "earliest"}}],
+            "pipeline": [{"filter": {"expr": WORK}}, {"countByValue": {}}, {"updateStateByKey": {"op": "sum"}}],
+            "sinks": [{"s3": {"uri": format!("s3://data/{name}"), "endpoint": s3, "pathStyle": true}}],
+            "checkpoint": {"uri": format!("s3://ckpt/{name}"), "endpoint": s3, "pathStyle": true, "interval": 10},
+            "image": "registry.example/sluice:e2e",
+            "workers": {"replicas": 1, "resources": {"limits": {"cpu": WORKER_CPU}}},
+            "checkpointCredentials": {"name": "s3-creds"},
+        }
+    }))?)
+}
+
 fn jobs(client: &Client) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("sluice.dev", "v1alpha1", "StreamingJob");
     Api::namespaced_with(client.clone(), "jobs", &ApiResource::from_gvk(&gvk))
@@ -260,8 +285,6 @@ struct Watch<'a> {
     replicas: u64,
     changes: Vec<Change>,
     log: CommitLog,
-    /// The master's address, once known.
-    master: Option<String>,
     /// Records waiting in the topic after each batch's plan, as the master's metrics say:
     /// (time, records).
     backlog: Vec<(u64, u64)>,
@@ -273,7 +296,9 @@ impl Watch<'_> {
         let end = Instant::now() + how_long;
         while Instant::now() < end && !until(&self.changes) {
             self.log.update(self.s3_root);
-            if let Some(waiting) = self.master_backlog().await {
+            if let Some(waiting) =
+                master_metric(self.client, JOB, "sluice_source_backlog_records").await
+            {
                 self.backlog.push((now_ms(), waiting));
             }
             let job = jobs(self.client).get(JOB).await?;
@@ -292,23 +317,26 @@ impl Watch<'_> {
         }
         Ok(())
     }
+}
 
-    /// `sluice_source_backlog_records` from the master's `/metrics`.
-    async fn master_backlog(&mut self) -> Option<u64> {
-        if self.master.is_none() {
-            let pods: Api<k8s_openapi::api::core::v1::Pod> =
-                Api::namespaced(self.client.clone(), "jobs");
-            let master = pods.get(&format!("{JOB}-master-0")).await.ok()?;
-            self.master = master.status.and_then(|s| s.pod_ip);
-        }
-        let text = fixtures::http_get(self.master.as_deref()?, 9090, "/metrics").ok()?;
-        Some(
-            text.lines()
-                .filter(|l| l.starts_with("sluice_source_backlog_records{"))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .sum(),
-        )
-    }
+/// A metric of `job`'s master, from its `/metrics`: the sum over its label sets
+/// (`sluice_workers{job_name=..,job_namespace=..} 4`).
+async fn master_metric(client: &Client, job: &str, name: &str) -> Option<u64> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "jobs");
+    let ip = pods
+        .get(&format!("{job}-master-0"))
+        .await
+        .ok()?
+        .status?
+        .pod_ip?;
+    let text = fixtures::http_get(&ip, 9090, "/metrics").ok()?;
+    let prefix = format!("{name}{{");
+    let values: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// The first time of `series` (time, value) in `from_ms..to_ms` from which every value stays
@@ -422,20 +450,7 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
     // Calibration: one worker, no autoscaling yet, a load it may or may not keep up with;
     // backpressure keeps its batches near the interval either way.
     let mut load = Load::start(&broker.bootstrap(), topic, PROBE_RATES[0]);
-    let job: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "sluice.dev/v1alpha1", "kind": "StreamingJob",
-        "metadata": {"name": JOB, "namespace": "jobs"},
-        "spec": {
-            "batchInterval": format!("{INTERVAL_MS}ms"), "parallelism": PARTITIONS,
-            "sources": [{"name": "in", "kafka": {"bootstrapServers": broker.bootstrap(), "topics": [topic], "startingOffsets": "earliest"}}],
-            "pipeline": [{"filter": {"expr": WORK}}, {"countByValue": {}}, {"updateStateByKey": {"op": "sum"}}],
-            "sinks": [{"s3": {"uri": format!("s3://data/{JOB}"), "endpoint": s3.endpoint(), "pathStyle": true}}],
-            "checkpoint": {"uri": format!("s3://ckpt/{JOB}"), "endpoint": s3.endpoint(), "pathStyle": true, "interval": 10},
-            "image": "registry.example/sluice:e2e",
-            "workers": {"replicas": 1, "resources": {"limits": {"cpu": WORKER_CPU}}},
-            "checkpointCredentials": {"name": "s3-creds"},
-        }
-    }))?;
+    let job = counting_job(JOB, PARTITIONS, &broker.bootstrap(), topic, &s3.endpoint())?;
     jobs(&client).create(&PostParams::default(), &job).await?;
 
     let result: Result<String> = async {
@@ -513,7 +528,6 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
             replicas: 1,
             changes: Vec::new(),
             log: CommitLog::default(),
-            master: None,
             backlog: Vec::new(),
         };
         let steady_from = now_ms();
@@ -692,21 +706,9 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
             .await?;
         let heavy = base * 4;
         let mut load2 = Load::start(&broker.bootstrap(), topic2, heavy);
-        let job2: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "sluice.dev/v1alpha1", "kind": "StreamingJob",
-            "metadata": {"name": RESHARDED, "namespace": "jobs"},
-            "spec": {
-                "batchInterval": format!("{INTERVAL_MS}ms"), "parallelism": 1,
-                "sources": [{"name": "in", "kafka": {"bootstrapServers": broker.bootstrap(), "topics": [topic2], "startingOffsets": "earliest"}}],
-                "pipeline": [{"filter": {"expr": WORK}}, {"countByValue": {}}, {"updateStateByKey": {"op": "sum"}}],
-                "sinks": [{"s3": {"uri": format!("s3://data/{RESHARDED}"), "endpoint": s3.endpoint(), "pathStyle": true}}],
-                "checkpoint": {"uri": format!("s3://ckpt/{RESHARDED}"), "endpoint": s3.endpoint(), "pathStyle": true, "interval": 10},
-                "image": "registry.example/sluice:e2e",
-                "workers": {"replicas": 1, "resources": {"limits": {"cpu": WORKER_CPU}},
-                    "autoscale": {"maxReplicas": MAX_REPLICAS, "maxParallelism": PARTITIONS, "scaleDownAfter": "10m"}},
-                "checkpointCredentials": {"name": "s3-creds"},
-            }
-        }))?;
+        let mut job2 = counting_job(RESHARDED, 1, &broker.bootstrap(), topic2, &s3.endpoint())?;
+        job2.data["spec"]["workers"]["autoscale"] = json!(
+            {"maxReplicas": MAX_REPLICAS, "maxParallelism": PARTITIONS, "scaleDownAfter": "10m"});
         jobs(&client).create(&PostParams::default(), &job2).await?;
         let created = Instant::now();
         let spec_of = async || -> Result<serde_json::Value> {
@@ -722,24 +724,7 @@ async fn autoscaling_follows_a_load_step_without_thrashing() -> Result<()> {
         ensure!(workers >= 2, "the re-shard left {workers} workers: {raised}");
         // Running on them: the new master places the partitions on the new workers.
         let placed = wait_for("the re-sharded job placed on its workers", Duration::from_secs(180), async || {
-            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), "jobs");
-            let Some(ip) = pods
-                .get(&format!("{RESHARDED}-master-0"))
-                .await
-                .ok()
-                .and_then(|p| p.status?.pod_ip)
-            else {
-                return Ok(None);
-            };
-            let Ok(metrics) = fixtures::http_get(&ip, 9090, "/metrics") else {
-                return Ok(None);
-            };
-            // `sluice_workers{job_name=..,job_namespace=..} 4`
-            let on = metrics
-                .lines()
-                .filter(|l| l.starts_with("sluice_workers{"))
-                .find_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .unwrap_or(0);
+            let on = master_metric(&client, RESHARDED, "sluice_workers").await.unwrap_or(0);
             Ok((on == workers).then_some(on))
         })
         .await?;

@@ -142,7 +142,7 @@ async fn reconcile_with_finalizer(
     ctx: &Arc<Context>,
 ) -> Result<Action, Error> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
+    let api = jobs_api(&job, ctx);
     if !crate::cleanup::needs_finalizer(&job) {
         if job.finalizers().iter().any(|f| f == FINALIZER) {
             // Conditional on the version read: another writer's finalizers are never lost.
@@ -591,6 +591,12 @@ async fn read_progress(
     })
 }
 
+/// The StreamingJobs of `job`'s namespace.
+pub(crate) fn jobs_api(job: &StreamingJobResource, ctx: &Context) -> Api<StreamingJobResource> {
+    let ns = job.namespace().unwrap_or_else(|| "default".into());
+    Api::namespaced(ctx.client.clone(), &ns)
+}
+
 /// Writes the whole status (a JSON merge patch in which every field is present, so that one
 /// that no longer holds is cleared) and the phase gauge.
 ///
@@ -610,8 +616,7 @@ async fn write_status(
         Some(v) => json!({ "metadata": {"resourceVersion": v}, "status": status }),
         None => json!({ "status": status }),
     };
-    let jobs: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
-    match jobs
+    match jobs_api(job, ctx)
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
         .await
     {

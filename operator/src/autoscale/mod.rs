@@ -12,16 +12,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::{Api, ResourceExt};
 use serde_json::json;
 use sluice_crds::resource::{Phase, StreamingJobResource, StreamingJobStatus};
 use sluice_proto::v1 as pb;
 
 use crate::conditions::{ConditionType, condition, holds, reason};
 use crate::constants::DEFAULT_WORKERS;
-use crate::controller::{Context, Error};
+use crate::controller::{Context, Error, jobs_api};
 use crate::events;
 use crate::status::MasterView;
 
@@ -214,9 +214,7 @@ async fn scale(
     ctx: &Context,
     replicas: u32,
 ) -> Result<Option<String>, Error> {
-    let ns = job.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
-    let scale = api
+    let scale = jobs_api(job, ctx)
         .patch_scale(
             &job.name_any(),
             &PatchParams::default(),
@@ -234,9 +232,7 @@ async fn reshard(
     partitions: u32,
     replicas: u32,
 ) -> Result<Option<String>, Error> {
-    let ns = job.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<StreamingJobResource> = Api::namespaced(ctx.client.clone(), &ns);
-    let patched = api
+    let patched = jobs_api(job, ctx)
         .patch(
             &job.name_any(),
             &PatchParams::default(),
