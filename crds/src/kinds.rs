@@ -6,8 +6,9 @@
 
 use crate::spec::{
     Empty, FilesSink, FilesSource, FilterStep, FlatMapStep, GeneratorSource, KafkaSink,
-    KafkaSource, KeyByStep, PipelineStep, ReduceStep, S3Sink, Selector, SinkSpec, SocketSource,
-    SourceSpec, StateStep, StaticJoinStep, StdoutSink, WindowStep, WindowedReduceStep,
+    KafkaSource, KeyByStep, PipelineStep, PostgresSink, ReduceStep, S3Sink, Selector, SinkSpec,
+    SocketSource, SourceSpec, StateStep, StaticJoinStep, StdoutSink, WindowStep,
+    WindowedReduceStep,
 };
 
 /// What a source is.
@@ -65,11 +66,12 @@ pub enum SinkKind<'a> {
     Files(&'a FilesSink),
     S3(&'a S3Sink),
     Kafka(&'a KafkaSink),
+    Postgres(&'a PostgresSink),
 }
 
 impl SinkKind<'_> {
     /// Every kind's field name, in order.
-    pub const NAMES: [&'static str; 4] = ["stdout", "files", "s3", "kafka"];
+    pub const NAMES: [&'static str; 5] = ["stdout", "files", "s3", "kafka", "postgres"];
 
     /// The field that sets it.
     pub fn name(&self) -> &'static str {
@@ -78,6 +80,7 @@ impl SinkKind<'_> {
             SinkKind::Files(_) => "files",
             SinkKind::S3(_) => "s3",
             SinkKind::Kafka(_) => "kafka",
+            SinkKind::Postgres(_) => "postgres",
         }
     }
 }
@@ -90,12 +93,14 @@ impl SinkSpec {
             files,
             s3,
             kafka,
+            postgres,
         } = self;
         let mut set = Vec::with_capacity(1);
         set.extend(stdout.as_ref().map(SinkKind::Stdout));
         set.extend(files.as_ref().map(SinkKind::Files));
         set.extend(s3.as_ref().map(SinkKind::S3));
         set.extend(kafka.as_ref().map(SinkKind::Kafka));
+        set.extend(postgres.as_ref().map(SinkKind::Postgres));
         set
     }
 

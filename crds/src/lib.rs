@@ -11,6 +11,7 @@ mod fingerprint;
 pub mod kafka;
 mod kinds;
 mod parse;
+pub mod postgres;
 #[cfg(feature = "kube")]
 pub mod resource;
 mod s3;

@@ -90,6 +90,11 @@ pub struct StreamingJobResourceSpec {
     /// Kafka `properties`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_credentials: Option<LocalObjectReference>,
+    /// A Secret with the credentials of the job's PostgreSQL sinks, under the keys `username`
+    /// and `password`: every pod gets them as `SLUICE_POSTGRES_USER` and
+    /// `SLUICE_POSTGRES_PASSWORD` (a user named in a sink's `url` wins over `username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_credentials: Option<LocalObjectReference>,
     /// Stop the job's pods (state stays in the checkpoint); resume by setting it back to false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,

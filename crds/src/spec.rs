@@ -24,6 +24,7 @@ pub const DEPLOYMENT_FIELDS: &[&str] = &[
     "serviceAccountName",
     "checkpointCredentials",
     "kafkaCredentials",
+    "postgresCredentials",
     "suspend",
     "restartPolicy",
 ];
@@ -475,7 +476,7 @@ pub enum StaticJoinMode {
     Join,
 }
 
-/// One output. Set exactly one of `stdout` or `files`.
+/// One output. Set exactly one of `stdout`, `files`, `s3`, `kafka` or `postgres`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SinkSpec {
@@ -492,6 +493,55 @@ pub struct SinkSpec {
     /// every batch once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka: Option<KafkaSink>,
+    /// Rows of a PostgreSQL table, appended or upserted by key; each batch's partition is one
+    /// transaction that also marks the batch, so a batch run again is not written twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSink>,
+}
+
+/// Rows written to a PostgreSQL table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PostgresSink {
+    /// `postgres://[user@]host[:port]/database[?sslmode=...]`. Never a password: it comes
+    /// from `SLUICE_POSTGRES_PASSWORD` (and the user, when the URL names none, from
+    /// `SLUICE_POSTGRES_USER`; on Kubernetes both from `spec.postgresCredentials`). TLS as
+    /// libpq reads `sslmode`: `disable`, `prefer` (default: TLS when the server offers it),
+    /// `require` (TLS; neither checks the certificate), `verify-ca` (a certificate signed by
+    /// the system's CAs or by `sslrootcert=/path/ca.pem`), `verify-full` (and naming the host).
+    #[schemars(length(max = 2048))]
+    pub url: String,
+    /// The table, `name` or `schema.name`, as written (names are quoted, so case counts). It
+    /// must exist.
+    #[schemars(length(max = 127))]
+    pub table: String,
+    /// The columns written and what fills each. Default: `key` and `value` for a keyed
+    /// stream, `value` for plain records.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub columns: Vec<PostgresColumn>,
+    /// Upsert: the columns of a primary key or unique index of the table; a row whose key the
+    /// table holds replaces its other columns. Default: none, every row is appended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub key: Vec<String>,
+}
+
+/// One column of a PostgreSQL sink's rows. Set `name` and at most one of `field` or `expr`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PostgresColumn {
+    /// The column's name in the table.
+    #[schemars(length(max = 63))]
+    pub name: String,
+    /// A field of the record (of the value, on a keyed stream), dotted for nesting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// A CEL expression over `record` (or `key` and `value`). Without `field` or `expr`: the
+    /// record's field of the column's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub expr: Option<String>,
 }
 
 /// Records written to a Kafka topic.

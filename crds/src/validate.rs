@@ -652,7 +652,7 @@ impl Validator {
         if sinks.is_empty() {
             self.add(
                 "spec.sinks",
-                "needs at least one sink (stdout, files, s3 or kafka)",
+                "needs at least one sink (stdout, files, s3, kafka or postgres)",
             );
         }
         for (i, sink) in sinks.iter().enumerate() {
@@ -679,6 +679,11 @@ impl Validator {
                 SinkKind::Kafka(k) => {
                     for (field, message) in crate::kafka::sink_problems(k) {
                         self.add(format!("{path}.kafka.{field}"), message);
+                    }
+                }
+                SinkKind::Postgres(pg) => {
+                    for (field, message) in crate::postgres::sink_problems(pg) {
+                        self.add(format!("{path}.postgres.{field}"), message);
                     }
                 }
                 SinkKind::S3(s3) => {

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod fixtures;
 pub mod kafka;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 
 /// Polls `check` until it gives a value or `timeout` passes. Errors count as "not yet" (the

@@ -516,6 +516,11 @@ async fn read_pods(
             "spec.kafkaCredentials",
             "the keys username and password",
         ),
+        (
+            &job.spec.postgres_credentials,
+            "spec.postgresCredentials",
+            "the keys username and password",
+        ),
     ];
     for (secret, field, keys) in named {
         let Some(secret) = secret else { continue };

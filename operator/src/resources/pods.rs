@@ -104,11 +104,20 @@ fn template(
             env.push(extra);
         }
     }
-    if let Some(secret) = &spec.kafka_credentials {
-        for (var, key) in [
-            ("SLUICE_KAFKA_SASL_USERNAME", "username"),
-            ("SLUICE_KAFKA_SASL_PASSWORD", "password"),
-        ] {
+    // Secrets with a user name and password, each given as two variables.
+    let credentials = [
+        (
+            &spec.kafka_credentials,
+            ["SLUICE_KAFKA_SASL_USERNAME", "SLUICE_KAFKA_SASL_PASSWORD"],
+        ),
+        (
+            &spec.postgres_credentials,
+            ["SLUICE_POSTGRES_USER", "SLUICE_POSTGRES_PASSWORD"],
+        ),
+    ];
+    for (secret, vars) in credentials {
+        let Some(secret) = secret else { continue };
+        for (var, key) in vars.into_iter().zip(["username", "password"]) {
             env.retain(|e| e.name != var);
             env.push(EnvVar {
                 name: var.into(),
@@ -469,7 +478,7 @@ mod tests {
     #[test]
     fn pods_run_the_roles_with_token_and_credentials_and_restricted_security() {
         let j = job(
-            "  image: registry.example/sluice:9\n  checkpointCredentials: {name: s3-creds}\n  kafkaCredentials: {name: kafka-creds}\n",
+            "  image: registry.example/sluice:9\n  checkpointCredentials: {name: s3-creds}\n  kafkaCredentials: {name: kafka-creds}\n  postgresCredentials: {name: pg-creds}\n",
         );
         let master = container(&master_statefulset(&j, "wc-token", false).expect("builds"));
         assert_eq!(master.image.as_deref(), Some("registry.example/sluice:9"));
@@ -558,20 +567,19 @@ mod tests {
                     .is_some()
             );
         }
-        // Kafka's SASL credentials come from the job's Secret, by key.
-        for (name, key) in [
-            ("SLUICE_KAFKA_SASL_USERNAME", "username"),
-            ("SLUICE_KAFKA_SASL_PASSWORD", "password"),
+        // Kafka's SASL and PostgreSQL's credentials come from the job's Secrets, by key.
+        for (name, secret, key) in [
+            ("SLUICE_KAFKA_SASL_USERNAME", "kafka-creds", "username"),
+            ("SLUICE_KAFKA_SASL_PASSWORD", "kafka-creds", "password"),
+            ("SLUICE_POSTGRES_USER", "pg-creds", "username"),
+            ("SLUICE_POSTGRES_PASSWORD", "pg-creds", "password"),
         ] {
             let from = env
                 .iter()
                 .find(|e| e.name == name)
                 .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
                 .unwrap_or_else(|| panic!("{name} from a Secret"));
-            assert_eq!(
-                (from.name.as_str(), from.key.as_str()),
-                ("kafka-creds", key)
-            );
+            assert_eq!((from.name.as_str(), from.key.as_str()), (secret, key));
         }
         // Mutual TLS by default, with the job's own certificate, and no Kubernetes token.
         for (name, file) in [

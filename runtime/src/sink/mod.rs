@@ -5,11 +5,13 @@
 //! result is exactly once; a custom sink must be idempotent per batch time to say the same.
 
 pub(crate) mod files;
+mod postgres;
 mod s3;
 mod stdout;
 mod text;
 
 pub use files::FilesSink;
+pub use postgres::{PostgresSink, PostgresTarget};
 pub use s3::S3Sink;
 pub use stdout::StdoutSink;
 pub use text::ToText;

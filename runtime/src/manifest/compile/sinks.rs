@@ -2,10 +2,10 @@
 
 use sluice_crds::{KafkaDelivery, OutputFormat, SinkKind, SinkSpec, defaults};
 
-use super::{Compiler, Stream, kafka_client, local_path, per_record, text_format};
+use super::{Compiler, Sel, Stream, kafka_client, local_path, per_record, text_format};
 use crate::kafka::{Delivery, KafkaMessage, KafkaSink};
 use crate::manifest::value::Value;
-use crate::sink::{FilesSink, StdoutSink, ToText};
+use crate::sink::{FilesSink, PostgresSink, PostgresTarget, StdoutSink, ToText};
 
 /// librdkafka's default `message.max.bytes`: a larger message fails its whole transaction, so
 /// it is refused on its own first.
@@ -29,6 +29,7 @@ impl Compiler {
         };
         match kind {
             SinkKind::Kafka(k) => self.kafka_sink(path, stream, k),
+            SinkKind::Postgres(pg) => self.postgres_sink(path, stream, pg),
             SinkKind::Stdout(out) => {
                 let limit = out.limit.unwrap_or(defaults::STDOUT_LIMIT) as usize;
                 let (records, pairs) = text_format(OutputFormat::Text);
@@ -70,7 +71,117 @@ impl Compiler {
     }
 }
 
+/// What fills a column of a PostgreSQL sink's rows.
+enum ColumnSource {
+    /// A keyed stream's key.
+    Key,
+    /// A keyed stream's value, or a plain record.
+    Value,
+    Selected(Sel),
+}
+
+impl ColumnSource {
+    fn record(&self, root: &cel::Context<'_, '_>, r: &Value) -> Result<Value, String> {
+        match self {
+            ColumnSource::Key | ColumnSource::Value => Ok(r.clone()),
+            ColumnSource::Selected(sel) => sel.record(root, r),
+        }
+    }
+
+    fn pair(&self, root: &cel::Context<'_, '_>, k: &Value, v: &Value) -> Result<Value, String> {
+        match self {
+            ColumnSource::Key => Ok(k.clone()),
+            ColumnSource::Value => Ok(v.clone()),
+            ColumnSource::Selected(sel) => sel.pair(root, k, v),
+        }
+    }
+}
+
 impl Compiler {
+    fn postgres_sink(&mut self, path: &str, stream: &Stream, pg: &sluice_crds::PostgresSink) {
+        let Ok(url) = sluice_crds::postgres::parse_url(&pg.url) else {
+            // Validation has named the problem.
+            return;
+        };
+        let keyed = matches!(stream, Stream::Keyed(_));
+        let mut columns: Vec<(String, ColumnSource)> = Vec::new();
+        if pg.columns.is_empty() {
+            if keyed {
+                columns.push(("key".into(), ColumnSource::Key));
+            }
+            columns.push(("value".into(), ColumnSource::Value));
+        }
+        for (i, column) in pg.columns.iter().enumerate() {
+            let selector = sluice_crds::Selector {
+                field: match (&column.field, &column.expr) {
+                    (None, None) => Some(column.name.clone()),
+                    (field, _) => field.clone(),
+                },
+                expr: column.expr.clone(),
+            };
+            if let Some(sel) = self.selector(&format!("{path}.postgres.columns[{i}]"), &selector) {
+                columns.push((column.name.clone(), ColumnSource::Selected(sel)));
+            }
+        }
+        for (i, key) in pg.key.iter().enumerate() {
+            if pg.columns.is_empty() && !columns.iter().any(|(n, _)| n == key) {
+                let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+                self.problem(
+                    format!("{path}.postgres.key[{i}]"),
+                    format!(
+                        "{key:?} is not a column written (without columns: {}); add columns",
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
+        let (schema, table) = sluice_crds::postgres::split_table(&pg.table);
+        let target = PostgresTarget {
+            url,
+            schema: schema.map(String::from),
+            table: table.to_string(),
+            columns: columns.iter().map(|(n, _)| n.clone()).collect(),
+            key: pg.key.clone(),
+            sink_id: format!(
+                "sluice.{}.{}.{}",
+                self.namespace.as_deref().unwrap_or("default"),
+                self.job_name,
+                pg.table
+            ),
+        };
+        let sources: Vec<ColumnSource> = columns.into_iter().map(|(_, s)| s).collect();
+        let op = format!("{path}.postgres");
+        let rows = match stream {
+            Stream::Records(s) => {
+                let op2 = op.clone();
+                s.map_partitions(&op, move |cx, recs| {
+                    per_record(cx, &op2, recs, |root, r: Value, out| {
+                        let row = sources
+                            .iter()
+                            .map(|c| c.record(root, &r))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        out.push(row);
+                        Ok(())
+                    })
+                })
+            }
+            Stream::Keyed(s) => {
+                let op2 = op.clone();
+                s.map_partitions(&op, move |cx, recs| {
+                    per_record(cx, &op2, recs, |root, (k, v): (Value, Value), out| {
+                        let row = sources
+                            .iter()
+                            .map(|c| c.pair(root, &k, &v))
+                            .collect::<Result<Vec<_>, _>>()?;
+                        out.push(row);
+                        Ok(())
+                    })
+                })
+            }
+        };
+        rows.output(PostgresSink::new(target));
+    }
+
     fn kafka_sink(&mut self, path: &str, stream: &Stream, k: &sluice_crds::KafkaSink) {
         let key = match &k.key {
             Some(sel) => self.selector(&format!("{path}.kafka.key"), sel),

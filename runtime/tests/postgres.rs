@@ -1,0 +1,384 @@
+//! The PostgreSQL sink against a real PostgreSQL server (one throwaway cluster started once
+//! for this test binary; each test has its own databases): rows appended and upserted exactly
+//! once across SIGKILLs, TLS with the server's certificate verified, and every mistake a user
+//! can make named with its fix.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_e2e::postgres::{PASSWORD, Postgres};
+use support::{Rng, run_with_kills};
+
+const BATCHES: u64 = 40;
+
+/// The tables every job here writes: each batch's running totals appended, and upserted.
+const TABLES: &str = "CREATE TABLE appended (word text NOT NULL, n bigint NOT NULL);
+CREATE TABLE totals (word text PRIMARY KEY, n bigint NOT NULL, half double precision, doc jsonb);";
+
+fn database(name: &str) -> &'static Postgres {
+    let pg = Postgres::shared();
+    pg.create_database(name).expect("create database");
+    pg.execute(name, TABLES).expect("create tables");
+    pg
+}
+
+/// A running count per word into both tables (and the files sink, as a witness).
+fn manifest(dir: &Path, pg: &Postgres, db: &str, url_extra: &str) -> PathBuf {
+    let url = format!("{}{url_extra}", pg.url(db));
+    let text = format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: StreamingJob
+metadata: {{name: pg}}
+spec:
+  batchInterval: 100ms
+  parallelism: 3
+  sources: [{{name: g, generator: {{rate: 5000, seed: 7, vocabulary: 200}}}}]
+  pipeline:
+    - flatMap: {{split: \" \"}}
+    - countByValue: {{}}
+    - updateStateByKey: {{op: sum}}
+  sinks:
+    - postgres: {{url: \"{url}\", table: appended, columns: [{{name: word, expr: key}}, {{name: n, expr: value}}]}}
+    - postgres:
+        url: \"{url}\"
+        table: public.totals
+        key: [word]
+        columns:
+          - {{name: word, expr: key}}
+          - {{name: n, expr: value}}
+          - {{name: half, expr: \"double(value) / 2.0\"}}
+          - {{name: doc, expr: \"{{'word': key, 'n': value}}\"}}
+    - files: {{path: \"{out}\"}}
+  checkpoint: {{uri: \"file://{ckpt}\", interval: 4, retain: 2}}
+",
+        out = dir.join("out").display(),
+        ckpt = dir.join("ckpt").display(),
+    );
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, text).expect("write manifest");
+    path
+}
+
+/// The rows of `table` in `db`.
+fn count(pg: &Postgres, db: &str, table: &str) -> u64 {
+    let rows = pg
+        .rows(db, &format!("SELECT count(*) FROM {table}"))
+        .expect("count");
+    rows[0][0]
+        .as_deref()
+        .and_then(|n| n.parse().ok())
+        .expect("a count")
+}
+
+fn sluice(manifest: &Path, batches: u64) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    c.arg("run")
+        .arg(manifest)
+        .args(["--batches", &batches.to_string(), "--no-wait"])
+        .env("SLUICE_LOG", "warn")
+        .env("SLUICE_POSTGRES_PASSWORD", PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// What a run left in its database: the appended rows as a multiset (a batch written twice
+/// doubles its rows' counts), the upserted totals, and the marks.
+fn contents(pg: &Postgres, db: &str) -> [Vec<Vec<Option<String>>>; 3] {
+    let query = |sql: &str| pg.rows(db, sql).expect(sql);
+    [
+        query("SELECT word, n, count(*) FROM appended GROUP BY word, n ORDER BY word, n"),
+        query("SELECT word, n, half, doc FROM totals ORDER BY word"),
+        // Batch times follow the clock of each run: every mark holds the run's last batch.
+        query(
+            "SELECT sink, part, batch_time = (SELECT max(batch_time) FROM sluice_batches) FROM sluice_batches ORDER BY sink, part",
+        ),
+    ]
+}
+
+#[test]
+fn rows_are_appended_and_upserted_exactly_once_across_sigkills() {
+    let mut rng = Rng::from_env("postgres crash");
+    let pg = database("crash_reference");
+    let reference = tempfile::tempdir().expect("tempdir");
+    let started = Instant::now();
+    let out = sluice(
+        &manifest(reference.path(), pg, "crash_reference", ""),
+        BATCHES,
+    )
+    .output()
+    .expect("reference run");
+    let run_ms = (started.elapsed().as_millis() as u64).max(50);
+    assert!(
+        out.status.success(),
+        "reference run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = contents(pg, "crash_reference");
+    let [appended, totals, marks] = &expected;
+    // Every batch appends every word's total once: the multiset has each row once.
+    assert!(
+        appended.len() > 200 && appended.iter().all(|r| r[2].as_deref() == Some("1")),
+        "the uninterrupted run appended {} distinct rows, some more than once",
+        appended.len()
+    );
+    assert_eq!(totals.len(), 200, "one upserted row per word");
+    // The upserted totals are the files sink's last batch.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(reference.path().join("out"))
+        .expect("files output")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let last = std::fs::read_to_string(files.last().expect("a batch file")).expect("read");
+    let mut from_files: Vec<(String, String)> = last
+        .lines()
+        .filter_map(|l| {
+            let (w, n) = l.trim_matches(|c| c == '(' || c == ')').split_once(',')?;
+            Some((w.to_string(), n.to_string()))
+        })
+        .collect();
+    from_files.sort();
+    let from_table: Vec<(String, String)> = totals
+        .iter()
+        .map(|r| {
+            (
+                r[0].clone().unwrap_or_default(),
+                r[1].clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        from_table, from_files,
+        "the table's totals against the files sink"
+    );
+    let doc = totals[0][3].as_deref().unwrap_or_default();
+    assert!(
+        doc.contains("\"word\"") && doc.contains("\"n\""),
+        "jsonb column: {doc}"
+    );
+    assert_eq!(marks.len(), 6, "a mark per sink and partition: {marks:?}");
+    assert!(
+        marks.iter().all(|m| m[2].as_deref() == Some("t")),
+        "every mark holds the last batch: {marks:?}"
+    );
+
+    let crashed = tempfile::tempdir().expect("tempdir");
+    database("crash_killed");
+    let job = manifest(crashed.path(), pg, "crash_killed", "");
+    let (kills, mid_run) = run_with_kills(
+        "postgres crash",
+        &mut rng,
+        || sluice(&job, BATCHES),
+        crashed.path(),
+        BATCHES,
+        (
+            6,
+            Duration::from_millis(20),
+            Duration::from_millis(run_ms / 3),
+        ),
+        Duration::from_secs(240),
+    );
+    assert!(mid_run >= 1, "no kill landed mid-run ({kills} kills)");
+    let got = contents(pg, "crash_killed");
+    for (i, what) in ["appended rows", "upserted totals", "marks"]
+        .iter()
+        .enumerate()
+    {
+        // The marks name the job's sinks, which are the same in both runs.
+        assert!(
+            got[i] == expected[i],
+            "{what} differ from the uninterrupted run after {kills} kills (seed {}): {} rows against {}",
+            rng.seed(),
+            got[i].len(),
+            expected[i].len()
+        );
+    }
+}
+
+/// Runs `cmd` to its end (or `timeout`): whether it succeeded, and its stderr.
+fn run_to_end(mut cmd: Command, timeout: Duration) -> (bool, String) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn tls_verifies_the_servers_certificate_against_sslrootcert() {
+    let pg = database("tls");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = pg.ca_cert();
+    let job = manifest(
+        dir.path(),
+        pg,
+        "tls",
+        &format!("?sslmode=verify-full&sslrootcert={}", ca.display()),
+    );
+    let (ok, stderr) = run_to_end(sluice(&job, 5), Duration::from_secs(60));
+    assert!(ok, "the job over TLS failed: {stderr}");
+    assert_eq!(count(pg, "tls", "totals"), 200, "rows written over TLS");
+    // The server saw TLS connections from the job (pg_stat_ssl lists live ones: check that
+    // the job's are gone and the setting is what the server offers).
+    let ssl = pg.rows("tls", "SHOW ssl").expect("show ssl");
+    assert_eq!(ssl[0][0].as_deref(), Some("on"));
+
+    // `require` encrypts without checking the certificate, as libpq does.
+    let encrypted = tempfile::tempdir().expect("tempdir");
+    database("tls_encrypted");
+    let job = manifest(encrypted.path(), pg, "tls_encrypted", "?sslmode=require");
+    let (ok, stderr) = run_to_end(sluice(&job, 5), Duration::from_secs(60));
+    assert!(ok, "the job with sslmode=require failed: {stderr}");
+
+    // Asked to verify without the CA, the certificate is not trusted, and the job says how
+    // to fix it.
+    let untrusted = tempfile::tempdir().expect("tempdir");
+    database("tls_untrusted");
+    let job = manifest(untrusted.path(), pg, "tls_untrusted", "?sslmode=verify-ca");
+    let (ok, stderr) = run_to_end(sluice(&job, 5), Duration::from_secs(60));
+    assert!(!ok, "a job trusted a certificate no CA it knows signed");
+    assert!(
+        stderr.contains("certificate is not trusted") && stderr.contains("sslrootcert"),
+        "the refused certificate is not named: {stderr}"
+    );
+    assert_eq!(
+        count(pg, "tls_untrusted", "totals"),
+        0,
+        "a refused job wrote"
+    );
+}
+
+#[test]
+fn every_mistake_is_named_with_its_fix() {
+    let pg = database("mistakes");
+    let run = |sink: &str, password: &str| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: mistakes}}\nspec:\n  batchInterval: 100ms\n  sources: [{{name: g, generator: {{rate: 100, seed: 1, vocabulary: 5}}}}]\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n  sinks:\n    - postgres: {sink}\n"
+        );
+        let path = dir.path().join("job.yaml");
+        std::fs::write(&path, text).expect("manifest");
+        let mut cmd = sluice(&path, 3);
+        cmd.env("SLUICE_POSTGRES_PASSWORD", password);
+        run_to_end(cmd, Duration::from_secs(60))
+    };
+    let url = pg.url("mistakes");
+    for (sink, password, says) in [
+        (
+            format!("{{url: \"{url}\", table: missing}}"),
+            PASSWORD,
+            "table missing does not exist",
+        ),
+        (
+            format!(
+                "{{url: \"{url}\", table: totals, columns: [{{name: word, expr: key}}, {{name: count, expr: value}}]}}"
+            ),
+            PASSWORD,
+            "has no column \"count\" (it has word, n, half, doc)",
+        ),
+        (
+            format!(
+                "{{url: \"{url}\", table: appended, key: [word], columns: [{{name: word, expr: key}}, {{name: n, expr: value}}]}}"
+            ),
+            PASSWORD,
+            "primary key or unique index",
+        ),
+        (
+            format!("{{url: \"{url}\", table: totals}}"),
+            "not-the-password",
+            "refused the credentials",
+        ),
+        (
+            format!("{{url: \"{url}\", table: appended}}"),
+            PASSWORD,
+            "has no column \"key\"",
+        ),
+    ] {
+        let (ok, stderr) = run(&sink, password);
+        assert!(!ok, "{sink}: the job ran");
+        assert!(
+            stderr.contains(says),
+            "{sink}: wanted {says:?} in: {stderr}"
+        );
+        assert!(
+            !stderr.contains("not-the-password"),
+            "the password reached the log"
+        );
+    }
+    // A row the table refuses stops the job, naming the table but not the value.
+    pg.execute(
+        "mistakes",
+        "CREATE TABLE narrow (word varchar(2), n bigint)",
+    )
+    .expect("table");
+    let (ok, stderr) = run(
+        &format!(
+            "{{url: \"{url}\", table: narrow, columns: [{{name: word, expr: \"key + 'xyz'\"}}, {{name: n, expr: value}}]}}"
+        ),
+        PASSWORD,
+    );
+    assert!(!ok, "a row too long for its column was written");
+    assert!(
+        stderr.contains("a row does not fit table narrow") && stderr.contains("22001"),
+        "{stderr}"
+    );
+    assert_eq!(
+        count(pg, "mistakes", "narrow"),
+        0,
+        "part of a refused batch was kept"
+    );
+
+    // Problems the manifest shows are named before anything runs, by field, and a password
+    // is never repeated.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("job.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {name: bad}\nspec:\n  batchInterval: 1s\n  sources: [{name: g, generator: {rate: 1}}]\n  sinks:\n    - postgres: {url: \"postgres://app:hunter2@db/x\", table: \"a b\", key: [word]}\n",
+    )
+    .expect("manifest");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .expect("validate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for field in ["spec.sinks[0].postgres.url", "spec.sinks[0].postgres.table"] {
+        assert!(stderr.contains(field), "{field} is not named: {stderr}");
+    }
+    assert!(stderr.contains("SLUICE_POSTGRES_PASSWORD"), "{stderr}");
+    // A key among no columns written is named too (the default columns are key and value).
+    std::fs::write(
+        &path,
+        format!("apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: bad}}\nspec:\n  batchInterval: 1s\n  sources: [{{name: g, generator: {{rate: 1}}}}]\n  pipeline: [{{countByValue: {{}}}}]\n  sinks:\n    - postgres: {{url: \"{url}\", table: t, key: [word]}}\n"),
+    )
+    .expect("manifest");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .expect("validate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("spec.sinks[0].postgres.key[0]: \"word\" is not a column written (without columns: key, value)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password was repeated: {stderr}"
+    );
+}
