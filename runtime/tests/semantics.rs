@@ -290,3 +290,254 @@ proptest! {
         prop_assert_eq!(&counted, &expected_counts);
     }
 }
+
+type Pairs = Vec<(u8, i64)>;
+type Full = (u8, (Option<i64>, Option<i64>));
+type Grouped = (u8, (Vec<i64>, Vec<i64>));
+/// The per-batch outputs of the five joins.
+type JoinOutputs = (
+    sluice::dstream::Collected<(u8, (i64, i64))>,
+    sluice::dstream::Collected<(u8, (i64, Option<i64>))>,
+    sluice::dstream::Collected<(u8, (Option<i64>, i64))>,
+    sluice::dstream::Collected<Full>,
+    sluice::dstream::Collected<Grouped>,
+);
+
+/// The batches of `batches` in each window ending at a multiple of `slide`, by brute force.
+fn windows_of(batches: &[Pairs], len: usize, slide: usize) -> Vec<(u64, Pairs)> {
+    (1..=batches.len())
+        .filter(|end| end % slide == 0)
+        .map(|end| {
+            let records = batches[end.saturating_sub(len)..end].concat();
+            (end as u64, records)
+        })
+        .collect()
+}
+
+/// Every join of one batch (or window), by brute force: for each key, its values on each side.
+#[derive(Debug, Default, PartialEq)]
+struct Joined {
+    inner: Vec<(u8, (i64, i64))>,
+    left: Vec<(u8, (i64, Option<i64>))>,
+    right: Vec<(u8, (Option<i64>, i64))>,
+    full: Vec<Full>,
+    cogroup: Vec<Grouped>,
+}
+
+fn brute_force_joins(l: &[(u8, i64)], r: &[(u8, i64)]) -> Joined {
+    let mut keys: Vec<u8> = l.iter().chain(r).map(|(k, _)| *k).collect();
+    keys.sort();
+    keys.dedup();
+    let mut j = Joined::default();
+    for k in keys {
+        let vs: Vec<i64> = l.iter().filter(|(x, _)| *x == k).map(|(_, v)| *v).collect();
+        let ws: Vec<i64> = r.iter().filter(|(x, _)| *x == k).map(|(_, w)| *w).collect();
+        for v in &vs {
+            for w in &ws {
+                j.inner.push((k, (*v, *w)));
+                j.left.push((k, (*v, Some(*w))));
+                j.right.push((k, (Some(*v), *w)));
+                j.full.push((k, (Some(*v), Some(*w))));
+            }
+            if ws.is_empty() {
+                j.left.push((k, (*v, None)));
+                j.full.push((k, (Some(*v), None)));
+            }
+        }
+        if vs.is_empty() {
+            for w in &ws {
+                j.right.push((k, (None, *w)));
+                j.full.push((k, (None, Some(*w))));
+            }
+        }
+        j.cogroup.push((k, (sorted(vs), sorted(ws))));
+    }
+    j.inner.sort();
+    j.left.sort();
+    j.right.sort();
+    j.full.sort();
+    j
+}
+
+#[test]
+fn every_join_keeps_what_its_kind_says() {
+    let c = ctx(3);
+    let (l, r) = (QueueSource::new("l"), QueueSource::new("r"));
+    l.push(vec![(1, 1), (1, 2), (2, 3)]);
+    r.push(vec![(1, 10), (3, 30)]);
+    let (left, right) = (c.source(l), c.source(r));
+    let right_outer = left.right_outer_join(&right).collect_batches();
+    let full = left.full_outer_join(&right).collect_batches();
+    let grouped = left.cogroup(&right).collect_batches();
+    c.build().expect("build").run_batches(1).expect("run");
+    assert_eq!(
+        sorted(right_outer.take().remove(0).1),
+        vec![(1, (Some(1), 10)), (1, (Some(2), 10)), (3, (None, 30))]
+    );
+    assert_eq!(
+        sorted(full.take().remove(0).1),
+        vec![
+            (1, (Some(1), Some(10))),
+            (1, (Some(2), Some(10))),
+            (2, (Some(3), None)),
+            (3, (None, Some(30)))
+        ]
+    );
+    assert_eq!(
+        sorted(grouped.take().remove(0).1),
+        vec![
+            (1, (vec![1, 2], vec![10])),
+            (2, (vec![3], vec![])),
+            (3, (vec![], vec![30]))
+        ]
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Every join, per batch and over a window of both streams, equals a brute-force join of
+    /// the same records.
+    #[test]
+    fn joins_per_batch_and_over_windows_equal_brute_force(
+        lefts in prop::collection::vec(prop::collection::vec((0u8..5, -3i64..8), 0..8), 1..8),
+        rights in prop::collection::vec(prop::collection::vec((0u8..5, -3i64..8), 0..8), 1..8),
+        len in 1usize..4,
+        slide_pick in 0usize..3,
+        parallelism in 1usize..4,
+    ) {
+        let batches = lefts.len().max(rights.len());
+        let pad = |mut v: Vec<Pairs>| { v.resize(batches, Vec::new()); v };
+        let (lefts, rights) = (pad(lefts), pad(rights));
+        let slide = [1, 1, len][slide_pick].min(len).max(1);
+        let len = len.div_ceil(slide) * slide;
+        let c = ctx(parallelism);
+        let (lq, rq) = (QueueSource::new("l"), QueueSource::new("r"));
+        for (l, r) in lefts.iter().zip(&rights) {
+            lq.push(l.clone());
+            rq.push(r.clone());
+        }
+        let (left, right) = (c.source(lq), c.source(rq));
+        let (wl, wr) = (
+            left.window(secs(len as u64), secs(slide as u64)),
+            right.window(secs(len as u64), secs(slide as u64)),
+        );
+        let per_batch = (
+            left.join(&right).collect_batches(),
+            left.left_outer_join(&right).collect_batches(),
+            left.right_outer_join(&right).collect_batches(),
+            left.full_outer_join(&right).collect_batches(),
+            left.cogroup(&right).collect_batches(),
+        );
+        let windowed = (
+            wl.join(&wr).collect_batches(),
+            wl.left_outer_join(&wr).collect_batches(),
+            wl.right_outer_join(&wr).collect_batches(),
+            wl.full_outer_join(&wr).collect_batches(),
+            wl.cogroup(&wr).collect_batches(),
+        );
+        c.build().expect("build").run_batches(batches as u64).expect("run");
+        let gather = |outs: JoinOutputs| -> Vec<(u64, Joined)> {
+            let (inner, left, right, full, cogroup): JoinOutputs = outs;
+            let (inner, left, right, full, cogroup) =
+                (inner.take(), left.take(), right.take(), full.take(), cogroup.take());
+            (0..inner.len())
+                .map(|i| {
+                    let mut g: Vec<Grouped> = cogroup[i]
+                        .1
+                        .iter()
+                        .map(|(k, (v, w))| (*k, (sorted(v.clone()), sorted(w.clone()))))
+                        .collect();
+                    g.sort();
+                    (inner[i].0.index, Joined {
+                        inner: sorted(inner[i].1.clone()),
+                        left: sorted(left[i].1.clone()),
+                        right: sorted(right[i].1.clone()),
+                        full: sorted(full[i].1.clone()),
+                        cogroup: g,
+                    })
+                })
+                .collect()
+        };
+        let expected: Vec<(u64, Joined)> = (0..batches)
+            .map(|i| ((i + 1) as u64, brute_force_joins(&lefts[i], &rights[i])))
+            .collect();
+        prop_assert_eq!(gather(per_batch), expected);
+        let expected_windows: Vec<(u64, Joined)> = windows_of(&lefts, len, slide)
+            .into_iter()
+            .zip(windows_of(&rights, len, slide))
+            .map(|((end, l), (_, r))| (end, brute_force_joins(&l, &r)))
+            .collect();
+        prop_assert_eq!(gather(windowed), expected_windows);
+    }
+
+    /// reduce, reduce_by_window and count_by_window equal brute force; flat_map_values and
+    /// group_by_key_and_window too.
+    #[test]
+    fn whole_stream_reductions_equal_brute_force(
+        batches in prop::collection::vec(prop::collection::vec((0u8..5, -3i64..8), 0..10), 1..12),
+        len in 1usize..5,
+        slide_pick in 0usize..3,
+        parallelism in 1usize..4,
+    ) {
+        let slide = [1, 1, len][slide_pick].min(len).max(1);
+        let len = len.div_ceil(slide) * slide;
+        let (length, every) = (secs(len as u64), secs(slide as u64));
+        let c = ctx(parallelism);
+        let q = QueueSource::new("q");
+        for b in &batches {
+            q.push(b.clone());
+        }
+        let s = c.source(q);
+        let values = s.map(|(_, v)| v);
+        let reduced = values.reduce(|a, b| a + b).collect_batches();
+        let by_window = values.reduce_by_window(|a, b| a.max(b), length, every).collect_batches();
+        let counted = s.count_by_window(length, every).collect_batches();
+        let spread = s.flat_map_values(|v| vec![v; (v.rem_euclid(3)) as usize]).collect_batches();
+        let grouped = s.group_by_key_and_window(length, every).collect_batches();
+        c.build().expect("build").run_batches(batches.len() as u64).expect("run");
+
+        let got: Vec<Vec<i64>> = reduced.take().into_iter().map(|(_, r)| r).collect();
+        let want: Vec<Vec<i64>> = batches
+            .iter()
+            .map(|b| if b.is_empty() { vec![] } else { vec![b.iter().map(|(_, v)| v).sum()] })
+            .collect();
+        prop_assert_eq!(got, want);
+
+        let windows = windows_of(&batches, len, slide);
+        let got: Vec<(u64, Vec<i64>)> = by_window.take().into_iter().map(|(b, r)| (b.index, r)).collect();
+        let want: Vec<(u64, Vec<i64>)> = windows
+            .iter()
+            .map(|(end, recs)| (*end, recs.iter().map(|(_, v)| *v).max().into_iter().collect()))
+            .collect();
+        prop_assert_eq!(got, want);
+
+        let got: Vec<(u64, Vec<u64>)> = counted.take().into_iter().map(|(b, r)| (b.index, r)).collect();
+        let want: Vec<(u64, Vec<u64>)> = windows.iter().map(|(end, recs)| (*end, vec![recs.len() as u64])).collect();
+        prop_assert_eq!(got, want);
+
+        let got: Vec<Vec<(u8, i64)>> = spread.take().into_iter().map(|(_, r)| sorted(r)).collect();
+        let want: Vec<Vec<(u8, i64)>> = batches
+            .iter()
+            .map(|b| sorted(b.iter().flat_map(|(k, v)| vec![(*k, *v); v.rem_euclid(3) as usize]).collect()))
+            .collect();
+        prop_assert_eq!(got, want);
+
+        let got: Vec<(u64, BTreeMap<u8, Vec<i64>>)> = grouped
+            .take()
+            .into_iter()
+            .map(|(b, r)| (b.index, r.into_iter().map(|(k, vs)| (k, sorted(vs))).collect()))
+            .collect();
+        let want: Vec<(u64, BTreeMap<u8, Vec<i64>>)> = windows
+            .iter()
+            .map(|(end, recs)| {
+                let mut m: BTreeMap<u8, Vec<i64>> = BTreeMap::new();
+                for (k, v) in recs {
+                    m.entry(*k).or_default().push(*v);
+                }
+                (*end, m.into_iter().map(|(k, vs)| (k, sorted(vs))).collect())
+            })
+            .collect();
+        prop_assert_eq!(got, want);
+    }
+}

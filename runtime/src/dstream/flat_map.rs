@@ -1,4 +1,4 @@
-//! `flat_map`: each record becomes zero or more records.
+//! `flat_map` and `flat_map_values`: each record (or value) becomes zero or more.
 
 use super::DStream;
 use crate::data::Data;
@@ -25,6 +25,26 @@ impl<T: Data> DStream<T> {
     {
         self.map_partitions("flatMap", move |_, records| {
             Ok(records.into_iter().flat_map(&f).collect())
+        })
+    }
+}
+
+impl<K: Data, V: Data> DStream<(K, V)> {
+    /// Replaces every pair by one pair with the same key for each value `f` returns for its
+    /// value (the partitioning is kept).
+    pub fn flat_map_values<W: Data, I>(
+        &self,
+        f: impl Fn(V) -> I + Send + Sync + 'static,
+    ) -> DStream<(K, W)>
+    where
+        I: IntoIterator<Item = W>,
+    {
+        self.map_partitions("flatMapValues", move |_, pairs| {
+            let mut out = Vec::with_capacity(pairs.len());
+            for (k, v) in pairs {
+                out.extend(f(v).into_iter().map(|w| (k.clone(), w)));
+            }
+            Ok(out)
         })
     }
 }

@@ -1,4 +1,5 @@
-//! `join` and `left_outer_join` of two keyed streams, batch by batch.
+//! Joins of two keyed streams, batch by batch: `cogroup`, `join`, and the left, right and
+//! full outer joins. Over windows: window both streams alike, then join.
 
 use std::sync::Arc;
 
@@ -18,7 +19,14 @@ fn group<K: Key, V: Data>(stream: &DStream<(K, V)>, op: &str) -> ShuffleId {
     })
 }
 
-type Emit<K, V, W, R> = dyn Fn(&K, Vec<V>, Option<&Vec<W>>, &mut Vec<(K, R)>) + Send + Sync;
+/// A key and its values in each stream of a batch: what [`DStream::cogroup`] gives.
+pub type Cogrouped<K, V, W> = (K, (Vec<V>, Vec<W>));
+
+/// A key and a value of either side or both: what [`DStream::full_outer_join`] gives.
+pub type FullOuterJoined<K, V, W> = (K, (Option<V>, Option<W>));
+
+/// Emits a key's results from its values on each side (one side may be empty, never both).
+type Emit<K, V, W, R> = dyn Fn(&K, Vec<V>, Vec<W>, &mut Vec<(K, R)>) + Send + Sync;
 
 struct CoGroup<K, V, W, R> {
     left: ShuffleId,
@@ -30,22 +38,26 @@ impl<K: Key, V: Data, W: Data, R> Compute<(K, R)> for CoGroup<K, V, W, R> {
     fn compute(&self, cx: &BatchContext, part: usize) -> Result<Vec<(K, R)>> {
         let left: KeyMap<K, Vec<V>> =
             read_grouped(cx, self.left, part, &|a: &mut Vec<V>, b| a.extend(b))?;
-        let right: KeyMap<K, Vec<W>> =
+        let mut right: KeyMap<K, Vec<W>> =
             read_grouped(cx, self.right, part, &|a: &mut Vec<W>, b| a.extend(b))?;
         let mut out = Vec::new();
         for (k, vs) in left {
-            (self.emit)(&k, vs, right.get(&k), &mut out);
+            let ws = right.swap_remove(&k).unwrap_or_default();
+            (self.emit)(&k, vs, ws, &mut out);
+        }
+        for (k, ws) in right {
+            (self.emit)(&k, Vec::new(), ws, &mut out);
         }
         Ok(out)
     }
 }
 
 impl<K: Key, V: Data> DStream<(K, V)> {
-    fn cogroup<W: Data, R: Data>(
+    fn cogroup_with<W: Data, R: Data>(
         &self,
         other: &DStream<(K, W)>,
         op: &str,
-        emit: impl Fn(&K, Vec<V>, Option<&Vec<W>>, &mut Vec<(K, R)>) + Send + Sync + 'static,
+        emit: impl Fn(&K, Vec<V>, Vec<W>, &mut Vec<(K, R)>) + Send + Sync + 'static,
     ) -> DStream<(K, R)> {
         if self.slide_ms != other.slide_ms {
             self.ctx.problem(format!(
@@ -84,11 +96,9 @@ impl<K: Key, V: Data> DStream<(K, V)> {
     /// assert_eq!(joined.take()[0].1, vec![(1, ("book".to_string(), "ann".to_string()))]);
     /// ```
     pub fn join<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<(K, (V, W))> {
-        self.cogroup(other, "join", |k, vs, ws, out| {
-            if let Some(ws) = ws {
-                for v in vs {
-                    out.extend(ws.iter().map(|w| (k.clone(), (v.clone(), w.clone()))));
-                }
+        self.cogroup_with(other, "join", |k, vs, ws, out| {
+            for v in &vs {
+                out.extend(ws.iter().map(|w| (k.clone(), (v.clone(), w.clone()))));
             }
         })
     }
@@ -98,13 +108,76 @@ impl<K: Key, V: Data> DStream<(K, V)> {
         &self,
         other: &DStream<(K, W)>,
     ) -> DStream<(K, (V, Option<W>))> {
-        self.cogroup(other, "leftOuterJoin", |k, vs, ws, out| match ws {
-            Some(ws) => {
-                for v in vs {
-                    out.extend(ws.iter().map(|w| (k.clone(), (v.clone(), Some(w.clone())))));
+        self.cogroup_with(other, "leftOuterJoin", |k, vs, ws, out| {
+            if ws.is_empty() {
+                out.extend(vs.into_iter().map(|v| (k.clone(), (v, None))));
+                return;
+            }
+            for v in &vs {
+                out.extend(ws.iter().map(|w| (k.clone(), (v.clone(), Some(w.clone())))));
+            }
+        })
+    }
+
+    /// Like [`join`](Self::join), but keeps values of `other` that have no match, with `None`.
+    pub fn right_outer_join<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+    ) -> DStream<(K, (Option<V>, W))> {
+        self.cogroup_with(other, "rightOuterJoin", |k, vs, ws, out| {
+            if vs.is_empty() {
+                out.extend(ws.into_iter().map(|w| (k.clone(), (None, w))));
+                return;
+            }
+            for v in &vs {
+                out.extend(ws.iter().map(|w| (k.clone(), (Some(v.clone()), w.clone()))));
+            }
+        })
+    }
+
+    /// Like [`join`](Self::join), but keeps the values of either stream that have no match,
+    /// with `None` on the other side.
+    pub fn full_outer_join<W: Data>(
+        &self,
+        other: &DStream<(K, W)>,
+    ) -> DStream<FullOuterJoined<K, V, W>> {
+        self.cogroup_with(other, "fullOuterJoin", |k, vs, ws, out| {
+            if vs.is_empty() {
+                out.extend(ws.into_iter().map(|w| (k.clone(), (None, Some(w)))));
+            } else if ws.is_empty() {
+                out.extend(vs.into_iter().map(|v| (k.clone(), (Some(v), None))));
+            } else {
+                for v in &vs {
+                    out.extend(
+                        ws.iter()
+                            .map(|w| (k.clone(), (Some(v.clone()), Some(w.clone())))),
+                    );
                 }
             }
-            None => out.extend(vs.into_iter().map(|v| (k.clone(), (v, None)))),
+        })
+    }
+
+    /// Every key of either stream in the batch, once, with its values in this stream and in
+    /// `other` (either list may be empty), in arrival order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use sluice::{StreamingConfig, StreamingContext, source::QueueSource};
+    /// let ctx = StreamingContext::new(StreamingConfig::new(Duration::from_secs(1)).parallelism(1));
+    /// let (clicks, views) = (QueueSource::new("clicks"), QueueSource::new("views"));
+    /// clicks.push(vec![(1, 'a'), (1, 'b')]);
+    /// views.push(vec![(2, 'x')]);
+    /// let both = ctx.source(clicks).cogroup(&ctx.source(views)).collect_batches();
+    /// ctx.build().unwrap().run_batches(1).unwrap();
+    /// let mut got = both.take().remove(0).1;
+    /// got.sort();
+    /// assert_eq!(got, vec![(1, (vec!['a', 'b'], vec![])), (2, (vec![], vec!['x']))]);
+    /// ```
+    pub fn cogroup<W: Data>(&self, other: &DStream<(K, W)>) -> DStream<Cogrouped<K, V, W>> {
+        self.cogroup_with(other, "cogroup", |k, vs, ws, out| {
+            out.push((k.clone(), (vs, ws)));
         })
     }
 }

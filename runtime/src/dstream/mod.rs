@@ -31,6 +31,7 @@ mod join;
 mod map;
 mod map_with_state;
 mod output;
+mod reduce;
 mod reduce_by_key;
 pub(crate) mod shuffle;
 mod transform;
@@ -44,6 +45,7 @@ use std::time::Duration;
 
 use sluice_crds::OnRecordError;
 
+pub use join::{Cogrouped, FullOuterJoined};
 pub use map_with_state::{MapWithState, State, StateSpec};
 pub use output::Collected;
 

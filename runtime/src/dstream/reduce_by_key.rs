@@ -86,6 +86,15 @@ impl<K: Key, V: Data> DStream<(K, V)> {
     pub fn group_by_key(&self) -> DStream<(K, Vec<V>)> {
         self.combine_by_key(|v| vec![v], |c, v| c.push(v), |c, other| c.extend(other))
     }
+
+    /// Collects the values of each key over a sliding window, every `slide`.
+    pub fn group_by_key_and_window(
+        &self,
+        length: std::time::Duration,
+        slide: std::time::Duration,
+    ) -> DStream<(K, Vec<V>)> {
+        self.window(length, slide).group_by_key()
+    }
 }
 
 fn reduce_into<V>(acc: &mut Option<V>, v: V, f: &dyn Fn(V, V) -> V) {
