@@ -5,7 +5,7 @@
 //! here first.
 
 use crate::spec::{
-    Empty, FilesSink, FilesSource, FilterStep, FlatMapStep, GeneratorSource, KafkaSink,
+    Empty, FilesSink, FilesSource, FilterStep, FlatMapStep, GeneratorSource, JoinStep, KafkaSink,
     KafkaSource, KeyByStep, PipelineStep, PostgresSink, ReduceStep, S3Sink, Selector, SinkSpec,
     SocketSource, SourceSpec, StateStep, StaticJoinStep, StdoutSink, WindowStep,
     WindowedReduceStep,
@@ -89,6 +89,7 @@ impl SinkSpec {
     /// The kinds set (exactly one when valid).
     pub fn kinds(&self) -> Vec<SinkKind<'_>> {
         let SinkSpec {
+            from: _,
             stdout,
             files,
             s3,
@@ -126,6 +127,37 @@ pub enum StepKind<'a> {
     ReduceByKeyAndWindow(&'a WindowedReduceStep),
     UpdateStateByKey(&'a StateStep),
     JoinStatic(&'a StaticJoinStep),
+    Join(JoinKind, &'a JoinStep),
+    Reduce(&'a ReduceStep),
+    ReduceByWindow(&'a WindowedReduceStep),
+    CountByWindow(&'a WindowStep),
+    GroupByKey(&'a Empty),
+    GroupByKeyAndWindow(&'a WindowStep),
+    MapValues(&'a Selector),
+    FlatMapValues(&'a FlatMapStep),
+}
+
+/// Which of a join's unmatched values it keeps, or a cogroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinKind {
+    Inner,
+    LeftOuter,
+    RightOuter,
+    FullOuter,
+    Cogroup,
+}
+
+impl JoinKind {
+    /// The step's field.
+    pub fn name(self) -> &'static str {
+        match self {
+            JoinKind::Inner => "join",
+            JoinKind::LeftOuter => "leftOuterJoin",
+            JoinKind::RightOuter => "rightOuterJoin",
+            JoinKind::FullOuter => "fullOuterJoin",
+            JoinKind::Cogroup => "cogroup",
+        }
+    }
 }
 
 impl StepKind<'_> {
@@ -145,6 +177,14 @@ impl StepKind<'_> {
             StepKind::ReduceByKeyAndWindow(_) => "reduceByKeyAndWindow",
             StepKind::UpdateStateByKey(_) => "updateStateByKey",
             StepKind::JoinStatic(_) => "joinStatic",
+            StepKind::Join(kind, _) => kind.name(),
+            StepKind::Reduce(_) => "reduce",
+            StepKind::ReduceByWindow(_) => "reduceByWindow",
+            StepKind::CountByWindow(_) => "countByWindow",
+            StepKind::GroupByKey(_) => "groupByKey",
+            StepKind::GroupByKeyAndWindow(_) => "groupByKeyAndWindow",
+            StepKind::MapValues(_) => "mapValues",
+            StepKind::FlatMapValues(_) => "flatMapValues",
         }
     }
 }
@@ -167,6 +207,18 @@ impl PipelineStep {
             reduce_by_key_and_window,
             update_state_by_key,
             join_static,
+            join,
+            left_outer_join,
+            right_outer_join,
+            full_outer_join,
+            cogroup,
+            reduce,
+            reduce_by_window,
+            count_by_window,
+            group_by_key,
+            group_by_key_and_window,
+            map_values,
+            flat_map_values,
         } = self;
         let mut set = Vec::with_capacity(1);
         set.extend(map.as_ref().map(StepKind::Map));
@@ -190,6 +242,26 @@ impl PipelineStep {
         );
         set.extend(update_state_by_key.as_ref().map(StepKind::UpdateStateByKey));
         set.extend(join_static.as_ref().map(StepKind::JoinStatic));
+        for (kind, step) in [
+            (JoinKind::Inner, join),
+            (JoinKind::LeftOuter, left_outer_join),
+            (JoinKind::RightOuter, right_outer_join),
+            (JoinKind::FullOuter, full_outer_join),
+            (JoinKind::Cogroup, cogroup),
+        ] {
+            set.extend(step.as_ref().map(|j| StepKind::Join(kind, j)));
+        }
+        set.extend(reduce.as_ref().map(StepKind::Reduce));
+        set.extend(reduce_by_window.as_ref().map(StepKind::ReduceByWindow));
+        set.extend(count_by_window.as_ref().map(StepKind::CountByWindow));
+        set.extend(group_by_key.as_ref().map(StepKind::GroupByKey));
+        set.extend(
+            group_by_key_and_window
+                .as_ref()
+                .map(StepKind::GroupByKeyAndWindow),
+        );
+        set.extend(map_values.as_ref().map(StepKind::MapValues));
+        set.extend(flat_map_values.as_ref().map(StepKind::FlatMapValues));
         set
     }
 

@@ -22,7 +22,7 @@ mod validate;
 
 pub use duration::{format_duration, parse_duration};
 pub use fingerprint::{digest, fingerprint, fingerprint_v1};
-pub use kinds::{SinkKind, SourceKind, StepKind};
+pub use kinds::{JoinKind, SinkKind, SourceKind, StepKind};
 pub use parse::{parse_yaml, spec_json};
 pub use s3::{endpoint_problem, parse_s3_uri, s3_uri_problem};
 pub use spec::*;

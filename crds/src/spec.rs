@@ -84,10 +84,17 @@ pub struct StreamingJobSpec {
     /// Named inputs. The pipeline reads their union, in this order.
     #[schemars(length(max = 32))]
     pub sources: Vec<SourceSpec>,
-    /// DStream operations applied in order to the sources' records.
+    /// DStream operations applied in order to the sources' records: the one-stream shorthand
+    /// of `streams`. Leave it empty when `streams` is set.
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub pipeline: Vec<PipelineStep>,
+    /// Named streams, for a job that is a graph: each reads sources or other streams (their
+    /// union), applies its steps, and feeds sinks (`sinks[].from`), joins (`join: {with}`) or
+    /// other streams.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub streams: Vec<StreamSpec>,
     /// Where every batch's result goes.
     #[schemars(length(max = 32))]
     pub sinks: Vec<SinkSpec>,
@@ -101,6 +108,23 @@ pub struct StreamingJobSpec {
     /// How a changed spec may take over the checkpoint of the one before (see `sluice plan`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<UpgradeSpec>,
+}
+
+/// One named stream of a job graph.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamSpec {
+    /// Unique among sources and streams: a DNS label.
+    #[schemars(length(max = 63))]
+    pub name: String,
+    /// The sources and streams it reads, as their union (all plain or all keyed, with the
+    /// same slide).
+    #[schemars(length(min = 1, max = 32))]
+    pub from: Vec<String>,
+    /// DStream operations applied in order.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub pipeline: Vec<PipelineStep>,
 }
 
 /// What a restart with a changed spec may do to the checkpointed state.
@@ -315,6 +339,52 @@ pub struct PipelineStep {
     /// Join or filter against a static data set loaded from a file when the job starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_static: Option<StaticJoinStep>,
+    /// Pair each value with every value of the same key in another keyed stream, batch by
+    /// batch (window both alike first for a windowed join): values become `[value, other]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinStep>,
+    /// As `join`, keeping values without a match as `[value, null]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_outer_join: Option<JoinStep>,
+    /// As `join`, keeping the other stream's values without a match as `[null, other]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub right_outer_join: Option<JoinStep>,
+    /// As `join`, keeping values of either side without a match, with `null` on the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_outer_join: Option<JoinStep>,
+    /// Every key of either stream once per batch, its values `[[values...], [others...]]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cogroup: Option<JoinStep>,
+    /// Aggregate all records (or values) of the batch into one record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<ReduceStep>,
+    /// Aggregate all records (or values) of a sliding window into one record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce_by_window: Option<WindowedReduceStep>,
+    /// Count the records of a sliding window (incrementally): one record per window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_by_window: Option<WindowStep>,
+    /// Collect the values of each key in the batch into a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by_key: Option<Empty>,
+    /// Collect the values of each key over a sliding window into a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_by_key_and_window: Option<WindowStep>,
+    /// Replace the value of each pair of a keyed stream by a field or an expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_values: Option<Selector>,
+    /// Turn the value of each pair into zero or more values, each with the pair's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flat_map_values: Option<FlatMapStep>,
+}
+
+/// The other side of a join: a keyed stream of `spec.streams`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinStep {
+    /// The stream's name. Both sides need the same slide (the same windows, or none).
+    #[schemars(length(max = 63))]
+    pub with: String,
 }
 
 /// A step with no settings: write `{}`.
@@ -480,6 +550,10 @@ pub enum StaticJoinMode {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SinkSpec {
+    /// The stream it writes, by name (`spec.streams`). Default: the output of `spec.pipeline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub from: Option<String>,
     /// Print the first records of every batch, like Spark's `print()`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<StdoutSink>,

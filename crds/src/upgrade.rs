@@ -201,9 +201,12 @@ impl UpgradePlan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatefulStep {
     /// What its state is known by: the step's `name`, or `OPERATION#N` for the N-th (from 0)
-    /// unnamed step of that operation.
+    /// unnamed step of that operation; in a stream of `spec.streams`, prefixed by the
+    /// stream's name and `/`.
     pub id: String,
-    /// Its place in `spec.pipeline`.
+    /// The stream it is in (`spec.streams`), none for `spec.pipeline`.
+    pub stream: Option<usize>,
+    /// Its place in its pipeline.
     pub index: usize,
     /// The operation, e.g. `updateStateByKey`.
     pub operation: &'static str,
@@ -212,8 +215,38 @@ pub struct StatefulStep {
     pub shape: BTreeMap<&'static str, String>,
 }
 
-/// The stateful steps of a pipeline, in order.
+/// The stateful steps of a job, in order: `spec.pipeline`'s, then each stream's.
 pub fn stateful_steps(spec: &StreamingJobSpec) -> Vec<StatefulStep> {
+    let mut out = pipeline_stateful_steps(spec, &spec.pipeline, None);
+    for (i, stream) in spec.streams.iter().enumerate() {
+        out.extend(pipeline_stateful_steps(spec, &stream.pipeline, Some(i)));
+    }
+    out
+}
+
+impl StatefulStep {
+    /// Its field path.
+    pub fn path(&self) -> String {
+        match self.stream {
+            Some(s) => format!("spec.streams[{s}].pipeline[{}]", self.index),
+            None => format!("spec.pipeline[{}]", self.index),
+        }
+    }
+
+    /// The step in `spec`.
+    fn step<'a>(&self, spec: &'a StreamingJobSpec) -> Option<&'a PipelineStep> {
+        match self.stream {
+            Some(s) => spec.streams.get(s)?.pipeline.get(self.index),
+            None => spec.pipeline.get(self.index),
+        }
+    }
+}
+
+fn pipeline_stateful_steps(
+    spec: &StreamingJobSpec,
+    steps: &[PipelineStep],
+    stream: Option<usize>,
+) -> Vec<StatefulStep> {
     let interval = parse_duration(&spec.batch_interval).ok();
     let ms = |text: &str| -> String {
         parse_duration(text).map_or_else(|_| text.to_string(), format_duration)
@@ -225,16 +258,23 @@ pub fn stateful_steps(spec: &StreamingJobSpec) -> Vec<StatefulStep> {
             (None, None) => spec.batch_interval.clone(),
         }
     };
+    let prefix = stream
+        .and_then(|s| spec.streams.get(s))
+        .map(|s| format!("{}/", s.name))
+        .unwrap_or_default();
     let mut ordinals: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut out = Vec::new();
-    for (index, step) in spec.pipeline.iter().enumerate() {
+    for (index, step) in steps.iter().enumerate() {
         let Some(kind) = step.kind() else { continue };
         let shape: BTreeMap<&'static str, String> = match kind {
-            StepKind::Window(w) | StepKind::CountByValueAndWindow(w) => BTreeMap::from([
+            StepKind::Window(w)
+            | StepKind::CountByValueAndWindow(w)
+            | StepKind::CountByWindow(w)
+            | StepKind::GroupByKeyAndWindow(w) => BTreeMap::from([
                 ("length", ms(&w.length)),
                 ("slide", slide(w.slide.as_deref())),
             ]),
-            StepKind::ReduceByKeyAndWindow(w) => BTreeMap::from([
+            StepKind::ReduceByKeyAndWindow(w) | StepKind::ReduceByWindow(w) => BTreeMap::from([
                 ("op", format!("{:?}", w.op).to_lowercase()),
                 ("length", ms(&w.length)),
                 ("slide", slide(w.slide.as_deref())),
@@ -255,7 +295,8 @@ pub fn stateful_steps(spec: &StreamingJobSpec) -> Vec<StatefulStep> {
             *ordinal += 1;
         }
         out.push(StatefulStep {
-            id,
+            id: format!("{prefix}{id}"),
+            stream,
             index,
             operation,
             shape,
@@ -308,6 +349,7 @@ pub fn plan(old: &StreamingJobSpec, new: &StreamingJobSpec) -> UpgradePlan {
     }
     sources(old, new, &mut p);
     pipeline(old, new, &mut p);
+    streams(old, new, &mut p);
     restart_if_changed(
         &mut p,
         "spec.onRecordError",
@@ -517,7 +559,8 @@ fn sources(old: &StreamingJobSpec, new: &StreamingJobSpec, p: &mut UpgradePlan) 
 
 fn pipeline(old: &StreamingJobSpec, new: &StreamingJobSpec, p: &mut UpgradePlan) {
     let (old_state, new_state) = (stateful_steps(old), stateful_steps(new));
-    let stateful_at = |steps: &[StatefulStep], i: usize| steps.iter().any(|s| s.index == i);
+    let stateful_at =
+        |steps: &[StatefulStep], i: usize| steps.iter().any(|s| s.stream.is_none() && s.index == i);
     // Stateless steps hold nothing: compared in order, each difference is a restart.
     let stateless =
         |spec: &StreamingJobSpec, state: &[StatefulStep]| -> Vec<(usize, PipelineStep)> {
@@ -573,7 +616,7 @@ fn pipeline(old: &StreamingJobSpec, new: &StreamingJobSpec, p: &mut UpgradePlan)
         old_state.iter().map(|s| (s.id.as_str(), s)).collect();
     let after: BTreeSet<&str> = new_state.iter().map(|s| s.id.as_str()).collect();
     for step in &new_state {
-        let path = format!("spec.pipeline[{}]", step.index);
+        let path = step.path();
         let Some(was) = before.get(step.id.as_str()) else {
             p.push(
                 path,
@@ -595,7 +638,7 @@ fn pipeline(old: &StreamingJobSpec, new: &StreamingJobSpec, p: &mut UpgradePlan)
                     shape_change(was, step)
                 ),
             );
-        } else if old.pipeline[was.index] != new.pipeline[step.index] {
+        } else if was.step(old) != step.step(new) {
             p.push(
                 path,
                 ChangeClass::Restart,
@@ -606,12 +649,70 @@ fn pipeline(old: &StreamingJobSpec, new: &StreamingJobSpec, p: &mut UpgradePlan)
     for step in &old_state {
         if !after.contains(step.id.as_str()) {
             p.push(
-                format!("spec.pipeline[{}] (old)", step.index),
+                format!("{} (old)", step.path()),
                 ChangeClass::Loss,
                 format!(
                     "stateful step {} ({}) removed: its state is dropped",
                     step.id, step.operation
                 ),
+            );
+        }
+    }
+}
+
+/// The streams of a graph, by name: added, removed or changed; their stateful steps are
+/// `pipeline`'s (known by their ids wherever they are).
+fn streams(old: &StreamingJobSpec, new: &StreamingJobSpec, p: &mut UpgradePlan) {
+    let stateless = |spec: &StreamingJobSpec, i: usize| -> Vec<PipelineStep> {
+        let state = stateful_steps(spec);
+        spec.streams[i]
+            .pipeline
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !state.iter().any(|s| s.stream == Some(i) && s.index == *j))
+            .map(|(_, step)| step.clone())
+            .collect()
+    };
+    for (i, stream) in new.streams.iter().enumerate() {
+        let path = format!("spec.streams[{i}]");
+        match old.streams.iter().position(|s| s.name == stream.name) {
+            None => p.push(
+                path,
+                ChangeClass::Restart,
+                format!("stream {} added", stream.name),
+            ),
+            Some(k) => {
+                if old.streams[k].from != stream.from {
+                    p.push(
+                        format!("{path}.from"),
+                        ChangeClass::Restart,
+                        format!(
+                            "stream {} reads {} -> {}: the state is kept",
+                            stream.name,
+                            old.streams[k].from.join(", "),
+                            stream.from.join(", ")
+                        ),
+                    );
+                }
+                if stateless(old, k) != stateless(new, i) {
+                    p.push(
+                        format!("{path}.pipeline"),
+                        ChangeClass::Restart,
+                        format!(
+                            "stream {}'s stateless steps changed: the state is kept",
+                            stream.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for (k, stream) in old.streams.iter().enumerate() {
+        if !new.streams.iter().any(|s| s.name == stream.name) {
+            p.push(
+                format!("spec.streams[{k}] (old)"),
+                ChangeClass::Restart,
+                format!("stream {} removed", stream.name),
             );
         }
     }
@@ -778,6 +879,62 @@ mod tests {
         let p = plan(&a, &e);
         assert_eq!(p.changes.len(), 1, "{}", p.render());
         assert!(p.changes[0].effect.contains("new source \"more\""));
+    }
+
+    #[test]
+    fn a_graphs_state_is_known_by_stream_and_step() {
+        const GRAPH: &str = "  batchInterval: 1s
+  sources: [{name: a, generator: {rate: 100}}, {name: b, generator: {rate: 100}}]
+  streams:
+    - name: counts
+      from: [a]
+      pipeline: [{flatMap: {split: ' '}}, {countByValue: {}}, {updateStateByKey: {op: sum}}]
+    - name: other
+      from: [b]
+      pipeline: [{countByWindow: {length: 3s}}]
+  sinks: [{from: counts, stdout: {}}]";
+        let a = spec(GRAPH);
+        let ids: Vec<(String, String)> = stateful_steps(&a)
+            .into_iter()
+            .map(|s| (s.id.clone(), s.path()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                (
+                    "counts/updateStateByKey#0".to_string(),
+                    "spec.streams[0].pipeline[2]".to_string()
+                ),
+                (
+                    "other/countByWindow#0".to_string(),
+                    "spec.streams[1].pipeline[0]".to_string()
+                )
+            ]
+        );
+        // A stateless change in a stream restarts it; its state stays.
+        let b = spec(&GRAPH.replace("split: ' '", "split: ','"));
+        let p = plan(&a, &b);
+        assert_eq!(p.verdict(), Verdict::Restores, "{}", p.render());
+        assert_eq!(p.changes.len(), 1, "{}", p.render());
+        assert_eq!(p.changes[0].path, "spec.streams[0].pipeline");
+        // Another window length cannot read the old window, named by the stream's step.
+        let c = spec(&GRAPH.replace("length: 3s", "length: 4s"));
+        let p = plan(&a, &c);
+        assert_eq!(p.verdict(), Verdict::CannotRestore, "{}", p.render());
+        assert!(
+            p.render().contains("other/countByWindow#0"),
+            "{}",
+            p.render()
+        );
+        // A renamed stream is another stream: its state is dropped, which needs consent.
+        let d = spec(
+            &GRAPH
+                .replace("name: counts", "name: totals")
+                .replace("from: counts", "from: totals"),
+        );
+        let p = plan(&a, &d);
+        assert_eq!(p.verdict(), Verdict::RestoresWithLoss, "{}", p.render());
+        assert!(p.refusal(false).is_some());
     }
 
     #[test]

@@ -3,12 +3,12 @@
 //! Pure functions only. Expressions and regular expressions are compiled by the runtime, which
 //! owns those engines; everything else about a manifest is checked here.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
 use crate::duration::{format_duration, parse_duration};
-use crate::kinds::{SinkKind, SourceKind};
+use crate::kinds::{SinkKind, SourceKind, StepKind};
 use crate::s3::{endpoint_problem, parse_s3_uri, s3_uri_problem};
 use crate::spec::*;
 
@@ -40,9 +40,10 @@ impl fmt::Display for Problem {
 impl std::error::Error for Problem {}
 
 /// Whether a stream holds plain records or (key, value) pairs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Shape {
     /// Plain records.
+    #[default]
     Records,
     /// (key, value) pairs.
     Keyed,
@@ -57,6 +58,7 @@ pub const MAX_PARALLELISM: u32 = 1024;
 /// As the CRD's `maxItems`.
 const MAX_SOURCES: usize = 32;
 const MAX_STEPS: usize = 64;
+const MAX_STREAMS: usize = 32;
 const MAX_SINKS: usize = 32;
 
 /// Checks a parsed manifest and returns every problem found (empty when it is valid).
@@ -85,6 +87,16 @@ pub fn validate(job: &StreamingJob) -> Vec<Problem> {
 #[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,
+    /// The names of `spec.streams`.
+    streams_declared: BTreeSet<String>,
+}
+
+/// What validation knows of a stream's records: their shape, and the slide of the last
+/// window (none: every batch).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Output {
+    shape: Shape,
+    slide: Option<Duration>,
 }
 
 impl Validator {
@@ -177,6 +189,7 @@ impl Validator {
         for (path, len, max) in [
             ("spec.sources", spec.sources.len(), MAX_SOURCES),
             ("spec.pipeline", spec.pipeline.len(), MAX_STEPS),
+            ("spec.streams", spec.streams.len(), MAX_STREAMS),
             ("spec.sinks", spec.sinks.len(), MAX_SINKS),
         ] {
             if len > max {
@@ -194,8 +207,24 @@ impl Validator {
         if let Some(bp) = &spec.backpressure {
             self.backpressure(bp);
         }
-        self.pipeline(&spec.pipeline, interval);
-        self.sinks(&spec.sinks);
+        if spec.streams.is_empty() {
+            self.pipeline(
+                "spec.pipeline",
+                &spec.pipeline,
+                interval,
+                Output::default(),
+                &BTreeMap::new(),
+            );
+        } else {
+            if !spec.pipeline.is_empty() {
+                self.add(
+                    "spec.pipeline",
+                    "is set with spec.streams; move its steps into a stream ({name: main, from: [SOURCES], pipeline: [...]})",
+                );
+            }
+            self.streams(spec, interval);
+        }
+        self.sinks(&spec.sinks, &spec.streams);
         if let Some(ckpt) = &spec.checkpoint {
             self.checkpoint(ckpt);
         }
@@ -447,18 +476,30 @@ impl Validator {
         slide_d
     }
 
-    fn pipeline(&mut self, steps: &[PipelineStep], interval: Option<Duration>) {
-        let mut shape = Shape::Records;
-        let mut slide: Option<Duration> = None;
+    /// Checks the steps at `base` (`spec.pipeline`, or a stream's), from what they read
+    /// (`start`), with `streams` the outputs of the streams checked before (for joins);
+    /// returns what they give.
+    fn pipeline(
+        &mut self,
+        base: &str,
+        steps: &[PipelineStep],
+        interval: Option<Duration>,
+        start: Output,
+        streams: &BTreeMap<String, Output>,
+    ) -> Output {
+        let mut shape = start.shape;
+        let mut slide: Option<Duration> = start.slide;
         let mut named = std::collections::BTreeMap::new();
         for (i, step) in steps.iter().enumerate() {
-            let path = format!("spec.pipeline[{i}]");
+            let path = format!("{base}[{i}]");
             if let Some(name) = &step.name {
                 self.dns_label(&format!("{path}.name"), name);
                 if let Some(first) = named.insert(name.as_str(), i) {
                     self.add(
                         format!("{path}.name"),
-                        format!("{name:?} is the name of spec.pipeline[{first}] too; step names are unique"),
+                        format!(
+                            "{name:?} is the name of {base}[{first}] too; step names are unique"
+                        ),
                     );
                 }
             }
@@ -498,28 +539,7 @@ impl Validator {
             }
             if let Some(f) = &step.flat_map {
                 require(self, Shape::Records);
-                let p = format!("{path}.flatMap");
-                if self.exactly_one(
-                    &p,
-                    &[
-                        ("split", f.split.is_some()),
-                        ("regex", f.regex.is_some()),
-                        ("expr", f.expr.is_some()),
-                    ],
-                ) {
-                    if f.split.as_deref() == Some("") {
-                        self.add(
-                            format!("{p}.split"),
-                            "is empty; write a separator such as \" \" or \",\"",
-                        );
-                    }
-                    if let Some(re) = &f.regex {
-                        self.regex(&format!("{p}.regex"), re);
-                    }
-                    if let Some(expr) = &f.expr {
-                        self.cel(&format!("{p}.expr"), expr);
-                    }
-                }
+                self.flat_map(&format!("{path}.flatMap"), f);
             }
             if let Some(f) = &step.filter {
                 if self.exactly_one(
@@ -588,26 +608,7 @@ impl Validator {
             if let Some(w) = &step.reduce_by_key_and_window {
                 require(self, Shape::Keyed);
                 let p = format!("{path}.reduceByKeyAndWindow");
-                slide = self
-                    .window(&p, &w.length, w.slide.as_deref(), interval, slide)
-                    .or(slide);
-                if w.op == Aggregation::Last {
-                    self.add(
-                        format!("{p}.op"),
-                        "last is only for updateStateByKey; use sum, min, max, count or avg",
-                    );
-                }
-                if w.inverse == Some(true) && !matches!(w.op, Aggregation::Sum | Aggregation::Count)
-                {
-                    self.add(
-                        format!("{p}.inverse"),
-                        format!(
-                            "{:?} has no inverse; inverse works with sum and count only",
-                            w.op
-                        )
-                        .to_lowercase(),
-                    );
-                }
+                slide = self.windowed_reduce(&p, w, interval, slide);
             }
             if let Some(s) = &step.update_state_by_key {
                 require(self, Shape::Keyed);
@@ -645,18 +646,292 @@ impl Validator {
                     }
                 }
             }
+            match step.kind() {
+                Some(StepKind::Join(kind, j)) => {
+                    require(self, Shape::Keyed);
+                    let p = format!("{path}.{}.with", kind.name());
+                    match streams.get(&j.with) {
+                        Some(other) => {
+                            if other.shape != Shape::Keyed {
+                                self.add(&p, format!("{:?} is a stream of plain records; a join needs (key, value) pairs on both sides: add keyBy to it", j.with));
+                            }
+                            if other.slide != slide {
+                                let show = |d: Option<Duration>| {
+                                    format_duration(d.or(interval).unwrap_or_default())
+                                };
+                                self.add(&p, format!("{:?} slides every {}, this stream every {}; window both alike to join them", j.with, show(other.slide), show(slide)));
+                            }
+                        }
+                        // A stream in a cycle is reported there.
+                        None if self.streams_declared.contains(&j.with) => {}
+                        None if base == "spec.pipeline" => {
+                            self.add(&p, "a join reads another stream: name both in spec.streams")
+                        }
+                        None => {
+                            self.add(&p, format!("{:?} names no stream of spec.streams", j.with))
+                        }
+                    }
+                }
+                Some(StepKind::Reduce(r)) => {
+                    if r.op == Aggregation::Last {
+                        self.add(
+                            format!("{path}.reduce.op"),
+                            "last is only for updateStateByKey; use sum, min, max, count or avg",
+                        );
+                    }
+                    shape = Shape::Records;
+                }
+                Some(StepKind::ReduceByWindow(w)) => {
+                    let p = format!("{path}.reduceByWindow");
+                    slide = self.windowed_reduce(&p, w, interval, slide);
+                    shape = Shape::Records;
+                }
+                Some(StepKind::CountByWindow(w)) => {
+                    let p = format!("{path}.countByWindow");
+                    slide = self
+                        .window(&p, &w.length, w.slide.as_deref(), interval, slide)
+                        .or(slide);
+                    shape = Shape::Records;
+                }
+                Some(StepKind::GroupByKey(_)) => require(self, Shape::Keyed),
+                Some(StepKind::GroupByKeyAndWindow(w)) => {
+                    require(self, Shape::Keyed);
+                    let p = format!("{path}.groupByKeyAndWindow");
+                    slide = self
+                        .window(&p, &w.length, w.slide.as_deref(), interval, slide)
+                        .or(slide);
+                }
+                Some(StepKind::MapValues(sel)) => {
+                    require(self, Shape::Keyed);
+                    self.selector(&format!("{path}.mapValues"), sel);
+                }
+                Some(StepKind::FlatMapValues(f)) => {
+                    require(self, Shape::Keyed);
+                    self.flat_map(&format!("{path}.flatMapValues"), f);
+                }
+                _ => {}
+            }
+        }
+        Output { shape, slide }
+    }
+
+    /// The graph of `spec.streams`: names, what each reads, no cycles; then each stream's
+    /// steps, in an order where what a stream reads is checked before it.
+    fn streams(&mut self, spec: &StreamingJobSpec, interval: Option<Duration>) {
+        let sources: BTreeSet<&str> = spec.sources.iter().map(|s| s.name.as_str()).collect();
+        let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+        for (i, stream) in spec.streams.iter().enumerate() {
+            let path = format!("spec.streams[{i}].name");
+            self.dns_label(&path, &stream.name);
+            if sources.contains(stream.name.as_str()) {
+                self.add(
+                    &path,
+                    format!(
+                        "{:?} is a source's name too; name the stream apart",
+                        stream.name
+                    ),
+                );
+            } else if let Some(first) = index.insert(&stream.name, i) {
+                self.add(
+                    &path,
+                    format!(
+                        "{:?} is the name of spec.streams[{first}] too; stream names are unique",
+                        stream.name
+                    ),
+                );
+            }
+        }
+        self.streams_declared = index.keys().map(|n| n.to_string()).collect();
+        // What each stream needs checked first: the streams it reads and joins.
+        let mut needs: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); spec.streams.len()];
+        for (i, stream) in spec.streams.iter().enumerate() {
+            if stream.pipeline.len() > MAX_STEPS {
+                self.add(
+                    format!("spec.streams[{i}].pipeline"),
+                    format!(
+                        "has {} steps; at most {MAX_STEPS}: split the stream",
+                        stream.pipeline.len()
+                    ),
+                );
+            }
+            if stream.from.is_empty() {
+                self.add(
+                    format!("spec.streams[{i}].from"),
+                    "is empty; name the sources or streams it reads",
+                );
+            }
+            for (j, from) in stream.from.iter().enumerate() {
+                match index.get(from.as_str()) {
+                    Some(&k) => {
+                        needs[i].insert(k);
+                    }
+                    None if sources.contains(from.as_str()) => {}
+                    None => self.add(
+                        format!("spec.streams[{i}].from[{j}]"),
+                        format!(
+                            "{from:?} names no source or stream; use one of {}",
+                            sources
+                                .iter()
+                                .copied()
+                                .chain(index.keys().copied())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ),
+                }
+            }
+            for step in &stream.pipeline {
+                if let Some(StepKind::Join(_, j)) = step.kind()
+                    && let Some(&k) = index.get(j.with.as_str())
+                {
+                    needs[i].insert(k);
+                }
+            }
+        }
+        // Kahn's order; what is left is on a cycle.
+        let mut order = Vec::new();
+        let mut done = vec![false; spec.streams.len()];
+        loop {
+            let ready: Vec<usize> = (0..spec.streams.len())
+                .filter(|&i| !done[i] && needs[i].iter().all(|&k| done[k]))
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            for i in ready {
+                done[i] = true;
+                order.push(i);
+            }
+        }
+        for i in (0..spec.streams.len()).filter(|&i| !done[i]) {
+            let on_cycle: Vec<&str> = needs[i]
+                .iter()
+                .filter(|&&k| !done[k])
+                .map(|&k| spec.streams[k].name.as_str())
+                .collect();
+            self.add(
+                format!("spec.streams[{i}]"),
+                format!(
+                    "{:?} reads or joins {} which read it back: a job is a graph without cycles",
+                    spec.streams[i].name,
+                    on_cycle.join(", ")
+                ),
+            );
+        }
+        let mut outputs: BTreeMap<String, Output> = BTreeMap::new();
+        for i in order {
+            let stream = &spec.streams[i];
+            let mut read: Vec<Output> = Vec::new();
+            for from in &stream.from {
+                if sources.contains(from.as_str()) {
+                    read.push(Output::default());
+                } else if let Some(out) = outputs.get(from) {
+                    read.push(*out);
+                }
+            }
+            let start = read.first().copied().unwrap_or_default();
+            if read.iter().any(|o| o.shape != start.shape) {
+                self.add(
+                    format!("spec.streams[{i}].from"),
+                    "reads plain records and (key, value) pairs together; a union needs one kind",
+                );
+            } else if read.iter().any(|o| o.slide != start.slide) {
+                self.add(
+                    format!("spec.streams[{i}].from"),
+                    "reads streams of different slides together; a union needs one slide",
+                );
+            }
+            let out = self.pipeline(
+                &format!("spec.streams[{i}].pipeline"),
+                &stream.pipeline,
+                interval,
+                start,
+                &outputs,
+            );
+            outputs.insert(stream.name.clone(), out);
         }
     }
 
-    fn sinks(&mut self, sinks: &[SinkSpec]) {
+    /// A windowed aggregation's settings at `p`; returns the stream's slide after it.
+    fn windowed_reduce(
+        &mut self,
+        p: &str,
+        w: &WindowedReduceStep,
+        interval: Option<Duration>,
+        slide: Option<Duration>,
+    ) -> Option<Duration> {
+        let after = self
+            .window(p, &w.length, w.slide.as_deref(), interval, slide)
+            .or(slide);
+        if w.op == Aggregation::Last {
+            self.add(
+                format!("{p}.op"),
+                "last is only for updateStateByKey; use sum, min, max, count or avg",
+            );
+        }
+        if w.inverse == Some(true) && !matches!(w.op, Aggregation::Sum | Aggregation::Count) {
+            self.add(
+                format!("{p}.inverse"),
+                format!(
+                    "{:?} has no inverse; inverse works with sum and count only",
+                    w.op
+                )
+                .to_lowercase(),
+            );
+        }
+        after
+    }
+
+    /// A `flatMap` or `flatMapValues` step's settings.
+    fn flat_map(&mut self, p: &str, f: &FlatMapStep) {
+        if self.exactly_one(
+            p,
+            &[
+                ("split", f.split.is_some()),
+                ("regex", f.regex.is_some()),
+                ("expr", f.expr.is_some()),
+            ],
+        ) {
+            if f.split.as_deref() == Some("") {
+                self.add(
+                    format!("{p}.split"),
+                    "is empty; write a separator such as \" \" or \",\"",
+                );
+            }
+            if let Some(re) = &f.regex {
+                self.regex(&format!("{p}.regex"), re);
+            }
+            if let Some(expr) = &f.expr {
+                self.cel(&format!("{p}.expr"), expr);
+            }
+        }
+    }
+
+    fn sinks(&mut self, sinks: &[SinkSpec], streams: &[StreamSpec]) {
         if sinks.is_empty() {
             self.add(
                 "spec.sinks",
                 "needs at least one sink (stdout, files, s3, kafka or postgres)",
             );
         }
+        let names: Vec<&str> = streams.iter().map(|s| s.name.as_str()).collect();
         for (i, sink) in sinks.iter().enumerate() {
             let path = format!("spec.sinks[{i}]");
+            match (&sink.from, names.is_empty()) {
+                (None, false) => self.add(
+                    format!("{path}.from"),
+                    format!("is required with spec.streams: name the stream it writes ({})", names.join(", ")),
+                ),
+                (Some(from), true) => self.add(
+                    format!("{path}.from"),
+                    format!("{from:?}: there is no spec.streams; leave from out to write the pipeline's output"),
+                ),
+                (Some(from), false) if !names.contains(&from.as_str()) => self.add(
+                    format!("{path}.from"),
+                    format!("{from:?} names no stream; use one of {}", names.join(", ")),
+                ),
+                _ => {}
+            }
             let set: Vec<&str> = sink.kinds().iter().map(|k| k.name()).collect();
             let kinds = SinkKind::NAMES.map(|n| (n, set.contains(&n)));
             if !self.exactly_one(&path, &kinds) {

@@ -12,10 +12,18 @@ use support::{Rng, run_with_kills};
 
 const BATCHES: u64 = 60;
 
-fn manifest(dir: &Path, steps: &str) -> PathBuf {
+/// A job of one generator through `steps` into the files sink.
+fn pipeline(steps: &str) -> String {
+    format!(
+        "  sources: [{{name: g, generator: {{rate: 20000, seed: 11, vocabulary: 300}}}}]\n  pipeline:\n{steps}  sinks: [{{files: {{path: OUT}}}}]\n"
+    )
+}
+
+/// `body`: the spec's sources, steps and sinks, with `OUT` where the files sink writes.
+fn manifest(dir: &Path, body: &str) -> PathBuf {
     let text = format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: crash}}\nspec:\n  batchInterval: 100ms\n  parallelism: 3\n  sources: [{{name: g, generator: {{rate: 20000, seed: 11, vocabulary: 300}}}}]\n  pipeline:\n{steps}  sinks: [{{files: {{path: \"{out}\"}}}}]\n  checkpoint: {{uri: \"file://{ckpt}\", interval: 3, retain: 2}}\n",
-        out = dir.join("out").display(),
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: crash}}\nspec:\n  batchInterval: 100ms\n  parallelism: 3\n{body}  checkpoint: {{uri: \"file://{ckpt}\", interval: 3, retain: 2}}\n",
+        body = body.replace("OUT", &format!("\"{}\"", dir.join("out").display())),
         ckpt = dir.join("ckpt").display(),
     );
     let path = dir.join("job.yaml");
@@ -62,14 +70,14 @@ fn batch_times(files: &[(String, Vec<u8>)]) -> Vec<u64> {
         .collect()
 }
 
-/// `slide_ms`: how often the pipeline emits, so how far apart its files are.
-fn check_exactly_once(name: &str, steps: &str, slide_ms: u64) {
+/// `slide_ms`: how often the job's output emits, so how far apart its files are.
+fn check_exactly_once(name: &str, body: &str, slide_ms: u64) {
     let files = BATCHES * 100 / slide_ms;
     let mut rng = Rng::from_env(name);
 
     let reference = tempfile::tempdir().expect("tempdir");
     let started = Instant::now();
-    let out = sluice(&manifest(reference.path(), steps))
+    let out = sluice(&manifest(reference.path(), body))
         .output()
         .expect("reference run");
     // Kill points spread over the time a whole run takes (at least a few ms).
@@ -87,7 +95,7 @@ fn check_exactly_once(name: &str, steps: &str, slide_ms: u64) {
     );
 
     let crashed = tempfile::tempdir().expect("tempdir");
-    let job = manifest(crashed.path(), steps);
+    let job = manifest(crashed.path(), body);
     let (kills, mid_run_kills) = run_with_kills(
         name,
         &mut rng,
@@ -129,7 +137,9 @@ fn check_exactly_once(name: &str, steps: &str, slide_ms: u64) {
 fn stateful_running_count_survives_sigkill() {
     check_exactly_once(
         "state",
-        "    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - updateStateByKey: {op: sum}\n",
+        &pipeline(
+            "    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - updateStateByKey: {op: sum}\n",
+        ),
         100,
     );
 }
@@ -138,7 +148,31 @@ fn stateful_running_count_survives_sigkill() {
 fn sliding_window_survives_sigkill() {
     check_exactly_once(
         "window",
-        "    - flatMap: {split: \" \"}\n    - countByValueAndWindow: {length: 700ms, slide: 200ms}\n    - filter: {expr: \"value > 3\"}\n",
+        &pipeline(
+            "    - flatMap: {split: \" \"}\n    - countByValueAndWindow: {length: 700ms, slide: 200ms}\n    - filter: {expr: \"value > 3\"}\n",
+        ),
         200,
     );
+}
+
+/// Two sources, each its own stream of word counts, fully joined over a sliding window.
+const JOIN_GRAPH: &str = "  sources:
+    - {name: a, generator: {rate: 5000, seed: 11, vocabulary: 300}}
+    - {name: b, generator: {rate: 3000, seed: 12, vocabulary: 300}}
+  streams:
+    - name: left
+      from: [a]
+      pipeline: [{flatMap: {split: \" \"}}, {countByValue: {}}, {window: {length: 500ms, slide: 200ms}}]
+    - name: right
+      from: [b]
+      pipeline: [{flatMap: {split: \" \"}}, {countByValue: {}}, {window: {length: 500ms, slide: 200ms}}]
+    - name: joined
+      from: [left]
+      pipeline: [{fullOuterJoin: {with: right}}]
+  sinks: [{from: joined, files: {path: OUT}}]
+";
+
+#[test]
+fn joined_streams_survive_sigkill() {
+    check_exactly_once("join", JOIN_GRAPH, 200);
 }

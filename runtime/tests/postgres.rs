@@ -99,26 +99,78 @@ fn contents(pg: &Postgres, db: &str) -> [Vec<Vec<Option<String>>>; 3] {
     ]
 }
 
-#[test]
-fn rows_are_appended_and_upserted_exactly_once_across_sigkills() {
-    let mut rng = Rng::from_env("postgres crash");
-    let pg = database("crash_reference");
+/// What a crash test compares: the tables' rows, by query.
+type Tables = Vec<Vec<Vec<Option<String>>>>;
+
+/// A job written by `job(dir, database)` run uninterrupted into database `NAME_reference`,
+/// then with random SIGKILLs into `NAME_killed`: what `contents` reads from each, the
+/// reference run's directory, and the kills.
+fn reference_and_killed(
+    name: &str,
+    job: impl Fn(&Path, &str) -> PathBuf,
+    contents: impl Fn(&str) -> Tables,
+) -> (Tables, Tables, tempfile::TempDir, u32) {
+    let mut rng = Rng::from_env(name);
     let reference = tempfile::tempdir().expect("tempdir");
+    let db = format!("{name}_reference");
     let started = Instant::now();
-    let out = sluice(
-        &manifest(reference.path(), pg, "crash_reference", ""),
-        BATCHES,
-    )
-    .output()
-    .expect("reference run");
+    let out = sluice(&job(reference.path(), &db), BATCHES)
+        .output()
+        .expect("reference run");
     let run_ms = (started.elapsed().as_millis() as u64).max(50);
     assert!(
         out.status.success(),
-        "reference run: {}",
+        "{name}: reference run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = contents(pg, "crash_reference");
-    let [appended, totals, marks] = &expected;
+    let expected = contents(&db);
+    let crashed = tempfile::tempdir().expect("tempdir");
+    let db = format!("{name}_killed");
+    let manifest = job(crashed.path(), &db);
+    let (kills, mid_run) = run_with_kills(
+        name,
+        &mut rng,
+        || sluice(&manifest, BATCHES),
+        crashed.path(),
+        BATCHES,
+        // From a quarter to three quarters into a whole run: the start (a connection per
+        // partition and sink, TLS) is a large part of a short run.
+        (
+            6,
+            Duration::from_millis(run_ms / 4),
+            Duration::from_millis(run_ms / 2),
+        ),
+        Duration::from_secs(240),
+    );
+    assert!(
+        mid_run >= 1,
+        "{name}: no kill landed mid-run ({kills} kills)"
+    );
+    let got = contents(&db);
+    for (i, (want, have)) in expected.iter().zip(&got).enumerate() {
+        assert!(
+            want == have,
+            "{name}: query {i} differs from the uninterrupted run after {kills} kills (seed {}): {} rows against {}",
+            rng.seed(),
+            have.len(),
+            want.len()
+        );
+    }
+    (expected, got, reference, kills)
+}
+
+#[test]
+fn rows_are_appended_and_upserted_exactly_once_across_sigkills() {
+    let pg = Postgres::shared();
+    let (expected, _, reference, _) = reference_and_killed(
+        "crash",
+        |dir, db| {
+            database(db);
+            manifest(dir, pg, db, "")
+        },
+        |db| contents(pg, db).to_vec(),
+    );
+    let [appended, totals, marks] = [&expected[0], &expected[1], &expected[2]];
     // Every batch appends every word's total once: the multiset has each row once.
     assert!(
         appended.len() > 200 && appended.iter().all(|r| r[2].as_deref() == Some("1")),
@@ -164,40 +216,74 @@ fn rows_are_appended_and_upserted_exactly_once_across_sigkills() {
         marks.iter().all(|m| m[2].as_deref() == Some("t")),
         "every mark holds the last batch: {marks:?}"
     );
+}
 
-    let crashed = tempfile::tempdir().expect("tempdir");
-    database("crash_killed");
-    let job = manifest(crashed.path(), pg, "crash_killed", "");
-    let (kills, mid_run) = run_with_kills(
-        "postgres crash",
-        &mut rng,
-        || sluice(&job, BATCHES),
-        crashed.path(),
-        BATCHES,
-        // From a quarter to three quarters into a whole run: the start (a connection per
-        // partition and sink, TLS) is a large part of a short run.
-        (
-            6,
-            Duration::from_millis(run_ms / 4),
-            Duration::from_millis(run_ms / 2),
-        ),
-        Duration::from_secs(240),
+/// Two sources, each a stream of word counts, fully joined per batch, appended.
+fn join_manifest(dir: &Path, pg: &Postgres, db: &str) -> PathBuf {
+    pg.create_database(db).expect("create database");
+    pg.execute(
+        db,
+        "CREATE TABLE joined (word text NOT NULL, pair jsonb NOT NULL)",
+    )
+    .expect("table");
+    let text = format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: StreamingJob
+metadata: {{name: pg-join}}
+spec:
+  batchInterval: 100ms
+  parallelism: 3
+  sources:
+    - {{name: a, generator: {{rate: 3000, seed: 21, vocabulary: 150}}}}
+    - {{name: b, generator: {{rate: 2000, seed: 22, vocabulary: 150}}}}
+  streams:
+    - {{name: left, from: [a], pipeline: [{{flatMap: {{split: \" \"}}}}, {{countByValue: {{}}}}]}}
+    - {{name: right, from: [b], pipeline: [{{flatMap: {{split: \" \"}}}}, {{countByValue: {{}}}}]}}
+    - {{name: joined, from: [left], pipeline: [{{fullOuterJoin: {{with: right}}}}]}}
+  sinks:
+    - from: joined
+      postgres: {{url: \"{url}\", table: joined, columns: [{{name: word, expr: key}}, {{name: pair, expr: value}}]}}
+  checkpoint: {{uri: \"file://{ckpt}\", interval: 4, retain: 2}}
+",
+        url = pg.url(db),
+        ckpt = dir.join("ckpt").display(),
     );
-    assert!(mid_run >= 1, "no kill landed mid-run ({kills} kills)");
-    let got = contents(pg, "crash_killed");
-    for (i, what) in ["appended rows", "upserted totals", "marks"]
-        .iter()
-        .enumerate()
-    {
-        // The marks name the job's sinks, which are the same in both runs.
-        assert!(
-            got[i] == expected[i],
-            "{what} differ from the uninterrupted run after {kills} kills (seed {}): {} rows against {}",
-            rng.seed(),
-            got[i].len(),
-            expected[i].len()
-        );
-    }
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, text).expect("write manifest");
+    path
+}
+
+#[test]
+fn a_join_of_two_sources_reaches_the_table_once_across_sigkills() {
+    let pg = Postgres::shared();
+    let (expected, _, _, _) = reference_and_killed(
+        "join",
+        |dir, db| join_manifest(dir, pg, db),
+        |db| {
+            vec![
+                pg.rows(
+                    db,
+                    "SELECT word, pair::text, count(*) FROM joined GROUP BY word, pair::text ORDER BY 1, 2",
+                )
+                .expect("rows"),
+            ]
+        },
+    );
+    // (The same word and counts may come in two batches: the multiset, compared above,
+    // is what tells a batch written twice.)
+    let rows = &expected[0];
+    assert!(
+        rows.len() > 150,
+        "the uninterrupted run wrote {} distinct rows",
+        rows.len()
+    );
+    // A full outer join keeps words seen on one side only, with null on the other.
+    assert!(
+        rows.iter()
+            .any(|r| r[1].as_deref().is_some_and(|p| p.contains("null"))),
+        "no unmatched word in {} rows",
+        rows.len()
+    );
 }
 
 /// Runs `cmd` to its end (or `timeout`): whether it succeeded, and its stderr.

@@ -6,11 +6,13 @@
 //! Expressions, regular expressions and static data sets are checked here, with the field path
 //! of the step, so `sluice validate` reports them like any other manifest problem.
 
+mod combine;
 mod join;
 mod sinks;
 mod sources;
 mod steps;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,10 +30,24 @@ use crate::job::Job;
 use crate::sink::{LineFormat, ToText};
 
 /// A plain or keyed stream of manifest values.
+#[derive(Clone)]
 enum Stream {
     Records(DStream<Value>),
     Keyed(DStream<(Value, Value)>),
 }
+
+/// Where a pipeline of steps is: its field path (`spec.pipeline`, `spec.streams[1].pipeline`)
+/// and its stream (an index of `spec.streams`, none for `spec.pipeline`).
+struct Pipeline {
+    base: String,
+    stream: Option<usize>,
+}
+
+/// The stateful steps of the spec, and the step of each stateful operation built so far.
+type StateSteps<'a> = (
+    &'a [sluice_crds::upgrade::StatefulStep],
+    &'a mut Vec<Option<String>>,
+);
 
 /// Options that are not part of the manifest.
 #[derive(Clone, Debug)]
@@ -86,44 +102,65 @@ pub fn compile(
         namespace: job.metadata.namespace.clone(),
     };
 
-    let mut input: Option<DStream<Value>> = None;
+    let mut sources: BTreeMap<String, DStream<Value>> = BTreeMap::new();
     for (i, source) in spec.sources.iter().enumerate() {
         let stream = c.source(&format!("spec.sources[{i}]"), source);
-        input = Some(match input {
-            Some(all) => all.union(&stream),
-            None => stream,
-        });
+        sources.insert(source.name.clone(), stream);
     }
-    let Some(input) = input else {
-        return Err(vec![Problem::new(
-            "spec.sources",
-            "needs at least one source",
-        )]);
-    };
-    let mut stream = Stream::Records(input);
-    let steps = &spec.pipeline;
     // Each stateful operation's step, so that a later spec finds its state by the step.
     let stateful_steps = sluice_crds::upgrade::stateful_steps(spec);
     let mut state_steps = Vec::new();
-    let mut i = 0;
-    while i < steps.len() {
-        let (next, used) = c.step(stream, steps, i);
-        let step = stateful_steps
-            .iter()
-            .find(|s| (i..i + used).contains(&s.index))
-            .map(|s| s.id.clone());
-        state_steps.resize(c.ctx.stateful_count(), step);
-        stream = next;
-        i += used;
-    }
-    if options.discard_output {
-        match &stream {
-            Stream::Records(s) => s.foreach_batch(|_, _| Ok(())),
-            Stream::Keyed(s) => s.foreach_batch(|_, _| Ok(())),
+    // What sinks read: the pipeline's output (no `from`), or each stream by name.
+    let mut outputs: BTreeMap<Option<String>, Stream> = BTreeMap::new();
+    if spec.streams.is_empty() {
+        let mut input: Option<DStream<Value>> = None;
+        for source in &spec.sources {
+            let Some(stream) = sources.get(&source.name) else {
+                continue;
+            };
+            input = Some(match input {
+                Some(all) => all.union(stream),
+                None => stream.clone(),
+            });
         }
+        let Some(input) = input else {
+            return Err(vec![Problem::new(
+                "spec.sources",
+                "needs at least one source",
+            )]);
+        };
+        let pipeline = Pipeline {
+            base: "spec.pipeline".into(),
+            stream: None,
+        };
+        let out = c.steps(
+            Stream::Records(input),
+            &spec.pipeline,
+            &pipeline,
+            &BTreeMap::new(),
+            (&stateful_steps, &mut state_steps),
+        );
+        outputs.insert(None, out);
     } else {
-        for (i, sink) in spec.sinks.iter().enumerate() {
-            c.sink(&format!("spec.sinks[{i}]"), &stream, sink);
+        let built = c.streams(spec, &sources, (&stateful_steps, &mut state_steps));
+        outputs.extend(built.into_iter().map(|(name, s)| (Some(name), s)));
+    }
+    for (i, sink) in spec.sinks.iter().enumerate() {
+        let path = format!("spec.sinks[{i}]");
+        let Some(stream) = outputs.get(&sink.from) else {
+            c.problem(
+                format!("{path}.from"),
+                "names no stream of spec.streams (or is missing)",
+            );
+            continue;
+        };
+        if options.discard_output {
+            match stream {
+                Stream::Records(s) => s.foreach_batch(|_, _| Ok(())),
+                Stream::Keyed(s) => s.foreach_batch(|_, _| Ok(())),
+            }
+        } else {
+            c.sink(&path, stream, sink);
         }
     }
     if !c.problems.is_empty() {
@@ -238,6 +275,99 @@ fn text_format(format: OutputFormat) -> (LineFormat<Value>, LineFormat<(Value, V
 }
 
 impl Compiler {
+    /// Compiles a pipeline's steps over `stream`; `streams` are the streams built before, for
+    /// joins.
+    fn steps(
+        &mut self,
+        mut stream: Stream,
+        steps: &[sluice_crds::PipelineStep],
+        pipeline: &Pipeline,
+        streams: &BTreeMap<String, Stream>,
+        (stateful_steps, state_steps): StateSteps<'_>,
+    ) -> Stream {
+        let mut i = 0;
+        while i < steps.len() {
+            let (next, used) = self.step(stream, steps, pipeline, i, streams);
+            let step = stateful_steps
+                .iter()
+                .find(|s| s.stream == pipeline.stream && (i..i + used).contains(&s.index))
+                .map(|s| s.id.clone());
+            state_steps.resize(self.ctx.stateful_count(), step);
+            stream = next;
+            i += used;
+        }
+        stream
+    }
+
+    /// Builds `spec.streams`, each after what it reads and joins.
+    fn streams(
+        &mut self,
+        spec: &sluice_crds::StreamingJobSpec,
+        sources: &BTreeMap<String, DStream<Value>>,
+        (stateful_steps, state_steps): StateSteps<'_>,
+    ) -> BTreeMap<String, Stream> {
+        let mut built: BTreeMap<String, Stream> = BTreeMap::new();
+        let mut pending: Vec<usize> = (0..spec.streams.len()).collect();
+        while !pending.is_empty() {
+            let ready = pending.iter().position(|&i| {
+                let stream = &spec.streams[i];
+                let joins = stream.pipeline.iter().filter_map(|step| match step.kind() {
+                    Some(sluice_crds::StepKind::Join(_, j)) => Some(&j.with),
+                    _ => None,
+                });
+                stream
+                    .from
+                    .iter()
+                    .all(|f| sources.contains_key(f) || built.contains_key(f))
+                    && joins.into_iter().all(|w| built.contains_key(w))
+            });
+            let Some(at) = ready else {
+                // Validation names the cycle or the missing name.
+                self.problem(
+                    "spec.streams",
+                    "a stream reads or joins one that is missing or reads it back",
+                );
+                break;
+            };
+            let i = pending.remove(at);
+            let stream = &spec.streams[i];
+            let mut input: Option<Stream> = None;
+            for from in &stream.from {
+                let next = match (sources.get(from), built.get(from)) {
+                    (Some(s), _) => Stream::Records(s.clone()),
+                    (None, Some(s)) => s.clone(),
+                    (None, None) => continue,
+                };
+                input = Some(match (input, next) {
+                    (None, next) => next,
+                    (Some(Stream::Records(a)), Stream::Records(b)) => Stream::Records(a.union(&b)),
+                    (Some(Stream::Keyed(a)), Stream::Keyed(b)) => Stream::Keyed(a.union(&b)),
+                    (Some(a), _) => {
+                        self.problem(
+                            format!("spec.streams[{i}].from"),
+                            "reads plain records and (key, value) pairs together; a union needs one kind",
+                        );
+                        a
+                    }
+                });
+            }
+            let Some(input) = input else { continue };
+            let pipeline = Pipeline {
+                base: format!("spec.streams[{i}].pipeline"),
+                stream: Some(i),
+            };
+            let out = self.steps(
+                input,
+                &stream.pipeline,
+                &pipeline,
+                &built,
+                (stateful_steps, &mut *state_steps),
+            );
+            built.insert(stream.name.clone(), out);
+        }
+        built
+    }
+
     fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem::new(path, message));
     }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use sluice_crds::{Aggregation, PipelineStep, Selector, StepKind, WindowStep};
 
-use super::{Compiler, Sel, Splitter, Stream, per_record};
+use std::collections::BTreeMap;
+
+use super::{Compiler, Pipeline, Sel, Splitter, Stream, per_record};
 use crate::data::KeyMap;
 use crate::dstream::DStream;
 use crate::dstream::windowed_reduce::Inverse;
@@ -21,9 +23,11 @@ impl Compiler {
         &mut self,
         stream: Stream,
         steps: &[PipelineStep],
+        pipeline: &Pipeline,
         i: usize,
+        streams: &BTreeMap<String, Stream>,
     ) -> (Stream, usize) {
-        let path = format!("spec.pipeline[{i}]");
+        let path = format!("{}[{i}]", pipeline.base);
         let Some(kind) = steps[i].kind() else {
             self.problem(&path, "set exactly one operation");
             return (stream, 1);
@@ -43,13 +47,18 @@ impl Compiler {
             {
                 let op = format!("{path}.flatMap");
                 let counted = count_pieces(records, splitter, fm.lowercase.unwrap_or(false), op);
-                let next_path = format!("spec.pipeline[{}]", i + 1);
+                let next_path = format!("{}[{}]", pipeline.base, i + 1);
                 return (self.finish_count(counted, next, &next_path), 2);
             }
         }
-        let out = match stream {
-            Stream::Records(s) => self.records_step(s, kind, &path),
-            Stream::Keyed(s) => self.keyed_step(s, kind, &path),
+        let out = match (stream, kind) {
+            (stream, StepKind::Reduce(r)) => self.reduce(stream, r.op, &path),
+            (stream, StepKind::ReduceByWindow(w)) => self.reduce_by_window(stream, w, &path),
+            (Stream::Records(s), StepKind::CountByWindow(w)) => self.count_by_window(&s, w, &path),
+            (Stream::Keyed(s), StepKind::CountByWindow(w)) => self.count_by_window(&s, w, &path),
+            (Stream::Keyed(s), StepKind::Join(join, j)) => self.join(s, join, j, &path, streams),
+            (Stream::Records(s), kind) => self.records_step(s, kind, &path),
+            (Stream::Keyed(s), kind) => self.keyed_step(s, kind, &path),
         };
         (out, 1)
     }
@@ -266,9 +275,18 @@ impl Compiler {
             }
             StepKind::Count(_) => Stream::Records(s.count().map(|n| Value::Int(n as i64))),
             StepKind::JoinStatic(j) => self.join_static(Stream::Records(s), j, path),
+            // Handled for both shapes in `step`.
+            StepKind::Reduce(_) | StepKind::ReduceByWindow(_) | StepKind::CountByWindow(_) => {
+                Stream::Records(s)
+            }
             StepKind::ReduceByKey(_)
             | StepKind::ReduceByKeyAndWindow(_)
-            | StepKind::UpdateStateByKey(_) => {
+            | StepKind::UpdateStateByKey(_)
+            | StepKind::Join(..)
+            | StepKind::GroupByKey(_)
+            | StepKind::GroupByKeyAndWindow(_)
+            | StepKind::MapValues(_)
+            | StepKind::FlatMapValues(_) => {
                 // Keyed-only operations on a plain stream: `validate` explains; keep the stream.
                 self.problem(
                     path,
@@ -332,23 +350,12 @@ impl Compiler {
                 let length = self.duration(&format!("{p}.length"), Some(&w.length));
                 let slide = self.duration(&format!("{p}.slide"), w.slide.as_deref());
                 let reduced = reduce_accs(&s, w.op, p);
-                let inverse = (w.inverse == Some(true)).then(|| Inverse {
-                    inverse: Arc::new(|mut a: Acc, b: Acc| {
-                        a.subtract(&b);
-                        a
-                    }) as Arc<dyn Fn(Acc, Acc) -> Acc + Send + Sync>,
-                    keep: Some(Arc::new(|_: &Value, a: &Acc| !a.is_empty())
-                        as Arc<dyn Fn(&Value, &Acc) -> bool + Send + Sync>),
-                });
-                let merge = Arc::new(|mut a: Acc, b: Acc| {
-                    a.merge(b);
-                    a
-                });
-                Stream::Keyed(
-                    reduced
-                        .window_reduced(merge, inverse, length, slide)
-                        .map_values(|a| a.finish()),
-                )
+                Stream::Keyed(window_accs(
+                    &reduced,
+                    w.inverse == Some(true),
+                    length,
+                    slide,
+                ))
             }
             StepKind::UpdateStateByKey(st) => {
                 let p = format!("{path}.updateStateByKey");
@@ -383,6 +390,35 @@ impl Compiler {
                 Stream::Keyed(state.map_values(|(acc, _)| acc.finish()))
             }
             StepKind::JoinStatic(j) => self.join_static(Stream::Keyed(s), j, path),
+            StepKind::GroupByKey(_) => Stream::Keyed(s.group_by_key().map_values(Value::List)),
+            StepKind::GroupByKeyAndWindow(w) => {
+                let p = format!("{path}.groupByKeyAndWindow");
+                let length = self.duration(&format!("{p}.length"), Some(&w.length));
+                let slide = self.duration(&format!("{p}.slide"), w.slide.as_deref());
+                Stream::Keyed(
+                    s.group_by_key_and_window(length, slide)
+                        .map_values(Value::List),
+                )
+            }
+            StepKind::MapValues(sel) => {
+                let Some(sel) = self.selector(&format!("{path}.mapValues"), sel) else {
+                    return Stream::Keyed(s);
+                };
+                let op = format!("{path}.mapValues");
+                Stream::Keyed(s.map_partitions(&op.clone(), move |cx, pairs| {
+                    per_record(cx, &op, pairs, |root, (k, v), out| {
+                        let v = sel.pair(root, &k, &v)?;
+                        out.push((k, v));
+                        Ok(())
+                    })
+                }))
+            }
+            StepKind::FlatMapValues(fm) => self.flat_map_values(s, fm, path),
+            // Handled for both shapes in `step`.
+            StepKind::Reduce(_)
+            | StepKind::ReduceByWindow(_)
+            | StepKind::CountByWindow(_)
+            | StepKind::Join(..) => Stream::Keyed(s),
             StepKind::ParseJson(_)
             | StepKind::FlatMap(_)
             | StepKind::KeyBy(_)
@@ -398,6 +434,64 @@ impl Compiler {
                 Stream::Keyed(s)
             }
         }
+    }
+}
+
+impl Compiler {
+    /// `flatMapValues`: each value becomes the pieces of its text (`split`, `regex`) or the
+    /// items of the list an `expr` over key and value returns, each with the pair's key.
+    fn flat_map_values(
+        &mut self,
+        s: DStream<(Value, Value)>,
+        fm: &sluice_crds::FlatMapStep,
+        path: &str,
+    ) -> Stream {
+        let op = format!("{path}.flatMapValues");
+        let lower = fm.lowercase.unwrap_or(false);
+        let case = move |v: Value| match v {
+            Value::Str(t) if lower => Value::Str(t.to_lowercase()),
+            other => other,
+        };
+        if let Some(e) = &fm.expr {
+            let e = match Expr::compile(e) {
+                Ok(e) => e,
+                Err(m) => {
+                    self.problem(format!("{op}.expr"), m);
+                    return Stream::Keyed(s);
+                }
+            };
+            return Stream::Keyed(s.map_partitions(&op.clone(), move |cx, pairs| {
+                per_record(cx, &op, pairs, |root, (k, v), out| {
+                    match e.eval_pair(root, &k, &v)? {
+                        Value::List(items) => {
+                            out.extend(items.into_iter().map(|item| (k.clone(), case(item))));
+                            Ok(())
+                        }
+                        other => Err(format!(
+                            "flatMapValues expr must return a list, got {}",
+                            other.describe()
+                        )),
+                    }
+                })
+            }));
+        }
+        let Some(splitter) = self.splitter(&op, fm) else {
+            return Stream::Keyed(s);
+        };
+        Stream::Keyed(s.map_partitions(&op.clone(), move |cx, pairs| {
+            per_record(cx, &op, pairs, |_, (k, v), out| match v {
+                Value::Str(text) => {
+                    splitter.for_each(&text, |p| {
+                        out.push((k.clone(), case(Value::Str(p.to_string()))));
+                    });
+                    Ok(())
+                }
+                other => Err(format!(
+                    "flatMapValues split/regex needs text values, got {}",
+                    other.describe()
+                )),
+            })
+        }))
     }
 }
 
@@ -466,8 +560,33 @@ fn fold_accs(
     Ok(())
 }
 
+/// Partial aggregates merged over a sliding window (with `inverse`, the last window updated
+/// with what entered and left, keys with nothing left dropped), finished.
+pub(super) fn window_accs(
+    reduced: &DStream<(Value, Acc)>,
+    inverse: bool,
+    length: std::time::Duration,
+    slide: std::time::Duration,
+) -> DStream<(Value, Value)> {
+    let inverse = inverse.then(|| Inverse {
+        inverse: Arc::new(|mut a: Acc, b: Acc| {
+            a.subtract(&b);
+            a
+        }) as Arc<dyn Fn(Acc, Acc) -> Acc + Send + Sync>,
+        keep: Some(Arc::new(|_: &Value, a: &Acc| !a.is_empty())
+            as Arc<dyn Fn(&Value, &Acc) -> bool + Send + Sync>),
+    });
+    let merge = Arc::new(|mut a: Acc, b: Acc| {
+        a.merge(b);
+        a
+    });
+    reduced
+        .window_reduced(merge, inverse, length, slide)
+        .map_values(|a| a.finish())
+}
+
 /// Per-batch aggregation of keyed values into partial aggregates.
-fn reduce_accs(
+pub(super) fn reduce_accs(
     s: &DStream<(Value, Value)>,
     op: Aggregation,
     name: String,
