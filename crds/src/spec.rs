@@ -490,12 +490,22 @@ pub struct WindowedReduceStep {
     pub inverse: Option<bool>,
 }
 
-/// A running aggregate per key.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// State per key across batches: a built-in aggregation, or a CEL expression.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StateStep {
-    /// `sum`, `min`, `max`, `count`, `avg` or `last`.
-    pub op: Aggregation,
+    /// A built-in aggregation: `sum`, `min`, `max`, `count`, `avg` or `last`. Set `op` or
+    /// `expr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<Aggregation>,
+    /// A CEL expression for the new state of a key, over `key`, `values` (the batch's values
+    /// of the key, a list, empty for a key with state but no new values) and `state` (the
+    /// previous state, `null` for a new key); it returns the new state (any value: a number,
+    /// a map, a list), or `null` to drop the key. Like Spark's `updateStateByKey`, it runs
+    /// for every key with state in every batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub expr: Option<String>,
     /// Forget a key that has had no new value for this long, e.g. `10m`. Default: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

@@ -280,9 +280,12 @@ fn pipeline_stateful_steps(
                 ("slide", slide(w.slide.as_deref())),
                 ("inverse", w.inverse.unwrap_or(false).to_string()),
             ]),
-            StepKind::UpdateStateByKey(s) => {
-                BTreeMap::from([("op", format!("{:?}", s.op).to_lowercase())])
-            }
+            // An expression's state is any value: another expression may read it (a change
+            // of the step, the state kept); a built-in's is its aggregation's form.
+            StepKind::UpdateStateByKey(s) => BTreeMap::from([(
+                "op",
+                s.op.map_or_else(|| "expr".to_string(), |op| format!("{op:?}").to_lowercase()),
+            )]),
             _ => continue,
         };
         let operation = kind.name();

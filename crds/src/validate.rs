@@ -612,8 +612,14 @@ impl Validator {
             }
             if let Some(s) = &step.update_state_by_key {
                 require(self, Shape::Keyed);
+                let p = format!("{path}.updateStateByKey");
+                if self.exactly_one(&p, &[("op", s.op.is_some()), ("expr", s.expr.is_some())])
+                    && let Some(expr) = &s.expr
+                {
+                    self.cel(&format!("{p}.expr"), expr);
+                }
                 if let Some(t) = &s.timeout {
-                    self.duration(&format!("{path}.updateStateByKey.timeout"), t);
+                    self.duration(&format!("{p}.timeout"), t);
                 }
             }
             if let Some(j) = &step.join_static {

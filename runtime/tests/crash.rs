@@ -173,6 +173,17 @@ const JOIN_GRAPH: &str = "  sources:
 ";
 
 #[test]
+fn state_from_an_expression_survives_sigkill() {
+    check_exactly_once(
+        "state expression",
+        &pipeline(
+            "    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - updateStateByKey: {expr: \"{'n': (state == null ? 0 : state.n) + sum(values), 'batches': (state == null ? 0 : state.batches) + 1}\"}\n",
+        ),
+        100,
+    );
+}
+
+#[test]
 fn joined_streams_survive_sigkill() {
     check_exactly_once("join", JOIN_GRAPH, 200);
 }

@@ -7,6 +7,9 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value as Json;
+use support::json_batches as batches;
+
+mod support;
 
 const BATCHES: usize = 12;
 const WINDOW: usize = 3;
@@ -78,25 +81,6 @@ spec:
         per_window = out("per-window"),
         counted = out("counted"),
     )
-}
-
-/// Each batch file of a files sink, in time order, as its JSON lines.
-fn batches(dir: &Path) -> Vec<Vec<Json>> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|f| {
-            std::fs::read_to_string(f)
-                .expect("read")
-                .lines()
-                .map(|l| serde_json::from_str(l).expect("a JSON line"))
-                .collect()
-        })
-        .collect()
 }
 
 /// Pairs as (key, value) texts.

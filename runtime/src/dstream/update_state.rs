@@ -12,9 +12,11 @@ use crate::data::{Data, Key, KeyMap};
 use crate::error::{Error, Result};
 use crate::exec::{BatchContext, Task, lock_unpoisoned};
 use crate::plan::{Dep, ShuffleId};
-use crate::time::BatchInfo;
 
-type Update<K, C, S> = dyn Fn(&BatchInfo, &K, Option<C>, Option<S>) -> Option<S> + Send + Sync;
+/// The new state of a key from its batch's values and its state; an error fails the batch
+/// (or is counted and skipped by the function, through the context).
+type Update<K, C, S> =
+    dyn Fn(&BatchContext, &K, Option<C>, Option<S>) -> Result<Option<S>> + Send + Sync;
 type Merge<C> = dyn Fn(&mut C, C) + Send + Sync;
 
 /// Keyed state of one operation, per partition, in an order that survives checkpoints.
@@ -40,14 +42,14 @@ impl<K: Key, C: Data, S: Data> Task for StateStore<K, C, S> {
             KeyMap::with_capacity_and_hasher(old.len() + fresh.len(), Default::default());
         for (k, s) in old {
             let values = fresh.get_mut(&k).and_then(Option::take);
-            if let Some(s) = (self.update)(&cx.batch, &k, values, Some(s)) {
+            if let Some(s) = (self.update)(cx, &k, values, Some(s))? {
                 next.insert(k, s);
             }
         }
         // Keys new in this batch, in arrival order; the values of old keys were taken above.
         for (k, values) in fresh {
             if let Some(values) = values
-                && let Some(s) = (self.update)(&cx.batch, &k, Some(values), None)
+                && let Some(s) = (self.update)(cx, &k, Some(values), None)?
             {
                 next.insert(k, s);
             }
@@ -104,7 +106,10 @@ impl<T: Data> DStream<T> {
         op: &str,
         combine: impl Fn(&BatchContext, Vec<T>, &mut KeyMap<K, C>) -> Result<()> + Send + Sync + 'static,
         merge: impl Fn(&mut C, C) + Send + Sync + 'static,
-        update: impl Fn(&BatchInfo, &K, Option<C>, Option<S>) -> Option<S> + Send + Sync + 'static,
+        update: impl Fn(&BatchContext, &K, Option<C>, Option<S>) -> Result<Option<S>>
+        + Send
+        + Sync
+        + 'static,
     ) -> DStream<(K, S)> {
         let shuffle = shuffle_by_key(self, op, combine);
         let store = Arc::new(StateStore {
@@ -165,7 +170,7 @@ impl<K: Key, V: Data> DStream<(K, V)> {
                 Ok(())
             },
             |acc, more| acc.extend(more),
-            move |_, _, values, state| update(values.unwrap_or_default(), state),
+            move |_, _, values, state| Ok(update(values.unwrap_or_default(), state)),
         )
     }
 }

@@ -50,6 +50,25 @@ impl Expr {
         self.run(&scope)
     }
 
+    /// Evaluates with `key`, `values` (a list) and `state` (`null` when absent) bound: a
+    /// state expression.
+    pub fn eval_state(
+        &self,
+        root: &Context<'_, '_>,
+        key: &Value,
+        values: &[Value],
+        state: Option<&Value>,
+    ) -> Result<Value, String> {
+        let mut scope = root.new_inner_scope();
+        scope.add_variable_from_value("key", to_cel(key));
+        scope.add_variable_from_value(
+            "values",
+            Cel::List(Arc::new(values.iter().map(to_cel).collect())),
+        );
+        scope.add_variable_from_value("state", state.map_or(Cel::Null, to_cel));
+        self.run(&scope)
+    }
+
     fn run(&self, scope: &Context<'_, '_>) -> Result<Value, String> {
         let result = self
             .program
@@ -59,9 +78,63 @@ impl Expr {
     }
 }
 
-/// The context every evaluation's scope derives from; one per task.
+/// The context every evaluation's scope derives from; one per task. Besides CEL's standard
+/// library it has `sum`, `min` and `max` of a list (or of their arguments): a state
+/// expression aggregates its `values` with them.
 pub fn root_context() -> Context<'static, 'static> {
-    Context::default()
+    let mut context = Context::default();
+    for (name, result) in [
+        ("sum", context.add_function("sum", sum)),
+        ("min", context.add_function("min", cel::functions::min)),
+        ("max", context.add_function("max", cel::functions::max)),
+    ] {
+        // Only a clash with a standard function fails, which a cel upgrade would show here.
+        if let Err(e) = result {
+            tracing::warn!(function = name, error = ?e, "a CEL function is unavailable");
+        }
+    }
+    context
+}
+
+/// `sum(list)` or `sum(a, b, ...)`: an int while every item is one (an error on overflow),
+/// a double once one is; 0 for none.
+fn sum(
+    cel::extractors::Arguments(args): cel::extractors::Arguments,
+) -> Result<Cel, cel::ExecutionError> {
+    let items: &[Cel] = match args.as_slice() {
+        [Cel::List(list)] => list,
+        all => all,
+    };
+    let mut int: i64 = 0;
+    let mut float: Option<f64> = None;
+    for item in items {
+        match (item, &mut float) {
+            (Cel::Int(i), None) => {
+                int = int.checked_add(*i).ok_or_else(|| {
+                    cel::ExecutionError::function_error("sum", "the sum overflows an int")
+                })?;
+            }
+            (Cel::UInt(u), None) => {
+                let i = i64::try_from(*u).map_err(|_| {
+                    cel::ExecutionError::function_error("sum", "the sum overflows an int")
+                })?;
+                int = int.checked_add(i).ok_or_else(|| {
+                    cel::ExecutionError::function_error("sum", "the sum overflows an int")
+                })?;
+            }
+            (Cel::Int(i), Some(f)) => *f += *i as f64,
+            (Cel::UInt(u), Some(f)) => *f += *u as f64,
+            (Cel::Float(x), None) => float = Some(int as f64 + x),
+            (Cel::Float(x), Some(f)) => *f += x,
+            (other, _) => {
+                return Err(cel::ExecutionError::function_error(
+                    "sum",
+                    format!("sums numbers, not a {:?}", other.type_of()),
+                ));
+            }
+        }
+    }
+    Ok(float.map_or(Cel::Int(int), Cel::Float))
 }
 
 fn to_cel(v: &Value) -> Cel {
@@ -167,6 +240,34 @@ mod tests {
             handle.join().expect("no overflow"),
             Ok(Value::Int(MAX_EXPR_DEPTH as i64 - 1))
         );
+    }
+
+    #[test]
+    fn lists_have_sum_min_and_max() {
+        let root = root_context();
+        let eval = |text: &str, values: Vec<Value>| {
+            Expr::compile(text).expect("compiles").eval_state(
+                &root,
+                &Value::Str("k".into()),
+                &values,
+                None,
+            )
+        };
+        let ints = vec![Value::Int(3), Value::Int(-1), Value::Int(5)];
+        assert_eq!(eval("sum(values)", ints.clone()), Ok(Value::Int(7)));
+        assert_eq!(eval("max(values)", ints.clone()), Ok(Value::Int(5)));
+        assert_eq!(eval("min(values)", ints), Ok(Value::Int(-1)));
+        assert_eq!(eval("sum(values)", vec![]), Ok(Value::Int(0)));
+        assert_eq!(
+            eval("sum(values)", vec![Value::Int(1), Value::Float(0.5)]),
+            Ok(Value::Float(1.5))
+        );
+        assert_eq!(
+            eval("state == null ? sum(1, 2) : 0", vec![]),
+            Ok(Value::Int(3))
+        );
+        assert!(eval("sum(values)", vec![Value::Str("x".into())]).is_err());
+        assert!(eval("sum(values)", vec![Value::Int(i64::MAX), Value::Int(1)]).is_err());
     }
 
     #[test]

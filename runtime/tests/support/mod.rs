@@ -277,3 +277,23 @@ pub fn series_sum(texts: &[String], name: &str, label: &str) -> Option<f64> {
     }
     found
 }
+
+/// The JSON lines of each batch file a files sink wrote in `dir` (`format: json`), in time
+/// order.
+pub fn json_batches(dir: &Path) -> Vec<Vec<serde_json::Value>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .expect("read")
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON line"))
+                .collect()
+        })
+        .collect()
+}

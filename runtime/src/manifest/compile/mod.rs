@@ -10,6 +10,7 @@ mod combine;
 mod join;
 mod sinks;
 mod sources;
+mod state;
 mod steps;
 
 use std::collections::BTreeMap;
@@ -404,6 +405,16 @@ impl Compiler {
                 Duration::from_millis(self.ctx.interval_ms())
             }),
         }
+    }
+
+    /// A state step's `timeout` (at `path`) in whole batches, at least one.
+    fn timeout_batches(&mut self, path: &str, timeout: Option<&str>) -> Option<u64> {
+        timeout.map(|t| {
+            let d = self.duration(path, Some(t));
+            (d.as_millis() as u64)
+                .div_ceil(self.ctx.interval_ms().max(1))
+                .max(1)
+        })
     }
 
     fn splitter(&mut self, path: &str, f: &FlatMapStep) -> Option<Splitter> {

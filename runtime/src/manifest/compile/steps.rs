@@ -359,13 +359,11 @@ impl Compiler {
             }
             StepKind::UpdateStateByKey(st) => {
                 let p = format!("{path}.updateStateByKey");
-                let op = st.op;
-                let timeout_batches = st.timeout.as_deref().map(|t| {
-                    let d = self.duration(&format!("{p}.timeout"), Some(t));
-                    (d.as_millis() as u64)
-                        .div_ceil(self.ctx.interval_ms().max(1))
-                        .max(1)
-                });
+                let Some(op) = st.op else {
+                    return self.state_expr(&s, st, &p);
+                };
+                let timeout_batches =
+                    self.timeout_batches(&format!("{p}.timeout"), st.timeout.as_deref());
                 let name = p.clone();
                 let state = s.state_by_key(
                     &p,
@@ -373,18 +371,20 @@ impl Compiler {
                         fold_accs(cx, &name, op, pairs, map)
                     },
                     |a: &mut Acc, b| a.merge(b),
-                    move |batch, _k, fresh: Option<Acc>, old: Option<(Acc, u64)>| match (fresh, old)
-                    {
-                        (Some(f), Some((mut acc, _))) => {
-                            acc.merge(f);
-                            Some((acc, batch.index))
-                        }
-                        (Some(f), None) => Some((f, batch.index)),
-                        (None, Some((acc, last))) => match timeout_batches {
-                            Some(t) if last + t <= batch.index => None,
-                            _ => Some((acc, last)),
-                        },
-                        (None, None) => None,
+                    move |cx, _k, fresh: Option<Acc>, old: Option<(Acc, u64)>| {
+                        let batch = &cx.batch;
+                        Ok(match (fresh, old) {
+                            (Some(f), Some((mut acc, _))) => {
+                                acc.merge(f);
+                                Some((acc, batch.index))
+                            }
+                            (Some(f), None) => Some((f, batch.index)),
+                            (None, Some((acc, last))) => match timeout_batches {
+                                Some(t) if last + t <= batch.index => None,
+                                _ => Some((acc, last)),
+                            },
+                            (None, None) => None,
+                        })
                     },
                 );
                 Stream::Keyed(state.map_values(|(acc, _)| acc.finish()))

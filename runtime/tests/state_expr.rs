@@ -1,0 +1,150 @@
+//! `updateStateByKey` with a CEL expression, against the built-in aggregation over the same
+//! stream of the same run: running sums and counts as a map, keys dropped by `null`, a
+//! failed evaluation counted and the key's state kept.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value as Json;
+
+mod support;
+
+const BATCHES: usize = 10;
+
+fn run(dir: &Path, streams: &str, sinks: &str) -> String {
+    let text = format!(
+        "apiVersion: sluice.dev/v1alpha1
+kind: StreamingJob
+metadata: {{name: state-expr}}
+spec:
+  batchInterval: 100ms
+  parallelism: 3
+  sources: [{{name: events, generator: {{rate: 400, seed: 4, format: json, vocabulary: 20}}}}]
+  streams:
+    - name: amounts
+      from: [events]
+      pipeline:
+        - parseJson: {{}}
+        - keyBy: {{key: {{field: user}}, value: {{field: amount}}}}
+{streams}  sinks:
+{sinks}"
+    );
+    let path = dir.join("job.yaml");
+    std::fs::write(&path, text).expect("manifest");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("run")
+        .arg(&path)
+        .args(["--batches", &BATCHES.to_string(), "--no-wait"])
+        .env("SLUICE_LOG", "warn")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+/// Each batch file of a files sink, in time order: key -> value.
+fn batches(dir: &Path) -> Vec<std::collections::BTreeMap<String, Json>> {
+    support::json_batches(dir)
+        .into_iter()
+        .map(|lines| {
+            lines
+                .into_iter()
+                .map(|pair| (pair["key"].to_string(), pair["value"].clone()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn an_expression_keeps_any_state_as_the_built_ins_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    run(
+        dir.path(),
+        "    - name: builtin
+      from: [amounts]
+      pipeline: [{updateStateByKey: {op: sum}}]
+    - name: counted
+      from: [amounts]
+      pipeline: [{updateStateByKey: {op: count}}]
+    - name: expr
+      from: [amounts]
+      pipeline:
+        - updateStateByKey:
+            expr: \"{'sum': (state == null ? 0 : state.sum) + sum(values), 'n': (state == null ? 0 : state.n) + values.size()}\"
+",
+        &format!(
+            "    - {{from: builtin, files: {{path: \"{}\", format: json}}}}\n    - {{from: counted, files: {{path: \"{}\", format: json}}}}\n    - {{from: expr, files: {{path: \"{}\", format: json}}}}\n",
+            out("builtin"),
+            out("counted"),
+            out("expr")
+        ),
+    );
+    let (sums, counts, exprs) = (
+        batches(&dir.path().join("builtin")),
+        batches(&dir.path().join("counted")),
+        batches(&dir.path().join("expr")),
+    );
+    assert_eq!(exprs.len(), BATCHES);
+    for (i, ((sum, count), expr)) in sums.iter().zip(&counts).zip(&exprs).enumerate() {
+        assert_eq!(expr.len(), sum.len(), "batch {}: the same keys", i + 1);
+        assert!(!expr.is_empty());
+        for (key, state) in expr {
+            assert_eq!(
+                state["sum"].as_f64(),
+                sum[key].as_f64(),
+                "batch {}, key {key}",
+                i + 1
+            );
+            assert_eq!(state["n"], count[key], "batch {}, key {key}", i + 1);
+        }
+    }
+}
+
+#[test]
+fn null_drops_a_key_and_a_failed_evaluation_is_counted_keeping_the_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let stderr = run(
+        dir.path(),
+        // Batches with values, counted to 3, then the key is dropped (and starts again).
+        // user1's state reads a field of nothing: every evaluation for it fails.
+        "    - name: cycles
+      from: [amounts]
+      pipeline:
+        - updateStateByKey:
+            expr: \"key == 'user1' ? state.missing : (state != null && state >= 3 ? null : (state == null ? 0 : state) + (size(values) > 0 ? 1 : 0))\"
+",
+        &format!(
+            "    - {{from: cycles, files: {{path: \"{}\", format: json}}}}\n",
+            out("cycles")
+        ),
+    );
+    let cycles = batches(&dir.path().join("cycles"));
+    assert_eq!(cycles.len(), BATCHES);
+    let mut dropped = 0;
+    for (i, batch) in cycles.iter().enumerate() {
+        assert!(
+            !batch.contains_key("\"user1\""),
+            "batch {}: a key whose evaluation failed has state",
+            i + 1
+        );
+        for (key, n) in batch {
+            let n = n.as_i64().expect("a count");
+            assert!((1..=3).contains(&n), "batch {}: {key} = {n}", i + 1);
+            if n == 3
+                && cycles
+                    .get(i + 1)
+                    .is_some_and(|next| !next.contains_key(key))
+            {
+                dropped += 1;
+            }
+        }
+    }
+    assert!(dropped > 0, "no key was dropped by null");
+    assert!(
+        stderr.contains("updateStateByKey") && stderr.contains("missing"),
+        "the failed evaluation is not reported: {stderr}"
+    );
+}
