@@ -62,22 +62,65 @@ pub enum Scenario {
     Wordcount,
     /// flatMap(split) + countByValueAndWindow(10s, 2s).
     Windowed,
+    /// Two sources, each flatMap(split) + countByValueAndWindow(10s, 2s), then a join of
+    /// the two windowed streams (the input split between them): `windowed` plus a join.
+    Joined,
     /// flatMap(split) + countByValue + updateStateByKey(sum).
     Stateful,
+    /// As `stateful`, with the state from a CEL expression (`state + sum(values)`).
+    StateExpr,
+}
+
+impl Scenario {
+    /// As `--scenario` takes it.
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+
+    /// Scenarios whose batches carry their full cost only after one window length.
+    fn windowed(self) -> bool {
+        matches!(self, Scenario::Windowed | Scenario::Joined)
+    }
 }
 
 fn manifest(scenario: Scenario, interval: &str, rate: u64, parallelism: u32) -> String {
-    let steps = match scenario {
-        Scenario::Windowed => {
-            "    - flatMap: {split: \" \"}\n    - countByValueAndWindow: {length: 10s, slide: 2s}\n"
+    let source = |name: &str, rate: u64, seed: u64| {
+        format!(
+            "    - name: {name}\n      generator: {{rate: {rate}, seed: {seed}, vocabulary: 10000, lineBytes: 100}}\n"
+        )
+    };
+    const COUNT: &str = "{flatMap: {split: \" \"}}, {countByValue: {}}";
+    const WINDOW: &str =
+        "{flatMap: {split: \" \"}}, {countByValueAndWindow: {length: 10s, slide: 2s}}";
+    let (sources, job) = match scenario {
+        Scenario::Joined => (
+            format!(
+                "{}{}",
+                source("left", rate / 2, 42),
+                source("right", rate - rate / 2, 43)
+            ),
+            format!(
+                "  streams:\n    - {{name: l, from: [left], pipeline: [{WINDOW}]}}\n    - {{name: r, from: [right], pipeline: [{WINDOW}]}}\n    - {{name: joined, from: [l], pipeline: [{{join: {{with: r}}}}]}}\n  sinks:\n    - {{from: joined, stdout: {{}}}}\n"
+            ),
+        ),
+        other => {
+            let steps = match other {
+                Scenario::Windowed => WINDOW.to_string(),
+                Scenario::Stateful => format!("{COUNT}, {{updateStateByKey: {{op: sum}}}}"),
+                Scenario::StateExpr => format!(
+                    "{COUNT}, {{updateStateByKey: {{expr: \"(state == null ? 0 : state) + sum(values)\"}}}}"
+                ),
+                _ => COUNT.to_string(),
+            };
+            (
+                source("lines", rate, 42),
+                format!("  pipeline: [{steps}]\n  sinks:\n    - stdout: {{}}\n"),
+            )
         }
-        Scenario::Stateful => {
-            "    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - updateStateByKey: {op: sum}\n"
-        }
-        _ => "    - flatMap: {split: \" \"}\n    - countByValue: {}\n",
     };
     format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: bench}}\nspec:\n  batchInterval: {interval}\n  parallelism: {parallelism}\n  sources:\n    - name: lines\n      generator: {{rate: {rate}, seed: 42, vocabulary: 10000, lineBytes: 100}}\n  pipeline:\n{steps}  sinks:\n    - stdout: {{}}\n"
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: bench}}\nspec:\n  batchInterval: {interval}\n  parallelism: {parallelism}\n  sources:\n{sources}{job}"
     )
 }
 
@@ -111,11 +154,7 @@ impl Run<'static> {
     /// one window length of warm-up for the windowed job (before it, batches do not carry
     /// their full cost).
     fn throughput(scenario: Scenario, args: &BenchArgs, metrics: bool) -> Self {
-        let warm = if scenario == Scenario::Windowed {
-            10
-        } else {
-            0
-        };
+        let warm = if scenario.windowed() { 10 } else { 0 };
         Run {
             scenario,
             interval: "1s",
@@ -190,7 +229,13 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
         .unwrap_or_else(|| CompileOptions::default().threads)
         .max(1);
     let scenarios = match args.scenario {
-        Scenario::All => vec![Scenario::Wordcount, Scenario::Windowed, Scenario::Stateful],
+        Scenario::All => vec![
+            Scenario::Wordcount,
+            Scenario::Windowed,
+            Scenario::Joined,
+            Scenario::Stateful,
+            Scenario::StateExpr,
+        ],
         s => vec![s],
     };
     println!(
@@ -233,7 +278,7 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
         "p99 delay"
     );
     for scenario in scenarios {
-        let name = format!("{scenario:?}").to_lowercase();
+        let name = scenario.name();
         let full = match measure(Run::throughput(scenario, &args, metrics), &args, threads) {
             Ok(f) => f,
             Err(e) => {
@@ -290,7 +335,7 @@ fn compare_metrics(args: &BenchArgs, scenarios: &[Scenario], threads: usize) -> 
         "job", "off lines/s", "on lines/s", "change"
     );
     for &scenario in scenarios {
-        let name = format!("{scenario:?}").to_lowercase();
+        let name = scenario.name();
         let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..args.rounds.max(1) {
             for (on, rates) in rates.iter_mut().enumerate() {
