@@ -6,9 +6,9 @@
 
 use crate::spec::{
     Empty, FilesSink, FilesSource, FilterStep, FlatMapStep, GeneratorSource, JoinStep, KafkaSink,
-    KafkaSource, KeyByStep, PipelineStep, PostgresSink, ReduceStep, S3Sink, Selector, SinkSpec,
-    SocketSource, SourceSpec, StateStep, StaticJoinStep, StdoutSink, WindowStep,
-    WindowedReduceStep,
+    KafkaSource, KeyByStep, MapWithStateStep, PipelineStep, PostgresSink, ReduceStep, S3Sink,
+    Selector, SinkSpec, SocketSource, SourceSpec, StateStep, StaticJoinStep, StdoutSink,
+    WindowStep, WindowedReduceStep,
 };
 
 /// What a source is.
@@ -135,6 +135,7 @@ pub enum StepKind<'a> {
     GroupByKeyAndWindow(&'a WindowStep),
     MapValues(&'a Selector),
     FlatMapValues(&'a FlatMapStep),
+    MapWithState(&'a MapWithStateStep),
 }
 
 /// Which of a join's unmatched values it keeps, or a cogroup.
@@ -185,6 +186,7 @@ impl StepKind<'_> {
             StepKind::GroupByKeyAndWindow(_) => "groupByKeyAndWindow",
             StepKind::MapValues(_) => "mapValues",
             StepKind::FlatMapValues(_) => "flatMapValues",
+            StepKind::MapWithState(_) => "mapWithState",
         }
     }
 }
@@ -219,6 +221,7 @@ impl PipelineStep {
             group_by_key_and_window,
             map_values,
             flat_map_values,
+            map_with_state,
         } = self;
         let mut set = Vec::with_capacity(1);
         set.extend(map.as_ref().map(StepKind::Map));
@@ -262,6 +265,7 @@ impl PipelineStep {
         );
         set.extend(map_values.as_ref().map(StepKind::MapValues));
         set.extend(flat_map_values.as_ref().map(StepKind::FlatMapValues));
+        set.extend(map_with_state.as_ref().map(StepKind::MapWithState));
         set
     }
 

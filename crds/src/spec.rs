@@ -376,6 +376,24 @@ pub struct PipelineStep {
     /// Turn the value of each pair into zero or more values, each with the pair's key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flat_map_values: Option<FlatMapStep>,
+    /// State per key updated record by record, each record emitting a value or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map_with_state: Option<MapWithStateStep>,
+}
+
+/// `mapWithState`: a CEL expression per record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MapWithStateStep {
+    /// Over `key`, `value` (one record's) and `state` (`null` when the key has none); it
+    /// returns a map: `state`, the key's new state (`null` or absent: the key is dropped), and
+    /// `emit`, what the record emits with its key (absent: nothing). Records of a key run in
+    /// arrival order, each seeing the state the one before left.
+    #[schemars(length(max = 4096))]
+    pub expr: String,
+    /// Forget a key that has had no record for this long, e.g. `10m`. Default: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
 }
 
 /// The other side of a join: a keyed stream of `spec.streams`.

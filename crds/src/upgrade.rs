@@ -282,6 +282,8 @@ fn pipeline_stateful_steps(
             ]),
             // An expression's state is any value: another expression may read it (a change
             // of the step, the state kept); a built-in's is its aggregation's form.
+            // Any value, as for an expression of updateStateByKey.
+            StepKind::MapWithState(_) => BTreeMap::new(),
             StepKind::UpdateStateByKey(s) => BTreeMap::from([(
                 "op",
                 s.op.map_or_else(|| "expr".to_string(), |op| format!("{op:?}").to_lowercase()),

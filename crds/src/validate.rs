@@ -715,6 +715,14 @@ impl Validator {
                     require(self, Shape::Keyed);
                     self.flat_map(&format!("{path}.flatMapValues"), f);
                 }
+                Some(StepKind::MapWithState(m)) => {
+                    require(self, Shape::Keyed);
+                    let p = format!("{path}.mapWithState");
+                    self.cel(&format!("{p}.expr"), &m.expr);
+                    if let Some(t) = &m.timeout {
+                        self.duration(&format!("{p}.timeout"), t);
+                    }
+                }
                 _ => {}
             }
         }

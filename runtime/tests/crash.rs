@@ -184,6 +184,17 @@ fn state_from_an_expression_survives_sigkill() {
 }
 
 #[test]
+fn map_with_state_survives_sigkill() {
+    check_exactly_once(
+        "mapWithState",
+        &pipeline(
+            "    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - mapWithState: {expr: \"{'state': (state == null ? 0 : state) + value, 'emit': (state == null ? 0 : state) + value}\"}\n",
+        ),
+        100,
+    );
+}
+
+#[test]
 fn joined_streams_survive_sigkill() {
     check_exactly_once("join", JOIN_GRAPH, 200);
 }

@@ -148,3 +148,51 @@ fn null_drops_a_key_and_a_failed_evaluation_is_counted_keeping_the_state() {
         "the failed evaluation is not reported: {stderr}"
     );
 }
+
+#[test]
+fn map_with_state_runs_record_by_record_and_emits_what_it_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    run(
+        dir.path(),
+        // Each record counts itself into its key's state and emits the count so far; a
+        // record of user2 emits nothing.
+        "    - name: counted
+      from: [amounts]
+      pipeline: [{updateStateByKey: {op: count}}]
+    - name: numbered
+      from: [amounts]
+      pipeline:
+        - mapWithState:
+            expr: \"key == 'user2' ? {'state': state} : {'state': (state == null ? 0 : state) + 1, 'emit': (state == null ? 0 : state) + 1}\"
+            timeout: 1h
+",
+        &format!(
+            "    - {{from: counted, files: {{path: \"{}\", format: json}}}}\n    - {{from: numbered, files: {{path: \"{}\", format: json}}}}\n",
+            out("counted"),
+            out("numbered")
+        ),
+    );
+    let totals = batches(&dir.path().join("counted"));
+    let mut emitted: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for batch in support::json_batches(&dir.path().join("numbered")) {
+        for pair in batch {
+            emitted
+                .entry(pair["key"].to_string())
+                .or_default()
+                .push(pair["value"].as_i64().expect("a count"));
+        }
+    }
+    let last = totals.last().expect("a batch");
+    assert!(!emitted.contains_key("\"user2\""), "user2 emitted");
+    assert!(emitted.len() > 5, "{emitted:?}");
+    for (key, mut numbers) in emitted {
+        numbers.sort();
+        let n = last[&key].as_i64().expect("a total");
+        assert_eq!(
+            numbers,
+            (1..=n).collect::<Vec<_>>(),
+            "{key}: one number per record"
+        );
+    }
+}

@@ -69,6 +69,22 @@ impl Expr {
         self.run(&scope)
     }
 
+    /// Evaluates with `key`, `value` and `state` (`null` when absent) bound: a
+    /// `mapWithState` expression, once per record.
+    pub fn eval_record_state(
+        &self,
+        root: &Context<'_, '_>,
+        key: &Value,
+        value: &Value,
+        state: Option<&Value>,
+    ) -> Result<Value, String> {
+        let mut scope = root.new_inner_scope();
+        scope.add_variable_from_value("key", to_cel(key));
+        scope.add_variable_from_value("value", to_cel(value));
+        scope.add_variable_from_value("state", state.map_or(Cel::Null, to_cel));
+        self.run(&scope)
+    }
+
     fn run(&self, scope: &Context<'_, '_>) -> Result<Value, String> {
         let result = self
             .program

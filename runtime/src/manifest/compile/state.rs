@@ -1,11 +1,12 @@
-//! `updateStateByKey` with a CEL expression: any state per key, computed from the key, the
-//! batch's values and the previous state, checkpointed like the built-in aggregations.
+//! State from CEL expressions, checkpointed like the built-in aggregations:
+//! `updateStateByKey` (a key's new state from its batch's values) and `mapWithState` (record
+//! by record, each emitting a value or none).
 
-use sluice_crds::StateStep;
+use sluice_crds::{MapWithStateStep, StateStep};
 
 use super::{Compiler, Stream};
 use crate::data::KeyMap;
-use crate::dstream::DStream;
+use crate::dstream::{DStream, StateSpec};
 use crate::manifest::expr::{Expr, root_context};
 use crate::manifest::value::Value;
 
@@ -73,5 +74,73 @@ impl Compiler {
             },
         );
         Stream::Keyed(state.map_values(|(state, _)| state))
+    }
+}
+
+/// What one record's `mapWithState` evaluation emits: its key and value, or the failure to
+/// count as a record error downstream (the state function has no batch context).
+type Emitted = (Value, Result<Value, String>);
+
+impl Compiler {
+    /// `mapWithState`: `expr` over `key`, `value` and `state` for each record, returning
+    /// `{state, emit}`; a failed evaluation leaves the state as it was and is counted.
+    pub(super) fn map_state_expr(
+        &mut self,
+        s: &DStream<(Value, Value)>,
+        m: &MapWithStateStep,
+        path: &str,
+    ) -> Stream {
+        let p = format!("{path}.mapWithState");
+        let expr = match Expr::compile(&m.expr) {
+            Ok(e) => e,
+            Err(message) => {
+                self.problem(format!("{p}.expr"), message);
+                return Stream::Keyed(s.clone());
+            }
+        };
+        let mut spec = StateSpec::function(
+            move |_,
+                  key: &Value,
+                  value: Option<Value>,
+                  state: &mut crate::dstream::State<Value>| {
+                // A key timing out has no record: it leaves without a word.
+                let value = value?;
+                let result =
+                    ROOT.with(|root| expr.eval_record_state(root, key, &value, state.get()));
+                let fields = match result {
+                    Ok(Value::Map(fields)) => fields,
+                    Ok(other) => {
+                        return Some((
+                            key.clone(),
+                            Err(format!(
+                                "mapWithState expr must return a map of state and emit, got {}",
+                                other.describe()
+                            )),
+                        ));
+                    }
+                    Err(message) => return Some((key.clone(), Err(message))),
+                };
+                let mut fields = fields;
+                match fields.remove("state") {
+                    None | Some(Value::Null) => state.remove(),
+                    Some(next) => state.update(next),
+                }
+                fields.remove("emit").map(|out| (key.clone(), Ok(out)))
+            },
+        );
+        if let Some(t) = &m.timeout {
+            spec = spec.timeout(self.duration(&format!("{p}.timeout"), Some(t)));
+        }
+        let emitted: DStream<Emitted> = s.map_with_state(spec).emitted;
+        Stream::Keyed(emitted.map_partitions(&p.clone(), move |cx, records| {
+            let mut out = Vec::with_capacity(records.len());
+            for (key, result) in records {
+                match result {
+                    Ok(value) => out.push((key, value)),
+                    Err(message) => cx.record_error(&p, message)?,
+                }
+            }
+            Ok(out)
+        }))
     }
 }

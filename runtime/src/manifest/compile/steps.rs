@@ -286,7 +286,8 @@ impl Compiler {
             | StepKind::GroupByKey(_)
             | StepKind::GroupByKeyAndWindow(_)
             | StepKind::MapValues(_)
-            | StepKind::FlatMapValues(_) => {
+            | StepKind::FlatMapValues(_)
+            | StepKind::MapWithState(_) => {
                 // Keyed-only operations on a plain stream: `validate` explains; keep the stream.
                 self.problem(
                     path,
@@ -414,6 +415,7 @@ impl Compiler {
                 }))
             }
             StepKind::FlatMapValues(fm) => self.flat_map_values(s, fm, path),
+            StepKind::MapWithState(m) => self.map_state_expr(&s, m, path),
             // Handled for both shapes in `step`.
             StepKind::Reduce(_)
             | StepKind::ReduceByWindow(_)
