@@ -205,28 +205,40 @@ impl PostgresSink {
         })
     }
 
-    /// The rows as column texts; for an upsert, one row per key (the batch's last), since
-    /// one statement may not change a row twice.
-    fn texts(&self, writer: &Writer, rows: &[Vec<Value>]) -> Vec<Vec<Option<String>>> {
+    /// The rows as the insert statement takes them, one text array per column; for an
+    /// upsert, one row per key (the batch's last), since one statement may not change a row
+    /// twice.
+    fn column_arrays(
+        columns: &[Column],
+        key_positions: &[usize],
+        rows: &[Vec<Value>],
+    ) -> Vec<Vec<Option<String>>> {
         let texts = rows.iter().map(|row| {
             row.iter()
-                .zip(&writer.columns)
+                .zip(columns)
                 .map(|(v, c)| sql::column_text(v, c.json))
                 .collect::<Vec<_>>()
         });
-        if writer.key_positions.is_empty() {
-            return texts.collect();
+        let rows: Vec<Vec<Option<String>>> = if key_positions.is_empty() {
+            texts.collect()
+        } else {
+            let mut by_key: IndexMap<Vec<Option<String>>, Vec<Option<String>>> = IndexMap::new();
+            for row in texts {
+                let key = key_positions
+                    .iter()
+                    .map(|&i| row.get(i).cloned().flatten())
+                    .collect();
+                by_key.insert(key, row);
+            }
+            by_key.into_values().collect()
+        };
+        let mut arrays = vec![Vec::with_capacity(rows.len()); columns.len()];
+        for row in rows {
+            for (array, value) in arrays.iter_mut().zip(row) {
+                array.push(value);
+            }
         }
-        let mut by_key: IndexMap<Vec<Option<String>>, Vec<Option<String>>> = IndexMap::new();
-        for row in texts {
-            let key = writer
-                .key_positions
-                .iter()
-                .map(|&i| row.get(i).cloned().flatten())
-                .collect();
-            by_key.insert(key, row);
-        }
-        by_key.into_values().collect()
+        arrays
     }
 
     /// One partition's transaction; false when the table already holds the batch.
@@ -238,8 +250,6 @@ impl PostgresSink {
         rows: &[Vec<Value>],
     ) -> Result<bool> {
         let sink = self.target.sink_id.as_str();
-        let texts = self.texts(writer, rows);
-        let columns = writer.columns.len();
         let tx = writer
             .client
             .transaction()
@@ -257,16 +267,13 @@ impl PostgresSink {
             // Dropping the transaction rolls it back.
             return Ok(false);
         }
-        for chunk in texts.chunks(ROWS_PER_STATEMENT) {
-            let mut arrays: Vec<Vec<Option<String>>> =
-                vec![Vec::with_capacity(chunk.len()); columns];
-            for row in chunk {
-                for (array, value) in arrays.iter_mut().zip(row) {
-                    array.push(value.clone());
-                }
-            }
+        let arrays = Self::column_arrays(&writer.columns, &writer.key_positions, rows);
+        let count = arrays.first().map_or(0, Vec::len);
+        for start in (0..count).step_by(ROWS_PER_STATEMENT) {
+            let end = (start + ROWS_PER_STATEMENT).min(count);
+            let slices: Vec<&[Option<String>]> = arrays.iter().map(|a| &a[start..end]).collect();
             let params: Vec<&(dyn ToSql + Sync)> =
-                arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+                slices.iter().map(|s| s as &(dyn ToSql + Sync)).collect();
             tx.execute(&writer.insert, &params)
                 .await
                 .map_err(|e| self.error("cannot write the rows", &e))?;

@@ -105,14 +105,9 @@ pub const TABLE_COLUMNS: &str = "SELECT a.attname::text, format_type(a.atttypid,
 /// A value as the text PostgreSQL reads for its column: NULL for null; JSON for json columns,
 /// lists and maps; numbers and bools as PostgreSQL writes them.
 pub fn column_text(value: &Value, json: bool) -> Option<String> {
-    if matches!(value, Value::Null) {
-        return None;
-    }
-    if json {
-        return Some(value.to_json().to_string());
-    }
     Some(match value {
         Value::Null => return None,
+        _ if json => value.to_json().to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
         Value::Float(f) if f.is_nan() => "NaN".to_string(),
