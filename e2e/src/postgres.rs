@@ -22,6 +22,9 @@ use crate::process::Process;
 pub const USER: &str = "sluice";
 /// Its password (password authentication is on, so a wrong one is refused for real).
 pub const PASSWORD: &str = "sluice-test-password";
+/// Databases whose connections must use TLS: the server refuses plain ones (`hostnossl ...
+/// reject` in pg_hba.conf), so a job that writes there used TLS.
+pub const TLS_ONLY_DATABASES: [&str; 2] = ["tls", "tls_encrypted"];
 
 /// Where PostgreSQL's programs are: `$SLUICE_POSTGRES_BIN`, or the newest version under
 /// `/usr/lib/postgresql` (Debian's layout).
@@ -179,6 +182,18 @@ impl Postgres {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // The first matching rule wins: the TLS-only rule goes before initdb's.
+        let hba = self.data().join("pg_hba.conf");
+        let rules =
+            std::fs::read_to_string(&hba).with_context(|| format!("read {}", hba.display()))?;
+        std::fs::write(
+            &hba,
+            format!(
+                "hostnossl {} all all reject\n{rules}",
+                TLS_ONLY_DATABASES.join(",")
+            ),
+        )
+        .with_context(|| format!("write {}", hba.display()))?;
         Ok(())
     }
 
@@ -313,15 +328,19 @@ impl Postgres {
             .enable_all()
             .build()?;
         runtime.block_on(async {
+            // Over the Unix socket (trusted, TLS-only rules do not apply): the harness reaches
+            // every database, whatever a test asks of TCP clients.
             let (client, connection) = tokio_postgres::Config::new()
-                .host("127.0.0.1")
+                .host_path(&self.dir)
                 .port(self.port)
                 .user(USER)
                 .password(PASSWORD)
                 .dbname(database)
                 .connect(tokio_postgres::NoTls)
                 .await
-                .with_context(|| format!("connect to PostgreSQL on port {}", self.port))?;
+                .with_context(|| {
+                    format!("connect to PostgreSQL at {} (socket)", self.dir.display())
+                })?;
             let connection = tokio::spawn(connection);
             let result = work(&client).await;
             drop(client);

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_e2e::postgres::{PASSWORD, Postgres};
-use support::{Rng, run_with_kills};
+use sluice_e2e::postgres::{PASSWORD, Postgres, TLS_ONLY_DATABASES};
+use support::{Rng, run_until, run_with_kills};
 
 const BATCHES: u64 = 40;
 
@@ -286,22 +286,29 @@ fn a_join_of_two_sources_reaches_the_table_once_across_sigkills() {
     );
 }
 
-/// Runs `cmd` to its end (or `timeout`): whether it succeeded, and its stderr.
-fn run_to_end(mut cmd: Command, timeout: Duration) -> (bool, String) {
-    let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// A run that must have failed saying each of `says`, leaving `rows` rows in `table` of
+/// `db` (what was there before: a refused batch writes nothing, not even in part).
+fn refused(
+    pg: &Postgres,
+    (ok, stderr): (bool, &str),
+    says: &[&str],
+    (db, table, rows): (&str, &str, u64),
+) {
+    assert!(!ok, "the job into {db}.{table} ran: {stderr}");
+    for words in says {
+        assert!(stderr.contains(words), "{words:?} is not in: {stderr}");
     }
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    assert_eq!(
+        count(pg, db, table),
+        rows,
+        "a refused job wrote into {db}.{table}"
+    );
+}
+
+/// Runs `cmd` to its end (or `timeout`): whether it succeeded, and its stderr.
+fn run_to_end(cmd: Command, timeout: Duration) -> (bool, String) {
+    let (ok, _, stderr) = run_until(cmd, "", timeout);
+    (ok, stderr)
 }
 
 #[test]
@@ -317,11 +324,19 @@ fn tls_verifies_the_servers_certificate_against_sslrootcert() {
     );
     let (ok, stderr) = run_to_end(sluice(&job, 5), Duration::from_secs(60));
     assert!(ok, "the job over TLS failed: {stderr}");
+    // The server refuses plain connections to this database: the rows came over TLS.
+    assert!(TLS_ONLY_DATABASES.contains(&"tls"));
     assert_eq!(count(pg, "tls", "totals"), 200, "rows written over TLS");
-    // The server saw TLS connections from the job (pg_stat_ssl lists live ones: check that
-    // the job's are gone and the setting is what the server offers).
-    let ssl = pg.rows("tls", "SHOW ssl").expect("show ssl");
-    assert_eq!(ssl[0][0].as_deref(), Some("on"));
+    // The control: the same job without TLS is refused, and says by what.
+    let plain = tempfile::tempdir().expect("tempdir");
+    let job = manifest(plain.path(), pg, "tls", "?sslmode=disable");
+    let (ok, stderr) = run_to_end(sluice(&job, 5), Duration::from_secs(60));
+    refused(
+        pg,
+        (ok, &stderr),
+        &["pg_hba.conf", "sslmode=require"],
+        ("tls", "totals", 200),
+    );
 
     // `require` encrypts without checking the certificate, as libpq does.
     let encrypted = tempfile::tempdir().expect("tempdir");
@@ -336,15 +351,11 @@ fn tls_verifies_the_servers_certificate_against_sslrootcert() {
     database("tls_untrusted");
     let job = manifest(untrusted.path(), pg, "tls_untrusted", "?sslmode=verify-ca");
     let (ok, stderr) = run_to_end(sluice(&job, 5), Duration::from_secs(60));
-    assert!(!ok, "a job trusted a certificate no CA it knows signed");
-    assert!(
-        stderr.contains("certificate is not trusted") && stderr.contains("sslrootcert"),
-        "the refused certificate is not named: {stderr}"
-    );
-    assert_eq!(
-        count(pg, "tls_untrusted", "totals"),
-        0,
-        "a refused job wrote"
+    refused(
+        pg,
+        (ok, &stderr),
+        &["certificate is not trusted", "sslrootcert"],
+        ("tls_untrusted", "totals", 0),
     );
 }
 
@@ -417,15 +428,11 @@ fn every_mistake_is_named_with_its_fix() {
         ),
         PASSWORD,
     );
-    assert!(!ok, "a row too long for its column was written");
-    assert!(
-        stderr.contains("a row does not fit table narrow") && stderr.contains("22001"),
-        "{stderr}"
-    );
-    assert_eq!(
-        count(pg, "mistakes", "narrow"),
-        0,
-        "part of a refused batch was kept"
+    refused(
+        pg,
+        (ok, &stderr),
+        &["a row does not fit table narrow", "22001"],
+        ("mistakes", "narrow", 0),
     );
 
     // Problems the manifest shows are named before anything runs, by field, and a password

@@ -297,3 +297,59 @@ pub fn json_batches(dir: &Path) -> Vec<Vec<serde_json::Value>> {
         })
         .collect()
 }
+
+/// Runs `cmd` until its stderr has a line containing `wanted` (then kills it), it exits, or
+/// `timeout` passes; returns whether it exited successfully, its stdout and its stderr.
+pub fn run_until(
+    mut cmd: std::process::Command,
+    wanted: &str,
+    timeout: Duration,
+) -> (bool, String, String) {
+    use std::io::{BufRead, Read};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let out = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let mut text = String::new();
+    loop {
+        match seen.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) => {
+                let found = !wanted.is_empty() && line.contains(wanted);
+                text.push_str(&line);
+                text.push('\n');
+                if found {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let status = child.wait().expect("wait");
+    let stdout = out.join().unwrap_or_default();
+    (status.success(), stdout, text)
+}

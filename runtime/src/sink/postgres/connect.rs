@@ -218,6 +218,11 @@ pub fn classify(url: &PostgresUrl, table: &str, what: &str, e: &tokio_postgres::
     let permanent = |message: String| Error::Config(format!("postgres {at}: {what}: {message}"));
     let class = &code.code()[..2];
     match class {
+        // The server's host-based rules refuse this connection before any password.
+        "28" if db.message().contains("pg_hba.conf") => permanent(format!(
+            "{}: the server's pg_hba.conf refuses this host, user, database or transport; a rule for plain connections only wants sslmode=require (or verify-ca, verify-full), otherwise ask the server's administrator",
+            db.message()
+        )),
         "28" => permanent(format!(
             "the server refused the credentials ({}); check the user and {PASSWORD_VAR} (on Kubernetes: spec.postgresCredentials)",
             db.message()
