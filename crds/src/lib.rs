@@ -8,6 +8,7 @@ mod duration;
 #[cfg(any(feature = "expressions", test))]
 pub mod expressions;
 mod fingerprint;
+pub mod graph;
 pub mod kafka;
 mod kinds;
 mod parse;

@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::duration::{format_duration, parse_duration};
+use crate::graph::{StreamOrder, stream_order};
 use crate::kinds::{SinkKind, SourceKind, StepKind};
 use crate::s3::{endpoint_problem, parse_s3_uri, s3_uri_problem};
 use crate::spec::*;
@@ -87,8 +88,6 @@ pub fn validate(job: &StreamingJob) -> Vec<Problem> {
 #[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,
-    /// The names of `spec.streams`.
-    streams_declared: BTreeSet<String>,
 }
 
 /// What validation knows of a stream's records: their shape, and the slide of the last
@@ -485,7 +484,7 @@ impl Validator {
         steps: &[PipelineStep],
         interval: Option<Duration>,
         start: Output,
-        streams: &BTreeMap<String, Output>,
+        streams: &BTreeMap<String, Option<Output>>,
     ) -> Output {
         let mut shape = start.shape;
         let mut slide: Option<Duration> = start.slide;
@@ -657,7 +656,7 @@ impl Validator {
                     require(self, Shape::Keyed);
                     let p = format!("{path}.{}.with", kind.name());
                     match streams.get(&j.with) {
-                        Some(other) => {
+                        Some(Some(other)) => {
                             if other.shape != Shape::Keyed {
                                 self.add(&p, format!("{:?} is a stream of plain records; a join needs (key, value) pairs on both sides: add keyBy to it", j.with));
                             }
@@ -668,8 +667,8 @@ impl Validator {
                                 self.add(&p, format!("{:?} slides every {}, this stream every {}; window both alike to join them", j.with, show(other.slide), show(slide)));
                             }
                         }
-                        // A stream in a cycle is reported there.
-                        None if self.streams_declared.contains(&j.with) => {}
+                        // A stream on a cycle: reported there.
+                        Some(None) => {}
                         None if base == "spec.pipeline" => {
                             self.add(&p, "a join reads another stream: name both in spec.streams")
                         }
@@ -755,9 +754,6 @@ impl Validator {
                 );
             }
         }
-        self.streams_declared = index.keys().map(|n| n.to_string()).collect();
-        // What each stream needs checked first: the streams it reads and joins.
-        let mut needs: Vec<BTreeSet<usize>> = vec![BTreeSet::new(); spec.streams.len()];
         for (i, stream) in spec.streams.iter().enumerate() {
             if stream.pipeline.len() > MAX_STEPS {
                 self.add(
@@ -775,12 +771,8 @@ impl Validator {
                 );
             }
             for (j, from) in stream.from.iter().enumerate() {
-                match index.get(from.as_str()) {
-                    Some(&k) => {
-                        needs[i].insert(k);
-                    }
-                    None if sources.contains(from.as_str()) => {}
-                    None => self.add(
+                if !index.contains_key(from.as_str()) && !sources.contains(from.as_str()) {
+                    self.add(
                         format!("spec.streams[{i}].from[{j}]"),
                         format!(
                             "{from:?} names no source or stream; use one of {}",
@@ -791,36 +783,19 @@ impl Validator {
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         ),
-                    ),
-                }
-            }
-            for step in &stream.pipeline {
-                if let Some(StepKind::Join(_, j)) = step.kind()
-                    && let Some(&k) = index.get(j.with.as_str())
-                {
-                    needs[i].insert(k);
+                    );
                 }
             }
         }
-        // Kahn's order; what is left is on a cycle.
-        let mut order = Vec::new();
-        let mut done = vec![false; spec.streams.len()];
-        loop {
-            let ready: Vec<usize> = (0..spec.streams.len())
-                .filter(|&i| !done[i] && needs[i].iter().all(|&k| done[k]))
-                .collect();
-            if ready.is_empty() {
-                break;
-            }
-            for i in ready {
-                done[i] = true;
-                order.push(i);
-            }
-        }
-        for i in (0..spec.streams.len()).filter(|&i| !done[i]) {
-            let on_cycle: Vec<&str> = needs[i]
+        let StreamOrder { order, blocked } = stream_order(spec);
+        // What each stream gives, once checked; the streams on a cycle give nothing known.
+        let mut outputs: BTreeMap<String, Option<Output>> = blocked
+            .iter()
+            .map(|(i, _)| (spec.streams[*i].name.clone(), None))
+            .collect();
+        for (i, waits_for) in blocked {
+            let on_cycle: Vec<&str> = waits_for
                 .iter()
-                .filter(|&&k| !done[k])
                 .map(|&k| spec.streams[k].name.as_str())
                 .collect();
             self.add(
@@ -832,14 +807,13 @@ impl Validator {
                 ),
             );
         }
-        let mut outputs: BTreeMap<String, Output> = BTreeMap::new();
         for i in order {
             let stream = &spec.streams[i];
             let mut read: Vec<Output> = Vec::new();
             for from in &stream.from {
                 if sources.contains(from.as_str()) {
                     read.push(Output::default());
-                } else if let Some(out) = outputs.get(from) {
+                } else if let Some(Some(out)) = outputs.get(from) {
                     read.push(*out);
                 }
             }
@@ -862,7 +836,7 @@ impl Validator {
                 start,
                 &outputs,
             );
-            outputs.insert(stream.name.clone(), out);
+            outputs.insert(stream.name.clone(), Some(out));
         }
     }
 

@@ -308,29 +308,15 @@ impl Compiler {
         (stateful_steps, state_steps): StateSteps<'_>,
     ) -> BTreeMap<String, Stream> {
         let mut built: BTreeMap<String, Stream> = BTreeMap::new();
-        let mut pending: Vec<usize> = (0..spec.streams.len()).collect();
-        while !pending.is_empty() {
-            let ready = pending.iter().position(|&i| {
-                let stream = &spec.streams[i];
-                let joins = stream.pipeline.iter().filter_map(|step| match step.kind() {
-                    Some(sluice_crds::StepKind::Join(_, j)) => Some(&j.with),
-                    _ => None,
-                });
-                stream
-                    .from
-                    .iter()
-                    .all(|f| sources.contains_key(f) || built.contains_key(f))
-                    && joins.into_iter().all(|w| built.contains_key(w))
-            });
-            let Some(at) = ready else {
-                // Validation names the cycle or the missing name.
-                self.problem(
-                    "spec.streams",
-                    "a stream reads or joins one that is missing or reads it back",
-                );
-                break;
-            };
-            let i = pending.remove(at);
+        let graph = sluice_crds::graph::stream_order(spec);
+        if !graph.blocked.is_empty() {
+            // Validation names each cycle.
+            self.problem(
+                "spec.streams",
+                "a stream reads or joins one that reads it back",
+            );
+        }
+        for i in graph.order {
             let stream = &spec.streams[i];
             let mut input: Option<Stream> = None;
             for from in &stream.from {
