@@ -42,22 +42,12 @@ const MAX_IDENTIFIER: usize = 63;
 
 const URL_EXAMPLE: &str = "write e.g. postgres://sluice@db.example:5432/analytics?sslmode=require";
 
-/// `%xx` escapes decoded; `None` when one is malformed or the result is not UTF-8.
+/// `%xx` escapes decoded; `None` when the result is not UTF-8.
 fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|t| t.into_owned())
 }
 
 /// Reads `postgres://[user@]host[:port][,host[:port]...]/database[?key=value&...]`. Errors
