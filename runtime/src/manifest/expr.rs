@@ -112,6 +112,17 @@ pub fn root_context() -> Context<'static, 'static> {
     context
 }
 
+thread_local! {
+    /// This thread's root context: CEL's function table is built once per task thread, not
+    /// once per partition and batch.
+    static ROOT: Context<'static, 'static> = root_context();
+}
+
+/// Runs `f` with this thread's root context.
+pub fn with_root<R>(f: impl FnOnce(&Context<'static, 'static>) -> R) -> R {
+    ROOT.with(f)
+}
+
 /// `sum(list)` or `sum(a, b, ...)`: an int while every item is one (an error on overflow),
 /// a double once one is; 0 for none.
 fn sum(

@@ -22,7 +22,7 @@ use sluice_crds::{
     FlatMapStep, OutputFormat, Problem, Selector, StreamingJob, defaults, parse_duration,
 };
 
-use super::expr::{Expr, root_context};
+use super::expr::{Expr, with_root};
 use super::value::Value;
 use crate::dstream::{DStream, StreamingConfig, StreamingContext};
 use crate::error::Result;
@@ -248,14 +248,15 @@ fn per_record<T, U>(
     records: Vec<T>,
     mut f: impl FnMut(&cel::Context<'_, '_>, T, &mut Vec<U>) -> std::result::Result<(), String>,
 ) -> Result<Vec<U>> {
-    let root = root_context();
-    let mut out = Vec::with_capacity(records.len());
-    for r in records {
-        if let Err(message) = f(&root, r, &mut out) {
-            cx.record_error(op, message)?;
+    with_root(|root| {
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            if let Err(message) = f(root, r, &mut out) {
+                cx.record_error(op, message)?;
+            }
         }
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 fn text_format(format: OutputFormat) -> (LineFormat<Value>, LineFormat<(Value, Value)>) {

@@ -7,13 +7,8 @@ use sluice_crds::{MapWithStateStep, StateStep};
 use super::{Compiler, Stream};
 use crate::data::KeyMap;
 use crate::dstream::{DStream, StateSpec};
-use crate::manifest::expr::{Expr, root_context};
+use crate::manifest::expr::{Expr, with_root};
 use crate::manifest::value::Value;
-
-thread_local! {
-    /// CEL's function table, made once per task thread rather than once per key.
-    static ROOT: cel::Context<'static, 'static> = root_context();
-}
 
 impl Compiler {
     /// The state of each key: `expr` over `key`, `values` and `state`, for every key with new
@@ -61,8 +56,9 @@ impl Compiler {
                 } else {
                     now
                 };
-                let result = ROOT
-                    .with(|root| expr.eval_state(root, key, &values, old.as_ref().map(|(s, _)| s)));
+                let result = with_root(|root| {
+                    expr.eval_state(root, key, &values, old.as_ref().map(|(s, _)| s))
+                });
                 match result {
                     Ok(Value::Null) => Ok(None),
                     Ok(state) => Ok(Some((state, last))),
@@ -106,7 +102,7 @@ impl Compiler {
                 // A key timing out has no record: it leaves without a word.
                 let value = value?;
                 let result =
-                    ROOT.with(|root| expr.eval_record_state(root, key, &value, state.get()));
+                    with_root(|root| expr.eval_record_state(root, key, &value, state.get()));
                 let fields = match result {
                     Ok(Value::Map(fields)) => fields,
                     Ok(other) => {
