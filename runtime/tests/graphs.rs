@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value as Json;
 use support::json_batches as batches;
@@ -155,18 +154,7 @@ fn streams_joined_per_batch_and_over_windows_equal_brute_force() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("job.yaml");
     std::fs::write(&path, manifest(dir.path())).expect("manifest");
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("run")
-        .arg(&path)
-        .args(["--batches", &BATCHES.to_string(), "--no-wait"])
-        .env("SLUICE_LOG", "warn")
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::run_job(&path, BATCHES);
     let read = |name: &str| batches(&dir.path().join(name));
     let (spent, seen) = (read("spent"), read("seen"));
     assert_eq!(spent.len(), BATCHES, "one file per batch");

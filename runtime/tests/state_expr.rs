@@ -3,7 +3,6 @@
 //! failed evaluation counted and the key's state kept.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value as Json;
 
@@ -31,16 +30,7 @@ spec:
     );
     let path = dir.join("job.yaml");
     std::fs::write(&path, text).expect("manifest");
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("run")
-        .arg(&path)
-        .args(["--batches", &BATCHES.to_string(), "--no-wait"])
-        .env("SLUICE_LOG", "warn")
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
-    stderr
+    support::run_job(&path, BATCHES)
 }
 
 /// Each batch file of a files sink, in time order: key -> value.

@@ -50,19 +50,10 @@ fn run(manifest: &Path, batches: u64) -> Command {
 /// Each batch file's lines, sorted (a batch's lines come out in partition order), in time
 /// order.
 fn outputs(dir: &Path) -> Vec<Vec<String>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("out"))
-        .expect("output dir")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    files.sort();
-    files
+    support::batch_texts(&dir.join("out"))
         .iter()
-        .map(|f| {
-            let mut lines: Vec<String> = std::fs::read_to_string(f)
-                .expect("read")
-                .lines()
-                .map(String::from)
-                .collect();
+        .map(|text| {
+            let mut lines: Vec<String> = text.lines().map(String::from).collect();
             lines.sort();
             lines
         })

@@ -278,9 +278,8 @@ pub fn series_sum(texts: &[String], name: &str, label: &str) -> Option<f64> {
     found
 }
 
-/// The JSON lines of each batch file a files sink wrote in `dir` (`format: json`), in time
-/// order.
-pub fn json_batches(dir: &Path) -> Vec<Vec<serde_json::Value>> {
+/// The text of each batch file a files sink wrote in `dir`, in time order.
+pub fn batch_texts(dir: &Path) -> Vec<String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.expect("entry").path())
@@ -288,14 +287,34 @@ pub fn json_batches(dir: &Path) -> Vec<Vec<serde_json::Value>> {
     files.sort();
     files
         .iter()
-        .map(|f| {
-            std::fs::read_to_string(f)
-                .expect("read")
-                .lines()
+        .map(|f| std::fs::read_to_string(f).expect("read"))
+        .collect()
+}
+
+/// The JSON lines of each batch file a files sink wrote in `dir` (`format: json`), in time
+/// order.
+pub fn json_batches(dir: &Path) -> Vec<Vec<serde_json::Value>> {
+    batch_texts(dir)
+        .iter()
+        .map(|text| {
+            text.lines()
                 .map(|l| serde_json::from_str(l).expect("a JSON line"))
                 .collect()
         })
         .collect()
+}
+
+/// `sluice run MANIFEST --batches N --no-wait` to its end; fails the test unless it succeeds.
+/// Returns its log (warnings and errors).
+pub fn run_job(manifest: &Path, batches: usize) -> String {
+    let out = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("run")
+            .arg(manifest)
+            .args(["--batches", &batches.to_string(), "--no-wait"])
+            .env("SLUICE_LOG", "warn"),
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Runs `cmd` until its stderr has a line containing `wanted` (then kills it), it exits, or
