@@ -668,16 +668,20 @@ fn pipeline(old: &StreamingJobSpec, new: &StreamingJobSpec, p: &mut UpgradePlan)
 /// The streams of a graph, by name: added, removed or changed; their stateful steps are
 /// `pipeline`'s (known by their ids wherever they are).
 fn streams(old: &StreamingJobSpec, new: &StreamingJobSpec, p: &mut UpgradePlan) {
-    let stateless = |spec: &StreamingJobSpec, i: usize| -> Vec<PipelineStep> {
-        let state = stateful_steps(spec);
+    let (old_state, new_state) = (stateful_steps(old), stateful_steps(new));
+    fn stateless<'a>(
+        spec: &'a StreamingJobSpec,
+        state: &[StatefulStep],
+        i: usize,
+    ) -> Vec<&'a PipelineStep> {
         spec.streams[i]
             .pipeline
             .iter()
             .enumerate()
             .filter(|(j, _)| !state.iter().any(|s| s.stream == Some(i) && s.index == *j))
-            .map(|(_, step)| step.clone())
+            .map(|(_, step)| step)
             .collect()
-    };
+    }
     for (i, stream) in new.streams.iter().enumerate() {
         let path = format!("spec.streams[{i}]");
         match old.streams.iter().position(|s| s.name == stream.name) {
@@ -699,7 +703,7 @@ fn streams(old: &StreamingJobSpec, new: &StreamingJobSpec, p: &mut UpgradePlan) 
                         ),
                     );
                 }
-                if stateless(old, k) != stateless(new, i) {
+                if stateless(old, &old_state, k) != stateless(new, &new_state, i) {
                     p.push(
                         format!("{path}.pipeline"),
                         ChangeClass::Restart,
