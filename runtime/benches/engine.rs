@@ -32,11 +32,16 @@ fn per_record(c: &mut Criterion) {
     let cel_filter =
         Expr::compile("record.action == 'buy' && record.amount > 10").expect("compiles");
     let cel_field = Expr::compile("record.user").expect("compiles");
+    assert!(cel_filter.is_native() && cel_field.is_native());
     let path = vec!["user".to_string()];
     let mut g = c.benchmark_group("per_record");
     g.throughput(Throughput::Elements(1));
     g.bench_function("cel_filter", |b| {
         b.iter(|| cel_filter.eval_record(&root, black_box(&record)))
+    });
+    let interpreted = cel_filter.interpreted();
+    g.bench_function("cel_filter_interpreted", |b| {
+        b.iter(|| interpreted.eval_record(&root, black_box(&record)))
     });
     g.bench_function("native_filter", |b| {
         b.iter(|| {
@@ -52,6 +57,35 @@ fn per_record(c: &mut Criterion) {
     });
     g.bench_function("native_field", |b| {
         b.iter(|| black_box(&record).field(&path))
+    });
+    g.finish();
+
+    // A state expression's evaluation for one key and a batch of ten values, against the
+    // built-in running sum's work for the same.
+    let values: Vec<Value> = (1..=10).map(Value::Int).collect();
+    let key = Value::Str("user42".into());
+    let state = Value::Int(1000);
+    let running = Expr::compile("(state == null ? 0 : state) + sum(values)").expect("compiles");
+    assert!(running.is_native());
+    let mut g = c.benchmark_group("per_key_batch");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("cel_state", |b| {
+        b.iter(|| running.eval_state(&root, &key, black_box(&values), Some(&state)))
+    });
+    let interpreted = running.interpreted();
+    g.bench_function("cel_state_interpreted", |b| {
+        b.iter(|| interpreted.eval_state(&root, &key, black_box(&values), Some(&state)))
+    });
+    g.bench_function("native_state", |b| {
+        b.iter(|| {
+            black_box(&values)
+                .iter()
+                .try_fold(1000i64, |sum, v| match v {
+                    Value::Int(i) => sum.checked_add(*i),
+                    _ => None,
+                })
+                .map(Value::Int)
+        })
     });
     g.finish();
 }

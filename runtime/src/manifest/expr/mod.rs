@@ -1,8 +1,13 @@
 //! CEL expressions over records: `record` on plain streams, `key` and `value` on keyed ones.
 //!
-//! CEL is what Kubernetes users already write in validation rules. Each evaluation converts the
-//! record into CEL values, so the native built-ins (`field`, `split`, `regex`) stay the fast path;
-//! the benchmarks measure the difference.
+//! CEL is what Kubernetes users already write in validation rules. The common subset of it is
+//! evaluated over the records in place ([`native`]); cel-rust evaluates the rest, and decides
+//! every case the subset leaves open, converting the record into CEL values each time. The
+//! benchmarks measure both against the native built-ins (`field`, `split`, `regex`).
+
+#[cfg(test)]
+mod differential;
+mod native;
 
 use std::sync::Arc;
 
@@ -10,13 +15,19 @@ use cel::objects::{Key as CelKey, Map as CelMap};
 use cel::{Context, Program, Value as Cel};
 
 use super::value::Value;
+use native::{Bindings, Node};
 
 /// A compiled expression.
 #[derive(Clone)]
 pub struct Expr {
     program: Arc<Program>,
+    /// The same expression in the subset evaluated in place, when it is in it.
+    native: Option<Arc<Node>>,
     text: String,
 }
+
+/// `state` of a new key.
+static NULL: Value = Value::Null;
 
 impl Expr {
     /// Compiles `text`; the error is CEL's message, or the bound it breaks. Size and depth are
@@ -24,14 +35,45 @@ impl Expr {
     /// level, can never run out of stack at run time: a job that validates does not abort on
     /// its first record.
     pub fn compile(text: &str) -> Result<Self, String> {
+        let program = sluice_crds::expressions::compile_cel(text)?;
         Ok(Self {
-            program: Arc::new(sluice_crds::expressions::compile_cel(text)?),
+            native: Node::compile(program.expression()).map(Arc::new),
+            program: Arc::new(program),
             text: text.to_string(),
         })
     }
 
+    /// Whether the expression is evaluated in place, never converting records for cel-rust
+    /// (unless an evaluation meets a case the subset leaves to it).
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
+    /// The same expression always evaluated by cel-rust: the benchmarks' baseline.
+    #[doc(hidden)]
+    pub fn interpreted(&self) -> Self {
+        Self {
+            native: None,
+            ..self.clone()
+        }
+    }
+
+    /// The in-place result, when the subset has one.
+    fn native(&self, bindings: Bindings<'_>) -> Option<Value> {
+        self.native
+            .as_ref()
+            .and_then(|node| node.eval(&bindings))
+            .map(native::Val::into_value)
+    }
+
     /// Evaluates with `record` bound.
     pub fn eval_record(&self, root: &Context<'_, '_>, record: &Value) -> Result<Value, String> {
+        if let Some(v) = self.native(Bindings {
+            record: Some(record),
+            ..Bindings::default()
+        }) {
+            return Ok(v);
+        }
         let mut scope = root.new_inner_scope();
         scope.add_variable_from_value("record", to_cel(record));
         self.run(&scope)
@@ -44,6 +86,13 @@ impl Expr {
         key: &Value,
         value: &Value,
     ) -> Result<Value, String> {
+        if let Some(v) = self.native(Bindings {
+            key: Some(key),
+            value: Some(value),
+            ..Bindings::default()
+        }) {
+            return Ok(v);
+        }
         let mut scope = root.new_inner_scope();
         scope.add_variable_from_value("key", to_cel(key));
         scope.add_variable_from_value("value", to_cel(value));
@@ -59,6 +108,14 @@ impl Expr {
         values: &[Value],
         state: Option<&Value>,
     ) -> Result<Value, String> {
+        if let Some(v) = self.native(Bindings {
+            key: Some(key),
+            values: Some(values),
+            state: Some(state.unwrap_or(&NULL)),
+            ..Bindings::default()
+        }) {
+            return Ok(v);
+        }
         let mut scope = root.new_inner_scope();
         scope.add_variable_from_value("key", to_cel(key));
         scope.add_variable_from_value(
@@ -78,6 +135,14 @@ impl Expr {
         value: &Value,
         state: Option<&Value>,
     ) -> Result<Value, String> {
+        if let Some(v) = self.native(Bindings {
+            key: Some(key),
+            value: Some(value),
+            state: Some(state.unwrap_or(&NULL)),
+            ..Bindings::default()
+        }) {
+            return Ok(v);
+        }
         let mut scope = root.new_inner_scope();
         scope.add_variable_from_value("key", to_cel(key));
         scope.add_variable_from_value("value", to_cel(value));
