@@ -136,6 +136,7 @@ pub enum StepKind<'a> {
     MapValues(&'a Selector),
     FlatMapValues(&'a FlatMapStep),
     MapWithState(&'a MapWithStateStep),
+    Repartition(&'a Empty),
 }
 
 /// Which of a join's unmatched values it keeps, or a cogroup.
@@ -187,6 +188,7 @@ impl StepKind<'_> {
             StepKind::MapValues(_) => "mapValues",
             StepKind::FlatMapValues(_) => "flatMapValues",
             StepKind::MapWithState(_) => "mapWithState",
+            StepKind::Repartition(_) => "repartition",
         }
     }
 }
@@ -222,6 +224,7 @@ impl PipelineStep {
             map_values,
             flat_map_values,
             map_with_state,
+            repartition,
         } = self;
         let mut set = Vec::with_capacity(1);
         set.extend(map.as_ref().map(StepKind::Map));
@@ -266,6 +269,7 @@ impl PipelineStep {
         set.extend(map_values.as_ref().map(StepKind::MapValues));
         set.extend(flat_map_values.as_ref().map(StepKind::FlatMapValues));
         set.extend(map_with_state.as_ref().map(StepKind::MapWithState));
+        set.extend(repartition.as_ref().map(StepKind::Repartition));
         set
     }
 

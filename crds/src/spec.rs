@@ -379,6 +379,10 @@ pub struct PipelineStep {
     /// State per key updated record by record, each record emitting a value or none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub map_with_state: Option<MapWithStateStep>,
+    /// Spread the records (or pairs) evenly over the job's partitions, for a skewed input
+    /// before costly steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repartition: Option<Empty>,
 }
 
 /// `mapWithState`: a CEL expression per record.

@@ -53,6 +53,7 @@ spec:
       from: [spent]
       pipeline:
         - reduceByWindow: {{op: sum, length: {WINDOW}00ms}}
+    - {{name: spread, from: [spent], pipeline: [{{repartition: {{}}}}]}}
     - name: counted
       from: [spent, spent]
       pipeline:
@@ -68,6 +69,7 @@ spec:
     - {{from: windowed, files: {{path: \"{windowed}\", format: json}}}}
     - {{from: per-window, files: {{path: \"{per_window}\", format: json}}}}
     - {{from: counted, files: {{path: \"{counted}\", format: json}}}}
+    - {{from: spread, files: {{path: \"{spread}\", format: json}}}}
 ",
         spent = out("spent"),
         seen = out("seen"),
@@ -79,6 +81,7 @@ spec:
         windowed = out("windowed"),
         per_window = out("per-window"),
         counted = out("counted"),
+        spread = out("spread"),
     )
 }
 
@@ -162,6 +165,17 @@ fn streams_joined_per_batch_and_over_windows_equal_brute_force() {
         spent.iter().all(|b| !b.is_empty()) && seen.iter().all(|b| !b.is_empty()),
         "every batch has both sides"
     );
+    // Repartitioned, the same pairs.
+    let spread = read("spread");
+    assert_eq!(spread.len(), BATCHES, "spread: one file per batch");
+    for (i, (got, want)) in spread.into_iter().zip(&spent).enumerate() {
+        assert_eq!(
+            canonical(got),
+            canonical(want.clone()),
+            "spread: batch {}",
+            i + 1
+        );
+    }
     let spent_pairs: Vec<Vec<(String, Json)>> = spent.iter().map(|b| pairs(b)).collect();
     let seen_pairs: Vec<Vec<(String, Json)>> = seen.iter().map(|b| pairs(b)).collect();
     let mut matched = 0;

@@ -540,4 +540,44 @@ proptest! {
             .collect();
         prop_assert_eq!(got, want);
     }
+
+    /// repartition keeps every record and evens the partitions out: a batch gathered into
+    /// one partition is dealt out perfectly, any other within one record per partition.
+    #[test]
+    fn repartition_keeps_records_and_evens_partitions(
+        batches in prop::collection::vec(prop::collection::vec((0u8..5, -3i64..8), 0..40), 1..6),
+        parallelism in 1usize..5,
+    ) {
+        let c = ctx(parallelism);
+        let q = QueueSource::new("q");
+        for b in &batches {
+            q.push(b.clone());
+        }
+        let s = c.source(q);
+        let parts = |stream: &sluice::DStream<(u8, i64)>| {
+            stream
+                .repartition()
+                .map_partitions("parts", |_, records: Vec<(u8, i64)>| Ok(vec![records]))
+                .collect_batches()
+        };
+        let spread = parts(&s);
+        // Everything in one partition first: the skew a single hot input partition makes.
+        let gathered = s.map(|r| ((), r)).group_by_key().flat_map(|((), rs)| rs);
+        let dealt = parts(&gathered);
+        c.build().expect("build").run_batches(batches.len() as u64).expect("run");
+
+        for (out, most_over) in [(spread, parallelism), (dealt, 1)] {
+            for ((_, partitions), batch) in out.take().into_iter().zip(&batches) {
+                prop_assert_eq!(partitions.len(), parallelism);
+                let sizes: Vec<usize> = partitions.iter().map(Vec::len).collect();
+                let (max, min) = (sizes.iter().max().copied(), sizes.iter().min().copied());
+                prop_assert!(
+                    max.unwrap_or(0) - min.unwrap_or(0) <= most_over,
+                    "partition sizes {:?}",
+                    sizes
+                );
+                prop_assert_eq!(sorted(partitions.concat()), sorted(batch.clone()));
+            }
+        }
+    }
 }

@@ -33,6 +33,7 @@ mod map_with_state;
 mod output;
 mod reduce;
 mod reduce_by_key;
+mod repartition;
 pub(crate) mod shuffle;
 mod transform;
 mod union;

@@ -57,6 +57,8 @@ impl Compiler {
             (Stream::Records(s), StepKind::CountByWindow(w)) => self.count_by_window(&s, w, &path),
             (Stream::Keyed(s), StepKind::CountByWindow(w)) => self.count_by_window(&s, w, &path),
             (Stream::Keyed(s), StepKind::Join(join, j)) => self.join(s, join, j, &path, streams),
+            (Stream::Records(s), StepKind::Repartition(_)) => Stream::Records(s.repartition()),
+            (Stream::Keyed(s), StepKind::Repartition(_)) => Stream::Keyed(s.repartition()),
             (Stream::Records(s), kind) => self.records_step(s, kind, &path),
             (Stream::Keyed(s), kind) => self.keyed_step(s, kind, &path),
         };
@@ -276,9 +278,10 @@ impl Compiler {
             StepKind::Count(_) => Stream::Records(s.count().map(|n| Value::Int(n as i64))),
             StepKind::JoinStatic(j) => self.join_static(Stream::Records(s), j, path),
             // Handled for both shapes in `step`.
-            StepKind::Reduce(_) | StepKind::ReduceByWindow(_) | StepKind::CountByWindow(_) => {
-                Stream::Records(s)
-            }
+            StepKind::Reduce(_)
+            | StepKind::ReduceByWindow(_)
+            | StepKind::CountByWindow(_)
+            | StepKind::Repartition(_) => Stream::Records(s),
             StepKind::ReduceByKey(_)
             | StepKind::ReduceByKeyAndWindow(_)
             | StepKind::UpdateStateByKey(_)
@@ -420,7 +423,8 @@ impl Compiler {
             StepKind::Reduce(_)
             | StepKind::ReduceByWindow(_)
             | StepKind::CountByWindow(_)
-            | StepKind::Join(..) => Stream::Keyed(s),
+            | StepKind::Join(..)
+            | StepKind::Repartition(_) => Stream::Keyed(s),
             StepKind::ParseJson(_)
             | StepKind::FlatMap(_)
             | StepKind::KeyBy(_)
