@@ -200,10 +200,15 @@ pub fn sink_problems(p: &PostgresSink) -> Vec<(String, String)> {
                 format!("{:?} is written twice; name each column once", column.name),
             ));
         }
-        if column.field.is_some() && column.expr.is_some() {
+        let set = [
+            column.field.is_some(),
+            column.expr.is_some(),
+            column.batch_time == Some(true),
+        ];
+        if set.iter().filter(|s| **s).count() > 1 {
             out.push((
                 format!("columns[{i}]"),
-                "set at most one of field or expr".to_string(),
+                "set at most one of field, expr or batchTime".to_string(),
             ));
         }
     }
@@ -288,9 +293,16 @@ mod tests {
                     name: "word".into(),
                     field: Some("w".into()),
                     expr: Some("key".into()),
+                    batch_time: None,
                 },
                 crate::spec::PostgresColumn {
                     name: "word".into(),
+                    ..Default::default()
+                },
+                crate::spec::PostgresColumn {
+                    name: "at".into(),
+                    expr: Some("key".into()),
+                    batch_time: Some(true),
                     ..Default::default()
                 },
             ],
@@ -299,7 +311,13 @@ mod tests {
         let fields: Vec<String> = sink_problems(&sink).into_iter().map(|(f, _)| f).collect();
         assert_eq!(
             fields,
-            ["table", "columns[0]", "columns[1].name", "key[0]"],
+            [
+                "table",
+                "columns[0]",
+                "columns[1].name",
+                "columns[2]",
+                "key[0]"
+            ],
             "{fields:?}"
         );
     }

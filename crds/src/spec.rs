@@ -551,13 +551,27 @@ pub enum Aggregation {
     Last,
 }
 
-/// A join with a data set read once when the job starts.
+/// A join with a data set read when the job starts, and again every `refresh`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StaticJoinStep {
-    /// The data set: a path or `file://` URI. One entry per line; for `mode: join`,
-    /// `key,value` lines.
+    /// The data set: a path, a `file://` URI or `s3://bucket/key`. One entry per line; for
+    /// `mode: join`, `key,value` lines.
     pub uri: String,
+    /// Read the data set again at the first batch of every period this long (`10m`), so it
+    /// can change without a restart. Each period's copy is kept in the checkpoint: a batch run
+    /// again after a failure uses the copy its first run used. Default: read once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
+    /// For `s3://`: endpoint URL of an S3-compatible store. Default: AWS, or `AWS_ENDPOINT_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// For `s3://`: the region. Default: the AWS chain, then us-east-1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// For `s3://`: path-style addressing, needed by most S3-compatible stores. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
     /// `exclude` drops records whose key is in the set (a spam filter), `include` keeps only
     /// those, `join` pairs each keyed value with the set's value for its key (inner join).
     pub mode: StaticJoinMode,
@@ -643,11 +657,16 @@ pub struct PostgresColumn {
     /// A field of the record (of the value, on a keyed stream), dotted for nesting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// A CEL expression over `record` (or `key` and `value`). Without `field` or `expr`: the
-    /// record's field of the column's name.
+    /// A CEL expression over `record` (or `key` and `value`). Without `field`, `expr` or
+    /// `batchTime`: the record's field of the column's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub expr: Option<String>,
+    /// `true`: the batch's time (the end of its interval; a window's end on a windowed
+    /// stream) in UTC, for a `timestamptz`, `timestamp` or `text` column. Rows of windowed
+    /// results appended per batch need it to say which window they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_time: Option<bool>,
 }
 
 /// Records written to a Kafka topic.

@@ -240,13 +240,17 @@ impl Postgres {
             "wait $server".to_string()
         };
         // SIGQUIT is the server's immediate shutdown; the loop outlives neither the server
-        // nor the test process that started it.
+        // nor the test process that started it. The signal goes to the postmaster itself (its
+        // pid file's first line) too: `runuser`, between the shell and the server as root,
+        // does not pass SIGQUIT on, and waiting for it kept the server (and its directory)
+        // running for good.
         let script = format!(
             "{server} &\n\
              server=$!\n\
-             trap 'kill -QUIT $server 2>/dev/null; {cleanup}' EXIT TERM\n\
+             trap 'kill -QUIT $(head -n 1 {pid_file} 2>/dev/null) $server 2>/dev/null; {cleanup}' EXIT TERM\n\
              while kill -0 {owner} 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 1; done\n",
             owner = std::process::id(),
+            pid_file = shell_line(&[self.dir.join("data/postmaster.pid").display().to_string()]),
         );
         let mut shell = Command::new("sh");
         shell.arg("-c").arg(script);

@@ -14,8 +14,10 @@ use support::{Rng, run_until, run_with_kills};
 
 const BATCHES: u64 = 40;
 
-/// The tables every job here writes: each batch's running totals appended, and upserted.
-const TABLES: &str = "CREATE TABLE appended (word text NOT NULL, n bigint NOT NULL);
+/// The tables every job here writes: each batch's running totals appended with the batch's
+/// time, and upserted.
+const TABLES: &str =
+    "CREATE TABLE appended (word text NOT NULL, n bigint NOT NULL, at timestamptz NOT NULL);
 CREATE TABLE totals (word text PRIMARY KEY, n bigint NOT NULL, half double precision, doc jsonb);";
 
 fn database(name: &str) -> &'static Postgres {
@@ -41,7 +43,7 @@ spec:
     - countByValue: {{}}
     - updateStateByKey: {{op: sum}}
   sinks:
-    - postgres: {{url: \"{url}\", table: appended, columns: [{{name: word, expr: key}}, {{name: n, expr: value}}]}}
+    - postgres: {{url: \"{url}\", table: appended, columns: [{{name: word, expr: key}}, {{name: n, expr: value}}, {{name: at, batchTime: true}}]}}
     - postgres:
         url: \"{url}\"
         table: public.totals
@@ -85,12 +87,15 @@ fn sluice(manifest: &Path, batches: u64) -> Command {
     c
 }
 
-/// What a run left in its database: the appended rows as a multiset (a batch written twice
-/// doubles its rows' counts), the upserted totals, and the marks.
+/// What a run left in its database: the appended rows as a multiset with the batch each
+/// came from, counted from the run's first (a batch written twice doubles its rows' counts),
+/// the upserted totals, and the marks.
 fn contents(pg: &Postgres, db: &str) -> [Vec<Vec<Option<String>>>; 3] {
     let query = |sql: &str| pg.rows(db, sql).expect(sql);
     [
-        query("SELECT word, n, count(*) FROM appended GROUP BY word, n ORDER BY word, n"),
+        query(
+            "SELECT word, n, round(extract(epoch FROM at - (SELECT min(at) FROM appended)) * 10) AS batch, count(*) FROM appended GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        ),
         query("SELECT word, n, half, doc FROM totals ORDER BY word"),
         // Batch times follow the clock of each run: every mark holds the run's last batch.
         query(
@@ -173,9 +178,18 @@ fn rows_are_appended_and_upserted_exactly_once_across_sigkills() {
     let [appended, totals, marks] = [&expected[0], &expected[1], &expected[2]];
     // Every batch appends every word's total once: the multiset has each row once.
     assert!(
-        appended.len() > 200 && appended.iter().all(|r| r[2].as_deref() == Some("1")),
+        appended.len() > 200 && appended.iter().all(|r| r[3].as_deref() == Some("1")),
         "the uninterrupted run appended {} distinct rows, some more than once",
         appended.len()
+    );
+    // The batch time column numbers the batches 0, 1, ... one interval apart.
+    let batches: std::collections::BTreeSet<i64> = appended
+        .iter()
+        .filter_map(|r| r[2].as_deref()?.parse().ok())
+        .collect();
+    assert!(
+        batches.iter().copied().eq(0..BATCHES as i64),
+        "batch times, in intervals from the first: {batches:?}"
     );
     assert_eq!(totals.len(), 200, "one upserted row per word");
     // The upserted totals are the files sink's last batch.

@@ -3,6 +3,7 @@
 use sluice_crds::{KafkaDelivery, OutputFormat, SinkKind, SinkSpec, defaults};
 
 use super::{Compiler, Sel, Stream, kafka_client, local_path, per_record, text_format};
+use crate::exec::BatchContext;
 use crate::kafka::{Delivery, KafkaMessage, KafkaSink};
 use crate::manifest::value::Value;
 use crate::sink::{FilesSink, PostgresSink, PostgresTarget, StdoutSink, ToText};
@@ -78,23 +79,45 @@ enum ColumnSource {
     /// A keyed stream's value, or a plain record.
     Value,
     Selected(Sel),
+    /// The batch's time, as [`batch_time`] writes it.
+    BatchTime,
 }
 
 impl ColumnSource {
-    fn record(&self, root: &cel::Context<'_, '_>, r: &Value) -> Result<Value, String> {
+    fn record(
+        &self,
+        root: &cel::Context<'_, '_>,
+        r: &Value,
+        time: &Value,
+    ) -> Result<Value, String> {
         match self {
             ColumnSource::Key | ColumnSource::Value => Ok(r.clone()),
             ColumnSource::Selected(sel) => sel.record(root, r),
+            ColumnSource::BatchTime => Ok(time.clone()),
         }
     }
 
-    fn pair(&self, root: &cel::Context<'_, '_>, k: &Value, v: &Value) -> Result<Value, String> {
+    fn pair(
+        &self,
+        root: &cel::Context<'_, '_>,
+        k: &Value,
+        v: &Value,
+        time: &Value,
+    ) -> Result<Value, String> {
         match self {
             ColumnSource::Key => Ok(k.clone()),
             ColumnSource::Value => Ok(v.clone()),
             ColumnSource::Selected(sel) => sel.pair(root, k, v),
+            ColumnSource::BatchTime => Ok(time.clone()),
         }
     }
+}
+
+/// The batch's time as RFC 3339 text in UTC with milliseconds, which PostgreSQL casts to
+/// `timestamptz` and `timestamp` alike.
+fn batch_time(cx: &BatchContext) -> Value {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(cx.batch.time_ms);
+    Value::Str(humantime::format_rfc3339_millis(at).to_string())
 }
 
 impl Compiler {
@@ -112,6 +135,10 @@ impl Compiler {
             columns.push(("value".into(), ColumnSource::Value));
         }
         for (i, column) in pg.columns.iter().enumerate() {
+            if column.batch_time == Some(true) {
+                columns.push((column.name.clone(), ColumnSource::BatchTime));
+                continue;
+            }
             let selector = sluice_crds::Selector {
                 field: match (&column.field, &column.expr) {
                     (None, None) => Some(column.name.clone()),
@@ -155,10 +182,11 @@ impl Compiler {
             Stream::Records(s) => {
                 let op2 = op.clone();
                 s.map_partitions(&op, move |cx, recs| {
+                    let time = batch_time(cx);
                     per_record(cx, &op2, recs, |root, r: Value, out| {
                         let row = sources
                             .iter()
-                            .map(|c| c.record(root, &r))
+                            .map(|c| c.record(root, &r, &time))
                             .collect::<Result<Vec<_>, _>>()?;
                         out.push(row);
                         Ok(())
@@ -168,10 +196,11 @@ impl Compiler {
             Stream::Keyed(s) => {
                 let op2 = op.clone();
                 s.map_partitions(&op, move |cx, recs| {
+                    let time = batch_time(cx);
                     per_record(cx, &op2, recs, |root, (k, v): (Value, Value), out| {
                         let row = sources
                             .iter()
-                            .map(|c| c.pair(root, &k, &v))
+                            .map(|c| c.pair(root, &k, &v, &time))
                             .collect::<Result<Vec<_>, _>>()?;
                         out.push(row);
                         Ok(())

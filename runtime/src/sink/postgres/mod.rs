@@ -168,10 +168,12 @@ impl PostgresSink {
             .await
         {
             // Two connections creating it at once: one wins, the other sees its row in the
-            // catalog; either way the table is there.
+            // catalog (as the table's, or as its row type's: "type already exists"); either
+            // way the table is there.
             let raced = e.code().is_some_and(|c| {
                 *c == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
                     || *c == tokio_postgres::error::SqlState::DUPLICATE_TABLE
+                    || *c == tokio_postgres::error::SqlState::DUPLICATE_OBJECT
             });
             if !raced {
                 return Err(self.error("cannot create the marks table sluice_batches", &e));
