@@ -628,13 +628,51 @@ impl Validator {
                         format!("{p}.uri"),
                         "is empty; write the path or file:// URI of the data set",
                     );
+                } else if j.uri.starts_with("s3://") {
+                    if let Some(problem) = j.endpoint.as_deref().and_then(endpoint_problem) {
+                        self.add(format!("{p}.endpoint"), problem);
+                    }
+                    if let Some(problem) = crate::s3::s3_uri_problem(&j.uri) {
+                        self.add(format!("{p}.uri"), problem);
+                    } else if crate::parse_s3_uri(&j.uri).is_some_and(|(_, key)| key.is_empty()) {
+                        self.add(
+                            format!("{p}.uri"),
+                            format!(
+                                "{:?} names a bucket, not an object; write s3://bucket/key",
+                                j.uri
+                            ),
+                        );
+                    }
                 } else if j.uri.contains("://") && !j.uri.starts_with("file://") {
                     self.add(
                         format!("{p}.uri"),
                         format!(
-                            "{:?}: only local paths and file:// URIs are supported",
+                            "{:?}: write a local path, a file:// URI or s3://bucket/key",
                             j.uri
                         ),
+                    );
+                } else {
+                    for (field, set) in [
+                        ("endpoint", j.endpoint.is_some()),
+                        ("region", j.region.is_some()),
+                        ("pathStyle", j.path_style.is_some()),
+                    ] {
+                        if set {
+                            self.add(
+                                format!("{p}.{field}"),
+                                "is for s3:// data sets; remove it for a local file",
+                            );
+                        }
+                    }
+                }
+                if let Some(refresh) = &j.refresh
+                    && let (Some(r), Some(i)) =
+                        (self.duration(&format!("{p}.refresh"), refresh), interval)
+                    && r < i
+                {
+                    self.add(
+                        format!("{p}.refresh"),
+                        format!("{refresh} is shorter than spec.batchInterval; the data set is read at most once a batch"),
                     );
                 }
                 if j.mode == StaticJoinMode::Join {

@@ -409,3 +409,160 @@ fn s3_sink_writes_each_batch_and_partition_once_across_sigkill() {
         "S3 objects differ from the uninterrupted run"
     );
 }
+
+/// A word count filtered by a data set on S3 (`joinStatic` `include`, `refresh: 300ms`, three
+/// batches a period) while the test rewrites the data set every 130 ms, the job SIGKILLed
+/// mid-run: every batch, first run or replay, must have met the copy pinned for its period, so
+/// each batch equals the unfiltered count of the same batch (an uninterrupted run without the
+/// step) filtered by the pinned copy.
+#[test]
+fn a_refreshed_data_set_is_pinned_per_period_across_sigkills() {
+    const BATCHES: u64 = 30;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let manifest = |dir: &Path, step: &str| {
+        let text = format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: refreshed}}\nspec:\n  batchInterval: 100ms\n  parallelism: 3\n  sources: [{{name: g, generator: {{rate: 2000, seed: 5, vocabulary: 60}}}}]\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n{step}  sinks: [{{files: {{path: \"{out}\"}}}}]\n  checkpoint: {{uri: \"s3://ckpt/{name}\", endpoint: \"{endpoint}\", pathStyle: true, interval: 4, retain: 2}}\n",
+            out = dir.join("out").display(),
+            endpoint = server.endpoint(),
+            name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("job"),
+        );
+        let path = dir.join("job.yaml");
+        std::fs::write(&path, text).expect("write");
+        path
+    };
+    let unfiltered = tmp.path().join("unfiltered");
+    std::fs::create_dir_all(&unfiltered).expect("dir");
+    let started = std::time::Instant::now();
+    run_ok(sluice(&manifest(&unfiltered, ""), BATCHES).stderr(Stdio::piped()));
+    let run_ms = (started.elapsed().as_millis() as u64).max(50);
+    let counts = outputs(&unfiltered);
+    assert_eq!(counts.len(), BATCHES as usize);
+    let mut words: Vec<String> = counts
+        .iter()
+        .flat_map(|b| b.lines())
+        .filter_map(|l| Some(l.trim_matches(['(', ')']).split_once(',')?.0.to_string()))
+        .collect();
+    words.sort();
+    words.dedup();
+    assert!(words.len() > 20, "{} words", words.len());
+
+    // The data set: a random half of the words, rewritten until the job is done.
+    let set_file = tmp.path().join("s3/ckpt/sets/allowed.txt");
+    std::fs::create_dir_all(set_file.parent().expect("dir")).expect("dir");
+    let mut rng = support::Rng::from_env("refreshed");
+    let seed = rng.seed();
+    let write_set = move |rng: &mut support::Rng| {
+        let chosen: Vec<&str> = words
+            .iter()
+            .filter(|_| rng.next().is_multiple_of(2))
+            .map(String::as_str)
+            .collect();
+        let tmp = set_file.with_extension("tmp");
+        std::fs::write(&tmp, chosen.join("\n")).expect("write set");
+        std::fs::rename(&tmp, &set_file).expect("replace set");
+    };
+    write_set(&mut rng);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let done = done.clone();
+        let mut rng = support::Rng::from_env("refreshed-writer");
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                write_set(&mut rng);
+                std::thread::sleep(Duration::from_millis(130));
+            }
+        })
+    };
+
+    let crashed = tmp.path().join("crashed");
+    std::fs::create_dir_all(&crashed).expect("dir");
+    let step = format!(
+        "    - joinStatic: {{uri: s3://ckpt/sets/allowed.txt, endpoint: \"{}\", pathStyle: true, mode: include, refresh: 300ms}}\n",
+        server.endpoint()
+    );
+    let job = manifest(&crashed, &step);
+    // `run_with_kills` tells a kill mid-run by the commits in DIR/ckpt: the S3 checkpoint's.
+    let view = tmp.path().join("crashed-checkpoint");
+    std::fs::create_dir_all(&view).expect("dir");
+    std::os::unix::fs::symlink(tmp.path().join("s3/ckpt/crashed"), view.join("ckpt"))
+        .expect("symlink");
+    let (kills, mid_run) = support::run_with_kills(
+        "refreshed",
+        &mut rng,
+        || {
+            let mut c = sluice(&job, BATCHES);
+            c.stdout(Stdio::null()).stderr(Stdio::piped());
+            c
+        },
+        &view,
+        BATCHES,
+        // From a quarter to three quarters into a whole run (the S3 client's start is a large
+        // part of a short one).
+        (
+            4,
+            Duration::from_millis(run_ms / 4),
+            Duration::from_millis(run_ms / 2),
+        ),
+        Duration::from_secs(180),
+    );
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().expect("writer");
+
+    // Each period's pinned copy, from the checkpoint.
+    let tables = tmp
+        .path()
+        .join("s3/ckpt/crashed/tables/spec.pipeline-2.joinStatic");
+    let pinned = |period: u64| -> std::collections::HashSet<String> {
+        let digest = std::fs::read_to_string(tables.join(format!("periods/{period:020}")))
+            .unwrap_or_else(|e| panic!("period {period} is not pinned: {e}"));
+        std::fs::read_to_string(tables.join("data").join(digest.trim()))
+            .expect("pinned data")
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(crashed.join("out"))
+        .expect("out")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), BATCHES as usize, "one file per batch");
+    let mut periods = std::collections::BTreeSet::new();
+    let mut kept = 0;
+    for (i, (file, unfiltered)) in files.iter().zip(&counts).enumerate() {
+        let time: u64 = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.strip_prefix("batch-"))
+            .and_then(|t| t.parse().ok())
+            .expect("batch-TIME.txt");
+        let period = time / 300;
+        periods.insert(period);
+        let set = pinned(period);
+        let want: Vec<&str> = unfiltered
+            .lines()
+            .filter(|l| {
+                l.trim_matches(['(', ')'])
+                    .split_once(',')
+                    .is_some_and(|(w, _)| set.contains(w))
+            })
+            .collect();
+        let got = std::fs::read_to_string(file).expect("batch");
+        let got: Vec<&str> = got.lines().collect();
+        kept += got.len();
+        assert!(
+            got == want,
+            "batch {} (period {period}) did not meet its pinned data set after {kills} kills (seed {seed}): {} lines against {}",
+            i + 1,
+            got.len(),
+            want.len()
+        );
+    }
+    assert!(mid_run >= 1, "no kill landed mid-run ({kills} kills)");
+    assert!(periods.len() >= 5, "only {} periods", periods.len());
+    assert!(
+        kept > 0,
+        "every batch came out empty: the test would prove little"
+    );
+}

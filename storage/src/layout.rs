@@ -8,7 +8,9 @@ use crate::Store;
 use crate::error::{Result, StoreError};
 
 /// The directories of the layout, besides `job.json`.
-pub const LAYOUT_DIRS: [&str; 6] = ["offsets", "commits", "state", "wal", "statelog", "epochs"];
+pub const LAYOUT_DIRS: [&str; 7] = [
+    "offsets", "commits", "state", "wal", "statelog", "epochs", "tables",
+];
 
 /// The object that says whose the checkpoint is.
 pub const JOB_META_KEY: &str = "job.json";

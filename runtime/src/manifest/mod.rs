@@ -4,6 +4,7 @@
 mod aggregate;
 mod compile;
 mod expr;
+mod table;
 mod value;
 
 pub use aggregate::Acc;

@@ -1,83 +1,94 @@
-//! `joinStatic`: join or filter a stream against a table read from a file when the job starts.
+//! `joinStatic`: join or filter a stream against a data set read from a file or S3 when the
+//! job starts, and again every `refresh` ([`crate::manifest::table`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sluice_crds::{StaticJoinMode, StaticJoinStep};
+use sluice_crds::{StaticJoinMode, StaticJoinStep, parse_duration};
 
 use super::{Compiler, Stream, local_path, per_record};
+use crate::error::{Error, Result};
+use crate::exec::BatchContext;
+use crate::manifest::table::{Origin, Pins, RefreshedTable};
 use crate::manifest::value::Value;
 use crate::sink::ToText;
 
-/// The largest table `joinStatic` loads into every task's memory.
-pub const MAX_STATIC_TABLE_BYTES: u64 = 256 << 20;
+/// `mode: join`'s table: `key,value` lines.
+type Pairs = HashMap<String, Value>;
+/// `include` and `exclude`'s set: one entry per line.
+type Set = HashSet<String>;
 
-/// Reads a `joinStatic` table: a regular file (a FIFO or a device would block or never end),
-/// of bounded size, in UTF-8. Errors describe the file, never quote it.
-fn read_static_table(file: &str) -> std::result::Result<String, String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(file).map_err(|e| format!("cannot read {file}: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!(
-            "{file} is not a regular file; joinStatic reads a file of lines"
-        ));
+fn parse_pairs(origin: &str, text: &str) -> std::result::Result<Pairs, String> {
+    let mut table = HashMap::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        match line.split_once(',') {
+            Some((k, v)) => {
+                table.insert(k.trim().to_string(), Value::Str(v.trim().to_string()));
+            }
+            // The line itself is not quoted: the file may hold anything, and this message
+            // reaches logs, the job's status and its events.
+            None => {
+                return Err(format!(
+                    "{origin} line {}: {} bytes with no comma, where key,value is expected",
+                    n + 1,
+                    line.len()
+                ));
+            }
+        }
     }
-    if meta.len() > MAX_STATIC_TABLE_BYTES {
-        return Err(format!(
-            "{file} is {} bytes; joinStatic loads its table into memory and takes at most {MAX_STATIC_TABLE_BYTES}",
-            meta.len()
-        ));
+    Ok(table)
+}
+
+fn parse_set(text: &str) -> Set {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A step's data set, for the batch at hand.
+struct DataSet<T> {
+    table: Arc<RefreshedTable<T>>,
+    op: String,
+}
+
+impl<T> Clone for DataSet<T> {
+    fn clone(&self) -> Self {
+        Self {
+            table: self.table.clone(),
+            op: self.op.clone(),
+        }
     }
-    let mut bytes = Vec::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_STATIC_TABLE_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("cannot read {file}: {e}"))?;
-    String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
-        format!("{file} line {line} is not UTF-8 text")
-    })
+}
+
+impl<T> DataSet<T> {
+    fn at(&self, cx: &BatchContext) -> Result<Arc<T>> {
+        self.table
+            .at(cx.batch.time_ms)
+            .map_err(|message| Error::Source {
+                source_name: self.op.clone(),
+                message,
+            })
+    }
 }
 
 impl Compiler {
     pub(super) fn join_static(&mut self, stream: Stream, j: &StaticJoinStep, path: &str) -> Stream {
         let p = format!("{path}.joinStatic");
-        let file = local_path(&j.uri);
-        let text = match read_static_table(file) {
-            Ok(t) => t,
-            Err(why) => {
-                self.problem(format!("{p}.uri"), why);
-                return stream;
-            }
-        };
         let op = p.clone();
         match (j.mode, stream) {
             (StaticJoinMode::Join, Stream::Keyed(s)) => {
-                let mut table = HashMap::new();
-                for (n, line) in text
-                    .lines()
-                    .enumerate()
-                    .filter(|(_, l)| !l.trim().is_empty())
-                {
-                    match line.split_once(',') {
-                        Some((k, v)) => {
-                            table.insert(k.trim().to_string(), Value::Str(v.trim().to_string()));
-                        }
-                        // The line itself is not quoted: the file may hold anything, and
-                        // this message reaches logs, the job's status and its events.
-                        None => self.problem(
-                            format!("{p}.uri"),
-                            format!(
-                                "{file} line {}: {} bytes with no comma, where key,value is expected",
-                                n + 1,
-                                line.len()
-                            ),
-                        ),
-                    }
-                }
-                let table = Arc::new(table);
-                Stream::Keyed(s.map_partitions(&op, move |_, pairs| {
-                    Ok(pairs
+                let Some(pairs) = self.data_set(&p, j, parse_pairs) else {
+                    return Stream::Keyed(s);
+                };
+                Stream::Keyed(s.map_partitions(&op, move |cx, pairs_in| {
+                    let table = pairs.at(cx)?;
+                    Ok(pairs_in
                         .into_iter()
                         .filter_map(|(k, v)| {
                             table
@@ -92,17 +103,14 @@ impl Compiler {
                 other
             }
             (mode, stream) => {
-                let set: Arc<HashSet<String>> = Arc::new(
-                    text.lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .map(String::from)
-                        .collect(),
-                );
+                let Some(set) = self.data_set(&p, j, |_, text| Ok(parse_set(text))) else {
+                    return stream;
+                };
                 let include = mode == StaticJoinMode::Include;
                 match stream {
                     Stream::Keyed(s) => {
-                        Stream::Keyed(s.map_partitions(&op, move |_, mut pairs| {
+                        Stream::Keyed(s.map_partitions(&op, move |cx, mut pairs| {
+                            let set = set.at(cx)?;
                             pairs.retain(|(k, _)| set.contains(&k.to_text()) == include);
                             Ok(pairs)
                         }))
@@ -116,6 +124,7 @@ impl Compiler {
                             None => None,
                         };
                         Stream::Records(s.map_partitions(&op.clone(), move |cx, recs| {
+                            let set = set.at(cx)?;
                             per_record(cx, &op, recs, |root, r, out| {
                                 let k = match &key {
                                     Some(sel) => sel.record(root, &r)?.to_text(),
@@ -132,4 +141,79 @@ impl Compiler {
             }
         }
     }
+
+    /// The step's data set, read by `parse`. A local file is read now too, so that a missing
+    /// or malformed one stops the job before it starts, with the field; an S3 object is read
+    /// at the first batch (`sluice validate` reaches no store). With `refresh` and a
+    /// checkpoint, each period's copy is pinned under `tables/` in the checkpoint.
+    fn data_set<T: Send + Sync + 'static>(
+        &mut self,
+        p: &str,
+        j: &StaticJoinStep,
+        parse: impl Fn(&str, &str) -> std::result::Result<T, String> + Send + Sync + 'static,
+    ) -> Option<DataSet<T>> {
+        let origin = if j.uri.starts_with("s3://") {
+            Origin::S3 {
+                uri: j.uri.clone(),
+                settings: sluice_storage::S3Settings {
+                    endpoint: j.endpoint.clone(),
+                    region: j.region.clone(),
+                    path_style: j.path_style.unwrap_or(false),
+                    credentials: None,
+                },
+            }
+        } else {
+            let file = local_path(&j.uri).to_string();
+            let checked = Origin::File(file.clone())
+                .fetch()
+                .and_then(|bytes| crate::manifest::table::utf8(&file, bytes))
+                .and_then(|text| parse(&file, &text).map(drop));
+            if let Err(why) = checked {
+                self.problem(format!("{p}.uri"), why);
+                return None;
+            }
+            Origin::File(file)
+        };
+        let described = j.uri.clone();
+        let parse: Box<crate::manifest::table::Parse<T>> =
+            Box::new(move |text| parse(local_path(&described), text));
+        let Some(refresh) = &j.refresh else {
+            // Read once per process: one period that never ends.
+            let table = RefreshedTable::new(origin, None, u64::MAX, parse);
+            return Some(DataSet {
+                table: Arc::new(table),
+                op: p.to_string(),
+            });
+        };
+        let refresh_ms = match parse_duration(refresh) {
+            Ok(d) => d.as_millis().try_into().unwrap_or(u64::MAX),
+            Err(why) => {
+                self.problem(format!("{p}.refresh"), why);
+                return None;
+            }
+        };
+        let pins = match &self.checkpoint {
+            Some(spec) => match crate::checkpoint::open_store(spec) {
+                Ok(store) => Some(Pins {
+                    store,
+                    prefix: format!("tables/{}", key_segment(p)),
+                }),
+                Err(e) => {
+                    self.problem("spec.checkpoint.uri", e.to_string());
+                    return None;
+                }
+            },
+            None => None,
+        };
+        Some(DataSet {
+            table: Arc::new(RefreshedTable::new(origin, pins, refresh_ms, parse)),
+            op: p.to_string(),
+        })
+    }
+}
+
+/// A step's path as one segment of a checkpoint key: `spec.streams[1].pipeline[2].joinStatic`
+/// becomes `spec.streams-1.pipeline-2.joinStatic`.
+fn key_segment(path: &str) -> String {
+    path.replace('[', "-").replace(']', "")
 }

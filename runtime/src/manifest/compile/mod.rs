@@ -101,6 +101,7 @@ pub fn compile(
         problems: Vec::new(),
         job_name: job.metadata.name.clone(),
         namespace: job.metadata.namespace.clone(),
+        checkpoint: spec.checkpoint.clone(),
     };
 
     let mut sources: BTreeMap<String, DStream<Value>> = BTreeMap::new();
@@ -181,6 +182,8 @@ struct Compiler {
     /// from them.
     job_name: String,
     namespace: Option<String>,
+    /// Where `joinStatic` pins each refresh period's data set.
+    checkpoint: Option<sluice_crds::CheckpointSpec>,
 }
 
 /// A Kafka client from a manifest's settings; SASL credentials come from the environment.
