@@ -1,10 +1,12 @@
 //! The whole system under real faults: the chart installed with helm into the real control
-//! plane, the operator running as two pods, two jobs applied with kubectl — `examples/word-totals-s3.yaml`
-//! (a generator, running totals, S3 output) and `examples/kafka-wordcount.yaml` (from one topic
-//! of a Kafka broker running as a pod to another, exactly once) — their masters and workers as
-//! real `sluice` processes, S3 on s3s-fs. Processes are killed for real (SIGKILL), the jobs are
-//! scaled, suspended, resumed and deleted, and at the end every batch they wrote (to S3, and
-//! to Kafka as a `read_committed` reader sees it) is compared with an uninterrupted run of the
+//! plane, the operator running as two pods, three jobs applied with kubectl — `examples/word-totals-s3.yaml`
+//! (a generator, running totals, S3 output), `examples/kafka-wordcount.yaml` (from one topic
+//! of a Kafka broker running as a pod to another, exactly once) and
+//! `examples/conversions-postgres.yaml` (a graph: two generated streams joined over a sliding
+//! window, appended to a real PostgreSQL) — their masters and workers as real `sluice`
+//! processes, S3 on s3s-fs. Processes are killed for real (SIGKILL), the jobs are scaled,
+//! suspended, resumed and deleted, and at the end every batch they wrote (to S3, to Kafka as a
+//! `read_committed` reader sees it, to PostgreSQL) is compared with an uninterrupted run of the
 //! same manifest by the local engine (`sluice run`, one process, no faults): no batch lost,
 //! none counted twice.
 //!
@@ -29,6 +31,7 @@ use sluice_e2e::cluster::{ClusterOptions, TestCluster};
 use sluice_e2e::control_plane::bin_dir;
 use sluice_e2e::fixtures::{self, S3Server, create_namespace, workspace_bin};
 use sluice_e2e::kafka::{self, topics};
+use sluice_e2e::postgres::{self as pg, Postgres};
 use sluice_e2e::wait_for;
 
 const NS: &str = "jobs";
@@ -60,6 +63,21 @@ const KAFKA_JOB: Job = Job {
     interval_ms: 200,
 };
 const KAFKA_EXAMPLE: &str = "examples/kafka-wordcount.yaml";
+
+/// `examples/conversions-postgres.yaml`: a graph job appending to PostgreSQL.
+const GRAPH_JOB: Job = Job {
+    name: "conversions",
+    checkpoint: "s3://sluice/conversions/checkpoint",
+    interval_ms: 200,
+};
+const GRAPH_EXAMPLE: &str = "examples/conversions-postgres.yaml";
+/// Batches between the example's windows: they slide every 1 s, the batches are 200 ms.
+const GRAPH_SLIDE_BATCHES: i64 = 5;
+/// The example's database, and the table its comment creates.
+const GRAPH_DB_URL: &str = "postgres://sluice@shop-db.db:5432/shop";
+const GRAPH_TABLE: &str = "CREATE TABLE conversions (user_id text NOT NULL, buys bigint NOT NULL, after_view bigint NOT NULL, window_end timestamptz NOT NULL)";
+/// Every job, for the faults that hit them all.
+const JOBS: [&Job; 3] = [&TOTALS, &KAFKA_JOB, &GRAPH_JOB];
 const KAFKA_NS: &str = "kafka";
 /// The broker as the job's pods reach it (the pod's name through the cluster's names).
 const KAFKA_IN_CLUSTER: &str = "kafka-0.kafka.kafka:9092";
@@ -174,6 +192,7 @@ struct System {
     s3: S3Server,
     /// The broker pod's address, once it runs.
     kafka: OnceLock<String>,
+    postgres: &'static Postgres,
 }
 
 impl System {
@@ -319,7 +338,7 @@ impl System {
     fn diagnostics(&self) -> String {
         let mut out = format!("--- node agent:\n{}\n", self.cluster.agent_log(40));
         out.push_str(&self.cluster.pod_logs("sluice-", 25));
-        for job in [&TOTALS, &KAFKA_JOB] {
+        for job in JOBS {
             out.push_str(&self.cluster.pod_logs(&format!("{}-master", job.name), 25));
         }
         out.push_str(&self.cluster.pod_logs("kafka-0", 25));
@@ -359,6 +378,7 @@ async fn the_whole_system_under_real_faults() -> Result<()> {
         client,
         s3,
         kafka: OnceLock::new(),
+        postgres: blocking(Postgres::shared),
     };
     let mut report = Report::default();
     let outcome = scenarios(&system, &mut report).await;
@@ -496,8 +516,26 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             sys.kubectl_ok(&["apply", "-n", NS, "-f", &path], None)?;
             let kafka_job = kafka_manifest(KAFKA_IN_CLUSTER, "word-counts", KAFKA_JOB.checkpoint)?;
             sys.kubectl_ok(&["apply", "-n", NS, "-f", "-"], Some(&kafka_job))?;
-            sys.wait_running(&TOTALS, 2, Duration::from_secs(120)).await?;
-            sys.wait_running(&KAFKA_JOB, 2, Duration::from_secs(120)).await?;
+            // The graph job: its database and table as the example's comment makes them, the
+            // credentials in a Secret.
+            blocking(|| {
+                sys.postgres.create_database("shop")?;
+                sys.postgres.execute("shop", GRAPH_TABLE)
+            })?;
+            Api::<Secret>::namespaced(sys.client.clone(), NS)
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({
+                        "metadata": {"name": "shop-db"},
+                        "stringData": {"username": pg::USER, "password": pg::PASSWORD},
+                    }))?,
+                )
+                .await?;
+            let graph_job = graph_manifest(sys, "shop", GRAPH_JOB.checkpoint)?;
+            sys.kubectl_ok(&["apply", "-n", NS, "-f", "-"], Some(&graph_job))?;
+            for job in JOBS {
+                sys.wait_running(job, 2, Duration::from_secs(120)).await?;
+            }
             wait_for("20 batches in S3", Duration::from_secs(60), async || {
                 Ok((sys.batches(OUTPUT).len() >= 20).then_some(()))
             })
@@ -566,8 +604,9 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     .as_i64()
                     .unwrap_or(0);
                 let kafka_newest = sys.newest_commit(&KAFKA_JOB);
+                let graph_newest = sys.newest_commit(&GRAPH_JOB);
                 let killed = Instant::now();
-                for job in [&TOTALS, &KAFKA_JOB] {
+                for job in JOBS {
                     let master = format!("{}-master-0", job.name);
                     ensure!(sys.cluster.kill_pod_processes(&master)? >= 1, "no {master}");
                 }
@@ -581,6 +620,9 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     .await?;
                 let kafka_recovery = sys
                     .commit_after(&KAFKA_JOB, kafka_newest, killed, Duration::from_secs(90))
+                    .await?;
+                let graph_recovery = sys
+                    .commit_after(&GRAPH_JOB, graph_newest, killed, Duration::from_secs(90))
                     .await?;
                 let new_holder = wait_for(
                     "another operator replica to lead",
@@ -613,9 +655,10 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                 })
                 .await?;
                 Ok(format!(
-                    "master kill -> next committed batch {:.1}s (Kafka job {:.1}s); operator takeover by {new_holder} {:.1}s; batch {} and {} recoveries in the status",
+                    "master kill -> next committed batch {:.1}s (Kafka job {:.1}s, graph job {:.1}s); operator takeover by {new_holder} {:.1}s; batch {} and {} recoveries in the status",
                     recovery.as_secs_f64(),
                     kafka_recovery.as_secs_f64(),
+                    graph_recovery.as_secs_f64(),
                     takeover.as_secs_f64(),
                     s["lastCompletedBatch"],
                     s["recoveries"]
@@ -629,7 +672,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             "d. kill a worker; output continues; the pod comes back",
             async || {
                 let mut recoveries = Vec::new();
-                for job in [&TOTALS, &KAFKA_JOB] {
+                for job in JOBS {
                     let pod = format!("{}-worker-1", job.name);
                     // The batch in flight at the kill may still commit (the worker had done
                     // its part); the one after it is dispatched after the kill, so its commit
@@ -660,7 +703,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     recoveries.push(format!("{:.1}s", recovery.as_secs_f64()));
                 }
                 Ok(format!(
-                    "worker kill -> next committed batch {} (word totals, Kafka job)",
+                    "worker kill -> next committed batch {} (word totals, Kafka job, graph job)",
                     recoveries.join(", ")
                 ))
             },
@@ -757,9 +800,9 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     .find(|p| p.metadata.name.as_deref() == Some(master.as_str()))
                     .and_then(node_of)
                     .ok_or_else(|| anyhow!("{master} is on no node"))?;
-                // Every pod of both jobs on that node freezes with it.
+                // Every pod of every job on that node freezes with it.
                 let mut frozen = Vec::new();
-                for job in [&TOTALS, &KAFKA_JOB] {
+                for job in JOBS {
                     for p in sys.job_pods(job).await? {
                         if node_of(&p).as_deref() == Some(node.as_str()) {
                             frozen.extend(p.metadata.name.clone());
@@ -826,6 +869,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                 );
                 sys.wait_running(&TOTALS, 2, Duration::from_secs(120)).await?;
                 sys.wait_running(&KAFKA_JOB, 2, Duration::from_secs(180)).await?;
+                sys.wait_running(&GRAPH_JOB, 2, Duration::from_secs(180)).await?;
                 Ok(format!(
                     "froze {node} ({} pods); a new master (epoch {new_epoch}, was {old_epoch}) committed {:.1}s after the freeze; {lost}; thawed, the old master {}",
                     frozen.len(),
@@ -838,7 +882,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
 
     report
         .run(
-            "e. kubectl scale to 5 (Kafka job 3), then 2: live, no restart",
+            "e. kubectl scale to 5 (Kafka and graph jobs 3), then 2: live, no restart",
             async || {
                 let master_uid = |job: &Job, pods: &[Pod]| {
                     pods.iter()
@@ -847,7 +891,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                         })
                         .and_then(|p| p.metadata.uid.clone())
                 };
-                let jobs = [(&TOTALS, 5), (&KAFKA_JOB, 3)];
+                let jobs = [(&TOTALS, 5), (&KAFKA_JOB, 3), (&GRAPH_JOB, 3)];
                 let mut before = Vec::new();
                 for (job, up) in jobs {
                     before.push(master_uid(job, &sys.job_pods(job).await?));
@@ -907,10 +951,10 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
         .run("f. suspend and resume: pods go and come back", async || {
             let recoveries = |s: &serde_json::Value| s["recoveries"].as_i64().unwrap_or(0);
             let before = recoveries(&sys.status(&TOTALS).await?);
-            for job in [&TOTALS, &KAFKA_JOB] {
+            for job in JOBS {
                 sys.suspend(job, true)?;
             }
-            for job in [&TOTALS, &KAFKA_JOB] {
+            for job in JOBS {
                 wait_for(
                     &format!("{} Suspended with no pods", job.name),
                     Duration::from_secs(90),
@@ -927,8 +971,9 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             // resumed job's.
             let newest = sys.newest_commit(&TOTALS);
             let kafka_newest = sys.newest_commit(&KAFKA_JOB);
+            let graph_newest = sys.newest_commit(&GRAPH_JOB);
             let resumed = Instant::now();
-            for job in [&TOTALS, &KAFKA_JOB] {
+            for job in JOBS {
                 sys.suspend(job, false)?;
             }
             // Where the time goes: pods started, job Running, first batch.
@@ -949,6 +994,9 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             sys.wait_running(&KAFKA_JOB, 2, Duration::from_secs(120)).await?;
             let kafka_back = sys
                 .commit_after(&KAFKA_JOB, kafka_newest, resumed, Duration::from_secs(60))
+                .await?;
+            sys.wait_running(&GRAPH_JOB, 2, Duration::from_secs(120)).await?;
+            sys.commit_after(&GRAPH_JOB, graph_newest, resumed, Duration::from_secs(60))
                 .await?;
             // The new master pod counts from zero; the job's total must not.
             let after = recoveries(&sys.status(&TOTALS).await?);
@@ -1009,7 +1057,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     .s3
                     .root
                     .join(TOTALS.checkpoint.trim_start_matches("s3://"));
-                for job in [&TOTALS, &KAFKA_JOB] {
+                for job in JOBS {
                     sys.kubectl_ok(
                         &[
                             "delete",
@@ -1024,7 +1072,7 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
                     )?;
                 }
                 let mut processes = 0;
-                for job in [&TOTALS, &KAFKA_JOB] {
+                for job in JOBS {
                     wait_for(
                         &format!("the children of {} gone", job.name),
                         Duration::from_secs(120),
@@ -1151,7 +1199,125 @@ async fn scenarios(sys: &System, report: &mut Report) -> Result<()> {
             },
         )
         .await;
+
+    report
+        .run(
+            "exactly-once: PostgreSQL rows of the graph job equal an uninterrupted local run",
+            async || {
+                // Every partition's mark is at or past this batch: the batches up to it are
+                // whole in the table (the last ones may have been cut short by the delete).
+                let marks = blocking(|| {
+                    sys.postgres
+                        .rows("shop", "SELECT min(batch_time) FROM sluice_batches")
+                })?;
+                let through: i64 = marks
+                    .first()
+                    .and_then(|r| r[0].as_deref())
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| anyhow!("the graph job wrote no batch"))?;
+                let written = blocking(|| batch_digests(sys.postgres, "shop", Some(through)))?;
+                ensure!(written.len() > 20, "only {} graph windows written", written.len());
+                // A window every slide: none missing.
+                let numbers: Vec<i64> = written.iter().map(|(b, _, _)| *b).collect();
+                ensure!(
+                    numbers
+                        .iter()
+                        .copied()
+                        .eq((0..numbers.len() as i64).map(|i| i * GRAPH_SLIDE_BATCHES)),
+                    "the graph job's windows are not every {GRAPH_SLIDE_BATCHES} batches: {:?}",
+                    numbers
+                        .windows(2)
+                        .find(|w| w[1] != w[0] + GRAPH_SLIDE_BATCHES)
+                );
+                // The first window ends at batch GRAPH_SLIDE_BATCHES (numbered 0 here).
+                let batches = numbers
+                    .last()
+                    .map_or(0, |last| (last + GRAPH_SLIDE_BATCHES) as usize);
+                blocking(|| {
+                    sys.postgres.create_database("shop_reference")?;
+                    sys.postgres.execute("shop_reference", GRAPH_TABLE)
+                })?;
+                let manifest = graph_manifest(
+                    sys,
+                    "shop_reference",
+                    "s3://sluice/reference-conversions/checkpoint",
+                )?;
+                reference_run(sys, &manifest, batches).await?;
+                let reference =
+                    blocking(|| batch_digests(sys.postgres, "shop_reference", None))?;
+                let rows: u64 = written.iter().map(|(_, n, _)| n).sum();
+                for (i, (got, want)) in written.iter().zip(&reference).enumerate() {
+                    ensure!(
+                        got == want,
+                        "graph batch {i}: {} rows (digest {}) against the reference's {} ({})",
+                        got.1,
+                        got.2,
+                        want.1,
+                        want.2
+                    );
+                }
+                ensure!(
+                    reference.len() == written.len(),
+                    "the reference run wrote {} windows, the job {}",
+                    reference.len(),
+                    written.len()
+                );
+                Ok(format!(
+                    "{} windows ({batches} batches), {rows} rows (per-user conversions per window) equal",
+                    written.len()
+                ))
+            },
+        )
+        .await;
     Ok(())
+}
+
+/// Runs the PostgreSQL harness's blocking calls (it drives its own client runtime) off the
+/// test's async workers.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    tokio::task::block_in_place(f)
+}
+
+/// `examples/conversions-postgres.yaml` writing to `database` of the test's PostgreSQL and
+/// checkpointing at `checkpoint`.
+fn graph_manifest(sys: &System, database: &str, checkpoint: &str) -> Result<String> {
+    let example = std::fs::read_to_string(fixtures::repo().join(GRAPH_EXAMPLE))?;
+    for from in [GRAPH_DB_URL, GRAPH_JOB.checkpoint] {
+        ensure!(
+            example.contains(from),
+            "{GRAPH_EXAMPLE} changed shape: no {from:?}"
+        );
+    }
+    Ok(example
+        .replace(GRAPH_DB_URL, &sys.postgres.url(database))
+        .replace(GRAPH_JOB.checkpoint, checkpoint))
+}
+
+/// The graph job's rows in `database` window by window (numbered by the batch that wrote it,
+/// from the first window's end, one batch interval a number): each window's row count and a
+/// digest of its sorted rows, for the windows that end at or before `through` (ms since the
+/// epoch), or all.
+fn batch_digests(
+    postgres: &Postgres,
+    database: &str,
+    through: Option<i64>,
+) -> Result<Vec<(i64, u64, String)>> {
+    let limit = through.map_or(String::new(), |t| {
+        format!("WHERE window_end <= to_timestamp({t} / 1000.0)")
+    });
+    let sql = format!(
+        "WITH t AS (SELECT *, round(extract(epoch FROM window_end - (SELECT min(window_end) FROM conversions)) * 1000 / {interval})::bigint AS batch FROM conversions {limit}) \
+         SELECT batch, count(*), md5(string_agg(user_id || ':' || buys || ':' || after_view, ',' ORDER BY user_id, buys, after_view)) FROM t GROUP BY batch ORDER BY batch",
+        interval = GRAPH_JOB.interval_ms,
+    );
+    postgres
+        .rows(database, &sql)?
+        .into_iter()
+        .map(|r| {
+            let field = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+            Ok((field(0).parse()?, field(1).parse()?, field(2)))
+        })
+        .collect()
 }
 
 /// Checks each batch a job wrote (named, records) against the reference run's; returns the
@@ -1233,6 +1399,7 @@ async fn reference_run(sys: &System, manifest: &str, batches: usize) -> Result<(
         .arg(&path)
         .args(["--batches", &batches.to_string(), "--no-wait"])
         .env("SLUICE_LOG", "warn")
+        .env("SLUICE_POSTGRES_PASSWORD", pg::PASSWORD)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     for (k, v) in sys.s3.credentials().as_object().into_iter().flatten() {

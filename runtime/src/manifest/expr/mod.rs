@@ -363,6 +363,26 @@ mod tests {
     }
 
     #[test]
+    fn what_the_subset_leaves_cel_rust_evaluates() {
+        let root = root_context();
+        let word = Value::Str("w12".into());
+        let macro_filter =
+            Expr::compile("[record].exists(r, r.matches('^w[0-9]+$'))").expect("compiles");
+        assert!(!macro_filter.is_native());
+        assert_eq!(
+            macro_filter.eval_record(&root, &word),
+            Ok(Value::Bool(true))
+        );
+        let in_place = Expr::compile("record.matches('^w[0-9]+$')").expect("compiles");
+        assert!(in_place.is_native());
+        assert_eq!(in_place.eval_record(&root, &word), Ok(Value::Bool(true)));
+        // A case the subset leaves open (int plus double) is CEL's error, not a guess.
+        let mixed = Expr::compile("record + 1.5").expect("compiles");
+        assert!(mixed.is_native());
+        assert!(mixed.eval_record(&root, &Value::Int(1)).is_err());
+    }
+
+    #[test]
     fn errors_are_messages() {
         assert!(Expr::compile("record.(").is_err());
         let e = Expr::compile("record.missing").expect("compiles");
