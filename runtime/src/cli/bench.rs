@@ -46,6 +46,23 @@ pub struct BenchArgs {
     /// With --metrics compare: runs of each kind per scenario (the median is shown).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Where lines come from: the generator inside the job, or files a feeder thread renames
+    /// into a watched directory every 100 ms, read by the files source on the live clock. With
+    /// files, each scenario's highest sustained rate is searched for from --rate (doubling,
+    /// then bisecting; --seconds per run) and printed per busy core, beside one core
+    /// hash-counting the same lines.
+    #[arg(long, value_enum, default_value = "generator")]
+    pub input: Input,
+    /// With --input files: the highest rate the search tries (lines/s); the disk must hold
+    /// 10 s of input at it (100 MB per M lines/s a second).
+    #[arg(long)]
+    pub max_rate: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Input {
+    Generator,
+    Files,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -73,7 +90,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// As `--scenario` takes it.
-    fn name(self) -> String {
+    pub(super) fn name(self) -> String {
         self.to_possible_value()
             .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
     }
@@ -131,7 +148,7 @@ struct Figures {
     total_delay: Vec<Duration>,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -242,6 +259,19 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
         "sluice bench: {threads} task threads, {} partitions, 100-byte lines, 10,000-word Zipf vocabulary",
         args.parallelism
     );
+    if args.input == Input::Files {
+        let scenarios: Vec<Scenario> = scenarios
+            .into_iter()
+            .filter(|s| *s != Scenario::Joined)
+            .collect();
+        return match super::bench_files::bench_files(&args, &scenarios, threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice bench: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        };
+    }
     let generator = TextGenerator::new(GeneratorConfig {
         name: "g".into(),
         rate: args.rate,

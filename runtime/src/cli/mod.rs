@@ -1,6 +1,7 @@
 //! The `sluice` command: `run`, `validate`, `bench`. One binary serves every role.
 
 mod bench;
+mod bench_files;
 mod cluster;
 mod plan;
 mod run;
