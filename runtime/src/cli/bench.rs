@@ -99,7 +99,23 @@ impl Scenario {
     fn windowed(self) -> bool {
         matches!(self, Scenario::Windowed | Scenario::Joined)
     }
+
+    /// The steps of a one-stream scenario's pipeline (`joined`'s streams each run
+    /// `windowed`'s), whatever the input.
+    pub(super) fn steps(self) -> String {
+        match self {
+            Scenario::Windowed | Scenario::Joined => WINDOW.to_string(),
+            Scenario::Stateful => format!("{COUNT}, {{updateStateByKey: {{op: sum}}}}"),
+            Scenario::StateExpr => format!(
+                "{COUNT}, {{updateStateByKey: {{expr: \"(state == null ? 0 : state) + sum(values)\"}}}}"
+            ),
+            Scenario::All | Scenario::Wordcount => COUNT.to_string(),
+        }
+    }
 }
+
+const COUNT: &str = "{flatMap: {split: \" \"}}, {countByValue: {}}";
+const WINDOW: &str = "{flatMap: {split: \" \"}}, {countByValueAndWindow: {length: 10s, slide: 2s}}";
 
 fn manifest(scenario: Scenario, interval: &str, rate: u64, parallelism: u32) -> String {
     let source = |name: &str, rate: u64, seed: u64| {
@@ -107,9 +123,6 @@ fn manifest(scenario: Scenario, interval: &str, rate: u64, parallelism: u32) -> 
             "    - name: {name}\n      generator: {{rate: {rate}, seed: {seed}, vocabulary: 10000, lineBytes: 100}}\n"
         )
     };
-    const COUNT: &str = "{flatMap: {split: \" \"}}, {countByValue: {}}";
-    const WINDOW: &str =
-        "{flatMap: {split: \" \"}}, {countByValueAndWindow: {length: 10s, slide: 2s}}";
     let (sources, job) = match scenario {
         Scenario::Joined => (
             format!(
@@ -122,14 +135,7 @@ fn manifest(scenario: Scenario, interval: &str, rate: u64, parallelism: u32) -> 
             ),
         ),
         other => {
-            let steps = match other {
-                Scenario::Windowed => WINDOW.to_string(),
-                Scenario::Stateful => format!("{COUNT}, {{updateStateByKey: {{op: sum}}}}"),
-                Scenario::StateExpr => format!(
-                    "{COUNT}, {{updateStateByKey: {{expr: \"(state == null ? 0 : state) + sum(values)\"}}}}"
-                ),
-                _ => COUNT.to_string(),
-            };
+            let steps = other.steps();
             (
                 source("lines", rate, 42),
                 format!("  pipeline: [{steps}]\n  sinks:\n    - stdout: {{}}\n"),

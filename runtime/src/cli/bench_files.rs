@@ -190,17 +190,7 @@ fn peak_rss_mb() -> f64 {
 }
 
 fn manifest(scenario: Scenario, dir: &Path, parallelism: u32) -> String {
-    const COUNT: &str = "{flatMap: {split: \" \"}}, {countByValue: {}}";
-    let steps = match scenario {
-        Scenario::Windowed => {
-            "{flatMap: {split: \" \"}}, {countByValueAndWindow: {length: 10s, slide: 2s}}".into()
-        }
-        Scenario::Stateful => format!("{COUNT}, {{updateStateByKey: {{op: sum}}}}"),
-        Scenario::StateExpr => format!(
-            "{COUNT}, {{updateStateByKey: {{expr: \"(state == null ? 0 : state) + sum(values)\"}}}}"
-        ),
-        _ => COUNT.to_string(),
-    };
+    let steps = scenario.steps();
     format!(
         "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: bench}}\nspec:\n  batchInterval: 1s\n  parallelism: {parallelism}\n  backpressure: {{enabled: false}}\n  sources:\n    - name: lines\n      files: {{path: \"{}\"}}\n  pipeline: [{steps}]\n  sinks:\n    - stdout: {{}}\n",
         dir.display()

@@ -116,8 +116,7 @@ impl ColumnSource {
 /// The batch's time as RFC 3339 text in UTC with milliseconds, which PostgreSQL casts to
 /// `timestamptz` and `timestamp` alike.
 fn batch_time(cx: &BatchContext) -> Value {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(cx.batch.time_ms);
-    Value::Str(humantime::format_rfc3339_millis(at).to_string())
+    Value::Str(cx.batch.display_time())
 }
 
 impl Compiler {
