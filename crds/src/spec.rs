@@ -101,7 +101,7 @@ pub struct StreamingJobSpec {
     /// Where progress and state are checkpointed. Without it a restart begins from scratch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointSpec>,
-    /// How fast sources that can bound a batch (Kafka) hand it records while a backlog
+    /// How fast sources that can bound a batch (Kafka, files) hand it records while a backlog
     /// drains: on by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backpressure: Option<BackpressureSpec>,
@@ -144,7 +144,7 @@ pub struct UpgradeSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackpressureSpec {
     /// Default true. Off, a batch takes everything up to each source's own bound
-    /// (`maxRatePerPartition`).
+    /// (`maxRatePerPartition`, `maxFilesPerBatch`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// Records per second for the first batches, before the controller has measured any.
@@ -253,7 +253,9 @@ pub struct FilesSource {
     #[schemars(length(max = 32))]
     pub remember_for: Option<String>,
     /// At most this many files per batch, oldest first, so a directory that filled while the
-    /// job was away is taken in bounded batches. Default: every new file.
+    /// job was away is taken in bounded batches. Default: every new file, within the
+    /// backpressure bound (files are taken whole, oldest first, up to the controller's records
+    /// at a line length sampled from the files; at least one file a batch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_files_per_batch: Option<u32>,
 }

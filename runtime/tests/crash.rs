@@ -70,37 +70,31 @@ fn batch_times(files: &[(String, Vec<u8>)]) -> Vec<u64> {
         .collect()
 }
 
-/// `slide_ms`: how often the job's output emits, so how far apart its files are.
-fn check_exactly_once(name: &str, body: &str, slide_ms: u64) {
-    let files = BATCHES * 100 / slide_ms;
-    let mut rng = Rng::from_env(name);
-
-    let reference = tempfile::tempdir().expect("tempdir");
+/// Runs the job of `body` in `dir` to its end, uninterrupted; returns how long it took in ms
+/// (at least a few), over which kill points are spread.
+fn uninterrupted(dir: &Path, body: &str) -> u64 {
     let started = Instant::now();
-    let out = sluice(&manifest(reference.path(), body))
+    let out = sluice(&manifest(dir, body))
         .output()
         .expect("reference run");
-    // Kill points spread over the time a whole run takes (at least a few ms).
     let run_ms = (started.elapsed().as_millis() as u64).max(20);
     assert!(
         out.status.success(),
         "reference run: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let expected = outputs(reference.path());
-    assert_eq!(
-        expected.len() as u64,
-        files,
-        "the reference run writes one file per slide"
-    );
+    run_ms
+}
 
-    let crashed = tempfile::tempdir().expect("tempdir");
-    let job = manifest(crashed.path(), body);
+/// Runs the job of `body` in `dir` to its end through 5 SIGKILLs at random points within
+/// the first quarter of `run_ms` after each start; returns the kills.
+fn killed_at_random(name: &str, rng: &mut Rng, dir: &Path, body: &str, run_ms: u64) -> u32 {
+    let job = manifest(dir, body);
     let (kills, mid_run_kills) = run_with_kills(
         name,
-        &mut rng,
+        rng,
         || sluice(&job),
-        crashed.path(),
+        dir,
         BATCHES,
         (
             5,
@@ -113,6 +107,25 @@ fn check_exactly_once(name: &str, body: &str, slide_ms: u64) {
         mid_run_kills >= 1,
         "{name}: no kill landed mid-run ({kills} kills); make the job longer"
     );
+    kills
+}
+
+/// `slide_ms`: how often the job's output emits, so how far apart its files are.
+fn check_exactly_once(name: &str, body: &str, slide_ms: u64) {
+    let files = BATCHES * 100 / slide_ms;
+    let mut rng = Rng::from_env(name);
+
+    let reference = tempfile::tempdir().expect("tempdir");
+    let run_ms = uninterrupted(reference.path(), body);
+    let expected = outputs(reference.path());
+    assert_eq!(
+        expected.len() as u64,
+        files,
+        "the reference run writes one file per slide"
+    );
+
+    let crashed = tempfile::tempdir().expect("tempdir");
+    let kills = killed_at_random(name, &mut rng, crashed.path(), body, run_ms);
     let got = outputs(crashed.path());
     let times = batch_times(&got);
     assert_eq!(
@@ -197,4 +210,73 @@ fn map_with_state_survives_sigkill() {
 #[test]
 fn joined_streams_survive_sigkill() {
     check_exactly_once("join", JOIN_GRAPH, 200);
+}
+
+/// Running totals per word in the newest batch file of a files sink (`format: json`).
+fn final_totals(out: &Path) -> std::collections::BTreeMap<String, u64> {
+    let batches = support::json_batches(out);
+    let last = batches.last().expect("at least one batch file");
+    last.iter()
+        .map(|r| {
+            let key = r["key"].as_str().expect("a word key").to_string();
+            (key, r["value"].as_u64().expect("a count"))
+        })
+        .collect()
+}
+
+/// The files source bounded by backpressure: a directory that filled before the job started is
+/// taken a few files a batch (whole files, oldest first, within the rate controller's
+/// bound), and the running counts after random SIGKILLs equal an uninterrupted run's and a
+/// count of the files themselves.
+#[test]
+fn files_source_bounded_by_backpressure_survives_sigkill() {
+    let name = "files backpressure";
+    let mut rng = Rng::from_env(name);
+    let input = tempfile::tempdir().expect("tempdir");
+    let mut expected = std::collections::BTreeMap::<String, u64>::new();
+    for f in 0..40u64 {
+        let mut text = String::new();
+        for l in 0..300u64 {
+            let words: Vec<String> = (0..4)
+                .map(|w| format!("w{}", (f * 7 + l * 13 + w * 31) % 97))
+                .collect();
+            for w in &words {
+                *expected.entry(w.clone()).or_default() += 1;
+            }
+            text.push_str(&words.join(" "));
+            text.push('\n');
+        }
+        std::fs::write(input.path().join(format!("in-{f:03}.txt")), text).expect("write input");
+        // Distinct change times, so the order of files is the order of their names.
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    // 1,000 lines/s over 100 ms batches: 100 lines, less than a file, at first.
+    let body = format!(
+        "  backpressure: {{initialRate: 1000, minRate: 100}}\n  sources: [{{name: f, files: {{path: \"{}\"}}}}]\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n    - updateStateByKey: {{op: sum}}\n  sinks: [{{files: {{path: OUT, format: json}}}}]\n",
+        input.path().display()
+    );
+
+    let reference = tempfile::tempdir().expect("tempdir");
+    let run_ms = uninterrupted(reference.path(), &body);
+    assert_eq!(final_totals(&reference.path().join("out")), expected);
+    // The bound held: the first batch took one file, and the files took several batches.
+    let totals: Vec<u64> = support::json_batches(&reference.path().join("out"))
+        .iter()
+        .map(|b| b.iter().filter_map(|r| r["value"].as_u64()).sum())
+        .collect();
+    let first = totals.iter().copied().find(|t| *t > 0).unwrap_or(0);
+    assert_eq!(first, 1200, "the first batch takes one file: {totals:?}");
+    let steps = totals.windows(2).filter(|w| w[1] > w[0]).count();
+    assert!(
+        steps >= 2,
+        "the files were taken over a few batches: {totals:?}"
+    );
+
+    let crashed = tempfile::tempdir().expect("tempdir");
+    let kills = killed_at_random(name, &mut rng, crashed.path(), &body, run_ms);
+    assert_eq!(
+        final_totals(&crashed.path().join("out")),
+        expected,
+        "{name}: the running counts after {kills} kills differ from the files' words"
+    );
 }

@@ -112,6 +112,15 @@ struct Outcome {
     e2e_p99: Duration,
     /// Peak resident memory of the run (the process's high-water mark, reset before it).
     peak_rss_mb: f64,
+    /// The largest batch, lines.
+    largest_batch: u64,
+    /// The total delay of the last batch.
+    delay_end: Duration,
+    /// Lines of every batch, warm-up included, over the run's wall time.
+    lines_per_wall_s: f64,
+    /// Lines waiting in the directory after the last batch was planned (estimated by the
+    /// source), when it counts them.
+    backlog_end: Option<u64>,
     why: String,
 }
 
@@ -189,10 +198,10 @@ fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn manifest(scenario: Scenario, dir: &Path, parallelism: u32) -> String {
+fn manifest(scenario: Scenario, dir: &Path, parallelism: u32, backpressure: bool) -> String {
     let steps = scenario.steps();
     format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: bench}}\nspec:\n  batchInterval: 1s\n  parallelism: {parallelism}\n  backpressure: {{enabled: false}}\n  sources:\n    - name: lines\n      files: {{path: \"{}\"}}\n  pipeline: [{steps}]\n  sinks:\n    - stdout: {{}}\n",
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: bench}}\nspec:\n  batchInterval: 1s\n  parallelism: {parallelism}\n  backpressure: {{enabled: {backpressure}}}\n  sources:\n    - name: lines\n      files: {{path: \"{}\"}}\n  pipeline: [{steps}]\n  sinks:\n    - stdout: {{}}\n",
         dir.display()
     )
 }
@@ -229,6 +238,7 @@ fn run(
     seconds: u64,
     args: &BenchArgs,
     threads: usize,
+    backpressure: bool,
 ) -> Result<Outcome, String> {
     // Windows carry their full cost after one length; the first batches warm the process.
     let warm: usize = if scenario == Scenario::Windowed {
@@ -238,7 +248,7 @@ fn run(
     };
     let batches = seconds + warm as u64;
     let dir = Scratch::new(rate)?;
-    let text = manifest(scenario, dir.path(), args.parallelism);
+    let text = manifest(scenario, dir.path(), args.parallelism, backpressure);
     let spec = sluice_crds::load(&text).map_err(|p| format!("{p:?}"))?;
     let job = compile(
         &spec,
@@ -336,6 +346,13 @@ fn run(
         e2e_p50: percentile(&e2e, 0.5),
         e2e_p99: percentile(&e2e, 0.99),
         peak_rss_mb,
+        largest_batch: seen.iter().map(|p| p.report.records).max().unwrap_or(0),
+        delay_end: seen.last().map_or(Duration::ZERO, |p| p.total_delay),
+        lines_per_wall_s: seen.iter().map(|p| p.report.records).sum::<u64>() as f64
+            / wall.as_secs_f64().max(1e-3),
+        backlog_end: seen
+            .last()
+            .and_then(|p| (!p.backlog.is_empty()).then(|| p.backlog.values().sum())),
         why,
     })
 }
@@ -368,7 +385,7 @@ fn search(
     let mut rate = args.rate.clamp(1000, max);
     let mut failed: Option<u64> = None;
     while failed.is_none() {
-        let o = run(pool, scenario, rate, args.seconds, args, threads)?;
+        let o = run(pool, scenario, rate, args.seconds, args, threads, false)?;
         report(&o);
         if !o.sustained {
             failed = Some(rate);
@@ -388,7 +405,7 @@ fn search(
         if mid <= low || high - low < high / 20 {
             break;
         }
-        let o = run(pool, scenario, mid, args.seconds, args, threads)?;
+        let o = run(pool, scenario, mid, args.seconds, args, threads, false)?;
         report(&o);
         if o.sustained {
             low = mid;
@@ -408,7 +425,7 @@ pub(super) fn bench_files(
     let pool = Arc::new(Pool::new());
     let hash_rate = pool.hash_count_rate();
     println!(
-        "input: files of 100-byte lines renamed into a watched directory every 100 ms; 1 s batches on the live clock; backpressure off"
+        "input: files of 100-byte lines renamed into a watched directory every 100 ms; 1 s batches on the live clock; the search with backpressure off"
     );
     println!(
         "one core hash-counting the same lines: {:.2} M lines/s",
@@ -426,10 +443,12 @@ pub(super) fn bench_files(
         "proc p99",
         "peak MB"
     );
+    let mut overload: Option<(Scenario, u64)> = None;
     for &scenario in scenarios {
         let name = scenario.name();
         match search(&pool, scenario, args, threads)? {
             Some(o) => {
+                overload.get_or_insert((scenario, o.rate));
                 let per_core = o.lines_per_s / o.busy_cores.max(0.01);
                 println!(
                     "{name:<10} {:>12.0} {:>10.2} {:>15.0} {:>9.2} {:>7}ms {:>7}ms {:>7}ms {:>9.0}",
@@ -445,6 +464,65 @@ pub(super) fn bench_files(
             }
             None => println!("{name:<10} not sustained at {} lines/s", args.rate),
         }
+    }
+    if let Some((scenario, sustained)) = overload {
+        overloaded(&pool, scenario, sustained, args, threads)?;
+    }
+    Ok(())
+}
+
+/// The first scenario fed at twice its sustained rate, with backpressure on (the default) and
+/// off: whether the batches, and with them memory, stay bounded while the input outruns the
+/// job.
+fn overloaded(
+    pool: &Arc<Pool>,
+    scenario: Scenario,
+    sustained: u64,
+    args: &BenchArgs,
+    threads: usize,
+) -> Result<(), String> {
+    let rate = sustained.saturating_mul(2);
+    println!(
+        "overload: {} fed at {rate} lines/s (twice its sustained rate) for {} s",
+        scenario.name(),
+        args.seconds
+    );
+    println!(
+        "{:<13} {:>10} {:>14} {:>10} {:>10} {:>15} {:>9}",
+        "backpressure",
+        "lines/s",
+        "largest batch",
+        "proc p99",
+        "delay end",
+        "backlog end",
+        "peak MB"
+    );
+    for backpressure in [true, false] {
+        let o = run(
+            pool,
+            scenario,
+            rate,
+            args.seconds,
+            args,
+            threads,
+            backpressure,
+        )?;
+        println!(
+            "{:<13} {:>10.0} {:>14} {:>8}ms {:>8}ms {:>15} {:>9.0}{}",
+            if backpressure { "on" } else { "off" },
+            o.lines_per_wall_s,
+            o.largest_batch,
+            o.processing_p99.as_millis(),
+            o.delay_end.as_millis(),
+            o.backlog_end
+                .map_or_else(|| "-".to_string(), |b| b.to_string()),
+            o.peak_rss_mb,
+            if o.why.contains("stopped") {
+                format!(" ({})", o.why)
+            } else {
+                String::new()
+            }
+        );
     }
     Ok(())
 }

@@ -33,7 +33,17 @@ pub struct FilesSource {
     max_files: Option<usize>,
     /// Bytes of the files read, for the metrics.
     bytes_read: u64,
+    /// The rate controller's bound, records per second (backpressure).
+    rate_limit: Option<f64>,
+    /// Bytes per line, estimated from the start of files planned: turns the controller's
+    /// records into bytes of files, and bytes waiting into records.
+    line_bytes: Option<f64>,
+    /// Bytes of new files left for later batches by the last plan.
+    backlog_bytes: u64,
 }
+
+/// How much of a file is read, while planning, to estimate its line length.
+const SAMPLE_BYTES: u64 = 64 * 1024;
 
 impl FilesSource {
     /// Watches `dir`, remembering read files for a minute.
@@ -46,6 +56,9 @@ impl FilesSource {
             recent: BTreeMap::new(),
             max_files: None,
             bytes_read: 0,
+            rate_limit: None,
+            line_bytes: None,
+            backlog_bytes: 0,
         }
     }
 
@@ -83,6 +96,33 @@ impl FilesSource {
     fn floor_ms(&self) -> u64 {
         self.newest_ms.saturating_sub(self.remember_ms)
     }
+
+    /// Reads the start of `name` and folds its bytes per line into the estimate. Files are
+    /// counted in bytes before they are read; the rate controller and the backlog count
+    /// records. Each plan samples the oldest new file, so the estimate follows the input.
+    fn sample_line_length(&mut self, name: &str) {
+        let mut sample = Vec::with_capacity(SAMPLE_BYTES as usize);
+        let read = fs::File::open(self.dir.join(name))
+            .and_then(|f| f.take(SAMPLE_BYTES).read_to_end(&mut sample));
+        let Ok(n) = read else { return };
+        if n == 0 {
+            return;
+        }
+        let lines = sample.iter().filter(|b| **b == b'\n').count();
+        // A sample without a line end: its lines are at least this long.
+        let per_line = n as f64 / lines.max(1) as f64;
+        self.line_bytes = Some(match self.line_bytes {
+            None => per_line,
+            Some(old) => 0.8 * old + 0.2 * per_line,
+        });
+    }
+
+    /// The bytes the next batch may take: the rate controller's records for one interval,
+    /// at the estimated line length.
+    fn byte_budget(&self, batch: &BatchInfo) -> Option<u64> {
+        let records = self.rate_limit? * batch.interval_ms as f64 / 1000.0;
+        Some((records * self.line_bytes?).max(1.0) as u64)
+    }
 }
 
 /// When a file was created or last renamed, in ms since the epoch.
@@ -114,7 +154,7 @@ impl Source for FilesSource {
         true
     }
 
-    fn plan(&mut self, _batch: &BatchInfo) -> Result<Json> {
+    fn plan(&mut self, batch: &BatchInfo) -> Result<Json> {
         let entries = fs::read_dir(&self.dir)
             .map_err(|e| self.error(format!("cannot list {}: {e}", self.dir.display())))?;
         let floor = self.floor_ms();
@@ -134,25 +174,38 @@ impl Source for FilesSource {
             };
             let changed = changed_ms(&meta);
             if meta.is_file() && changed >= floor {
-                new.push((name, changed));
+                new.push((name, changed, meta.len()));
             }
         }
-        if let Some(max) = self.max_files
-            && new.len() > max
-        {
-            // The oldest first: those left are newer than every file taken, so they stay
-            // within the window for the next batch.
-            new.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-            new.truncate(max);
+        // The oldest first: those left are newer than every file taken, so they stay within
+        // the window for the next batch.
+        new.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        if let Some((name, _, _)) = new.first() {
+            self.sample_line_length(name);
         }
+        let budget = self.byte_budget(batch);
+        let mut take = 0;
+        let mut bytes = 0u64;
+        for (_, _, len) in &new {
+            // At least one file, so a file larger than the budget still passes.
+            let full = self.max_files.is_some_and(|max| take >= max)
+                || budget.is_some_and(|b| bytes.saturating_add(*len) > b);
+            if take > 0 && full {
+                break;
+            }
+            take += 1;
+            bytes = bytes.saturating_add(*len);
+        }
+        self.backlog_bytes = new[take..].iter().map(|f| f.2).sum();
+        new.truncate(take);
         new.sort();
-        for (name, changed) in &new {
+        for (name, changed, _) in &new {
             self.newest_ms = self.newest_ms.max(*changed);
             self.recent.insert(name.clone(), *changed);
         }
         let floor = self.floor_ms();
         self.recent.retain(|_, changed| *changed >= floor);
-        let names: Vec<String> = new.into_iter().map(|(name, _)| name).collect();
+        let names: Vec<String> = new.into_iter().map(|(name, _, _)| name).collect();
         Ok(json!({ "files": names }))
     }
 
@@ -192,6 +245,22 @@ impl Source for FilesSource {
 
     fn bytes_read(&self) -> Option<u64> {
         Some(self.bytes_read)
+    }
+
+    fn rate_limited(&self) -> bool {
+        true
+    }
+
+    fn limit_rate(&mut self, records_per_second: Option<f64>) {
+        self.rate_limit = records_per_second.filter(|r| r.is_finite() && *r > 0.0);
+    }
+
+    /// Estimated: the bytes of the files left for later over the estimated line length.
+    fn backlog(&self) -> Option<u64> {
+        if self.backlog_bytes == 0 {
+            return Some(0);
+        }
+        Some((self.backlog_bytes as f64 / self.line_bytes?).ceil() as u64)
     }
 
     fn position(&self) -> Json {
@@ -314,6 +383,37 @@ mod tests {
         );
         assert_eq!(s.plan(&b).expect("plan"), json!({"files": ["b.txt"]}));
         assert_eq!(s.plan(&b).expect("plan"), json!({"files": []}));
+    }
+
+    #[test]
+    fn the_rate_bound_takes_whole_files_oldest_first_and_counts_the_rest_as_backlog() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = FilesSource::new("f", dir.path());
+        // Five files of 100 lines of 10 bytes (9 characters and the line end).
+        let lines = "abcdefghi\n".repeat(100);
+        for name in ["e", "d", "c", "b", "a"] {
+            fs::write(dir.path().join(name), &lines).expect("write");
+            std::thread::sleep(Duration::from_millis(15));
+        }
+        // 250 records a second, 1 s batches: two files of 100 lines fit, a third does not.
+        s.limit_rate(Some(250.0));
+        let b = BatchInfo::new(0, 1000, 1);
+        assert_eq!(s.plan(&b).expect("plan"), json!({"files": ["d", "e"]}));
+        assert_eq!(s.backlog(), Some(300));
+        // Below one file's worth: still one file a batch, so the job moves.
+        s.limit_rate(Some(10.0));
+        assert_eq!(s.plan(&b).expect("plan"), json!({"files": ["c"]}));
+        assert_eq!(s.backlog(), Some(200));
+        // The bound lifted: everything waiting.
+        s.limit_rate(None);
+        assert_eq!(s.plan(&b).expect("plan"), json!({"files": ["a", "b"]}));
+        assert_eq!(s.backlog(), Some(0));
+        assert_eq!(
+            s.read(&json!({"files": ["a"]}), 1, &mut Refusals::default())
+                .expect("read")[0]
+                .len(),
+            100
+        );
     }
 
     #[test]
