@@ -398,7 +398,14 @@ impl Job {
     pub(crate) fn seek(&mut self, positions: &BTreeMap<String, Json>) -> Result<()> {
         for s in &mut self.sources {
             if let Some(p) = positions.get(s.name()) {
-                s.seek(p)?;
+                // Positions come from the offset log, and a source only parses one: one it
+                // cannot read is damage no retry repairs (it used to retry for ever).
+                s.seek(p).map_err(|e| {
+                    Error::Checkpoint(format!(
+                        "the offset log's position of source {} cannot be used: {e}",
+                        s.name()
+                    ))
+                })?;
             }
         }
         Ok(())

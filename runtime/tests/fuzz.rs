@@ -258,6 +258,28 @@ fn run_on(dir: &Path, until: u64) -> (Result<(), String>, bool) {
     (result, hung)
 }
 
+/// A source position in the newest offset log entry that its source cannot read stops the
+/// run with the damage named; it used to retry for ever (found by the property below).
+#[test]
+fn a_damaged_source_position_stops_the_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (first, hung) = run_on(dir.path(), 7);
+    assert!(first.is_ok() && !hung, "{first:?}");
+    let newest = files(&dir.path().join("ckpt/offsets"))
+        .pop()
+        .expect("an offset log entry");
+    let text = std::fs::read_to_string(&newest).expect("read");
+    assert!(text.contains("\"next\""), "{text}");
+    std::fs::write(&newest, text.replace("\"next\"", "\"ne#t\"")).expect("write");
+    let (second, hung) = run_on(dir.path(), 10);
+    assert!(!hung, "the run did not end by itself");
+    let err = second.expect_err("a damaged position stops the run");
+    assert!(
+        err.contains("damaged") && err.contains("position of source g"),
+        "{err}"
+    );
+}
+
 /// Every file under `dir`, sorted.
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();

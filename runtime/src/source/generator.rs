@@ -236,9 +236,10 @@ impl Source for GeneratorSource {
     }
 
     fn seek(&mut self, position: &Json) -> Result<()> {
-        self.next = position["next"]
-            .as_u64()
-            .ok_or_else(|| self.bad_range(position))?;
+        self.next = position["next"].as_u64().ok_or_else(|| Error::Source {
+            source_name: self.generator.config.name.clone(),
+            message: format!("unreadable position {position}"),
+        })?;
         Ok(())
     }
 }
