@@ -427,17 +427,33 @@ impl Job {
         if let Some(parts) = redo {
             cx = cx.with_redo(self.redo(parts));
         }
-        for (i, s) in self.sources.iter_mut().enumerate() {
-            let range = ranges.get(s.name()).ok_or_else(|| {
-                Error::Internal(format!(
-                    "batch {} has no range for source {}",
-                    batch.index,
-                    s.name()
-                ))
-            })?;
-            s.read_into(&cx, i, range, logged.get(s.name()).map(Vec::as_slice))?;
-        }
+        self.read_sources(&cx, ranges, logged, |name| {
+            Error::Internal(format!(
+                "batch {} has no range for source {name}",
+                batch.index
+            ))
+        })?;
         Ok(cx)
+    }
+
+    /// Reads every source's range of the batch into `cx`, on the task threads: a source that
+    /// reads in parallel (files, the generator) takes the job's threads, no more. `missing`
+    /// is the error for a source without a range.
+    fn read_sources(
+        &mut self,
+        cx: &BatchContext,
+        ranges: &BTreeMap<String, Json>,
+        logged: &BTreeMap<String, Vec<u8>>,
+        missing: impl Fn(&str) -> Error + Sync,
+    ) -> Result<()> {
+        let sources = &mut self.sources;
+        self.executor.install(|| {
+            for (i, s) in sources.iter_mut().enumerate() {
+                let range = ranges.get(s.name()).ok_or_else(|| missing(s.name()))?;
+                s.read_into(cx, i, range, logged.get(s.name()).map(Vec::as_slice))?;
+            }
+            Ok(())
+        })
     }
 
     /// Recomputing `parts` only (see [`crate::exec::Redo`]).
@@ -494,16 +510,12 @@ impl Job {
     ) -> Result<BatchReport> {
         let started = Instant::now();
         let cx = BatchContext::new(batch, self.graph.partitions, replay, &self.shared);
-        for (i, s) in self.sources.iter_mut().enumerate() {
-            let range = ranges.get(s.name()).ok_or_else(|| {
-                Error::Checkpoint(format!(
-                    "batch {} has no logged range for source {}",
-                    batch.index,
-                    s.name()
-                ))
-            })?;
-            s.read_into(&cx, i, range, logged.get(s.name()).map(Vec::as_slice))?;
-        }
+        self.read_sources(&cx, ranges, logged, |name| {
+            Error::Checkpoint(format!(
+                "batch {} has no logged range for source {name}",
+                batch.index
+            ))
+        })?;
         let plan = self.graph.plan(batch);
         let mut stages = Vec::with_capacity(plan.stages.len() + 1);
         stages.push(("input".to_string(), started.elapsed()));

@@ -43,9 +43,19 @@ pub struct BenchArgs {
     /// runs).
     #[arg(long, value_enum, default_value = "off")]
     pub metrics: MetricsMode,
-    /// With --metrics compare: runs of each kind per scenario (the median is shown).
+    /// With --metrics compare or --scaling: runs of each kind per scenario (the median is
+    /// shown).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// End-to-end latency against the batch interval (10, 20, 50, 100 and 1000 ms) at
+    /// 10,000 lines/s, paced for --paced-seconds per run, a stateless job and a running count
+    /// into the files sink, with a local checkpoint (exactly once) and without.
+    #[arg(long)]
+    pub latency: bool,
+    /// Throughput with one task thread and with --threads (default: one per core), in
+    /// alternating runs, and their ratio: how the engine scales with threads.
+    #[arg(long)]
+    pub scaling: bool,
     /// Where lines come from: the generator inside the job, or files a feeder thread renames
     /// into a watched directory every 100 ms, read by the files source on the live clock. With
     /// files, each scenario's highest sustained rate is searched for from --rate (doubling,
@@ -278,6 +288,15 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
             }
         };
     }
+    if args.latency {
+        return match super::bench_latency::bench_latency(&args, threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice bench: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        };
+    }
     let generator = TextGenerator::new(GeneratorConfig {
         name: "g".into(),
         rate: args.rate,
@@ -298,7 +317,26 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
     );
     drop(lines);
     if args.metrics == MetricsMode::Compare {
-        return compare_metrics(&args, &scenarios, threads);
+        println!(
+            "metrics cost: 1 s batches back to back, off and on alternating, median of {} runs each",
+            args.rounds.max(1)
+        );
+        return compare(
+            &args,
+            &scenarios,
+            [("off", threads, false), ("on", threads, true)],
+        );
+    }
+    if args.scaling {
+        println!(
+            "scaling: 1 s batches back to back, 1 and {threads} task threads alternating, median of {} runs each",
+            args.rounds.max(1)
+        );
+        return compare(
+            &args,
+            &scenarios,
+            [("1 thread", 1, false), ("threads", threads, false)],
+        );
     }
     let metrics = args.metrics == MetricsMode::On;
     println!(
@@ -359,23 +397,23 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Throughput with metrics off and on, in alternating runs so that the machine's drift hits
-/// both alike; the median of each.
-fn compare_metrics(args: &BenchArgs, scenarios: &[Scenario], threads: usize) -> ExitCode {
-    println!(
-        "metrics cost: 1 s batches back to back, off and on alternating, median of {} runs each",
-        args.rounds.max(1)
-    );
+/// Throughput of two kinds of run of each scenario, alternating so that the machine's drift
+/// hits both alike; the median of `--rounds` each, and the second against the first.
+fn compare(args: &BenchArgs, scenarios: &[Scenario], kinds: [(&str, usize, bool); 2]) -> ExitCode {
+    let [(first, _, _), (second, _, _)] = kinds;
     println!(
         "{:<10} {:>14} {:>14} {:>8}",
-        "job", "off lines/s", "on lines/s", "change"
+        "job",
+        format!("{first} lines/s"),
+        format!("{second} lines/s"),
+        "ratio"
     );
     for &scenario in scenarios {
         let name = scenario.name();
         let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..args.rounds.max(1) {
-            for (on, rates) in rates.iter_mut().enumerate() {
-                match measure(Run::throughput(scenario, args, on == 1), args, threads) {
+            for (rates, (_, threads, metrics)) in rates.iter_mut().zip(kinds) {
+                match measure(Run::throughput(scenario, args, metrics), args, threads) {
                     Ok(f) => rates.push(f.records as f64 / f.wall.as_secs_f64()),
                     Err(e) => {
                         eprintln!("sluice bench: {name}: {e}");
@@ -384,14 +422,11 @@ fn compare_metrics(args: &BenchArgs, scenarios: &[Scenario], threads: usize) -> 
                 }
             }
         }
-        let [off, on] = rates.map(|mut r| {
+        let [a, b] = rates.map(|mut r| {
             r.sort_by(f64::total_cmp);
             r[r.len() / 2]
         });
-        println!(
-            "{name:<10} {off:>14.0} {on:>14.0} {:>+7.1}%",
-            (on / off - 1.0) * 100.0
-        );
+        println!("{name:<10} {a:>14.0} {b:>14.0} {:>8.2}", b / a);
     }
     ExitCode::SUCCESS
 }

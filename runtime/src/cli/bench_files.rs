@@ -112,6 +112,10 @@ struct Outcome {
     e2e_p99: Duration,
     /// Peak resident memory of the run (the process's high-water mark, reset before it).
     peak_rss_mb: f64,
+    /// One core hash-counting the same lines just before the run, lines/s.
+    hash_rate: f64,
+    /// Each stage's mean time over the measured batches, in plan order.
+    stages: Vec<(String, Duration)>,
     /// The largest batch, lines.
     largest_batch: u64,
     /// The total delay of the last batch.
@@ -207,18 +211,19 @@ fn manifest(scenario: Scenario, dir: &Path, parallelism: u32, backpressure: bool
 }
 
 /// The watched directory of one run, removed with everything in it when the run ends.
-struct Scratch(PathBuf);
+pub(super) struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(rate: u64) -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("sluice-bench-{}-{rate}", std::process::id()));
+    /// `sluice-bench-PID-LABEL` in the temporary directory, empty.
+    pub(super) fn new(label: &str) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("sluice-bench-{}-{label}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         Ok(Scratch(dir))
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -247,7 +252,10 @@ fn run(
         2
     };
     let batches = seconds + warm as u64;
-    let dir = Scratch::new(rate)?;
+    // Measured beside every run: on this kind of machine one core's speed moves by a third
+    // from minute to minute, so a figure from the start of the bench misleads later ratios.
+    let hash_rate = pool.hash_count_rate();
+    let dir = Scratch::new(&rate.to_string())?;
     let text = manifest(scenario, dir.path(), args.parallelism, backpressure);
     let spec = sluice_crds::load(&text).map_err(|p| format!("{p:?}"))?;
     let job = compile(
@@ -346,6 +354,8 @@ fn run(
         e2e_p50: percentile(&e2e, 0.5),
         e2e_p99: percentile(&e2e, 0.99),
         peak_rss_mb,
+        hash_rate,
+        stages: mean_stages(&measured),
         largest_batch: seen.iter().map(|p| p.report.records).max().unwrap_or(0),
         delay_end: seen.last().map_or(Duration::ZERO, |p| p.total_delay),
         lines_per_wall_s: seen.iter().map(|p| p.report.records).sum::<u64>() as f64
@@ -355,6 +365,27 @@ fn run(
             .and_then(|p| (!p.backlog.is_empty()).then(|| p.backlog.values().sum())),
         why,
     })
+}
+
+/// Each stage's mean wall time over `batches`, by label, in the first batch's order.
+fn mean_stages(batches: &[&BatchProgress]) -> Vec<(String, Duration)> {
+    let Some(first) = batches.first() else {
+        return Vec::new();
+    };
+    first
+        .report
+        .stages
+        .iter()
+        .map(|(label, _)| {
+            let total: Duration = batches
+                .iter()
+                .flat_map(|b| b.report.stages.iter())
+                .filter(|(l, _)| l == label)
+                .map(|(_, d)| *d)
+                .sum();
+            (label.clone(), total / batches.len() as u32)
+        })
+        .collect()
 }
 
 /// The highest sustained rate of `scenario`: doubling from `args.rate` until a run is not
@@ -367,7 +398,7 @@ fn search(
 ) -> Result<Option<Outcome>, String> {
     let report = |o: &Outcome| {
         eprintln!(
-            "  {} at {} lines/s: {}{} (busy cores {:.2}, p99 processing {} ms)",
+            "  {} at {} lines/s: {}{} (busy cores {:.2}, p99 processing {} ms, one core hash-counting {:.2} M lines/s; mean stages: {})",
             scenario.name(),
             o.rate,
             if o.sustained {
@@ -377,7 +408,13 @@ fn search(
             },
             o.why,
             o.busy_cores,
-            o.processing_p99.as_millis()
+            o.processing_p99.as_millis(),
+            o.hash_rate / 1e6,
+            o.stages
+                .iter()
+                .map(|(label, d)| format!("{label} {}ms", d.as_millis()))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     };
     let mut best: Option<Outcome> = None;
@@ -423,20 +460,19 @@ pub(super) fn bench_files(
     threads: usize,
 ) -> Result<(), String> {
     let pool = Arc::new(Pool::new());
-    let hash_rate = pool.hash_count_rate();
     println!(
         "input: files of 100-byte lines renamed into a watched directory every 100 ms; 1 s batches on the live clock; the search with backpressure off"
     );
     println!(
-        "one core hash-counting the same lines: {:.2} M lines/s",
-        hash_rate / 1e6
+        "hash/core: one core hash-counting the same lines just before the run; of hash: lines/s/core over it"
     );
     println!(
-        "{:<10} {:>12} {:>10} {:>15} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "{:<10} {:>12} {:>10} {:>15} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "job",
         "sustained",
         "busy cores",
         "lines/s/core",
+        "hash/core",
         "of hash",
         "e2e p50",
         "e2e p99",
@@ -451,11 +487,12 @@ pub(super) fn bench_files(
                 overload.get_or_insert((scenario, o.rate));
                 let per_core = o.lines_per_s / o.busy_cores.max(0.01);
                 println!(
-                    "{name:<10} {:>12.0} {:>10.2} {:>15.0} {:>9.2} {:>7}ms {:>7}ms {:>7}ms {:>9.0}",
+                    "{name:<10} {:>12.0} {:>10.2} {:>15.0} {:>10.0} {:>9.2} {:>7}ms {:>7}ms {:>7}ms {:>9.0}",
                     o.lines_per_s,
                     o.busy_cores,
                     per_core,
-                    per_core / hash_rate,
+                    o.hash_rate,
+                    per_core / o.hash_rate,
                     o.e2e_p50.as_millis(),
                     o.e2e_p99.as_millis(),
                     o.processing_p99.as_millis(),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_files;
+mod bench_latency;
 mod cluster;
 mod plan;
 mod run;

@@ -63,6 +63,12 @@ impl Executor {
         }
     }
 
+    /// Runs `op` on the task threads: parallel work inside it (`rayon`'s iterators, as
+    /// sources reading a batch use) takes the job's threads, no more.
+    pub(crate) fn install<R: Send>(&self, op: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(op)
+    }
+
     /// Runs every stage of `plan`, in order.
     pub fn run(&self, plan: &BatchPlan, cx: &BatchContext) -> Result<()> {
         (0..plan.stages.len()).try_for_each(|i| self.run_stage(plan, i, cx))

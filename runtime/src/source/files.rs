@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rayon::prelude::*;
 use serde_json::{Value as Json, json};
 
 use super::{Line, LineSplitter, Refusals, Source, split_even};
@@ -215,30 +216,18 @@ impl Source for FilesSource {
         partitions: usize,
         refused: &mut Refusals,
     ) -> Result<Vec<Vec<String>>> {
-        let mut lines = Vec::new();
-        for name in Self::names(range) {
-            // Ranges come from the offset log or over the network: a name is one file of the
-            // watched directory, never a path out of it.
-            if name.is_empty() || name.contains('/') || name == ".." || name == "." {
-                refused.push(format!("file name {name:?} is not a file of the directory"));
-                continue;
-            }
-            let path = self.dir.join(&name);
-            // A file that cannot be read, or a line that is not text, is refused on its own:
-            // failing the batch would fail every replay of it too, and wedge the job.
-            let mut bytes = 0;
-            if let Err(e) = read_lines(&path, &mut |line| match line {
-                Line::Text(text) => {
-                    // The line and its end.
-                    bytes += text.len() as u64 + 1;
-                    lines.push(text)
-                }
-                Line::Refused(why) => refused.push(format!("file {name} {why}")),
-            }) {
-                tracing::warn!(source = %self.name, file = %path.display(), error = %e, "cannot read a file; it is skipped");
-                refused.push(format!("file {name} cannot be read: {e}"));
-            }
-            self.bytes_read += bytes;
+        let names = Self::names(range);
+        // A file a task thread (the batch is read on the job's pool), joined in name order:
+        // the same records in the same order however many threads read them.
+        let files: Vec<FileLines> = names
+            .par_iter()
+            .map(|name| read_file(&self.name, &self.dir, name))
+            .collect();
+        let mut lines = Vec::with_capacity(files.iter().map(|f| f.lines.len()).sum());
+        for file in files {
+            lines.extend(file.lines);
+            refused.absorb(file.refused);
+            self.bytes_read += file.bytes;
         }
         Ok(split_even(lines, partitions))
     }
@@ -295,6 +284,48 @@ impl Source for FilesSource {
         self.recent.retain(|_, changed| *changed >= floor);
         Ok(())
     }
+}
+
+/// One file's part of a batch.
+struct FileLines {
+    lines: Vec<String>,
+    refused: Refusals,
+    /// The lines and their ends.
+    bytes: u64,
+}
+
+/// Reads the file `name` of `dir`. A file that cannot be read, or a line that is not text, is
+/// refused on its own: failing the batch would fail every replay of it too, and wedge the job.
+fn read_file(source: &str, dir: &Path, name: &str) -> FileLines {
+    let mut file = FileLines {
+        lines: Vec::new(),
+        refused: Refusals::default(),
+        bytes: 0,
+    };
+    // Ranges come from the offset log or over the network: a name is one file of the
+    // watched directory, never a path out of it.
+    if name.is_empty() || name.contains('/') || name == ".." || name == "." {
+        file.refused
+            .push(format!("file name {name:?} is not a file of the directory"));
+        return file;
+    }
+    let path = dir.join(name);
+    let FileLines {
+        lines,
+        refused,
+        bytes,
+    } = &mut file;
+    if let Err(e) = read_lines(&path, &mut |line| match line {
+        Line::Text(text) => {
+            *bytes += text.len() as u64 + 1;
+            lines.push(text)
+        }
+        Line::Refused(why) => refused.push(format!("file {name} {why}")),
+    }) {
+        tracing::warn!(source = %source, file = %path.display(), error = %e, "cannot read a file; it is skipped");
+        refused.push(format!("file {name} cannot be read: {e}"));
+    }
+    file
 }
 
 /// Feeds a file's lines to `out`, a read buffer at a time: an overlong line is never held.
@@ -414,6 +445,49 @@ mod tests {
                 .len(),
             100
         );
+    }
+
+    #[test]
+    fn several_threads_read_the_same_records_in_the_same_order_as_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut names = Vec::new();
+        for f in 0..9 {
+            let name = format!("f{f}");
+            let mut text = String::new();
+            for l in 0..(f * 37 + 5) {
+                text.push_str(&format!("file {f} line {l}\n"));
+            }
+            if f == 4 {
+                text.push_str("bad \u{0}");
+                let mut bytes = text.into_bytes();
+                bytes.extend_from_slice(b"\xff\n");
+                fs::write(dir.path().join(&name), bytes).expect("write");
+            } else {
+                fs::write(dir.path().join(&name), text).expect("write");
+            }
+            names.push(name);
+        }
+        names.push("missing".into());
+        let range = json!({ "files": names });
+        // On a pool of `threads`, as the job reads a batch on its task threads.
+        let read = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            pool.install(|| {
+                let mut s = FilesSource::new("f", dir.path());
+                let mut refused = Refusals::default();
+                let parts = s.read(&range, 4, &mut refused).expect("read");
+                (parts, refused, s.bytes_read)
+            })
+        };
+        let one = read(1);
+        assert_eq!(one.0.iter().map(Vec::len).sum::<usize>(), 1_377);
+        assert_eq!(one.1.count(), 2, "{:?}", one.1);
+        for threads in [2, 3, 16] {
+            assert_eq!(read(threads), one, "{threads} threads");
+        }
     }
 
     #[test]

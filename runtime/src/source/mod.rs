@@ -159,6 +159,13 @@ impl Refusals {
         }
     }
 
+    /// Adds the refusals of `other`, its reasons after ours while room is left.
+    pub fn absorb(&mut self, other: Refusals) {
+        self.count += other.count;
+        let room = Self::SAMPLES.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.into_iter().take(room));
+    }
+
     /// How many were refused.
     pub fn count(&self) -> u64 {
         self.count
