@@ -785,6 +785,14 @@ pub struct CheckpointSpec {
     /// Snapshot keyed state every this many batches. Default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<u32>,
+    /// And at most this often, by batch time, e.g. `1s`: with millisecond batches a snapshot
+    /// every `interval` batches would sit on the path of one batch in ten. A snapshot is due
+    /// at a batch that is a multiple of `interval` when this much batch time has passed since
+    /// the last one. Default: none (every `interval` batches). A recovery replays the batches
+    /// since the last snapshot, so this bounds that time too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub snapshot_every: Option<String>,
     /// How many complete state snapshots to keep. Default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain: Option<u32>,

@@ -1072,6 +1072,9 @@ impl Validator {
         if ckpt.interval == Some(0) {
             self.add("spec.checkpoint.interval", "must be at least 1 batch");
         }
+        if let Some(text) = &ckpt.snapshot_every {
+            self.duration("spec.checkpoint.snapshotEvery", text);
+        }
         if ckpt.retain == Some(0) {
             self.add("spec.checkpoint.retain", "must be at least 1 snapshot");
         }

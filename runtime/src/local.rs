@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use crate::checkpoint::{CheckpointStore, Checkpointer, MemoryStore, StateFile};
 use crate::coordinator::{self, BatchInput, BatchProgress, Fault, RunSummary, Runner, Settings};
@@ -21,6 +22,8 @@ pub struct LocalOptions {
     pub store: Option<Box<dyn CheckpointStore>>,
     /// Snapshot every this many batches.
     pub snapshot_interval: u64,
+    /// And at most this often, by batch time (zero: every `snapshot_interval` batches).
+    pub snapshot_every: Duration,
     /// Snapshots to keep.
     pub retain: usize,
     /// Stop after this batch index (counted from the job's first batch, across restarts).
@@ -44,7 +47,8 @@ pub fn run(mut job: Job, options: LocalOptions) -> Result<RunSummary> {
     let store = options
         .store
         .unwrap_or_else(|| Box::new(MemoryStore::default()));
-    let ckpt = Checkpointer::new(store, options.snapshot_interval, options.retain);
+    let ckpt = Checkpointer::new(store, options.snapshot_interval, options.retain)
+        .snapshot_every(options.snapshot_every);
     let settings = Settings {
         job_name: options.job_name,
         job_uid: options.job_uid,

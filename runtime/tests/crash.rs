@@ -19,12 +19,23 @@ fn pipeline(steps: &str) -> String {
     )
 }
 
-/// `body`: the spec's sources, steps and sinks, with `OUT` where the files sink writes.
+/// `body`: the spec's sources, steps and sinks, with `OUT` where the files sink writes; and its
+/// `checkpoint` with `CKPT` for the directory, or a checkpoint there every 3 batches.
 fn manifest(dir: &Path, body: &str) -> PathBuf {
+    let ckpt = dir.join("ckpt");
+    let body = body
+        .replace("OUT", &format!("\"{}\"", dir.join("out").display()))
+        .replace("CKPT", &ckpt.display().to_string());
+    let checkpoint = if body.contains("  checkpoint:") {
+        String::new()
+    } else {
+        format!(
+            "  checkpoint: {{uri: \"file://{}\", interval: 3, retain: 2}}\n",
+            ckpt.display()
+        )
+    };
     let text = format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: crash}}\nspec:\n  batchInterval: 100ms\n  parallelism: 3\n{body}  checkpoint: {{uri: \"file://{ckpt}\", interval: 3, retain: 2}}\n",
-        body = body.replace("OUT", &format!("\"{}\"", dir.join("out").display())),
-        ckpt = dir.join("ckpt").display(),
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: crash}}\nspec:\n  batchInterval: 100ms\n  parallelism: 3\n{body}{checkpoint}"
     );
     let path = dir.join("job.yaml");
     std::fs::write(&path, text).expect("write manifest");
@@ -155,6 +166,16 @@ fn stateful_running_count_survives_sigkill() {
         ),
         100,
     );
+}
+
+/// Snapshots spaced by batch time (`snapshotEvery`) rather than every 3 batches: a recovery
+/// replays more batches from the log, to the same output.
+#[test]
+fn snapshots_spaced_by_time_survive_sigkill() {
+    let body = pipeline(
+        "    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - updateStateByKey: {op: sum}\n",
+    ) + "  checkpoint: {uri: \"file://CKPT\", interval: 2, snapshotEvery: 700ms, retain: 2}\n";
+    check_exactly_once("snapshotEvery", &body, 100);
 }
 
 #[test]

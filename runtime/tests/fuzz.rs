@@ -242,6 +242,7 @@ fn run_on(dir: &Path, until: u64) -> (Result<(), String>, bool) {
                 fingerprint: sluice_crds::fingerprint(&manifest.spec),
                 store: Some(store),
                 snapshot_interval: 2,
+                snapshot_every: Duration::ZERO,
                 retain: 2,
                 stop_after: Some(until),
                 stop,

@@ -30,6 +30,7 @@ pub use sluice_storage::{
 };
 
 use crate::error::{Error, Result};
+use crate::time::BatchInfo;
 
 pub mod state_log;
 
@@ -188,6 +189,8 @@ pub struct Checkpointer {
     /// [`Checkpointer::write_state_files`]).
     writer: String,
     writes: std::sync::atomic::AtomicU64,
+    /// Batch time between snapshots, at least (0: every `interval` batches).
+    snapshot_every_ms: u64,
 }
 
 impl Checkpointer {
@@ -205,7 +208,23 @@ impl Checkpointer {
                     .map_or(0, |d| d.subsec_nanos())
             ),
             writes: std::sync::atomic::AtomicU64::new(0),
+            snapshot_every_ms: 0,
         }
+    }
+
+    /// Snapshots also at most once per `every` of batch time (`spec.checkpoint.snapshotEvery`).
+    pub fn snapshot_every(mut self, every: std::time::Duration) -> Self {
+        self.snapshot_every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// Whether `batch` takes a snapshot, the last one having been taken at `last` (0: none).
+    pub fn snapshot_due(&self, batch: &BatchInfo, last: u64) -> bool {
+        let since_ms = batch
+            .index
+            .saturating_sub(last)
+            .saturating_mul(batch.interval_ms);
+        batch.index.is_multiple_of(self.interval) && since_ms >= self.snapshot_every_ms
     }
 
     /// Where checkpoints go.
@@ -628,6 +647,27 @@ impl Checkpointer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_are_due_every_interval_batches_and_at_most_every_snapshot_every() {
+        let every = |interval, spacing_ms| {
+            let c = Checkpointer::new(Box::new(MemoryStore::default()), interval, 2)
+                .snapshot_every(std::time::Duration::from_millis(spacing_ms));
+            let mut last = 0;
+            let mut taken = Vec::new();
+            for index in 1..=24 {
+                if c.snapshot_due(&BatchInfo::new(0, 100, index), last) {
+                    taken.push(index);
+                    last = index;
+                }
+            }
+            taken
+        };
+        assert_eq!(every(3, 0), vec![3, 6, 9, 12, 15, 18, 21, 24]);
+        assert_eq!(every(3, 250), vec![3, 6, 9, 12, 15, 18, 21, 24]);
+        assert_eq!(every(3, 500), vec![6, 12, 18, 24]);
+        assert_eq!(every(1, 1000), vec![10, 20]);
+    }
 
     fn snapshot(batch: u64) -> Snapshot {
         let mut s = Snapshot {

@@ -43,7 +43,7 @@ pub struct BenchArgs {
     /// runs).
     #[arg(long, value_enum, default_value = "off")]
     pub metrics: MetricsMode,
-    /// With --metrics compare or --scaling: runs of each kind per scenario (the median is
+    /// With --metrics compare, --scaling or --latency: runs of each kind (the median is
     /// shown).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
@@ -229,6 +229,7 @@ fn measure(run: Run<'_>, args: &BenchArgs, threads: usize) -> Result<Figures, St
             fingerprint: sluice_crds::fingerprint(&job_spec.spec),
             store: None,
             snapshot_interval: 10,
+            snapshot_every: Duration::ZERO,
             retain: 2,
             stop_after: Some(batches),
             stop: Arc::new(AtomicBool::new(false)),

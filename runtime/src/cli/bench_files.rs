@@ -288,6 +288,7 @@ fn run(
             fingerprint: sluice_crds::fingerprint(&spec.spec),
             store: None,
             snapshot_interval: 10,
+            snapshot_every: Duration::ZERO,
             retain: 2,
             stop_after: Some(batches),
             stop: give_up.clone(),

@@ -1,8 +1,9 @@
 //! `sluice bench --latency`: end-to-end latency against the batch interval, at a low rate,
 //! with exactly-once output on. Each job runs paced (batches at their times, as a live job) for
-//! each interval, once with a checkpoint in a local directory (offset log, commits and
-//! snapshots fsynced) and once without, into the files sink; the difference is what the
-//! checkpoint costs every batch.
+//! each interval into the files sink: with a checkpoint in a local directory (offset log,
+//! commits and snapshots fsynced) snapshotting every 10 batches, the same snapshotting at most
+//! once a second (`snapshotEvery: 1s`), and without a checkpoint; the differences are what
+//! the checkpoint costs.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,17 @@ const INTERVALS: [u64; 5] = [10, 20, 50, 100, 1000];
 const WARM: u64 = 5;
 /// Batches between snapshots, as a live job's default.
 const SNAPSHOT_EVERY: u64 = 10;
+
+/// How a run checkpoints.
+#[derive(Clone, Copy, PartialEq)]
+enum Checkpoint {
+    /// A local directory, a snapshot every [`SNAPSHOT_EVERY`] batches.
+    EveryTenBatches,
+    /// The same, and at most one snapshot a second of batch time.
+    AtMostEverySecond,
+    /// None: nothing written but the output.
+    Off,
+}
 
 /// A job of the latency table.
 #[derive(Clone, Copy)]
@@ -62,12 +74,12 @@ struct Latency {
 fn run(
     job: Job,
     interval_ms: u64,
-    checkpointed: bool,
+    checkpoint: Checkpoint,
     seconds: u64,
     args: &BenchArgs,
     threads: usize,
 ) -> Result<Latency, String> {
-    let dir = Scratch::new(&format!("latency-{interval_ms}-{checkpointed}"))?;
+    let dir = Scratch::new(&format!("latency-{interval_ms}"))?;
     let text = format!(
         "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: bench}}\nspec:\n  batchInterval: {interval_ms}ms\n  parallelism: {}\n  sources:\n    - name: lines\n      generator: {{rate: {RATE}, seed: 42, vocabulary: 10000, lineBytes: 100}}\n  pipeline: [{}]\n  sinks:\n    - files: {{path: \"{}\"}}\n",
         args.parallelism,
@@ -83,7 +95,7 @@ fn run(
         },
     )
     .map_err(|p| format!("{p:?}"))?;
-    let store = if checkpointed {
+    let store = if checkpoint != Checkpoint::Off {
         let store = LocalStore::open(dir.path().join("ckpt"))
             .map_err(|e| format!("checkpoint directory: {e}"))?;
         Some(Box::new(store) as Box<_>)
@@ -101,6 +113,11 @@ fn run(
             fingerprint: sluice_crds::fingerprint(&spec.spec),
             store,
             snapshot_interval: SNAPSHOT_EVERY,
+            snapshot_every: if checkpoint == Checkpoint::AtMostEverySecond {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            },
             retain: 2,
             stop_after: Some(batches),
             stop: Arc::new(AtomicBool::new(false)),
@@ -140,6 +157,23 @@ fn run(
     })
 }
 
+impl Latency {
+    /// Each figure's median over `runs`.
+    fn median(runs: &[Latency]) -> Latency {
+        let of = |f: fn(&Latency) -> Duration| {
+            let mut v: Vec<Duration> = runs.iter().map(f).collect();
+            v.sort();
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        };
+        Latency {
+            e2e_p50: of(|l| l.e2e_p50),
+            e2e_p99: of(|l| l.e2e_p99),
+            processing_p50: of(|l| l.processing_p50),
+            processing_p99: of(|l| l.processing_p99),
+        }
+    }
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
@@ -147,36 +181,54 @@ fn ms(d: Duration) -> String {
 pub(super) fn bench_latency(args: &BenchArgs, threads: usize) -> Result<(), String> {
     let seconds = args.paced_seconds.max(1);
     println!(
-        "latency: generator at {RATE} lines/s, batches paced on the live clock for {seconds} s per run ({WARM} warm-up batches), files sink"
+        "latency: generator at {RATE} lines/s, batches paced on the live clock for {seconds} s per run ({WARM} warm-up batches), files sink; medians of {} rounds",
+        args.rounds.max(1)
     );
     println!(
-        "checkpointed: a local directory (offset log, commits, snapshots every {SNAPSHOT_EVERY} batches, each fsynced), exactly once; none: no checkpoint"
+        "checkpointed: a local directory (offset log, commits, snapshots every {SNAPSHOT_EVERY} batches, each fsynced), exactly once; 1s: the same with snapshotEvery: 1s; none: no checkpoint"
     );
     println!(
-        "{:<14} {:>9} | {:>10} {:>10} {:>10} {:>10} | {:>10} {:>10}",
+        "{:<14} {:>9} | {:>9} {:>9} {:>9} {:>9} | {:>11} {:>9} | {:>11}",
         "job",
         "interval",
         "e2e p50",
         "e2e p99",
         "proc p50",
         "proc p99",
-        "none: e2e p99",
-        "proc p99"
+        "1s: e2e p99",
+        "proc p99",
+        "none: e2e p99"
     );
+    let rounds = args.rounds.max(1);
     for job in [Job::Stateless, Job::RunningCount] {
         for interval in INTERVALS {
-            let with = run(job, interval, true, seconds, args, threads)?;
-            let without = run(job, interval, false, seconds, args, threads)?;
+            // The three kinds alternate, so that the machine's hiccups (a p99 over a few
+            // hundred batches catches them) fall on each alike; each figure is the median.
+            let mut runs: [Vec<Latency>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+            for _ in 0..rounds {
+                for (kind, runs) in [
+                    Checkpoint::EveryTenBatches,
+                    Checkpoint::AtMostEverySecond,
+                    Checkpoint::Off,
+                ]
+                .into_iter()
+                .zip(runs.iter_mut())
+                {
+                    runs.push(run(job, interval, kind, seconds, args, threads)?);
+                }
+            }
+            let [with, spaced, without] = runs.map(|r| Latency::median(&r));
             println!(
-                "{:<14} {:>7}ms | {:>10} {:>10} {:>10} {:>10} | {:>13} {:>10}",
+                "{:<14} {:>7}ms | {:>9} {:>9} {:>9} {:>9} | {:>11} {:>9} | {:>13}",
                 job.name(),
                 interval,
                 ms(with.e2e_p50),
                 ms(with.e2e_p99),
                 ms(with.processing_p50),
                 ms(with.processing_p99),
-                ms(without.e2e_p99),
-                ms(without.processing_p99)
+                ms(spaced.e2e_p99),
+                ms(spaced.processing_p99),
+                ms(without.e2e_p99)
             );
         }
     }

@@ -70,6 +70,7 @@ fn planned(args: &PlanArgs) -> Result<(Vec<String>, UpgradePlan), ()> {
                 region: None,
                 path_style: None,
                 interval: None,
+                snapshot_every: None,
                 retain: None,
                 deletion_policy: None,
             });

@@ -828,7 +828,7 @@ impl<R: Runner> Coordinator<R> {
     /// Snapshots if due, then marks the batch complete and reports it.
     fn complete(&mut self, report: BatchReport) -> Result<(), Fault> {
         let batch = report.batch;
-        if protocol::snapshot_due(batch.index, self.ckpt.interval) {
+        if self.ckpt.snapshot_due(&batch, self.last_snapshot) {
             self.snapshot(batch.index)?;
         }
         self.check_not_superseded(batch.index)?;

@@ -124,11 +124,6 @@ impl Identity {
     }
 }
 
-/// Whether the state is snapshotted after `batch`, every `interval` batches.
-pub fn snapshot_due(batch: u64, interval: u64) -> bool {
-    batch.is_multiple_of(interval.max(1))
-}
-
 /// Why the files of the snapshot of `batch` do not make a whole snapshot: each of the
 /// `operations` × `partitions` state partitions exactly once.
 pub fn check_coverage(
