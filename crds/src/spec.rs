@@ -807,6 +807,17 @@ pub struct CheckpointSpec {
     pub deletion_policy: Option<DeletionPolicy>,
 }
 
+impl CheckpointSpec {
+    /// `snapshotEvery` as a duration; zero when unset (every `interval` batches). Validation
+    /// refuses one that does not parse, so none reaches a runner.
+    pub fn snapshot_spacing(&self) -> std::time::Duration {
+        self.snapshot_every
+            .as_deref()
+            .and_then(|text| crate::parse_duration(text).ok())
+            .unwrap_or_default()
+    }
+}
+
 /// What happens to a checkpoint when its job is deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DeletionPolicy {

@@ -176,6 +176,16 @@ fn snapshots_spaced_by_time_survive_sigkill() {
         "    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - updateStateByKey: {op: sum}\n",
     ) + "  checkpoint: {uri: \"file://CKPT\", interval: 2, snapshotEvery: 700ms, retain: 2}\n";
     check_exactly_once("snapshotEvery", &body, 100);
+    // The spacing held: every 2 batches and 700 ms of batch time is every 8th batch, so the two
+    // snapshots kept after 60 batches are 56 and the one at shutdown (58 and 60 without it).
+    let dir = tempfile::tempdir().expect("tempdir");
+    uninterrupted(dir.path(), &body);
+    let mut kept: Vec<u64> = std::fs::read_dir(dir.path().join("ckpt/state"))
+        .expect("snapshots")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, vec![56, 60]);
 }
 
 #[test]

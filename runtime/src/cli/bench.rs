@@ -13,10 +13,12 @@ use clap::{Args, ValueEnum};
 
 use super::EXIT_FAILED;
 use crate::coordinator::BatchProgress;
+use crate::job::Job;
 use crate::local::{self, LocalOptions};
 use crate::manifest::{CompileOptions, compile};
 use crate::metrics::{Role, RuntimeMetrics};
 use crate::source::{GeneratorConfig, TextGenerator};
+use sluice_crds::StreamingJob;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -199,6 +201,24 @@ impl Run<'static> {
     }
 }
 
+/// Loads and compiles a bench manifest; with `discard_output`, sinks drop what they get.
+pub(super) fn compile_manifest(
+    text: &str,
+    threads: usize,
+    discard_output: bool,
+) -> Result<(Job, StreamingJob), String> {
+    let spec = sluice_crds::load(text).map_err(|p| format!("{p:?}"))?;
+    let job = compile(
+        &spec,
+        &CompileOptions {
+            threads,
+            discard_output,
+        },
+    )
+    .map_err(|p| format!("{p:?}"))?;
+    Ok((job, spec))
+}
+
 fn measure(run: Run<'_>, args: &BenchArgs, threads: usize) -> Result<Figures, String> {
     let Run {
         scenario,
@@ -209,15 +229,7 @@ fn measure(run: Run<'_>, args: &BenchArgs, threads: usize) -> Result<Figures, St
         metrics,
     } = run;
     let text = manifest(scenario, interval, rate, args.parallelism);
-    let job_spec = sluice_crds::load(&text).map_err(|p| format!("{p:?}"))?;
-    let job = compile(
-        &job_spec,
-        &CompileOptions {
-            threads,
-            discard_output: true,
-        },
-    )
-    .map_err(|p| format!("{p:?}"))?;
+    let (job, job_spec) = compile_manifest(&text, threads, true)?;
     let seen: Arc<Mutex<Vec<BatchProgress>>> = Arc::default();
     let sink = seen.clone();
     let started = Instant::now();

@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::bench::{BenchArgs, Scenario, percentile};
+use super::bench::{BenchArgs, Scenario, compile_manifest, percentile};
 use crate::coordinator::BatchProgress;
 use crate::local::{self, LocalOptions};
-use crate::manifest::{CompileOptions, compile};
 use crate::source::{GeneratorConfig, TextGenerator};
 
 /// The batch interval of every run.
@@ -257,15 +256,7 @@ fn run(
     let hash_rate = pool.hash_count_rate();
     let dir = Scratch::new(&rate.to_string())?;
     let text = manifest(scenario, dir.path(), args.parallelism, backpressure);
-    let spec = sluice_crds::load(&text).map_err(|p| format!("{p:?}"))?;
-    let job = compile(
-        &spec,
-        &CompileOptions {
-            threads,
-            discard_output: true,
-        },
-    )
-    .map_err(|p| format!("{p:?}"))?;
+    let (job, spec) = compile_manifest(&text, threads, true)?;
     reset_peak_rss();
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = {

@@ -9,12 +9,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::bench::{BenchArgs, percentile};
+use super::bench::{BenchArgs, compile_manifest, percentile};
 use super::bench_files::Scratch;
 use crate::checkpoint::LocalStore;
 use crate::coordinator::BatchProgress;
 use crate::local::{self, LocalOptions};
-use crate::manifest::{CompileOptions, compile};
 
 /// Lines per second: a low rate, where a batch's fixed cost is all its cost.
 const RATE: u64 = 10_000;
@@ -86,15 +85,7 @@ fn run(
         job.steps(),
         dir.path().join("out").display()
     );
-    let spec = sluice_crds::load(&text).map_err(|p| format!("{p:?}"))?;
-    let compiled = compile(
-        &spec,
-        &CompileOptions {
-            threads,
-            discard_output: false,
-        },
-    )
-    .map_err(|p| format!("{p:?}"))?;
+    let (compiled, spec) = compile_manifest(&text, threads, false)?;
     let store = if checkpoint != Checkpoint::Off {
         let store = LocalStore::open(dir.path().join("ckpt"))
             .map_err(|e| format!("checkpoint directory: {e}"))?;

@@ -158,18 +158,12 @@ fn load(
             return Err(ExitCode::from(EXIT_FAILED));
         }
     };
-    // Validated with the manifest: a snapshotEvery that does not parse never gets here.
-    let snapshot_every = spec
-        .snapshot_every
-        .as_deref()
-        .and_then(|text| sluice_crds::parse_duration(text).ok())
-        .unwrap_or_default();
     let ckpt = Checkpointer::new(
         store,
         spec.interval.unwrap_or(defaults::CHECKPOINT_INTERVAL) as u64,
         spec.retain.unwrap_or(defaults::CHECKPOINT_RETAIN) as usize,
     )
-    .snapshot_every(snapshot_every);
+    .snapshot_every(spec.snapshot_spacing());
     Ok((manifest, job, ckpt))
 }
 

@@ -110,10 +110,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         snapshot_interval: ckpt
             .and_then(|c| c.interval)
             .unwrap_or(defaults::CHECKPOINT_INTERVAL) as u64,
-        snapshot_every: ckpt
-            .and_then(|c| c.snapshot_every.as_deref())
-            .and_then(|text| sluice_crds::parse_duration(text).ok())
-            .unwrap_or_default(),
+        snapshot_every: ckpt.map(|c| c.snapshot_spacing()).unwrap_or_default(),
         retain: ckpt
             .and_then(|c| c.retain)
             .unwrap_or(defaults::CHECKPOINT_RETAIN) as usize,
