@@ -46,8 +46,12 @@ const WORDS: usize = 200;
 const WORKER_CPU: &str = "200m";
 const MAX_REPLICAS: u32 = 4;
 const SCALE_DOWN_AFTER_S: u64 = 60;
-/// The loads (records/s) the test measures one worker at.
-const PROBE_RATES: [u64; 2] = [1000, 3000];
+/// The loads (records/s) the test measures one worker at: a light one, and one past what a
+/// worker can do (backpressure caps its batches near the interval). Two points far apart: a
+/// CFS quota runs a throttled process in 100 ms slices, so each batch's processing time is
+/// off by up to a slice, and two nearby loads (1,000 and 3,000 once) gave a per-record cost
+/// 2.4 times too high, a "4x step" one worker took at half its interval, and no scale-up.
+const PROBE_RATES: [u64; 2] = [1000, 15000];
 /// What each record costs beyond counting: a CEL filter (a regular expression, true for
 /// every record the test writes) standing for user logic, so that a worker's capacity is
 /// bounded by its CPU limit at a load this machine's broker carries easily. The `exists`
