@@ -71,7 +71,7 @@ pub struct Metadata {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StreamingJobSpec {
-    /// How often a batch is cut from the live stream, e.g. `100ms`, `1s`. At least 10ms.
+    /// How often a batch is cut from the live stream, e.g. `100ms`, `1s`. At least 5ms.
     #[schemars(length(max = 32))]
     pub batch_interval: String,
     /// Number of partitions every batch is split into (and keyed state is sharded by). Default 4.
@@ -269,7 +269,8 @@ pub struct GeneratorSource {
     /// Seed; the same seed gives the same lines. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
-    /// `text` (words from a Zipf vocabulary, hashtags included) or `json` (user events). Default text.
+    /// `text` (words from a Zipf vocabulary, hashtags included), `json` (user events) or
+    /// `nexmark` (the Nexmark benchmark's auction events). Default text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<GeneratorFormat>,
     /// Number of distinct words (text) or users (json). Default 10000.
@@ -289,6 +290,10 @@ pub enum GeneratorFormat {
     Text,
     /// JSON objects `{"user":..., "action":..., "amount":..., "text":...}`.
     Json,
+    /// Nexmark auction events as JSON objects: `{"type":"person"|"auction"|"bid", ...}` in the
+    /// benchmark's proportions (1 : 3 : 46), each with its generation time as `dateTime`
+    /// (milliseconds from the job's start). `vocabulary` and `lineBytes` do not apply.
+    Nexmark,
 }
 
 /// One DStream operation. Set exactly one field.

@@ -4,8 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crate::checkpoint::{CheckpointStore, Checkpointer, MemoryStore, StateFile};
-use crate::coordinator::{self, BatchInput, BatchProgress, Fault, RunSummary, Runner, Settings};
+use crate::checkpoint::{CheckpointStore, Checkpointer, MemoryStore};
+use crate::coordinator::{
+    self, BatchInput, BatchProgress, Fault, RunSummary, Runner, Settings, StateFiles,
+};
 use crate::error::Result;
 use crate::job::{BatchReport, Job};
 use crate::metrics::RuntimeMetrics;
@@ -109,12 +111,13 @@ impl Runner for InProcess {
         Ok(job.execute(input.batch, input.ranges, logged, input.replay)?)
     }
 
+    /// Encodes the state here; the loop's writer writes it while the next batches run.
     fn snapshot(
         &mut self,
         job: &Job,
-        ckpt: &Checkpointer,
+        _ckpt: &Checkpointer,
         batch: u64,
-    ) -> Result<Vec<StateFile>, Fault> {
-        Ok(ckpt.write_state_files(&job.snapshot(batch)?)?)
+    ) -> Result<StateFiles, Fault> {
+        Ok(StateFiles::Encoded(job.snapshot(batch)?))
     }
 }

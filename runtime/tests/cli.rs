@@ -570,7 +570,16 @@ fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
         .spawn()
         .expect("sluice run");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while support::last_commit(dir.path()) < 10 {
+    // Ten batches committed, and told: the loop reports a batch once the checkpoint writer has
+    // written its commit entry, at its next step.
+    let told = || {
+        support::http_get(&ui, "/api/timeline")
+            .ok()
+            .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .and_then(|t| t["batches"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    while support::last_commit(dir.path()) < 10 || told() < 10 {
         assert!(
             std::time::Instant::now() < deadline,
             "no 10 batches in 60 s"

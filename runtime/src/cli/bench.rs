@@ -45,15 +45,20 @@ pub struct BenchArgs {
     /// runs).
     #[arg(long, value_enum, default_value = "off")]
     pub metrics: MetricsMode,
-    /// With --metrics compare, --scaling or --latency: runs of each kind (the median is
+    /// With --metrics compare, --scaling, --latency or --nexmark: runs of each kind (the median is
     /// shown).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// End-to-end latency against the batch interval (10, 20, 50, 100 and 1000 ms) at
+    /// End-to-end latency against the batch interval (5, 10, 20, 50, 100 and 1000 ms) at
     /// 10,000 lines/s, paced for --paced-seconds per run, a stateless job and a running count
     /// into the files sink, with a local checkpoint (exactly once) and without.
     #[arg(long)]
     pub latency: bool,
+    /// The Nexmark queries of examples/nexmark (q0, q1, q2, q12) with their events from the
+    /// built-in generator at --rate, 1 s batches back to back for --seconds: events/s per
+    /// busy core, the generator's own cost included (and printed alone).
+    #[arg(long)]
+    pub nexmark: bool,
     /// Throughput with one task thread and with --threads (default: one per core), in
     /// alternating runs, and their ratio: how the engine scales with threads.
     #[arg(long)]
@@ -219,6 +224,30 @@ pub(super) fn compile_manifest(
     Ok((job, spec))
 }
 
+/// A bench run's options: no checkpoint (callers that measure one set a store), stopping
+/// after `stop_after` batches, every batch handed to `on_batch`.
+pub(super) fn run_options(
+    spec: &StreamingJob,
+    stop_after: u64,
+    paced: bool,
+    on_batch: Box<dyn FnMut(&BatchProgress) + Send>,
+) -> LocalOptions {
+    LocalOptions {
+        job_name: "bench".into(),
+        job_uid: None,
+        fingerprint: sluice_crds::fingerprint(&spec.spec),
+        store: None,
+        snapshot_interval: 10,
+        snapshot_every: Duration::ZERO,
+        retain: 2,
+        stop_after: Some(stop_after),
+        stop: Arc::new(AtomicBool::new(false)),
+        paced,
+        on_batch,
+        metrics: None,
+    }
+}
+
 fn measure(run: Run<'_>, args: &BenchArgs, threads: usize) -> Result<Figures, String> {
     let Run {
         scenario,
@@ -236,22 +265,17 @@ fn measure(run: Run<'_>, args: &BenchArgs, threads: usize) -> Result<Figures, St
     local::run(
         job,
         LocalOptions {
-            job_name: "bench".into(),
-            job_uid: None,
-            fingerprint: sluice_crds::fingerprint(&job_spec.spec),
-            store: None,
-            snapshot_interval: 10,
-            snapshot_every: Duration::ZERO,
-            retain: 2,
-            stop_after: Some(batches),
-            stop: Arc::new(AtomicBool::new(false)),
-            paced,
-            on_batch: Box::new(move |p| {
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(p.clone())
-            }),
             metrics: metrics.then(|| Arc::new(RuntimeMetrics::new("bench", "", Role::Local))),
+            ..run_options(
+                &job_spec,
+                batches,
+                paced,
+                Box::new(move |p| {
+                    sink.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(p.clone())
+                }),
+            )
         },
     )
     .map_err(|e| e.to_string())?;
@@ -294,6 +318,15 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
             .filter(|s| *s != Scenario::Joined)
             .collect();
         return match super::bench_files::bench_files(&args, &scenarios, threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice bench: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        };
+    }
+    if args.nexmark {
+        return match super::bench_nexmark::bench_nexmark(&args, threads) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sluice bench: {e}");

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::bench::{BenchArgs, Scenario, compile_manifest, percentile};
+use super::bench::{BenchArgs, Scenario, compile_manifest, percentile, run_options};
 use crate::coordinator::BatchProgress;
 use crate::local::{self, LocalOptions};
 use crate::source::{GeneratorConfig, TextGenerator};
@@ -175,7 +175,7 @@ fn thread_cpu() -> Duration {
         .unwrap_or_default()
 }
 
-fn process_cpu() -> Duration {
+pub(super) fn process_cpu() -> Duration {
     nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
         .map(|u| timeval(u.user_time()) + timeval(u.system_time()))
         .unwrap_or_default()
@@ -274,25 +274,20 @@ fn run(
     let result = local::run(
         job,
         LocalOptions {
-            job_name: "bench".into(),
-            job_uid: None,
-            fingerprint: sluice_crds::fingerprint(&spec.spec),
-            store: None,
-            snapshot_interval: 10,
-            snapshot_every: Duration::ZERO,
-            retain: 2,
-            stop_after: Some(batches),
             stop: give_up.clone(),
-            paced: true,
-            on_batch: Box::new(move |p| {
-                if p.total_delay > GIVE_UP_DELAY {
-                    stop_job.store(true, Ordering::Relaxed);
-                }
-                sink.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(p.clone())
-            }),
-            metrics: None,
+            ..run_options(
+                &spec,
+                batches,
+                true,
+                Box::new(move |p| {
+                    if p.total_delay > GIVE_UP_DELAY {
+                        stop_job.store(true, Ordering::Relaxed);
+                    }
+                    sink.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(p.clone())
+                }),
+            )
         },
     );
     let (wall, cpu) = (started.elapsed(), process_cpu().saturating_sub(cpu_before));

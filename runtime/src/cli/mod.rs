@@ -3,6 +3,7 @@
 mod bench;
 mod bench_files;
 mod bench_latency;
+mod bench_nexmark;
 mod cluster;
 mod plan;
 mod run;

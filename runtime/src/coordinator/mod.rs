@@ -4,16 +4,19 @@
 //!
 //! Every batch: plan the sources' ranges → write the records of sources that cannot replay to
 //! the write-ahead log → log the ranges (`offsets/`) → run → snapshot state if due → mark
-//! complete (`commits/`) with its record counts → prune. On start and after any failure:
-//! place the partitions → pick the newest snapshot from its manifest → the runner loads it →
-//! replay every batch logged after it → go on. On stop: a final snapshot, so that the next
-//! start replays nothing. Nothing is marked complete that was not durably written.
+//! complete (`commits/`) with its record counts → prune. What follows the run (the snapshot's
+//! writing, the commit, the pruning) goes to the [`writer`]'s thread, in order, while the next
+//! batch runs. On start and after any failure: wait for those writes → place the partitions →
+//! pick the newest snapshot from its manifest → the runner loads it → replay every batch
+//! logged after it → go on. On stop: a final snapshot, so that the next start replays
+//! nothing. Nothing is marked complete that was not durably written.
 //!
 //! The decisions are pure functions in [`protocol`]; this loop does the I/O around them.
 
 mod fault;
 pub mod protocol;
 pub mod rate;
+mod writer;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -24,8 +27,10 @@ use serde_json::Value as Json;
 
 pub use fault::{Class, Fault};
 use protocol::{Backoff, Identity, Takeover};
+pub use writer::StateFiles;
+use writer::{CheckpointWriter, Write, Written};
 
-use crate::checkpoint::{Checkpointer, CommitEntry, Logged, OffsetEntry, StateFile};
+use crate::checkpoint::{Checkpointer, CommitEntry, Logged, OffsetEntry};
 use crate::job::{BatchReport, Job};
 use crate::metrics::RuntimeMetrics;
 use crate::rpc::pb::MasterState;
@@ -85,14 +90,11 @@ pub trait Runner {
         input: BatchInput<'_>,
     ) -> Result<BatchReport, Fault>;
 
-    /// Writes the state files of the snapshot of `batch`; the loop checks them and writes the
-    /// manifest that completes the snapshot.
-    fn snapshot(
-        &mut self,
-        job: &Job,
-        ckpt: &Checkpointer,
-        batch: u64,
-    ) -> Result<Vec<StateFile>, Fault>;
+    /// Takes the snapshot of `batch`: its state files written (by workers), or encoded for
+    /// the loop's writer to write; the writer checks them and writes the manifest that
+    /// completes the snapshot.
+    fn snapshot(&mut self, job: &Job, ckpt: &Checkpointer, batch: u64)
+    -> Result<StateFiles, Fault>;
 
     /// Whether the state held now is whole, so that a snapshot of it can be taken.
     fn placement_intact(&self) -> bool {
@@ -380,6 +382,9 @@ pub fn run<R: Runner>(
         }
     };
     let epoch = ckpt.claim_epoch()?;
+    let ckpt = Arc::new(ckpt);
+    let writer = CheckpointWriter::start(ckpt.clone(), epoch)
+        .map_err(|e| Fault::Fatal(format!("cannot start the checkpoint writer thread: {e}")))?;
     tracing::info!(epoch, checkpoint = %ckpt.describe(), "claimed the checkpoint: batches are planned and committed under this epoch");
     let not_replayable = job.non_replayable_sources();
     if !not_replayable.is_empty() {
@@ -399,6 +404,7 @@ pub fn run<R: Runner>(
         initial_positions: job.positions(),
         job,
         ckpt,
+        writer,
         runner,
         zero: meta.zero_time_ms,
         interval: meta.interval_ms,
@@ -409,12 +415,15 @@ pub fn run<R: Runner>(
         epoch,
         next: 1,
         last_snapshot: 0,
+        snapshot_taken: 0,
         summary: RunSummary::default(),
         schedule: Schedule::new(),
         lag: Lag::default(),
         metrics: settings.metrics.clone(),
         recovering_since: None,
         recent: VecDeque::with_capacity(RECENT_BATCHES),
+        uncommitted: VecDeque::new(),
+        last_committed: 0,
     };
     let result = coordinator.run_loop(&settings.stop);
     coordinator.job.close_sources();
@@ -423,7 +432,8 @@ pub fn run<R: Runner>(
 
 struct Coordinator<R> {
     job: Job,
-    ckpt: Checkpointer,
+    ckpt: Arc<Checkpointer>,
+    writer: CheckpointWriter,
     runner: R,
     zero: u64,
     interval: u64,
@@ -436,7 +446,10 @@ struct Coordinator<R> {
     epoch: u64,
     /// The next batch to plan.
     next: u64,
+    /// The newest complete snapshot (its manifest written).
     last_snapshot: u64,
+    /// The newest snapshot taken, complete or still being written.
+    snapshot_taken: u64,
     summary: RunSummary,
     schedule: Schedule,
     lag: Lag,
@@ -449,6 +462,11 @@ struct Coordinator<R> {
     rate_limit: Option<f64>,
     /// The newest committed batches' figures, oldest first.
     recent: VecDeque<BatchFigures>,
+    /// Completed batches whose commit entries the writer has yet to write, with what the lag
+    /// tracker said of each.
+    uncommitted: VecDeque<(BatchProgress, Option<String>)>,
+    /// The newest batch whose commit entry is written.
+    last_committed: u64,
 }
 
 impl<R: Runner> Coordinator<R> {
@@ -456,7 +474,7 @@ impl<R: Runner> Coordinator<R> {
         let status = Status {
             state,
             message: message.to_string(),
-            last_completed_batch: self.next.saturating_sub(1),
+            last_completed_batch: self.last_committed,
             last_checkpoint_batch: self.last_snapshot,
             recoveries: self.summary.recoveries,
             recent: self.recent.iter().copied().collect(),
@@ -585,10 +603,16 @@ impl<R: Runner> Coordinator<R> {
                 }
             }
         }
+        // What the writer holds is written before the process stops.
+        if let Err(e) = self.settle() {
+            tracing::warn!(error = %e, "the last checkpoint writes failed; the next start replays from the newest snapshot");
+            self.report(MasterState::Stopped, "");
+            return Ok(());
+        }
         let last = self.next - 1;
         if step == Step::Run && last > self.last_snapshot && self.runner.placement_intact() {
             // A snapshot at shutdown means the next start replays nothing.
-            match self.snapshot(last) {
+            match self.snapshot(last, true) {
                 Ok(()) => {
                     tracing::info!(batch = last, checkpoint = %self.ckpt.describe(), "final checkpoint written")
                 }
@@ -604,6 +628,8 @@ impl<R: Runner> Coordinator<R> {
     /// One step while running: a rescale when workers changed, else the next batch when its
     /// time has come (until then, a cluster shows its workers it is alive).
     fn run_step(&mut self, changed: bool, stop: &AtomicBool) -> Result<Progress, Fault> {
+        let taken = self.writer.take();
+        self.absorb(taken)?;
         if changed {
             return self.rescale().map(|()| Progress::Done);
         }
@@ -623,10 +649,14 @@ impl<R: Runner> Coordinator<R> {
 
     /// A new placement; the newest snapshot that loads; every batch logged after it run again.
     fn recover(&mut self) -> Result<Progress, Fault> {
+        self.settle()?;
+        // Batches whose commits a failure dropped run again from the log, and are told then.
+        self.uncommitted.clear();
         self.runner.place(&self.job)?;
         let (base, positions) = self.restore_newest(None, u64::MAX)?;
         self.job.seek(&positions)?;
         self.last_snapshot = base;
+        self.snapshot_taken = base;
         self.next = base + 1;
         self.replay_after(base, true)?;
         Ok(Progress::Done)
@@ -638,6 +668,7 @@ impl<R: Runner> Coordinator<R> {
     /// logged input and sends blocks to them only). The surviving partitions keep their
     /// state. Then the batch in flight runs again for every partition.
     fn recover_lost(&mut self) -> Result<Progress, Fault> {
+        self.settle()?;
         let Some(moved) = self.runner.replace_lost(&self.job)? else {
             return self.recover();
         };
@@ -771,7 +802,7 @@ impl<R: Runner> Coordinator<R> {
         let last = self.next - 1;
         if last > self.last_snapshot
             && self.runner.placement_intact()
-            && let Err(e) = self.snapshot(last)
+            && let Err(e) = self.settle().and_then(|()| self.snapshot(last, true))
         {
             tracing::warn!(error = %e, "the snapshot before the hand-off failed; replaying instead");
         }
@@ -802,7 +833,7 @@ impl<R: Runner> Coordinator<R> {
         };
         if let Logged::Taken { epoch } = self.ckpt.write_offsets(&entry)? {
             return Err(if epoch > self.epoch {
-                self.superseded(batch.index, epoch)
+                superseded(batch.index, self.epoch, epoch)
             } else {
                 // An older master, still running, planned it first: run it as it logged it.
                 Fault::Rollback(format!(
@@ -825,15 +856,20 @@ impl<R: Runner> Coordinator<R> {
         self.complete(report)
     }
 
-    /// Snapshots if due, then marks the batch complete and reports it.
+    /// Snapshots if due, then marks the batch complete (both written by the writer, off the
+    /// batch path) and reports it.
     fn complete(&mut self, report: BatchReport) -> Result<(), Fault> {
         let batch = report.batch;
-        if self.ckpt.snapshot_due(&batch, self.last_snapshot) {
-            self.snapshot(batch.index)?;
+        if self.ckpt.snapshot_due(&batch, self.snapshot_taken) {
+            // One snapshot at a time: a store slower than the snapshots holds the batches back
+            // rather than piling encoded state up in memory.
+            if self.writer.snapshot_pending() {
+                self.settle()?;
+            }
+            self.snapshot(batch.index, false)?;
         }
-        self.check_not_superseded(batch.index)?;
         let now = now_ms();
-        let commit = CommitEntry {
+        self.writer.submit(Write::Commit(CommitEntry {
             batch: batch.index,
             time_ms: batch.time_ms,
             epoch: self.epoch,
@@ -841,14 +877,7 @@ impl<R: Runner> Coordinator<R> {
             record_errors: report.record_errors,
             processing_ms: report.processing.as_millis() as u64,
             committed_at_ms: now,
-        };
-        // Committed already by this master or an older one (a replayed batch), from the same
-        // logged input: done. By a newer one: this master was replaced.
-        if let Logged::Taken { epoch } = self.ckpt.write_commit(&commit)?
-            && epoch > self.epoch
-        {
-            return Err(self.superseded(batch.index, epoch));
-        }
+        }));
         self.job.on_commit(&batch);
         self.next = batch.index + 1;
         self.summary.batches += 1;
@@ -881,62 +910,112 @@ impl<R: Runner> Coordinator<R> {
             backlog: self.job.backlogs(),
             report,
         };
-        if self.recent.len() == RECENT_BATCHES {
-            self.recent.pop_front();
-        }
-        let workers = self.runner.busy_workers();
-        self.recent.push_back(BatchFigures::of(&progress, workers));
-        if let Some(m) = &self.metrics {
-            m.batch(&progress);
-        }
-        (self.on_batch)(&progress);
-        self.report(MasterState::Running, behind.as_deref().unwrap_or(""));
+        // Told once its commit entry is written (see `absorb`): the status, the metrics and
+        // the page show committed batches only.
+        self.uncommitted.push_back((progress, behind));
         Ok(())
+    }
+
+    /// Reports the batches up to `committed`, in order.
+    fn report_committed(&mut self, committed: u64) {
+        self.last_committed = self.last_committed.max(committed);
+        while self
+            .uncommitted
+            .front()
+            .is_some_and(|(p, _)| p.report.batch.index <= committed)
+        {
+            let Some((progress, behind)) = self.uncommitted.pop_front() else {
+                break;
+            };
+            if self.recent.len() == RECENT_BATCHES {
+                self.recent.pop_front();
+            }
+            let workers = self.runner.busy_workers();
+            self.recent.push_back(BatchFigures::of(&progress, workers));
+            if let Some(m) = &self.metrics {
+                m.batch(&progress);
+            }
+            (self.on_batch)(&progress);
+            self.report(MasterState::Running, behind.as_deref().unwrap_or(""));
+        }
     }
 
     /// Stops a master that a newer one replaced, before it writes anything for `batch`.
     fn check_not_superseded(&self, batch: u64) -> Result<(), Fault> {
         if self.ckpt.superseded(self.epoch)? {
-            return Err(self.superseded(batch, self.epoch + 1));
+            return Err(superseded(batch, self.epoch, self.epoch + 1));
         }
         Ok(())
     }
 
-    /// The fault of a master whose checkpoint a newer one (of `epoch`) took over, found at
-    /// `batch`: it stops, writing nothing more.
-    fn superseded(&self, batch: u64, epoch: u64) -> Fault {
-        Fault::Fatal(format!(
-            "another master took the checkpoint over (epoch {epoch}; this one has {}), found at batch {batch}. This master stops without writing more",
-            self.epoch
-        ))
-    }
-
-    fn snapshot(&mut self, batch: u64) -> Result<(), Fault> {
+    /// Takes the snapshot of `batch` and hands it to the writer, which completes it; `wait`:
+    /// until it is complete.
+    fn snapshot(&mut self, batch: u64, wait: bool) -> Result<(), Fault> {
         let started = Instant::now();
-        let result = self.write_snapshot(batch);
-        if let Some(m) = &self.metrics {
-            m.checkpoint(batch, started.elapsed(), result.is_ok());
-        }
-        result
-    }
-
-    fn write_snapshot(&mut self, batch: u64) -> Result<(), Fault> {
-        let files = self.runner.snapshot(&self.job, &self.ckpt, batch)?;
-        protocol::check_coverage(
+        let files = match self.runner.snapshot(&self.job, &self.ckpt, batch) {
+            Ok(files) => files,
+            Err(fault) => {
+                if let Some(m) = &self.metrics {
+                    m.checkpoint(batch, started.elapsed(), false);
+                }
+                return Err(fault);
+            }
+        };
+        self.snapshot_taken = batch;
+        self.writer.submit(Write::Snapshot {
             batch,
-            &files,
-            self.job.stateful_names().len(),
-            self.job.partitions(),
-        )
-        .map_err(Fault::Rollback)?;
-        self.ckpt
-            .write_manifest(batch, files, Some(self.job.state_layout()))?;
-        self.last_snapshot = batch;
-        self.job
-            .on_checkpoint(&BatchInfo::new(self.zero, self.interval, batch));
-        self.ckpt.prune()?;
+            files,
+            layout: self.job.state_layout(),
+            operations: self.job.stateful_names().len(),
+            partitions: self.job.partitions(),
+            started,
+        });
+        if wait {
+            self.settle()?;
+            if self.last_snapshot != batch {
+                return Err(Fault::Retry(format!(
+                    "the snapshot of batch {batch} was not completed"
+                )));
+            }
+        }
         Ok(())
     }
+
+    /// Waits for every write handed to the writer, then as [`Coordinator::absorb`].
+    fn settle(&mut self) -> Result<(), Fault> {
+        let taken = self.writer.flush();
+        self.absorb(taken)
+    }
+
+    /// Takes in what the writer did: each completed snapshot is the newest to recover from
+    /// (the sources hear of it); a failed write is this step's fault.
+    fn absorb(&mut self, taken: writer::Taken) -> Result<(), Fault> {
+        if let Some(committed) = taken.committed {
+            self.report_committed(committed);
+        }
+        for Written { batch, elapsed, ok } in taken.snapshots {
+            if let Some(m) = &self.metrics {
+                m.checkpoint(batch, elapsed, ok);
+            }
+            if ok && batch > self.last_snapshot {
+                self.last_snapshot = batch;
+                self.job
+                    .on_checkpoint(&BatchInfo::new(self.zero, self.interval, batch));
+            }
+        }
+        match taken.fault {
+            Some(fault) => Err(fault),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The fault of the master of epoch `ours` when it finds, at `batch`, that a newer one (of
+/// `theirs`) took its checkpoint over: it stops, writing nothing more.
+fn superseded(batch: u64, ours: u64, theirs: u64) -> Fault {
+    Fault::Fatal(format!(
+        "another master took the checkpoint over (epoch {theirs}; this one has {ours}), found at batch {batch}. This master stops without writing more"
+    ))
 }
 
 /// Sleeps up to `d`, waking early when `stop` is set; returns whether it was.

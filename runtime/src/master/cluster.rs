@@ -12,7 +12,9 @@ use tonic::Status as RpcStatus;
 use super::placement;
 use super::service::Shared;
 use crate::checkpoint::{Checkpointer, StateFile};
-use crate::coordinator::{BatchFigures, BatchInput, Fault, Poll, Runner, Status, protocol};
+use crate::coordinator::{
+    BatchFigures, BatchInput, Fault, Poll, Runner, StateFiles, Status, protocol,
+};
 use crate::exec::lock_unpoisoned;
 use crate::job::{BatchReport, Job};
 use crate::rpc::{AddToken, MAX_MESSAGE_BYTES, Tls, channel, pb};
@@ -613,7 +615,7 @@ impl Runner for Cluster {
         _job: &Job,
         _ckpt: &Checkpointer,
         batch: u64,
-    ) -> Result<Vec<StateFile>, Fault> {
+    ) -> Result<StateFiles, Fault> {
         let epoch = self.epoch;
         let what = format!("the snapshot of batch {batch}");
         let replies = self.all(&self.placed, &what, move |mut c| async move {
@@ -638,7 +640,7 @@ impl Runner for Cluster {
                 });
             }
         }
-        Ok(files)
+        Ok(StateFiles::Written(files))
     }
 
     /// Whether every worker of the current placement is still registered as the same process:

@@ -141,6 +141,12 @@ impl TextGenerator {
                     r#"{{"user":"user{user}","action":"{action}","amount":{amount},"text":"{word}"}}"#
                 );
             }
+            GeneratorFormat::Nexmark => {
+                // Generated at its stream time: the event time is the processing time.
+                let time_ms =
+                    (u128::from(index) * 1000 / u128::from(self.config.rate.max(1))) as u64;
+                super::nexmark::event(self.config.seed, index, time_ms, out);
+            }
         }
     }
 

@@ -16,6 +16,7 @@
 mod files;
 mod generator;
 mod lines;
+pub mod nexmark;
 mod queue;
 mod socket;
 

@@ -1,0 +1,140 @@
+//! `sluice bench --nexmark`: the Nexmark queries of `examples/nexmark`, each run back to back
+//! (1 s batches, no pacing) through the local runtime with its events from the built-in
+//! generator at --rate, outputs discarded; prints events per second per busy core. The
+//! generator runs inside the job, as Nexmark's data generator runs inside the Flink job it
+//! measures: its cost is part of every figure, and its cost alone is printed first.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::bench::{BenchArgs, compile_manifest, run_options};
+use super::bench_files::process_cpu;
+use crate::local;
+use crate::source::{GeneratorConfig, TextGenerator};
+
+/// The queries, as their examples state them (rate and sink replaced here).
+const QUERIES: [(&str, &str, &str); 4] = [
+    (
+        "q0",
+        "pass-through",
+        include_str!("../../../examples/nexmark/q0.yaml"),
+    ),
+    (
+        "q1",
+        "currency conversion",
+        include_str!("../../../examples/nexmark/q1.yaml"),
+    ),
+    (
+        "q2",
+        "selection",
+        include_str!("../../../examples/nexmark/q2.yaml"),
+    ),
+    (
+        "q12",
+        "processing-time window",
+        include_str!("../../../examples/nexmark/q12.yaml"),
+    ),
+];
+
+/// What one run of a query showed, after its warm-up.
+struct Figures {
+    events: u64,
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Figures {
+    fn per_core(&self) -> f64 {
+        self.events as f64 / self.cpu.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Batches before the measured ones: a windowed query carries its full cost only once its
+/// first window has filled.
+fn warm_up(text: &str) -> u64 {
+    if text.contains("Window") { 10 } else { 1 }
+}
+
+fn run(text: &str, seconds: u64, threads: usize) -> Result<Figures, String> {
+    let (job, spec) = compile_manifest(text, threads, true)?;
+    let warm = warm_up(text);
+    // Each batch's end: its input, the process's CPU time and the clock.
+    let marks: Arc<Mutex<Vec<(u64, Duration, Instant)>>> = Arc::default();
+    let sink = marks.clone();
+    local::run(
+        job,
+        run_options(
+            &spec,
+            warm + seconds,
+            false,
+            Box::new(move |p| {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    p.report.records,
+                    process_cpu(),
+                    Instant::now(),
+                ))
+            }),
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let marks = marks.lock().unwrap_or_else(|e| e.into_inner());
+    let (Some(first), Some(last)) = (marks.get(warm as usize - 1), marks.last()) else {
+        return Err("no batch was measured".into());
+    };
+    Ok(Figures {
+        events: marks[warm as usize..].iter().map(|m| m.0).sum(),
+        wall: last.2 - first.2,
+        cpu: last.1.saturating_sub(first.1),
+    })
+}
+
+pub(super) fn bench_nexmark(args: &BenchArgs, threads: usize) -> Result<(), String> {
+    let seconds = args.seconds.max(1);
+    let rounds = args.rounds.max(1);
+    let generator = TextGenerator::new(GeneratorConfig {
+        name: "events".into(),
+        rate: args.rate,
+        seed: 42,
+        format: sluice_crds::GeneratorFormat::Nexmark,
+        vocabulary: 1,
+        line_bytes: 100,
+    });
+    let cpu = process_cpu();
+    let events = generator.lines(0, args.rate, threads);
+    let cpu = process_cpu().saturating_sub(cpu);
+    let bytes: usize = events.iter().flatten().map(String::len).sum();
+    println!(
+        "nexmark: events from the built-in generator at {} events/s of stream time, 1 s batches back to back, {seconds} s measured per run after a warm-up, outputs discarded; medians of {rounds} rounds",
+        args.rate
+    );
+    println!(
+        "the generator alone: {:.2} M events/s per core ({:.0} bytes an event, JSON); event time is generation time",
+        args.rate as f64 / cpu.as_secs_f64().max(1e-9) / 1e6,
+        bytes as f64 / args.rate.max(1) as f64
+    );
+    println!(
+        "{:<5} {:<24} {:>6} {:>8} {:>12} {:>11} {:>18}",
+        "query", "", "cores", "seconds", "events", "events/s", "events/s per core"
+    );
+    for (name, what, example) in QUERIES {
+        let text = example.replace("rate: 100000", &format!("rate: {}", args.rate));
+        let mut runs = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            runs.push(run(&text, seconds, threads)?);
+        }
+        runs.sort_by(|a, b| a.per_core().total_cmp(&b.per_core()));
+        let f = &runs[runs.len() / 2];
+        let wall = f.wall.as_secs_f64().max(1e-9);
+        println!(
+            "{:<5} {:<24} {:>6.2} {:>8.1} {:>12} {:>9.2} M {:>16.2} M",
+            name,
+            what,
+            f.cpu.as_secs_f64() / wall,
+            wall,
+            f.events,
+            f.events as f64 / wall / 1e6,
+            f.per_core() / 1e6
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! The checkpoint writes that follow a batch's outputs, done off the batch path.
+//!
+//! A batch is safe once its offset entry is logged and its outputs are written: a replay
+//! recomputes it from the logged ranges, identically. What comes after — its commit entry (a
+//! record of what it took, and a fence against a replaced master), and a snapshot's state
+//! files, manifest and pruning — changes no output, so the loop hands it to this writer's
+//! thread and plans the next batch at once. With 10 ms batches the two fsynced puts of a
+//! commit and the snapshot of a large state no longer sit on every batch's latency.
+//!
+//! Writes go out in order, one at a time. A failed one is kept for the loop, which takes it
+//! at its next look ([`CheckpointWriter::take`]) and recovers; the writes queued behind it are
+//! dropped (recovery replays every batch after the newest complete snapshot and writes them
+//! again). Recovery and every read of what was written wait for the queue to drain first
+//! ([`CheckpointWriter::flush`]).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::Fault;
+use super::protocol;
+use crate::checkpoint::{Checkpointer, CommitEntry, Logged, Snapshot, StateFile, StateLayout};
+
+/// Writes queued before [`CheckpointWriter::submit`] waits: a store slower than the batches
+/// then slows the batches rather than letting entries pile up.
+const MAX_QUEUED: usize = 16;
+
+/// A snapshot's state files, as the runner leaves them.
+pub enum StateFiles {
+    /// Written already (by the workers that hold the partitions).
+    Written(Vec<StateFile>),
+    /// Encoded in this process, for the writer to write.
+    Encoded(Snapshot),
+}
+
+/// One write, after the batch it belongs to has written its outputs.
+pub(super) enum Write {
+    /// Marks a batch complete, unless a newer master took the checkpoint over.
+    Commit(CommitEntry),
+    /// Completes the snapshot of `batch`: its state files (unless written), a check that they
+    /// cover every partition of every stateful operation, the manifest; then prunes what it
+    /// makes unneeded.
+    Snapshot {
+        batch: u64,
+        files: StateFiles,
+        layout: StateLayout,
+        operations: usize,
+        partitions: usize,
+        /// When the snapshot was taken, for the time it took.
+        started: Instant,
+    },
+}
+
+/// A snapshot the writer completed (its manifest written), or failed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Written {
+    pub batch: u64,
+    pub elapsed: Duration,
+    pub ok: bool,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Write>,
+    /// A write is under way.
+    busy: bool,
+    /// The first failure since the loop last looked.
+    fault: Option<Fault>,
+    snapshots: Vec<Written>,
+    /// The newest batch whose commit entry was written since the loop last looked.
+    committed: Option<u64>,
+    /// Snapshots queued or under way.
+    snapshots_pending: usize,
+    closing: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The writer thread and its queue.
+pub(super) struct CheckpointWriter {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CheckpointWriter {
+    /// A writer for the master of `epoch`.
+    pub fn start(ckpt: Arc<Checkpointer>, epoch: u64) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        let inner = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-ckpt-writer".into())
+            .spawn(move || write_loop(&inner, &ckpt, epoch))?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a write; waits while [`MAX_QUEUED`] are queued already.
+    pub fn submit(&self, write: Write) {
+        let mut state = self.shared.lock();
+        while state.queue.len() >= MAX_QUEUED && state.fault.is_none() {
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if matches!(write, Write::Snapshot { .. }) {
+            state.snapshots_pending += 1;
+        }
+        state.queue.push_back(write);
+        self.shared.changed.notify_all();
+    }
+
+    /// Whether a snapshot is queued or being written.
+    pub fn snapshot_pending(&self) -> bool {
+        self.shared.lock().snapshots_pending > 0
+    }
+
+    /// The snapshots completed (or failed) since the last look, oldest first, and the first
+    /// write that failed since then (the writes behind it were dropped).
+    pub fn take(&self) -> Taken {
+        take(&mut self.shared.lock())
+    }
+
+    /// Waits until every queued write is done, then as [`CheckpointWriter::take`].
+    pub fn flush(&self) -> Taken {
+        let mut state = self.shared.lock();
+        while !state.queue.is_empty() || state.busy {
+            state = self
+                .shared
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        take(&mut state)
+    }
+}
+
+/// What the writer did since the loop last looked.
+pub(super) struct Taken {
+    pub snapshots: Vec<Written>,
+    /// The newest batch committed since.
+    pub committed: Option<u64>,
+    pub fault: Option<Fault>,
+}
+
+fn take(state: &mut State) -> Taken {
+    Taken {
+        snapshots: std::mem::take(&mut state.snapshots),
+        committed: state.committed.take(),
+        fault: state.fault.take(),
+    }
+}
+
+impl Drop for CheckpointWriter {
+    /// Writes what is queued, then stops the thread.
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the checkpoint writer thread panicked");
+        }
+    }
+}
+
+fn write_loop(shared: &Shared, ckpt: &Checkpointer, epoch: u64) {
+    loop {
+        let write = {
+            let mut state = shared.lock();
+            loop {
+                if let Some(write) = state.queue.pop_front() {
+                    state.busy = true;
+                    break write;
+                }
+                if state.closing {
+                    return;
+                }
+                state = shared
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let is_snapshot = matches!(write, Write::Snapshot { .. });
+        // After a failure nothing more is written until the loop has seen it: recovery writes
+        // it all again, in order.
+        let skip = shared.lock().fault.is_some();
+        let outcome = if skip {
+            Ok(Done::Skipped)
+        } else {
+            perform(ckpt, epoch, write)
+        };
+        let mut state = shared.lock();
+        state.busy = false;
+        if is_snapshot {
+            state.snapshots_pending = state.snapshots_pending.saturating_sub(1);
+        }
+        match outcome {
+            Ok(Done::Snapshot(done)) => state.snapshots.push(done),
+            Ok(Done::Commit(batch)) => {
+                state.committed = Some(state.committed.map_or(batch, |c| c.max(batch)));
+            }
+            Ok(Done::Skipped) => {}
+            Err((fault, failed)) => {
+                if let Some(failed) = failed {
+                    state.snapshots.push(failed);
+                }
+                if state.fault.is_none() {
+                    state.fault = Some(fault);
+                }
+            }
+        }
+        shared.changed.notify_all();
+    }
+}
+
+/// What a write did.
+enum Done {
+    Commit(u64),
+    Snapshot(Written),
+    /// Dropped behind a failure.
+    Skipped,
+}
+
+type Outcome = Result<Done, (Fault, Option<Written>)>;
+
+fn perform(ckpt: &Checkpointer, epoch: u64, write: Write) -> Outcome {
+    match write {
+        Write::Commit(entry) => commit(ckpt, epoch, &entry)
+            .map(|()| Done::Commit(entry.batch))
+            .map_err(|f| (f, None)),
+        Write::Snapshot {
+            batch,
+            files,
+            layout,
+            operations,
+            partitions,
+            started,
+        } => {
+            let result = complete_snapshot(ckpt, batch, files, layout, operations, partitions);
+            let written = Written {
+                batch,
+                elapsed: started.elapsed(),
+                ok: result.is_ok(),
+            };
+            // Pruning after a complete snapshot: if it fails, the snapshot still counts.
+            match result.and_then(|()| Ok(ckpt.prune()?)) {
+                Ok(()) => Ok(Done::Snapshot(written)),
+                Err(fault) => Err((fault, Some(written))),
+            }
+        }
+    }
+}
+
+/// Committed already by this master or an older one (a replayed batch), from the same logged
+/// input: done. By a newer one, or a newer one claimed the checkpoint: this master was
+/// replaced, and writes nothing more.
+fn commit(ckpt: &Checkpointer, epoch: u64, entry: &CommitEntry) -> Result<(), Fault> {
+    if ckpt.superseded(epoch)? {
+        return Err(super::superseded(entry.batch, epoch, epoch + 1));
+    }
+    match ckpt.write_commit(entry)? {
+        Logged::Taken { epoch: theirs } if theirs > epoch => {
+            Err(super::superseded(entry.batch, epoch, theirs))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn complete_snapshot(
+    ckpt: &Checkpointer,
+    batch: u64,
+    files: StateFiles,
+    layout: StateLayout,
+    operations: usize,
+    partitions: usize,
+) -> Result<(), Fault> {
+    let files = match files {
+        StateFiles::Written(files) => files,
+        StateFiles::Encoded(snapshot) => ckpt.write_state_files(&snapshot)?,
+    };
+    protocol::check_coverage(batch, &files, operations, partitions).map_err(Fault::Rollback)?;
+    ckpt.write_manifest(batch, files, Some(layout))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::MemoryStore;
+
+    fn commit_entry(batch: u64, epoch: u64) -> CommitEntry {
+        CommitEntry {
+            batch,
+            time_ms: batch * 100,
+            epoch,
+            records: 1,
+            record_errors: 0,
+            processing_ms: 1,
+            committed_at_ms: 0,
+        }
+    }
+
+    fn checkpointer() -> Arc<Checkpointer> {
+        Arc::new(Checkpointer::new(Box::new(MemoryStore::default()), 10, 2))
+    }
+
+    #[test]
+    fn commits_are_written_in_order_by_the_time_flush_returns() {
+        let ckpt = checkpointer();
+        let epoch = ckpt.claim_epoch().expect("epoch");
+        let writer = CheckpointWriter::start(ckpt.clone(), epoch).expect("thread");
+        for batch in 1..=40 {
+            writer.submit(Write::Commit(commit_entry(batch, epoch)));
+        }
+        let taken = writer.flush();
+        assert!(taken.fault.is_none() && taken.snapshots.is_empty());
+        assert_eq!(taken.committed, Some(40));
+        let last = ckpt.last_commit().expect("read").expect("a commit");
+        assert_eq!(last.batch, 40);
+    }
+
+    #[test]
+    fn a_replaced_master_stops_at_its_next_commit_and_writes_nothing_after() {
+        let ckpt = checkpointer();
+        let old = ckpt.claim_epoch().expect("epoch");
+        let writer = CheckpointWriter::start(ckpt.clone(), old).expect("thread");
+        writer.submit(Write::Commit(commit_entry(1, old)));
+        assert!(writer.flush().fault.is_none());
+        let newer = ckpt.claim_epoch().expect("newer epoch");
+        assert!(newer > old);
+        writer.submit(Write::Commit(commit_entry(2, old)));
+        writer.submit(Write::Commit(commit_entry(3, old)));
+        let fault = writer.flush().fault.expect("superseded");
+        assert!(
+            fault
+                .to_string()
+                .contains("another master took the checkpoint over"),
+            "{fault}"
+        );
+        assert_eq!(fault.class(), super::super::Class::Fatal);
+        assert_eq!(ckpt.last_commit().expect("read").map(|c| c.batch), Some(1));
+        // Seen once: the loop recovers (or stops) and the writer is usable again.
+        assert!(writer.flush().fault.is_none(), "the fault was taken");
+    }
+
+    #[test]
+    fn an_encoded_snapshot_is_written_checked_and_reported() {
+        let ckpt = checkpointer();
+        let epoch = ckpt.claim_epoch().expect("epoch");
+        let writer = CheckpointWriter::start(ckpt.clone(), epoch).expect("thread");
+        let mut parts = std::collections::BTreeMap::new();
+        parts.insert(("count".to_string(), 0), b"zero".to_vec());
+        parts.insert(("count".to_string(), 1), b"one".to_vec());
+        let snapshot = |batch, parts| Write::Snapshot {
+            batch,
+            files: StateFiles::Encoded(Snapshot {
+                batch,
+                parts,
+                layout: None,
+            }),
+            layout: StateLayout::default(),
+            operations: 1,
+            partitions: 2,
+            started: Instant::now(),
+        };
+        writer.submit(snapshot(10, parts.clone()));
+        let done = writer.flush().snapshots;
+        assert_eq!(done.len(), 1);
+        assert!(done[0].ok && done[0].batch == 10);
+        assert!(!writer.snapshot_pending());
+        let read = ckpt.snapshot_at(10).expect("readable");
+        assert_eq!(read.parts, parts);
+
+        // A partition missing: no manifest, and the loop hears of it.
+        parts.remove(&("count".to_string(), 1));
+        writer.submit(snapshot(20, parts));
+        let taken = writer.flush();
+        let fault = taken.fault.expect("coverage");
+        assert_eq!(fault.class(), super::super::Class::Rollback);
+        assert_eq!(taken.snapshots.len(), 1);
+        assert!(!taken.snapshots[0].ok);
+        assert!(!ckpt.has_manifest(20).expect("read"));
+    }
+}
