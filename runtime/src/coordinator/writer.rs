@@ -73,6 +73,8 @@ struct State {
     /// Snapshots queued or under way.
     snapshots_pending: usize,
     closing: bool,
+    /// The thread has ended (see [`Gone`]).
+    gone: bool,
 }
 
 struct Shared {
@@ -112,7 +114,7 @@ impl CheckpointWriter {
     /// Queues a write; waits while [`MAX_QUEUED`] are queued already.
     pub fn submit(&self, write: Write) {
         let mut state = self.shared.lock();
-        while state.queue.len() >= MAX_QUEUED && state.fault.is_none() {
+        while state.queue.len() >= MAX_QUEUED && state.fault.is_none() && !state.gone {
             state = self
                 .shared
                 .changed
@@ -140,7 +142,7 @@ impl CheckpointWriter {
     /// Waits until every queued write is done, then as [`CheckpointWriter::take`].
     pub fn flush(&self) -> Taken {
         let mut state = self.shared.lock();
-        while !state.queue.is_empty() || state.busy {
+        while (!state.queue.is_empty() || state.busy) && !state.gone {
             state = self
                 .shared
                 .changed
@@ -160,6 +162,11 @@ pub(super) struct Taken {
 }
 
 fn take(state: &mut State) -> Taken {
+    if state.gone && !state.closing && state.fault.is_none() {
+        state.fault = Some(Fault::Fatal(
+            "the checkpoint writer thread stopped (a bug: see the panic above); nothing more can be committed, so the job stops. Restarting it resumes from the checkpoint".into(),
+        ));
+    }
     Taken {
         snapshots: std::mem::take(&mut state.snapshots),
         committed: state.committed.take(),
@@ -180,7 +187,23 @@ impl Drop for CheckpointWriter {
     }
 }
 
+/// Marks the writer gone when its thread ends, however it ends: after a panic the loop gets a
+/// fault at its next look instead of waiting for writes that will never be done.
+struct Gone<'a>(&'a Shared);
+
+impl Drop for Gone<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.gone = true;
+        state.busy = false;
+        state.queue.clear();
+        state.snapshots_pending = 0;
+        self.0.changed.notify_all();
+    }
+}
+
 fn write_loop(shared: &Shared, ckpt: &Checkpointer, epoch: u64) {
+    let _gone = Gone(shared);
     loop {
         let write = {
             let mut state = shared.lock();
@@ -359,6 +382,45 @@ mod tests {
         assert_eq!(ckpt.last_commit().expect("read").map(|c| c.batch), Some(1));
         // Seen once: the loop recovers (or stops) and the writer is usable again.
         assert!(writer.flush().fault.is_none(), "the fault was taken");
+    }
+
+    /// A store with a bug: it panics on every write.
+    struct Panicking;
+
+    impl crate::checkpoint::CheckpointStore for Panicking {
+        fn describe(&self) -> String {
+            "panicking".into()
+        }
+        fn put(&self, key: &str, _: &[u8]) -> sluice_storage::Result<()> {
+            panic!("a store bug writing {key}")
+        }
+        fn put_new(&self, key: &str, _: &[u8]) -> sluice_storage::Result<bool> {
+            panic!("a store bug writing {key}")
+        }
+        fn get(&self, _: &str) -> sluice_storage::Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+        fn list(&self, _: &str) -> sluice_storage::Result<Vec<String>> {
+            Ok(Vec::new())
+        }
+        fn delete(&self, _: &str) -> sluice_storage::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_writer_thread_that_panicked_is_a_fault_not_a_wait() {
+        let ckpt = Arc::new(Checkpointer::new(Box::new(Panicking), 10, 2));
+        let writer = CheckpointWriter::start(ckpt, 1).expect("thread");
+        writer.submit(Write::Commit(commit_entry(1, 1)));
+        let fault = writer.flush().fault.expect("the thread is gone");
+        assert_eq!(fault.class(), super::super::Class::Fatal);
+        // Every later look says so too, and nothing waits.
+        for _ in 0..MAX_QUEUED + 2 {
+            writer.submit(Write::Commit(commit_entry(2, 1)));
+        }
+        assert!(writer.flush().fault.is_some());
+        assert!(writer.take().fault.is_some());
     }
 
     #[test]
