@@ -910,8 +910,10 @@ impl<R: Runner> Coordinator<R> {
             backlog: self.job.backlogs(),
             report,
         };
-        // Told once its commit entry is written (see `absorb`): the status, the metrics and
-        // the page show committed batches only.
+        // Its caller hears of it now (`sluice run` logs it, a benchmark times it); the status,
+        // the metrics and the page once its commit entry is written (see `absorb`), so that
+        // they show committed batches only.
+        (self.on_batch)(&progress);
         self.uncommitted.push_back((progress, behind));
         Ok(())
     }
@@ -935,7 +937,6 @@ impl<R: Runner> Coordinator<R> {
             if let Some(m) = &self.metrics {
                 m.batch(&progress);
             }
-            (self.on_batch)(&progress);
             self.report(MasterState::Running, behind.as_deref().unwrap_or(""));
         }
     }
