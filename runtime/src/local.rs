@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crate::checkpoint::{CheckpointStore, Checkpointer, MemoryStore};
+use crate::checkpoint::{CheckpointStore, Checkpointer, MemoryStore, WriterLock};
 use crate::coordinator::{
     self, BatchInput, BatchProgress, Fault, RunSummary, Runner, Settings, StateFiles,
 };
@@ -22,6 +22,9 @@ pub struct LocalOptions {
     pub fingerprint: String,
     /// Where checkpoints go; `None` keeps them in memory (in-process recovery only).
     pub store: Option<Box<dyn CheckpointStore>>,
+    /// The lock of `store`'s directory, when it is local: this process alone writes it, so
+    /// offset entries are appended to a log rather than written a file each.
+    pub writer_lock: Option<WriterLock>,
     /// Snapshot every this many batches.
     pub snapshot_interval: u64,
     /// And at most this often, by batch time (zero: every `snapshot_interval` batches).
@@ -49,8 +52,11 @@ pub fn run(mut job: Job, options: LocalOptions) -> Result<RunSummary> {
     let store = options
         .store
         .unwrap_or_else(|| Box::new(MemoryStore::default()));
-    let ckpt = Checkpointer::new(store, options.snapshot_interval, options.retain)
+    let mut ckpt = Checkpointer::new(store, options.snapshot_interval, options.retain)
         .snapshot_every(options.snapshot_every);
+    if let Some(lock) = options.writer_lock {
+        ckpt = ckpt.holding(lock);
+    }
     let settings = Settings {
         job_name: options.job_name,
         job_uid: options.job_uid,

@@ -299,15 +299,13 @@ fn run_unpaced(job: &Path, batches: u32) -> (Option<i32>, String) {
     )
 }
 
-/// Waits until a running job has committed `n` batches to `dir/ckpt`; returns the commits dir.
-fn wait_for_commits(dir: &Path, n: usize) -> PathBuf {
-    let commits = dir.join("ckpt/commits");
+/// Waits until a running job has committed `n` batches to `dir/ckpt`.
+fn wait_for_commits(dir: &Path, n: usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::fs::read_dir(&commits).map(|d| d.count()).unwrap_or(0) < n {
+    while support::commits(dir).len() < n {
         assert!(std::time::Instant::now() < deadline, "no progress");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    commits
 }
 
 #[test]
@@ -322,7 +320,7 @@ fn sigterm_finishes_the_batch_checkpoints_and_exits_0() {
         .spawn()
         .expect("spawn");
     // Wait for a few batches, then ask it to stop the way Kubernetes does.
-    let commits = wait_for_commits(dir.path(), 3);
+    wait_for_commits(dir.path(), 3);
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -333,17 +331,13 @@ fn sigterm_finishes_the_batch_checkpoints_and_exits_0() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("stopped"), "{stderr}");
     // The final snapshot covers the last completed batch: a restart replays nothing.
-    let last_commit = std::fs::read_dir(&commits)
-        .expect("commits")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .max()
-        .expect("a commit");
+    let last_commit = support::commits(dir.path()).last().expect("a commit").batch;
     let last_state = std::fs::read_dir(dir.path().join("ckpt/state"))
         .expect("state")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .max()
         .expect("a snapshot");
-    assert_eq!(last_commit.trim_end_matches(".json"), last_state);
+    assert_eq!(format!("{last_commit:020}"), last_state);
     let again = sluice()
         .env("SLUICE_LOG", "info")
         .arg("run")
@@ -627,15 +621,14 @@ fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
     // what the commit log says of those batches.
     let last = support::whole_batches(&text);
     assert!(last >= 10, "{text}");
-    let mut committed = 0u64;
-    for batch in 1..=last {
-        let entry: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join(format!("ckpt/commits/{batch:020}.json")))
-                .unwrap_or_else(|e| panic!("commit {batch}: {e}")),
-        )
-        .expect("a commit entry");
-        committed += entry["records"].as_u64().expect("records");
-    }
+    let log = support::commits(dir.path());
+    let batches: Vec<u64> = log.iter().map(|c| c.batch).take(last as usize).collect();
+    assert_eq!(
+        batches,
+        (1..=last).collect::<Vec<u64>>(),
+        "every batch committed"
+    );
+    let committed: u64 = log.iter().take(last as usize).map(|c| c.records).sum();
     let input = support::series(&text, "sluice_input_records_total") as u64;
     assert_eq!(
         input, committed,

@@ -241,6 +241,7 @@ fn run_on(dir: &Path, until: u64) -> (Result<(), String>, bool) {
                 job_uid: None,
                 fingerprint: sluice_crds::fingerprint(&manifest.spec),
                 store: Some(store),
+                writer_lock: None,
                 snapshot_interval: 2,
                 snapshot_every: Duration::ZERO,
                 retain: 2,

@@ -7,6 +7,8 @@
 //! job.json                              fingerprint, zero time, interval, partitions
 //! epochs/<n>.json                       one per master that took the checkpoint over
 //! offsets/<batch>.json                  source ranges of a batch, written BEFORE it runs
+//! offsets/<first>.<writer>.log          the same, appended, where one process writes alone
+//! commits/<first>.<writer>.log          (see [`segment_log`])
 //! commits/<batch>.json                  written AFTER its outputs (and snapshot) are durable
 //! state/<batch>/<operation>/<part>.bin  state of each stateful operation and partition
 //! state/<batch>/MANIFEST.json           sizes and CRC32s of the above, written LAST
@@ -32,6 +34,7 @@ pub use sluice_storage::{
 use crate::error::{Error, Result};
 use crate::time::BatchInfo;
 
+pub(crate) mod segment_log;
 pub mod state_log;
 
 /// Opens the store a manifest's `spec.checkpoint` names.
@@ -58,6 +61,14 @@ fn local_dir(spec: &sluice_crds::CheckpointSpec) -> &std::path::Path {
 #[derive(Debug)]
 pub struct WriterLock {
     _file: std::fs::File,
+    dir: std::path::PathBuf,
+}
+
+impl WriterLock {
+    /// The checkpoint directory it locks.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
 }
 
 /// Makes sure only one process writes a local checkpoint: two runs of one job interleaving
@@ -68,7 +79,18 @@ pub fn lock_local_writer(spec: Option<&sluice_crds::CheckpointSpec>) -> Result<O
     let Some(spec) = spec.filter(|s| !s.uri.starts_with("s3://")) else {
         return Ok(None);
     };
-    let dir = local_dir(spec);
+    lock_dir(local_dir(spec)).map(Some).map_err(|e| match e {
+        Error::Checkpoint(_) => Error::Checkpoint(format!(
+            "{} is in use by another running sluice process; stop it first, or give this run \
+             another spec.checkpoint.uri",
+            spec.uri
+        )),
+        e => e,
+    })
+}
+
+/// Locks the local checkpoint directory `dir` for this process (see [`lock_local_writer`]).
+pub fn lock_dir(dir: &std::path::Path) -> Result<WriterLock> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create checkpoint directory", dir, e))?;
     let path = dir.join(".writer.lock");
     let file = std::fs::OpenOptions::new()
@@ -78,11 +100,13 @@ pub fn lock_local_writer(spec: Option<&sluice_crds::CheckpointSpec>) -> Result<O
         .open(&path)
         .map_err(|e| Error::io("open", &path, e))?;
     match file.try_lock() {
-        Ok(()) => Ok(Some(WriterLock { _file: file })),
+        Ok(()) => Ok(WriterLock {
+            _file: file,
+            dir: dir.to_path_buf(),
+        }),
         Err(std::fs::TryLockError::WouldBlock) => Err(Error::Checkpoint(format!(
-            "{} is in use by another running sluice process; stop it first, or give this run \
-             another spec.checkpoint.uri",
-            spec.uri
+            "{} is in use by another running sluice process",
+            dir.display()
         ))),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
     }
@@ -174,6 +198,9 @@ pub enum Logged {
     },
 }
 
+/// Where [`Checkpointer::prune`] records the oldest batch the logs' segments still count.
+const LOG_FLOOR_KEY: &str = "offsets/floor.json";
+
 /// Epoch claims kept by [`Checkpointer::prune`]: a replaced master finds its successor's
 /// claim (see [`Checkpointer::superseded`]) unless this many masters came after it.
 const KEPT_EPOCH_CLAIMS: usize = 1000;
@@ -191,6 +218,43 @@ pub struct Checkpointer {
     writes: std::sync::atomic::AtomicU64,
     /// Batch time between snapshots, at least (0: every `interval` batches).
     snapshot_every_ms: u64,
+    /// Where this process alone writes the checkpoint: the offset and commit logs' segments.
+    appenders: Option<Appenders>,
+}
+
+/// The logs one process appends to while it holds the checkpoint's lock.
+struct Appenders {
+    offsets: segment_log::Appender,
+    commits: segment_log::Appender,
+    _lock: WriterLock,
+}
+
+/// An entry of the offset or commit log.
+trait LogEntry: Serialize + for<'de> Deserialize<'de> {
+    /// The log's directory.
+    const DIR: &'static str;
+    fn batch(&self) -> u64;
+    fn epoch(&self) -> u64;
+}
+
+impl LogEntry for OffsetEntry {
+    const DIR: &'static str = "offsets";
+    fn batch(&self) -> u64 {
+        self.batch
+    }
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+impl LogEntry for CommitEntry {
+    const DIR: &'static str = "commits";
+    fn batch(&self) -> u64 {
+        self.batch
+    }
+    fn epoch(&self) -> u64 {
+        self.epoch
+    }
 }
 
 impl Checkpointer {
@@ -209,7 +273,21 @@ impl Checkpointer {
             ),
             writes: std::sync::atomic::AtomicU64::new(0),
             snapshot_every_ms: 0,
+            appenders: None,
         }
+    }
+
+    /// For a local checkpoint this process holds the lock of (`lock` names the directory the
+    /// store is on): offset and commit entries are appended to segment files (see
+    /// [`segment_log`]) rather than written a file each. The lock is held as long as the
+    /// checkpointer.
+    pub fn holding(mut self, lock: WriterLock) -> Self {
+        self.appenders = Some(Appenders {
+            offsets: segment_log::Appender::new(lock.dir().join("offsets"), self.writer.clone()),
+            commits: segment_log::Appender::new(lock.dir().join("commits"), self.writer.clone()),
+            _lock: lock,
+        });
+        self
     }
 
     /// Snapshots also at most once per `every` of batch time (`spec.checkpoint.snapshotEvery`).
@@ -276,6 +354,10 @@ impl Checkpointer {
 
     /// Deletes the checkpoint's own layout (see [`layout::delete`]).
     pub fn delete_layout(&self) -> Result<()> {
+        if let Some(a) = &self.appenders {
+            a.offsets.reset();
+            a.commits.reset();
+        }
         Ok(layout::delete(&*self.store)?)
     }
 
@@ -328,7 +410,41 @@ impl Checkpointer {
 
     /// Logs a batch's input before it runs, unless the batch is logged already.
     pub fn write_offsets(&self, entry: &OffsetEntry) -> Result<Logged> {
-        self.put_json_new(&format!("offsets/{}.json", batch_key(entry.batch)), entry)
+        self.log_new(self.appenders.as_ref().map(|a| &a.offsets), entry)
+    }
+
+    /// Writes `entry` to its log unless its batch is there; else says the epoch of what is.
+    fn log_new<E: LogEntry>(
+        &self,
+        log: Option<&segment_log::Appender>,
+        entry: &E,
+    ) -> Result<Logged> {
+        let Some(log) = log else {
+            return self.put_json_new(
+                &format!("{}/{}.json", E::DIR, batch_key(entry.batch())),
+                entry,
+            );
+        };
+        // This process alone writes the log, so what is there is what it has seen.
+        let newest =
+            log.newest(|| Ok(self.logged_after::<E>(0)?.last().map_or(0, LogEntry::batch)))?;
+        if entry.batch() <= newest {
+            return match self.logged::<E>(entry.batch())? {
+                Some(there) => Ok(Logged::Taken {
+                    epoch: there.epoch(),
+                }),
+                None => Err(Error::Checkpoint(format!(
+                    "{}: batch {} is not in {}/, whose newest batch is {newest}",
+                    self.describe(),
+                    entry.batch(),
+                    E::DIR
+                ))),
+            };
+        }
+        let bytes = serde_json::to_vec(entry)
+            .map_err(|e| Error::Internal(format!("cannot encode a {} entry: {e}", E::DIR)))?;
+        log.append(entry.batch(), &bytes)?;
+        Ok(Logged::Written)
     }
 
     /// Writes `value` at `key` only where nothing is; else says the epoch of what is there.
@@ -351,27 +467,115 @@ impl Checkpointer {
 
     /// The logged input of one batch.
     pub fn read_offsets(&self, batch: u64) -> Result<Option<OffsetEntry>> {
-        self.get_json(&format!("offsets/{}.json", batch_key(batch)))
+        self.logged(batch)
     }
 
     /// Logged batches after `batch`, in order.
     pub fn offsets_after(&self, batch: u64) -> Result<Vec<OffsetEntry>> {
+        self.logged_after(batch)
+    }
+
+    /// The entry of `batch` in the log of `E`, in either form.
+    fn logged<E: LogEntry>(&self, batch: u64) -> Result<Option<E>> {
+        if let Some(entry) = self.get_json(&format!("{}/{}.json", E::DIR, batch_key(batch)))? {
+            return Ok(Some(entry));
+        }
+        if batch < self.log_floor()? {
+            return Ok(None);
+        }
+        // Entries of a segment are below the next one's first batch.
+        let segments = self.segments(E::DIR)?;
+        let Some((_, name)) = segments.iter().rev().find(|(first, _)| *first <= batch) else {
+            return Ok(None);
+        };
+        Ok(self
+            .segment_entries::<E>(name)?
+            .into_iter()
+            .find(|e| e.batch() == batch))
+    }
+
+    /// The entries after `batch` in the log of `E`, in either form, in order.
+    fn logged_after<E: LogEntry>(&self, batch: u64) -> Result<Vec<E>> {
         let keys: Vec<String> = self
             .store
-            .list("offsets")?
-            .into_iter()
+            .list(E::DIR)?
+            .iter()
             .filter(|name| parse_batch(name).is_some_and(|b| b > batch))
-            .map(|name| format!("offsets/{name}"))
+            .map(|name| format!("{}/{name}", E::DIR))
             .collect();
-        let mut out = Vec::with_capacity(keys.len());
+        let mut out: BTreeMap<u64, E> = BTreeMap::new();
         for (key, bytes) in keys.iter().zip(self.store.get_many(&keys)?) {
             let bytes =
                 bytes.ok_or_else(|| Error::Checkpoint(format!("{key} vanished while reading")))?;
-            out.push(serde_json::from_slice(&bytes).map_err(|e| {
+            let entry: E = serde_json::from_slice(&bytes).map_err(|e| {
                 Error::Checkpoint(format!("{}/{key} is unreadable: {e}", self.describe()))
-            })?);
+            })?;
+            out.insert(entry.batch(), entry);
         }
-        Ok(out)
+        let batch = batch.max(self.log_floor()?.saturating_sub(1));
+        let segments = self.segments(E::DIR)?;
+        for (i, (_, name)) in segments.iter().enumerate() {
+            // A segment whose successor starts at or before `batch + 1` holds nothing after it.
+            if segments
+                .get(i + 1)
+                .is_some_and(|(next, _)| *next <= batch + 1)
+            {
+                continue;
+            }
+            for entry in self.segment_entries::<E>(name)? {
+                if entry.batch() > batch {
+                    out.entry(entry.batch()).or_insert(entry);
+                }
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// The oldest batch the logs' segments still count (0: all): [`Checkpointer::prune`] drops
+    /// whole segments only, so it records where the log it would have kept begins. A recovery
+    /// that falls back past it (every snapshot damaged) then meets the gap it met when entries
+    /// were files, rather than replaying batches whose write-ahead logs are gone.
+    fn log_floor(&self) -> Result<u64> {
+        #[derive(Deserialize)]
+        struct Floor {
+            batch: u64,
+        }
+        Ok(self
+            .get_json::<Floor>(LOG_FLOOR_KEY)?
+            .map_or(0, |f| f.batch))
+    }
+
+    /// The segments of the log in `dir`, by first batch.
+    fn segments(&self, dir: &str) -> Result<Vec<(u64, String)>> {
+        let mut segments: Vec<(u64, String)> = self
+            .store
+            .list(dir)?
+            .into_iter()
+            .filter_map(|name| Some((segment_log::segment_first(&name)?, name)))
+            .collect();
+        segments.sort();
+        Ok(segments)
+    }
+
+    /// The whole entries of one segment (a torn tail, from a process killed mid-append, is
+    /// left out: it was never durable, so nothing after it happened).
+    fn segment_entries<E: LogEntry>(&self, name: &str) -> Result<Vec<E>> {
+        let key = format!("{}/{name}", E::DIR);
+        let Some(bytes) = self.store.get(&key)? else {
+            return Ok(Vec::new());
+        };
+        let (frames, torn) = segment_log::entries(&bytes);
+        if torn > 0 {
+            tracing::debug!(segment = %key, bytes = torn, "a log segment ends in a torn entry");
+        }
+        frames
+            .into_iter()
+            .map(|frame| {
+                serde_json::from_slice(frame).map_err(|e| {
+                    Error::Checkpoint(format!("{}/{key} is unreadable: {e}", self.describe()))
+                })
+            })
+            .collect()
     }
 
     /// Writes a write-ahead-log entry (the records of a source that cannot replay).
@@ -398,15 +602,37 @@ impl Checkpointer {
 
     /// Marks a batch complete, unless it is marked already.
     pub fn write_commit(&self, entry: &CommitEntry) -> Result<Logged> {
-        self.put_json_new(&format!("commits/{}.json", batch_key(entry.batch)), entry)
+        self.log_new(self.appenders.as_ref().map(|a| &a.commits), entry)
     }
 
     /// The newest completed batch.
     pub fn last_commit(&self) -> Result<Option<CommitEntry>> {
-        match self.store.list("commits")?.last() {
-            Some(name) => self.get_json(&format!("commits/{name}")),
-            None => Ok(None),
+        let file = match self
+            .store
+            .list("commits")?
+            .iter()
+            .rfind(|name| parse_batch(name).is_some())
+        {
+            Some(name) => self.get_json::<CommitEntry>(&format!("commits/{name}"))?,
+            None => None,
+        };
+        // The newest segment with a whole entry holds the newest appended one.
+        let mut appended = None;
+        for (_, name) in self.segments("commits")?.iter().rev() {
+            appended = self.segment_entries::<CommitEntry>(name)?.pop();
+            if appended.is_some() {
+                break;
+            }
         }
+        Ok(match (file, appended) {
+            (Some(a), Some(b)) => Some(if a.batch >= b.batch { a } else { b }),
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Completed batches after `batch`, in order.
+    pub fn commits_after(&self, batch: u64) -> Result<Vec<CommitEntry>> {
+        self.logged_after(batch)
     }
 
     /// Writes a snapshot: the state files first, the manifest last.
@@ -625,6 +851,21 @@ impl Checkpointer {
                 .collect();
             self.store.delete_objects(&old)?;
         }
+        // Segments all of whose batches are below the floor: those followed by one starting
+        // at or below it. The floor is recorded first: what is left of a segment below it no
+        // longer counts.
+        if !self.segments("offsets")?.is_empty() || !self.segments("commits")?.is_empty() {
+            self.put_json(LOG_FLOOR_KEY, &serde_json::json!({ "batch": floor }))?;
+        }
+        for dir in ["offsets", "commits"] {
+            let segments = self.segments(dir)?;
+            let old: Vec<String> = segments
+                .windows(2)
+                .filter(|pair| pair[1].0 <= floor)
+                .map(|pair| format!("{dir}/{}", pair[0].1))
+                .collect();
+            self.store.delete_objects(&old)?;
+        }
         // Epoch claims: a replaced master looks for its successor's among the newest.
         let epochs = self.store.list("epochs")?;
         let old: Vec<String> = epochs
@@ -726,10 +967,147 @@ mod tests {
         assert_eq!(c.latest_snapshot().expect("read").map(|s| s.batch), Some(1));
     }
 
+    fn offsets(batch: u64, epoch: u64) -> OffsetEntry {
+        OffsetEntry {
+            batch,
+            time_ms: batch * 10,
+            epoch,
+            ranges: BTreeMap::new(),
+            positions: BTreeMap::from([("lines".to_string(), Json::from(batch))]),
+        }
+    }
+
+    /// A checkpointer over a local directory, which it holds the lock of when `alone` (and
+    /// then appends offset entries to segments of `per_segment`).
+    fn local(dir: &std::path::Path, alone: bool, per_segment: u64) -> Checkpointer {
+        let c = Checkpointer::new(Box::new(LocalStore::open(dir).expect("store")), 1, 2);
+        if !alone {
+            return c;
+        }
+        let mut c = c.holding(lock_dir(dir).expect("lock"));
+        c.appenders = c.appenders.map(|a| Appenders {
+            offsets: a.offsets.per_segment(per_segment),
+            commits: a.commits.per_segment(per_segment),
+            _lock: a._lock,
+        });
+        c
+    }
+
+    #[test]
+    fn a_lone_writer_appends_offsets_to_segments_that_read_back_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Written before the log had segments: a file per batch.
+        let old = local(dir.path(), false, 0);
+        for b in 1..=2 {
+            assert_eq!(
+                old.write_offsets(&offsets(b, 1)).expect("write"),
+                Logged::Written
+            );
+        }
+        drop(old);
+        let c = local(dir.path(), true, 3);
+        assert_eq!(c.last_commit().expect("read"), None);
+        for b in 3..=8 {
+            let commit = CommitEntry {
+                batch: b,
+                time_ms: b * 10,
+                epoch: 2,
+                records: b,
+                record_errors: 0,
+                processing_ms: 1,
+                committed_at_ms: 1,
+            };
+            assert_eq!(c.write_commit(&commit).expect("commit"), Logged::Written);
+        }
+        for b in 3..=8 {
+            assert_eq!(
+                c.write_offsets(&offsets(b, 2)).expect("write"),
+                Logged::Written
+            );
+        }
+        assert_eq!(
+            c.write_offsets(&offsets(5, 3)).expect("write"),
+            Logged::Taken { epoch: 2 },
+            "an entry is never replaced"
+        );
+        assert_eq!(
+            c.write_offsets(&offsets(2, 3)).expect("write"),
+            Logged::Taken { epoch: 1 }
+        );
+        let segments = c.segments("offsets").expect("segments");
+        let firsts: Vec<u64> = segments.iter().map(|(first, _)| *first).collect();
+        assert_eq!(firsts, vec![3, 6]);
+        // Killed in the middle of the next append: a torn frame at the segment's end.
+        let last = dir.path().join("offsets").join(&segments[1].1);
+        let mut torn = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&last)
+            .expect("open");
+        std::io::Write::write_all(&mut torn, &[40, 0, 0, 0, 1, 2]).expect("tear");
+        drop(c);
+        // The next process reads everything back, in order, and starts a segment of its own.
+        let c = local(dir.path(), true, 3);
+        let batches = |c: &Checkpointer, after| -> Vec<u64> {
+            c.offsets_after(after)
+                .expect("read")
+                .iter()
+                .map(|e| e.batch)
+                .collect()
+        };
+        assert_eq!(batches(&c, 0), (1..=8).collect::<Vec<_>>());
+        assert_eq!(c.last_commit().expect("read").map(|e| e.batch), Some(8));
+        let committed: Vec<u64> = c
+            .commits_after(6)
+            .expect("read")
+            .iter()
+            .map(|e| e.batch)
+            .collect();
+        assert_eq!(committed, vec![7, 8]);
+        assert_eq!(batches(&c, 6), vec![7, 8]);
+        assert_eq!(c.read_offsets(7).expect("read"), Some(offsets(7, 2)));
+        assert_eq!(c.read_offsets(1).expect("read"), Some(offsets(1, 1)));
+        assert_eq!(c.read_offsets(9).expect("read"), None);
+        assert_eq!(
+            c.write_offsets(&offsets(9, 3)).expect("write"),
+            Logged::Written
+        );
+        assert_eq!(c.read_offsets(9).expect("read"), Some(offsets(9, 3)));
+        let firsts: Vec<u64> = c
+            .segments("offsets")
+            .expect("segments")
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(firsts, vec![3, 6, 9]);
+        // Pruned below the oldest kept snapshot (7): the segment of 3..=5 and the files of 1
+        // and 2 go; 6..=8 stays, holding the snapshot's own entry, and its 6 no longer counts,
+        // as if it had gone with the rest.
+        for b in [6, 7, 8] {
+            c.write_snapshot(&snapshot(b)).expect("snapshot");
+        }
+        c.prune().expect("prune");
+        assert_eq!(batches(&c, 0), vec![7, 8, 9]);
+        assert_eq!(c.read_offsets(6).expect("read"), None);
+        assert_eq!(c.read_offsets(7).expect("read"), Some(offsets(7, 2)));
+        let segments: Vec<u64> = c
+            .segments("offsets")
+            .expect("segments")
+            .iter()
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(segments, vec![6, 9]);
+    }
+
     #[test]
     fn log_entries_are_written_once_and_say_whose_they_are() {
+        for alone in [false, true] {
+            log_entries_are_written_once(alone);
+        }
+    }
+
+    fn log_entries_are_written_once(alone: bool) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let c = Checkpointer::new(Box::new(LocalStore::open(dir.path()).expect("store")), 1, 3);
+        let c = local(dir.path(), alone, 1024);
         assert_eq!(c.claim_epoch().expect("claim"), 1);
         assert_eq!(
             c.claim_epoch().expect("claim"),

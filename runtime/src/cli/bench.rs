@@ -54,7 +54,7 @@ pub struct BenchArgs {
     /// into the files sink, with a local checkpoint (exactly once) and without.
     #[arg(long)]
     pub latency: bool,
-    /// The Nexmark queries of examples/nexmark (q0, q1, q2, q12) with their events from the
+    /// The Nexmark queries of examples/nexmark (q0, q1, q2, q5, q7, q12) with their events from the
     /// built-in generator at --rate, 1 s batches back to back for --seconds: events/s per
     /// busy core, the generator's own cost included (and printed alone).
     #[arg(long)]
@@ -237,6 +237,7 @@ pub(super) fn run_options(
         job_uid: None,
         fingerprint: sluice_crds::fingerprint(&spec.spec),
         store: None,
+        writer_lock: None,
         snapshot_interval: 10,
         snapshot_every: Duration::ZERO,
         retain: 2,

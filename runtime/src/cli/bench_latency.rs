@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::bench::{BenchArgs, compile_manifest, percentile, run_options};
 use super::bench_files::Scratch;
-use crate::checkpoint::LocalStore;
+use crate::checkpoint::{LocalStore, lock_dir};
 use crate::coordinator::BatchProgress;
 use crate::local::{self, LocalOptions};
 
@@ -87,12 +87,13 @@ fn run(
         dir.path().join("out").display()
     );
     let (compiled, spec) = compile_manifest(&text, threads, false)?;
-    let store = if checkpoint != Checkpoint::Off {
-        let store = LocalStore::open(dir.path().join("ckpt"))
-            .map_err(|e| format!("checkpoint directory: {e}"))?;
-        Some(Box::new(store) as Box<_>)
+    let (store, writer_lock) = if checkpoint != Checkpoint::Off {
+        let ckpt = dir.path().join("ckpt");
+        let lock = lock_dir(&ckpt).map_err(|e| format!("checkpoint directory: {e}"))?;
+        let store = LocalStore::open(&ckpt).map_err(|e| format!("checkpoint directory: {e}"))?;
+        (Some(Box::new(store) as Box<_>), Some(lock))
     } else {
-        None
+        (None, None)
     };
     let batches = WARM + (seconds * 1000).div_ceil(interval_ms).max(10);
     let seen: Arc<Mutex<Vec<BatchProgress>>> = Arc::default();
@@ -101,6 +102,7 @@ fn run(
         compiled,
         LocalOptions {
             store,
+            writer_lock,
             snapshot_interval: SNAPSHOT_EVERY,
             snapshot_every: if checkpoint == Checkpoint::AtMostEverySecond {
                 Duration::from_secs(1)

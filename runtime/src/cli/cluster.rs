@@ -187,8 +187,9 @@ pub(crate) fn master(args: MasterArgs) -> ExitCode {
         Err(code) => return code,
     };
     // The master alone writes the offset and commit logs (workers write their snapshots).
-    let _writer = match lock_local_writer(manifest.spec.checkpoint.as_ref()) {
-        Ok(lock) => lock,
+    let ckpt = match lock_local_writer(manifest.spec.checkpoint.as_ref()) {
+        Ok(Some(lock)) => ckpt.holding(lock),
+        Ok(None) => ckpt,
         Err(e) => {
             eprintln!("sluice master: spec.checkpoint.uri: {e}");
             return ExitCode::from(EXIT_FAILED);

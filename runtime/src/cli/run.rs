@@ -65,7 +65,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     let ckpt = manifest.spec.checkpoint.as_ref();
-    let _writer = match lock_local_writer(ckpt) {
+    let writer_lock = match lock_local_writer(ckpt) {
         Ok(lock) => lock,
         Err(e) => {
             eprintln!("sluice: spec.checkpoint.uri: {e}");
@@ -107,6 +107,7 @@ pub(crate) fn run(args: RunArgs) -> ExitCode {
         job_uid: manifest.metadata.uid.clone(),
         fingerprint: sluice_crds::fingerprint(&manifest.spec),
         store,
+        writer_lock,
         snapshot_interval: ckpt
             .and_then(|c| c.interval)
             .unwrap_or(defaults::CHECKPOINT_INTERVAL) as u64,

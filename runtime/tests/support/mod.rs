@@ -158,23 +158,25 @@ impl Rng {
     }
 }
 
-/// The newest batch marked complete in the local checkpoint `DIR/ckpt`.
+/// The local checkpoint `DIR/ckpt`, read as a restart reads it.
+fn checkpoint(dir: &Path) -> Option<sluice::checkpoint::Checkpointer> {
+    let store = sluice::checkpoint::LocalStore::open(dir.join("ckpt")).ok()?;
+    Some(sluice::checkpoint::Checkpointer::new(Box::new(store), 1, 1))
+}
+
+/// The newest batch marked complete in the local checkpoint `DIR/ckpt` (`sluice run` appends
+/// commits to the commit log's segments), 0 for none.
 pub fn last_commit(dir: &Path) -> u64 {
-    std::fs::read_dir(dir.join("ckpt/commits"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| {
-                    e.ok()?
-                        .file_name()
-                        .to_string_lossy()
-                        .trim_end_matches(".json")
-                        .parse()
-                        .ok()
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
+    checkpoint(dir)
+        .and_then(|c| c.last_commit().ok().flatten())
+        .map_or(0, |c| c.batch)
+}
+
+/// The batches committed to the local checkpoint `DIR/ckpt`, in order.
+pub fn commits(dir: &Path) -> Vec<sluice::checkpoint::CommitEntry> {
+    checkpoint(dir)
+        .and_then(|c| c.commits_after(0).ok())
+        .unwrap_or_default()
 }
 
 /// Runs `command()` (a `sluice run` of `batches` batches checkpointing to `DIR/ckpt`) until it
