@@ -7,7 +7,7 @@
 use crate::spec::{
     Empty, FilesSink, FilesSource, FilterStep, FlatMapStep, GeneratorSource, JoinStep, KafkaSink,
     KafkaSource, KeyByStep, MapWithStateStep, PipelineStep, PostgresSink, ReduceStep, S3Sink,
-    Selector, SinkSpec, SocketSource, SourceSpec, StateStep, StaticJoinStep, StdoutSink,
+    Selector, SinkSpec, SocketSource, SourceSpec, StateStep, StaticJoinStep, StdoutSink, TopStep,
     WindowStep, WindowedReduceStep,
 };
 
@@ -137,6 +137,7 @@ pub enum StepKind<'a> {
     FlatMapValues(&'a FlatMapStep),
     MapWithState(&'a MapWithStateStep),
     Repartition(&'a Empty),
+    Top(&'a TopStep),
 }
 
 /// Which of a join's unmatched values it keeps, or a cogroup.
@@ -189,6 +190,7 @@ impl StepKind<'_> {
             StepKind::FlatMapValues(_) => "flatMapValues",
             StepKind::MapWithState(_) => "mapWithState",
             StepKind::Repartition(_) => "repartition",
+            StepKind::Top(_) => "top",
         }
     }
 }
@@ -225,6 +227,7 @@ impl PipelineStep {
             flat_map_values,
             map_with_state,
             repartition,
+            top,
         } = self;
         let mut set = Vec::with_capacity(1);
         set.extend(map.as_ref().map(StepKind::Map));
@@ -270,6 +273,7 @@ impl PipelineStep {
         set.extend(flat_map_values.as_ref().map(StepKind::FlatMapValues));
         set.extend(map_with_state.as_ref().map(StepKind::MapWithState));
         set.extend(repartition.as_ref().map(StepKind::Repartition));
+        set.extend(top.as_ref().map(StepKind::Top));
         set
     }
 

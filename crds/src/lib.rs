@@ -28,7 +28,7 @@ pub use parse::{parse_yaml, spec_json};
 pub use s3::{endpoint_problem, parse_s3_uri, s3_uri_problem};
 pub use spec::*;
 pub use text::shorten;
-pub use validate::{MAX_PARALLELISM, Problem, Shape, validate};
+pub use validate::{MAX_PARALLELISM, MAX_TOP, Problem, Shape, validate};
 
 /// Reads and validates a manifest: every problem found, or the job.
 pub fn load(text: &str) -> Result<StreamingJob, Vec<Problem>> {

@@ -290,9 +290,11 @@ pub enum GeneratorFormat {
     Text,
     /// JSON objects `{"user":..., "action":..., "amount":..., "text":...}`.
     Json,
-    /// Nexmark auction events as JSON objects: `{"type":"person"|"auction"|"bid", ...}` in the
-    /// benchmark's proportions (1 : 3 : 46), each with its generation time as `dateTime`
-    /// (milliseconds from the job's start). `vocabulary` and `lineBytes` do not apply.
+    /// Nexmark auction events: `{"type":"person"|"auction"|"bid", ...}` in the benchmark's
+    /// proportions (1 : 3 : 46), each with its generation time as `dateTime` (milliseconds
+    /// from the job's start). They come as records (maps), as `parseJson` makes of their JSON,
+    /// without printing and parsing it; a `parseJson` step leaves them as they are, and sinks
+    /// write them as JSON. `vocabulary` and `lineBytes` do not apply.
     Nexmark,
 }
 
@@ -390,6 +392,24 @@ pub struct PipelineStep {
     /// before costly steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repartition: Option<Empty>,
+    /// Keep the `n` records (or pairs) of each batch with the largest `by`, largest first;
+    /// after a `window` step (or a windowed count), of each window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<TopStep>,
+}
+
+/// `top`: the largest records of a batch or window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TopStep {
+    /// How many to keep: 1 to 10000.
+    #[schemars(range(min = 1, max = 10000))]
+    pub n: u32,
+    /// A CEL expression over `record` (or `key` and `value`) whose largest results win. Of
+    /// records with equal results, the larger record (then key) wins, so every run keeps the
+    /// same ones. A record it fails on is refused (`spec.onRecordError`).
+    #[schemars(length(max = 4096))]
+    pub by: String,
 }
 
 /// `mapWithState`: a CEL expression per record.

@@ -13,6 +13,9 @@ use crate::kinds::{SinkKind, SourceKind, StepKind};
 use crate::s3::{endpoint_problem, parse_s3_uri, s3_uri_problem};
 use crate::spec::*;
 
+/// The most records a `top` step keeps (its `n`).
+pub const MAX_TOP: u32 = 10_000;
+
 /// One thing wrong with a manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -556,6 +559,17 @@ impl Validator {
                 if f.regex.is_some() && shape == Shape::Keyed {
                     self.add(format!("{path}.filter.regex"), "needs plain text records; on a keyed stream write an expr over key and value");
                 }
+            }
+            if let Some(t) = &step.top {
+                if !(1..=MAX_TOP).contains(&t.n) {
+                    self.add(
+                        format!("{path}.top.n"),
+                        format!(
+                            "must be 1 to {MAX_TOP}: the records kept are gathered in one partition"
+                        ),
+                    );
+                }
+                self.cel(&format!("{path}.top.by"), &t.by);
             }
             if let Some(k) = &step.key_by {
                 require(self, Shape::Records);

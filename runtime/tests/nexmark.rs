@@ -31,6 +31,7 @@ fn run(query: &str, dir: &Path) -> Vec<Vec<String>> {
         )
         .replace("rate: 100000", &format!("rate: {RATE}"))
         .replace("length: 10s, slide: 10s", "length: 1s, slide: 1s")
+        .replace("length: 10s, slide: 2s", "length: 1s, slide: 200ms")
         .replace(
             &format!("/tmp/sluice/nexmark/{query}"),
             &out.display().to_string(),
@@ -178,6 +179,64 @@ fn q12_counts_bids_per_bidder_in_each_tumbling_window() {
         })
         .collect();
     check("q12", expected);
+}
+
+#[test]
+fn q5_finds_the_auction_with_the_most_bids_in_each_sliding_window() {
+    // Windows of 10 batches, sliding by 2: emitted at every second batch, over the 10 batches
+    // up to it (fewer at the start).
+    let events = events();
+    let expected: Vec<Vec<String>> = (2..=events.len())
+        .step_by(2)
+        .map(|end| {
+            let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+            for e in events[end.saturating_sub(10)..end]
+                .iter()
+                .flat_map(|b| bids(b))
+            {
+                *counts
+                    .entry(e["auction"].as_u64().expect("auction"))
+                    .or_default() += 1;
+            }
+            // The most bids; of tied auctions, the largest id.
+            let hot = counts.into_iter().max_by_key(|&(auction, n)| (n, auction));
+            sorted(
+                hot.map(|(auction, n)| json!({"key": auction, "value": n}))
+                    .into_iter()
+                    .collect(),
+            )
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    check("q5", expected);
+}
+
+#[test]
+fn q7_keeps_the_highest_bid_of_each_tumbling_window() {
+    let events = events();
+    let expected: Vec<Vec<String>> = events
+        .chunks(10)
+        .filter(|w| w.len() == 10)
+        .map(|window| {
+            // The highest price; of tied bids, the largest record (its fields in name order).
+            let key = |e: &&Json| {
+                let n = |f: &str| e[f].as_u64().expect(f);
+                (n("price"), n("auction"), n("bidder"), n("dateTime"))
+            };
+            let best = window
+                .iter()
+                .flat_map(|b| bids(b))
+                .max_by_key(key)
+                .expect("a bid in every window");
+            sorted(vec![json!({
+                "auction": best["auction"],
+                "price": best["price"],
+                "bidder": best["bidder"],
+                "dateTime": best["dateTime"],
+            })])
+        })
+        .collect();
+    check("q7", expected);
 }
 
 #[test]

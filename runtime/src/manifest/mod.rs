@@ -8,6 +8,7 @@ mod table;
 mod value;
 
 pub use aggregate::Acc;
+pub(crate) use compile::nexmark_record;
 pub use compile::{CompileOptions, compile, local_path};
 pub use expr::{Expr, root_context};
 pub use value::{StrKey, Value};

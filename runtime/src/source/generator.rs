@@ -141,17 +141,38 @@ impl TextGenerator {
                     r#"{{"user":"user{user}","action":"{action}","amount":{amount},"text":"{word}"}}"#
                 );
             }
-            GeneratorFormat::Nexmark => {
-                // Generated at its stream time: the event time is the processing time.
-                let time_ms =
-                    (u128::from(index) * 1000 / u128::from(self.config.rate.max(1))) as u64;
-                super::nexmark::event(self.config.seed, index, time_ms, out);
-            }
+            GeneratorFormat::Nexmark => self.nexmark_event(index).write_json(out),
         }
+    }
+
+    /// Line `index`.
+    pub fn line_at(&self, index: u64) -> String {
+        let mut line = String::with_capacity(self.config.line_bytes as usize + 16);
+        self.line(index, &mut line);
+        line
+    }
+
+    /// Nexmark event `index`, generated at its stream time: the event time is the processing
+    /// time.
+    pub fn nexmark_event(&self, index: u64) -> super::nexmark::Event {
+        let time_ms = (u128::from(index) * 1000 / u128::from(self.config.rate.max(1))) as u64;
+        super::nexmark::generate(self.config.seed, index, time_ms)
     }
 
     /// Lines `[start, end)` split into `partitions` contiguous runs, generated in parallel.
     pub fn lines(&self, start: u64, end: u64, partitions: usize) -> Vec<Vec<String>> {
+        self.records(start, end, partitions, &|g, index| g.line_at(index))
+    }
+
+    /// Records `[start, end)`, each made by `make` from its index, split into `partitions`
+    /// contiguous runs, generated in parallel.
+    pub fn records<T: Send>(
+        &self,
+        start: u64,
+        end: u64,
+        partitions: usize,
+        make: &(dyn Fn(&TextGenerator, u64) -> T + Sync),
+    ) -> Vec<Vec<T>> {
         let n = end.saturating_sub(start);
         let p = partitions.max(1) as u64;
         (0..p)
@@ -159,13 +180,7 @@ impl TextGenerator {
             .map(|i| {
                 let from = start + n * i / p;
                 let to = start + n * (i + 1) / p;
-                (from..to)
-                    .map(|index| {
-                        let mut line = String::with_capacity(self.config.line_bytes as usize + 16);
-                        self.line(index, &mut line);
-                        line
-                    })
-                    .collect()
+                (from..to).map(|index| make(self, index)).collect()
             })
             .collect()
     }
@@ -176,18 +191,31 @@ impl TextGenerator {
     }
 }
 
-/// The `generator` source: `rate` lines per second of batch time, replayable.
-pub struct GeneratorSource {
+/// Makes record `index` of a generator.
+pub type MakeRecord<T> = std::sync::Arc<dyn Fn(&TextGenerator, u64) -> T + Send + Sync>;
+
+/// The `generator` source: `rate` lines (or records) per second of batch time, replayable.
+pub struct GeneratorSource<T = String> {
     generator: TextGenerator,
     next: u64,
+    make: MakeRecord<T>,
 }
 
-impl GeneratorSource {
-    /// A generator positioned at its first line.
+impl GeneratorSource<String> {
+    /// A generator of lines, positioned at its first.
     pub fn new(config: GeneratorConfig) -> Self {
+        Self::making(config, std::sync::Arc::new(|g, index| g.line_at(index)))
+    }
+}
+
+impl<T> GeneratorSource<T> {
+    /// A generator of the records `make` makes (Nexmark events as records, rather than
+    /// printed as JSON to be parsed again), positioned at its first.
+    pub fn making(config: GeneratorConfig, make: MakeRecord<T>) -> Self {
         Self {
             generator: TextGenerator::new(config),
             next: 0,
+            make,
         }
     }
 
@@ -199,8 +227,8 @@ impl GeneratorSource {
     }
 }
 
-impl Source for GeneratorSource {
-    type Item = String;
+impl<T: crate::data::Data> Source for GeneratorSource<T> {
+    type Item = T;
 
     fn name(&self) -> &str {
         &self.generator.config.name
@@ -222,7 +250,7 @@ impl Source for GeneratorSource {
         range: &Json,
         partitions: usize,
         _refused: &mut Refusals,
-    ) -> Result<Vec<Vec<String>>> {
+    ) -> Result<Vec<Vec<T>>> {
         let start = range["start"]
             .as_u64()
             .ok_or_else(|| self.bad_range(range))?;
@@ -234,7 +262,7 @@ impl Source for GeneratorSource {
         if end < start || end - start > most {
             return Err(self.bad_range(range));
         }
-        Ok(self.generator.lines(start, end, partitions))
+        Ok(self.generator.records(start, end, partitions, &*self.make))
     }
 
     fn position(&self) -> Json {

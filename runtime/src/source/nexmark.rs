@@ -144,8 +144,50 @@ impl Draws {
     }
 }
 
-/// Appends event `index` of the stream seeded `seed`, whose time is `time_ms`, to `out`.
-pub fn event(seed: u64, index: u64, time_ms: u64, out: &mut String) {
+/// One Nexmark event, as the model has it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Person(Person),
+    Auction(Auction),
+    Bid(Bid),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Person {
+    pub id: u64,
+    pub name: String,
+    pub email_address: String,
+    pub credit_card: String,
+    pub city: &'static str,
+    pub state: &'static str,
+    pub date_time: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Auction {
+    pub id: u64,
+    pub item_name: String,
+    pub description: String,
+    pub initial_bid: u64,
+    pub reserve: u64,
+    pub date_time: u64,
+    pub expires: u64,
+    pub seller: u64,
+    pub category: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bid {
+    pub auction: u64,
+    pub bidder: u64,
+    pub price: u64,
+    pub channel: String,
+    pub url: String,
+    pub date_time: u64,
+}
+
+/// Event `index` of the stream seeded `seed`, whose time is `time_ms`.
+pub fn generate(seed: u64, index: u64, time_ms: u64) -> Event {
     let mut d = Draws(seed ^ index.wrapping_mul(0xA076_1D64_78BD_642F));
     match kind(index) {
         EventKind::Person => {
@@ -154,19 +196,27 @@ pub fn event(seed: u64, index: u64, time_ms: u64, out: &mut String) {
             let last = LAST_NAMES[d.below(LAST_NAMES.len() as u64) as usize];
             let city = CITIES[d.below(CITIES.len() as u64) as usize];
             let state = STATES[d.below(STATES.len() as u64) as usize];
-            let _ = write!(
-                out,
-                r#"{{"type":"person","id":{id},"name":"{first} {last}","emailAddress":""#
-            );
-            d.word(7, out);
-            out.push('@');
-            d.word(5, out);
-            let card: Vec<String> = (0..4).map(|_| format!("{:04}", d.below(10_000))).collect();
-            let _ = write!(
-                out,
-                r#".com","creditCard":"{}","city":"{city}","state":"{state}","dateTime":{time_ms}}}"#,
-                card.join(" ")
-            );
+            let mut email_address = String::with_capacity(17);
+            d.word(7, &mut email_address);
+            email_address.push('@');
+            d.word(5, &mut email_address);
+            email_address.push_str(".com");
+            let mut credit_card = String::with_capacity(19);
+            for i in 0..4 {
+                if i > 0 {
+                    credit_card.push(' ');
+                }
+                let _ = write!(credit_card, "{:04}", d.below(10_000));
+            }
+            Event::Person(Person {
+                id,
+                name: format!("{first} {last}"),
+                email_address,
+                credit_card,
+                city,
+                state,
+                date_time: time_ms,
+            })
         }
         EventKind::Auction => {
             let id = last_auction(index) + FIRST_AUCTION_ID;
@@ -176,17 +226,24 @@ pub fn event(seed: u64, index: u64, time_ms: u64, out: &mut String) {
                 d.person(index)
             } + FIRST_PERSON_ID;
             let category = FIRST_CATEGORY_ID + d.below(NUM_CATEGORIES);
-            let initial = d.price();
-            let reserve = initial + d.price();
+            let initial_bid = d.price();
+            let reserve = initial_bid + d.price();
             let expires = time_ms + AUCTION_LENGTH_MS / 2 + d.below(AUCTION_LENGTH_MS);
-            let _ = write!(out, r#"{{"type":"auction","id":{id},"itemName":""#);
-            d.word(20, out);
-            out.push_str(r#"","description":""#);
-            d.word(100, out);
-            let _ = write!(
-                out,
-                r#"","initialBid":{initial},"reserve":{reserve},"dateTime":{time_ms},"expires":{expires},"seller":{seller},"category":{category}}}"#
-            );
+            let mut item_name = String::with_capacity(20);
+            d.word(20, &mut item_name);
+            let mut description = String::with_capacity(100);
+            d.word(100, &mut description);
+            Event::Auction(Auction {
+                id,
+                item_name,
+                description,
+                initial_bid,
+                reserve,
+                date_time: time_ms,
+                expires,
+                seller,
+                category,
+            })
         }
         EventKind::Bid => {
             let auction = if d.below(HOT_AUCTION_RATIO) > 0 {
@@ -202,32 +259,67 @@ pub fn event(seed: u64, index: u64, time_ms: u64, out: &mut String) {
             } + FIRST_PERSON_ID;
             let price = d.price();
             let channel = d.below(CHANNELS);
-            let _ = write!(
-                out,
-                r#"{{"type":"bid","auction":{auction},"bidder":{bidder},"price":{price},"#
-            );
-            if d.below(100) == 0 {
-                let _ = write!(
-                    out,
-                    r#""channel":"channel-{channel}","url":"https://www.nexmark.com/"#
-                );
-                d.word(5, out);
-                out.push_str("/item.htm?query=1");
+            let (channel, url) = if d.below(100) == 0 {
+                let mut url = String::from("https://www.nexmark.com/");
+                d.word(5, &mut url);
+                url.push_str("/item.htm?query=1");
                 if d.below(10) != 9 {
-                    let _ = write!(out, "&channel_id={}", (channel as u32).reverse_bits());
+                    let _ = write!(url, "&channel_id={}", (channel as u32).reverse_bits());
                 }
-                out.push('"');
+                (format!("channel-{channel}"), url)
             } else {
                 let hot = d.below(HOT_CHANNELS.len() as u64) as usize;
-                let _ = write!(
-                    out,
-                    r#""channel":"{}","url":"{}""#,
-                    HOT_CHANNELS[hot], HOT_URLS[hot]
-                );
-            }
-            let _ = write!(out, r#","dateTime":{time_ms}}}"#);
+                (HOT_CHANNELS[hot].to_string(), HOT_URLS[hot].to_string())
+            };
+            Event::Bid(Bid {
+                auction,
+                bidder,
+                price,
+                channel,
+                url,
+                date_time: time_ms,
+            })
         }
     }
+}
+
+impl Event {
+    /// Appends the event as one JSON object: a `type` of `person`, `auction` or `bid`, and the
+    /// model's fields in camelCase. No field needs escaping: names, words, channels and URLs
+    /// are drawn from plain ASCII.
+    pub fn write_json(&self, out: &mut String) {
+        let _ = match self {
+            Event::Person(p) => write!(
+                out,
+                r#"{{"type":"person","id":{},"name":"{}","emailAddress":"{}","creditCard":"{}","city":"{}","state":"{}","dateTime":{}}}"#,
+                p.id, p.name, p.email_address, p.credit_card, p.city, p.state, p.date_time
+            ),
+            Event::Auction(a) => write!(
+                out,
+                r#"{{"type":"auction","id":{},"itemName":"{}","description":"{}","initialBid":{},"reserve":{},"dateTime":{},"expires":{},"seller":{},"category":{}}}"#,
+                a.id,
+                a.item_name,
+                a.description,
+                a.initial_bid,
+                a.reserve,
+                a.date_time,
+                a.expires,
+                a.seller,
+                a.category
+            ),
+            Event::Bid(b) => write!(
+                out,
+                r#"{{"type":"bid","auction":{},"bidder":{},"price":{},"channel":"{}","url":"{}","dateTime":{}}}"#,
+                b.auction, b.bidder, b.price, b.channel, b.url, b.date_time
+            ),
+        };
+    }
+}
+
+/// Appends event `index` of the stream seeded `seed`, whose time is `time_ms`, to `out`, as
+/// JSON (see [`Event::write_json`]).
+pub fn event(seed: u64, index: u64, time_ms: u64, out: &mut String) {
+    generate(seed, index, time_ms).write_json(out);
 }
 
 #[cfg(test)]

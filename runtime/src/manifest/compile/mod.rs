@@ -11,7 +11,10 @@ mod join;
 mod sinks;
 mod sources;
 mod state;
+
+pub(crate) use sources::nexmark_record;
 mod steps;
+mod top;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -4,12 +4,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sluice_crds::kafka::{Starting, parse_starting_offsets};
-use sluice_crds::{SourceKind, SourceSpec, defaults};
+use std::sync::Arc;
+
+use sluice_crds::{GeneratorFormat, SourceKind, SourceSpec, defaults};
 
 use super::{Compiler, kafka_client, local_path};
 use crate::dstream::DStream;
 use crate::kafka::{KafkaRecord, KafkaSource, StartingOffsets};
 use crate::manifest::value::Value;
+use crate::source::nexmark::Event;
 use crate::source::{FilesSource, GeneratorConfig, GeneratorSource, QueueSource, SocketSource};
 
 impl Compiler {
@@ -24,14 +27,25 @@ impl Compiler {
         };
         let lines = match kind {
             SourceKind::Kafka(k) => return self.kafka(&s.name, k),
-            SourceKind::Generator(g) => self.ctx.source(GeneratorSource::new(GeneratorConfig {
-                name: s.name.clone(),
-                rate: g.rate,
-                seed: g.seed.unwrap_or(defaults::GENERATOR_SEED),
-                format: g.format.unwrap_or_default(),
-                vocabulary: g.vocabulary.unwrap_or(defaults::GENERATOR_VOCABULARY),
-                line_bytes: g.line_bytes.unwrap_or(defaults::GENERATOR_LINE_BYTES),
-            })),
+            SourceKind::Generator(g) => {
+                let config = GeneratorConfig {
+                    name: s.name.clone(),
+                    rate: g.rate,
+                    seed: g.seed.unwrap_or(defaults::GENERATOR_SEED),
+                    format: g.format.unwrap_or_default(),
+                    vocabulary: g.vocabulary.unwrap_or(defaults::GENERATOR_VOCABULARY),
+                    line_bytes: g.line_bytes.unwrap_or(defaults::GENERATOR_LINE_BYTES),
+                };
+                if config.format == GeneratorFormat::Nexmark {
+                    // Events as records: what `parseJson` would make of their JSON, without
+                    // printing and parsing it (a `parseJson` step leaves them as they are).
+                    return self.ctx.source(GeneratorSource::making(
+                        config,
+                        Arc::new(|g, index| nexmark_record(g.nexmark_event(index))),
+                    ));
+                }
+                self.ctx.source(GeneratorSource::new(config))
+            }
             SourceKind::Files(f) => {
                 let remember = match &f.remember_for {
                     None => Duration::from_secs(defaults::FILES_REMEMBER_FOR_SECONDS),
@@ -102,4 +116,75 @@ fn with_metadata(r: KafkaRecord) -> Value {
         r.timestamp.map_or(Value::Null, Value::Int),
     );
     Value::Map(fields)
+}
+
+/// A Nexmark event as the record its JSON parses to (see [`Event::write_json`]).
+pub(crate) fn nexmark_record(event: Event) -> Value {
+    let int = |n: u64| Value::Int(i64::try_from(n).unwrap_or(i64::MAX));
+    let fields: Vec<(&str, Value)> = match event {
+        Event::Person(p) => vec![
+            ("type", Value::Str("person".into())),
+            ("id", int(p.id)),
+            ("name", Value::Str(p.name)),
+            ("emailAddress", Value::Str(p.email_address)),
+            ("creditCard", Value::Str(p.credit_card)),
+            ("city", Value::Str(p.city.into())),
+            ("state", Value::Str(p.state.into())),
+            ("dateTime", int(p.date_time)),
+        ],
+        Event::Auction(a) => vec![
+            ("type", Value::Str("auction".into())),
+            ("id", int(a.id)),
+            ("itemName", Value::Str(a.item_name)),
+            ("description", Value::Str(a.description)),
+            ("initialBid", int(a.initial_bid)),
+            ("reserve", int(a.reserve)),
+            ("dateTime", int(a.date_time)),
+            ("expires", int(a.expires)),
+            ("seller", int(a.seller)),
+            ("category", int(a.category)),
+        ],
+        Event::Bid(b) => vec![
+            ("type", Value::Str("bid".into())),
+            ("auction", int(b.auction)),
+            ("bidder", int(b.bidder)),
+            ("price", int(b.price)),
+            ("channel", Value::Str(b.channel)),
+            ("url", Value::Str(b.url)),
+            ("dateTime", int(b.date_time)),
+        ],
+    };
+    Value::Map(
+        fields
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event as a record is what `parseJson` makes of its JSON line.
+    #[test]
+    fn nexmark_records_are_their_parsed_json() {
+        let generator = crate::source::TextGenerator::new(GeneratorConfig {
+            name: "events".into(),
+            rate: 1000,
+            seed: 42,
+            format: GeneratorFormat::Nexmark,
+            vocabulary: 1,
+            line_bytes: 100,
+        });
+        let mut kinds = std::collections::BTreeSet::new();
+        for index in 0..5_000 {
+            let line = generator.line_at(index);
+            let parsed = Value::parse_json(&line).expect("json");
+            let record = nexmark_record(generator.nexmark_event(index));
+            assert_eq!(record.to_json(), parsed.to_json(), "{line}");
+            kinds.insert(record.field(&["type".into()]).expect("type"));
+        }
+        assert_eq!(kinds.len(), 3);
+    }
 }

@@ -59,6 +59,7 @@ impl Compiler {
             (Stream::Keyed(s), StepKind::Join(join, j)) => self.join(s, join, j, &path, streams),
             (Stream::Records(s), StepKind::Repartition(_)) => Stream::Records(s.repartition()),
             (Stream::Keyed(s), StepKind::Repartition(_)) => Stream::Keyed(s.repartition()),
+            (stream, StepKind::Top(t)) => self.top(stream, t, &path),
             (Stream::Records(s), kind) => self.records_step(s, kind, &path),
             (Stream::Keyed(s), kind) => self.keyed_step(s, kind, &path),
         };
@@ -117,23 +118,23 @@ impl Compiler {
                     per_record(cx, &op, recs, |_, r, out| {
                         match r {
                             Value::Str(text) => {
-                                let json = serde_json::from_str(&text).map_err(|e| {
+                                let value = Value::parse_json(&text).map_err(|e| {
                                     format!("not JSON ({e}): {}", Value::Str(text).describe())
                                 })?;
-                                out.push(Value::from_json(json));
+                                out.push(value);
                             }
                             // A Kafka record with its metadata: the value is parsed in place.
                             Value::Map(mut fields)
                                 if matches!(fields.get("value"), Some(Value::Str(_))) =>
                             {
                                 if let Some(Value::Str(text)) = fields.remove("value") {
-                                    let json = serde_json::from_str(&text).map_err(|e| {
+                                    let value = Value::parse_json(&text).map_err(|e| {
                                         format!(
                                             "value not JSON ({e}): {}",
                                             Value::Str(text).describe()
                                         )
                                     })?;
-                                    fields.insert("value".into(), Value::from_json(json));
+                                    fields.insert("value".into(), value);
                                 }
                                 out.push(Value::Map(fields));
                             }
@@ -281,7 +282,8 @@ impl Compiler {
             StepKind::Reduce(_)
             | StepKind::ReduceByWindow(_)
             | StepKind::CountByWindow(_)
-            | StepKind::Repartition(_) => Stream::Records(s),
+            | StepKind::Repartition(_)
+            | StepKind::Top(_) => Stream::Records(s),
             StepKind::ReduceByKey(_)
             | StepKind::ReduceByKeyAndWindow(_)
             | StepKind::UpdateStateByKey(_)
@@ -424,7 +426,8 @@ impl Compiler {
             | StepKind::ReduceByWindow(_)
             | StepKind::CountByWindow(_)
             | StepKind::Join(..)
-            | StepKind::Repartition(_) => Stream::Keyed(s),
+            | StepKind::Repartition(_)
+            | StepKind::Top(_) => Stream::Keyed(s),
             StepKind::ParseJson(_)
             | StepKind::FlatMap(_)
             | StepKind::KeyBy(_)
