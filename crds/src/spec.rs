@@ -392,7 +392,7 @@ pub struct PipelineStep {
     /// before costly steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repartition: Option<Empty>,
-    /// Keep the `n` records (or pairs) of each batch with the largest `by`, largest first;
+    /// Keep the `keep` records (or pairs) of each batch with the largest `by`, largest first;
     /// after a `window` step (or a windowed count), of each window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top: Option<TopStep>,
@@ -402,9 +402,10 @@ pub struct PipelineStep {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TopStep {
-    /// How many to keep: 1 to 10000.
+    /// How many to keep: 1 to 10000. (Not `n`: YAML 1.1, which kubectl and Helm read, takes
+    /// `n` for false.)
     #[schemars(range(min = 1, max = 10000))]
-    pub n: u32,
+    pub keep: u32,
     /// A CEL expression over `record` (or `key` and `value`) whose largest results win. Of
     /// records with equal results, the larger record (then key) wins, so every run keeps the
     /// same ones. A record it fails on is refused (`spec.onRecordError`).

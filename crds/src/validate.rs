@@ -13,7 +13,7 @@ use crate::kinds::{SinkKind, SourceKind, StepKind};
 use crate::s3::{endpoint_problem, parse_s3_uri, s3_uri_problem};
 use crate::spec::*;
 
-/// The most records a `top` step keeps (its `n`).
+/// The most records a `top` step keeps (its `keep`).
 pub const MAX_TOP: u32 = 10_000;
 
 /// One thing wrong with a manifest.
@@ -561,9 +561,9 @@ impl Validator {
                 }
             }
             if let Some(t) = &step.top {
-                if !(1..=MAX_TOP).contains(&t.n) {
+                if !(1..=MAX_TOP).contains(&t.keep) {
                     self.add(
-                        format!("{path}.top.n"),
+                        format!("{path}.top.keep"),
                         format!(
                             "must be 1 to {MAX_TOP}: the records kept are gathered in one partition"
                         ),

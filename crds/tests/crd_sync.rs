@@ -73,3 +73,41 @@ fn kubectl_explain_describes_the_resource_and_hpa_can_target_it() {
         ".status.selector"
     );
 }
+
+/// kubectl and Helm read YAML 1.1, where a bare `y`, `n`, `yes`, `no`, `on` or `off` is a bool:
+/// a field so named turns into `false` on its way to the API server (a `top.n` did, and Helm
+/// refused the CRD). No field of the schema may have such a name.
+#[test]
+fn no_field_is_named_like_a_yaml_1_1_bool() {
+    use kube::CustomResourceExt;
+    const BOOLS: [&str; 22] = [
+        "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "true", "True", "TRUE", "false",
+        "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF",
+    ];
+    fn walk(schema: &serde_json::Value, path: &str, bad: &mut Vec<String>) {
+        match schema {
+            serde_json::Value::Object(fields) => {
+                if let Some(serde_json::Value::Object(props)) = fields.get("properties") {
+                    for (name, sub) in props {
+                        if BOOLS.contains(&name.as_str()) {
+                            bad.push(format!("{path}.{name}"));
+                        }
+                        walk(sub, &format!("{path}.{name}"), bad);
+                    }
+                }
+                for (key, sub) in fields {
+                    if key != "properties" {
+                        walk(sub, path, bad);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, path, bad)),
+            _ => {}
+        }
+    }
+    let crd =
+        serde_json::to_value(sluice_crds::resource::StreamingJobResource::crd()).expect("json");
+    let mut bad = Vec::new();
+    walk(&crd["spec"]["versions"], "", &mut bad);
+    assert!(bad.is_empty(), "fields named like YAML 1.1 bools: {bad:?}");
+}

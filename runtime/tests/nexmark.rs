@@ -218,10 +218,17 @@ fn q7_keeps_the_highest_bid_of_each_tumbling_window() {
         .chunks(10)
         .filter(|w| w.len() == 10)
         .map(|window| {
-            // The highest price; of tied bids, the largest record (its fields in name order).
+            // The highest price; of tied bids, the largest bid (its fields in name order).
             let key = |e: &&Json| {
                 let n = |f: &str| e[f].as_u64().expect(f);
-                (n("price"), n("auction"), n("bidder"), n("dateTime"))
+                let channel = e["channel"].as_str().expect("channel").to_string();
+                (
+                    n("price"),
+                    n("auction"),
+                    n("bidder"),
+                    channel,
+                    n("dateTime"),
+                )
             };
             let best = window
                 .iter()

@@ -1,4 +1,4 @@
-//! `top`: the `n` records (or pairs) of a batch, or of a window, with the largest `by`.
+//! `top`: the `keep` records (or pairs) of a batch, or of a window, with the largest `by`.
 //!
 //! Each partition keeps its own `n` largest, the partitions' lists meet in one partition and
 //! are cut to `n` again: a batch moves at most `n` records per partition, whatever its size.
@@ -18,7 +18,7 @@ use crate::manifest::value::Value;
 type Ranked<T> = Vec<(Value, T)>;
 
 impl Compiler {
-    /// `top`: the `n` records (pairs) with the largest `by`, largest first.
+    /// `top`: the `keep` records (pairs) with the largest `by`, largest first.
     pub(super) fn top(&mut self, stream: Stream, t: &TopStep, path: &str) -> Stream {
         let op = format!("{path}.top");
         let by = match Expr::compile(&t.by) {
@@ -28,7 +28,7 @@ impl Compiler {
                 return stream;
             }
         };
-        let n = t.n.clamp(1, sluice_crds::MAX_TOP) as usize;
+        let n = t.keep.clamp(1, sluice_crds::MAX_TOP) as usize;
         match stream {
             Stream::Records(s) => Stream::Records(top_of(&s, op, n, move |root, r: &Value| {
                 by.eval_record(root, r)
