@@ -854,11 +854,14 @@ impl Checkpointer {
         // Segments all of whose batches are below the floor: those followed by one starting
         // at or below it. The floor is recorded first: what is left of a segment below it no
         // longer counts.
-        if !self.segments("offsets")?.is_empty() || !self.segments("commits")?.is_empty() {
+        let logs = [
+            ("offsets", self.segments("offsets")?),
+            ("commits", self.segments("commits")?),
+        ];
+        if logs.iter().any(|(_, segments)| !segments.is_empty()) {
             self.put_json(LOG_FLOOR_KEY, &serde_json::json!({ "batch": floor }))?;
         }
-        for dir in ["offsets", "commits"] {
-            let segments = self.segments(dir)?;
+        for (dir, segments) in logs {
             let old: Vec<String> = segments
                 .windows(2)
                 .filter(|pair| pair[1].0 <= floor)
