@@ -12,7 +12,7 @@ use crate::coordinator::rate::Backpressure;
 use sluice_crds::OnRecordError;
 
 use crate::error::{Error, Result};
-use crate::exec::{BatchContext, Executor, Shared, Task};
+use crate::exec::{BatchContext, Executor, Outputs, Shared, Task};
 use crate::metrics::{BatchFlow, RuntimeMetrics};
 use crate::plan::JobGraph;
 use crate::source::ErasedSource;
@@ -325,6 +325,7 @@ impl Job {
                 .map(|(name, (_, bytes))| (name, bytes))
                 .collect();
             reports.push(self.execute(batch, &ranges, &logged, false)?);
+            self.outputs().sync()?;
             self.next_unpaced += 1;
         }
         Ok(reports)
@@ -692,6 +693,11 @@ impl Job {
         for s in self.sources.iter_mut().filter(|s| s.rate_limited()) {
             s.limit_rate(rate.map(|r| r / bounded as f64));
         }
+    }
+
+    /// The outputs, to sync before batches are marked complete.
+    pub(crate) fn outputs(&self) -> Outputs {
+        Outputs::new(&self.executor.outputs)
     }
 
     pub(crate) fn on_commit(&mut self, batch: &BatchInfo) {

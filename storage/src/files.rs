@@ -10,6 +10,15 @@ use crate::error::{Result, StoreError};
 /// Writes `bytes` to `path` through a temporary file in `dir`, fsynced and renamed, then fsyncs
 /// the directory so the rename itself survives a crash.
 pub fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_file(dir, path, bytes)?;
+    sync_directory(dir)
+}
+
+/// Writes `bytes` to `path` through a temporary file in `dir`, fsynced and renamed: a reader,
+/// or a machine that crashes, sees the whole file or what was there before, never part of it.
+/// The rename is durable only once `dir` is synced ([`sync_directory`]); a caller that syncs
+/// it later, once for many files, saves a journal commit per file.
+pub fn replace_file(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
     fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let tmp = dir.join(temporary_name(name, std::process::id()));
@@ -20,7 +29,11 @@ pub fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
             let _ = fs::remove_file(&tmp);
             StoreError::io("write", &tmp, e)
         })?;
-    fs::rename(&tmp, path).map_err(|e| StoreError::io("rename into place", path, e))?;
+    fs::rename(&tmp, path).map_err(|e| StoreError::io("rename into place", path, e))
+}
+
+/// Makes the renames and new names in `dir` durable.
+pub fn sync_directory(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io("sync directory", dir, e))
@@ -44,9 +57,7 @@ pub fn write_new(dir: &Path, path: &Path, bytes: &[u8]) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
         Err(e) => return Err(StoreError::io("link into place", path, e)),
     }
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io("sync directory", dir, e))?;
+    sync_directory(dir)?;
     Ok(true)
 }
 

@@ -383,7 +383,7 @@ pub fn run<R: Runner>(
     };
     let epoch = ckpt.claim_epoch()?;
     let ckpt = Arc::new(ckpt);
-    let writer = CheckpointWriter::start(ckpt.clone(), epoch)
+    let writer = CheckpointWriter::start(ckpt.clone(), epoch, job.outputs())
         .map_err(|e| Fault::Fatal(format!("cannot start the checkpoint writer thread: {e}")))?;
     tracing::info!(epoch, checkpoint = %ckpt.describe(), "claimed the checkpoint: batches are planned and committed under this epoch");
     let not_replayable = job.non_replayable_sources();

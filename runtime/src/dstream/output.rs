@@ -31,6 +31,10 @@ impl<T: Data> Task for OutputTask<T> {
         cx.count_output(self.output, records as u64);
         Ok(())
     }
+
+    fn sync(&self) -> Result<()> {
+        self.sink.sync()
+    }
 }
 
 struct FnSink<F>(F);

@@ -1,10 +1,20 @@
 //! One file per batch in a directory, replaced atomically so a re-run batch overwrites its own
 //! output instead of duplicating it.
+//!
+//! A file's bytes are fsynced before it is renamed into place, so no reader and no crash ever
+//! sees part of one. In local mode the directory's sync, which makes the rename itself durable,
+//! waits for the checkpoint writer ([`Sink::sync`]): it runs before the batch is marked
+//! complete, off the batch path, and once for all the batches written meanwhile. Until then a
+//! crash of the machine (not of the process) may forget the rename; the batch is not marked
+//! complete, so it runs again and writes the same file.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use sluice_storage::files::{remove_stale_temporaries, write_atomically};
+use sluice_storage::files::{
+    remove_stale_temporaries, replace_file, sync_directory, write_atomically,
+};
 
 use super::{LineFormat, Sink};
 use crate::error::Result;
@@ -18,6 +28,8 @@ pub struct FilesSink<T> {
     format: LineFormat<T>,
     /// Set once the temporary files of dead writers have been swept from `dir`.
     swept: OnceLock<()>,
+    /// A whole batch's file was renamed into `dir` since the directory was last synced.
+    unsynced: AtomicBool,
 }
 
 impl<T> FilesSink<T> {
@@ -28,6 +40,7 @@ impl<T> FilesSink<T> {
             prefix: prefix.to_string(),
             format,
             swept: OnceLock::new(),
+            unsynced: AtomicBool::new(false),
         }
     }
 
@@ -49,6 +62,16 @@ impl<T> FilesSink<T> {
         });
     }
 
+    /// The records as lines.
+    fn text(&self, records: &[T]) -> String {
+        let mut text = String::with_capacity(records.len() * 16);
+        for r in records {
+            (self.format)(r, &mut text);
+            text.push('\n');
+        }
+        text
+    }
+
     /// The file a batch goes to.
     pub fn path_for(&self, batch: &BatchInfo) -> PathBuf {
         self.dir
@@ -63,11 +86,7 @@ impl<T: Send + Sync + 'static> Sink<T> for FilesSink<T> {
 
     fn write(&self, batch: &BatchInfo, records: Vec<T>) -> Result<()> {
         self.sweep_once();
-        let mut text = String::with_capacity(records.len() * 16);
-        for r in &records {
-            (self.format)(r, &mut text);
-            text.push('\n');
-        }
+        let text = self.text(&records);
         Ok(write_atomically(
             &self.dir,
             &self.path_for(batch),
@@ -83,16 +102,21 @@ impl<T: Send + Sync + 'static> Sink<T> for FilesSink<T> {
         parts: Vec<(usize, Vec<T>)>,
         whole: bool,
     ) -> Result<()> {
-        if whole {
-            return self.write(batch, parts.into_iter().flat_map(|(_, r)| r).collect());
-        }
         self.sweep_once();
+        if whole {
+            // The file is whole and in place now; the rename is made durable by `sync`, before
+            // the batch is marked complete, once for every batch written meanwhile.
+            let records: Vec<T> = parts.into_iter().flat_map(|(_, r)| r).collect();
+            replace_file(
+                &self.dir,
+                &self.path_for(batch),
+                self.text(&records).as_bytes(),
+            )?;
+            self.unsynced.store(true, Ordering::Release);
+            return Ok(());
+        }
         for (part, records) in parts {
-            let mut text = String::new();
-            for r in &records {
-                (self.format)(r, &mut text);
-                text.push('\n');
-            }
+            let text = self.text(&records);
             let path = self.dir.join(format!(
                 "{}-{}.part-{part:04}.txt",
                 self.prefix, batch.time_ms
@@ -100,5 +124,65 @@ impl<T: Send + Sync + 'static> Sink<T> for FilesSink<T> {
             write_atomically(&self.dir, &path, text.as_bytes())?;
         }
         Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        // Cleared before the sync: a rename after it sets the flag again for the next one.
+        if self.unsynced.swap(false, Ordering::AcqRel)
+            && let Err(e) = sync_directory(&self.dir)
+        {
+            self.unsynced.store(true, Ordering::Release);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(dir: &std::path::Path) -> FilesSink<String> {
+        FilesSink::new(
+            dir,
+            "out",
+            std::sync::Arc::new(|r: &String, out: &mut String| out.push_str(r)),
+        )
+    }
+
+    #[test]
+    fn a_whole_batch_is_in_place_at_once_and_its_directory_synced_later() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("out");
+        let sink = sink(&dir);
+        let batch = BatchInfo::new(0, 100, 1);
+        let parts = vec![(0, vec!["a".to_string()]), (1, vec!["b".to_string()])];
+        sink.write_partitions(&batch, parts, true).expect("write");
+        assert_eq!(
+            std::fs::read_to_string(sink.path_for(&batch)).expect("read"),
+            "a\nb\n"
+        );
+        assert!(sink.unsynced.load(Ordering::Acquire));
+        sink.sync().expect("sync");
+        assert!(!sink.unsynced.load(Ordering::Acquire));
+
+        // A sync that fails is owed still.
+        sink.write_partitions(&batch, vec![(0, vec!["c".to_string()])], true)
+            .expect("write again");
+        std::fs::remove_dir_all(&dir).expect("remove");
+        assert!(sink.sync().is_err());
+        assert!(sink.unsynced.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn a_workers_partitions_are_durable_when_written() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let sink = sink(root.path());
+        let batch = BatchInfo::new(0, 100, 2);
+        sink.write_partitions(&batch, vec![(3, vec!["x".to_string()])], false)
+            .expect("write");
+        let path = root.path().join("out-200.part-0003.txt");
+        assert_eq!(std::fs::read_to_string(path).expect("read"), "x\n");
+        assert!(!sink.unsynced.load(Ordering::Acquire), "nothing owed");
     }
 }

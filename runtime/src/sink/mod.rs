@@ -40,6 +40,15 @@ pub trait Sink<T>: Send + Sync + 'static {
             parts.into_iter().flat_map(|(_, records)| records).collect(),
         )
     }
+
+    /// Makes durable what the writes of whole batches (`whole` above) left to be made durable
+    /// later; called before those batches are marked complete, off the batch path, so that a
+    /// sink can sync once for many batches. A partial write (a worker's) must be durable when
+    /// it returns: the master marks the batch complete on the workers' word. By default,
+    /// nothing is left.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Formats a record as one line of text.
