@@ -33,6 +33,27 @@ pub fn partition_of<K: Hash + ?Sized>(key: &K, partitions: usize) -> usize {
     (mixed % partitions as u64) as usize
 }
 
+/// Serializes the items of `items` as postcard encodes a `Vec` of them, without collecting
+/// them first: a snapshot of ten million keys no longer builds a list of ten million
+/// references before encoding it.
+pub(crate) fn encode_seq<I>(items: I) -> Result<Vec<u8>, postcard::Error>
+where
+    I: ExactSizeIterator + Clone,
+    I::Item: Serialize,
+{
+    struct Seq<I>(I);
+    impl<I> Serialize for Seq<I>
+    where
+        I: ExactSizeIterator + Clone,
+        I::Item: Serialize,
+    {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_seq(self.0.clone())
+        }
+    }
+    postcard::to_stdvec(&Seq(items))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +69,22 @@ mod tests {
         for c in counts {
             assert!((700..1300).contains(&c), "skewed partitions: {counts:?}");
         }
+    }
+
+    #[test]
+    fn a_sequence_encodes_as_the_list_of_its_items() {
+        let state: KeyMap<String, (u64, u64)> = (0..1000u64)
+            .map(|i| (format!("k{i}"), (i * 7, i % 13)))
+            .collect();
+        let listed: Vec<(&String, &(u64, u64))> = state.iter().collect();
+        let bytes = encode_seq(state.iter()).expect("encode");
+        assert_eq!(bytes, postcard::to_stdvec(&listed).expect("encode a list"));
+        let read: Vec<(String, (u64, u64))> = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(read.len(), 1000);
+        assert_eq!(read[999], ("k999".to_string(), (6993, 11)));
+        assert_eq!(
+            encode_seq(KeyMap::<String, u64>::default().iter()).expect("empty"),
+            vec![0]
+        );
     }
 }

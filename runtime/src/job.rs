@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
 use serde_json::Value as Json;
 
 use crate::checkpoint::{Snapshot, StateLayout};
@@ -557,14 +558,27 @@ impl Job {
             parts: BTreeMap::new(),
             layout: Some(self.state_layout()),
         };
-        for (name, state) in &self.stateful {
-            let mut bytes = 0;
-            for &part in parts {
-                let state = state.snapshot(part)?;
-                bytes += state.len() as u64;
-                snapshot.parts.insert((name.clone(), part), state);
-            }
-            if let Some(m) = &self.metrics {
+        // Every partition of every operation at once, on the task threads: the loop waits
+        // for the encoding, so it takes all the cores the batches take.
+        let stateful = &self.stateful;
+        let encoded: Vec<((usize, usize), Vec<u8>)> = self.executor.install(|| {
+            let pairs: Vec<(usize, usize)> = (0..stateful.len())
+                .flat_map(|op| parts.iter().map(move |&part| (op, part)))
+                .collect();
+            pairs
+                .into_par_iter()
+                .map(|(op, part)| Ok(((op, part), stateful[op].1.snapshot(part)?)))
+                .collect::<Result<_>>()
+        })?;
+        let mut bytes = vec![0u64; self.stateful.len()];
+        for ((op, part), state) in encoded {
+            bytes[op] += state.len() as u64;
+            snapshot
+                .parts
+                .insert((self.stateful[op].0.clone(), part), state);
+        }
+        if let Some(m) = &self.metrics {
+            for ((name, _), bytes) in self.stateful.iter().zip(bytes) {
                 m.state_bytes(name, bytes);
             }
         }

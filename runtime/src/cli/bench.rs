@@ -20,7 +20,7 @@ use crate::metrics::{Role, RuntimeMetrics};
 use crate::source::{GeneratorConfig, TextGenerator};
 use sluice_crds::StreamingJob;
 
-#[derive(Args, Debug)]
+#[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
     /// Which job to measure.
     #[arg(long, value_enum, default_value = "all")]
@@ -70,6 +70,26 @@ pub struct BenchArgs {
     /// hash-counting the same lines.
     #[arg(long, value_enum, default_value = "generator")]
     pub input: Input,
+    /// A running count over --keys distinct keys (mapWithState): resident memory per key, the
+    /// snapshot's size and time, what a snapshot adds to the batches it overlaps (each
+    /// touching --touched keys, back to back), and the recovery of a new job from it.
+    #[arg(long)]
+    pub state: bool,
+    /// With --state: distinct keys.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub keys: u64,
+    /// With --state: keys each batch after the load touches.
+    #[arg(long, default_value_t = 100_000)]
+    pub touched: u64,
+    /// With --state: the checkpoint (`file:///dir` or `s3://bucket/prefix`, S3 settings from
+    /// the AWS environment: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...). Default: a temporary
+    /// directory.
+    #[arg(long)]
+    pub checkpoint: Option<String>,
+    /// With --state and an s3:// --checkpoint: the endpoint of an S3-compatible store
+    /// (MinIO, s3s-fs), addressed path-style.
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
     /// With --input files: the highest rate the search tries (lines/s); the disk must hold
     /// 10 s of input at it (100 MB per M lines/s a second).
     #[arg(long)]
@@ -226,6 +246,17 @@ pub(super) fn compile_manifest(
 
 /// A bench run's options: no checkpoint (callers that measure one set a store), stopping
 /// after `stop_after` batches, every batch handed to `on_batch`.
+/// How a benchmark mode ended, as the process's exit code.
+fn exit_code(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice bench: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
 pub(super) fn run_options(
     spec: &StreamingJob,
     stop_after: u64,
@@ -318,31 +349,16 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
             .into_iter()
             .filter(|s| *s != Scenario::Joined)
             .collect();
-        return match super::bench_files::bench_files(&args, &scenarios, threads) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sluice bench: {e}");
-                ExitCode::from(EXIT_FAILED)
-            }
-        };
+        return exit_code(super::bench_files::bench_files(&args, &scenarios, threads));
     }
     if args.nexmark {
-        return match super::bench_nexmark::bench_nexmark(&args, threads) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sluice bench: {e}");
-                ExitCode::from(EXIT_FAILED)
-            }
-        };
+        return exit_code(super::bench_nexmark::bench_nexmark(&args, threads));
+    }
+    if args.state {
+        return exit_code(super::bench_state::bench_state(&args, threads));
     }
     if args.latency {
-        return match super::bench_latency::bench_latency(&args, threads) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("sluice bench: {e}");
-                ExitCode::from(EXIT_FAILED)
-            }
-        };
+        return exit_code(super::bench_latency::bench_latency(&args, threads));
     }
     let generator = TextGenerator::new(GeneratorConfig {
         name: "g".into(),

@@ -191,14 +191,16 @@ fn reset_peak_rss() {
 }
 
 fn peak_rss_mb() -> f64 {
+    process_status_kb("VmHWM").map_or(0.0, |kb| kb as f64 / 1024.0)
+}
+
+/// A figure of `/proc/self/status` in kB (`VmRSS`, `VmHWM`), where there is one.
+pub(super) fn process_status_kb(field: &str) -> Option<u64> {
     std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn manifest(scenario: Scenario, dir: &Path, parallelism: u32, backpressure: bool) -> String {

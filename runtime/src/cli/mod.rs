@@ -4,6 +4,7 @@ mod bench;
 mod bench_files;
 mod bench_latency;
 mod bench_nexmark;
+mod bench_state;
 mod cluster;
 mod plan;
 mod run;

@@ -141,8 +141,7 @@ impl<K: Key, V: Data, S: Data, U: Data> Stateful for MapState<K, V, S, U> {
 
     fn snapshot(&self, part: usize) -> Result<Vec<u8>> {
         let state = lock_unpoisoned(&self.parts[part]);
-        let entries: Vec<(&K, &(S, u64))> = state.iter().collect();
-        postcard::to_stdvec(&entries)
+        crate::data::encode_seq(state.iter())
             .map_err(|e| Error::Internal(format!("cannot serialize state: {e}")))
     }
 

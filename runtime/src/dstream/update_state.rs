@@ -66,8 +66,7 @@ impl<K: Key, C: Send + 'static, S: Data> Stateful for StateStore<K, C, S> {
 
     fn snapshot(&self, part: usize) -> Result<Vec<u8>> {
         let state = lock_unpoisoned(&self.parts[part]);
-        let pairs: Vec<(&K, &S)> = state.iter().collect();
-        postcard::to_stdvec(&pairs)
+        crate::data::encode_seq(state.iter())
             .map_err(|e| Error::Internal(format!("cannot serialize state: {e}")))
     }
 

@@ -97,8 +97,7 @@ impl<K: Key, V: Data> Stateful for IncrementalWindow<K, V> {
 
     fn snapshot(&self, part: usize) -> Result<Vec<u8>> {
         let window = lock_unpoisoned(&self.windows[part]);
-        let pairs: Vec<(&K, &V)> = window.iter().collect();
-        postcard::to_stdvec(&pairs)
+        crate::data::encode_seq(window.iter())
             .map_err(|e| Error::Internal(format!("cannot serialize a window: {e}")))
     }
 

@@ -29,7 +29,7 @@ const CONSONANTS: &[u8] = b"bcdfghjklmnprstvwxz";
 const VOWELS: &[u8] = b"aeiou";
 const ACTIONS: [&str; 4] = ["view", "click", "share", "buy"];
 
-pub(super) fn splitmix(state: &mut u64) -> u64 {
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

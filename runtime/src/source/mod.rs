@@ -23,6 +23,7 @@ mod socket;
 use serde_json::Value as Json;
 
 pub use files::FilesSource;
+pub(crate) use generator::splitmix;
 pub use generator::{GeneratorConfig, GeneratorSource, TextGenerator};
 pub use lines::{Line, LineSplitter, MAX_LINE_BYTES};
 pub use queue::QueueSource;
