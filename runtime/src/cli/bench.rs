@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// touching --touched keys, back to back), and the recovery of a new job from it.
     #[arg(long)]
     pub state: bool,
+    /// One distributed job with each of these numbers of workers (e.g. 1,2,4,8,16,32), as
+    /// processes of this binary on this machine at a low rate: the master's batch time, its
+    /// CPU and the time to the first batch against the number of workers.
+    #[arg(long, value_delimiter = ',')]
+    pub workers: Vec<usize>,
     /// With --state: distinct keys.
     #[arg(long, default_value_t = 10_000_000)]
     pub keys: u64,
@@ -353,6 +358,9 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
     }
     if args.nexmark {
         return exit_code(super::bench_nexmark::bench_nexmark(&args, threads));
+    }
+    if !args.workers.is_empty() {
+        return exit_code(super::bench_workers::bench_workers(&args));
     }
     if args.state {
         return exit_code(super::bench_state::bench_state(&args, threads));

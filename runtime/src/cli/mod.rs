@@ -5,6 +5,7 @@ mod bench_files;
 mod bench_latency;
 mod bench_nexmark;
 mod bench_state;
+mod bench_workers;
 mod cluster;
 mod plan;
 mod run;
