@@ -95,14 +95,8 @@ impl Source for Keys {
             source_name: "keys".into(),
             message: format!("unreadable range {range}"),
         })?;
-        let keys = self.batch(index);
-        let per = keys.len().div_ceil(partitions.max(1)).max(1);
-        Ok(keys
-            .chunks(per)
-            .map(|c| c.iter().map(|k| key_text(*k)).collect())
-            .chain(std::iter::repeat_with(Vec::new))
-            .take(partitions)
-            .collect())
+        let keys = self.batch(index).into_iter().map(key_text).collect();
+        Ok(crate::source::split_even(keys, partitions))
     }
 
     fn position(&self) -> Json {

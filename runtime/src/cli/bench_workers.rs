@@ -70,7 +70,7 @@ fn millis(line: &str, name: &str) -> Option<Duration> {
     digits.parse().ok().map(Duration::from_millis)
 }
 
-/// Each batch's log line of the master, with the time the log says it was written.
+/// The master's log lines of its batches.
 fn batch_lines(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|l| l.contains(" batch ") && l.contains("processing"))

@@ -63,8 +63,11 @@ impl<T> FilesSink<T> {
     }
 
     /// The records as lines.
-    fn text(&self, records: &[T]) -> String {
-        let mut text = String::with_capacity(records.len() * 16);
+    fn text<'a>(&self, records: impl Iterator<Item = &'a T>, len: usize) -> String
+    where
+        T: 'a,
+    {
+        let mut text = String::with_capacity(len * 16);
         for r in records {
             (self.format)(r, &mut text);
             text.push('\n');
@@ -86,7 +89,7 @@ impl<T: Send + Sync + 'static> Sink<T> for FilesSink<T> {
 
     fn write(&self, batch: &BatchInfo, records: Vec<T>) -> Result<()> {
         self.sweep_once();
-        let text = self.text(&records);
+        let text = self.text(records.iter(), records.len());
         Ok(write_atomically(
             &self.dir,
             &self.path_for(batch),
@@ -106,17 +109,14 @@ impl<T: Send + Sync + 'static> Sink<T> for FilesSink<T> {
         if whole {
             // The file is whole and in place now; the rename is made durable by `sync`, before
             // the batch is marked complete, once for every batch written meanwhile.
-            let records: Vec<T> = parts.into_iter().flat_map(|(_, r)| r).collect();
-            replace_file(
-                &self.dir,
-                &self.path_for(batch),
-                self.text(&records).as_bytes(),
-            )?;
+            let len = parts.iter().map(|(_, r)| r.len()).sum();
+            let text = self.text(parts.iter().flat_map(|(_, r)| r), len);
+            replace_file(&self.dir, &self.path_for(batch), text.as_bytes())?;
             self.unsynced.store(true, Ordering::Release);
             return Ok(());
         }
         for (part, records) in parts {
-            let text = self.text(&records);
+            let text = self.text(records.iter(), records.len());
             let path = self.dir.join(format!(
                 "{}-{}.part-{part:04}.txt",
                 self.prefix, batch.time_ms
