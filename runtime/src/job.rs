@@ -2,18 +2,18 @@
 //! The [`coordinator`](crate::coordinator) decides which batches run when, and checkpoints them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use serde_json::Value as Json;
 
-use crate::checkpoint::{Snapshot, StateLayout};
+use crate::checkpoint::{SavedState, Snapshot, StateLayout};
 use crate::coordinator::rate::Backpressure;
 use sluice_crds::OnRecordError;
 
 use crate::error::{Error, Result};
-use crate::exec::{BatchContext, Executor, Outputs, Shared, Task};
+use crate::exec::{BatchContext, Executor, Outputs, Shared, Task, lock_unpoisoned};
 use crate::metrics::{BatchFlow, RuntimeMetrics};
 use crate::plan::JobGraph;
 use crate::source::ErasedSource;
@@ -23,35 +23,65 @@ use crate::time::BatchInfo;
 pub(crate) trait Stateful: Send + Sync {
     /// Keys (or buffered records, for a window) the partition holds, for the metrics.
     fn entries(&self, part: usize) -> usize;
-    /// The partition's state, serialized.
+    /// The partition's whole state, serialized. A state that records its changes counts them
+    /// from here.
     fn snapshot(&self, part: usize) -> Result<Vec<u8>>;
-    /// Replaces the partition's state; `None` empties it.
-    fn restore(&self, part: usize, bytes: Option<&[u8]>) -> Result<()>;
+    /// How many entries the partition's delta would hold now; `None` for a state that records
+    /// no changes, whose snapshots are always whole.
+    fn changes(&self, part: usize) -> Option<usize> {
+        let _ = part;
+        None
+    }
+    /// The partition's changes since its last snapshot, serialized (see
+    /// [`crate::dstream::tracked`]); they count from here afterwards.
+    fn delta(&self, part: usize) -> Result<Vec<u8>> {
+        Err(Error::Internal(format!(
+            "a delta of partition {part} of a state that records no changes"
+        )))
+    }
+    /// Replaces the partition's state with a snapshot's: its chain, the whole state of a
+    /// snapshot and then the delta of each one after it, oldest first. Empty: no state.
+    fn restore(&self, part: usize, chain: &[Vec<u8>]) -> Result<()>;
     /// Replaces the partition's state with its share of a snapshot taken with another number
-    /// of partitions (`olds`, one per old partition): the keys that now hash to `part` of
-    /// `partitions`.
-    fn reshard(&self, part: usize, olds: &[&[u8]], partitions: usize) -> Result<()>;
+    /// of partitions (`olds`, the chain of each old partition): the keys that now hash to
+    /// `part` of `partitions`.
+    fn reshard(&self, part: usize, olds: &[&[Vec<u8>]], partitions: usize) -> Result<()>;
 }
 
-/// The entries of serialized keyed-state partitions (`olds`) whose keys hash to `part` of
-/// `partitions`, in old partition order and then in each one's order.
-pub(crate) fn keyed_share<K: crate::data::Key, S: crate::data::Data>(
-    olds: &[&[u8]],
-    part: usize,
-    partitions: usize,
-    what: &str,
-) -> Result<Vec<(K, S)>> {
-    let mut share = Vec::new();
-    for bytes in olds {
-        let entries: Vec<(K, S)> = postcard::from_bytes(bytes)
-            .map_err(|e| Error::Checkpoint(format!("{what} is unreadable: {e}")))?;
-        share.extend(
-            entries
-                .into_iter()
-                .filter(|(k, _)| crate::data::partition_of(k, partitions) == part),
-        );
+/// The whole state in a chain that a state recording no changes reads: it never wrote a delta.
+pub(crate) fn whole_only<'a>(chain: &'a [Vec<u8>], what: &str) -> Result<Option<&'a [u8]>> {
+    match chain {
+        [] => Ok(None),
+        [whole] => Ok(Some(whole)),
+        _ => Err(Error::Checkpoint(format!(
+            "{what} has deltas in its snapshot, and this state writes whole snapshots only"
+        ))),
     }
-    Ok(share)
+}
+
+/// Deltas since the last whole snapshot at most: recovery reads each one's files.
+const MAX_DELTAS: usize = 8;
+
+/// Where the changes the states record count from, for the next snapshot to be a delta on.
+#[derive(Clone, Copy, Debug, Default)]
+struct DeltaBase {
+    /// The snapshot they count from (the last one taken, or the one restored); `None`: the
+    /// next snapshot is whole.
+    batch: Option<u64>,
+    /// Deltas since the last whole snapshot.
+    deltas: usize,
+    /// Entries those deltas hold.
+    entries: u64,
+}
+
+impl DeltaBase {
+    /// Counting from the whole snapshot of `batch`.
+    fn at(batch: u64) -> Self {
+        Self {
+            batch: Some(batch),
+            ..Self::default()
+        }
+    }
 }
 
 /// Where a stateful operation's state is found in a snapshot.
@@ -114,6 +144,8 @@ pub struct Job {
     /// The manifest step each stateful operation belongs to (by `stateful`'s order): a job
     /// with another spec finds its state by it.
     state_steps: Vec<Option<String>>,
+    /// Where the next snapshot's deltas would count from.
+    delta_base: Mutex<DeltaBase>,
 }
 
 impl Job {
@@ -155,6 +187,7 @@ impl Job {
             metrics: None,
             spec: None,
             state_steps: Vec::new(),
+            delta_base: Mutex::new(DeltaBase::default()),
         })
     }
 
@@ -189,7 +222,7 @@ impl Job {
 
     /// Where each stateful operation's state is in `snapshot`: under the same name, or the
     /// name its step's state had when the snapshot was taken by another spec.
-    fn state_sources(&self, snapshot: &Snapshot) -> Result<Vec<StateSource>> {
+    fn state_sources(&self, snapshot: &SavedState) -> Result<Vec<StateSource>> {
         let Some(layout) = &snapshot.layout else {
             return Ok(self
                 .stateful
@@ -546,63 +579,147 @@ impl Job {
             .collect()
     }
 
-    /// The state of every stateful operation, for a checkpoint after `batch`.
+    /// The whole state of every stateful operation, for a checkpoint after `batch`.
+    #[cfg(test)]
     pub(crate) fn snapshot(&self, batch: u64) -> Result<Snapshot> {
         self.snapshot_of(batch, &(0..self.graph.partitions).collect::<Vec<_>>())
     }
 
-    /// The state of the given partitions, for a checkpoint after `batch`.
+    /// The whole state of the given partitions, for a checkpoint after `batch`.
     pub(crate) fn snapshot_of(&self, batch: u64, parts: &[usize]) -> Result<Snapshot> {
+        let snapshot = self.encode_snapshot(batch, parts, None)?;
+        *lock_unpoisoned(&self.delta_base) = if parts.len() == self.graph.partitions {
+            DeltaBase::at(batch)
+        } else {
+            DeltaBase::default()
+        };
+        Ok(snapshot)
+    }
+
+    /// The state of every stateful operation for a checkpoint after `batch`: as deltas on the
+    /// snapshot taken before (for the states that record their changes) while the deltas
+    /// since the last whole snapshot stay few and smaller than the state, else whole. The
+    /// caller writes it, and after a failed write restores from a written snapshot (which
+    /// sets where the next delta counts from) before it takes another.
+    pub(crate) fn next_snapshot(&self, batch: u64) -> Result<Snapshot> {
+        let parts: Vec<usize> = (0..self.graph.partitions).collect();
+        let mut base = lock_unpoisoned(&self.delta_base);
+        let on = base
+            .batch
+            .filter(|_| base.deltas < MAX_DELTAS)
+            .and_then(|on| {
+                let (mut changes, mut entries, mut tracked) = (0u64, 0u64, false);
+                for (_, state) in &self.stateful {
+                    for &part in &parts {
+                        if let Some(n) = state.changes(part) {
+                            tracked = true;
+                            changes += n as u64;
+                            entries += state.entries(part) as u64;
+                        }
+                    }
+                }
+                // Recovery reads the whole state and every delta after it: their entries stay
+                // below the state's own.
+                (tracked && base.entries + changes < entries).then_some((on, changes))
+            });
+        let snapshot = self.encode_snapshot(batch, &parts, on.map(|(on, _)| on))?;
+        *base = match on {
+            Some((_, changes)) => DeltaBase {
+                batch: Some(batch),
+                deltas: base.deltas + 1,
+                entries: base.entries + changes,
+            },
+            None => DeltaBase::at(batch),
+        };
+        Ok(snapshot)
+    }
+
+    /// Encodes the state of `parts`: whole, or with `delta_on`, as deltas on that snapshot
+    /// for the states that record their changes.
+    fn encode_snapshot(
+        &self,
+        batch: u64,
+        parts: &[usize],
+        delta_on: Option<u64>,
+    ) -> Result<Snapshot> {
         let mut snapshot = Snapshot {
             batch,
-            parts: BTreeMap::new(),
             layout: Some(self.state_layout()),
+            base: delta_on,
+            ..Snapshot::default()
         };
         // Every partition of every operation at once, on the task threads: the loop waits
         // for the encoding, so it takes all the cores the batches take.
         let stateful = &self.stateful;
-        let encoded: Vec<((usize, usize), Vec<u8>)> = self.executor.install(|| {
+        let encoded: Vec<((usize, usize), bool, Vec<u8>)> = self.executor.install(|| {
             let pairs: Vec<(usize, usize)> = (0..stateful.len())
                 .flat_map(|op| parts.iter().map(move |&part| (op, part)))
                 .collect();
             pairs
                 .into_par_iter()
-                .map(|(op, part)| Ok(((op, part), stateful[op].1.snapshot(part)?)))
+                .map(|(op, part)| {
+                    let state = &stateful[op].1;
+                    let delta = delta_on.is_some() && state.changes(part).is_some();
+                    let bytes = if delta {
+                        state.delta(part)?
+                    } else {
+                        state.snapshot(part)?
+                    };
+                    Ok(((op, part), delta, bytes))
+                })
                 .collect::<Result<_>>()
         })?;
         let mut bytes = vec![0u64; self.stateful.len()];
-        for ((op, part), state) in encoded {
+        for ((op, part), delta, state) in encoded {
             bytes[op] += state.len() as u64;
-            snapshot
-                .parts
-                .insert((self.stateful[op].0.clone(), part), state);
+            let key = (self.stateful[op].0.clone(), part);
+            if delta {
+                snapshot.deltas.insert(key.clone());
+            }
+            snapshot.parts.insert(key, state);
         }
         if let Some(m) = &self.metrics {
+            // The gauge shows the whole state's size: a delta's says how much changed.
             for ((name, _), bytes) in self.stateful.iter().zip(bytes) {
-                m.state_bytes(name, bytes);
+                if !snapshot.deltas.iter().any(|(op, _)| op == name) {
+                    m.state_bytes(name, bytes);
+                }
             }
         }
         Ok(snapshot)
     }
 
     /// Replaces all state with a snapshot's (or empties it).
-    pub(crate) fn restore(&self, snapshot: Option<&Snapshot>) -> Result<()> {
-        self.restore_owned(snapshot, &|_| true)
+    pub(crate) fn restore(&self, snapshot: Option<&SavedState>) -> Result<()> {
+        self.restore_owned(snapshot, &|_| true)?;
+        // The state is now the snapshot's exactly (same partitions and names, nothing
+        // re-sharded), so the next snapshot can be a delta on it.
+        let layout = self.state_layout();
+        *lock_unpoisoned(&self.delta_base) = match snapshot {
+            Some(saved) if saved.layout.as_ref().is_none_or(|l| *l == layout) => DeltaBase {
+                batch: Some(saved.batch),
+                deltas: saved.depth,
+                entries: 0,
+            },
+            _ => DeltaBase::default(),
+        };
+        Ok(())
     }
 
     /// Loads the owned partitions' state from a snapshot (or empties it) and empties the rest.
     pub(crate) fn restore_owned(
         &self,
-        snapshot: Option<&Snapshot>,
+        snapshot: Option<&SavedState>,
         owned: &dyn Fn(usize) -> bool,
     ) -> Result<()> {
+        *lock_unpoisoned(&self.delta_base) = DeltaBase::default();
         let sources = self.sources_in(snapshot)?;
         for part in 0..self.graph.partitions {
             if owned(part) {
                 self.restore_partition(snapshot, &sources, part)?;
             } else {
                 for (_, state) in &self.stateful {
-                    state.restore(part, None)?;
+                    state.restore(part, &[])?;
                 }
                 self.executor.set_applied(part, 0);
             }
@@ -614,9 +731,10 @@ impl Job {
     /// partition as it is: the partitions of a lost worker, on their new owners.
     pub(crate) fn restore_partitions(
         &self,
-        snapshot: Option<&Snapshot>,
+        snapshot: Option<&SavedState>,
         parts: &[usize],
     ) -> Result<()> {
+        *lock_unpoisoned(&self.delta_base) = DeltaBase::default();
         let sources = self.sources_in(snapshot)?;
         for &part in parts {
             if part >= self.graph.partitions {
@@ -632,19 +750,19 @@ impl Job {
 
     /// Where each stateful operation's state is in `snapshot` (nothing without one): worked
     /// out once per restore, not per partition.
-    fn sources_in(&self, snapshot: Option<&Snapshot>) -> Result<Vec<StateSource>> {
+    fn sources_in(&self, snapshot: Option<&SavedState>) -> Result<Vec<StateSource>> {
         snapshot.map_or(Ok(Vec::new()), |s| self.state_sources(s))
     }
 
     fn restore_partition(
         &self,
-        snapshot: Option<&Snapshot>,
+        snapshot: Option<&SavedState>,
         sources: &[StateSource],
         part: usize,
     ) -> Result<()> {
         let Some(snapshot) = snapshot else {
             for (_, state) in &self.stateful {
-                state.restore(part, None)?;
+                state.restore(part, &[])?;
             }
             self.executor.set_applied(part, 0);
             return Ok(());
@@ -657,13 +775,13 @@ impl Job {
         };
         for ((_, state), source) in self.stateful.iter().zip(sources) {
             match source {
-                StateSource::Empty => state.restore(part, None)?,
+                StateSource::Empty => state.restore(part, &[])?,
                 StateSource::Named(old, parts) if *parts == self.graph.partitions => {
-                    let bytes = snapshot
+                    let chain = snapshot
                         .parts
                         .get(&(old.clone(), part))
                         .ok_or_else(|| missing(old, part))?;
-                    state.restore(part, Some(bytes))?;
+                    state.restore(part, chain)?;
                 }
                 StateSource::Named(old, parts) => {
                     let olds = (0..*parts)
@@ -674,7 +792,7 @@ impl Job {
                                 .map(Vec::as_slice)
                                 .ok_or_else(|| missing(old, p))
                         })
-                        .collect::<Result<Vec<&[u8]>>>()?;
+                        .collect::<Result<Vec<&[Vec<u8>]>>>()?;
                     state.reshard(part, &olds, self.graph.partitions)?;
                 }
             }
@@ -755,6 +873,87 @@ mod tests {
             )
             .collect_batches();
         c.build()
+    }
+
+    /// A `map_with_state` job whose keys come and go: a key leaves when its total reaches a
+    /// multiple of 5, or after 20 batches without records.
+    fn churning_job(batches: &[Vec<(String, i64)>]) -> Result<Job> {
+        use crate::dstream::{State, StateSpec};
+        let c = StreamingContext::new(StreamingConfig::new(Duration::from_secs(1)).parallelism(2));
+        let q = QueueSource::new("q");
+        for b in batches {
+            q.push(b.clone());
+        }
+        let spec = StateSpec::function(
+            |_, _: &String, value: Option<i64>, total: &mut State<i64>| {
+                let n = total.get().copied().unwrap_or(0) + value.unwrap_or(0);
+                if n % 5 == 0 {
+                    total.remove();
+                } else {
+                    total.update(n);
+                }
+                None::<i64>
+            },
+        )
+        .timeout(Duration::from_secs(20));
+        c.source(q).map_with_state(spec).snapshots.collect_batches();
+        c.build()
+    }
+
+    /// Snapshots taken as deltas on the ones before read back, through their chain, as the
+    /// state each partition held, entries and order alike; and the deltas give way to a whole
+    /// snapshot before they outgrow the state.
+    #[test]
+    fn delta_snapshots_restore_the_state_in_its_order() -> Result<()> {
+        // 300 keys at first, then 15 records a batch: some keys leave (a multiple of 5),
+        // come back, and from batch 21 on the untouched ones time out.
+        let input: Vec<Vec<(String, i64)>> = (1..=24u64)
+            .map(|b| {
+                if b == 1 {
+                    return (0..300).map(|i| (format!("k{i}"), 1)).collect();
+                }
+                (0..15u64)
+                    .map(|i| {
+                        (
+                            format!("k{}", (i * 37 + b * b * 11) % 300),
+                            (i % 3) as i64 + 1,
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let ckpt = crate::checkpoint::Checkpointer::new(
+            Box::new(crate::checkpoint::MemoryStore::default()),
+            2,
+            100,
+        );
+        let mut job = churning_job(&input)?;
+        // The same batches without snapshots, whose whole state is the reference.
+        let mut reference = churning_job(&input)?;
+        let mut kinds = Vec::new();
+        for batch in 1..=24 {
+            job.run_batches(1)?;
+            reference.run_batches(1)?;
+            if batch % 2 != 0 {
+                continue;
+            }
+            let snapshot = job.next_snapshot(batch)?;
+            kinds.push(if snapshot.deltas.is_empty() { 'W' } else { 'D' });
+            ckpt.write_snapshot(&snapshot)?;
+            let saved = ckpt.snapshot_at(batch)?;
+            let restored = churning_job(&[])?;
+            restored.restore(Some(&saved))?;
+            assert_eq!(
+                restored.snapshot(batch)?.parts,
+                reference.snapshot(batch)?.parts,
+                "batch {batch}, snapshots {kinds:?}"
+            );
+        }
+        let kinds: String = kinds.into_iter().collect();
+        assert!(kinds.starts_with("WD"), "{kinds}");
+        assert!(kinds[1..].contains('W'), "never whole again: {kinds}");
+        assert!(kinds.contains("DDD"), "{kinds}");
+        Ok(())
     }
 
     /// A lost partition's new owner applies the logged inputs of its stateful operations

@@ -124,6 +124,6 @@ impl Runner for InProcess {
         _ckpt: &Checkpointer,
         batch: u64,
     ) -> Result<StateFiles, Fault> {
-        Ok(StateFiles::Encoded(job.snapshot(batch)?))
+        Ok(StateFiles::Encoded(job.next_snapshot(batch)?))
     }
 }

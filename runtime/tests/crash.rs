@@ -238,6 +238,27 @@ fn map_with_state_survives_sigkill() {
     );
 }
 
+/// Snapshots as deltas: a large vocabulary, of which each batch touches a small part, and
+/// keys that leave (a total past 40, or 2 s without a record), so that most snapshots are
+/// deltas on the one before and recovery reads chains of them, removals included.
+#[test]
+fn delta_snapshots_survive_sigkill() {
+    let body = "  sources: [{name: g, generator: {rate: 400, seed: 11, vocabulary: 20000}}]\n  pipeline:\n    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - mapWithState: {expr: \"{'state': (state == null ? 0 : state) + value > 40 ? null : (state == null ? 0 : state) + value, 'emit': (state == null ? 0 : state) + value}\", timeout: 2s}\n  sinks: [{files: {path: OUT}}]\n  checkpoint: {uri: \"file://CKPT\", interval: 2, retain: 2}\n";
+    check_exactly_once("deltas", body, 100);
+    // The uninterrupted run wrote deltas, and its last snapshot reads back through a chain.
+    let dir = tempfile::tempdir().expect("tempdir");
+    uninterrupted(dir.path(), body);
+    let deltas = std::fs::read_dir(dir.path().join("ckpt/state"))
+        .expect("snapshots")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("MANIFEST.json"))
+                .is_ok_and(|m| m.contains("\"base\""))
+        })
+        .count();
+    assert!(deltas >= 1, "no snapshot kept is a delta");
+}
+
 #[test]
 fn joined_streams_survive_sigkill() {
     check_exactly_once("join", JOIN_GRAPH, 200);

@@ -21,7 +21,7 @@
 //! logged in `offsets/` after it is run again from its logged ranges, so state and outputs come
 //! out as if the process had never stopped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
@@ -149,6 +149,9 @@ struct Manifest {
     /// Absent in snapshots from before upgrades could change the layout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     layout: Option<StateLayout>,
+    /// The snapshot that the files marked `delta` apply on; absent when every file is whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<u64>,
 }
 
 /// One state file of a snapshot, as its manifest lists it.
@@ -157,17 +160,46 @@ pub struct StateFile {
     pub key: String,
     pub len: u64,
     pub crc32: u32,
+    /// The file holds the partition's changes since the manifest's base snapshot, not its
+    /// whole state. Such files end in `.delta`, so that a binary from before deltas finds the
+    /// key unknown and falls back to an older snapshot rather than misreading one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
 }
 
-/// State of every stateful operation and partition at the end of a batch.
+/// State of every stateful operation and partition at the end of a batch, as it is written.
 #[derive(Debug, Default, PartialEq)]
 pub struct Snapshot {
     pub batch: u64,
-    /// By (operation name, partition).
+    /// By (operation name, partition): its whole state, or its delta when `deltas` names it.
     pub parts: BTreeMap<(String, usize), Vec<u8>>,
     /// How `parts` is laid out, when the snapshot says: a job with another spec re-shards and
     /// renames from it (see [`crate::job::Job::restore`]). `None`: as the job that reads it.
     pub layout: Option<StateLayout>,
+    /// The snapshot the deltas apply on: the one taken before this one, with this layout.
+    pub base: Option<u64>,
+    /// The parts that hold the changes since `base` rather than the whole state.
+    pub deltas: BTreeSet<(String, usize)>,
+}
+
+/// A snapshot read back: every partition's state as the chain of encodings that gives it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SavedState {
+    pub batch: u64,
+    /// By (operation name, partition): the whole state of this snapshot or an earlier one,
+    /// then the delta of each snapshot after that one up to this one, oldest first.
+    pub parts: BTreeMap<(String, usize), Vec<Vec<u8>>>,
+    /// As [`Snapshot::layout`]; every snapshot of a chain has the same.
+    pub layout: Option<StateLayout>,
+    /// The most deltas any partition's chain holds.
+    pub depth: usize,
+}
+
+impl SavedState {
+    /// The bytes read, whole states and deltas.
+    pub fn bytes(&self) -> usize {
+        self.parts.values().flatten().map(Vec::len).sum()
+    }
 }
 
 fn batch_key(batch: u64) -> String {
@@ -179,12 +211,35 @@ fn parse_batch(name: &str) -> Option<u64> {
 }
 
 /// The operation and partition of a state file of the snapshot of `batch`, from its key:
-/// `state/BATCH/OP/PART.WRITER.bin`, or `PART.bin` in checkpoints from before unique keys.
+/// `state/BATCH/OP/PART.WRITER.bin` (`.delta` for a delta), or `PART.bin` in checkpoints from
+/// before unique keys.
 pub(crate) fn state_file_part(batch: u64, key: &str) -> Option<(String, usize)> {
     let rest = key.strip_prefix(&format!("state/{}/", batch_key(batch)))?;
     let (op, file) = rest.rsplit_once('/')?;
-    let part = file.strip_suffix(".bin")?.split('.').next()?.parse().ok()?;
+    let stem = file
+        .strip_suffix(".bin")
+        .or_else(|| file.strip_suffix(".delta"))?;
+    let part = stem.split('.').next()?.parse().ok()?;
     Some((op.to_string(), part))
+}
+
+/// A manifest's files by (operation, partition), each checked to be where its key says and
+/// listed once.
+fn manifest_files(manifest: &Manifest) -> Result<BTreeMap<(String, usize), StateFile>> {
+    let name = batch_key(manifest.batch);
+    let mut files = BTreeMap::new();
+    for file in &manifest.files {
+        let part = state_file_part(manifest.batch, &file.key)
+            .filter(|_| file.delta == file.key.ends_with(".delta"))
+            .ok_or_else(|| Error::Checkpoint(format!("bad state key {}", file.key)))?;
+        if let Some(twice) = files.insert(part, file.clone()) {
+            let (op, part) = state_file_part(manifest.batch, &twice.key).unwrap_or_default();
+            return Err(Error::Checkpoint(format!(
+                "state/{name} lists partition {part} of {op} twice"
+            )));
+        }
+    }
+    Ok(files)
 }
 
 /// What a write to the offset or commit log did: log entries are written once, by the first
@@ -638,7 +693,12 @@ impl Checkpointer {
     /// Writes a snapshot: the state files first, the manifest last.
     pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
         let files = self.write_state_files(snapshot)?;
-        self.write_manifest(snapshot.batch, files, snapshot.layout.clone())
+        self.write_manifest(
+            snapshot.batch,
+            files,
+            snapshot.layout.clone(),
+            snapshot.base,
+        )
     }
 
     /// Writes state files of a snapshot (all of it, or one worker's partitions) and returns
@@ -655,26 +715,51 @@ impl Checkpointer {
         let write = self
             .writes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if !snapshot.deltas.is_empty() && snapshot.base.is_none() {
+            return Err(Error::Internal(format!(
+                "the snapshot of batch {} has deltas and no base",
+                snapshot.batch
+            )));
+        }
         let mut files = Vec::new();
         for ((name, part), bytes) in &snapshot.parts {
-            let key = format!("{dir}/{name}/{part}.{}{write:x}.bin", self.writer);
+            let delta = snapshot.deltas.contains(&(name.clone(), *part));
+            let suffix = if delta { "delta" } else { "bin" };
+            let key = format!("{dir}/{name}/{part}.{}{write:x}.{suffix}", self.writer);
             self.store.put(&key, bytes)?;
             files.push(StateFile {
                 key,
                 len: bytes.len() as u64,
                 crc32: crc32fast::hash(bytes),
+                delta,
             });
         }
         Ok(files)
     }
 
     /// Completes a snapshot: the manifest, written last, makes it visible to recovery.
+    /// `base`: the snapshot its delta files apply on.
     pub fn write_manifest(
         &self,
         batch: u64,
         files: Vec<StateFile>,
         layout: Option<StateLayout>,
+        base: Option<u64>,
     ) -> Result<()> {
+        let has_deltas = files.iter().any(|f| f.delta);
+        match base {
+            Some(b) if b >= batch => {
+                return Err(Error::Internal(format!(
+                    "the snapshot of batch {batch} would apply on the later one of batch {b}"
+                )));
+            }
+            None if has_deltas => {
+                return Err(Error::Internal(format!(
+                    "the snapshot of batch {batch} has deltas and no base"
+                )));
+            }
+            _ => {}
+        }
         let dir = format!("state/{}", batch_key(batch));
         self.put_json(
             &format!("{dir}/MANIFEST.json"),
@@ -682,12 +767,13 @@ impl Checkpointer {
                 batch,
                 files,
                 layout,
+                base: base.filter(|_| has_deltas),
             },
         )
     }
 
     /// The snapshot of `batch`, verified: every partition of every operation.
-    pub fn snapshot_at(&self, batch: u64) -> Result<Snapshot> {
+    pub fn snapshot_at(&self, batch: u64) -> Result<SavedState> {
         self.read_state(batch, 0, &|_| true)
     }
 
@@ -717,6 +803,11 @@ impl Checkpointer {
         Ok(self.read_manifest(batch)?.is_some())
     }
 
+    /// The files the manifest of `batch` lists (whole states and deltas); `None` without one.
+    pub fn snapshot_files(&self, batch: u64) -> Result<Option<Vec<StateFile>>> {
+        Ok(self.read_manifest(batch)?.map(|m| m.files))
+    }
+
     fn read_manifest(&self, batch: u64) -> Result<Option<Manifest>> {
         let manifest: Option<Manifest> =
             self.get_json(&format!("state/{}/MANIFEST.json", batch_key(batch)))?;
@@ -733,13 +824,15 @@ impl Checkpointer {
     /// The state of the partitions `wanted` (of a job of `partitions`) in the snapshot of
     /// `batch`, verified against its manifest; the files of other partitions are not read,
     /// unless the snapshot has another partition count (every partition is then re-sharded
-    /// from all of them). [`Error::Checkpoint`] when the snapshot is torn or damaged.
+    /// from all of them). A partition held as a delta comes with the files of the snapshots
+    /// before it back to its whole state. [`Error::Checkpoint`] when the snapshot (or one it
+    /// builds on) is torn or damaged.
     pub fn read_state(
         &self,
         batch: u64,
         partitions: usize,
         wanted: &dyn Fn(usize) -> bool,
-    ) -> Result<Snapshot> {
+    ) -> Result<SavedState> {
         let name = batch_key(batch);
         let manifest = self.read_manifest(batch)?.ok_or_else(|| {
             Error::Checkpoint(format!(
@@ -747,8 +840,8 @@ impl Checkpointer {
             ))
         })?;
         // Snapshots from before layouts were recorded have the layout job.json kept for them.
-        let layout = match manifest.layout {
-            Some(layout) => Some(layout),
+        let layout = match &manifest.layout {
+            Some(layout) => Some(layout.clone()),
             None => self.load_meta()?.and_then(|m| m.legacy_layout),
         };
         let all = |_: usize| true;
@@ -756,41 +849,90 @@ impl Checkpointer {
             Some(l) if l.partitions != partitions => &all,
             _ => wanted,
         };
-        let mut snapshot = Snapshot {
+        let mut saved = SavedState {
             batch: manifest.batch,
             parts: BTreeMap::new(),
             layout,
+            depth: 0,
         };
-        let mut listed = std::collections::BTreeSet::new();
-        for file in manifest.files {
-            let (op, part) = state_file_part(manifest.batch, &file.key)
-                .ok_or_else(|| Error::Checkpoint(format!("bad state key {}", file.key)))?;
-            if !listed.insert((op.clone(), part)) {
-                return Err(Error::Checkpoint(format!(
-                    "state/{name} lists partition {part} of an operation twice"
-                )));
-            }
-            if !wanted(part) {
+        // Each manifest of the chain, read once however many partitions go through it.
+        let mut chain = vec![manifest];
+        for (part_key, file) in manifest_files(&chain[0])? {
+            if !wanted(part_key.1) {
                 continue;
             }
-            let bytes = self
-                .store
-                .get(&file.key)?
-                .ok_or_else(|| Error::Checkpoint(format!("{} is missing", file.key)))?;
-            if bytes.len() as u64 != file.len || crc32fast::hash(&bytes) != file.crc32 {
-                return Err(Error::Checkpoint(format!(
-                    "{} does not match its checksum",
-                    file.key
-                )));
+            let mut files = vec![file];
+            let mut at = 0;
+            while files.last().is_some_and(|f| f.delta) {
+                if at + 1 == chain.len() {
+                    let next = self.base_manifest(&chain[at])?;
+                    chain.push(next);
+                }
+                at += 1;
+                let older = manifest_files(&chain[at])?
+                    .remove(&part_key)
+                    .ok_or_else(|| {
+                        Error::Checkpoint(format!(
+                            "state/{} has no file for {} partition {}, which the snapshot of batch {batch} builds on",
+                            batch_key(chain[at].batch),
+                            part_key.0,
+                            part_key.1
+                        ))
+                    })?;
+                files.push(older);
             }
-            snapshot.parts.insert((op, part), bytes);
+            saved.depth = saved.depth.max(files.len() - 1);
+            let mut encodings = Vec::with_capacity(files.len());
+            for file in files.iter().rev() {
+                encodings.push(self.read_state_file(file)?);
+            }
+            saved.parts.insert(part_key, encodings);
         }
-        Ok(snapshot)
+        Ok(saved)
+    }
+
+    /// The manifest of the snapshot that `manifest`'s deltas apply on, with the same layout.
+    fn base_manifest(&self, manifest: &Manifest) -> Result<Manifest> {
+        let name = batch_key(manifest.batch);
+        let base = manifest
+            .base
+            .filter(|&b| b < manifest.batch)
+            .ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "state/{name} lists deltas without an earlier snapshot to apply them on"
+                ))
+            })?;
+        let older = self.read_manifest(base)?.ok_or_else(|| {
+            Error::Checkpoint(format!(
+                "state/{name} builds on the snapshot of batch {base}, which has no manifest"
+            ))
+        })?;
+        if older.layout != manifest.layout {
+            return Err(Error::Checkpoint(format!(
+                "state/{name} builds on the snapshot of batch {base}, which has another layout"
+            )));
+        }
+        Ok(older)
+    }
+
+    /// A state file's bytes, checked against what its manifest lists.
+    fn read_state_file(&self, file: &StateFile) -> Result<Vec<u8>> {
+        let bytes = self
+            .store
+            .get(&file.key)?
+            .ok_or_else(|| Error::Checkpoint(format!("{} is missing", file.key)))?;
+        if bytes.len() as u64 != file.len || crc32fast::hash(&bytes) != file.crc32 {
+            return Err(Error::Checkpoint(format!(
+                "{} does not match its checksum",
+                file.key
+            )));
+        }
+        Ok(bytes)
     }
 
     /// The newest snapshot that reads back whole; corrupt or torn ones are skipped with a
     /// warning. `None` when there is none.
-    pub fn latest_snapshot(&self) -> Result<Option<Snapshot>> {
+    pub fn latest_snapshot(&self) -> Result<Option<SavedState>> {
         for batch in self.snapshot_batches()? {
             match self.snapshot_at(batch) {
                 Ok(s) => return Ok(Some(s)),
@@ -803,24 +945,21 @@ impl Checkpointer {
         Ok(None)
     }
 
-    /// Deletes snapshots beyond the newest `retain` complete ones, and logs older than the
-    /// oldest kept snapshot (its own offsets stay: they hold the source positions to resume at).
+    /// Deletes snapshots beyond the newest `retain` complete ones and the snapshots their
+    /// deltas build on, and logs older than the oldest kept snapshot (its own offsets stay:
+    /// they hold the source positions to resume at).
     pub fn prune(&self) -> Result<()> {
         let names = self.store.list("state")?;
-        let complete: Vec<&String> = names
+        // Complete snapshots (their manifests read), oldest first, with their bases.
+        let complete: Vec<(u64, Option<u64>)> = names
             .iter()
-            .filter(|n| {
-                self.store
-                    .get(&format!("state/{n}/MANIFEST.json"))
-                    .ok()
-                    .flatten()
-                    .is_some()
-            })
+            .filter_map(|n| parse_batch(n))
+            .filter_map(|b| Some((b, self.read_manifest(b).ok().flatten()?.base)))
             .collect();
         // The state log serves recovery from the newest snapshot only (from an older one,
         // after damage, its batches are recomputed instead): it is the bulk of what a job
         // writes, so it goes as soon as a snapshot covers it.
-        if let Some(newest) = complete.last().and_then(|n| parse_batch(n)) {
+        if let Some(&(newest, _)) = complete.last() {
             let covered: Vec<String> = self
                 .state_log()?
                 .into_iter()
@@ -832,10 +971,17 @@ impl Checkpointer {
         if complete.len() <= self.retain {
             return Ok(());
         }
-        let oldest_kept = complete[complete.len() - self.retain];
-        let Some(floor) = parse_batch(oldest_kept) else {
-            return Ok(());
-        };
+        let bases: BTreeMap<u64, Option<u64>> = complete.iter().copied().collect();
+        // The oldest kept snapshot, and below it any that a kept one builds on: a binary from
+        // before deltas falls back to those and replays the logs from there.
+        let mut floor = complete[complete.len() - self.retain].0;
+        for &(_, base) in &complete[complete.len() - self.retain..] {
+            let mut below = base;
+            while let Some(b) = below {
+                floor = floor.min(b);
+                below = bases.get(&b).copied().flatten().filter(|&older| older < b);
+            }
+        }
         for name in &names {
             if parse_batch(name).is_some_and(|b| b < floor) {
                 self.store.delete(&format!("state/{name}"))?;
@@ -916,11 +1062,21 @@ mod tests {
     fn snapshot(batch: u64) -> Snapshot {
         let mut s = Snapshot {
             batch,
-            parts: BTreeMap::new(),
-            layout: None,
+            ..Snapshot::default()
         };
         s.parts
             .insert(("000-state".into(), 0), vec![batch as u8; 4]);
+        s
+    }
+
+    /// [`snapshot`] as it reads back.
+    fn saved(batch: u64) -> SavedState {
+        let mut s = SavedState {
+            batch,
+            ..SavedState::default()
+        };
+        s.parts
+            .insert(("000-state".into(), 0), vec![vec![batch as u8; 4]]);
         s
     }
 
@@ -931,8 +1087,8 @@ mod tests {
         let first = c.write_state_files(&snapshot(4)).expect("write");
         let again = c.write_state_files(&snapshot(4)).expect("write");
         assert_ne!(first[0].key, again[0].key);
-        c.write_manifest(4, again, None).expect("manifest");
-        assert_eq!(c.snapshot_at(4).expect("read"), snapshot(4));
+        c.write_manifest(4, again, None, None).expect("manifest");
+        assert_eq!(c.snapshot_at(4).expect("read"), saved(4));
         // A checkpoint written before unique keys: `PART.bin`.
         let old = snapshot(5);
         let bytes = &old.parts[&("000-state".to_string(), 0)];
@@ -942,9 +1098,94 @@ mod tests {
             key,
             len: bytes.len() as u64,
             crc32: crc32fast::hash(bytes),
+            delta: false,
         };
-        c.write_manifest(5, vec![file], None).expect("manifest");
-        assert_eq!(c.snapshot_at(5).expect("read"), old);
+        c.write_manifest(5, vec![file], None, None)
+            .expect("manifest");
+        assert_eq!(c.snapshot_at(5).expect("read"), saved(5));
+    }
+
+    /// A snapshot of partitions 0 and 1 of one operation: deltas on `base` for `deltas`.
+    fn partial(batch: u64, base: Option<u64>, deltas: &[usize]) -> Snapshot {
+        let mut s = Snapshot {
+            batch,
+            base,
+            ..Snapshot::default()
+        };
+        for part in 0..2 {
+            let key = ("000-state".to_string(), part);
+            if deltas.contains(&part) {
+                s.deltas.insert(key.clone());
+            }
+            s.parts.insert(key, vec![batch as u8, part as u8]);
+        }
+        s
+    }
+
+    #[test]
+    fn a_delta_reads_back_with_the_snapshots_it_builds_on() {
+        let c = Checkpointer::new(Box::new(MemoryStore::default()), 1, 10);
+        c.write_snapshot(&partial(1, None, &[])).expect("whole");
+        c.write_snapshot(&partial(2, Some(1), &[0, 1]))
+            .expect("deltas");
+        c.write_snapshot(&partial(3, Some(2), &[0])).expect("delta");
+        let read = c.snapshot_at(3).expect("read");
+        let op = |part| ("000-state".to_string(), part);
+        assert_eq!(read.parts[&op(0)], vec![vec![1, 0], vec![2, 0], vec![3, 0]]);
+        assert_eq!(read.parts[&op(1)], vec![vec![3, 1]]);
+        assert_eq!(read.depth, 2);
+        // Only the wanted partition's chain is read.
+        let one = c.read_state(3, 2, &|p| p == 1).expect("read");
+        assert_eq!(one.parts.keys().collect::<Vec<_>>(), vec![&op(1)]);
+        // Binaries from before deltas find a key they cannot place, not a whole state.
+        let manifest = c.read_manifest(3).expect("read").expect("manifest");
+        assert!(
+            manifest
+                .files
+                .iter()
+                .any(|f| f.delta && f.key.ends_with(".delta"))
+        );
+        // A delta without its base cannot be read: recovery falls back past it.
+        c.store
+            .delete("state/00000000000000000002/MANIFEST.json")
+            .expect("delete");
+        let err = c.snapshot_at(3).expect_err("no base");
+        assert!(
+            matches!(&err, Error::Checkpoint(m) if m.contains("builds on the snapshot of batch 2")),
+            "{err}"
+        );
+        assert_eq!(c.latest_snapshot().expect("read").map(|s| s.batch), Some(1));
+        // Deltas never name a later snapshot, nor go without a base.
+        let files = c
+            .write_state_files(&partial(4, Some(3), &[0]))
+            .expect("files");
+        assert!(c.write_manifest(4, files.clone(), None, Some(5)).is_err());
+        assert!(c.write_manifest(4, files, None, None).is_err());
+        assert!(c.write_state_files(&partial(4, None, &[0])).is_err());
+    }
+
+    #[test]
+    fn prune_keeps_the_snapshots_a_kept_delta_builds_on() {
+        let c = Checkpointer::new(Box::new(MemoryStore::default()), 1, 2);
+        let write = |batch, base: Option<u64>| {
+            c.write_offsets(&offsets(batch, 1)).expect("offsets");
+            let deltas: &[usize] = if base.is_some() { &[0] } else { &[] };
+            c.write_snapshot(&partial(batch, base, deltas))
+                .expect("snapshot");
+            c.prune().expect("prune");
+        };
+        write(1, None);
+        for b in 2..=4 {
+            write(b, Some(b - 1));
+        }
+        assert_eq!(c.snapshot_batches().expect("list"), vec![4, 3, 2, 1]);
+        assert!(c.read_offsets(1).expect("read").is_some());
+        assert_eq!(c.snapshot_at(4).expect("read").depth, 3);
+        write(5, None);
+        write(6, Some(5));
+        assert_eq!(c.snapshot_batches().expect("list"), vec![6, 5]);
+        assert!(c.read_offsets(4).expect("read").is_none());
+        assert_eq!(c.snapshot_at(6).expect("read").depth, 1);
     }
 
     #[test]

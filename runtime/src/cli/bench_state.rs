@@ -3,9 +3,10 @@
 //! One job, run twice through the real local runtime against one checkpoint:
 //! 1. **load and steady**: the first batches bring `--keys` new keys (a million a batch), the
 //!    next ones each touch `--touched` keys drawn uniformly from all of them; a snapshot every
-//!    [`SNAPSHOT_EVERY`] batches, from the first batch after the load. Printed: resident memory
-//!    per key, the snapshot's size and time, and what a snapshot adds to the batches it
-//!    overlaps (the wall time between batches, back to back).
+//!    [`SNAPSHOT_EVERY`] batches, from the first batch after the load: the first whole, the
+//!    next ones deltas on it (the keys touched since). Printed: resident memory per key, each
+//!    snapshot's kind and size, their time, and what each adds to the batches it overlaps (the
+//!    wall time between batches, back to back).
 //! 2. **recovery**: a new job on the same checkpoint runs one batch; printed: the time from
 //!    its start to that batch done (the newest snapshot read and loaded).
 //!
@@ -34,8 +35,8 @@ use crate::{StreamingConfig, StreamingContext};
 const LOAD_PER_BATCH: u64 = 1_000_000;
 /// Batches between snapshots (the first one right after the load).
 const SNAPSHOT_EVERY: u64 = 10;
-/// Snapshots measured after the load.
-const SNAPSHOTS: u64 = 3;
+/// Snapshots measured after the load: the first is whole, the next ones deltas on it.
+const SNAPSHOTS: u64 = 4;
 /// Batches after each snapshot counted as overlapping it (its state files are written while
 /// they run).
 const OVERLAP: u64 = 3;
@@ -284,14 +285,13 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
     let read_started = Instant::now();
     let snapshot = ckpt.snapshot_at(newest).map_err(|e| e.to_string())?;
     let read = read_started.elapsed();
-    let bytes: usize = snapshot.parts.values().map(Vec::len).sum();
+    let (bytes, depth) = (snapshot.bytes(), snapshot.depth);
     drop(snapshot);
     println!(
-        "snapshot: {:.0} MB ({:.1} bytes per key), {} on average from its batch to its manifest written ({snaps} snapshots); read back in {:.0} ms",
-        bytes as f64 / 1e6,
-        bytes as f64 / args.keys as f64,
+        "snapshots: {} on average from a batch to its manifest written ({snaps} snapshots); the newest (batch {newest}) read back in {:.0} ms: {:.0} MB, a whole state and {depth} deltas",
         secs(Duration::from_secs_f64(snap_secs / snaps.max(1) as f64)),
-        read.as_secs_f64() * 1e3
+        read.as_secs_f64() * 1e3,
+        bytes as f64 / 1e6,
     );
     println!(
         "steady batches ({} keys touched): median {:.1} ms apart without a snapshot",
@@ -309,9 +309,23 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
             .filter(|(b, _)| *b >= *s && *b <= s + OVERLAP)
             .map(|(_, d)| d.saturating_sub(median))
             .sum();
+        let files = ckpt.snapshot_files(*s).map_err(|e| e.to_string())?;
+        let written = files.as_deref().map_or("pruned".to_string(), |files| {
+            let bytes: u64 = files.iter().map(|f| f.len).sum();
+            let kind = if files.iter().any(|f| f.delta) {
+                "delta"
+            } else {
+                "whole"
+            };
+            format!(
+                "{kind}, {:.1} MB, {:.1} bytes per key",
+                bytes as f64 / 1e6,
+                bytes as f64 / args.keys as f64
+            )
+        });
         if !around.is_empty() {
             println!(
-                "  snapshot of batch {s}: {} ; {:.0} ms more than {} quiet batches ({:+.0} % over them)",
+                "  snapshot of batch {s} ({written}): {} ; {:.0} ms more than {} quiet batches ({:+.0} % over them)",
                 around.join(", "),
                 extra.as_secs_f64() * 1e3,
                 around.len(),

@@ -398,6 +398,7 @@ mod tests {
             key: format!("state/{batch:020}/{op}/{part}.w1.bin"),
             len: 1,
             crc32: 0,
+            delta: false,
         }
     }
 

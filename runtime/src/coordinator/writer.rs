@@ -331,12 +331,12 @@ fn complete_snapshot(
     operations: usize,
     partitions: usize,
 ) -> Result<(), Fault> {
-    let files = match files {
-        StateFiles::Written(files) => files,
-        StateFiles::Encoded(snapshot) => ckpt.write_state_files(&snapshot)?,
+    let (files, base) = match files {
+        StateFiles::Written(files) => (files, None),
+        StateFiles::Encoded(snapshot) => (ckpt.write_state_files(&snapshot)?, snapshot.base),
     };
     protocol::check_coverage(batch, &files, operations, partitions).map_err(Fault::Rollback)?;
-    ckpt.write_manifest(batch, files, Some(layout))?;
+    ckpt.write_manifest(batch, files, Some(layout), base)?;
     Ok(())
 }
 
@@ -454,7 +454,7 @@ mod tests {
             files: StateFiles::Encoded(Snapshot {
                 batch,
                 parts,
-                layout: None,
+                ..Snapshot::default()
             }),
             layout: StateLayout::default(),
             operations: 1,
@@ -467,7 +467,11 @@ mod tests {
         assert!(done[0].ok && done[0].batch == 10);
         assert!(!writer.snapshot_pending());
         let read = ckpt.snapshot_at(10).expect("readable");
-        assert_eq!(read.parts, parts);
+        let chains: std::collections::BTreeMap<_, _> = parts
+            .iter()
+            .map(|(part, bytes)| (part.clone(), vec![bytes.clone()]))
+            .collect();
+        assert_eq!(read.parts, chains);
 
         // A partition missing: no manifest, and the loop hears of it.
         parts.remove(&("count".to_string(), 1));

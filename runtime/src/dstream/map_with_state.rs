@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::shuffle::{read_grouped, shuffle_by_key};
+use super::tracked::{Tracked, decode_chain, keyed_share};
 use super::{Compute, DStream, Stateful};
 use crate::data::{Data, Key, KeyMap};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exec::{BatchContext, Task, lock_unpoisoned};
 use crate::plan::{Dep, ShuffleId};
 use crate::time::BatchInfo;
@@ -84,7 +85,7 @@ struct MapState<K, V, S, U> {
     func: Arc<MapFn<K, V, S, U>>,
     timeout_batches: Option<u64>,
     /// State and the index of the last batch that had records for the key.
-    parts: Vec<Mutex<KeyMap<K, (S, u64)>>>,
+    parts: Vec<Mutex<Tracked<K, (S, u64)>>>,
     emitted: Vec<Mutex<(u64, Vec<U>)>>,
 }
 
@@ -105,9 +106,7 @@ impl<K: Key, V: Data, S: Data, U: Data> Task for MapState<K, V, S, U> {
                 out.extend((self.func)(&cx.batch, &k, Some(v), &mut handle));
             }
             match handle.value {
-                Some(s) => {
-                    state.insert(k, (s, now));
-                }
+                Some(s) => state.insert(k, (s, now)),
                 None => {
                     state.swap_remove(&k);
                 }
@@ -140,26 +139,25 @@ impl<K: Key, V: Data, S: Data, U: Data> Stateful for MapState<K, V, S, U> {
     }
 
     fn snapshot(&self, part: usize) -> Result<Vec<u8>> {
-        let state = lock_unpoisoned(&self.parts[part]);
-        crate::data::encode_seq(state.iter())
-            .map_err(|e| Error::Internal(format!("cannot serialize state: {e}")))
+        lock_unpoisoned(&self.parts[part]).encode_whole()
     }
 
-    fn restore(&self, part: usize, bytes: Option<&[u8]>) -> Result<()> {
-        let entries: Vec<(K, (S, u64))> = match bytes {
-            Some(b) => postcard::from_bytes(b)
-                .map_err(|e| Error::Checkpoint(format!("keyed state is unreadable: {e}")))?,
-            None => Vec::new(),
-        };
-        *lock_unpoisoned(&self.parts[part]) = entries.into_iter().collect();
-        Ok(())
+    fn changes(&self, part: usize) -> Option<usize> {
+        Some(lock_unpoisoned(&self.parts[part]).changes())
     }
 
-    fn reshard(&self, part: usize, olds: &[&[u8]], partitions: usize) -> Result<()> {
-        let share: Vec<(K, (S, u64))> =
-            crate::job::keyed_share(olds, part, partitions, "keyed state")?;
-        *lock_unpoisoned(&self.parts[part]) = share.into_iter().collect();
-        Ok(())
+    fn delta(&self, part: usize) -> Result<Vec<u8>> {
+        lock_unpoisoned(&self.parts[part]).encode_delta()
+    }
+
+    fn restore(&self, part: usize, chain: &[Vec<u8>]) -> Result<()> {
+        let entries: Vec<(K, (S, u64))> = decode_chain(chain, "keyed state")?;
+        lock_unpoisoned(&self.parts[part]).replace(entries, "keyed state")
+    }
+
+    fn reshard(&self, part: usize, olds: &[&[Vec<u8>]], partitions: usize) -> Result<()> {
+        let share: Vec<(K, (S, u64))> = keyed_share(olds, part, partitions, "keyed state")?;
+        lock_unpoisoned(&self.parts[part]).replace(share, "keyed state")
     }
 }
 
@@ -243,7 +241,7 @@ impl<K: Key, V: Data> DStream<(K, V)> {
                 .timeout
                 .map(|t| (t.as_millis() as u64).div_ceil(interval).max(1)),
             parts: (0..self.ctx.partitions())
-                .map(|_| Mutex::new(KeyMap::default()))
+                .map(|_| Mutex::new(Tracked::default()))
                 .collect(),
             emitted: (0..self.ctx.partitions())
                 .map(|_| Mutex::new((0, Vec::new())))

@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::shuffle::{read_grouped, shuffle_by_key};
+use super::tracked::{decode_chain, keyed_share};
 use super::{Compute, DStream, Stateful};
 use crate::data::{Data, Key, KeyMap};
 use crate::error::{Error, Result};
@@ -70,18 +71,14 @@ impl<K: Key, C: Send + 'static, S: Data> Stateful for StateStore<K, C, S> {
             .map_err(|e| Error::Internal(format!("cannot serialize state: {e}")))
     }
 
-    fn restore(&self, part: usize, bytes: Option<&[u8]>) -> Result<()> {
-        let pairs: Vec<(K, S)> = match bytes {
-            Some(b) => postcard::from_bytes(b)
-                .map_err(|e| Error::Checkpoint(format!("keyed state is unreadable: {e}")))?,
-            None => Vec::new(),
-        };
+    fn restore(&self, part: usize, chain: &[Vec<u8>]) -> Result<()> {
+        let pairs: Vec<(K, S)> = decode_chain(chain, "keyed state")?;
         *lock_unpoisoned(&self.parts[part]) = pairs.into_iter().collect();
         Ok(())
     }
 
-    fn reshard(&self, part: usize, olds: &[&[u8]], partitions: usize) -> Result<()> {
-        let share: Vec<(K, S)> = crate::job::keyed_share(olds, part, partitions, "keyed state")?;
+    fn reshard(&self, part: usize, olds: &[&[Vec<u8>]], partitions: usize) -> Result<()> {
+        let share: Vec<(K, S)> = keyed_share(olds, part, partitions, "keyed state")?;
         *lock_unpoisoned(&self.parts[part]) = share.into_iter().collect();
         Ok(())
     }

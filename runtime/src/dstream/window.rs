@@ -13,6 +13,7 @@ use super::{Compute, DStream, Stateful, Upstream};
 use crate::data::Data;
 use crate::error::{Error, Result};
 use crate::exec::{BatchContext, Task, lock_unpoisoned};
+use crate::job::whole_only;
 use crate::plan::Dep;
 
 /// The partition of a record among so many, for a buffer of records placed by key.
@@ -98,8 +99,8 @@ impl<T: Data> Stateful for Buffer<T> {
             .map_err(|e| Error::Internal(format!("cannot serialize a window buffer: {e}")))
     }
 
-    fn restore(&self, part: usize, bytes: Option<&[u8]>) -> Result<()> {
-        let restored = match bytes {
+    fn restore(&self, part: usize, chain: &[Vec<u8>]) -> Result<()> {
+        let restored = match whole_only(chain, "a window buffer")? {
             Some(b) => postcard::from_bytes(b)
                 .map_err(|e| Error::Checkpoint(format!("window buffer is unreadable: {e}")))?,
             None => BTreeMap::new(),
@@ -108,14 +109,17 @@ impl<T: Data> Stateful for Buffer<T> {
         Ok(())
     }
 
-    fn reshard(&self, part: usize, olds: &[&[u8]], partitions: usize) -> Result<()> {
+    fn reshard(&self, part: usize, olds: &[&[Vec<u8>]], partitions: usize) -> Result<()> {
         let mut share: BTreeMap<u64, Vec<T>> = BTreeMap::new();
-        for (old, bytes) in olds.iter().enumerate() {
+        for (old, chain) in olds.iter().enumerate() {
             // Records not placed by key stay together: old partition `old` goes whole to one
             // new partition.
             if self.route.is_none() && old % partitions != part {
                 continue;
             }
+            let Some(bytes) = whole_only(chain, "a window buffer")? else {
+                continue;
+            };
             let batches: BTreeMap<u64, Vec<T>> = postcard::from_bytes(bytes)
                 .map_err(|e| Error::Checkpoint(format!("window buffer is unreadable: {e}")))?;
             for (batch, records) in batches {

@@ -9,6 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::tracked::{decode_chain, keyed_share};
 use super::window::Buffer;
 use super::{Compute, DStream, Stateful};
 use crate::data::{Data, Key, KeyMap};
@@ -101,18 +102,14 @@ impl<K: Key, V: Data> Stateful for IncrementalWindow<K, V> {
             .map_err(|e| Error::Internal(format!("cannot serialize a window: {e}")))
     }
 
-    fn restore(&self, part: usize, bytes: Option<&[u8]>) -> Result<()> {
-        let pairs: Vec<(K, V)> = match bytes {
-            Some(b) => postcard::from_bytes(b)
-                .map_err(|e| Error::Checkpoint(format!("window state is unreadable: {e}")))?,
-            None => Vec::new(),
-        };
+    fn restore(&self, part: usize, chain: &[Vec<u8>]) -> Result<()> {
+        let pairs: Vec<(K, V)> = decode_chain(chain, "window state")?;
         *lock_unpoisoned(&self.windows[part]) = pairs.into_iter().collect();
         Ok(())
     }
 
-    fn reshard(&self, part: usize, olds: &[&[u8]], partitions: usize) -> Result<()> {
-        let share: Vec<(K, V)> = crate::job::keyed_share(olds, part, partitions, "window state")?;
+    fn reshard(&self, part: usize, olds: &[&[Vec<u8>]], partitions: usize) -> Result<()> {
+        let share: Vec<(K, V)> = keyed_share(olds, part, partitions, "window state")?;
         *lock_unpoisoned(&self.windows[part]) = share.into_iter().collect();
         Ok(())
     }

@@ -637,6 +637,8 @@ impl Runner for Cluster {
                     key: f.key,
                     len: f.len,
                     crc32: f.crc32,
+                    // Workers write whole snapshots.
+                    delta: false,
                 });
             }
         }

@@ -1,0 +1,268 @@
+//! Keyed state that remembers where it changed since its last snapshot, so that the next
+//! snapshot can write only that: a delta on the snapshot before (see `Job::next_snapshot`).
+//!
+//! A partition's state is an insertion-ordered map, and its order is part of the state: a batch
+//! visits keys in that order (timeouts, the stream of every key's state), so a recovered job
+//! must get the same order back as well as the same entries to write the same output. A delta
+//! therefore holds positions, not only keys: the map's length and every position whose entry
+//! changed, with the entry there now. Applied to the entries of the snapshot before (cut to
+//! the length, overwritten at those positions), it gives back this snapshot's map exactly.
+//!
+//! Every change goes through [`Tracked::insert`] and [`Tracked::swap_remove`], which mark the
+//! positions they write: an insert its key's position, a removal the position the last entry
+//! moves into. Positions beyond the new length need no mark: the length drops them.
+
+use fixedbitset::FixedBitSet;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::data::{Key, KeyMap};
+use crate::error::{Error, Result};
+
+/// A delta as it is encoded: the state's length, then each changed position and its entry.
+type Delta<E> = (u64, Vec<(u64, E)>);
+
+/// A partition's keyed state and the positions changed since its last snapshot.
+pub(crate) struct Tracked<K, V> {
+    map: KeyMap<K, V>,
+    changed: FixedBitSet,
+}
+
+impl<K, V> Default for Tracked<K, V> {
+    fn default() -> Self {
+        Self {
+            map: KeyMap::default(),
+            changed: FixedBitSet::new(),
+        }
+    }
+}
+
+impl<K: Key, V: Serialize + DeserializeOwned> Tracked<K, V> {
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.map.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn iter(&self) -> indexmap::map::Iter<'_, K, V> {
+        self.map.iter()
+    }
+
+    /// Sets `key`'s entry: in place when it has one, else at the end.
+    pub fn insert(&mut self, key: K, value: V) {
+        let (at, _) = self.map.insert_full(key, value);
+        self.mark(at);
+    }
+
+    /// Removes `key`'s entry; the last entry takes its place.
+    pub fn swap_remove(&mut self, key: &K) -> Option<V> {
+        let (at, _, value) = self.map.swap_remove_full(key)?;
+        if at < self.map.len() {
+            self.mark(at);
+        }
+        Some(value)
+    }
+
+    fn mark(&mut self, at: usize) {
+        if at >= self.changed.len() {
+            self.changed.grow((at + 1).next_power_of_two());
+        }
+        self.changed.insert(at);
+    }
+
+    /// How many entries a delta would hold now.
+    pub fn changes(&self) -> usize {
+        let len = self.map.len().min(self.changed.len());
+        self.changed.count_ones(..len)
+    }
+
+    /// The whole state, encoded; from now on changes count from here.
+    pub fn encode_whole(&mut self) -> Result<Vec<u8>> {
+        self.changed.clear();
+        crate::data::encode_seq(self.map.iter())
+            .map_err(|e| Error::Internal(format!("cannot serialize state: {e}")))
+    }
+
+    /// The changes since the last snapshot (whole or delta), encoded; from now on changes
+    /// count from here.
+    pub fn encode_delta(&mut self) -> Result<Vec<u8>> {
+        let len = self.map.len();
+        let entries: Vec<(u64, (&K, &V))> = self
+            .changed
+            .ones()
+            .take_while(|&at| at < len)
+            .filter_map(|at| Some((at as u64, self.map.get_index(at)?)))
+            .collect();
+        let bytes = postcard::to_stdvec(&(len as u64, entries))
+            .map_err(|e| Error::Internal(format!("cannot serialize a state delta: {e}")));
+        self.changed.clear();
+        bytes
+    }
+
+    /// Replaces the state with `entries`, in their order; changes count from here.
+    pub fn replace(&mut self, entries: Vec<(K, V)>, what: &str) -> Result<()> {
+        let len = entries.len();
+        let map: KeyMap<K, V> = entries.into_iter().collect();
+        if map.len() != len {
+            return Err(Error::Checkpoint(format!(
+                "{what} holds a key more than once"
+            )));
+        }
+        self.map = map;
+        self.changed.clear();
+        Ok(())
+    }
+}
+
+/// The entries of a partition from its snapshot chain: the whole state of a snapshot, then the
+/// delta of each snapshot after it up to the one read, oldest first. An empty chain is an empty
+/// state.
+pub(crate) fn decode_chain<K: DeserializeOwned, V: DeserializeOwned>(
+    chain: &[Vec<u8>],
+    what: &str,
+) -> Result<Vec<(K, V)>> {
+    let unreadable = |e: postcard::Error| Error::Checkpoint(format!("{what} is unreadable: {e}"));
+    let Some((whole, deltas)) = chain.split_first() else {
+        return Ok(Vec::new());
+    };
+    let mut entries: Vec<(K, V)> = postcard::from_bytes(whole).map_err(unreadable)?;
+    for delta in deltas {
+        let (len, changed): Delta<(K, V)> = postcard::from_bytes(delta).map_err(unreadable)?;
+        apply(&mut entries, len, changed)
+            .map_err(|why| Error::Checkpoint(format!("a delta of {what} {why}")))?;
+    }
+    Ok(entries)
+}
+
+/// Applies one delta: the state cut to `len` entries, then each changed position, in order;
+/// positions past the old end come in order and leave no gap.
+fn apply<E>(entries: &mut Vec<E>, len: u64, changed: Vec<(u64, E)>) -> Result<(), String> {
+    let len = usize::try_from(len).map_err(|_| format!("has a length of {len}"))?;
+    entries.truncate(len);
+    for (at, entry) in changed {
+        let at = usize::try_from(at).unwrap_or(usize::MAX);
+        if at < entries.len() {
+            entries[at] = entry;
+        } else if at == entries.len() && at < len {
+            entries.push(entry);
+        } else {
+            return Err(format!(
+                "writes position {at} of {len} with {} filled",
+                entries.len()
+            ));
+        }
+    }
+    if entries.len() != len {
+        return Err(format!("leaves positions {} to {len} empty", entries.len()));
+    }
+    Ok(())
+}
+
+/// The entries of old partitions (`olds`, each as its snapshot chain) whose keys hash to
+/// `part` of `partitions`, in old partition order and then in each one's order.
+pub(crate) fn keyed_share<K: Key, S: DeserializeOwned>(
+    olds: &[&[Vec<u8>]],
+    part: usize,
+    partitions: usize,
+    what: &str,
+) -> Result<Vec<(K, S)>> {
+    let mut share = Vec::new();
+    for chain in olds {
+        share.extend(
+            decode_chain::<K, S>(chain, what)?
+                .into_iter()
+                .filter(|(k, _)| crate::data::partition_of(k, partitions) == part),
+        );
+    }
+    Ok(share)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type State = Tracked<String, u64>;
+
+    fn entries(state: &State) -> Vec<(String, u64)> {
+        state.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// A seeded mix of inserts (new and existing keys) and removals.
+    fn churn(state: &mut State, seed: u64, steps: usize) {
+        let mut x = seed;
+        for step in 0..steps {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let key = format!("k{}", x % 64);
+            if x.is_multiple_of(5) {
+                state.swap_remove(&key);
+            } else {
+                state.insert(key, step as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_of_deltas_gives_back_the_state_in_its_order() {
+        let mut state = State::default();
+        churn(&mut state, 7, 200);
+        let mut chain = vec![state.encode_whole().expect("whole")];
+        for round in 0..6 {
+            churn(&mut state, 11 + round, 40 + 30 * round as usize);
+            chain.push(state.encode_delta().expect("delta"));
+            let read: Vec<(String, u64)> = decode_chain(&chain, "state").expect("chain");
+            assert_eq!(read, entries(&state), "after delta {round}");
+        }
+        // A round that empties the state, then one that fills it again.
+        for k in entries(&state) {
+            state.swap_remove(&k.0);
+        }
+        chain.push(state.encode_delta().expect("delta"));
+        churn(&mut state, 99, 100);
+        chain.push(state.encode_delta().expect("delta"));
+        let read: Vec<(String, u64)> = decode_chain(&chain, "state").expect("chain");
+        assert_eq!(read, entries(&state));
+    }
+
+    #[test]
+    fn a_delta_holds_only_what_changed() {
+        let mut state = State::default();
+        for i in 0..1000 {
+            state.insert(format!("k{i}"), i);
+        }
+        let whole = state.encode_whole().expect("whole");
+        state.insert("k5".into(), 50);
+        state.swap_remove(&"k10".to_string());
+        assert_eq!(state.changes(), 2, "k5 in place, k999 into k10's place");
+        let delta = state.encode_delta().expect("delta");
+        assert!(delta.len() * 100 < whole.len(), "{} bytes", delta.len());
+        assert_eq!(state.changes(), 0);
+    }
+
+    #[test]
+    fn a_damaged_delta_is_a_checkpoint_error() {
+        let mut state = State::default();
+        state.insert("a".into(), 1);
+        let whole = state.encode_whole().expect("whole");
+        // Position 3 of a state of 4 entries, with only 1 filled: a gap.
+        let gap =
+            postcard::to_stdvec(&(4u64, vec![(3u64, ("d".to_string(), 4u64))])).expect("encode");
+        let err =
+            decode_chain::<String, u64>(&[whole.clone(), gap], "keyed state").expect_err("a gap");
+        assert!(
+            matches!(&err, Error::Checkpoint(m) if m.contains("a delta of keyed state")),
+            "{err}"
+        );
+        let err = decode_chain::<String, u64>(&[whole, vec![0xff; 3]], "keyed state")
+            .expect_err("garbage");
+        assert!(matches!(err, Error::Checkpoint(_)), "{err}");
+        let twice = vec![("a".to_string(), 1u64), ("a".to_string(), 2)];
+        assert!(matches!(
+            State::default().replace(twice, "keyed state"),
+            Err(Error::Checkpoint(_))
+        ));
+    }
+}
