@@ -15,7 +15,7 @@ use sluice_crds::OnRecordError;
 use crate::error::{Error, Result};
 use crate::exec::{BatchContext, Executor, Outputs, Shared, Task, lock_unpoisoned};
 use crate::metrics::{BatchFlow, RuntimeMetrics};
-use crate::plan::JobGraph;
+use crate::plan::{JobGraph, StageKind};
 use crate::source::ErasedSource;
 use crate::time::BatchInfo;
 
@@ -358,7 +358,7 @@ impl Job {
                 .into_iter()
                 .map(|(name, (_, bytes))| (name, bytes))
                 .collect();
-            reports.push(self.execute(batch, &ranges, &logged, false)?);
+            reports.push(self.execute(batch, &ranges, &logged, false, None)?);
             self.outputs().sync()?;
             self.next_unpaced += 1;
         }
@@ -542,6 +542,7 @@ impl Job {
         ranges: &BTreeMap<String, Json>,
         logged: &BTreeMap<String, Vec<u8>>,
         replay: bool,
+        before_outputs: Option<&(dyn Fn() -> Result<()> + Sync)>,
     ) -> Result<BatchReport> {
         let started = Instant::now();
         let cx = BatchContext::new(batch, self.graph.partitions, replay, &self.shared);
@@ -554,8 +555,14 @@ impl Job {
         let plan = self.graph.plan(batch);
         let mut stages = Vec::with_capacity(plan.stages.len() + 1);
         stages.push(("input".to_string(), started.elapsed()));
+        let mut before_outputs = before_outputs;
         for (i, stage) in plan.stages.iter().enumerate() {
             let started = Instant::now();
+            if matches!(stage.kind, StageKind::Output(_))
+                && let Some(wait) = before_outputs.take()
+            {
+                wait()?;
+            }
             self.executor.run_stage(&plan, i, &cx)?;
             stages.push((stage.kind.label(), started.elapsed()));
         }
@@ -1030,6 +1037,36 @@ mod tests {
             stateful_job(&input)?.snapshot(4)?,
             "the state is not empty"
         );
+        Ok(())
+    }
+
+    /// A new batch's outputs wait for its offset entry (written beside its run), and a batch
+    /// whose entry this master did not write writes none.
+    #[test]
+    fn a_batch_waits_for_its_log_before_its_outputs() -> Result<()> {
+        let c = StreamingContext::new(StreamingConfig::new(Duration::from_secs(1)).parallelism(2));
+        let q = QueueSource::new("q");
+        q.push(vec![("a".to_string(), 1i64)]);
+        q.push(vec![("b".to_string(), 2i64)]);
+        let out = c.source(q).reduce_by_key(|a, b| a + b).collect_batches();
+        let mut job = c.build()?;
+        job.start_sources()?;
+        let mut run = |index, gate: &(dyn Fn() -> Result<()> + Sync)| {
+            let batch = BatchInfo::new(0, 1000, index);
+            let (ranges, _) = job.plan_inputs(&batch)?;
+            job.execute(batch, &ranges, &BTreeMap::new(), false, Some(gate))
+        };
+        let waited = std::sync::atomic::AtomicBool::new(false);
+        let refused = run(1, &|| {
+            waited.store(true, std::sync::atomic::Ordering::SeqCst);
+            Err(Error::Checkpoint("logged by another master".into()))
+        });
+        assert!(matches!(refused, Err(Error::Checkpoint(_))));
+        assert!(waited.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(out.take().is_empty(), "an output written before its log");
+        run(2, &|| Ok(()))?;
+        let got: Vec<(String, i64)> = out.take().into_iter().flat_map(|(_, r)| r).collect();
+        assert_eq!(got, vec![("b".into(), 2)]);
         Ok(())
     }
 

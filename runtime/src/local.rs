@@ -114,7 +114,13 @@ impl Runner for InProcess {
                 "a process that runs every partition never replays some alone".into(),
             ));
         }
-        Ok(job.execute(input.batch, input.ranges, logged, input.replay)?)
+        Ok(job.execute(
+            input.batch,
+            input.ranges,
+            logged,
+            input.replay,
+            input.before_outputs,
+        )?)
     }
 
     /// Encodes the state here; the loop's writer writes it while the next batches run.

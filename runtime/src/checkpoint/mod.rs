@@ -457,6 +457,10 @@ impl Checkpointer {
     /// takes the next number, so the first after `epoch` is `epoch + 1`: one read, which finds
     /// a successor even where the log entries it could collide with have been pruned.
     pub fn superseded(&self, epoch: u64) -> Result<bool> {
+        // A lone writer holds the directory's lock: no other master can have claimed it.
+        if self.appenders.is_some() {
+            return Ok(false);
+        }
         Ok(self
             .store
             .get(&format!("epochs/{}.json", batch_key(epoch + 1)))?

@@ -3,7 +3,8 @@
 //! workers ([`crate::master`]).
 //!
 //! Every batch: plan the sources' ranges → write the records of sources that cannot replay to
-//! the write-ahead log → log the ranges (`offsets/`) → run → snapshot state if due → mark
+//! the write-ahead log → log the ranges (`offsets/`, beside the run, before its outputs: see
+//! [`log_ahead`]) → run → snapshot state if due → mark
 //! complete (`commits/`) with its record counts → prune. What follows the run (the snapshot's
 //! writing, the commit, the pruning) goes to the [`writer`]'s thread, in order, while the next
 //! batch runs. On start and after any failure: wait for those writes → place the partitions →
@@ -14,6 +15,7 @@
 //! The decisions are pure functions in [`protocol`]; this loop does the I/O around them.
 
 mod fault;
+mod log_ahead;
 pub mod protocol;
 pub mod rate;
 mod writer;
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 
 pub use fault::{Class, Fault};
+use log_ahead::LogAhead;
 use protocol::{Backoff, Identity, Takeover};
 pub use writer::StateFiles;
 use writer::{CheckpointWriter, Write, Written};
@@ -143,6 +146,9 @@ pub struct BatchInput<'a> {
     pub replay: bool,
     /// A replay that recomputes the state and outputs of these partitions only.
     pub redo: Option<&'a [usize]>,
+    /// A new batch whose offset entry is still being written: called before the batch writes
+    /// any output, it waits for the entry and fails when this master did not log the batch.
+    pub before_outputs: Option<&'a (dyn Fn() -> crate::error::Result<()> + Sync)>,
 }
 
 /// What a worker loss costs.
@@ -758,6 +764,7 @@ impl<R: Runner> Coordinator<R> {
                 logged: None,
                 replay: true,
                 redo,
+                before_outputs: None,
             },
         )
     }
@@ -816,7 +823,6 @@ impl<R: Runner> Coordinator<R> {
     }
 
     fn run_new_batch(&mut self, batch: BatchInfo) -> Result<(), Fault> {
-        self.check_not_superseded(batch.index)?;
         let (mut ranges, positions) = self.job.plan_inputs(&batch)?;
         // Records that cannot be read again go to the write-ahead log before the batch is logged.
         let mut logged = BTreeMap::new();
@@ -828,10 +834,44 @@ impl<R: Runner> Coordinator<R> {
             batch: batch.index,
             time_ms: batch.time_ms,
             epoch: self.epoch,
-            ranges: ranges.clone(),
+            ranges,
             positions,
         };
-        if let Logged::Taken { epoch } = self.ckpt.write_offsets(&entry)? {
+        // The entry is written beside the batch's run, which waits for it before its outputs
+        // (see `log_ahead`).
+        let (epoch, ckpt) = (self.epoch, &self.ckpt);
+        let log_entry = || {
+            // A newer master's claim stops this one before it logs the batch.
+            if ckpt.superseded(epoch)? {
+                return Ok(Logged::Taken { epoch: epoch + 1 });
+            }
+            ckpt.write_offsets(&entry)
+        };
+        let (log, executed) = std::thread::scope(|s| {
+            let ahead = match std::thread::Builder::new()
+                .name("sluice-log-ahead".into())
+                .spawn_scoped(s, log_entry)
+            {
+                Ok(writing) => LogAhead::new(writing),
+                // No thread to spare: written here, before the batch runs.
+                Err(_) => LogAhead::done(log_entry()),
+            };
+            let before_outputs = || ahead.logged();
+            let executed = self.runner.execute(
+                &mut self.job,
+                ckpt,
+                BatchInput {
+                    batch,
+                    ranges: &entry.ranges,
+                    logged: Some(&logged),
+                    replay: false,
+                    redo: None,
+                    before_outputs: Some(&before_outputs),
+                },
+            );
+            (ahead.finish(), executed)
+        });
+        if let Logged::Taken { epoch } = log? {
             return Err(if epoch > self.epoch {
                 superseded(batch.index, self.epoch, epoch)
             } else {
@@ -842,18 +882,7 @@ impl<R: Runner> Coordinator<R> {
                 ))
             });
         }
-        let report = self.runner.execute(
-            &mut self.job,
-            &self.ckpt,
-            BatchInput {
-                batch,
-                ranges: &ranges,
-                logged: Some(&logged),
-                replay: false,
-                redo: None,
-            },
-        )?;
-        self.complete(report)
+        self.complete(executed?)
     }
 
     /// Snapshots if due, then marks the batch complete (both written by the writer, off the
@@ -939,14 +968,6 @@ impl<R: Runner> Coordinator<R> {
             }
             self.report(MasterState::Running, behind.as_deref().unwrap_or(""));
         }
-    }
-
-    /// Stops a master that a newer one replaced, before it writes anything for `batch`.
-    fn check_not_superseded(&self, batch: u64) -> Result<(), Fault> {
-        if self.ckpt.superseded(self.epoch)? {
-            return Err(superseded(batch, self.epoch, self.epoch + 1));
-        }
-        Ok(())
     }
 
     /// Takes the snapshot of `batch` and hands it to the writer, which completes it; `wait`:

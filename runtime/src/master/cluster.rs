@@ -550,6 +550,11 @@ impl Runner for Cluster {
         _ckpt: &Checkpointer,
         input: BatchInput<'_>,
     ) -> Result<BatchReport, Fault> {
+        // The workers write outputs in stages this runner does not tell apart: the batch
+        // starts once its offset entry is logged.
+        if let Some(wait) = input.before_outputs {
+            wait()?;
+        }
         let started = Instant::now();
         let (epoch, batch, replay) = (self.epoch, input.batch, input.replay);
         let partial = input.redo.is_some();
