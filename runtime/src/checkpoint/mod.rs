@@ -260,6 +260,9 @@ const LOG_FLOOR_KEY: &str = "offsets/floor.json";
 /// claim (see [`Checkpointer::superseded`]) unless this many masters came after it.
 const KEPT_EPOCH_CLAIMS: usize = 1000;
 
+/// State files read at once by a recovery.
+const PARALLEL_READS: usize = 8;
+
 /// Reads and writes one job's checkpoints.
 pub struct Checkpointer {
     store: Box<dyn CheckpointStore>,
@@ -859,8 +862,10 @@ impl Checkpointer {
             layout,
             depth: 0,
         };
-        // Each manifest of the chain, read once however many partitions go through it.
+        // Each manifest of the chain, read once however many partitions go through it; then
+        // every file of every wanted partition's chain, oldest first.
         let mut chain = vec![manifest];
+        let mut plan = Vec::new();
         for (part_key, file) in manifest_files(&chain[0])? {
             if !wanted(part_key.1) {
                 continue;
@@ -886,13 +891,57 @@ impl Checkpointer {
                 files.push(older);
             }
             saved.depth = saved.depth.max(files.len() - 1);
-            let mut encodings = Vec::with_capacity(files.len());
-            for file in files.iter().rev() {
-                encodings.push(self.read_state_file(file)?);
-            }
-            saved.parts.insert(part_key, encodings);
+            files.reverse();
+            plan.push((part_key, files));
+        }
+        let all: Vec<&StateFile> = plan.iter().flat_map(|(_, files)| files).collect();
+        let mut read = self.read_state_files(&all)?.into_iter();
+        for (part_key, files) in plan {
+            saved
+                .parts
+                .insert(part_key, read.by_ref().take(files.len()).collect());
         }
         Ok(saved)
+    }
+
+    /// The bytes of `files`, in their order, read [`PARALLEL_READS`] at a time: on S3 a
+    /// recovery waits for the slowest of a few reads, not for the sum of them all.
+    fn read_state_files(&self, files: &[&StateFile]) -> Result<Vec<Vec<u8>>> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let read: Vec<std::sync::Mutex<Option<Result<Vec<u8>>>>> =
+            files.iter().map(|_| std::sync::Mutex::new(None)).collect();
+        std::thread::scope(|s| {
+            for _ in 0..PARALLEL_READS.min(files.len()) {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(file) = files.get(i) else { break };
+                        let bytes = self.read_state_file(file);
+                        let failed = bytes.is_err();
+                        *read[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+                        if failed {
+                            // The snapshot is unusable: the others need not be read.
+                            next.store(files.len(), std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let mut out = Vec::with_capacity(files.len());
+        // A slot left empty was skipped after a failure, which a slot before or after holds.
+        for slot in read {
+            if let Some(bytes) = slot.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                out.push(bytes?);
+            }
+        }
+        if out.len() != files.len() {
+            return Err(Error::Internal(format!(
+                "{} of {} state files read, and no failure",
+                out.len(),
+                files.len()
+            )));
+        }
+        Ok(out)
     }
 
     /// The manifest of the snapshot that `manifest`'s deltas apply on, with the same layout.

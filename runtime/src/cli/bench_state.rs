@@ -59,7 +59,10 @@ impl Keys {
             let start = (index - 1) * LOAD_PER_BATCH;
             return (start..(start + LOAD_PER_BATCH).min(self.keys)).collect();
         }
-        let mut s = index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // Seeded from a mix of the index: seeded with the index times the generator's step,
+        // batch i+1 would draw batch i's keys shifted by one.
+        let mut index_seed = index;
+        let mut s = crate::source::splitmix(&mut index_seed);
         (0..self.touched)
             .map(|_| crate::source::splitmix(&mut s) % self.keys)
             .collect()
