@@ -127,11 +127,11 @@ impl Validator {
     fn cel(&mut self, path: &str, text: &str) {
         if text.trim().is_empty() {
             self.add(path, "is empty; write a CEL expression");
-            return;
-        }
-        #[cfg(any(feature = "expressions", test))]
-        if let Err(message) = crate::expressions::compile_cel(text) {
-            self.add(path, message);
+        } else {
+            #[cfg(any(feature = "expressions", test))]
+            if let Err(message) = crate::expressions::compile_cel(text) {
+                self.add(path, message);
+            }
         }
     }
 

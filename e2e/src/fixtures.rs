@@ -17,14 +17,18 @@ pub fn repo() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).to_path_buf()
 }
 
-/// A binary of the workspace, from the target directory the running test was built in
-/// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
+/// A binary of the workspace, from the target directory the running test or tool was built in
+/// (`target/<profile>/deps/<test>` or `target/<profile>/<tool>` → `target/<profile>/<name>`).
 pub fn workspace_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe
+    let here = exe
         .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("no target directory above {}", exe.display()))?;
+        .ok_or_else(|| anyhow!("no directory above {}", exe.display()))?;
+    let dir = if here.ends_with("deps") {
+        here.parent().unwrap_or(here)
+    } else {
+        here
+    };
     let bin = dir.join(name);
     if !bin.exists() {
         bail!(
