@@ -223,9 +223,12 @@ pub(crate) fn state_file_part(batch: u64, key: &str) -> Option<(String, usize)> 
     Some((op.to_string(), part))
 }
 
+/// A snapshot's state files by (operation, partition).
+type PartFiles = BTreeMap<(String, usize), StateFile>;
+
 /// A manifest's files by (operation, partition), each checked to be where its key says and
 /// listed once.
-fn manifest_files(manifest: &Manifest) -> Result<BTreeMap<(String, usize), StateFile>> {
+fn manifest_files(manifest: &Manifest) -> Result<PartFiles> {
     let name = batch_key(manifest.batch);
     let mut files = BTreeMap::new();
     for file in &manifest.files {
@@ -864,31 +867,34 @@ impl Checkpointer {
         };
         // Each manifest of the chain, read once however many partitions go through it; then
         // every file of every wanted partition's chain, oldest first.
-        let mut chain = vec![manifest];
+        let newest = manifest_files(&manifest)?;
+        // The manifests below the newest, each with its files by partition.
+        let mut chain: Vec<(Manifest, PartFiles)> = Vec::new();
         let mut plan = Vec::new();
-        for (part_key, file) in manifest_files(&chain[0])? {
+        for (part_key, file) in newest {
             if !wanted(part_key.1) {
                 continue;
             }
             let mut files = vec![file];
             let mut at = 0;
             while files.last().is_some_and(|f| f.delta) {
-                if at + 1 == chain.len() {
-                    let next = self.base_manifest(&chain[at])?;
-                    chain.push(next);
+                if at == chain.len() {
+                    let above = chain.last().map_or(&manifest, |(m, _)| m);
+                    let next = self.base_manifest(above)?;
+                    let listed = manifest_files(&next)?;
+                    chain.push((next, listed));
                 }
+                let (older, listed) = &chain[at];
                 at += 1;
-                let older = manifest_files(&chain[at])?
-                    .remove(&part_key)
-                    .ok_or_else(|| {
-                        Error::Checkpoint(format!(
-                            "state/{} has no file for {} partition {}, which the snapshot of batch {batch} builds on",
-                            batch_key(chain[at].batch),
-                            part_key.0,
-                            part_key.1
-                        ))
-                    })?;
-                files.push(older);
+                let file = listed.get(&part_key).cloned().ok_or_else(|| {
+                    Error::Checkpoint(format!(
+                        "state/{} has no file for {} partition {}, which the snapshot of batch {batch} builds on",
+                        batch_key(older.batch),
+                        part_key.0,
+                        part_key.1
+                    ))
+                })?;
+                files.push(file);
             }
             saved.depth = saved.depth.max(files.len() - 1);
             files.reverse();
