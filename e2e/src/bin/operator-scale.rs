@@ -115,54 +115,23 @@ fn job(name: &str, suspend: bool) -> Result<DynamicObject> {
     }))?)
 }
 
-/// The API server's request counts so far, by verb and resource.
-async fn api_requests_by_kind(client: &Client) -> Result<HashMap<String, f64>> {
+/// The API server's request count so far, all verbs and resources.
+async fn api_requests(client: &Client) -> Result<f64> {
     let text = client
         .request_text(http::Request::get("/metrics").body(Vec::new())?)
         .await?;
-    let mut counts = HashMap::new();
-    for line in text.lines() {
-        let Some(labels) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
-            continue;
-        };
-        let label = |name: &str| {
-            labels
-                .split(',')
-                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
-                .map(|v| v.trim_end_matches(['"', '}']).to_string())
-                .unwrap_or_default()
-        };
-        let kind = format!("{} {}", label("verb"), label("resource"));
-        *counts.entry(kind).or_insert(0.0) += value;
-    }
-    Ok(counts)
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
-/// The API server's request count so far, all verbs and resources.
-async fn api_requests(client: &Client) -> Result<f64> {
-    Ok(api_requests_by_kind(client).await?.values().sum())
-}
-
-/// API requests per second over `span`, in all and the most frequent verb and resource.
-async fn request_rate(client: &Client, span: Duration) -> Result<(f64, Vec<(String, f64)>)> {
-    let before = api_requests_by_kind(client).await?;
+/// API requests per second over `span`.
+async fn request_rate(client: &Client, span: Duration) -> Result<f64> {
+    let before = api_requests(client).await?;
     tokio::time::sleep(span).await;
-    let after = api_requests_by_kind(client).await?;
-    let mut rates: Vec<(String, f64)> = after
-        .iter()
-        .map(|(kind, n)| {
-            let was = before.get(kind).copied().unwrap_or(0.0);
-            (kind.clone(), (n - was) / span.as_secs_f64())
-        })
-        .filter(|(_, rate)| *rate > 0.0)
-        .collect();
-    rates.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let total = rates.iter().map(|(_, r)| r).sum();
-    rates.truncate(5);
-    Ok((total, rates))
+    Ok((api_requests(client).await? - before) / span.as_secs_f64())
 }
 
 fn resident_mb(pid: u32) -> f64 {
@@ -255,7 +224,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (idle_rate, _) = request_rate(&client, Duration::from_secs(10)).await?;
+    let idle_rate = request_rate(&client, Duration::from_secs(10)).await?;
     let idle_mb = resident_mb(operator_pid);
 
     // A watch sees each job's first status.
@@ -338,7 +307,7 @@ async fn main() -> Result<()> {
     // Quiet: every job reconciled; what keeping them costs.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let reconciles_before = metric(&operator_metrics(), "sluice_reconciles_total");
-    let (quiet_rate, quiet_kinds) = request_rate(&client, args.quiet).await?;
+    let quiet_rate = request_rate(&client, args.quiet).await?;
     let metrics = operator_metrics();
     let reconciles = metric(&metrics, "sluice_reconciles_total");
     let quiet_reconciles = (reconciles - reconciles_before) / args.quiet.as_secs_f64();
@@ -370,24 +339,6 @@ async fn main() -> Result<()> {
     );
     println!(
         "API server requests a second (every client, the control plane's own included): {idle_rate:.0} idle before the jobs, {burst_rate:.0} while they were created and reconciled, {quiet_rate:.0} once quiet"
-    );
-    let counter = |name: &str, outcome: &str| {
-        metric(&metrics, &format!("{name}_total{{outcome=\"{outcome}\"}}"))
-    };
-    println!(
-        "operator writes (all run): child applies {:.0} sent, {:.0} left out as unchanged; status {:.0} sent, {:.0} left out",
-        counter("sluice_child_applies", "sent"),
-        counter("sluice_child_applies", "unchanged"),
-        counter("sluice_status_writes", "sent"),
-        counter("sluice_status_writes", "unchanged"),
-    );
-    let kinds: Vec<String> = quiet_kinds
-        .iter()
-        .map(|(kind, rate)| format!("{kind} {rate:.1}"))
-        .collect();
-    println!(
-        "once quiet, the most frequent requests a second: {}",
-        kinds.join(", ")
     );
     if quiet_reconciles > 0.0 {
         println!(
