@@ -27,16 +27,14 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 use sluice_e2e::control_plane::{ControlPlane, bin_dir, free_port};
-use sluice_e2e::fixtures::{self, http_get, spawn_operator_binary, workspace_bin};
+use sluice_e2e::fixtures::{self, http_get, spawn_operator};
 
 const HELP: &str =
     "operator-scale [--jobs N] [--concurrency N] [--suspend] [--quiet-seconds N] [--dir DIR]
-               [--operator PATH]
 
 Creates N StreamingJobs (default 1000), N at a time (default 20), against a local control plane
 and one sluice-operator, and prints the operator's reconcile latency, memory and the API
-server's request rate. --suspend creates them suspended (no pods at all). --operator runs
-another build of sluice-operator (default: the one beside this tool). Build first:
+server's request rate. --suspend creates them suspended (no pods at all). Build first:
 e2e/scripts/build-control-plane.sh and cargo build -p sluice-operator -p sluice-e2e --bins.";
 
 struct Args {
@@ -45,7 +43,6 @@ struct Args {
     suspend: bool,
     quiet: Duration,
     dir: PathBuf,
-    operator: Option<PathBuf>,
 }
 
 fn args() -> Result<Args> {
@@ -55,7 +52,6 @@ fn args() -> Result<Args> {
         suspend: false,
         quiet: Duration::from_secs(20),
         dir: std::env::temp_dir().join("sluice-operator-scale"),
-        operator: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -73,13 +69,6 @@ fn args() -> Result<Args> {
                 args.quiet = Duration::from_secs(value()?.parse().context("--quiet-seconds")?)
             }
             "--dir" => args.dir = PathBuf::from(value()?),
-            "--operator" => {
-                let path = PathBuf::from(value()?);
-                if !path.is_file() {
-                    bail!("--operator {}: no such file", path.display());
-                }
-                args.operator = Some(path);
-            }
             "--help" | "-h" => {
                 println!("{HELP}");
                 std::process::exit(0);
@@ -194,18 +183,11 @@ async fn main() -> Result<()> {
         }
     );
     let port = free_port()?;
-    let binary = match &args.operator {
-        Some(path) => path.clone(),
-        None => workspace_bin("sluice-operator")?,
-    };
-    println!("operator: {}", binary.display());
-    let mut operator = spawn_operator_binary(
-        &binary,
+    let mut operator = spawn_operator(
         &control_plane.kubeconfig,
         "operator-0",
         port,
         &args.dir.join("operator.log"),
-        &[],
     )?;
     let operator_pid = operator.pid().context("the operator did not start")?;
     let operator_metrics = || http_get("127.0.0.1", port, "/metrics").unwrap_or_default();
@@ -340,12 +322,6 @@ async fn main() -> Result<()> {
     println!(
         "API server requests a second (every client, the control plane's own included): {idle_rate:.0} idle before the jobs, {burst_rate:.0} while they were created and reconciled, {quiet_rate:.0} once quiet"
     );
-    if quiet_reconciles > 0.0 {
-        println!(
-            "once quiet: {:.1} API requests a reconcile (above the idle rate)",
-            (quiet_rate - idle_rate).max(0.0) / quiet_reconciles
-        );
-    }
     drop(operator);
     control_plane.stop();
     Ok(())
