@@ -141,7 +141,27 @@ pub fn spawn_operator_with_env(
     log: &Path,
     env: &[(&str, &str)],
 ) -> Result<Process> {
-    let mut operator = Command::new(workspace_bin("sluice-operator")?);
+    spawn_operator_binary(
+        &workspace_bin("sluice-operator")?,
+        kubeconfig,
+        name,
+        metrics_port,
+        log,
+        env,
+    )
+}
+
+/// [`spawn_operator_with_env`] with another build of the operator (say, an older one to
+/// compare with).
+pub fn spawn_operator_binary(
+    binary: &Path,
+    kubeconfig: &Path,
+    name: &str,
+    metrics_port: u16,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> Result<Process> {
+    let mut operator = Command::new(binary);
     operator
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info")

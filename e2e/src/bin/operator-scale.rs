@@ -27,14 +27,16 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::json;
 use sluice_e2e::control_plane::{ControlPlane, bin_dir, free_port};
-use sluice_e2e::fixtures::{self, http_get, spawn_operator};
+use sluice_e2e::fixtures::{self, http_get, spawn_operator_binary, workspace_bin};
 
 const HELP: &str =
     "operator-scale [--jobs N] [--concurrency N] [--suspend] [--quiet-seconds N] [--dir DIR]
+               [--operator PATH]
 
 Creates N StreamingJobs (default 1000), N at a time (default 20), against a local control plane
 and one sluice-operator, and prints the operator's reconcile latency, memory and the API
-server's request rate. --suspend creates them suspended (no pods at all). Build first:
+server's request rate. --suspend creates them suspended (no pods at all). --operator runs
+another build of sluice-operator (default: the one beside this tool). Build first:
 e2e/scripts/build-control-plane.sh and cargo build -p sluice-operator -p sluice-e2e --bins.";
 
 struct Args {
@@ -43,6 +45,7 @@ struct Args {
     suspend: bool,
     quiet: Duration,
     dir: PathBuf,
+    operator: Option<PathBuf>,
 }
 
 fn args() -> Result<Args> {
@@ -52,6 +55,7 @@ fn args() -> Result<Args> {
         suspend: false,
         quiet: Duration::from_secs(20),
         dir: std::env::temp_dir().join("sluice-operator-scale"),
+        operator: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -69,6 +73,13 @@ fn args() -> Result<Args> {
                 args.quiet = Duration::from_secs(value()?.parse().context("--quiet-seconds")?)
             }
             "--dir" => args.dir = PathBuf::from(value()?),
+            "--operator" => {
+                let path = PathBuf::from(value()?);
+                if !path.is_file() {
+                    bail!("--operator {}: no such file", path.display());
+                }
+                args.operator = Some(path);
+            }
             "--help" | "-h" => {
                 println!("{HELP}");
                 std::process::exit(0);
@@ -104,23 +115,54 @@ fn job(name: &str, suspend: bool) -> Result<DynamicObject> {
     }))?)
 }
 
-/// The API server's request count so far, all verbs and resources.
-async fn api_requests(client: &Client) -> Result<f64> {
+/// The API server's request counts so far, by verb and resource.
+async fn api_requests_by_kind(client: &Client) -> Result<HashMap<String, f64>> {
     let text = client
         .request_text(http::Request::get("/metrics").body(Vec::new())?)
         .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    let mut counts = HashMap::new();
+    for line in text.lines() {
+        let Some(labels) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some(value) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches(['"', '}']).to_string())
+                .unwrap_or_default()
+        };
+        let kind = format!("{} {}", label("verb"), label("resource"));
+        *counts.entry(kind).or_insert(0.0) += value;
+    }
+    Ok(counts)
 }
 
-/// API requests per second over `span`.
-async fn request_rate(client: &Client, span: Duration) -> Result<f64> {
-    let before = api_requests(client).await?;
+/// The API server's request count so far, all verbs and resources.
+async fn api_requests(client: &Client) -> Result<f64> {
+    Ok(api_requests_by_kind(client).await?.values().sum())
+}
+
+/// API requests per second over `span`, in all and the most frequent verb and resource.
+async fn request_rate(client: &Client, span: Duration) -> Result<(f64, Vec<(String, f64)>)> {
+    let before = api_requests_by_kind(client).await?;
     tokio::time::sleep(span).await;
-    Ok((api_requests(client).await? - before) / span.as_secs_f64())
+    let after = api_requests_by_kind(client).await?;
+    let mut rates: Vec<(String, f64)> = after
+        .iter()
+        .map(|(kind, n)| {
+            let was = before.get(kind).copied().unwrap_or(0.0);
+            (kind.clone(), (n - was) / span.as_secs_f64())
+        })
+        .filter(|(_, rate)| *rate > 0.0)
+        .collect();
+    rates.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total = rates.iter().map(|(_, r)| r).sum();
+    rates.truncate(5);
+    Ok((total, rates))
 }
 
 fn resident_mb(pid: u32) -> f64 {
@@ -183,11 +225,18 @@ async fn main() -> Result<()> {
         }
     );
     let port = free_port()?;
-    let mut operator = spawn_operator(
+    let binary = match &args.operator {
+        Some(path) => path.clone(),
+        None => workspace_bin("sluice-operator")?,
+    };
+    println!("operator: {}", binary.display());
+    let mut operator = spawn_operator_binary(
+        &binary,
         &control_plane.kubeconfig,
         "operator-0",
         port,
         &args.dir.join("operator.log"),
+        &[],
     )?;
     let operator_pid = operator.pid().context("the operator did not start")?;
     let operator_metrics = || http_get("127.0.0.1", port, "/metrics").unwrap_or_default();
@@ -206,7 +255,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle_rate = request_rate(&client, Duration::from_secs(10)).await?;
+    let (idle_rate, _) = request_rate(&client, Duration::from_secs(10)).await?;
     let idle_mb = resident_mb(operator_pid);
 
     // A watch sees each job's first status.
@@ -289,7 +338,7 @@ async fn main() -> Result<()> {
     // Quiet: every job reconciled; what keeping them costs.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let reconciles_before = metric(&operator_metrics(), "sluice_reconciles_total");
-    let quiet_rate = request_rate(&client, args.quiet).await?;
+    let (quiet_rate, quiet_kinds) = request_rate(&client, args.quiet).await?;
     let metrics = operator_metrics();
     let reconciles = metric(&metrics, "sluice_reconciles_total");
     let quiet_reconciles = (reconciles - reconciles_before) / args.quiet.as_secs_f64();
@@ -322,6 +371,30 @@ async fn main() -> Result<()> {
     println!(
         "API server requests a second (every client, the control plane's own included): {idle_rate:.0} idle before the jobs, {burst_rate:.0} while they were created and reconciled, {quiet_rate:.0} once quiet"
     );
+    let counter = |name: &str, outcome: &str| {
+        metric(&metrics, &format!("{name}_total{{outcome=\"{outcome}\"}}"))
+    };
+    println!(
+        "operator writes (all run): child applies {:.0} sent, {:.0} left out as unchanged; status {:.0} sent, {:.0} left out",
+        counter("sluice_child_applies", "sent"),
+        counter("sluice_child_applies", "unchanged"),
+        counter("sluice_status_writes", "sent"),
+        counter("sluice_status_writes", "unchanged"),
+    );
+    let kinds: Vec<String> = quiet_kinds
+        .iter()
+        .map(|(kind, rate)| format!("{kind} {rate:.1}"))
+        .collect();
+    println!(
+        "once quiet, the most frequent requests a second: {}",
+        kinds.join(", ")
+    );
+    if quiet_reconciles > 0.0 {
+        println!(
+            "once quiet: {:.1} API requests a reconcile (above the idle rate)",
+            (quiet_rate - idle_rate).max(0.0) / quiet_reconciles
+        );
+    }
     drop(operator);
     control_plane.stop();
     Ok(())
