@@ -17,6 +17,13 @@
 //! took another key (a new key, or the last entry moved into a removed one's place) carries its
 //! key. Besides halving the bytes, this spares the encoding a cache miss per entry, the key's
 //! own memory, which with a large state scattered over memory was most of its time.
+//!
+//! The snapshot's batch waits for the encoding, and reading a million changed entries at
+//! scattered places of a large map costs a cache miss each. So each change is also copied, as
+//! it is made (its entry is then in cache), into a log that the delta is written from in one
+//! sequential pass: the changes in the order they were made, a position more than once if it
+//! changed more than once. Applied in order, they give the same state. The log is bounded (a
+//! quarter of the state); past that it is dropped and the delta is read from the map.
 
 use fixedbitset::FixedBitSet;
 use serde::de::DeserializeOwned;
@@ -47,6 +54,10 @@ type Delta<K, V> = (u64, Vec<(u64, Change<K, V>)>);
 /// and its entry.
 type LegacyDelta<E> = (u64, Vec<(u64, E)>);
 
+/// The fewest changes the log may hold, however small the state: below this, a log costs less
+/// than deciding to drop it.
+const MIN_LOG: usize = 1024;
+
 /// A partition's keyed state and the positions changed since its last snapshot.
 pub(crate) struct Tracked<K, V> {
     map: KeyMap<K, V>,
@@ -54,6 +65,9 @@ pub(crate) struct Tracked<K, V> {
     changed: FixedBitSet,
     /// Of those, the positions that took another key.
     rekeyed: FixedBitSet,
+    /// Every change since the last snapshot, in order, while there were few enough to keep;
+    /// `None` once there were too many (see the module's documentation).
+    log: Option<Vec<(u64, Change<K, V>)>>,
 }
 
 impl<K, V> Default for Tracked<K, V> {
@@ -62,11 +76,12 @@ impl<K, V> Default for Tracked<K, V> {
             map: KeyMap::default(),
             changed: FixedBitSet::new(),
             rekeyed: FixedBitSet::new(),
+            log: Some(Vec::new()),
         }
     }
 }
 
-impl<K: Key, V: Serialize + DeserializeOwned> Tracked<K, V> {
+impl<K: Key, V: Clone + Serialize + DeserializeOwned> Tracked<K, V> {
     pub fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key)
     }
@@ -83,6 +98,7 @@ impl<K: Key, V: Serialize + DeserializeOwned> Tracked<K, V> {
     pub fn insert(&mut self, key: K, value: V) {
         let (at, old) = self.map.insert_full(key, value);
         self.mark(at, old.is_none());
+        self.log_change(at, old.is_none());
     }
 
     /// Removes `key`'s entry; the last entry takes its place.
@@ -90,8 +106,27 @@ impl<K: Key, V: Serialize + DeserializeOwned> Tracked<K, V> {
         let (at, _, value) = self.map.swap_remove_full(key)?;
         if at < self.map.len() {
             self.mark(at, true);
+            self.log_change(at, true);
         }
         Some(value)
+    }
+
+    /// Copies the entry at `at` into the log: its value alone, or with `rekeyed` its key too.
+    fn log_change(&mut self, at: usize, rekeyed: bool) {
+        let Some(log) = &mut self.log else { return };
+        if log.len() >= (self.map.len() / 4).max(MIN_LOG) {
+            self.log = None;
+            return;
+        }
+        let Some((k, v)) = self.map.get_index(at) else {
+            return;
+        };
+        let change = if rekeyed {
+            Change::Entry(k.clone(), v.clone())
+        } else {
+            Change::Value(v.clone())
+        };
+        log.push((at as u64, change));
     }
 
     fn mark(&mut self, at: usize, rekeyed: bool) {
@@ -109,10 +144,17 @@ impl<K: Key, V: Serialize + DeserializeOwned> Tracked<K, V> {
     fn clear_marks(&mut self) {
         self.changed.clear();
         self.rekeyed.clear();
+        match &mut self.log {
+            Some(log) => log.clear(),
+            None => self.log = Some(Vec::new()),
+        }
     }
 
-    /// How many entries a delta would hold now.
+    /// How many entries a delta would hold now, at most.
     pub fn changes(&self) -> usize {
+        if let Some(log) = &self.log {
+            return log.len();
+        }
         let len = self.map.len().min(self.changed.len());
         self.changed.count_ones(..len)
     }
@@ -128,18 +170,30 @@ impl<K: Key, V: Serialize + DeserializeOwned> Tracked<K, V> {
     /// count from here.
     pub fn encode_delta(&mut self) -> Result<Vec<u8>> {
         let len = self.map.len();
-        // Gathered first, then written: each position's lookup is independent of the others,
-        // so the processor overlaps their cache misses, which writing as it goes would not.
-        let changes: Vec<(u64, Change<&K, &V>)> = self
+        if let Some(log) = &self.log {
+            // A change past the end was dropped by a later removal, and nothing read it since:
+            // a move into a lower position is logged with its key.
+            let changes: Vec<&(u64, Change<K, V>)> =
+                log.iter().filter(|(at, _)| *at < len as u64).collect();
+            let bytes = postcard::to_extend(&(len as u64, changes), DELTA_MAGIC.to_vec())
+                .map_err(|e| Error::Internal(format!("cannot serialize a state delta: {e}")));
+            self.clear_marks();
+            return bytes;
+        }
+        // The values are copied out first, then written. Each copy reads memory independent
+        // of the others, so the processor overlaps their cache misses; the encoder, which
+        // branches on every value it reads, would take them one at a time (a probe of 250,000
+        // changes of a 2.5 M-entry partition: 13 ms copied, 16–25 ms read in place).
+        let changes: Vec<(u64, Change<&K, V>)> = self
             .changed
             .ones()
             .take_while(|&at| at < len)
             .filter_map(|at| {
                 let (k, v) = self.map.get_index(at)?;
                 let change = if self.rekeyed.contains(at) {
-                    Change::Entry(k, v)
+                    Change::Entry(k, v.clone())
                 } else {
-                    Change::Value(v)
+                    Change::Value(v.clone())
                 };
                 Some((at as u64, change))
             })
@@ -312,6 +366,48 @@ mod tests {
         let delta = state.encode_delta().expect("delta");
         assert!(delta.len() * 100 < whole.len(), "{} bytes", delta.len());
         assert_eq!(state.changes(), 0);
+    }
+
+    #[test]
+    fn a_delta_reads_the_map_once_its_log_is_too_long() {
+        let mut state = State::default();
+        churn(&mut state, 3, 300);
+        let mut chain = vec![state.encode_whole().expect("whole")];
+        // More changes than the log keeps (64 keys, so MIN_LOG bounds it): the delta is
+        // read from the map, and the log starts again after it.
+        churn(&mut state, 5, 3 * MIN_LOG);
+        assert!(state.log.is_none(), "the log was dropped");
+        assert!(state.changes() <= 64, "{} changes", state.changes());
+        chain.push(state.encode_delta().expect("delta from the map"));
+        churn(&mut state, 9, 150);
+        assert!(state.log.as_ref().is_some_and(|log| !log.is_empty()));
+        chain.push(state.encode_delta().expect("delta from the log"));
+        let read: Vec<(String, u64)> = decode_chain(&chain, "state").expect("chain");
+        assert_eq!(read, entries(&state));
+    }
+
+    #[test]
+    fn a_logged_delta_drops_changes_past_the_end() {
+        let mut state = State::default();
+        for i in 0..10 {
+            state.insert(format!("k{i}"), i);
+        }
+        let mut chain = vec![state.encode_whole().expect("whole")];
+        // New keys past the old end, changed, moved down and removed again: the log holds
+        // positions 10 to 12 more than once, and the state ends shorter than it started.
+        for i in 10..13 {
+            state.insert(format!("k{i}"), i);
+        }
+        state.insert("k11".into(), 111);
+        state.swap_remove(&"k2".to_string());
+        state.insert("k11".into(), 1111);
+        for i in [12, 10, 9, 0] {
+            state.swap_remove(&format!("k{i}"));
+        }
+        state.insert("k20".into(), 20);
+        chain.push(state.encode_delta().expect("delta"));
+        let read: Vec<(String, u64)> = decode_chain(&chain, "state").expect("chain");
+        assert_eq!(read, entries(&state));
     }
 
     #[test]
