@@ -199,6 +199,50 @@ async fn a_streaming_job_runs_and_scales_live() -> Result<()> {
         )
         .await?;
 
+        // A steady job's reconciles apply nothing: its objects are, as watched, what the
+        // last apply left.
+        let sent = r#"sluice_child_applies_total{outcome="sent"}"#;
+        let unchanged = r#"sluice_child_applies_total{outcome="unchanged"}"#;
+        let (sent_before, unchanged_before) = (
+            metric(metrics_port, sent)?,
+            metric(metrics_port, unchanged)?,
+        );
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let (sent_after, unchanged_after) = (
+            metric(metrics_port, sent)?,
+            metric(metrics_port, unchanged)?,
+        );
+        eprintln!(
+            "applies of a steady job's objects over 12 s: {} sent, {} left out",
+            sent_after - sent_before,
+            unchanged_after - unchanged_before
+        );
+        assert_eq!(
+            sent_after, sent_before,
+            "a steady job's objects were applied again"
+        );
+        assert!(unchanged_after > unchanged_before, "no reconcile in 12 s");
+        // But a change made by hand is undone: the workers scaled behind the job's back go
+        // back to its replicas.
+        let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+            Api::namespaced(client.clone(), "jobs");
+        sets.patch_scale(
+            "wc-worker",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 1}})),
+        )
+        .await?;
+        wait_for(
+            "the workers' StatefulSet back at 3 replicas",
+            Duration::from_secs(30),
+            async || {
+                let set = sets.get("wc-worker").await?;
+                Ok((set.spec.and_then(|s| s.replicas) == Some(3)).then_some(()))
+            },
+        )
+        .await?;
+        assert!(metric(metrics_port, sent)? > sent_after);
+
         // Kill the leader: the standby takes the Lease and goes on reconciling.
         if let Some(mut p) = operators[leader].take() {
             p.kill();

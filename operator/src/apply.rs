@@ -1,5 +1,6 @@
 //! Writing a job's objects: its Secrets (the token and the TLS certificate, made once and never
-//! changed under running pods) and the objects `resources` builds, applied server-side.
+//! changed under running pods) and the objects `resources` builds, applied server-side when
+//! they are not already what the last apply left (see [`crate::cache`]).
 
 use std::collections::BTreeMap;
 
@@ -8,12 +9,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use sluice_crds::resource::StreamingJobResource;
 
+use crate::cache::{Child, Children, JobKey};
 use crate::constants::{MANAGER, TOKEN_KEY};
-use crate::controller::Error;
+use crate::controller::{Context, Error};
+use crate::metrics::Write;
 use crate::ownership::owned_by;
 use crate::resources::{self, BuildError};
 
@@ -27,13 +30,17 @@ pub struct Access {
 
 /// Writes the job's Secrets and every object of `desired`.
 pub async fn all(
-    client: &Client,
+    ctx: &Context,
     job: &StreamingJobResource,
     desired: &resources::Desired,
 ) -> Result<Access, Error> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secrets = Secrets {
+        api: Api::namespaced(ctx.client.clone(), &ns),
+        children: &ctx.children,
+        job: JobKey::of(job),
+    };
     let token = ensure_secret(
         job,
         &secrets,
@@ -49,14 +56,35 @@ pub async fn all(
     .await?
     .as_ref()
     .and_then(crate::tls::from_secret);
-    apply::<ConfigMap>(client, &ns, &desired.config).await?;
-    apply::<Service>(client, &ns, &desired.master_service).await?;
-    apply::<Service>(client, &ns, &desired.worker_service).await?;
-    apply::<NetworkPolicy>(client, &ns, &desired.network_policy).await?;
-    apply::<PodDisruptionBudget>(client, &ns, &desired.disruption_budget).await?;
-    apply::<StatefulSet>(client, &ns, &desired.master).await?;
-    apply::<StatefulSet>(client, &ns, &desired.workers).await?;
+    let key = JobKey::of(job);
+    apply::<ConfigMap>(ctx, &key, &desired.config).await?;
+    apply::<Service>(ctx, &key, &desired.master_service).await?;
+    apply::<Service>(ctx, &key, &desired.worker_service).await?;
+    apply::<NetworkPolicy>(ctx, &key, &desired.network_policy).await?;
+    apply::<PodDisruptionBudget>(ctx, &key, &desired.disruption_budget).await?;
+    apply::<StatefulSet>(ctx, &key, &desired.master).await?;
+    apply::<StatefulSet>(ctx, &key, &desired.workers).await?;
     Ok(Access { token, tls })
+}
+
+/// Where a job's Secrets are read: the copy read lately, else the API server.
+struct Secrets<'a> {
+    api: Api<Secret>,
+    children: &'a Children,
+    job: JobKey,
+}
+
+impl Secrets<'_> {
+    async fn get(&self, name: &str) -> Result<Option<Secret>, Error> {
+        if let Some(secret) = self.children.secret(&self.job, name) {
+            return Ok(Some((*secret).clone()));
+        }
+        let found = self.api.get_opt(name).await?;
+        if let Some(secret) = &found {
+            self.children.keep_secret(&self.job, secret.clone());
+        }
+        Ok(found)
+    }
 }
 
 fn random_token() -> Result<String, Error> {
@@ -73,7 +101,7 @@ fn random_token() -> Result<String, Error> {
 /// of that name is not this job's: anyone could have made it.
 async fn ensure_secret(
     job: &StreamingJobResource,
-    api: &Api<Secret>,
+    secrets: &Secrets<'_>,
     name: &str,
     role: &str,
     make: impl FnOnce() -> Result<BTreeMap<String, String>, Error>,
@@ -88,7 +116,7 @@ async fn ensure_secret(
                 .collect()
         })
     };
-    if let Some(secret) = api.get_opt(name).await? {
+    if let Some(secret) = secrets.get(name).await? {
         return Ok(ours(secret));
     }
     let data = make()?;
@@ -97,35 +125,39 @@ async fn ensure_secret(
         string_data: Some(data.clone()),
         ..Default::default()
     };
-    match api.create(&PostParams::default(), &secret).await {
-        Ok(_) => Ok(Some(
-            data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
-        )),
+    match secrets.api.create(&PostParams::default(), &secret).await {
+        Ok(created) => {
+            secrets.children.keep_secret(&secrets.job, created);
+            Ok(Some(
+                data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
+            ))
+        }
         // Created meanwhile by another reconcile: its data is the one.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get_opt(name).await?.and_then(ours)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(secrets.get(name).await?.and_then(ours)),
         Err(e) => Err(e.into()),
     }
 }
 
-async fn apply<K>(client: &Client, ns: &str, object: &K) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
+/// Applies `object` server-side, unless it is, as watched, what the last apply of it left.
+async fn apply<K: Child>(ctx: &Context, job: &JobKey, object: &K) -> Result<(), Error> {
+    if ctx.children.unchanged(job, object) {
+        ctx.metrics.applied(Write::Unchanged);
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &job.namespace);
     let name = object.meta().name.clone().unwrap_or_default();
     let mut body = serde_json::to_value(object)
         .map_err(|e| Error::Build(BuildError::Render(e.to_string())))?;
     body["apiVersion"] = json!(K::api_version(&()));
     body["kind"] = json!(K::kind(&()));
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await?;
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    ctx.children.wrote(job, object, applied.meta());
+    ctx.metrics.applied(Write::Sent);
     Ok(())
 }

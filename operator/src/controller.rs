@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
@@ -19,7 +19,7 @@ use sluice_crds::resource::{Phase, StreamingJobResource, StreamingJobStatus};
 use sluice_proto::v1 as pb;
 
 use crate::conditions::{ConditionType, condition, reason};
-use crate::constants::{LABEL_JOB, MANAGER};
+use crate::constants::MANAGER;
 use crate::resources::{self, BuildError};
 use crate::{apply, events, health, node_loss, ownership, restart, status, upgrade};
 
@@ -32,6 +32,8 @@ pub struct Context {
     pub recorder: kube::runtime::events::Recorder,
     /// What the autoscaler remembers of each job between looks.
     pub autoscale: crate::autoscale::Memories,
+    /// The job's objects as watched, and what the operator last wrote of each.
+    pub children: crate::cache::Children,
 }
 
 /// Reconcile failures.
@@ -69,20 +71,13 @@ pub struct Settings {
 /// in `settings.namespaces` (the RBAC the chart grants then covers only those).
 pub async fn run(client: Client, settings: Settings, metrics: Arc<crate::metrics::Metrics>) {
     if settings.namespaces.is_empty() {
-        run_in(
-            client.clone(),
-            Api::all(client.clone()),
-            Api::all(client),
-            &settings,
-            metrics,
-        )
-        .await;
+        run_in(client.clone(), Api::all(client), None, &settings, metrics).await;
     } else {
         let controllers = settings.namespaces.iter().map(|ns| {
             run_in(
                 client.clone(),
                 Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
+                Some(ns.as_str()),
                 &settings,
                 metrics.clone(),
             )
@@ -94,7 +89,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Arc<crate::metrics
 async fn run_in(
     client: Client,
     jobs: Api<StreamingJobResource>,
-    sets: Api<StatefulSet>,
+    namespace: Option<&str>,
     settings: &Settings,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
@@ -103,15 +98,18 @@ async fn run_in(
         instance: settings.pod_name.clone(),
     };
     let recorder = kube::runtime::events::Recorder::new(client.clone(), reporter);
+    let (children, sets) = crate::cache::Children::start(&client, namespace);
     let context = Arc::new(Context {
         client,
         namespace: settings.own_namespace.clone(),
         metrics,
         recorder,
         autoscale: crate::autoscale::Memories::default(),
+        children,
     });
-    Controller::new(jobs, watcher::Config::default())
-        .owns(sets, watcher::Config::default())
+    let controller = Controller::new(jobs, watcher::Config::default()).owns_stream(sets);
+    sweep_memory(controller.store(), context.clone());
+    controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -123,7 +121,27 @@ async fn run_in(
         .await;
 }
 
+/// How often what the operator remembers of deleted jobs is dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(300);
+
+/// Drops, every [`SWEEP_EVERY`], what the operator remembers of jobs no longer in `jobs`.
+fn sweep_memory(jobs: kube::runtime::reflector::Store<StreamingJobResource>, ctx: Arc<Context>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            every.tick().await;
+            let alive: std::collections::HashSet<crate::cache::JobKey> = jobs
+                .state()
+                .iter()
+                .map(|job| crate::cache::JobKey::of(job.as_ref()))
+                .collect();
+            ctx.children.sweep(|job| alive.contains(job));
+        }
+    });
+}
+
 async fn reconcile(job: Arc<StreamingJobResource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.children.ready().await;
     let started = std::time::Instant::now();
     let result = reconcile_with_finalizer(job, &ctx).await;
     let failure = match &result {
@@ -165,6 +183,7 @@ async fn reconcile_with_finalizer(
         if job.metadata.deletion_timestamp.is_some() {
             ctx.metrics.forget(&format!("{ns}/{}", job.name_any()));
             ctx.autoscale.forget(&job.uid().unwrap_or_default());
+            ctx.children.forget(&crate::cache::JobKey::of(job.as_ref()));
             tracing::info!(job = %job.name_any(), "job deleted; checkpoint retained");
             return Ok(Action::await_change());
         }
@@ -176,6 +195,7 @@ async fn reconcile_with_finalizer(
             kube::runtime::finalizer::Event::Cleanup(job) => {
                 ctx.metrics.forget(&format!("{ns}/{}", job.name_any()));
                 ctx.autoscale.forget(&job.uid().unwrap_or_default());
+                ctx.children.forget(&crate::cache::JobKey::of(job.as_ref()));
                 crate::cleanup::cleanup(&job, ctx).await
             }
         }
@@ -273,7 +293,7 @@ async fn reconcile_job(
         stopped,
         ctx.namespace.as_deref(),
     )?;
-    let foreign = ownership::foreign_objects(&ctx.client, job, &desired).await?;
+    let foreign = ownership::foreign_objects(ctx, job, &desired).await?;
     if !foreign.is_empty() {
         let message = ownership::conflict_message(&foreign);
         return block(
@@ -286,7 +306,7 @@ async fn reconcile_job(
         .await;
     }
     // 6. Write them.
-    let access = apply::all(&ctx.client, job, &desired).await?;
+    let access = apply::all(ctx, job, &desired).await?;
     // 7. Read the progress, and say it.
     let workers_desired = resources::workers_wanted(job, stopped);
     let progress = read_progress(job, ctx, &desired, &pods, &access).await?;
@@ -466,8 +486,17 @@ fn refusal(job: &StreamingJobResource) -> Option<(&'static str, String)> {
 }
 
 /// The spec the job's pods were made from, as its ConfigMap keeps it: `None` for a new job
-/// (or one made by an operator that did not keep it).
+/// (or one made by an operator that did not keep it). Read only when the ConfigMap may hold
+/// another spec than this one: when it is not, as watched, what this operator last wrote for
+/// the spec as it is now.
 async fn applied_spec(job: &StreamingJobResource, ctx: &Context) -> Result<Option<String>, Error> {
+    if let Ok(config) = resources::manifest_config_map(job)
+        && ctx
+            .children
+            .unchanged(&crate::cache::JobKey::of(job), &config)
+    {
+        return Ok(upgrade::applied_spec(job));
+    }
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let config = api
@@ -479,7 +508,7 @@ async fn applied_spec(job: &StreamingJobResource, ctx: &Context) -> Result<Optio
         .and_then(|mut d| d.remove(upgrade::APPLIED_SPEC_KEY)))
 }
 
-/// The job's pods as the API server has them, and what they say.
+/// The job's pods as watched, and what they say.
 struct Pods {
     items: Vec<Pod>,
     report: health::PodsReport,
@@ -493,11 +522,7 @@ async fn read_pods(
 ) -> Result<Pods, Error> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let items = pods_api
-        .list(&ListParams::default().labels(&format!("{LABEL_JOB}={name}")))
-        .await?
-        .items;
+    let items = ctx.children.pods(&ns, &name);
     let was_stopped =
         suspended || matches!(previous.phase, Some(Phase::BackingOff | Phase::Failed));
     let mut report = health::inspect(
@@ -558,18 +583,15 @@ async fn read_progress(
     access: &apply::Access,
 ) -> Result<Progress, Error> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
-    let sets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let ready = async |set: &StatefulSet| -> Result<i32, Error> {
+    let ready = |set: &StatefulSet| -> i32 {
         let name = set.metadata.name.as_deref().unwrap_or_default();
-        Ok(sets
-            .get_opt(name)
-            .await?
-            .and_then(|s| s.status)
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0))
+        ctx.children
+            .stateful_set(&ns, name)
+            .and_then(|s| s.status.as_ref()?.ready_replicas)
+            .unwrap_or(0)
     };
-    let master_ready = ready(&desired.master).await? >= 1;
-    let workers_ready = ready(&desired.workers).await?;
+    let master_ready = ready(&desired.master) >= 1;
+    let workers_ready = ready(&desired.workers);
     let master_pod = format!(
         "{}-0",
         desired.master.metadata.name.as_deref().unwrap_or_default()
@@ -603,7 +625,7 @@ pub(crate) fn jobs_api(job: &StreamingJobResource, ctx: &Context) -> Api<Streami
 }
 
 /// Writes the whole status (a JSON merge patch in which every field is present, so that one
-/// that no longer holds is cleared) and the phase gauge.
+/// that no longer holds is cleared), unless it is the one the job has, and the phase gauge.
 ///
 /// Only over the job as it was read (`version`, its resourceVersion): a status computed from an
 /// older copy (the cache behind a write of the reconcile before) would put back what that
@@ -617,6 +639,14 @@ async fn write_status(
 ) -> Result<(), Error> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
+    if job.status.as_ref() == Some(status) {
+        // Nothing to say that the job does not say already.
+        ctx.metrics.status_written(crate::metrics::Write::Unchanged);
+        if let Some(phase) = status.phase {
+            ctx.metrics.phase(format!("{ns}/{name}"), phase);
+        }
+        return Ok(());
+    }
     let body = match version {
         Some(v) => json!({ "metadata": {"resourceVersion": v}, "status": status }),
         None => json!({ "status": status }),
@@ -625,7 +655,7 @@ async fn write_status(
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(body))
         .await
     {
-        Ok(_) => {}
+        Ok(_) => ctx.metrics.status_written(crate::metrics::Write::Sent),
         Err(kube::Error::Api(e)) if e.code == 409 => {
             tracing::debug!(job = %name, "status not written: the job changed since it was read");
             return Ok(());

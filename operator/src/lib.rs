@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod autoscale;
+pub mod cache;
 pub mod cleanup;
 pub mod conditions;
 pub mod constants;

@@ -41,6 +41,23 @@ impl Failure {
     }
 }
 
+/// What became of a write the reconciler had to make: sent, or left out because the API server
+/// already has it (see `cache`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    Sent,
+    Unchanged,
+}
+
+impl Write {
+    fn as_str(self) -> &'static str {
+        match self {
+            Write::Sent => "sent",
+            Write::Unchanged => "unchanged",
+        }
+    }
+}
+
 type Label = [(&'static str, &'static str); 1];
 
 /// What the reconciler does, and the phase of every job it knows.
@@ -50,6 +67,8 @@ pub struct Metrics {
     errors: Family<Label, Counter>,
     reconcile_duration: Histogram,
     jobs: Family<Label, Gauge>,
+    applies: Family<Label, Counter>,
+    status_writes: Family<Label, Counter>,
     /// The phase of each job (namespace/name); `jobs` is counted from it when scraped.
     phases: Mutex<BTreeMap<String, Phase>>,
 }
@@ -63,6 +82,8 @@ impl Default for Metrics {
             // 1 ms to about 16 s, doubling.
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             jobs: Family::default(),
+            applies: Family::default(),
+            status_writes: Family::default(),
             phases: Mutex::default(),
         };
         m.registry.register(
@@ -82,9 +103,25 @@ impl Default for Metrics {
         );
         m.registry
             .register("jobs", "StreamingJobs by phase", m.jobs.clone());
+        m.registry.register(
+            "child_applies",
+            "Applies of a job's objects: sent, or left out as what the API server already has",
+            m.applies.clone(),
+        );
+        m.registry.register(
+            "status_writes",
+            "Writes of a job's status: sent, or left out as the status it already has",
+            m.status_writes.clone(),
+        );
         for kind in [Failure::Build, Failure::Api] {
             // Both kinds show from the start, at 0.
             let _ = m.errors.get_or_create(&[("kind", kind.as_str())]);
+        }
+        for outcome in [Write::Sent, Write::Unchanged] {
+            let _ = m.applies.get_or_create(&[("outcome", outcome.as_str())]);
+            let _ = m
+                .status_writes
+                .get_or_create(&[("outcome", outcome.as_str())]);
         }
         m
     }
@@ -98,6 +135,20 @@ impl Metrics {
         if let Some(kind) = failure {
             self.errors.get_or_create(&[("kind", kind.as_str())]).inc();
         }
+    }
+
+    /// One apply of a job's object, sent or left out.
+    pub fn applied(&self, outcome: Write) {
+        self.applies
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .inc();
+    }
+
+    /// One write of a job's status, sent or left out.
+    pub fn status_written(&self, outcome: Write) {
+        self.status_writes
+            .get_or_create(&[("outcome", outcome.as_str())])
+            .inc();
     }
 
     /// Job `key` (namespace/name) is in `phase`.

@@ -3,10 +3,11 @@
 //! force would, and the garbage collector would then delete it with the job).
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use sluice_crds::resource::StreamingJobResource;
 
-use crate::controller::Error;
+use crate::cache::Child;
+use crate::controller::{Context, Error};
 use crate::resources;
 
 /// Whether `meta` names the job (its uid) as its controlling owner.
@@ -18,16 +19,18 @@ pub fn owned_by(meta: &kube::api::ObjectMeta, job: &StreamingJobResource) -> boo
         .any(|r| r.controller == Some(true) && Some(r.uid.as_str()) == uid)
 }
 
-/// `Kind name` of each object the job would write that exists and is not the job's.
+/// `Kind name` of each object the job would write that exists and is not the job's. Objects
+/// the operator labels as its own are looked up in the watched copies; only a name not among
+/// them is asked of the API server (a new job's, or one someone else made).
 pub async fn foreign_objects(
-    client: &Client,
+    ctx: &Context,
     job: &StreamingJobResource,
     desired: &resources::Desired,
 ) -> Result<Vec<String>, Error> {
     let ns = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
     let mut claims = Claims {
-        client,
+        ctx,
         ns: &ns,
         job,
         foreign: Vec::new(),
@@ -48,21 +51,23 @@ pub async fn foreign_objects(
 
 /// Collects the objects of a job's names that someone else controls.
 struct Claims<'a> {
-    client: &'a Client,
+    ctx: &'a Context,
     ns: &'a str,
     job: &'a StreamingJobResource,
     foreign: Vec<String>,
 }
 
 impl Claims<'_> {
-    async fn name<K>(&mut self, name: &str) -> Result<(), Error>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let api: Api<K> = Api::namespaced(self.client.clone(), self.ns);
+    async fn name<K: Child>(&mut self, name: &str) -> Result<(), Error> {
+        // Only a known object that is the job's answers without a request: anything else (not
+        // seen, or seen as someone else's) is asked of the API server as it is now.
+        let key = crate::cache::JobKey::of(self.job);
+        if let Some(meta) = self.ctx.children.meta::<K>(&key, name)
+            && owned_by(&meta, self.job)
+        {
+            return Ok(());
+        }
+        let api: Api<K> = Api::namespaced(self.ctx.client.clone(), self.ns);
         if let Some(found) = api.get_metadata_opt(name).await?
             && !owned_by(&found.metadata, self.job)
         {
@@ -71,13 +76,7 @@ impl Claims<'_> {
         Ok(())
     }
 
-    async fn object<K>(&mut self, object: &K) -> Result<(), Error>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
+    async fn object<K: Child>(&mut self, object: &K) -> Result<(), Error> {
         let name = object.meta().name.clone().unwrap_or_default();
         self.name::<K>(&name).await
     }
