@@ -168,6 +168,26 @@ impl Children {
         (kept.0.elapsed() < SECRET_KEPT).then_some(kept.1)
     }
 
+    /// Whether the Secret `name` the job names (its credentials) was seen less than
+    /// [`SECRET_KEPT`] ago.
+    pub fn seen_secret(&self, job: &JobKey, name: &str) -> bool {
+        self.memory
+            .lock()
+            .get(job)
+            .and_then(|m| m.named.get(name))
+            .is_some_and(|at| at.elapsed() < SECRET_KEPT)
+    }
+
+    /// Remembers that the Secret `name` the job names exists (only that).
+    pub fn saw_secret(&self, job: &JobKey, name: &str) {
+        self.memory
+            .lock()
+            .entry(job.clone())
+            .or_default()
+            .named
+            .insert(name.to_string(), Instant::now());
+    }
+
     /// Keeps the job's Secret as just read or created.
     pub fn keep_secret(&self, job: &JobKey, mut secret: Secret) {
         let name = secret.metadata.name.clone().unwrap_or_default();
@@ -287,6 +307,8 @@ struct JobMemory {
     stamps: HashMap<(String, String), Stamp>,
     /// Its Secrets by name, with when they were read.
     secrets: HashMap<String, (Instant, Arc<Secret>)>,
+    /// When each Secret the job names (its credentials) was last seen to exist.
+    named: HashMap<String, Instant>,
 }
 
 #[derive(Default)]

@@ -549,8 +549,7 @@ async fn read_pods(
     ];
     for (secret, field, keys) in named {
         let Some(secret) = secret else { continue };
-        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-        if secrets.get_opt(&secret.name).await?.is_none() {
+        if !named_secret_exists(job, ctx, &ns, &secret.name).await? {
             report.problems.insert(0, health::Problem {
                 reason: reason::SECRET_MISSING,
                 message: format!(
@@ -561,6 +560,26 @@ async fn read_pods(
         }
     }
     Ok(Pods { items, report })
+}
+
+/// Whether the Secret `name` a job names (its credentials) exists: asked of the API server
+/// unless it was seen lately. Only that it exists is remembered, never what it holds.
+async fn named_secret_exists(
+    job: &StreamingJobResource,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<bool, Error> {
+    let key = crate::cache::JobKey::of(job);
+    if ctx.children.seen_secret(&key, name) {
+        return Ok(true);
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let exists = secrets.get_metadata_opt(name).await?.is_some();
+    if exists {
+        ctx.children.saw_secret(&key, name);
+    }
+    Ok(exists)
 }
 
 /// How far the job is: its StatefulSets' readiness and the master's own account.
