@@ -34,7 +34,31 @@ pub struct Children {
     services: Store<PartialObjectMeta<Service>>,
     policies: Store<PartialObjectMeta<NetworkPolicy>>,
     budgets: Store<PartialObjectMeta<PodDisruptionBudget>>,
+    /// True once every store has listed what exists (see [`Children::ready`]).
+    ready: tokio::sync::watch::Receiver<bool>,
     memory: Memory,
+}
+
+/// A store's wait for its first list, as kube returns it.
+type StoreReady = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), reflector::store::WriterDropped>> + Send>,
+>;
+
+/// A channel that turns true once every one of `stores` is ready.
+///
+/// Why not let each reconcile wait on the stores itself: kube's `Store::wait_until_ready`
+/// wakes only the last of the tasks waiting on it at once (it polls one oneshot receiver,
+/// which keeps a single waker). When a new leader takes over, every job's reconcile starts
+/// while the stores are still listing, and all but one of them waited forever: their jobs'
+/// status froze. One task waits here instead, and a watch channel wakes every reconcile.
+fn signal_ready(stores: Vec<StoreReady>) -> tokio::sync::watch::Receiver<bool> {
+    let (ready, waiting) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        // A writer dropped: the process is ending, and nothing reconciles anyway.
+        let _ = futures::future::join_all(stores).await;
+        let _ = ready.send(true);
+    });
+    waiting
 }
 
 /// The label selector of every object the operator makes for a job.
@@ -131,13 +155,32 @@ impl Children {
                 store
             }};
         }
+        let configs = metadata!(ConfigMap);
+        let services = metadata!(Service);
+        let policies = metadata!(NetworkPolicy);
+        let budgets = metadata!(PodDisruptionBudget);
+        macro_rules! listed {
+            ($store:expr) => {{
+                let store = $store.clone();
+                Box::pin(async move { store.wait_until_ready().await }) as StoreReady
+            }};
+        }
+        let ready = signal_ready(vec![
+            listed!(sets),
+            listed!(pods),
+            listed!(configs),
+            listed!(services),
+            listed!(policies),
+            listed!(budgets),
+        ]);
         let children = Self {
             sets,
             pods,
-            configs: metadata!(ConfigMap),
-            services: metadata!(Service),
-            policies: metadata!(NetworkPolicy),
-            budgets: metadata!(PodDisruptionBudget),
+            configs,
+            services,
+            policies,
+            budgets,
+            ready,
             memory: Memory::default(),
         };
         (children, set_stream)
@@ -146,15 +189,9 @@ impl Children {
     /// Waits until every store has listed what exists, so that a job is never judged on an
     /// empty cache (its children taken for missing, its pods for gone).
     pub async fn ready(&self) {
-        // A writer is dropped only with the process's runtime: then nothing reconciles anyway.
-        let _ = futures::join!(
-            self.sets.wait_until_ready(),
-            self.pods.wait_until_ready(),
-            self.configs.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.policies.wait_until_ready(),
-            self.budgets.wait_until_ready(),
-        );
+        // An error: the signalling task is gone, which happens only with the process's
+        // runtime, when nothing reconciles anyway.
+        let _ = self.ready.clone().wait_for(|ready| *ready).await;
     }
 
     /// The StatefulSet `name` of `ns`, as last watched.
@@ -407,6 +444,49 @@ mod tests {
             generation,
             resource_version: rv.map(Into::into),
             ..Default::default()
+        }
+    }
+
+    /// Many reconciles wait at once for stores still listing, as when a new leader takes over
+    /// with jobs in place: every one of them must go on once the stores are listed.
+    #[tokio::test]
+    async fn every_waiter_goes_on_once_the_stores_are_listed() {
+        let (pods, mut pods_writer) = reflector::store::<Pod>();
+        let (sets, mut sets_writer) = reflector::store::<StatefulSet>();
+        let ready = signal_ready(vec![
+            Box::pin({
+                let pods = pods.clone();
+                async move { pods.wait_until_ready().await }
+            }),
+            Box::pin({
+                let sets = sets.clone();
+                async move { sets.wait_until_ready().await }
+            }),
+        ]);
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let mut ready = ready.clone();
+                tokio::spawn(async move { ready.wait_for(|r| *r).await.map(|_| ()) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "nothing is listed yet"
+        );
+        pods_writer.apply_watcher_event(&watcher::Event::InitDone);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "one store is still listing"
+        );
+        sets_writer.apply_watcher_event(&watcher::Event::InitDone);
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .expect("every waiter is woken")
+                .expect("joined")
+                .expect("ready");
         }
     }
 
