@@ -213,6 +213,10 @@ fn ms(d: Duration) -> String {
     format!("{:.0}ms", d.as_secs_f64() * 1000.0)
 }
 
+fn ms_tenths(d: Duration) -> String {
+    format!("{:.1}ms", d.as_secs_f64() * 1000.0)
+}
+
 pub(super) fn bench_workers(args: &BenchArgs) -> Result<(), String> {
     let counts = &args.workers;
     if counts.iter().any(|n| *n == 0 || *n > PARTITIONS) {
@@ -222,8 +226,16 @@ pub(super) fn bench_workers(args: &BenchArgs) -> Result<(), String> {
         "workers: one job, sluice master and N sluice workers (1 task thread each) on this machine; {PARTITIONS} partitions, {INTERVAL_MS} ms batches, 10,000 lines/s, word count with keyed state (a shuffle between every pair of workers), output discarded, local checkpoint; {BATCHES} batches, the first {WARM} not counted"
     );
     println!(
-        "{:>7} | {:>11} | {:>9} {:>9} | {:>10} | {:>12} {:>12}",
-        "workers", "first batch", "proc p50", "proc p99", "delay p99", "master CPU", "workers CPU"
+        "{:>7} | {:>11} | {:>9} {:>9} | {:>10} | {:>10} {:>11} | {:>12} {:>16}",
+        "workers",
+        "first batch",
+        "proc p50",
+        "proc p99",
+        "delay p99",
+        "master CPU",
+        "workers CPU",
+        "master/batch",
+        "a worker/batch"
     );
     for &n in counts {
         let dir = Scratch::new(&format!("workers-{n}"))?;
@@ -234,8 +246,11 @@ pub(super) fn bench_workers(args: &BenchArgs) -> Result<(), String> {
                 cpu.as_secs_f64() / (r.first_batch + r.wall).as_secs_f64().max(1e-9) * 100.0
             )
         };
+        // CPU a batch, over every batch of the run (start-up included): what a projection to
+        // more workers or shorter batches scales.
+        let per_batch = |cpu: Duration| cpu / BATCHES as u32;
         println!(
-            "{:>7} | {:>11} | {:>9} {:>9} | {:>10} | {:>12} {:>12}",
+            "{:>7} | {:>11} | {:>9} {:>9} | {:>10} | {:>10} {:>11} | {:>12} {:>16}",
             r.workers,
             ms(r.first_batch),
             ms(percentile(&r.processing, 0.5)),
@@ -243,10 +258,12 @@ pub(super) fn bench_workers(args: &BenchArgs) -> Result<(), String> {
             ms(percentile(&r.total_delay, 0.99)),
             per_second(r.master_cpu),
             per_second(r.workers_cpu),
+            ms_tenths(per_batch(r.master_cpu)),
+            ms_tenths(per_batch(r.workers_cpu) / r.workers as u32),
         );
     }
     println!(
-        "first batch: from the master's first log line to its first batch done; proc: the master's batch, from its call to the workers to the last answer; CPU: share of one core over the run"
+        "first batch: from the master's first log line to its first batch done; proc: the master's batch, from its call to the workers to the last answer; CPU: share of one core over the run; /batch: CPU time over the run's {BATCHES} batches (start-up included), the master's and one worker's on average"
     );
     Ok(())
 }
