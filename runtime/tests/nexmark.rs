@@ -18,8 +18,9 @@ const INTERVAL_MS: u64 = 100;
 const BATCHES: u64 = 30;
 
 /// Runs example `query` scaled down (rate, interval and windows by 10) into a directory of
-/// its own; returns its output, batch by batch (each batch sorted, as partitions interleave).
-fn run(query: &str, dir: &Path) -> Vec<Vec<String>> {
+/// its own, with each `(from, to)` of `more` replaced in its text too; returns its output,
+/// batch by batch (each batch sorted, as partitions interleave).
+fn run(query: &str, dir: &Path, more: &[(&str, String)]) -> Vec<Vec<String>> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let example = std::fs::read_to_string(repo.join(format!("examples/nexmark/{query}.yaml")))
         .expect("the example");
@@ -36,6 +37,9 @@ fn run(query: &str, dir: &Path) -> Vec<Vec<String>> {
             &format!("/tmp/sluice/nexmark/{query}"),
             &out.display().to_string(),
         );
+    let text = more
+        .iter()
+        .fold(text, |text, (from, to)| text.replace(from, to));
     assert!(
         text.contains(&format!("seed: {SEED}")) && text.contains(&out.display().to_string()),
         "the example's generator or sink changed: {text}"
@@ -105,7 +109,12 @@ fn model(per_batch: impl Fn(&[Json]) -> Vec<Json>) -> Vec<Vec<String>> {
 
 fn check(query: &str, expected: Vec<Vec<String>>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let got = run(query, dir.path());
+    check_in(query, dir.path(), &[], expected);
+}
+
+/// [`check`], in `dir`, with `more` replaced in the example's text.
+fn check_in(query: &str, dir: &Path, more: &[(&str, String)], expected: Vec<Vec<String>>) {
+    let got = run(query, dir, more);
     let records: usize = expected.iter().map(Vec::len).sum();
     assert!(records > 0, "{query}: the model expects no output at all");
     assert_eq!(
@@ -244,6 +253,66 @@ fn q7_keeps_the_highest_bid_of_each_tumbling_window() {
         })
         .collect();
     check("q7", expected);
+}
+
+#[test]
+fn q13_joins_each_bid_with_the_side_input() {
+    // A side input of the even keys only, so that the bids on odd keys are dropped: the
+    // example's own file covers every key.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let side = dir.path().join("side-input.csv");
+    let text: String = (0..10_000)
+        .step_by(2)
+        .map(|k| format!("{k},v{k}\n"))
+        .collect();
+    std::fs::write(&side, text).expect("write the side input");
+    let expected = model(|b| {
+        bids(b)
+            .filter_map(|e| {
+                let key = e["auction"].as_u64().expect("auction") % 10_000;
+                key.is_multiple_of(2).then(|| {
+                    json!({"key": key, "value": {
+                        "auction": e["auction"],
+                        "bidder": e["bidder"],
+                        "price": e["price"],
+                        "dateTime": e["dateTime"],
+                        "value": format!("v{key}"),
+                    }})
+                })
+            })
+            .collect()
+    });
+    let bids_in: usize = events().iter().map(|b| bids(b).count()).sum();
+    let joined: usize = expected.iter().map(Vec::len).sum();
+    assert!(
+        joined > 0 && joined < bids_in,
+        "the model keeps {joined} of {bids_in} bids: some, not all"
+    );
+    check_in(
+        "q13",
+        dir.path(),
+        &[(
+            "examples/nexmark/side-input.csv",
+            side.display().to_string(),
+        )],
+        expected,
+    );
+}
+
+#[test]
+fn the_side_input_of_q13_has_a_value_for_every_key() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(repo.join("examples/nexmark/side-input.csv"))
+        .expect("the side input");
+    let keys: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(',').expect("key,value");
+            assert_eq!(v, format!("side-{k}"));
+            k.parse().expect("a number")
+        })
+        .collect();
+    assert_eq!(keys, (0..10_000).collect::<Vec<u64>>());
 }
 
 #[test]

@@ -54,7 +54,7 @@ pub struct BenchArgs {
     /// into the files sink, with a local checkpoint (exactly once) and without.
     #[arg(long)]
     pub latency: bool,
-    /// The Nexmark queries of examples/nexmark (q0, q1, q2, q5, q7, q12) with their events from the
+    /// The Nexmark queries of examples/nexmark (q0, q1, q2, q5, q7, q12, q13) with their events from the
     /// built-in generator at --rate, 1 s batches back to back for --seconds: events/s per
     /// busy core, the generator's own cost included (and printed alone).
     #[arg(long)]
