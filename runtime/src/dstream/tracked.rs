@@ -61,13 +61,14 @@ const MIN_LOG: usize = 1024;
 /// A partition's keyed state and the positions changed since its last snapshot.
 pub(crate) struct Tracked<K, V> {
     map: KeyMap<K, V>,
-    /// Positions written since the last snapshot.
-    changed: FixedBitSet,
-    /// Of those, the positions that took another key.
-    rekeyed: FixedBitSet,
     /// Every change since the last snapshot, in order, while there were few enough to keep;
     /// `None` once there were too many (see the module's documentation).
     log: Option<Vec<(u64, Change<K, V>)>>,
+    /// Once the log is dropped: the positions written since the last snapshot (the log's
+    /// positions carried over, then every later change). Empty while the log is kept.
+    changed: FixedBitSet,
+    /// Of those, the positions that took another key.
+    rekeyed: FixedBitSet,
 }
 
 impl<K, V> Default for Tracked<K, V> {
@@ -97,25 +98,34 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned> Tracked<K, V> {
     /// Sets `key`'s entry: in place when it has one, else at the end.
     pub fn insert(&mut self, key: K, value: V) {
         let (at, old) = self.map.insert_full(key, value);
-        self.mark(at, old.is_none());
-        self.log_change(at, old.is_none());
+        self.record(at, old.is_none());
     }
 
     /// Removes `key`'s entry; the last entry takes its place.
     pub fn swap_remove(&mut self, key: &K) -> Option<V> {
         let (at, _, value) = self.map.swap_remove_full(key)?;
         if at < self.map.len() {
-            self.mark(at, true);
-            self.log_change(at, true);
+            self.record(at, true);
         }
         Some(value)
     }
 
-    /// Copies the entry at `at` into the log: its value alone, or with `rekeyed` its key too.
-    fn log_change(&mut self, at: usize, rekeyed: bool) {
-        let Some(log) = &mut self.log else { return };
+    /// Records a change of the entry at `at` (with `rekeyed`, it took another key): copied
+    /// into the log while the log is kept, else marked in the bit sets. A log grown past its
+    /// bound is dropped, its positions carried into the bit sets.
+    fn record(&mut self, at: usize, rekeyed: bool) {
+        let Some(log) = &mut self.log else {
+            self.mark(at, rekeyed);
+            return;
+        };
         if log.len() >= (self.map.len() / 4).max(MIN_LOG) {
+            let log = std::mem::take(log);
             self.log = None;
+            for (was, change) in &log {
+                // A logged position is below the map's length at the time, so it fits usize.
+                self.mark(*was as usize, matches!(change, Change::Entry(..)));
+            }
+            self.mark(at, rekeyed);
             return;
         }
         let Some((k, v)) = self.map.get_index(at) else {
@@ -170,38 +180,39 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned> Tracked<K, V> {
     /// count from here.
     pub fn encode_delta(&mut self) -> Result<Vec<u8>> {
         let len = self.map.len();
-        if let Some(log) = &self.log {
-            // A change past the end was dropped by a later removal, and nothing read it since:
-            // a move into a lower position is logged with its key.
-            let changes: Vec<&(u64, Change<K, V>)> =
-                log.iter().filter(|(at, _)| *at < len as u64).collect();
-            let bytes = postcard::to_extend(&(len as u64, changes), DELTA_MAGIC.to_vec())
-                .map_err(|e| Error::Internal(format!("cannot serialize a state delta: {e}")));
-            self.clear_marks();
-            return bytes;
-        }
-        // The values are copied out first, then written. Each copy reads memory independent
-        // of the others, so the processor overlaps their cache misses; the encoder, which
-        // branches on every value it reads, would take them one at a time (a probe of 250,000
-        // changes of a 2.5 M-entry partition: 13 ms copied, 16–25 ms read in place).
-        let changes: Vec<(u64, Change<&K, V>)> = self
-            .changed
-            .ones()
-            .take_while(|&at| at < len)
-            .filter_map(|at| {
-                let (k, v) = self.map.get_index(at)?;
-                let change = if self.rekeyed.contains(at) {
-                    Change::Entry(k, v.clone())
-                } else {
-                    Change::Value(v.clone())
-                };
-                Some((at as u64, change))
-            })
-            .collect();
-        let bytes = postcard::to_extend(&(len as u64, changes), DELTA_MAGIC.to_vec())
-            .map_err(|e| Error::Internal(format!("cannot serialize a state delta: {e}")));
+        let bytes = match &self.log {
+            Some(log) => {
+                // A change past the end was dropped by a later removal, and nothing read it
+                // since: a move into a lower position is logged with its key.
+                let changes: Vec<&(u64, Change<K, V>)> =
+                    log.iter().filter(|(at, _)| *at < len as u64).collect();
+                postcard::to_extend(&(len as u64, changes), DELTA_MAGIC.to_vec())
+            }
+            None => {
+                // The values are copied out first, then written. Each copy reads memory
+                // independent of the others, so the processor overlaps their cache misses; the
+                // encoder, which branches on every value it reads, would take them one at a
+                // time (a probe of 250,000 changes of a 2.5 M-entry partition: 13 ms copied,
+                // 16–25 ms read in place).
+                let changes: Vec<(u64, Change<&K, V>)> = self
+                    .changed
+                    .ones()
+                    .take_while(|&at| at < len)
+                    .filter_map(|at| {
+                        let (k, v) = self.map.get_index(at)?;
+                        let change = if self.rekeyed.contains(at) {
+                            Change::Entry(k, v.clone())
+                        } else {
+                            Change::Value(v.clone())
+                        };
+                        Some((at as u64, change))
+                    })
+                    .collect();
+                postcard::to_extend(&(len as u64, changes), DELTA_MAGIC.to_vec())
+            }
+        };
         self.clear_marks();
-        bytes
+        bytes.map_err(|e| Error::Internal(format!("cannot serialize a state delta: {e}")))
     }
 
     /// Replaces the state with `entries`, in their order; changes count from here.
