@@ -44,6 +44,15 @@ type StoreReady = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(), reflector::store::WriterDropped>> + Send>,
 >;
 
+/// `store`'s wait for its first list, on a clone of the store, so that it can run on a task.
+fn listed<K>(store: &Store<K>) -> StoreReady
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let store = store.clone();
+    Box::pin(async move { store.wait_until_ready().await })
+}
+
 /// A channel that turns true once every one of `stores` is ready.
 ///
 /// Why not let each reconcile wait on the stores itself: kube's `Store::wait_until_ready`
@@ -159,19 +168,13 @@ impl Children {
         let services = metadata!(Service);
         let policies = metadata!(NetworkPolicy);
         let budgets = metadata!(PodDisruptionBudget);
-        macro_rules! listed {
-            ($store:expr) => {{
-                let store = $store.clone();
-                Box::pin(async move { store.wait_until_ready().await }) as StoreReady
-            }};
-        }
         let ready = signal_ready(vec![
-            listed!(sets),
-            listed!(pods),
-            listed!(configs),
-            listed!(services),
-            listed!(policies),
-            listed!(budgets),
+            listed(&sets),
+            listed(&pods),
+            listed(&configs),
+            listed(&services),
+            listed(&policies),
+            listed(&budgets),
         ]);
         let children = Self {
             sets,
@@ -453,16 +456,7 @@ mod tests {
     async fn every_waiter_goes_on_once_the_stores_are_listed() {
         let (pods, mut pods_writer) = reflector::store::<Pod>();
         let (sets, mut sets_writer) = reflector::store::<StatefulSet>();
-        let ready = signal_ready(vec![
-            Box::pin({
-                let pods = pods.clone();
-                async move { pods.wait_until_ready().await }
-            }),
-            Box::pin({
-                let sets = sets.clone();
-                async move { sets.wait_until_ready().await }
-            }),
-        ]);
+        let ready = signal_ready(vec![listed(&pods), listed(&sets)]);
         let waiters: Vec<_> = (0..8)
             .map(|_| {
                 let mut ready = ready.clone();
