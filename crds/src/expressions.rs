@@ -3,8 +3,13 @@
 //! stack) and regular expressions. Shared so that `sluice validate` and the operator refuse
 //! the same texts with the same words before any pod starts.
 
-use cel::common::ast::{EntryExpr, Expr as Node, MapExpr, StructExpr};
-use cel::{IdedExpr, Program};
+use std::sync::{Arc, LazyLock};
+
+use cel::common::ast::{
+    ComprehensionExpr, EntryExpr, Expr as Node, ListExpr, LiteralValue, MapExpr, StructExpr,
+};
+use cel::parser::{Macro, MacroExprHelper, ParseError};
+use cel::{Env, IdedExpr, Program};
 
 /// The longest expression accepted, in bytes (the CRD says the same).
 pub const MAX_EXPR_BYTES: usize = 4096;
@@ -13,6 +18,80 @@ pub const MAX_EXPR_DEPTH: usize = 100;
 
 /// Stack of the thread that parses an expression.
 const COMPILE_STACK_BYTES: usize = 64 << 20;
+
+/// The name `cel.bind` gives no loop variable, as cel-go's expansion names it.
+const UNUSED_ITER_VAR: &str = "#unused";
+
+/// The CEL environment every manifest expression is compiled and evaluated in: CEL's standard
+/// library, the `strings` (`split`, `replace`, `lowerAscii`, `indexOf`, `substring`, ...),
+/// `lists` (`slice`, `sort`, `sortBy`, ...) and `math` (`math.greatest`, ...) extensions, and
+/// `cel.bind(name, value, expression)`, which names a value once for an expression to use
+/// several times. These are the libraries Kubernetes' own CEL offers, so a rule written for a
+/// ValidatingAdmissionPolicy reads the same here.
+pub fn environment() -> Arc<Env> {
+    // Only a clash with an overload already declared fails, which a cel upgrade would show in
+    // this module's test; the standard library alone is then better than no expressions.
+    static ENVIRONMENT: LazyLock<Arc<Env>> =
+        LazyLock::new(|| Arc::new(build_environment().unwrap_or_else(|_| Env::stdlib())));
+    Arc::clone(&ENVIRONMENT)
+}
+
+fn build_environment() -> Result<Env, cel::DeclarationError> {
+    let mut env = Env::stdlib();
+    env.add_extension(cel::extensions::strings)?;
+    env.add_extension(cel::extensions::lists)?;
+    env.add_extension(cel::extensions::math)?;
+    env.add_macro(Macro::receiver("bind", 3, bind))?;
+    Ok(env)
+}
+
+/// `cel.bind(name, value, expression)`: `expression` with `name` bound to `value`, expanded as
+/// cel-go expands it, into a comprehension over no items whose accumulator is the value.
+fn bind(
+    helper: &mut MacroExprHelper<'_>,
+    target: &mut Option<IdedExpr>,
+    args: &mut Vec<IdedExpr>,
+) -> Result<Option<IdedExpr>, ParseError> {
+    if !matches!(target.as_ref().map(|t| &t.expr), Some(Node::Ident(namespace)) if namespace == "cel")
+    {
+        return Ok(None);
+    }
+    let [name, value, expression] = std::mem::take(args)
+        .try_into()
+        .map_err(|_: Vec<IdedExpr>| helper.new_error(0, "cel.bind() takes three arguments"))?;
+    let Node::Ident(name) = name.expr else {
+        return Err(helper.new_error(
+            name.id,
+            "cel.bind() binds a simple name: cel.bind(total, a + b, total * 2)",
+        ));
+    };
+    let none = helper.next_expr(Node::List(ListExpr::new(Vec::new())));
+    let stop = helper.next_expr(Node::Literal(LiteralValue::Boolean(false.into())));
+    let step = helper.next_expr(Node::Ident(name.clone()));
+    Ok(Some(helper.next_expr(Node::Comprehension(Box::new(
+        ComprehensionExpr {
+            iter_range: none,
+            iter_var: UNUSED_ITER_VAR.to_string(),
+            iter_var2: None,
+            accu_var: name,
+            accu_init: value,
+            loop_cond: stop,
+            loop_step: step,
+            result: expression,
+        },
+    )))))
+}
+
+/// The parts of a `cel.bind` expansion: the name, its value and the expression.
+pub fn as_bind(c: &ComprehensionExpr) -> Option<(&str, &IdedExpr, &IdedExpr)> {
+    let empty = matches!(&c.iter_range.expr, Node::List(l) if l.elements.is_empty());
+    let stops = matches!(&c.loop_cond.expr, Node::Literal(LiteralValue::Boolean(b)) if !*b.inner());
+    (empty && stops && c.iter_var == UNUSED_ITER_VAR && c.iter_var2.is_none()).then_some((
+        c.accu_var.as_str(),
+        &c.accu_init,
+        &c.result,
+    ))
+}
 
 /// Compiles a CEL expression; the error is CEL's message, or the bound it breaks.
 pub fn compile_cel(text: &str) -> Result<Program, String> {
@@ -42,7 +121,7 @@ pub fn check_regex(text: &str) -> Result<regex::Regex, String> {
 
 /// Parses `text` and checks its depth; the deep tree of a refused text is dropped here too.
 fn parse_bounded(text: &str) -> Result<Program, String> {
-    let program = Program::compile(text).map_err(|e| {
+    let program = environment().compile(text).map_err(|e| {
         format!(
             "{:?} is not a valid CEL expression: {e}",
             crate::shorten(text, 200)
@@ -122,5 +201,33 @@ mod tests {
             panic!("refused")
         };
         assert!(re.contains("is not a valid regular expression"), "{re}");
+    }
+
+    #[test]
+    fn the_environment_has_every_extension_and_bind() {
+        assert!(build_environment().is_ok());
+        let run = |text: &str| {
+            let program = compile_cel(text).expect("compiles");
+            program.execute(&cel::Context::with_env(environment()))
+        };
+        assert_eq!(
+            run("'a/b/c'.split('/')[1].upperAscii()"),
+            Ok(cel::Value::from("B"))
+        );
+        assert_eq!(run("[3, 1, 2].sort().slice(0, 2)"), Ok(vec![1, 2].into()));
+        assert_eq!(run("math.greatest(1, 5, 3)"), Ok(5.into()));
+        assert_eq!(run("cel.bind(x, 2 + 3, x * x + x)"), Ok(30.into()));
+        assert_eq!(run("cel.bind(x, 1, cel.bind(x, x + 1, x))"), Ok(2.into()));
+        let Err(name) = compile_cel("cel.bind(a.b, 1, 2)") else {
+            panic!("refused")
+        };
+        assert!(name.contains("binds a simple name"), "{name}");
+        // `bind` on anything but `cel` is left as the call it is.
+        assert!(compile_cel("x.bind(a, 1, 2)").is_ok());
+        let expansion = compile_cel("cel.bind(y, 1, y)").expect("compiles");
+        let Node::Comprehension(c) = &expansion.expression().expr else {
+            panic!("a comprehension")
+        };
+        assert!(matches!(as_bind(c), Some(("y", _, _))));
     }
 }

@@ -46,7 +46,14 @@ async fn crd_accepts_examples_and_refuses_bad_manifests() -> Result<()> {
     sluice_e2e::crd::install(&client, &repo().join("crds/streamingjob.yaml")).await?;
 
     let mut examples = 0;
-    for entry in std::fs::read_dir(repo().join("examples"))? {
+    let dirs = [repo().join("examples"), repo().join("examples/nexmark")];
+    for entry in dirs
+        .iter()
+        .map(std::fs::read_dir)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+    {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "yaml") {
             let text = std::fs::read_to_string(&path)?;
@@ -56,7 +63,7 @@ async fn crd_accepts_examples_and_refuses_bad_manifests() -> Result<()> {
             examples += 1;
         }
     }
-    assert!(examples >= 4);
+    assert!(examples >= 20);
 
     let base = std::fs::read_to_string(repo().join("examples/hashtags.yaml"))?;
     let cases = [

@@ -99,11 +99,21 @@ fn as_read(records: Vec<Json>) -> Vec<Json> {
 }
 
 /// A per-batch query over the model's events, batches with no output left out.
-fn model(per_batch: impl Fn(&[Json]) -> Vec<Json>) -> Vec<Vec<String>> {
+fn model(mut per_batch: impl FnMut(&[Json]) -> Vec<Json>) -> Vec<Vec<String>> {
     events()
         .iter()
         .map(|b| sorted(as_read(per_batch(b))))
         .filter(|b| !b.is_empty())
+        .collect()
+}
+
+/// A query over 10-batch tumbling windows (the examples' 10 s, scaled down), emitted at every
+/// 10th batch: `per_window` gets each window's events, batch by batch.
+fn tumbling(per_window: impl Fn(&[Vec<Json>]) -> Vec<Json>) -> Vec<Vec<String>> {
+    events()
+        .chunks(10)
+        .filter(|w| w.len() == 10)
+        .map(|window| sorted(as_read(per_window(window))))
         .collect()
 }
 
@@ -166,27 +176,90 @@ fn q2_selects_the_bids_on_every_123rd_auction() {
 }
 
 #[test]
-fn q12_counts_bids_per_bidder_in_each_tumbling_window() {
-    // Windows of 10 batches, emitted at every 10th.
-    let events = events();
-    let expected: Vec<Vec<String>> = events
-        .chunks(10)
-        .filter(|w| w.len() == 10)
-        .map(|window| {
-            let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
-            for e in window.iter().flat_map(|b| bids(b)) {
-                *counts
-                    .entry(e["bidder"].as_u64().expect("bidder"))
-                    .or_default() += 1;
+fn q3_joins_sellers_in_three_states_with_their_auctions_in_category_10() {
+    // Each person seen in the three states, and the auctions waiting for their seller.
+    let mut people: BTreeMap<u64, Json> = BTreeMap::new();
+    let mut waiting: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    let mut late = 0;
+    let expected = model(|batch| {
+        let mut rows = Vec::new();
+        let mut row = |person: &Json, id: u64| {
+            rows.push(json!({"key": person["id"], "value": {
+                "name": person["name"], "city": person["city"], "state": person["state"], "id": id,
+            }}))
+        };
+        for e in batch {
+            let n = |f: &str| e[f].as_u64().expect(f);
+            match e["type"].as_str() {
+                Some("person")
+                    if ["OR", "ID", "CA"].contains(&e["state"].as_str().unwrap_or("")) =>
+                {
+                    for id in waiting.remove(&n("id")).unwrap_or_default() {
+                        late += 1;
+                        row(e, id);
+                    }
+                    people.insert(n("id"), e.clone());
+                }
+                Some("auction") if n("category") == 10 => match people.get(&n("seller")) {
+                    Some(person) => row(person, n("id")),
+                    None => waiting.entry(n("seller")).or_default().push(n("id")),
+                },
+                _ => {}
             }
-            sorted(
-                counts
-                    .into_iter()
-                    .map(|(bidder, n)| json!({"key": bidder, "value": n}))
-                    .collect(),
-            )
-        })
-        .collect();
+        }
+        rows
+    });
+    let joined: usize = expected.iter().map(Vec::len).sum();
+    assert!(
+        joined > 0,
+        "no auction in category 10 has a seller in the three states"
+    );
+    assert!(
+        late > 0,
+        "no auction came before its seller: the waiting path is untested"
+    );
+    check("q3", expected);
+}
+
+#[test]
+fn q8_joins_new_people_with_new_sellers_per_tumbling_window() {
+    let expected = tumbling(|window| {
+        let of = |kind: &'static str| window.iter().flatten().filter(move |e| e["type"] == kind);
+        let sellers: std::collections::BTreeSet<u64> = of("auction")
+            .map(|a| a["seller"].as_u64().expect("seller"))
+            .collect();
+        of("person")
+            .filter(|p| sellers.contains(&p["id"].as_u64().expect("id")))
+            .map(|p| json!({"key": p["id"], "value": p["name"]}))
+            .collect()
+    });
+    let people: usize = events()
+        .iter()
+        .flatten()
+        .filter(|e| e["type"] == "person")
+        .count();
+    let joined: usize = expected.iter().map(Vec::len).sum();
+    assert!(
+        joined > 0 && joined < people,
+        "{joined} of {people} people sell in their window: some, not all"
+    );
+    check("q8", expected);
+}
+
+#[test]
+fn q12_counts_bids_per_bidder_in_each_tumbling_window() {
+    let expected = tumbling(|window| {
+        let mut counts: BTreeMap<u64, u64> = BTreeMap::new();
+        for e in window.iter().flat_map(|b| bids(b)) {
+            *counts
+                .entry(e["bidder"].as_u64().expect("bidder"))
+                .or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(bidder, n)| json!({"key": bidder, "value": n}))
+            .collect()
+    });
     check("q12", expected);
 }
 
@@ -222,36 +295,31 @@ fn q5_finds_the_auction_with_the_most_bids_in_each_sliding_window() {
 
 #[test]
 fn q7_keeps_the_highest_bid_of_each_tumbling_window() {
-    let events = events();
-    let expected: Vec<Vec<String>> = events
-        .chunks(10)
-        .filter(|w| w.len() == 10)
-        .map(|window| {
-            // The highest price; of tied bids, the largest bid (its fields in name order).
-            let key = |e: &&Json| {
-                let n = |f: &str| e[f].as_u64().expect(f);
-                let channel = e["channel"].as_str().expect("channel").to_string();
-                (
-                    n("price"),
-                    n("auction"),
-                    n("bidder"),
-                    channel,
-                    n("dateTime"),
-                )
-            };
-            let best = window
-                .iter()
-                .flat_map(|b| bids(b))
-                .max_by_key(key)
-                .expect("a bid in every window");
-            sorted(vec![json!({
-                "auction": best["auction"],
-                "price": best["price"],
-                "bidder": best["bidder"],
-                "dateTime": best["dateTime"],
-            })])
-        })
-        .collect();
+    let expected = tumbling(|window| {
+        // The highest price; of tied bids, the largest bid (its fields in name order).
+        let key = |e: &&Json| {
+            let n = |f: &str| e[f].as_u64().expect(f);
+            let channel = e["channel"].as_str().expect("channel").to_string();
+            (
+                n("price"),
+                n("auction"),
+                n("bidder"),
+                channel,
+                n("dateTime"),
+            )
+        };
+        let best = window
+            .iter()
+            .flat_map(|b| bids(b))
+            .max_by_key(key)
+            .expect("a bid in every window");
+        vec![json!({
+            "auction": best["auction"],
+            "price": best["price"],
+            "bidder": best["bidder"],
+            "dateTime": best["dateTime"],
+        })]
+    });
     check("q7", expected);
 }
 
@@ -296,6 +364,190 @@ fn q13_joins_each_bid_with_the_side_input() {
             side.display().to_string(),
         )],
         expected,
+    );
+}
+
+#[test]
+fn q14_classifies_the_bids_in_a_price_range() {
+    let expected = model(|b| {
+        bids(b)
+            .filter_map(|e| {
+                let price = 0.908 * e["price"].as_u64().expect("price") as f64;
+                let date_time = e["dateTime"].as_u64().expect("dateTime");
+                let hour = date_time / 3_600_000 % 24;
+                let kind = match hour {
+                    8..=18 => "dayTime",
+                    0..=6 | 20.. => "nightTime",
+                    _ => "otherTime",
+                };
+                let url = e["url"].as_str().expect("url");
+                (price > 1_000_000.0 && price < 50_000_000.0).then(|| {
+                    json!({
+                        "auction": e["auction"],
+                        "bidder": e["bidder"],
+                        "price": price,
+                        "bidTimeType": kind,
+                        "dateTime": date_time,
+                        "cCounts": url.matches('c').count(),
+                    })
+                })
+            })
+            .collect()
+    });
+    let kept: usize = expected.iter().map(Vec::len).sum();
+    let all: usize = events().iter().map(|b| bids(b).count()).sum();
+    assert!(
+        kept > 0 && kept < all,
+        "the model keeps {kept} of {all} bids: some, not all"
+    );
+    check("q14", expected);
+}
+
+/// A continuous query over the bids in their order: `emit` gets each bid and the state of its
+/// key, and returns the key and value to output, if any.
+fn continuous<S: Default>(
+    mut emit: impl FnMut(&Json, &mut BTreeMap<String, S>) -> Option<Json>,
+) -> Vec<Vec<String>> {
+    let mut states = BTreeMap::new();
+    model(move |b| bids(b).filter_map(|e| emit(e, &mut states)).collect())
+}
+
+#[test]
+fn q17_keeps_running_statistics_per_auction_and_day() {
+    #[derive(Default)]
+    struct Stats {
+        total: u64,
+        ranks: [u64; 3],
+        min: u64,
+        max: u64,
+        sum: u64,
+    }
+    let expected = continuous(|e, states: &mut BTreeMap<String, Stats>| {
+        let n = |f: &str| e[f].as_u64().expect(f);
+        let (auction, day, price) = (n("auction"), n("dateTime") / 86_400_000, n("price"));
+        let s = states.entry(format!("{auction}/{day}")).or_default();
+        if s.total == 0 {
+            (s.min, s.max) = (price, price);
+        }
+        s.total += 1;
+        s.ranks[match price {
+            ..10_000 => 0,
+            10_000..1_000_000 => 1,
+            _ => 2,
+        }] += 1;
+        (s.min, s.max, s.sum) = (s.min.min(price), s.max.max(price), s.sum + price);
+        Some(json!({"key": [auction, day], "value": {
+            "auction": auction,
+            "day": day,
+            "totalBids": s.total,
+            "rank1Bids": s.ranks[0],
+            "rank2Bids": s.ranks[1],
+            "rank3Bids": s.ranks[2],
+            "minPrice": s.min,
+            "maxPrice": s.max,
+            "avgPrice": s.sum as f64 / s.total as f64,
+            "sumPrice": s.sum,
+        }}))
+    });
+    check("q17", expected);
+}
+
+#[test]
+fn q18_emits_each_bidders_last_bid_on_each_auction() {
+    let expected = continuous(|e, last: &mut BTreeMap<String, u64>| {
+        let n = |f: &str| e[f].as_u64().expect(f);
+        let at = n("dateTime");
+        let kept = last
+            .entry(format!("{}/{}", n("bidder"), n("auction")))
+            .or_insert(at);
+        (at >= *kept).then(|| {
+            *kept = at;
+            json!({"key": [e["bidder"], e["auction"]], "value": e})
+        })
+    });
+    check("q18", expected);
+}
+
+#[test]
+fn q19_emits_the_bids_that_enter_the_ten_highest_of_their_auction() {
+    let (mut all, mut entered) = (0, 0);
+    let expected = continuous(|e, tops: &mut BTreeMap<String, Vec<u64>>| {
+        let price = e["price"].as_u64().expect("price");
+        let top = tops.entry(e["auction"].to_string()).or_default();
+        all += 1;
+        if top.len() >= 10 && price <= top[9] {
+            return None;
+        }
+        entered += 1;
+        top.push(price);
+        top.sort_unstable_by(|a, b| b.cmp(a));
+        top.truncate(10);
+        Some(json!({"key": e["auction"], "value": e}))
+    });
+    assert!(
+        entered > 0 && entered < all,
+        "{entered} of {all} bids enter a top ten: some, not all"
+    );
+    check("q19", expected);
+}
+
+#[test]
+fn q21_reads_each_channels_id() {
+    let expected = model(|b| {
+        bids(b)
+            .filter_map(|e| {
+                let channel = e["channel"].as_str().expect("channel");
+                let url = e["url"].as_str().expect("url");
+                let named = ["apple", "google", "facebook", "baidu"]
+                    .iter()
+                    .position(|c| *c == channel.to_ascii_lowercase())
+                    .map(|i| i.to_string());
+                let from_url = regex::Regex::new("(&|^)channel_id=([^&]*)")
+                    .expect("a regex")
+                    .captures(url)
+                    .map(|c| c[2].to_string());
+                named.or(from_url).map(|id| {
+                    json!({
+                        "auction": e["auction"],
+                        "bidder": e["bidder"],
+                        "price": e["price"],
+                        "channel": channel,
+                        "channelId": id,
+                    })
+                })
+            })
+            .collect()
+    });
+    let from_url: usize = expected
+        .iter()
+        .flatten()
+        .filter(|r| r.contains("channel-"))
+        .count();
+    assert!(from_url > 0, "no bid's channel id comes from its url");
+    check("q21", expected);
+}
+
+#[test]
+fn q22_splits_each_url_into_directories() {
+    check(
+        "q22",
+        model(|b| {
+            bids(b)
+                .map(|e| {
+                    let parts: Vec<&str> = e["url"].as_str().expect("url").split('/').collect();
+                    let part = |i: usize| parts.get(i).map(|p| p.to_string());
+                    json!({
+                        "auction": e["auction"],
+                        "bidder": e["bidder"],
+                        "price": e["price"],
+                        "channel": e["channel"],
+                        "dir1": part(3),
+                        "dir2": part(4),
+                        "dir3": part(5),
+                    })
+                })
+                .collect()
+        }),
     );
 }
 

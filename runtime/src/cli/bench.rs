@@ -54,9 +54,9 @@ pub struct BenchArgs {
     /// into the files sink, with a local checkpoint (exactly once) and without.
     #[arg(long)]
     pub latency: bool,
-    /// The Nexmark queries of examples/nexmark (q0, q1, q2, q5, q7, q12, q13) with their events from the
-    /// built-in generator at --rate, 1 s batches back to back for --seconds: events/s per
-    /// busy core, the generator's own cost included (and printed alone).
+    /// The Nexmark queries of examples/nexmark (q0-q3, q5, q7, q8, q12-q14, q17-q19, q21, q22)
+    /// with their events from the built-in generator at --rate, 1 s batches back to back for
+    /// --seconds: events/s per busy core, the generator's own cost included (and printed alone).
     #[arg(long)]
     pub nexmark: bool,
     /// Throughput with one task thread and with --threads (default: one per core), in

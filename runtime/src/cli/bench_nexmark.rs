@@ -15,7 +15,7 @@ use crate::source::{GeneratorConfig, TextGenerator};
 /// The queries, as their examples state them (rate and sink replaced here), with the batches
 /// each runs before the measured ones: a windowed query carries its full cost only once its
 /// first (10 s) window has filled.
-const QUERIES: [(&str, &str, u64, &str); 7] = [
+const QUERIES: [(&str, &str, u64, &str); 15] = [
     (
         "q0",
         "pass-through",
@@ -35,6 +35,12 @@ const QUERIES: [(&str, &str, u64, &str); 7] = [
         include_str!("../../../examples/nexmark/q2.yaml"),
     ),
     (
+        "q3",
+        "local item suggestion",
+        1,
+        include_str!("../../../examples/nexmark/q3.yaml"),
+    ),
+    (
         "q5",
         "hot items",
         10,
@@ -47,6 +53,12 @@ const QUERIES: [(&str, &str, u64, &str); 7] = [
         include_str!("../../../examples/nexmark/q7.yaml"),
     ),
     (
+        "q8",
+        "monitor new users",
+        10,
+        include_str!("../../../examples/nexmark/q8.yaml"),
+    ),
+    (
         "q12",
         "processing-time window",
         10,
@@ -57,6 +69,42 @@ const QUERIES: [(&str, &str, u64, &str); 7] = [
         "side input join",
         1,
         include_str!("../../../examples/nexmark/q13.yaml"),
+    ),
+    (
+        "q14",
+        "calculation",
+        1,
+        include_str!("../../../examples/nexmark/q14.yaml"),
+    ),
+    (
+        "q17",
+        "auction statistics",
+        1,
+        include_str!("../../../examples/nexmark/q17.yaml"),
+    ),
+    (
+        "q18",
+        "find last bid",
+        1,
+        include_str!("../../../examples/nexmark/q18.yaml"),
+    ),
+    (
+        "q19",
+        "auction top-k",
+        1,
+        include_str!("../../../examples/nexmark/q19.yaml"),
+    ),
+    (
+        "q21",
+        "add channel id",
+        1,
+        include_str!("../../../examples/nexmark/q21.yaml"),
+    ),
+    (
+        "q22",
+        "get URL directories",
+        1,
+        include_str!("../../../examples/nexmark/q22.yaml"),
     ),
 ];
 

@@ -91,6 +91,9 @@ fn leaf(kind: Kind) -> impl Strategy<Value = String> {
         Just("'é'"),
         Just("'buy'"),
         Just("'12'"),
+        Just("' a,B '"),
+        Just("','"),
+        Just("'é,É'"),
         Just("true"),
         Just("false"),
         Just("null"),
@@ -181,6 +184,32 @@ fn expression(kind: Kind) -> impl Strategy<Value = String> {
             )
                 .prop_map(|(f, x, y)| format!("({x}).{f}({y})")),
             inner.clone().prop_map(|x| format!("({x}).size()")),
+            (
+                prop_oneof![Just("lowerAscii"), Just("upperAscii"), Just("trim")],
+                inner.clone()
+            )
+                .prop_map(|(f, x)| format!("({x}).{f}()")),
+            (
+                prop_oneof![Just("split"), Just("indexOf"), Just("substring")],
+                inner.clone(),
+                inner.clone()
+            )
+                .prop_map(|(f, x, y)| format!("({x}).{f}({y})")),
+            (prop_oneof![Just("sort"), Just("reverse")], inner.clone())
+                .prop_map(|(f, x)| format!("({x}).{f}()")),
+            (
+                prop_oneof![Just("replace"), Just("substring"), Just("slice")],
+                inner.clone(),
+                inner.clone(),
+                inner.clone()
+            )
+                .prop_map(|(f, x, y, z)| format!("({x}).{f}({y}, {z})")),
+            // `cel.bind`: the name read, shadowed, and left unread.
+            (inner.clone(), inner.clone())
+                .prop_map(|(x, y)| format!("cel.bind(v, {x}, [v, {y}, v])")),
+            (inner.clone(), inner.clone())
+                .prop_map(|(x, y)| format!("cel.bind(v, {x}, cel.bind(v, [v, {y}], v))")),
+            (inner.clone(), inner.clone()).prop_map(|(x, y)| format!("cel.bind(v, {x}, {y})")),
             inner.prop_map(|x| format!("({x}).matches('^[a-b]+$')")),
         ]
     })

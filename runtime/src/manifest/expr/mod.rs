@@ -159,11 +159,12 @@ impl Expr {
     }
 }
 
-/// The context every evaluation's scope derives from; one per task. Besides CEL's standard
-/// library it has `sum`, `min` and `max` of a list (or of their arguments): a state
-/// expression aggregates its `values` with them.
+/// The context every evaluation's scope derives from; one per task. Besides the environment
+/// manifests are compiled in ([`sluice_crds::expressions::environment`]: CEL's standard
+/// library, its strings, lists and math extensions, `cel.bind`) it has `sum`, `min` and `max`
+/// of a list (or of their arguments): a state expression aggregates its `values` with them.
 pub fn root_context() -> Context<'static, 'static> {
-    let mut context = Context::default();
+    let mut context = Context::with_env(sluice_crds::expressions::environment());
     for (name, result) in [
         ("sum", context.add_function("sum", sum)),
         ("min", context.add_function("min", cel::functions::min)),
@@ -380,6 +381,56 @@ mod tests {
         let mixed = Expr::compile("record + 1.5").expect("compiles");
         assert!(mixed.is_native());
         assert!(mixed.eval_record(&root, &Value::Int(1)).is_err());
+    }
+
+    #[test]
+    fn bind_and_the_string_and_list_functions_are_evaluated_in_place() {
+        let root = root_context();
+        let url = Value::Str("https://x.com/a/b?q=1&channel_id=7&z".into());
+        for (text, expected) in [
+            (
+                "cel.bind(p, record.split('/'), [size(p), p[3]])",
+                Value::List(vec![Value::Int(5), Value::Str("a".into())]),
+            ),
+            (
+                "record.split('&channel_id=')[1].split('&')[0]",
+                Value::Str("7".into()),
+            ),
+            (
+                "size(record) - size(record.replace('c', ''))",
+                Value::Int(2),
+            ),
+            (
+                "cel.bind(x, record.indexOf('?'), record.substring(x + 1, x + 4).upperAscii())",
+                Value::Str("Q=1".into()),
+            ),
+            ("cel.bind(x, 1, cel.bind(x, x + 1, x) + x)", Value::Int(3)),
+            (
+                "([3, 1, 2] + [5]).sort().reverse().slice(0, 3)",
+                Value::List(vec![Value::Int(5), Value::Int(3), Value::Int(2)]),
+            ),
+            ("' Apple '.trim().lowerAscii()", Value::Str("apple".into())),
+        ] {
+            let expr = Expr::compile(text).expect("compiles");
+            assert!(expr.is_native(), "{text}");
+            assert_eq!(
+                expr.eval_record(&root, &url),
+                Ok(expected.clone()),
+                "{text}"
+            );
+            assert_eq!(
+                expr.interpreted().eval_record(&root, &url),
+                Ok(expected),
+                "{text} in cel-rust"
+            );
+        }
+        // `sortBy` expands into a comprehension the subset does not take.
+        let sorted = Expr::compile("[2, 1].sortBy(x, -x)").expect("compiles");
+        assert!(!sorted.is_native());
+        assert_eq!(
+            sorted.eval_record(&root, &url),
+            Ok(Value::List(vec![Value::Int(2), Value::Int(1)]))
+        );
     }
 
     #[test]

@@ -29,6 +29,14 @@ pub(super) struct Bindings<'a> {
     pub value: Option<&'a Value>,
     pub values: Option<&'a [Value]>,
     pub state: Option<&'a Value>,
+    /// The innermost name `cel.bind` binds, if any.
+    pub local: Option<&'a Local<'a>>,
+}
+
+/// A value `cel.bind` names, and the names bound around it.
+pub(super) struct Local<'a> {
+    value: &'a Value,
+    outer: Option<&'a Local<'a>>,
 }
 
 /// A compiled expression of the subset.
@@ -36,6 +44,10 @@ pub(super) struct Bindings<'a> {
 pub(super) enum Node {
     Literal(Value),
     Var(Var),
+    /// A name `cel.bind` binds: 0 for the innermost, 1 for the one around it, ...
+    Local(usize),
+    /// `cel.bind(name, value, expression)`: the value, and the expression that reads it.
+    Let(Box<Node>, Box<Node>),
     Field(Box<Node>, String),
     /// `has(operand.field)`.
     Has(Box<Node>, String),
@@ -87,6 +99,16 @@ pub(super) enum Function {
     EndsWith,
     /// `text.matches('literal')`: the pattern compiled once, not per record.
     Matches(Regex),
+    LowerAscii,
+    UpperAscii,
+    Trim,
+    Replace,
+    Split,
+    IndexOf,
+    Substring,
+    Sort,
+    Reverse,
+    Slice,
     Sum,
     Min,
     Max,
@@ -95,6 +117,11 @@ pub(super) enum Function {
 impl Node {
     /// The subset's tree for `expr`, or `None` when any part of it is outside the subset.
     pub(super) fn compile(expr: &IdedExpr) -> Option<Node> {
+        Node::compile_in(expr, &mut Vec::new())
+    }
+
+    /// [`Node::compile`] within the names `cel.bind` binds around `expr`, innermost last.
+    fn compile_in(expr: &IdedExpr, names: &mut Vec<String>) -> Option<Node> {
         Some(match &expr.expr {
             Ast::Literal(literal) => Node::Literal(match literal {
                 LiteralValue::Boolean(b) => Value::Bool(*b.inner()),
@@ -104,6 +131,17 @@ impl Node {
                 LiteralValue::Null => Value::Null,
                 LiteralValue::UInt(_) | LiteralValue::Bytes(_) => return None,
             }),
+            Ast::Ident(name) if names.contains(name) => {
+                Node::Local(names.iter().rev().position(|n| n == name)?)
+            }
+            Ast::Comprehension(c) => {
+                let (name, value, expression) = sluice_crds::expressions::as_bind(c)?;
+                let value = Node::compile_in(value, names)?;
+                names.push(name.to_string());
+                let expression = Node::compile_in(expression, names);
+                names.pop();
+                Node::Let(Box::new(value), Box::new(expression?))
+            }
             Ast::Ident(name) => Node::Var(match name.as_str() {
                 "record" => Var::Record,
                 "key" => Var::Key,
@@ -113,7 +151,7 @@ impl Node {
                 _ => return None,
             }),
             Ast::Select(select) => {
-                let operand = Box::new(Node::compile(&select.operand)?);
+                let operand = Box::new(Node::compile_in(&select.operand, names)?);
                 if select.test {
                     Node::Has(operand, select.field.clone())
                 } else {
@@ -123,7 +161,7 @@ impl Node {
             Ast::List(list) if list.optional_indices.is_empty() => Node::List(
                 list.elements
                     .iter()
-                    .map(Node::compile)
+                    .map(|e| Node::compile_in(e, names))
                     .collect::<Option<_>>()?,
             ),
             Ast::Map(map) => {
@@ -140,7 +178,7 @@ impl Node {
                     if entry.optional || entries.iter().any(|(k, _)| *k == key) {
                         return None;
                     }
-                    entries.push((key, Node::compile(&entry.value)?));
+                    entries.push((key, Node::compile_in(&entry.value, names)?));
                 }
                 Node::Map(entries)
             }
@@ -148,10 +186,10 @@ impl Node {
                 let name = call.func_name.as_str();
                 let mut args = Vec::with_capacity(call.args.len() + 1);
                 if let Some(target) = &call.target {
-                    args.push(Node::compile(target)?);
+                    args.push(Node::compile_in(target, names)?);
                 }
                 for arg in &call.args {
-                    args.push(Node::compile(arg)?);
+                    args.push(Node::compile_in(arg, names)?);
                 }
                 let member = call.target.is_some();
                 return Node::call(name, member, args, &call.args);
@@ -208,6 +246,16 @@ impl Node {
                 },
                 _ => return None,
             },
+            ("lowerAscii", true, 1) => Function::LowerAscii,
+            ("upperAscii", true, 1) => Function::UpperAscii,
+            ("trim", true, 1) => Function::Trim,
+            ("replace", true, 3) => Function::Replace,
+            ("split", true, 2) => Function::Split,
+            ("indexOf", true, 2) => Function::IndexOf,
+            ("substring", true, 2 | 3) => Function::Substring,
+            ("sort", true, 1) => Function::Sort,
+            ("reverse", true, 1) => Function::Reverse,
+            ("slice", true, 3) => Function::Slice,
             ("sum", false, n) if n > 0 => Function::Sum,
             ("min", false, n) if n > 0 => Function::Min,
             ("max", false, n) if n > 0 => Function::Max,
@@ -232,6 +280,25 @@ impl Node {
                 Var::Values => Val::Slice(b.values?),
                 Var::State => Val::Ref(b.state?),
             },
+            Node::Local(depth) => {
+                let mut local = b.local?;
+                for _ in 0..*depth {
+                    local = local.outer?;
+                }
+                Val::Ref(local.value)
+            }
+            Node::Let(value, expression) => {
+                let value = value.eval(b)?.into_value();
+                let local = Local {
+                    value: &value,
+                    outer: b.local,
+                };
+                let inner = Bindings {
+                    local: Some(&local),
+                    ..*b
+                };
+                Val::Own(expression.eval(&inner)?.into_value())
+            }
             Node::Field(operand, field) => operand.eval(b)?.field(field)?,
             Node::Has(operand, field) => match operand.eval(b)?.view() {
                 View::Map(m) => Val::Own(Value::Bool(m.contains_key(field))),
@@ -387,7 +454,7 @@ impl<'a> Val<'a> {
 }
 
 /// CEL's equality where it is plain: numbers across int and double, scalars of one kind, null
-/// against anything. Lists and maps are left to CEL.
+/// against anything. Lists and maps against anything but null are left to CEL.
 fn equals(left: View<'_>, right: View<'_>) -> Option<bool> {
     Some(match (left, right) {
         (View::Null, View::Null) => true,
@@ -396,6 +463,8 @@ fn equals(left: View<'_>, right: View<'_>) -> Option<bool> {
         (View::Float(a), View::Float(b)) => a == b,
         (View::Int(a), View::Float(b)) | (View::Float(b), View::Int(a)) => a as f64 == b,
         (View::Str(a), View::Str(b)) => a == b,
+        // Null equals only null, a list or a map included: `state != null`.
+        (View::Null, _) | (_, View::Null) => false,
         (View::List(_) | View::Map(_), _) | (_, View::List(_) | View::Map(_)) => return None,
         _ => false,
     })
@@ -511,9 +580,117 @@ fn call(function: &Function, args: &[Node], b: &Bindings<'_>) -> Option<Value> {
             View::Str(text) => Value::Bool(pattern.is_match(text)),
             _ => return None,
         },
+        Function::LowerAscii | Function::UpperAscii | Function::Trim => {
+            let View::Str(text) = first.view() else {
+                return None;
+            };
+            Value::Str(match function {
+                Function::LowerAscii => text.to_ascii_lowercase(),
+                Function::UpperAscii => text.to_ascii_uppercase(),
+                _ => text.trim().to_string(),
+            })
+        }
+        Function::Replace | Function::Split | Function::IndexOf | Function::Substring => {
+            let rest: Vec<Val<'_>> = args[1..].iter().map(|a| a.eval(b)).collect::<Option<_>>()?;
+            let View::Str(text) = first.view() else {
+                return None;
+            };
+            strings(function, text, &rest)?
+        }
+        Function::Sort | Function::Reverse | Function::Slice => {
+            let rest: Vec<Val<'_>> = args[1..].iter().map(|a| a.eval(b)).collect::<Option<_>>()?;
+            lists(function, first, &rest)?
+        }
         Function::Sum | Function::Min | Function::Max => {
             let rest: Vec<Val<'_>> = args[1..].iter().map(|a| a.eval(b)).collect::<Option<_>>()?;
             aggregate(function, first, rest)?
+        }
+    })
+}
+
+/// The strings extension's functions that take arguments, as cel-rust computes them. Indices
+/// count code points, not bytes; every error (an index out of range) is left to cel-rust.
+fn strings(function: &Function, text: &str, args: &[Val<'_>]) -> Option<Value> {
+    let text_arg = |i: usize| match args.get(i)?.view() {
+        View::Str(s) => Some(s),
+        _ => None,
+    };
+    let int_arg = |i: usize| match args.get(i)?.view() {
+        View::Int(n) => Some(n),
+        _ => None,
+    };
+    Some(match function {
+        Function::Replace => Value::Str(text.replace(text_arg(0)?, text_arg(1)?)),
+        Function::Split => {
+            let separator = text_arg(0)?;
+            let parts: Vec<Value> = if separator.is_empty() {
+                text.chars().map(|c| Value::Str(c.to_string())).collect()
+            } else {
+                text.split(separator)
+                    .map(|part| Value::Str(part.to_string()))
+                    .collect()
+            };
+            Value::List(parts)
+        }
+        // A match of valid UTF-8 in valid UTF-8 starts on a code point, and the first one in
+        // bytes is the first one in code points.
+        Function::IndexOf => Value::Int(match text.find(text_arg(0)?) {
+            Some(at) => i64::try_from(text[..at].chars().count()).ok()?,
+            None => -1,
+        }),
+        _ => {
+            let length = text.chars().count();
+            let start = usize::try_from(int_arg(0)?).ok()?;
+            let end = match args.len() {
+                1 => length,
+                _ => usize::try_from(int_arg(1)?).ok()?,
+            };
+            if start > end || end > length {
+                return None;
+            }
+            Value::Str(text.chars().skip(start).take(end - start).collect())
+        }
+    })
+}
+
+/// The lists extension's `sort`, `reverse` (of a list, or of a text's code points, the strings
+/// extension's) and `slice`, as cel-rust computes them; errors are left to it.
+fn lists(function: &Function, first: Val<'_>, args: &[Val<'_>]) -> Option<Value> {
+    if let (Function::Reverse, View::Str(text)) = (function, first.view()) {
+        return Some(Value::Str(text.chars().rev().collect()));
+    }
+    let View::List(items) = first.view() else {
+        return None;
+    };
+    Some(match function {
+        Function::Sort => {
+            // One type throughout, as CEL requires; doubles (NaN) are left to it.
+            let one_type = items.iter().all(|v| matches!(v, Value::Int(_)))
+                || items.iter().all(|v| matches!(v, Value::Str(_)))
+                || items.iter().all(|v| matches!(v, Value::Bool(_)));
+            if !one_type {
+                return None;
+            }
+            let Value::List(mut items) = first.into_value() else {
+                return None;
+            };
+            items.sort_by(|a, b| compare(view(a), view(b)).unwrap_or(std::cmp::Ordering::Equal));
+            Value::List(items)
+        }
+        Function::Reverse => {
+            let Value::List(mut items) = first.into_value() else {
+                return None;
+            };
+            items.reverse();
+            Value::List(items)
+        }
+        _ => {
+            let (View::Int(start), View::Int(end)) = (args.first()?.view(), args.get(1)?.view())
+            else {
+                return None;
+            };
+            let (start, end) = (usize::try_from(start).ok()?, usize::try_from(end).ok()?);
+            Value::List(items.get(start..end)?.to_vec())
         }
     })
 }
