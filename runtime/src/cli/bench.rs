@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// --seconds: events/s per busy core, the generator's own cost included (and printed alone).
     #[arg(long)]
     pub nexmark: bool,
+    /// With --nexmark: only these queries (e.g. q17,q19). Default: all of them.
+    #[arg(long, value_delimiter = ',')]
+    pub queries: Vec<String>,
     /// Throughput with one task thread and with --threads (default: one per core), in
     /// alternating runs, and their ratio: how the engine scales with threads.
     #[arg(long)]

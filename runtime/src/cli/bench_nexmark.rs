@@ -166,6 +166,17 @@ fn run(text: &str, warm: u64, seconds: u64, threads: usize) -> Result<Figures, S
 }
 
 pub(super) fn bench_nexmark(args: &BenchArgs, threads: usize) -> Result<(), String> {
+    if let Some(unknown) = args
+        .queries
+        .iter()
+        .find(|q| !QUERIES.iter().any(|(name, ..)| name == q))
+    {
+        let names: Vec<&str> = QUERIES.iter().map(|(name, ..)| *name).collect();
+        return Err(format!(
+            "--queries: there is no query {unknown:?}; the queries are {}",
+            names.join(", ")
+        ));
+    }
     let seconds = args.seconds.max(1);
     let rounds = args.rounds.max(1);
     let generator = TextGenerator::new(GeneratorConfig {
@@ -210,6 +221,9 @@ pub(super) fn bench_nexmark(args: &BenchArgs, threads: usize) -> Result<(), Stri
     let scratch = super::bench_files::Scratch::new("nexmark")?;
     let side_input = write_side_input(scratch.path())?;
     for (name, what, warm, example) in QUERIES {
+        if !args.queries.is_empty() && !args.queries.iter().any(|q| q == name) {
+            continue;
+        }
         let text = example
             .replace("rate: 100000", &format!("rate: {}", args.rate))
             .replace(SIDE_INPUT, &side_input.display().to_string());

@@ -288,9 +288,17 @@ impl Node {
                 Val::Ref(local.value)
             }
             Node::Let(value, expression) => {
-                let value = value.eval(b)?.into_value();
+                // A part of the input (`state`, a field) is named where it is, not copied.
+                let owned: Value;
+                let value = match value.eval(b)? {
+                    Val::Ref(v) => v,
+                    other => {
+                        owned = other.into_value();
+                        &owned
+                    }
+                };
                 let local = Local {
-                    value: &value,
+                    value,
                     outer: b.local,
                 };
                 let inner = Bindings {
