@@ -1,6 +1,5 @@
 //! Sources: where a manifest's records come from.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sluice_crds::kafka::{Starting, parse_starting_offsets};
@@ -11,7 +10,7 @@ use sluice_crds::{GeneratorFormat, SourceKind, SourceSpec, defaults};
 use super::{Compiler, kafka_client, local_path};
 use crate::dstream::DStream;
 use crate::kafka::{KafkaRecord, KafkaSource, StartingOffsets};
-use crate::manifest::value::Value;
+use crate::manifest::value::{Fields, Name, Value};
 use crate::source::nexmark::Event;
 use crate::source::{FilesSource, GeneratorConfig, GeneratorSource, QueueSource, SocketSource};
 
@@ -105,14 +104,14 @@ impl Compiler {
 
 /// A Kafka record as a map, for pipelines that read its key, topic, partition, offset or time.
 fn with_metadata(r: KafkaRecord) -> Value {
-    let mut fields = BTreeMap::new();
-    fields.insert("key".to_string(), r.key.map_or(Value::Null, Value::Str));
-    fields.insert("value".to_string(), Value::Str(r.value));
-    fields.insert("topic".to_string(), Value::Str(r.topic.to_string()));
-    fields.insert("partition".to_string(), Value::Int(i64::from(r.partition)));
-    fields.insert("offset".to_string(), Value::Int(r.offset));
+    let mut fields = Fields::new();
+    fields.insert("key".into(), r.key.map_or(Value::Null, Value::Str));
+    fields.insert("value".into(), Value::Str(r.value));
+    fields.insert("topic".into(), Value::Str(r.topic.to_string()));
+    fields.insert("partition".into(), Value::Int(i64::from(r.partition)));
+    fields.insert("offset".into(), Value::Int(r.offset));
     fields.insert(
-        "timestamp".to_string(),
+        "timestamp".into(),
         r.timestamp.map_or(Value::Null, Value::Int),
     );
     Value::Map(fields)
@@ -157,7 +156,7 @@ pub(crate) fn nexmark_record(event: Event) -> Value {
     Value::Map(
         fields
             .into_iter()
-            .map(|(name, value)| (name.to_string(), value))
+            .map(|(name, value)| (Name::from(name), value))
             .collect(),
     )
 }

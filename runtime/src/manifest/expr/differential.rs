@@ -6,6 +6,7 @@ use std::cell::Cell;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
+use super::super::value::Name;
 use super::{Bindings, Expr, NULL, Value, root_context};
 
 fn scalar() -> impl Strategy<Value = Value> {
@@ -44,7 +45,7 @@ fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..3).prop_map(Value::List),
             prop::collection::btree_map(
-                prop_oneof![Just("a"), Just("b"), Just("k")].prop_map(String::from),
+                prop_oneof![Just("a"), Just("b"), Just("k")].prop_map(Name::from),
                 inner,
                 0..3
             )
@@ -62,7 +63,7 @@ fn record() -> impl Strategy<Value = Value> {
         prop_oneof![Just(""), Just("ab"), Just("buy"), Just("é!")],
     );
     let any = prop::collection::btree_map(
-        prop_oneof![Just("a"), Just("b"), Just("s"), Just("l"), Just("m")].prop_map(String::from),
+        prop_oneof![Just("a"), Just("b"), Just("s"), Just("l"), Just("m")].prop_map(Name::from),
         value(),
         3..6,
     );

@@ -241,7 +241,7 @@ fn to_cel(v: &Value) -> Cel {
         Value::Map(m) => {
             let map: std::collections::HashMap<CelKey, Cel> = m
                 .iter()
-                .map(|(k, v)| (CelKey::String(Arc::new(k.clone())), to_cel(v)))
+                .map(|(k, v)| (CelKey::String(Arc::new(k.to_string())), to_cel(v)))
                 .collect();
             Cel::Map(CelMap { map: Arc::new(map) })
         }
@@ -261,7 +261,7 @@ fn from_cel(v: Cel) -> Result<Value, String> {
         Cel::Bytes(b) => Value::Str(String::from_utf8_lossy(&b).into_owned()),
         Cel::List(l) => Value::List(l.iter().cloned().map(from_cel).collect::<Result<_, _>>()?),
         Cel::Map(m) => {
-            let mut out = std::collections::BTreeMap::new();
+            let mut out = super::value::Fields::new();
             for (k, v) in m.map.iter() {
                 let key = match k {
                     CelKey::String(s) => s.to_string(),
@@ -269,7 +269,7 @@ fn from_cel(v: Cel) -> Result<Value, String> {
                     CelKey::Uint(u) => u.to_string(),
                     CelKey::Bool(b) => b.to_string(),
                 };
-                out.insert(key, from_cel(v.clone())?);
+                out.insert(key.into(), from_cel(v.clone())?);
             }
             Value::Map(out)
         }

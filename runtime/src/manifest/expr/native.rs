@@ -13,13 +13,11 @@
 //! result or its error. The differential property tests (`differential.rs`) hold this evaluator
 //! to cel-rust's answers.
 
-use std::collections::BTreeMap;
-
 use cel::IdedExpr;
 use cel::common::ast::{EntryExpr, Expr as Ast, LiteralValue, operators};
 use regex::Regex;
 
-use super::super::value::Value;
+use super::super::value::{Fields, Name, Value};
 
 /// The variables an evaluation binds; the others are undeclared.
 #[derive(Clone, Copy, Default)]
@@ -59,7 +57,7 @@ pub(super) enum Node {
     Conditional(Box<Node>, Box<Node>, Box<Node>),
     Binary(BinaryOp, Box<Node>, Box<Node>),
     List(Vec<Node>),
-    Map(Vec<(String, Node)>),
+    Map(Vec<(Name, Node)>),
     Call(Function, Vec<Node>),
 }
 
@@ -165,7 +163,7 @@ impl Node {
                     .collect::<Option<_>>()?,
             ),
             Ast::Map(map) => {
-                let mut entries: Vec<(String, Node)> = Vec::with_capacity(map.entries.len());
+                let mut entries: Vec<(Name, Node)> = Vec::with_capacity(map.entries.len());
                 for entry in &map.entries {
                     let EntryExpr::MapEntry(entry) = &entry.expr else {
                         return None;
@@ -173,7 +171,7 @@ impl Node {
                     let Ast::Literal(LiteralValue::String(key)) = &entry.key.expr else {
                         return None;
                     };
-                    let key = key.inner().to_string();
+                    let key = Name::from(key.inner());
                     // A repeated key is CEL's error to report.
                     if entry.optional || entries.iter().any(|(k, _)| *k == key) {
                         return None;
@@ -309,7 +307,7 @@ impl Node {
             }
             Node::Field(operand, field) => operand.eval(b)?.field(field)?,
             Node::Has(operand, field) => match operand.eval(b)?.view() {
-                View::Map(m) => Val::Own(Value::Bool(m.contains_key(field))),
+                View::Map(m) => Val::Own(Value::Bool(m.contains_key(field.as_str()))),
                 _ => return None,
             },
             Node::Index(operand, index) => {
@@ -365,7 +363,7 @@ impl Node {
                 entries
                     .iter()
                     .map(|(k, v)| Some((k.clone(), v.eval(b)?.into_value())))
-                    .collect::<Option<BTreeMap<_, _>>>()?,
+                    .collect::<Option<Fields>>()?,
             )),
             Node::Call(function, args) => Val::Own(call(function, args, b)?),
         })
@@ -407,7 +405,7 @@ enum View<'v> {
     Float(f64),
     Str(&'v str),
     List(&'v [Value]),
-    Map(&'v BTreeMap<String, Value>),
+    Map(&'v Fields),
 }
 
 fn view(v: &Value) -> View<'_> {
