@@ -58,6 +58,20 @@ fn per_record(c: &mut Criterion) {
     g.bench_function("native_field", |b| {
         b.iter(|| black_box(&record).field(&path))
     });
+    // A projection into a new map of four fields, as Nexmark q1 makes of each bid.
+    let bid = Value::from_json(serde_json::json!({
+        "type": "bid", "auction": 1000, "bidder": 1001, "price": 5948196, "channel": "Apple",
+        "url": "https://www.nexmark.com/aapl/item.htm?query=1", "dateTime": 3
+    }));
+    let project = Expr::compile(
+        "{'auction': record.auction, 'bidder': record.bidder, \
+         'price': 0.908 * double(record.price), 'dateTime': record.dateTime}",
+    )
+    .expect("compiles");
+    assert!(project.is_native());
+    g.bench_function("cel_project", |b| {
+        b.iter(|| project.eval_record(&root, black_box(&bid)))
+    });
     g.finish();
 
     // A state expression's evaluation for one key and a batch of ten values, against the

@@ -178,6 +178,8 @@ impl Node {
                     }
                     entries.push((key, Node::compile_in(&entry.value, names)?));
                 }
+                // In key order, so that each evaluation appends to the map (see below).
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
                 Node::Map(entries)
             }
             Ast::Call(call) => {
@@ -268,6 +270,45 @@ impl Node {
     }
 
     /// Evaluates; `None` when CEL must decide (see the module's comment).
+    /// The value a node points at without building one (a variable, a literal, a name
+    /// `cel.bind` binds, a field of one of these), as a plain reference; `None` for any other
+    /// node, or when the field is missing (then [`Node::eval`] decides).
+    ///
+    /// A reference comes back in a register. A [`Val`] is returned through memory, and reading
+    /// it back right after the call stalls on the stores that wrote it; most operands are
+    /// fields and literals, so this path takes most of an evaluation's time away.
+    #[inline]
+    fn place<'a>(&'a self, b: &Bindings<'a>) -> Option<&'a Value> {
+        match self {
+            Node::Literal(v) => Some(v),
+            Node::Var(Var::Record) => b.record,
+            Node::Var(Var::Key) => b.key,
+            Node::Var(Var::Value) => b.value,
+            Node::Var(Var::State) => b.state,
+            Node::Field(operand, field) => match operand.place(b)? {
+                Value::Map(m) => m.get(field.as_str()),
+                _ => None,
+            },
+            Node::Local(depth) => {
+                let mut local = b.local?;
+                for _ in 0..*depth {
+                    local = local.outer?;
+                }
+                Some(local.value)
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Node::eval`], through [`Node::place`] where the node points at a value.
+    #[inline]
+    fn operand<'a>(&'a self, b: &Bindings<'a>) -> Option<Val<'a>> {
+        match self.place(b) {
+            Some(v) => Some(Val::Ref(v)),
+            None => self.eval(b),
+        }
+    }
+
     pub(super) fn eval<'a>(&'a self, b: &Bindings<'a>) -> Option<Val<'a>> {
         Some(match self {
             Node::Literal(v) => Val::Ref(v),
@@ -288,7 +329,7 @@ impl Node {
             Node::Let(value, expression) => {
                 // A part of the input (`state`, a field) is named where it is, not copied.
                 let owned: Value;
-                let value = match value.eval(b)? {
+                let value = match value.operand(b)? {
                     Val::Ref(v) => v,
                     other => {
                         owned = other.into_value();
@@ -305,66 +346,72 @@ impl Node {
                 };
                 Val::Own(expression.eval(&inner)?.into_value())
             }
-            Node::Field(operand, field) => operand.eval(b)?.field(field)?,
-            Node::Has(operand, field) => match operand.eval(b)?.view() {
+            Node::Field(operand, field) => match operand.place(b) {
+                Some(Value::Map(m)) => Val::Ref(m.get(field.as_str())?),
+                _ => operand.operand(b)?.field(field)?,
+            },
+            Node::Has(operand, field) => match operand.operand(b)?.view() {
                 View::Map(m) => Val::Own(Value::Bool(m.contains_key(field.as_str()))),
                 _ => return None,
             },
             Node::Index(operand, index) => {
-                let operand = operand.eval(b)?;
-                let index = index.eval(b)?;
+                let operand = operand.operand(b)?;
+                let index = index.operand(b)?;
                 match (operand.view(), index.view()) {
                     (View::List(_), View::Int(i)) => operand.item(usize::try_from(i).ok()?)?,
                     (View::Map(_), View::Str(s)) => operand.field(s)?,
                     _ => return None,
                 }
             }
-            Node::Not(operand) => match operand.eval(b)?.view() {
+            Node::Not(operand) => match operand.operand(b)?.view() {
                 View::Bool(v) => Val::Own(Value::Bool(!v)),
                 _ => return None,
             },
-            Node::Negate(operand) => match operand.eval(b)?.view() {
+            Node::Negate(operand) => match operand.operand(b)?.view() {
                 View::Int(i) => Val::Own(Value::Int(i.checked_neg()?)),
                 View::Float(f) => Val::Own(Value::Float(-f)),
                 _ => return None,
             },
-            Node::And(left, right) => match left.eval(b)?.view() {
+            Node::And(left, right) => match left.operand(b)?.view() {
                 View::Bool(false) => Val::Own(Value::Bool(false)),
-                View::Bool(true) => match right.eval(b)?.view() {
+                View::Bool(true) => match right.operand(b)?.view() {
                     View::Bool(r) => Val::Own(Value::Bool(r)),
                     _ => return None,
                 },
                 _ => return None,
             },
-            Node::Or(left, right) => match left.eval(b)?.view() {
+            Node::Or(left, right) => match left.operand(b)?.view() {
                 View::Bool(true) => Val::Own(Value::Bool(true)),
-                View::Bool(false) => match right.eval(b)?.view() {
+                View::Bool(false) => match right.operand(b)?.view() {
                     View::Bool(r) => Val::Own(Value::Bool(r)),
                     _ => return None,
                 },
                 _ => return None,
             },
-            Node::Conditional(condition, then, otherwise) => match condition.eval(b)?.view() {
-                View::Bool(true) => then.eval(b)?,
-                View::Bool(false) => otherwise.eval(b)?,
+            Node::Conditional(condition, then, otherwise) => match condition.operand(b)?.view() {
+                View::Bool(true) => then.operand(b)?,
+                View::Bool(false) => otherwise.operand(b)?,
                 _ => return None,
             },
             Node::Binary(op, left, right) => {
-                let (left, right) = (left.eval(b)?, right.eval(b)?);
+                let (left, right) = (left.operand(b)?, right.operand(b)?);
                 Val::Own(binary(*op, left, right)?)
             }
             Node::List(items) => Val::Own(Value::List(
                 items
                     .iter()
-                    .map(|item| item.eval(b).map(Val::into_value))
+                    .map(|item| item.operand(b).map(Val::into_value))
                     .collect::<Option<_>>()?,
             )),
-            Node::Map(entries) => Val::Own(Value::Map(
-                entries
-                    .iter()
-                    .map(|(k, v)| Some((k.clone(), v.eval(b)?.into_value())))
-                    .collect::<Option<Fields>>()?,
-            )),
+            // The keys are unique and sorted: inserted one by one, each goes at the end of the
+            // map, where collecting would gather, sort and deduplicate them first.
+            Node::Map(entries) => {
+                let mut fields = Fields::new();
+                for (k, v) in entries {
+                    fields.insert(k.clone(), v.operand(b)?.into_value());
+                }
+                Val::Own(Value::Map(fields))
+            }
             Node::Call(function, args) => Val::Own(call(function, args, b)?),
         })
     }
@@ -548,7 +595,7 @@ fn binary(op: BinaryOp, left: Val<'_>, right: Val<'_>) -> Option<Value> {
 }
 
 fn call(function: &Function, args: &[Node], b: &Bindings<'_>) -> Option<Value> {
-    let first = args.first()?.eval(b)?;
+    let first = args.first()?.operand(b)?;
     Some(match function {
         Function::Size => Value::Int(match first.view() {
             View::Str(s) => i64::try_from(s.chars().count()).ok()?,
@@ -572,7 +619,7 @@ fn call(function: &Function, args: &[Node], b: &Bindings<'_>) -> Option<Value> {
             _ => return None,
         },
         Function::Contains | Function::StartsWith | Function::EndsWith => {
-            let second = args.get(1)?.eval(b)?;
+            let second = args.get(1)?.operand(b)?;
             let (View::Str(text), View::Str(part)) = (first.view(), second.view()) else {
                 return None;
             };
@@ -597,18 +644,27 @@ fn call(function: &Function, args: &[Node], b: &Bindings<'_>) -> Option<Value> {
             })
         }
         Function::Replace | Function::Split | Function::IndexOf | Function::Substring => {
-            let rest: Vec<Val<'_>> = args[1..].iter().map(|a| a.eval(b)).collect::<Option<_>>()?;
+            let rest: Vec<Val<'_>> = args[1..]
+                .iter()
+                .map(|a| a.operand(b))
+                .collect::<Option<_>>()?;
             let View::Str(text) = first.view() else {
                 return None;
             };
             strings(function, text, &rest)?
         }
         Function::Sort | Function::Reverse | Function::Slice => {
-            let rest: Vec<Val<'_>> = args[1..].iter().map(|a| a.eval(b)).collect::<Option<_>>()?;
+            let rest: Vec<Val<'_>> = args[1..]
+                .iter()
+                .map(|a| a.operand(b))
+                .collect::<Option<_>>()?;
             lists(function, first, &rest)?
         }
         Function::Sum | Function::Min | Function::Max => {
-            let rest: Vec<Val<'_>> = args[1..].iter().map(|a| a.eval(b)).collect::<Option<_>>()?;
+            let rest: Vec<Val<'_>> = args[1..]
+                .iter()
+                .map(|a| a.operand(b))
+                .collect::<Option<_>>()?;
             aggregate(function, first, rest)?
         }
     })
