@@ -269,7 +269,6 @@ impl Node {
         Some(Node::Call(function, args))
     }
 
-    /// Evaluates; `None` when CEL must decide (see the module's comment).
     /// The value a node points at without building one (a variable, a literal, a name
     /// `cel.bind` binds, a field of one of these), as a plain reference; `None` for any other
     /// node, or when the field is missing (then [`Node::eval`] decides).
@@ -309,23 +308,11 @@ impl Node {
         }
     }
 
+    /// Evaluates; `None` when CEL must decide (see the module's comment).
     pub(super) fn eval<'a>(&'a self, b: &Bindings<'a>) -> Option<Val<'a>> {
         Some(match self {
-            Node::Literal(v) => Val::Ref(v),
-            Node::Var(var) => match var {
-                Var::Record => Val::Ref(b.record?),
-                Var::Key => Val::Ref(b.key?),
-                Var::Value => Val::Ref(b.value?),
-                Var::Values => Val::Slice(b.values?),
-                Var::State => Val::Ref(b.state?),
-            },
-            Node::Local(depth) => {
-                let mut local = b.local?;
-                for _ in 0..*depth {
-                    local = local.outer?;
-                }
-                Val::Ref(local.value)
-            }
+            Node::Var(Var::Values) => Val::Slice(b.values?),
+            Node::Literal(_) | Node::Var(_) | Node::Local(_) => Val::Ref(self.place(b)?),
             Node::Let(value, expression) => {
                 // A part of the input (`state`, a field) is named where it is, not copied.
                 let owned: Value;
@@ -346,10 +333,9 @@ impl Node {
                 };
                 Val::Own(expression.eval(&inner)?.into_value())
             }
-            Node::Field(operand, field) => match operand.place(b) {
-                Some(Value::Map(m)) => Val::Ref(m.get(field.as_str())?),
-                _ => operand.operand(b)?.field(field)?,
-            },
+            // A field of a place was looked for by `operand` already; this is a field of a
+            // value built here, or of a place that lacks it.
+            Node::Field(operand, field) => operand.operand(b)?.field(field)?,
             Node::Has(operand, field) => match operand.operand(b)?.view() {
                 View::Map(m) => Val::Own(Value::Bool(m.contains_key(field.as_str()))),
                 _ => return None,
@@ -644,21 +630,14 @@ fn call(function: &Function, args: &[Node], b: &Bindings<'_>) -> Option<Value> {
             })
         }
         Function::Replace | Function::Split | Function::IndexOf | Function::Substring => {
-            let rest: Vec<Val<'_>> = args[1..]
-                .iter()
-                .map(|a| a.operand(b))
-                .collect::<Option<_>>()?;
+            let rest = two_more(args, b)?;
             let View::Str(text) = first.view() else {
                 return None;
             };
             strings(function, text, &rest)?
         }
         Function::Sort | Function::Reverse | Function::Slice => {
-            let rest: Vec<Val<'_>> = args[1..]
-                .iter()
-                .map(|a| a.operand(b))
-                .collect::<Option<_>>()?;
-            lists(function, first, &rest)?
+            lists(function, first, &two_more(args, b)?)?
         }
         Function::Sum | Function::Min | Function::Max => {
             let rest: Vec<Val<'_>> = args[1..]
@@ -670,14 +649,24 @@ fn call(function: &Function, args: &[Node], b: &Bindings<'_>) -> Option<Value> {
     })
 }
 
+/// The second and third arguments of an extension function, those it has: they take at most
+/// three, and a call per record allocates nothing for them.
+fn two_more<'a>(args: &'a [Node], b: &Bindings<'a>) -> Option<[Option<Val<'a>>; 2]> {
+    let arg = |i: usize| match args.get(i) {
+        Some(node) => node.operand(b).map(Some),
+        None => Some(None),
+    };
+    Some([arg(1)?, arg(2)?])
+}
+
 /// The strings extension's functions that take arguments, as cel-rust computes them. Indices
 /// count code points, not bytes; every error (an index out of range) is left to cel-rust.
-fn strings(function: &Function, text: &str, args: &[Val<'_>]) -> Option<Value> {
-    let text_arg = |i: usize| match args.get(i)?.view() {
+fn strings(function: &Function, text: &str, args: &[Option<Val<'_>>; 2]) -> Option<Value> {
+    let text_arg = |i: usize| match args[i].as_ref()?.view() {
         View::Str(s) => Some(s),
         _ => None,
     };
-    let int_arg = |i: usize| match args.get(i)?.view() {
+    let int_arg = |i: usize| match args[i].as_ref()?.view() {
         View::Int(n) => Some(n),
         _ => None,
     };
@@ -703,9 +692,9 @@ fn strings(function: &Function, text: &str, args: &[Val<'_>]) -> Option<Value> {
         _ => {
             let length = text.chars().count();
             let start = usize::try_from(int_arg(0)?).ok()?;
-            let end = match args.len() {
-                1 => length,
-                _ => usize::try_from(int_arg(1)?).ok()?,
+            let end = match args[1] {
+                None => length,
+                Some(_) => usize::try_from(int_arg(1)?).ok()?,
             };
             if start > end || end > length {
                 return None;
@@ -717,7 +706,7 @@ fn strings(function: &Function, text: &str, args: &[Val<'_>]) -> Option<Value> {
 
 /// The lists extension's `sort`, `reverse` (of a list, or of a text's code points, the strings
 /// extension's) and `slice`, as cel-rust computes them; errors are left to it.
-fn lists(function: &Function, first: Val<'_>, args: &[Val<'_>]) -> Option<Value> {
+fn lists(function: &Function, first: Val<'_>, args: &[Option<Val<'_>>; 2]) -> Option<Value> {
     if let (Function::Reverse, View::Str(text)) = (function, first.view()) {
         return Some(Value::Str(text.chars().rev().collect()));
     }
@@ -747,7 +736,8 @@ fn lists(function: &Function, first: Val<'_>, args: &[Val<'_>]) -> Option<Value>
             Value::List(items)
         }
         _ => {
-            let (View::Int(start), View::Int(end)) = (args.first()?.view(), args.get(1)?.view())
+            let (View::Int(start), View::Int(end)) =
+                (args[0].as_ref()?.view(), args[1].as_ref()?.view())
             else {
                 return None;
             };
