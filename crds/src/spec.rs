@@ -413,16 +413,28 @@ pub struct TopStep {
     pub by: String,
 }
 
-/// `mapWithState`: a CEL expression per record.
+/// `mapWithState`: a CEL expression per record, and one per due timer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MapWithStateStep {
-    /// Over `key`, `value` (one record's) and `state` (`null` when the key has none); it
-    /// returns a map: `state`, the key's new state (`null` or absent: the key is dropped), and
-    /// `emit`, what the record emits with its key (absent: nothing). Records of a key run in
-    /// arrival order, each seeing the state the one before left.
+    /// Over `key`, `value` (one record's), `state` (`null` when the key has none) and `batch`
+    /// (`time`: the batch time, milliseconds since the Unix epoch at the end of its interval;
+    /// `streamTime`: milliseconds since the job's start at the same instant); it returns a
+    /// map: `state`, the key's new state (`null` or absent: the key is dropped), `emit`, what
+    /// the record emits with its key (absent: nothing), and `timer` (needs `onTimer`): when to
+    /// call `onTimer` for the key, in milliseconds since the Unix epoch (`null`: never;
+    /// absent: as it was). Records of a key run in arrival order, each seeing the state the one
+    /// before left.
     #[schemars(length(max = 4096))]
     pub expr: String,
+    /// Over `key`, `state`, `timer` (the time the key's timer was set for) and `batch`, in the
+    /// first batch whose time is the timer's or later, after that batch's records; it returns
+    /// what `expr` returns. The timer is gone by then: return a `timer` to set another. For
+    /// what happens at a time rather than on a record: an auction that closes, a session that
+    /// ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub on_timer: Option<String>,
     /// Forget a key that has had no record for this long, e.g. `10m`. Default: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
@@ -489,13 +501,14 @@ pub struct FilterStep {
     pub regex: Option<String>,
 }
 
-/// Turns records into (key, value) pairs.
+/// Turns records into (key, value) pairs; on a keyed stream, gives each pair a new key (and
+/// value), its selectors reading the value (a `field`) or `key` and `value` (an `expr`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyByStep {
     /// Where the key comes from.
     pub key: Selector,
-    /// Where the value comes from. Default: the whole record.
+    /// Where the value comes from. Default: the whole record (on a keyed stream, the value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<Selector>,
 }

@@ -644,11 +644,28 @@ fn pipeline(old: &StreamingJobSpec, new: &StreamingJobSpec, p: &mut UpgradePlan)
                 ),
             );
         } else if was.step(old) != step.step(new) {
-            p.push(
-                path,
-                ChangeClass::Restart,
-                format!("{} changed: its state is kept", step.id),
-            );
+            let (had, has) = (has_timers(was.step(old)), has_timers(step.step(new)));
+            let (class, what) = match (had, has) {
+                (true, false) => (
+                    ChangeClass::Loss,
+                    format!(
+                        "{} lost onTimer: its state is kept, its keys' timers are dropped",
+                        step.id
+                    ),
+                ),
+                (false, true) => (
+                    ChangeClass::Migration,
+                    format!(
+                        "{} gained onTimer: its state is kept, its keys start with no timer",
+                        step.id
+                    ),
+                ),
+                _ => (
+                    ChangeClass::Restart,
+                    format!("{} changed: its state is kept", step.id),
+                ),
+            };
+            p.push(path, class, what);
         }
     }
     for step in &old_state {
@@ -663,6 +680,13 @@ fn pipeline(old: &StreamingJobSpec, new: &StreamingJobSpec, p: &mut UpgradePlan)
             );
         }
     }
+}
+
+/// Whether a step keeps timers beside its state (`mapWithState` with `onTimer`): they are a
+/// state of their own in the checkpoint.
+fn has_timers(step: Option<&PipelineStep>) -> bool {
+    step.and_then(|s| s.map_with_state.as_ref())
+        .is_some_and(|m| m.on_timer.is_some())
 }
 
 /// The streams of a graph, by name: added, removed or changed; their stateful steps are
@@ -986,6 +1010,50 @@ mod tests {
         assert!(refused.contains("countByValueAndWindow#0"), "{refused}");
         assert!(refused.contains("allowStateLoss"), "{refused}");
         assert!(p.refusal(true).is_none());
+    }
+
+    #[test]
+    fn timers_added_migrate_and_removed_are_a_stated_loss() {
+        let plain = "  batchInterval: 1s
+  sources: [{name: in, generator: {rate: 100}}]
+  pipeline:
+    - flatMap: {split: ' '}
+    - countByValue: {}
+    - mapWithState: {expr: \"{'state': value}\"}
+  sinks: [{stdout: {}}]
+  checkpoint: {uri: /tmp/c}
+";
+        let timed = with(
+            plain,
+            "{expr: \"{'state': value}\"}",
+            "{expr: \"{'state': value, 'timer': batch.time}\", onTimer: \"{'emit': state}\"}",
+        );
+        let added = plan(&spec(plain), &timed);
+        assert_eq!(added.verdict(), Verdict::Restores, "{}", added.render());
+        assert!(
+            added.render().contains("gained onTimer"),
+            "{}",
+            added.render()
+        );
+        let removed = plan(&timed, &spec(plain));
+        assert_eq!(
+            removed.verdict(),
+            Verdict::RestoresWithLoss,
+            "{}",
+            removed.render()
+        );
+        assert!(
+            removed.render().contains("timers are dropped"),
+            "{}",
+            removed.render()
+        );
+        // Another expression, timers on both sides: a restart with everything kept.
+        let changed = with(
+            plain,
+            "{expr: \"{'state': value}\"}",
+            "{expr: \"{'state': value, 'timer': batch.time}\", onTimer: \"{'emit': [key, state]}\"}",
+        );
+        assert_eq!(plan(&timed, &changed).class(), Some(ChangeClass::Restart));
     }
 
     #[test]

@@ -572,7 +572,6 @@ impl Validator {
                 self.cel(&format!("{path}.top.by"), &t.by);
             }
             if let Some(k) = &step.key_by {
-                require(self, Shape::Records);
                 self.selector(&format!("{path}.keyBy.key"), &k.key);
                 if let Some(value) = &k.value {
                     self.selector(&format!("{path}.keyBy.value"), value);
@@ -771,6 +770,9 @@ impl Validator {
                     require(self, Shape::Keyed);
                     let p = format!("{path}.mapWithState");
                     self.cel(&format!("{p}.expr"), &m.expr);
+                    if let Some(on_timer) = &m.on_timer {
+                        self.cel(&format!("{p}.onTimer"), on_timer);
+                    }
                     if let Some(t) = &m.timeout {
                         self.duration(&format!("{p}.timeout"), t);
                     }

@@ -121,8 +121,9 @@ fn killed_at_random(name: &str, rng: &mut Rng, dir: &Path, body: &str, run_ms: u
     kills
 }
 
-/// `slide_ms`: how often the job's output emits, so how far apart its files are.
-fn check_exactly_once(name: &str, body: &str, slide_ms: u64) {
+/// `slide_ms`: how often the job's output emits, so how far apart its files are. Returns the
+/// uninterrupted run's files.
+fn check_exactly_once(name: &str, body: &str, slide_ms: u64) -> Vec<(String, Vec<u8>)> {
     let files = BATCHES * 100 / slide_ms;
     let mut rng = Rng::from_env(name);
 
@@ -155,6 +156,7 @@ fn check_exactly_once(name: &str, body: &str, slide_ms: u64) {
             i + 1
         );
     }
+    expected
 }
 
 #[test]
@@ -236,6 +238,21 @@ fn map_with_state_survives_sigkill() {
         ),
         100,
     );
+}
+
+/// Timers: a word's count is emitted 300 ms after its last record, then every 200 ms (counting
+/// down by 3) until it is 3 or less. Sparse words, so that most keys' timers fire; the restored
+/// timers must fire as the uninterrupted run's did, each once.
+#[test]
+fn timers_survive_sigkill() {
+    let body = "  sources: [{name: g, generator: {rate: 3000, seed: 11, vocabulary: 20000}}]\n  pipeline:\n    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - mapWithState:\n        expr: \"{'state': (state == null ? 0 : state) + value, 'timer': batch.time + 300}\"\n        onTimer: \"state > 3 ? {'state': state - 3, 'emit': state, 'timer': timer + 200} : {'emit': state}\"\n  sinks: [{files: {path: OUT}}]\n  checkpoint: {uri: \"file://CKPT\", interval: 2, retain: 2}\n";
+    let expected = check_exactly_once("timers", body, 100);
+    let records: usize = expected
+        .iter()
+        .map(|(_, bytes)| bytes.iter().filter(|&&b| b == b'\n').count())
+        .sum();
+    // 60 batches of 300 lines of about 15 words: tens of thousands of keys fired.
+    assert!(records > 10_000, "only {records} timers fired");
 }
 
 /// Snapshots as deltas: a large vocabulary, of which each batch touches a small part, and

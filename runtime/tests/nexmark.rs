@@ -16,11 +16,13 @@ const SEED: u64 = 42;
 /// 100 ms batches (the examples' 1 s, scaled down with their windows).
 const INTERVAL_MS: u64 = 100;
 const BATCHES: u64 = 30;
+/// Enough batches for auctions to close: 20 s of stream time, as auctions last 5 to 15 s.
+const LONG_BATCHES: u64 = 200;
 
 /// Runs example `query` scaled down (rate, interval and windows by 10) into a directory of
 /// its own, with each `(from, to)` of `more` replaced in its text too; returns its output,
 /// batch by batch (each batch sorted, as partitions interleave).
-fn run(query: &str, dir: &Path, more: &[(&str, String)]) -> Vec<Vec<String>> {
+fn run(query: &str, dir: &Path, more: &[(&str, String)], batches: u64) -> Vec<Vec<String>> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let example = std::fs::read_to_string(repo.join(format!("examples/nexmark/{query}.yaml")))
         .expect("the example");
@@ -46,7 +48,7 @@ fn run(query: &str, dir: &Path, more: &[(&str, String)]) -> Vec<Vec<String>> {
     );
     let manifest = dir.join(format!("{query}.yaml"));
     std::fs::write(&manifest, text).expect("write the manifest");
-    support::run_job(&manifest, BATCHES as usize);
+    support::run_job(&manifest, batches as usize);
     support::json_batches(&out)
         .into_iter()
         .map(sorted)
@@ -62,6 +64,11 @@ fn sorted(records: Vec<Json>) -> Vec<String> {
 
 /// The events of each batch, as the job's generator makes them.
 fn events() -> Vec<Vec<Json>> {
+    events_of(BATCHES)
+}
+
+/// The events of each of the first `batches` batches.
+fn events_of(batches: u64) -> Vec<Vec<Json>> {
     let generator = TextGenerator::new(GeneratorConfig {
         name: "events".into(),
         rate: RATE,
@@ -70,7 +77,7 @@ fn events() -> Vec<Vec<Json>> {
         vocabulary: 10_000,
         line_bytes: 100,
     });
-    (1..=BATCHES)
+    (1..=batches)
         .map(|b| {
             let start = generator.lines_before((b - 1) * INTERVAL_MS);
             let end = generator.lines_before(b * INTERVAL_MS);
@@ -135,7 +142,18 @@ fn check(query: &str, expected: Vec<Vec<String>>) {
 
 /// [`check`], in `dir`, with `more` replaced in the example's text.
 fn check_in(query: &str, dir: &Path, more: &[(&str, String)], expected: Vec<Vec<String>>) {
-    let got = run(query, dir, more);
+    check_batches(query, dir, more, BATCHES, expected);
+}
+
+/// [`check_in`], over `batches` batches.
+fn check_batches(
+    query: &str,
+    dir: &Path,
+    more: &[(&str, String)],
+    batches: u64,
+    expected: Vec<Vec<String>>,
+) {
+    let got = run(query, dir, more, batches);
     let records: usize = expected.iter().map(Vec::len).sum();
     assert!(records > 0, "{query}: the model expects no output at all");
     assert_eq!(
@@ -402,6 +420,149 @@ fn q14_classifies_the_bids_in_a_price_range() {
     });
     assert_keeps_some_bids(&expected);
     check("q14", expected);
+}
+
+/// An auction that closed with a bid, as q4 and q6 see it.
+struct Closed {
+    id: u64,
+    seller: u64,
+    category: u64,
+    expires: u64,
+    final_price: u64,
+}
+
+/// The auctions closing in each of the first `batches` batches (their expiry within the
+/// batch's stream time), each with its final price: the highest bid from its start until it
+/// closes. Auctions without such a bid are left out. Also returns how many final prices the
+/// bids that came before their auction in the stream (earlier than its start) would change,
+/// were they counted.
+fn closed_per_batch(batches: u64) -> (Vec<Vec<Closed>>, usize) {
+    let events = events_of(batches);
+    let mut bids: BTreeMap<u64, Vec<(usize, u64, u64)>> = BTreeMap::new();
+    let mut auctions = Vec::new();
+    for (i, e) in events.iter().flatten().enumerate() {
+        let n = |f: &str| e[f].as_u64().expect(f);
+        match e["type"].as_str() {
+            Some("bid") => {
+                bids.entry(n("auction"))
+                    .or_default()
+                    .push((i, n("dateTime"), n("price")))
+            }
+            Some("auction") => auctions.push((i, e)),
+            _ => {}
+        }
+    }
+    let mut closed: Vec<Vec<Closed>> = (0..batches).map(|_| Vec::new()).collect();
+    let mut waited = 0;
+    for (at, a) in auctions {
+        let n = |f: &str| a[f].as_u64().expect(f);
+        let (id, start, expires) = (n("id"), n("dateTime"), n("expires"));
+        let batch = expires.div_ceil(INTERVAL_MS);
+        let best = bids
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter(|(_, time, _)| (start..expires).contains(time))
+            .map(|(_, _, price)| *price)
+            .max();
+        let Some(final_price) = best.filter(|_| batch <= batches) else {
+            continue;
+        };
+        // Were every bid before the auction in the stream counted, whatever its time.
+        let sooner = bids
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .filter(|(j, time, _)| *j < at || (start..expires).contains(time))
+            .map(|(_, _, price)| *price)
+            .max();
+        waited += usize::from(sooner != Some(final_price));
+        closed[batch as usize - 1].push(Closed {
+            id,
+            seller: n("seller"),
+            category: n("category"),
+            expires,
+            final_price,
+        });
+    }
+    (closed, waited)
+}
+
+/// Per-batch outputs with the empty batches left out.
+fn nonempty(per_batch: Vec<Vec<Json>>) -> Vec<Vec<String>> {
+    per_batch
+        .into_iter()
+        .map(|rows| sorted(as_read(rows)))
+        .filter(|b| !b.is_empty())
+        .collect()
+}
+
+#[test]
+fn q4_averages_the_final_prices_of_closed_auctions_per_category() {
+    let (closed, waited) = closed_per_batch(LONG_BATCHES);
+    let count: usize = closed.iter().map(Vec::len).sum();
+    assert!(count > 100, "only {count} auctions close with a bid");
+    assert!(
+        waited > 0,
+        "no bid before its auction would change a final price: the waiting path is untested"
+    );
+    let mut totals: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    let expected = nonempty(
+        closed
+            .iter()
+            .map(|batch| {
+                for c in batch {
+                    let t = totals.entry(c.category).or_default();
+                    *t = (t.0 + 1, t.1 + c.final_price);
+                }
+                totals
+                    .iter()
+                    .map(|(category, (n, sum))| {
+                        json!({"key": category, "value": *sum as f64 / *n as f64})
+                    })
+                    .collect()
+            })
+            .collect(),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    check_batches("q4", dir.path(), &[], LONG_BATCHES, expected);
+}
+
+#[test]
+fn q6_averages_each_sellers_last_ten_final_prices() {
+    let (closed, _) = closed_per_batch(LONG_BATCHES);
+    let mut per_seller: BTreeMap<u64, Vec<(u64, u64, u64)>> = BTreeMap::new();
+    let expected = nonempty(
+        closed
+            .iter()
+            .map(|batch| {
+                let mut sellers = std::collections::BTreeSet::new();
+                for c in batch {
+                    sellers.insert(c.seller);
+                    per_seller
+                        .entry(c.seller)
+                        .or_default()
+                        .push((c.expires, c.id, c.final_price));
+                }
+                sellers
+                    .into_iter()
+                    .map(|seller| {
+                        let all = per_seller.get_mut(&seller).expect("the seller's");
+                        all.sort_unstable();
+                        let last = &all[all.len().saturating_sub(10)..];
+                        let sum: u64 = last.iter().map(|(_, _, price)| price).sum();
+                        json!({"key": seller, "value": sum as f64 / last.len() as f64})
+                    })
+                    .collect()
+            })
+            .collect(),
+    );
+    assert!(
+        per_seller.values().any(|all| all.len() > 10),
+        "no seller has more than ten closed auctions: the last ten are all of them"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    check_batches("q6", dir.path(), &[], LONG_BATCHES, expected);
 }
 
 /// A continuous query over the bids in their order: `emit` gets each bid and the state of its

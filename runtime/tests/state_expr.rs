@@ -186,3 +186,82 @@ fn map_with_state_runs_record_by_record_and_emits_what_it_returns() {
         );
     }
 }
+
+#[test]
+fn timers_fire_once_after_their_batch_and_bad_timers_are_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let stderr = run(
+        dir.path(),
+        // Each record counts itself and sets its key's timer to the batch's own time: the timer
+        // is due at the end of the batch, and emits the key's count once, after all its records.
+        // One user's records set a timer without onTimer, another's a timer that is no time
+        // (one each, so that both are among the errors a batch reports).
+        "    - name: counted
+      from: [amounts]
+      pipeline: [{updateStateByKey: {op: count}}]
+    - name: per-batch
+      from: [amounts]
+      pipeline:
+        - mapWithState:
+            expr: \"{'state': (state == null ? 0 : state) + 1, 'timer': batch.time}\"
+            onTimer: \"{'state': state, 'emit': {'n': state, 'timer': timer, 'time': batch.time, 'streamTime': batch.streamTime}}\"
+    - name: no-on-timer
+      from: [amounts]
+      pipeline: [{mapWithState: {expr: \"key == 'user3' ? {'state': 1, 'timer': batch.time} : {}\"}}]
+    - name: bad-timer
+      from: [amounts]
+      pipeline: [{mapWithState: {expr: \"key == 'user4' ? {'state': 1, 'timer': 'soon'} : {}\", onTimer: \"{}\"}}]
+",
+        &["counted", "per-batch", "no-on-timer", "bad-timer"]
+            .map(|name| {
+                format!(
+                    "    - {{from: {name}, files: {{path: \"{}\", format: json}}}}\n",
+                    out(name)
+                )
+            })
+            .concat(),
+    );
+    let totals = batches(&dir.path().join("counted"));
+    let emitted = support::json_batches(&dir.path().join("per-batch"));
+    assert_eq!(emitted.len(), BATCHES);
+    let zero = emitted[0][0]["value"]["time"].as_i64().expect("a time")
+        - emitted[0][0]["value"]["streamTime"]
+            .as_i64()
+            .expect("a stream time");
+    for (i, (batch, totals)) in emitted.iter().zip(&totals).enumerate() {
+        let stream_time = (i as i64 + 1) * 100;
+        let keys: std::collections::BTreeSet<String> =
+            batch.iter().map(|p| p["key"].to_string()).collect();
+        assert!(!batch.is_empty(), "batch {}: no timer fired", i + 1);
+        assert_eq!(
+            keys.len(),
+            batch.len(),
+            "batch {}: a key fired twice",
+            i + 1
+        );
+        for pair in batch {
+            let v = &pair["value"];
+            assert_eq!(v["n"], totals[&pair["key"].to_string()], "batch {}", i + 1);
+            assert_eq!(v["streamTime"], stream_time, "batch {}", i + 1);
+            assert_eq!(v["time"], zero + stream_time, "batch {}", i + 1);
+            assert_eq!(
+                v["timer"],
+                v["time"],
+                "batch {}: the timer's own time",
+                i + 1
+            );
+        }
+    }
+    for (stream, why) in [
+        ("no-on-timer", "has no onTimer"),
+        ("bad-timer", "milliseconds since the Unix epoch"),
+    ] {
+        let out = support::json_batches(&dir.path().join(stream));
+        assert!(out.iter().all(Vec::is_empty), "{stream} emitted {out:?}");
+        assert!(
+            stderr.contains(why),
+            "{stream}: {why:?} is not reported: {stderr}"
+        );
+    }
+}

@@ -54,7 +54,7 @@ pub struct BenchArgs {
     /// into the files sink, with a local checkpoint (exactly once) and without.
     #[arg(long)]
     pub latency: bool,
-    /// The Nexmark queries of examples/nexmark (q0-q3, q5, q7, q8, q12-q14, q17-q19, q21, q22)
+    /// The Nexmark queries of examples/nexmark (q0-q8, q12-q14, q17-q19, q21, q22)
     /// with their events from the built-in generator at --rate, 1 s batches back to back for
     /// --seconds: events/s per busy core, the generator's own cost included (and printed alone).
     #[arg(long)]

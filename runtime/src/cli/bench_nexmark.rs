@@ -14,8 +14,9 @@ use crate::source::{GeneratorConfig, TextGenerator};
 
 /// The queries, as their examples state them (rate and sink replaced here), with the batches
 /// each runs before the measured ones: a windowed query carries its full cost only once its
-/// first (10 s) window has filled.
-const QUERIES: [(&str, &str, u64, &str); 15] = [
+/// first (10 s) window has filled, and q4 and q6 once auctions close as fast as they open
+/// (they last 5 to 15 s).
+const QUERIES: [(&str, &str, u64, &str); 17] = [
     (
         "q0",
         "pass-through",
@@ -41,10 +42,22 @@ const QUERIES: [(&str, &str, u64, &str); 15] = [
         include_str!("../../../examples/nexmark/q3.yaml"),
     ),
     (
+        "q4",
+        "average price for a category",
+        15,
+        include_str!("../../../examples/nexmark/q4.yaml"),
+    ),
+    (
         "q5",
         "hot items",
         10,
         include_str!("../../../examples/nexmark/q5.yaml"),
+    ),
+    (
+        "q6",
+        "average selling price by seller",
+        15,
+        include_str!("../../../examples/nexmark/q6.yaml"),
     ),
     (
         "q7",

@@ -1,16 +1,18 @@
-//! `map_with_state`: a function per record with access to its key's state, and timeouts.
+//! `map_with_state`: a function per record with access to its key's state, timeouts and
+//! timers.
 //!
-//! Unlike `update_state_by_key`, only keys with new records (or whose state times out) are
-//! touched, so the cost follows the batch, not the size of the state.
+//! Unlike `update_state_by_key`, only keys with new records (or whose state times out, or
+//! whose timer is due) are touched, so the cost follows the batch, not the size of the state.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::shuffle::{read_grouped, shuffle_by_key};
+use super::timers::Timers;
 use super::tracked::{Tracked, decode_chain, keyed_share};
 use super::{Compute, DStream, Stateful};
 use crate::data::{Data, Key, KeyMap};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::exec::{BatchContext, Task, lock_unpoisoned};
 use crate::plan::{Dep, ShuffleId};
 use crate::time::BatchInfo;
@@ -20,9 +22,20 @@ use crate::time::BatchInfo;
 pub struct State<S> {
     value: Option<S>,
     timing_out: bool,
+    timer: Option<u64>,
+    fired: Option<u64>,
 }
 
 impl<S> State<S> {
+    fn new(value: Option<S>, timer: Option<u64>) -> Self {
+        Self {
+            value,
+            timing_out: false,
+            timer,
+            fired: None,
+        }
+    }
+
     /// Whether the key has state.
     pub fn exists(&self) -> bool {
         self.value.is_some()
@@ -50,32 +63,68 @@ impl<S> State<S> {
     pub fn is_timing_out(&self) -> bool {
         self.timing_out
     }
+
+    /// The time of the key's timer (milliseconds since the Unix epoch), if it has one.
+    pub fn timer(&self) -> Option<u64> {
+        self.timer
+    }
+
+    /// Sets the key's timer, replacing the one it had: the function is called for the key,
+    /// without a record, in the first batch whose time is `at_ms` or later (after that batch's
+    /// records). Needs [`StateSpec::timers`]. A timer is the key's whether or not it has
+    /// state: removing the state leaves it.
+    pub fn set_timer(&mut self, at_ms: u64) {
+        self.timer = Some(at_ms);
+    }
+
+    /// Removes the key's timer.
+    pub fn clear_timer(&mut self) {
+        self.timer = None;
+    }
+
+    /// When the function is called because the key's timer is due: the time it was set for.
+    /// The timer is gone by then; the function may set another, which is due at the next batch
+    /// at the earliest.
+    pub fn fired_timer(&self) -> Option<u64> {
+        self.fired
+    }
 }
 
 type MapFn<K, V, S, U> =
     dyn Fn(&BatchInfo, &K, Option<V>, &mut State<S>) -> Option<U> + Send + Sync;
 
-/// What `map_with_state` does: the function and an optional idle timeout.
+/// What `map_with_state` does: the function, an optional idle timeout, and whether keys have
+/// timers.
 pub struct StateSpec<K, V, S, U> {
     func: Arc<MapFn<K, V, S, U>>,
     timeout: Option<Duration>,
+    timers: bool,
 }
 
 impl<K, V, S, U> StateSpec<K, V, S, U> {
     /// Calls `func(batch, key, value, state)` for every record, in arrival order per key, and
-    /// with `value = None` when a key times out. Whatever it returns is emitted.
+    /// with `value = None` when a key times out or its timer is due. Whatever it returns is
+    /// emitted.
     pub fn function(
         func: impl Fn(&BatchInfo, &K, Option<V>, &mut State<S>) -> Option<U> + Send + Sync + 'static,
     ) -> Self {
         Self {
             func: Arc::new(func),
             timeout: None,
+            timers: false,
         }
     }
 
     /// Removes keys that received no record for `idle` (rounded up to whole batches).
     pub fn timeout(mut self, idle: Duration) -> Self {
         self.timeout = Some(idle);
+        self
+    }
+
+    /// Lets the function set a timer per key ([`State::set_timer`]). The timers are a state of
+    /// their own in checkpoints, next to the keys' states.
+    pub fn timers(mut self) -> Self {
+        self.timers = true;
         self
     }
 }
@@ -86,6 +135,7 @@ struct MapState<K, V, S, U> {
     timeout_batches: Option<u64>,
     /// State and the index of the last batch that had records for the key.
     parts: Vec<Mutex<Tracked<K, (S, u64)>>>,
+    timers: Option<Arc<Timers<K>>>,
     emitted: Vec<Mutex<(u64, Vec<U>)>>,
 }
 
@@ -96,19 +146,45 @@ impl<K: Key, V: Data, S: Data, U: Data> Task for MapState<K, V, S, U> {
             read_grouped::<K, Vec<V>>(cx, self.shuffle, part, &|a, b| a.extend(b))
         })?;
         let mut state = lock_unpoisoned(&self.parts[part]);
+        let mut timers = self
+            .timers
+            .as_ref()
+            .map(|t| lock_unpoisoned(&t.parts[part]));
         let mut out = Vec::new();
         for (k, values) in grouped {
-            let mut handle = State {
-                value: state.get(&k).map(|(s, _)| s.clone()),
-                timing_out: false,
-            };
+            let mut handle = State::new(
+                state.get(&k).map(|(s, _)| s.clone()),
+                timers.as_ref().and_then(|t| t.get(&k)),
+            );
             for v in values {
                 out.extend((self.func)(&cx.batch, &k, Some(v), &mut handle));
+            }
+            match &mut timers {
+                Some(t) => t.set(&k, handle.timer),
+                None if handle.timer.is_some() => return Err(timers_off()),
+                None => {}
             }
             match handle.value {
                 Some(s) => state.insert(k, (s, now)),
                 None => {
                     state.swap_remove(&k);
+                }
+            }
+        }
+        if let Some(timers) = &mut timers {
+            for (k, at) in timers.take_due(cx.batch.time_ms) {
+                let old = state.get(&k);
+                let last = old.map_or(now, |(_, last)| *last);
+                let mut handle = State::new(old.map(|(s, _)| s.clone()), None);
+                handle.fired = Some(at);
+                out.extend((self.func)(&cx.batch, &k, None, &mut handle));
+                timers.set(&k, handle.timer);
+                match handle.value {
+                    // The idle timeout counts batches with records: a timer is not one.
+                    Some(s) => state.insert(k, (s, last)),
+                    None => {
+                        state.swap_remove(&k);
+                    }
                 }
             }
         }
@@ -120,10 +196,8 @@ impl<K: Key, V: Data, S: Data, U: Data> Task for MapState<K, V, S, U> {
                 .collect();
             for k in idle {
                 if let Some((s, _)) = state.swap_remove(&k) {
-                    let mut handle = State {
-                        value: Some(s),
-                        timing_out: true,
-                    };
+                    let mut handle = State::new(Some(s), None);
+                    handle.timing_out = true;
                     out.extend((self.func)(&cx.batch, &k, None, &mut handle));
                 }
             }
@@ -131,6 +205,15 @@ impl<K: Key, V: Data, S: Data, U: Data> Task for MapState<K, V, S, U> {
         *lock_unpoisoned(&self.emitted[part]) = (now, out);
         Ok(())
     }
+}
+
+/// A timer set by a function whose spec has none.
+fn timers_off() -> Error {
+    Error::Config(
+        "map_with_state: a function set a timer, and its StateSpec has no timers: build it \
+         with StateSpec::timers()"
+            .to_string(),
+    )
 }
 
 impl<K: Key, V: Data, S: Data, U: Data> Stateful for MapState<K, V, S, U> {
@@ -243,11 +326,19 @@ impl<K: Key, V: Data> DStream<(K, V)> {
             parts: (0..self.ctx.partitions())
                 .map(|_| Mutex::new(Tracked::default()))
                 .collect(),
+            timers: spec
+                .timers
+                .then(|| Arc::new(Timers::new(self.ctx.partitions()))),
             emitted: (0..self.ctx.partitions())
                 .map(|_| Mutex::new((0, Vec::new())))
                 .collect(),
         });
-        self.ctx.add_stateful(self.state_name(op), state.clone());
+        let name = self.state_name(op);
+        self.ctx.add_stateful(name.clone(), state.clone());
+        if let Some(timers) = &state.timers {
+            self.ctx
+                .add_stateful(format!("{name}-timers"), timers.clone());
+        }
         let m = self.ctx.add_materializer(
             op,
             self.slide_ms,

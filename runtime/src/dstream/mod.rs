@@ -35,6 +35,7 @@ mod reduce;
 mod reduce_by_key;
 mod repartition;
 pub(crate) mod shuffle;
+mod timers;
 pub(crate) mod tracked;
 mod transform;
 mod union;

@@ -91,6 +91,11 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned> Tracked<K, V> {
         self.map.len()
     }
 
+    /// Where `key`'s entry is: its place in the order a snapshot keeps.
+    pub fn position(&self, key: &K) -> Option<usize> {
+        self.map.get_index_of(key)
+    }
+
     pub fn iter(&self) -> indexmap::map::Iter<'_, K, V> {
         self.map.iter()
     }

@@ -9,6 +9,7 @@ use crate::data::KeyMap;
 use crate::dstream::{DStream, StateSpec};
 use crate::manifest::expr::{Expr, with_root};
 use crate::manifest::value::Value;
+use crate::time::BatchInfo;
 
 impl Compiler {
     /// The state of each key: `expr` over `key`, `values` and `state`, for every key with new
@@ -78,8 +79,9 @@ impl Compiler {
 type Emitted = (Value, Result<Value, String>);
 
 impl Compiler {
-    /// `mapWithState`: `expr` over `key`, `value` and `state` for each record, returning
-    /// `{state, emit}`; a failed evaluation leaves the state as it was and is counted.
+    /// `mapWithState`: `expr` over `key`, `value` and `state` for each record, and `onTimer`
+    /// over `key`, `state` and `timer` for each due timer, returning `{state, emit, timer}`; a
+    /// failed evaluation leaves the state (and the timer) as it was and is counted.
     pub(super) fn map_state_expr(
         &mut self,
         s: &DStream<(Value, Value)>,
@@ -87,43 +89,53 @@ impl Compiler {
         path: &str,
     ) -> Stream {
         let p = format!("{path}.mapWithState");
-        let expr = match Expr::compile(&m.expr) {
-            Ok(e) => e,
-            Err(message) => {
-                self.problem(format!("{p}.expr"), message);
-                return Stream::Keyed(s.clone());
-            }
+        let expr = self.expr(&format!("{p}.expr"), &m.expr);
+        let on_timer = m
+            .on_timer
+            .as_ref()
+            .map(|text| self.expr(&format!("{p}.onTimer"), text));
+        let on_timer = match on_timer {
+            None => None,
+            Some(Some(on_timer)) => Some(on_timer),
+            Some(None) => return Stream::Keyed(s.clone()),
         };
+        let Some(expr) = expr else {
+            return Stream::Keyed(s.clone());
+        };
+        let reads_batch =
+            expr.reads("batch") || on_timer.as_ref().is_some_and(|t| t.reads("batch"));
+        let has_timers = on_timer.is_some();
         let mut spec = StateSpec::function(
-            move |_,
+            move |batch: &BatchInfo,
                   key: &Value,
                   value: Option<Value>,
                   state: &mut crate::dstream::State<Value>| {
-                // A key timing out has no record: it leaves without a word.
-                let value = value?;
-                let result =
-                    with_root(|root| expr.eval_record_state(root, key, &value, state.get()));
-                let fields = match result {
-                    Ok(Value::Map(fields)) => fields,
-                    Ok(other) => {
-                        return Some((
-                            key.clone(),
-                            Err(format!(
-                                "mapWithState expr must return a map of state and emit, got {}",
-                                other.describe()
-                            )),
-                        ));
-                    }
-                    Err(message) => return Some((key.clone(), Err(message))),
+                let batch_value = reads_batch.then(|| batch_value(batch));
+                let result = match (value, state.fired_timer(), &on_timer) {
+                    (Some(value), _, _) => with_root(|root| {
+                        expr.eval_record_state(root, key, &value, state.get(), batch_value.as_ref())
+                    }),
+                    (None, Some(at), Some(on_timer)) => with_root(|root| {
+                        on_timer.eval_timer(
+                            root,
+                            key,
+                            state.get(),
+                            &Value::Int(i64::try_from(at).unwrap_or(i64::MAX)),
+                            batch_value.as_ref(),
+                        )
+                    }),
+                    // A key timing out has no record: it leaves without a word.
+                    (None, _, _) => return None,
                 };
-                let mut fields = fields;
-                match fields.remove("state") {
-                    None | Some(Value::Null) => state.remove(),
-                    Some(next) => state.update(next),
+                match apply_result(result, state, has_timers) {
+                    Ok(emit) => emit.map(|out| (key.clone(), Ok(out))),
+                    Err(message) => Some((key.clone(), Err(message))),
                 }
-                fields.remove("emit").map(|out| (key.clone(), Ok(out)))
             },
         );
+        if has_timers {
+            spec = spec.timers();
+        }
         if let Some(t) = &m.timeout {
             spec = spec.timeout(self.duration(&format!("{p}.timeout"), Some(t)));
         }
@@ -139,4 +151,70 @@ impl Compiler {
             Ok(out)
         }))
     }
+
+    /// `text` compiled, or `None` with the problem recorded at `path`.
+    fn expr(&mut self, path: &str, text: &str) -> Option<Expr> {
+        match Expr::compile(text) {
+            Ok(e) => Some(e),
+            Err(message) => {
+                self.problem(path.to_string(), message);
+                None
+            }
+        }
+    }
+}
+
+/// `batch` of a `mapWithState` expression.
+fn batch_value(batch: &BatchInfo) -> Value {
+    let ms = |v: u64| Value::Int(i64::try_from(v).unwrap_or(i64::MAX));
+    Value::Map(
+        [
+            ("streamTime".into(), ms(batch.offset_ms())),
+            ("time".into(), ms(batch.time_ms)),
+        ]
+        .into_iter()
+        .collect(),
+    )
+}
+
+/// Applies a `mapWithState` expression's result to the key's state and timer, and returns what
+/// it emits; an error (the evaluation's, or a result of the wrong form) changes nothing.
+fn apply_result(
+    result: Result<Value, String>,
+    state: &mut crate::dstream::State<Value>,
+    has_timers: bool,
+) -> Result<Option<Value>, String> {
+    let mut fields = match result? {
+        Value::Map(fields) => fields,
+        other => {
+            return Err(format!(
+                "mapWithState expr must return a map of state and emit, got {}",
+                other.describe()
+            ));
+        }
+    };
+    match fields.remove("timer") {
+        None => {}
+        Some(_) if !has_timers => {
+            return Err(
+                "the result has a timer, and the step has no onTimer to call when it is due: \
+                 add mapWithState.onTimer"
+                    .to_string(),
+            );
+        }
+        Some(Value::Null) => state.clear_timer(),
+        Some(Value::Int(at)) if at >= 0 => state.set_timer(at as u64),
+        Some(other) => {
+            return Err(format!(
+                "mapWithState timer must be milliseconds since the Unix epoch (an int of 0 or \
+                 more) or null, got {}",
+                other.describe()
+            ));
+        }
+    }
+    match fields.remove("state") {
+        None | Some(Value::Null) => state.remove(),
+        Some(next) => state.update(next),
+    }
+    Ok(fields.remove("emit"))
 }

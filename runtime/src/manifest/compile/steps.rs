@@ -235,12 +235,7 @@ impl Compiler {
             }
             StepKind::KeyBy(k) => {
                 let op = format!("{path}.keyBy");
-                let key = self.selector(&format!("{op}.key"), &k.key);
-                let value = match &k.value {
-                    Some(v) => self.selector(&format!("{op}.value"), v).map(Some),
-                    None => Some(None),
-                };
-                let (Some(key), Some(value)) = (key, value) else {
+                let Some((key, value)) = self.key_by(&op, k) else {
                     // Already reported; an empty keyed stream lets later steps be checked too.
                     return Stream::Keyed(s.map_partitions("keyBy", |_, _| Ok(Vec::new())));
                 };
@@ -304,6 +299,17 @@ impl Compiler {
                 Stream::Records(s)
             }
         }
+    }
+
+    /// A `keyBy` step's key selector and value selector (`None`: the whole record, or value),
+    /// or `None` when one is wrong (reported at `op`).
+    fn key_by(&mut self, op: &str, k: &sluice_crds::KeyByStep) -> Option<(Sel, Option<Sel>)> {
+        let key = self.selector(&format!("{op}.key"), &k.key);
+        let value = match &k.value {
+            Some(v) => Some(self.selector(&format!("{op}.value"), v)?),
+            None => None,
+        };
+        Some((key?, value))
     }
 
     fn keyed_step(&mut self, s: DStream<(Value, Value)>, kind: StepKind<'_>, path: &str) -> Stream {
@@ -421,6 +427,25 @@ impl Compiler {
             }
             StepKind::FlatMapValues(fm) => self.flat_map_values(s, fm, path),
             StepKind::MapWithState(m) => self.map_state_expr(&s, m, path),
+            StepKind::KeyBy(k) => {
+                // A new key (and value) from each pair: selectors read the value, expressions
+                // `key` and `value`.
+                let op = format!("{path}.keyBy");
+                let Some((key, value)) = self.key_by(&op, k) else {
+                    return Stream::Keyed(s.map_partitions("keyBy", |_, _| Ok(Vec::new())));
+                };
+                Stream::Keyed(s.map_partitions(&op.clone(), move |cx, pairs| {
+                    per_record(cx, &op, pairs, |root, (k, v), out| {
+                        let new_key = key.pair(root, &k, &v)?;
+                        let v = match &value {
+                            Some(sel) => sel.pair(root, &k, &v)?,
+                            None => v,
+                        };
+                        out.push((new_key, v));
+                        Ok(())
+                    })
+                }))
+            }
             // Handled for both shapes in `step`.
             StepKind::Reduce(_)
             | StepKind::ReduceByWindow(_)
@@ -430,7 +455,6 @@ impl Compiler {
             | StepKind::Top(_) => Stream::Keyed(s),
             StepKind::ParseJson(_)
             | StepKind::FlatMap(_)
-            | StepKind::KeyBy(_)
             | StepKind::CountByValue(_)
             | StepKind::CountByValueAndWindow(_) => {
                 self.problem(

@@ -290,7 +290,7 @@ fn the_subset_answers_as_cel_does() {
                 Kind::Pair => interpreted.eval_pair(&root, &key, &record),
                 Kind::State => interpreted.eval_state(&root, &key, &values, state.as_ref()),
                 Kind::RecordState => {
-                    interpreted.eval_record_state(&root, &key, &record, state.as_ref())
+                    interpreted.eval_record_state(&root, &key, &record, state.as_ref(), None)
                 }
             };
             // Debug tells 1 from 1.0 and 0.0 from -0.0, which Value's order does not.

@@ -126,19 +126,27 @@ impl Expr {
         self.run(&scope)
     }
 
-    /// Evaluates with `key`, `value` and `state` (`null` when absent) bound: a
-    /// `mapWithState` expression, once per record.
+    /// Whether the expression reads the variable `name`: a variable that costs something to
+    /// build is built only for the expressions that read it.
+    pub fn reads(&self, name: &str) -> bool {
+        self.program.references().has_variable(name)
+    }
+
+    /// Evaluates with `key`, `value`, `state` (`null` when absent) and `batch` (when the
+    /// expression reads it) bound: a `mapWithState` expression, once per record.
     pub fn eval_record_state(
         &self,
         root: &Context<'_, '_>,
         key: &Value,
         value: &Value,
         state: Option<&Value>,
+        batch: Option<&Value>,
     ) -> Result<Value, String> {
         if let Some(v) = self.native(Bindings {
             key: Some(key),
             value: Some(value),
             state: Some(state.unwrap_or(&NULL)),
+            batch,
             ..Bindings::default()
         }) {
             return Ok(v);
@@ -147,6 +155,39 @@ impl Expr {
         scope.add_variable_from_value("key", to_cel(key));
         scope.add_variable_from_value("value", to_cel(value));
         scope.add_variable_from_value("state", state.map_or(Cel::Null, to_cel));
+        if let Some(batch) = batch {
+            scope.add_variable_from_value("batch", to_cel(batch));
+        }
+        self.run(&scope)
+    }
+
+    /// Evaluates with `key`, `state` (`null` when absent), `timer` (the time the key's timer
+    /// was set for) and `batch` (when the expression reads it) bound: `mapWithState`'s
+    /// `onTimer`.
+    pub fn eval_timer(
+        &self,
+        root: &Context<'_, '_>,
+        key: &Value,
+        state: Option<&Value>,
+        timer: &Value,
+        batch: Option<&Value>,
+    ) -> Result<Value, String> {
+        if let Some(v) = self.native(Bindings {
+            key: Some(key),
+            state: Some(state.unwrap_or(&NULL)),
+            timer: Some(timer),
+            batch,
+            ..Bindings::default()
+        }) {
+            return Ok(v);
+        }
+        let mut scope = root.new_inner_scope();
+        scope.add_variable_from_value("key", to_cel(key));
+        scope.add_variable_from_value("state", state.map_or(Cel::Null, to_cel));
+        scope.add_variable_from_value("timer", to_cel(timer));
+        if let Some(batch) = batch {
+            scope.add_variable_from_value("batch", to_cel(batch));
+        }
         self.run(&scope)
     }
 

@@ -27,6 +27,8 @@ pub(super) struct Bindings<'a> {
     pub value: Option<&'a Value>,
     pub values: Option<&'a [Value]>,
     pub state: Option<&'a Value>,
+    pub batch: Option<&'a Value>,
+    pub timer: Option<&'a Value>,
     /// The innermost name `cel.bind` binds, if any.
     pub local: Option<&'a Local<'a>>,
 }
@@ -68,6 +70,8 @@ pub(super) enum Var {
     Value,
     Values,
     State,
+    Batch,
+    Timer,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -146,6 +150,8 @@ impl Node {
                 "value" => Var::Value,
                 "values" => Var::Values,
                 "state" => Var::State,
+                "batch" => Var::Batch,
+                "timer" => Var::Timer,
                 _ => return None,
             }),
             Ast::Select(select) => {
@@ -284,6 +290,8 @@ impl Node {
             Node::Var(Var::Key) => b.key,
             Node::Var(Var::Value) => b.value,
             Node::Var(Var::State) => b.state,
+            Node::Var(Var::Batch) => b.batch,
+            Node::Var(Var::Timer) => b.timer,
             Node::Field(operand, field) => match operand.place(b)? {
                 Value::Map(m) => m.get(field.as_str()),
                 _ => None,
