@@ -3,7 +3,8 @@
 //! change through the scale subresource.
 //!
 //! The rule. Each look takes the last [`WINDOW`] batches that ran on the present workers and
-//! measures the records one worker processes per second of processing time, the rate records
+//! measures the records one worker processes per second of processing time (without the
+//! window's slowest batch: one stall is not a slower worker), the rate records
 //! arrive at (read, plus what the backlog grew by) and what waits (the sources' backlog, plus
 //! the scheduling delay's worth of input). Partitions are dealt out whole, so a batch takes as
 //! long as its busiest worker, who runs `ceil(partitions / workers)` of them: 3 workers over 4
@@ -532,7 +533,6 @@ fn estimate(
     }
     let n = window.len() as f64;
     let interval = look.interval_ms.max(1) as f64 / 1000.0;
-    let records: u64 = window.iter().map(|b| b.records).sum();
     let processing: f64 = window.iter().map(|b| b.processing_ms as f64 / 1000.0).sum();
     let newest = window[window.len() - 1];
     let arrival = arrival_rate(&window, interval);
@@ -545,8 +545,21 @@ fn estimate(
     let delay = newest.scheduling_delay_ms as f64 / 1000.0;
     let waiting = newest.backlog.unwrap_or(0) as f64 + arrival * delay;
     let effective = effective_workers(look.partitions, workers);
-    let per_worker =
-        (records > 0 && processing > 0.0).then(|| records as f64 / (processing * effective));
+    // Capacity leaves out the window's slowest batch once there are enough others: one batch
+    // the machine stalled (or a slow snapshot write) would read as a worker a third slower,
+    // and the backlog it left as more input; an overload slows every batch, not one.
+    let slowest = (window.len() > MIN_BATCHES)
+        .then(|| (0..window.len()).max_by_key(|&i| (window[i].processing_ms, std::cmp::Reverse(i))))
+        .flatten();
+    let (measured_records, measured_processing) = window
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != slowest)
+        .fold((0u64, 0.0f64), |(r, p), (_, b)| {
+            (r + b.records, p + b.processing_ms as f64 / 1000.0)
+        });
+    let per_worker = (measured_records > 0 && measured_processing > 0.0)
+        .then(|| measured_records as f64 / (measured_processing * effective));
     // What waited at the window's first batch: a queue that shrinks over the window is being
     // drained by the workers there are (just after a step up, say), and needs none more.
     let first = window[0];
@@ -846,6 +859,8 @@ mod tests {
         partitions: u32,
         noise: Noise,
         noise_amplitude: f64,
+        /// One batch this many times slower than its work (the machine stalled).
+        stall: Option<(u64, f64)>,
         replicas: u32,
         workers: u32,
         workers_from: Option<(f64, u32)>,
@@ -875,6 +890,7 @@ mod tests {
                 partitions: 8,
                 noise: Noise(7),
                 noise_amplitude: 0.2,
+                stall: None,
                 replicas: workers,
                 workers,
                 workers_from: None,
@@ -931,7 +947,11 @@ mod tests {
                 };
                 self.last_plan = start;
                 let busy = self.workers.min(self.partitions);
-                let slow = if k.is_multiple_of(10) { 1.5 } else { 1.0 };
+                let slow = match self.stall {
+                    Some((at, factor)) if at == k => factor,
+                    _ if k.is_multiple_of(10) => 1.5,
+                    _ => 1.0,
+                };
                 let slowdown = 1.0 + self.contention * f64::from(busy - 1);
                 // The busiest worker runs ceil(partitions / workers) of the partitions.
                 let share = f64::from(self.partitions.div_ceil(busy)) / f64::from(self.partitions);
@@ -1027,6 +1047,25 @@ mod tests {
             sim.run(&settings(1, 8, 0, 60), 600.0, |_| 10_000.0);
             assert!(sim.events.is_empty(), "changes: {:?}", sim.events);
             assert!(sim.limits.is_empty());
+        }
+    }
+
+    #[test]
+    fn one_stalled_batch_and_the_backlog_it_leaves_make_no_change() {
+        // One worker at about 0.35 of the interval; one batch takes five times as long (the
+        // machine stalled), so the next ones find its input waiting.
+        for input in [
+            Input::Arrived { cap: None },
+            Input::Arrived { cap: Some(2_800.0) },
+            Input::ByBatchTime,
+        ] {
+            for at in [40, 41, 42, 45] {
+                let mut sim = Sim::new(1, input);
+                sim.fixed = 0.15;
+                sim.stall = Some((at, 5.0));
+                sim.run(&settings(1, 4, 0, 60), 120.0, |_| 2_600.0);
+                assert!(sim.events.is_empty(), "stall at {at}: {:?}", sim.events);
+            }
         }
     }
 
