@@ -29,9 +29,23 @@ fn manifest(dir: &Path, out: &Path, checkpoint: &str) -> PathBuf {
     manifest_with(dir, out, checkpoint, 6)
 }
 
+/// The word count most tests run: a running total per word.
+const WORD_COUNT: &str = "  sources: [{name: g, generator: {rate: 10000, seed: 9, vocabulary: 300}}]\n  pipeline:\n    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - updateStateByKey: {op: sum}\n";
+
 fn manifest_with(dir: &Path, out: &Path, checkpoint: &str, parallelism: usize) -> PathBuf {
+    manifest_of(dir, WORD_COUNT, out, checkpoint, parallelism)
+}
+
+/// A job of `body` (its sources and pipeline) into the files sink at `out`.
+fn manifest_of(
+    dir: &Path,
+    body: &str,
+    out: &Path,
+    checkpoint: &str,
+    parallelism: usize,
+) -> PathBuf {
     let text = format!(
-        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: dist}}\nspec:\n  batchInterval: 100ms\n  parallelism: {parallelism}\n  sources: [{{name: g, generator: {{rate: 10000, seed: 9, vocabulary: 300}}}}]\n  pipeline:\n    - flatMap: {{split: \" \"}}\n    - countByValue: {{}}\n    - updateStateByKey: {{op: sum}}\n  sinks: [{{files: {{path: \"{}\"}}}}]\n  checkpoint: {checkpoint}\n",
+        "apiVersion: sluice.dev/v1alpha1\nkind: StreamingJob\nmetadata: {{name: dist}}\nspec:\n  batchInterval: 100ms\n  parallelism: {parallelism}\n{body}  sinks: [{{files: {{path: \"{}\"}}}}]\n  checkpoint: {checkpoint}\n",
         out.display()
     );
     let path = dir.join(format!("job-{}.yaml", port()));
@@ -148,6 +162,24 @@ impl Cluster {
             health: Vec::new(),
             batches: BATCHES,
         }
+    }
+
+    /// Runs a master and `workers` workers (`w0`, `w1`, ...) until batch `until`, and returns
+    /// the output, which has a file for each batch.
+    fn run_until(&mut self, until: u64, workers: usize) -> Vec<Vec<String>> {
+        self.batches = until;
+        self.start_master(workers);
+        for w in 0..workers {
+            self.start_worker(&format!("w{w}"));
+        }
+        let got = self.finish();
+        assert_eq!(
+            got.len() as u64,
+            until,
+            "batches after parallelism {}",
+            self.parallelism
+        );
+        got
     }
 
     /// The master stops after batch `n` instead of [`BATCHES`].
@@ -398,18 +430,8 @@ fn a_cluster_resumes_with_another_parallelism_and_its_state_resharded() {
     let want = reference(tmp.path());
     let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
     for (parallelism, until, workers) in [(4, 12, 2), (8, 26, 3), (3, BATCHES, 2)] {
-        let mut c = Cluster::with_parallelism(tmp.path(), &server, "upgrade", parallelism)
-            .stopping_after(until);
-        c.start_master(workers);
-        for w in 0..workers {
-            c.start_worker(&format!("w{w}"));
-        }
-        let got = c.finish();
-        assert_eq!(
-            got.len() as u64,
-            until,
-            "batches after parallelism {parallelism}"
-        );
+        let mut c = Cluster::with_parallelism(tmp.path(), &server, "upgrade", parallelism);
+        let got = c.run_until(until, workers);
         if parallelism != 4 {
             assert!(
                 c.master_log().contains("re-sharded by key hash"),
@@ -419,6 +441,38 @@ fn a_cluster_resumes_with_another_parallelism_and_its_state_resharded() {
         }
         if until == BATCHES {
             assert_exactly_once(&got, &want, "parallelism 4 -> 8 -> 3");
+        }
+    }
+}
+
+/// Timers on workers: sparse words whose counts are emitted 300 ms after their last record,
+/// then every 200 ms counting down; the cluster stops twice and resumes with other partition
+/// counts (timers re-sharded with the keys) and must write what one local run writes.
+#[test]
+fn timers_fire_on_workers_as_in_one_process_across_a_reshard() {
+    const TIMERS: &str = "  sources: [{name: g, generator: {rate: 2000, seed: 9, vocabulary: 20000}}]\n  pipeline:\n    - flatMap: {split: \" \"}\n    - countByValue: {}\n    - mapWithState:\n        expr: \"{'state': (state == null ? 0 : state) + value, 'timer': batch.time + 300}\"\n        onTimer: \"state > 3 ? {'state': state - 3, 'emit': state, 'timer': timer + 200} : {'emit': state}\"\n";
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let local_out = tmp.path().join("reference-out");
+    let checkpoint = format!(
+        "{{uri: \"file://{}\"}}",
+        tmp.path().join("reference-ckpt").display()
+    );
+    run_local(&manifest_of(tmp.path(), TIMERS, &local_out, &checkpoint, 4));
+    let want: Vec<Vec<String>> = batches(&local_out).into_values().collect();
+    let fired: usize = want.iter().map(Vec::len).sum();
+    assert!(fired > 1000, "only {fired} timers fired");
+    let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
+    let out = tmp.path().join("timers-out");
+    let checkpoint = format!(
+        "{{uri: \"s3://ckpt/timers\", endpoint: \"{}\", pathStyle: true, interval: 5}}",
+        server.endpoint()
+    );
+    for (parallelism, until, workers) in [(4, 12, 2), (6, 26, 3), (4, BATCHES, 2)] {
+        let job = manifest_of(tmp.path(), TIMERS, &out, &checkpoint, parallelism);
+        let got = Cluster::for_manifest(tmp.path(), job, out.clone(), parallelism)
+            .run_until(until, workers);
+        if until == BATCHES {
+            assert_exactly_once(&got, &want, "timers, parallelism 4 -> 6 -> 4");
         }
     }
 }
