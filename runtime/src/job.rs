@@ -39,6 +39,15 @@ pub(crate) trait Stateful: Send + Sync {
             "a delta of partition {part} of a state that records no changes"
         )))
     }
+    /// The whole state a snapshot chain gives (the whole state of a snapshot, then the delta of
+    /// each one after it, oldest first), encoded as [`Stateful::snapshot`] encodes it; the
+    /// state itself is not touched. For a state that records its changes.
+    fn compact(&self, chain: &[Vec<u8>]) -> Result<Vec<u8>> {
+        let _ = chain;
+        Err(Error::Internal(
+            "a compaction of a state that records no changes".to_string(),
+        ))
+    }
     /// Replaces the partition's state with a snapshot's: its chain, the whole state of a
     /// snapshot and then the delta of each one after it, oldest first. Empty: no state.
     fn restore(&self, part: usize, chain: &[Vec<u8>]) -> Result<()>;
@@ -59,8 +68,13 @@ pub(crate) fn whole_only<'a>(chain: &'a [Vec<u8>], what: &str) -> Result<Option<
     }
 }
 
-/// Deltas since the last whole snapshot at most: recovery reads each one's files.
+/// Deltas since the last whole snapshot at most: recovery reads each one's files. The one that
+/// reaches it is compacted once written (see [`Job::next_snapshot`]).
 const MAX_DELTAS: usize = 8;
+
+/// The whole state of one operation's partition from its snapshot chain: how the checkpoint
+/// writer compacts a snapshot off the batch path (see [`crate::checkpoint::Checkpointer::compact`]).
+pub(crate) type Compactor = Arc<crate::checkpoint::WholeState>;
 
 /// Where the changes the states record count from, for the next snapshot to be a delta on.
 #[derive(Clone, Copy, Debug, Default)]
@@ -604,41 +618,70 @@ impl Job {
     }
 
     /// The state of every stateful operation for a checkpoint after `batch`: as deltas on the
-    /// snapshot taken before (for the states that record their changes) while the deltas
-    /// since the last whole snapshot stay few and smaller than the state, else whole. The
+    /// snapshot taken before, for the states that record their changes (else whole). The
     /// caller writes it, and after a failed write restores from a written snapshot (which
     /// sets where the next delta counts from) before it takes another.
+    ///
+    /// Recovery reads a delta's chain back to a whole snapshot, so the chain is kept short:
+    /// once it holds [`MAX_DELTAS`] deltas, or deltas with as many entries as the state, the
+    /// snapshot is marked for compaction (`Snapshot::compact`). The writer then rewrites it
+    /// whole from its chain ([`Job::compactor`]), off the batch path, and the next deltas
+    /// count from it. Encoding the whole state here instead would hold the batch that takes
+    /// it for as long as it reads every key.
     pub(crate) fn next_snapshot(&self, batch: u64) -> Result<Snapshot> {
         let parts: Vec<usize> = (0..self.graph.partitions).collect();
         let mut base = lock_unpoisoned(&self.delta_base);
-        let on = base
-            .batch
-            .filter(|_| base.deltas < MAX_DELTAS)
-            .and_then(|on| {
-                let (mut changes, mut entries, mut tracked) = (0u64, 0u64, false);
-                for (_, state) in &self.stateful {
-                    for &part in &parts {
-                        if let Some(n) = state.changes(part) {
-                            tracked = true;
-                            changes += n as u64;
-                            entries += state.entries(part) as u64;
-                        }
+        let on = base.batch.and_then(|on| {
+            let (mut changes, mut entries, mut tracked) = (0u64, 0u64, false);
+            for (_, state) in &self.stateful {
+                for &part in &parts {
+                    if let Some(n) = state.changes(part) {
+                        tracked = true;
+                        changes += n as u64;
+                        entries += state.entries(part) as u64;
                     }
                 }
-                // Recovery reads the whole state and every delta after it: their entries stay
-                // below the state's own.
-                (tracked && base.entries + changes < entries).then_some((on, changes))
-            });
-        let snapshot = self.encode_snapshot(batch, &parts, on.map(|(on, _)| on))?;
+            }
+            tracked.then_some((on, changes, entries))
+        });
+        let mut snapshot = self.encode_snapshot(batch, &parts, on.map(|(on, ..)| on))?;
         *base = match on {
-            Some((_, changes)) => DeltaBase {
-                batch: Some(batch),
-                deltas: base.deltas + 1,
-                entries: base.entries + changes,
-            },
+            // Recovery reads the whole state and every delta after it: few of them, with fewer
+            // entries than the state's own, else the writer compacts this one.
+            Some((_, changes, entries))
+                if base.deltas + 1 < MAX_DELTAS && base.entries + changes < entries =>
+            {
+                DeltaBase {
+                    batch: Some(batch),
+                    deltas: base.deltas + 1,
+                    entries: base.entries + changes,
+                }
+            }
+            Some(_) => {
+                snapshot.compact = true;
+                DeltaBase::at(batch)
+            }
             None => DeltaBase::at(batch),
         };
         Ok(snapshot)
+    }
+
+    /// What compacts a snapshot of this job's states: each operation's partition from its
+    /// chain, by the operation's name.
+    pub(crate) fn compactor(&self) -> Compactor {
+        let states: BTreeMap<String, Arc<dyn Stateful>> = self
+            .stateful
+            .iter()
+            .map(|(name, state)| (name.clone(), state.clone()))
+            .collect();
+        Arc::new(
+            move |name: &str, chain: &[Vec<u8>]| match states.get(name) {
+                Some(state) => state.compact(chain),
+                None => Err(Error::Internal(format!(
+                    "a compaction of {name}, which this job does not have"
+                ))),
+            },
+        )
     }
 
     /// Encodes the state of `parts`: whole, or with `delta_on`, as deltas on that snapshot
@@ -945,8 +988,16 @@ mod tests {
                 continue;
             }
             let snapshot = job.next_snapshot(batch)?;
-            kinds.push(if snapshot.deltas.is_empty() { 'W' } else { 'D' });
+            kinds.push(match (snapshot.deltas.is_empty(), snapshot.compact) {
+                (true, _) => 'W',
+                (false, false) => 'D',
+                (false, true) => 'C',
+            });
             ckpt.write_snapshot(&snapshot)?;
+            if snapshot.compact {
+                ckpt.compact(batch, &*job.compactor())?;
+                assert_eq!(ckpt.snapshot_at(batch)?.depth, 0, "batch {batch} compacted");
+            }
             let saved = ckpt.snapshot_at(batch)?;
             let restored = churning_job(&[])?;
             restored.restore(Some(&saved))?;
@@ -958,7 +1009,13 @@ mod tests {
         }
         let kinds: String = kinds.into_iter().collect();
         assert!(kinds.starts_with("WD"), "{kinds}");
-        assert!(kinds[1..].contains('W'), "never whole again: {kinds}");
+        // Whole once; then deltas, the chain kept short by compacting some of them, and
+        // deltas on a compacted snapshot read back too.
+        assert!(
+            !kinds[1..].contains('W'),
+            "whole again on the loop: {kinds}"
+        );
+        assert!(kinds.contains("CD"), "never compacted: {kinds}");
         assert!(kinds.contains("DDD"), "{kinds}");
         Ok(())
     }

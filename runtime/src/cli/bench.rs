@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// With --state: keys each batch after the load touches.
     #[arg(long, default_value_t = 100_000)]
     pub touched: u64,
+    /// With --state: snapshots taken after the load, 10 batches apart: the first whole, the
+    /// next ones deltas, the 8th delta compacted by the checkpoint writer (9 or more shows it).
+    #[arg(long, default_value_t = 4)]
+    pub snapshots: u64,
     /// With --state: the checkpoint (`file:///dir` or `s3://bucket/prefix`, S3 settings from
     /// the AWS environment: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...). Default: a temporary
     /// directory.

@@ -2,9 +2,10 @@
 //!
 //! One job, run twice through the real local runtime against one checkpoint:
 //! 1. **load and steady**: the first batches bring `--keys` new keys (a million a batch), the
-//!    next ones each touch `--touched` keys drawn uniformly from all of them; a snapshot every
-//!    [`SNAPSHOT_EVERY`] batches, from the first batch after the load: the first whole, the
-//!    next ones deltas on it (the keys touched since). Printed: resident memory per key, each
+//!    next ones each touch `--touched` keys drawn uniformly from all of them; `--snapshots`
+//!    snapshots [`SNAPSHOT_EVERY`] batches apart, from the first batch after the load: the
+//!    first whole, the next ones deltas on it (the keys touched since), the 8th delta
+//!    compacted whole by the checkpoint writer. Printed: resident memory per key, each
 //!    snapshot's kind and size, their time, and what each adds to the batches it overlaps (the
 //!    wall time between batches, back to back).
 //! 2. **recovery**: a new job on the same checkpoint runs one batch; printed: the time from
@@ -35,8 +36,6 @@ use crate::{StreamingConfig, StreamingContext};
 const LOAD_PER_BATCH: u64 = 1_000_000;
 /// Batches between snapshots (the first one right after the load).
 const SNAPSHOT_EVERY: u64 = 10;
-/// Snapshots measured after the load: the first is whole, the next ones deltas on it.
-const SNAPSHOTS: u64 = 4;
 /// Batches after each snapshot counted as overlapping it (its state files are written while
 /// they run).
 const OVERLAP: u64 = 3;
@@ -193,8 +192,8 @@ fn secs(d: Duration) -> String {
 }
 
 pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String> {
-    if args.keys == 0 || args.touched == 0 {
-        return Err("--keys and --touched must be at least 1".into());
+    if args.keys == 0 || args.touched == 0 || args.snapshots == 0 {
+        return Err("--keys, --touched and --snapshots must be at least 1".into());
     }
     let scratch;
     let mut args_local;
@@ -214,10 +213,10 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
     };
     let load = source.load_batches();
     let first_snapshot = load.max(1).next_multiple_of(SNAPSHOT_EVERY);
-    let snapshot_batches: Vec<u64> = (0..SNAPSHOTS)
+    let snapshot_batches: Vec<u64> = (0..args.snapshots)
         .map(|i| first_snapshot + i * SNAPSHOT_EVERY)
         .collect();
-    let last = first_snapshot + (SNAPSHOTS - 1) * SNAPSHOT_EVERY + OVERLAP + 1;
+    let last = first_snapshot + (args.snapshots - 1) * SNAPSHOT_EVERY + OVERLAP + 1;
     println!(
         "state: {} distinct text keys, a count each (mapWithState), {} partitions, {threads} task threads; checkpoint {uri}",
         args.keys, args.parallelism
@@ -317,8 +316,10 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
             let bytes: u64 = files.iter().map(|f| f.len).sum();
             let kind = if files.iter().any(|f| f.delta) {
                 "delta"
-            } else {
+            } else if *s == first_snapshot {
                 "whole"
+            } else {
+                "compacted whole"
             };
             format!(
                 "{kind}, {:.1} MB, {:.1} bytes per key",

@@ -266,6 +266,17 @@ pub(crate) fn decode_chain<K: DeserializeOwned, V: DeserializeOwned>(
     Ok(entries)
 }
 
+/// The whole state a snapshot chain gives, encoded as [`Tracked::encode_whole`] encodes a map:
+/// the same entries in the same order, so a compacted snapshot reads back as the chain did.
+pub(crate) fn compact_chain<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
+    chain: &[Vec<u8>],
+    what: &str,
+) -> Result<Vec<u8>> {
+    let entries: Vec<(K, V)> = decode_chain(chain, what)?;
+    crate::data::encode_seq(entries.iter())
+        .map_err(|e| Error::Internal(format!("cannot serialize compacted {what}: {e}")))
+}
+
 /// Applies one delta: the state cut to `len` entries, then each changed position, in order;
 /// positions past the old end come in order and leave no gap, and a value alone goes only
 /// where an entry is.
