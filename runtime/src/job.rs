@@ -39,15 +39,6 @@ pub(crate) trait Stateful: Send + Sync {
             "a delta of partition {part} of a state that records no changes"
         )))
     }
-    /// The whole state a snapshot chain gives (the whole state of a snapshot, then the delta of
-    /// each one after it, oldest first), encoded as [`Stateful::snapshot`] encodes it; the
-    /// state itself is not touched. For a state that records its changes.
-    fn compact(&self, chain: &[Vec<u8>]) -> Result<Vec<u8>> {
-        let _ = chain;
-        Err(Error::Internal(
-            "a compaction of a state that records no changes".to_string(),
-        ))
-    }
     /// Replaces the partition's state with a snapshot's: its chain, the whole state of a
     /// snapshot and then the delta of each one after it, oldest first. Empty: no state.
     fn restore(&self, part: usize, chain: &[Vec<u8>]) -> Result<()>;
@@ -68,24 +59,22 @@ pub(crate) fn whole_only<'a>(chain: &'a [Vec<u8>], what: &str) -> Result<Option<
     }
 }
 
-/// Deltas since the last whole snapshot at most: recovery reads each one's files. The one that
-/// reaches it is compacted once written (see [`Job::next_snapshot`]).
+/// Deltas since a partition's last whole state at most: recovery reads each one's file.
 const MAX_DELTAS: usize = 8;
 
-/// The whole state of one operation's partition from its snapshot chain: how the checkpoint
-/// writer compacts a snapshot off the batch path (see [`crate::checkpoint::Checkpointer::compact`]).
-pub(crate) type Compactor = Arc<crate::checkpoint::WholeState>;
-
 /// Where the changes the states record count from, for the next snapshot to be a delta on.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct DeltaBase {
     /// The snapshot they count from (the last one taken, or the one restored); `None`: the
     /// next snapshot is whole.
     batch: Option<u64>,
-    /// Deltas since the last whole snapshot.
-    deltas: usize,
-    /// Entries those deltas hold.
-    entries: u64,
+    /// Snapshots taken since the last whole one: each partition's whole rewrite comes round
+    /// at its own turn of this count (see [`Job::next_snapshot`]).
+    taken: u64,
+    /// By partition: deltas since its last whole state, and the entries they hold (absent:
+    /// none).
+    deltas: Vec<usize>,
+    entries: Vec<u64>,
 }
 
 impl DeltaBase {
@@ -95,6 +84,14 @@ impl DeltaBase {
             batch: Some(batch),
             ..Self::default()
         }
+    }
+
+    fn deltas(&self, part: usize) -> usize {
+        self.deltas.get(part).copied().unwrap_or(0)
+    }
+
+    fn entries(&self, part: usize) -> u64 {
+        self.entries.get(part).copied().unwrap_or(0)
     }
 }
 
@@ -618,84 +615,72 @@ impl Job {
     }
 
     /// The state of every stateful operation for a checkpoint after `batch`: as deltas on the
-    /// snapshot taken before, for the states that record their changes (else whole). The
-    /// caller writes it, and after a failed write restores from a written snapshot (which
-    /// sets where the next delta counts from) before it takes another.
+    /// snapshot taken before (for the states that record their changes), each partition
+    /// whole again in its turn. The caller writes it, and after a failed write restores from a
+    /// written snapshot (which sets where the next delta counts from) before it takes
+    /// another.
     ///
-    /// Recovery reads a delta's chain back to a whole snapshot, so the chain is kept short:
-    /// once it holds [`MAX_DELTAS`] deltas, or deltas with as many entries as the state, the
-    /// snapshot is marked for compaction (`Snapshot::compact`). The writer then rewrites it
-    /// whole from its chain ([`Job::compactor`]), off the batch path, and the next deltas
-    /// count from it. Encoding the whole state here instead would hold the batch that takes
-    /// it for as long as it reads every key.
+    /// Recovery reads a partition's chain back to its last whole state, so a chain is kept
+    /// short: a partition is written whole once every [`MAX_DELTAS`] snapshots, at a turn of
+    /// its own (partition `p` when the snapshots taken since the last whole one, plus `p`, are
+    /// a multiple of it), and as soon as its deltas hold as many entries as its state. The
+    /// partitions take turns so that no one snapshot encodes the whole state: the batch a
+    /// snapshot is taken at waits for its encoding, and a whole state costs a read of every
+    /// key.
     pub(crate) fn next_snapshot(&self, batch: u64) -> Result<Snapshot> {
         let parts: Vec<usize> = (0..self.graph.partitions).collect();
         let mut base = lock_unpoisoned(&self.delta_base);
-        let on = base.batch.and_then(|on| {
-            let (mut changes, mut entries, mut tracked) = (0u64, 0u64, false);
+        let Some(on) = base.batch else {
+            let snapshot = self.encode_snapshot(batch, &parts, None)?;
+            *base = DeltaBase::at(batch);
+            return Ok(snapshot);
+        };
+        let taken = base.taken + 1;
+        let mut deltas = vec![0; parts.len()];
+        let mut entries = vec![0; parts.len()];
+        let mut as_delta = std::collections::BTreeSet::new();
+        for &part in &parts {
+            let (mut changes, mut held, mut tracked) = (0u64, 0u64, false);
             for (_, state) in &self.stateful {
-                for &part in &parts {
-                    if let Some(n) = state.changes(part) {
-                        tracked = true;
-                        changes += n as u64;
-                        entries += state.entries(part) as u64;
-                    }
+                if let Some(n) = state.changes(part) {
+                    tracked = true;
+                    changes += n as u64;
+                    held += state.entries(part) as u64;
                 }
             }
-            tracked.then_some((on, changes, entries))
-        });
-        let mut snapshot = self.encode_snapshot(batch, &parts, on.map(|(on, ..)| on))?;
-        *base = match on {
-            // Recovery reads the whole state and every delta after it: few of them, with fewer
-            // entries than the state's own, else the writer compacts this one.
-            Some((_, changes, entries))
-                if base.deltas + 1 < MAX_DELTAS && base.entries + changes < entries =>
-            {
-                DeltaBase {
-                    batch: Some(batch),
-                    deltas: base.deltas + 1,
-                    entries: base.entries + changes,
-                }
+            let turn = (taken + part as u64).is_multiple_of(MAX_DELTAS as u64);
+            let delta = tracked
+                && !turn
+                && base.deltas(part) + 1 < MAX_DELTAS
+                && base.entries(part) + changes < held;
+            if delta {
+                as_delta.insert(part);
+                deltas[part] = base.deltas(part) + 1;
+                entries[part] = base.entries(part) + changes;
             }
-            Some(_) => {
-                snapshot.compact = true;
-                DeltaBase::at(batch)
-            }
-            None => DeltaBase::at(batch),
+        }
+        let snapshot = self.encode_snapshot(batch, &parts, Some((on, &as_delta)))?;
+        *base = DeltaBase {
+            batch: Some(batch),
+            taken,
+            deltas,
+            entries,
         };
         Ok(snapshot)
     }
 
-    /// What compacts a snapshot of this job's states: each operation's partition from its
-    /// chain, by the operation's name.
-    pub(crate) fn compactor(&self) -> Compactor {
-        let states: BTreeMap<String, Arc<dyn Stateful>> = self
-            .stateful
-            .iter()
-            .map(|(name, state)| (name.clone(), state.clone()))
-            .collect();
-        Arc::new(
-            move |name: &str, chain: &[Vec<u8>]| match states.get(name) {
-                Some(state) => state.compact(chain),
-                None => Err(Error::Internal(format!(
-                    "a compaction of {name}, which this job does not have"
-                ))),
-            },
-        )
-    }
-
-    /// Encodes the state of `parts`: whole, or with `delta_on`, as deltas on that snapshot
-    /// for the states that record their changes.
+    /// Encodes the state of `parts`: whole, or with `delta`, the partitions it names as
+    /// deltas on its snapshot for the states that record their changes.
     fn encode_snapshot(
         &self,
         batch: u64,
         parts: &[usize],
-        delta_on: Option<u64>,
+        delta: Option<(u64, &std::collections::BTreeSet<usize>)>,
     ) -> Result<Snapshot> {
         let mut snapshot = Snapshot {
             batch,
             layout: Some(self.state_layout()),
-            base: delta_on,
+            base: delta.map(|(on, _)| on),
             ..Snapshot::default()
         };
         // Every partition of every operation at once, on the task threads: the loop waits
@@ -709,7 +694,8 @@ impl Job {
                 .into_par_iter()
                 .map(|(op, part)| {
                     let state = &stateful[op].1;
-                    let delta = delta_on.is_some() && state.changes(part).is_some();
+                    let delta = delta.is_some_and(|(_, parts)| parts.contains(&part))
+                        && state.changes(part).is_some();
                     let bytes = if delta {
                         state.delta(part)?
                     } else {
@@ -746,11 +732,19 @@ impl Job {
         // re-sharded), so the next snapshot can be a delta on it.
         let layout = self.state_layout();
         *lock_unpoisoned(&self.delta_base) = match snapshot {
-            Some(saved) if saved.layout.as_ref().is_none_or(|l| *l == layout) => DeltaBase {
-                batch: Some(saved.batch),
-                deltas: saved.depth,
-                entries: 0,
-            },
+            Some(saved) if saved.layout.as_ref().is_none_or(|l| *l == layout) => {
+                let mut deltas = vec![0; self.graph.partitions];
+                for ((_, part), chain) in &saved.parts {
+                    if let Some(d) = deltas.get_mut(*part) {
+                        *d = (*d).max(chain.len().saturating_sub(1));
+                    }
+                }
+                DeltaBase {
+                    batch: Some(saved.batch),
+                    deltas,
+                    ..DeltaBase::default()
+                }
+            }
             _ => DeltaBase::default(),
         };
         Ok(())
@@ -988,17 +982,18 @@ mod tests {
                 continue;
             }
             let snapshot = job.next_snapshot(batch)?;
-            kinds.push(match (snapshot.deltas.is_empty(), snapshot.compact) {
-                (true, _) => 'W',
-                (false, false) => 'D',
-                (false, true) => 'C',
+            kinds.push(match snapshot.deltas.len() {
+                0 => 'W',
+                n if n == snapshot.parts.len() => 'D',
+                _ => 'M',
             });
             ckpt.write_snapshot(&snapshot)?;
-            if snapshot.compact {
-                ckpt.compact(batch, &*job.compactor())?;
-                assert_eq!(ckpt.snapshot_at(batch)?.depth, 0, "batch {batch} compacted");
-            }
             let saved = ckpt.snapshot_at(batch)?;
+            assert!(
+                saved.depth < MAX_DELTAS,
+                "batch {batch}: a chain of {}",
+                saved.depth
+            );
             let restored = churning_job(&[])?;
             restored.restore(Some(&saved))?;
             assert_eq!(
@@ -1008,14 +1003,11 @@ mod tests {
             );
         }
         let kinds: String = kinds.into_iter().collect();
+        // Whole once; then deltas, each partition whole again in its own turn (a snapshot of
+        // whole and delta files, read back as both), never all at once.
         assert!(kinds.starts_with("WD"), "{kinds}");
-        // Whole once; then deltas, the chain kept short by compacting some of them, and
-        // deltas on a compacted snapshot read back too.
-        assert!(
-            !kinds[1..].contains('W'),
-            "whole again on the loop: {kinds}"
-        );
-        assert!(kinds.contains("CD"), "never compacted: {kinds}");
+        assert!(!kinds[1..].contains('W'), "all whole again: {kinds}");
+        assert!(kinds.matches('M').count() >= 2, "{kinds}");
         assert!(kinds.contains("DDD"), "{kinds}");
         Ok(())
     }

@@ -154,10 +154,6 @@ struct Manifest {
     base: Option<u64>,
 }
 
-/// The whole state of one operation's partition from its snapshot chain (see
-/// [`Checkpointer::compact`]).
-pub type WholeState = dyn Fn(&str, &[Vec<u8>]) -> Result<Vec<u8>> + Send + Sync;
-
 /// One state file of a snapshot, as its manifest lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateFile {
@@ -184,9 +180,6 @@ pub struct Snapshot {
     pub base: Option<u64>,
     /// The parts that hold the changes since `base` rather than the whole state.
     pub deltas: BTreeSet<(String, usize)>,
-    /// Once written, rewrite it whole from its chain ([`Checkpointer::compact`]): the next
-    /// snapshots build on it.
-    pub compact: bool,
 }
 
 /// A snapshot read back: every partition's state as the chain of encodings that gives it.
@@ -787,45 +780,6 @@ impl Checkpointer {
                 base: base.filter(|_| has_deltas),
             },
         )
-    }
-
-    /// Rewrites the snapshot of `batch` whole: each partition it holds as a delta becomes the
-    /// whole state its chain gives (`whole(operation, chain)`), in a file of its own, and the
-    /// manifest, written last, lists those files and no base. Readers see the chain or the
-    /// whole state, the same entries in the same order either way; the snapshots the chain went
-    /// through are then needed by nothing newer, and pruned. Returns the partitions rewritten.
-    pub fn compact(&self, batch: u64, whole: &WholeState) -> Result<usize> {
-        let manifest = self.read_manifest(batch)?.ok_or_else(|| {
-            Error::Checkpoint(format!(
-                "state/{} has no manifest to compact",
-                batch_key(batch)
-            ))
-        })?;
-        let deltas: BTreeSet<(String, usize)> = manifest_files(&manifest)?
-            .into_iter()
-            .filter(|(_, file)| file.delta)
-            .map(|(part, _)| part)
-            .collect();
-        if deltas.is_empty() {
-            return Ok(0);
-        }
-        let partitions = manifest.layout.as_ref().map_or(0, |l| l.partitions);
-        let saved = self.read_state(batch, partitions, &|_| true)?;
-        let mut compacted = Snapshot {
-            batch,
-            layout: manifest.layout.clone(),
-            ..Snapshot::default()
-        };
-        for (part, chain) in saved.parts {
-            if deltas.contains(&part) {
-                let bytes = whole(&part.0, &chain)?;
-                compacted.parts.insert(part, bytes);
-            }
-        }
-        let mut files = self.write_state_files(&compacted)?;
-        files.extend(manifest.files.into_iter().filter(|f| !f.delta));
-        self.write_manifest(batch, files, manifest.layout, None)?;
-        Ok(compacted.parts.len())
     }
 
     /// The snapshot of `batch`, verified: every partition of every operation.

@@ -4,8 +4,8 @@
 //! 1. **load and steady**: the first batches bring `--keys` new keys (a million a batch), the
 //!    next ones each touch `--touched` keys drawn uniformly from all of them; `--snapshots`
 //!    snapshots [`SNAPSHOT_EVERY`] batches apart, from the first batch after the load: the
-//!    first whole, the next ones deltas on it (the keys touched since), the 8th delta
-//!    compacted whole by the checkpoint writer. Printed: resident memory per key, each
+//!    first whole, the next ones deltas on it (the keys touched since), each partition whole
+//!    again in its turn. Printed: resident memory per key, each
 //!    snapshot's kind and size, their time, and what each adds to the batches it overlaps (the
 //!    wall time between batches, back to back).
 //! 2. **recovery**: a new job on the same checkpoint runs one batch; printed: the time from
@@ -314,12 +314,11 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
         let files = ckpt.snapshot_files(*s).map_err(|e| e.to_string())?;
         let written = files.as_deref().map_or("pruned".to_string(), |files| {
             let bytes: u64 = files.iter().map(|f| f.len).sum();
-            let kind = if files.iter().any(|f| f.delta) {
-                "delta"
-            } else if *s == first_snapshot {
-                "whole"
-            } else {
-                "compacted whole"
+            let whole = files.iter().filter(|f| !f.delta).count();
+            let kind = match whole {
+                0 => "delta".to_string(),
+                n if n == files.len() => "whole".to_string(),
+                n => format!("delta, {n} of {} files whole", files.len()),
             };
             format!(
                 "{kind}, {:.1} MB, {:.1} bytes per key",

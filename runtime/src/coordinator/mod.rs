@@ -984,10 +984,6 @@ impl<R: Runner> Coordinator<R> {
             }
         };
         self.snapshot_taken = batch;
-        let compact = match &files {
-            StateFiles::Encoded(snapshot) if snapshot.compact => Some(self.job.compactor()),
-            _ => None,
-        };
         self.writer.submit(Write::Snapshot {
             batch,
             files,
@@ -995,7 +991,6 @@ impl<R: Runner> Coordinator<R> {
             operations: self.job.stateful_names().len(),
             partitions: self.job.partitions(),
             started,
-            compact,
         });
         if wait {
             self.settle()?;

@@ -24,7 +24,6 @@ use super::Fault;
 use super::protocol;
 use crate::checkpoint::{Checkpointer, CommitEntry, Logged, Snapshot, StateFile, StateLayout};
 use crate::exec::Outputs;
-use crate::job::Compactor;
 
 /// Writes queued before [`CheckpointWriter::submit`] waits: a store slower than the batches
 /// then slows the batches rather than letting entries pile up.
@@ -53,9 +52,6 @@ pub(super) enum Write {
         partitions: usize,
         /// When the snapshot was taken, for the time it took.
         started: Instant,
-        /// Once complete, rewrite it whole from its chain with this (see
-        /// [`Checkpointer::compact`]).
-        compact: Option<Compactor>,
     },
 }
 
@@ -296,7 +292,6 @@ fn perform(ckpt: &Checkpointer, epoch: u64, outputs: &Outputs, write: Write) -> 
             operations,
             partitions,
             started,
-            compact,
         } => {
             let result = complete_snapshot(ckpt, batch, files, layout, operations, partitions);
             let written = Written {
@@ -304,9 +299,6 @@ fn perform(ckpt: &Checkpointer, epoch: u64, outputs: &Outputs, write: Write) -> 
                 elapsed: started.elapsed(),
                 ok: result.is_ok(),
             };
-            if let (Ok(()), Some(compactor)) = (&result, compact) {
-                compact_snapshot(ckpt, batch, &compactor);
-            }
             // Pruning after a complete snapshot: if it fails, the snapshot still counts.
             match result.and_then(|()| Ok(ckpt.prune()?)) {
                 Ok(()) => Ok(Done::Snapshot(written)),
@@ -328,25 +320,6 @@ fn commit(ckpt: &Checkpointer, epoch: u64, entry: &CommitEntry) -> Result<(), Fa
             Err(super::superseded(entry.batch, epoch, theirs))
         }
         _ => Ok(()),
-    }
-}
-
-/// Rewrites the complete snapshot of `batch` whole. A failure leaves it as it was, a chain of
-/// deltas that reads back the same: the next compaction takes the longer chain.
-fn compact_snapshot(ckpt: &Checkpointer, batch: u64, compactor: &Compactor) {
-    let started = Instant::now();
-    match ckpt.compact(batch, &**compactor) {
-        Ok(parts) => tracing::info!(
-            batch,
-            parts,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "snapshot compacted: its deltas rewritten whole"
-        ),
-        Err(e) => tracing::warn!(
-            batch,
-            error = %e,
-            "cannot compact the snapshot; it stays a chain of deltas, and the next compaction takes it"
-        ),
     }
 }
 
@@ -487,7 +460,6 @@ mod tests {
             operations: 1,
             partitions: 2,
             started: Instant::now(),
-            compact: None,
         };
         writer.submit(snapshot(10, parts.clone()));
         let done = writer.flush().snapshots;

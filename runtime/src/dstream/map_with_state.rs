@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::shuffle::{read_grouped, shuffle_by_key};
 use super::timers::Timers;
-use super::tracked::{Tracked, compact_chain, decode_chain, keyed_share};
+use super::tracked::{Tracked, decode_chain, keyed_share};
 use super::{Compute, DStream, Stateful};
 use crate::data::{Data, Key, KeyMap};
 use crate::error::{Error, Result};
@@ -231,10 +231,6 @@ impl<K: Key, V: Data, S: Data, U: Data> Stateful for MapState<K, V, S, U> {
 
     fn delta(&self, part: usize) -> Result<Vec<u8>> {
         lock_unpoisoned(&self.parts[part]).encode_delta()
-    }
-
-    fn compact(&self, chain: &[Vec<u8>]) -> Result<Vec<u8>> {
-        compact_chain::<K, (S, u64)>(chain, "keyed state")
     }
 
     fn restore(&self, part: usize, chain: &[Vec<u8>]) -> Result<()> {

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::tracked::{Tracked, compact_chain, decode_chain, keyed_share};
+use super::tracked::{Tracked, decode_chain, keyed_share};
 use crate::data::Key;
 use crate::error::Result;
 use crate::exec::lock_unpoisoned;
@@ -144,10 +144,6 @@ impl<K: Key> Stateful for Timers<K> {
 
     fn delta(&self, part: usize) -> Result<Vec<u8>> {
         lock_unpoisoned(&self.parts[part]).due.encode_delta()
-    }
-
-    fn compact(&self, chain: &[Vec<u8>]) -> Result<Vec<u8>> {
-        compact_chain::<K, u64>(chain, "timers")
     }
 
     fn restore(&self, part: usize, chain: &[Vec<u8>]) -> Result<()> {

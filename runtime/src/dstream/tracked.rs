@@ -54,6 +54,9 @@ type Delta<K, V> = (u64, Vec<(u64, Change<K, V>)>);
 /// and its entry.
 type LegacyDelta<E> = (u64, Vec<(u64, E)>);
 
+/// Entries a task encodes at once when a whole state is encoded in chunks.
+const ENCODE_CHUNK: usize = 1 << 16;
+
 /// The fewest changes the log may hold, however small the state: below this, a log costs less
 /// than deciding to drop it.
 const MIN_LOG: usize = 1024;
@@ -82,7 +85,7 @@ impl<K, V> Default for Tracked<K, V> {
     }
 }
 
-impl<K: Key, V: Clone + Serialize + DeserializeOwned> Tracked<K, V> {
+impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V> {
     pub fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key)
     }
@@ -175,10 +178,40 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned> Tracked<K, V> {
     }
 
     /// The whole state, encoded; from now on changes count from here.
+    ///
+    /// The batch a snapshot is taken at waits for its encoding, and a partition is encoded
+    /// whole in its turn alone (see `Job::next_snapshot`): a large map is encoded in chunks on
+    /// the task threads, each chunk's entries as the sequence's items, so the bytes are the
+    /// sequence's as one pass would write them.
     pub fn encode_whole(&mut self) -> Result<Vec<u8>> {
+        use rayon::prelude::*;
         self.clear_marks();
-        crate::data::encode_seq(self.map.iter())
-            .map_err(|e| Error::Internal(format!("cannot serialize state: {e}")))
+        let failed = |e: postcard::Error| Error::Internal(format!("cannot serialize state: {e}"));
+        let len = self.map.len();
+        if len <= ENCODE_CHUNK {
+            return crate::data::encode_seq(self.map.iter()).map_err(failed);
+        }
+        let map = &self.map;
+        let chunks: Vec<Vec<u8>> = (0..len.div_ceil(ENCODE_CHUNK))
+            .into_par_iter()
+            .map(|c| {
+                let mut out = Vec::new();
+                for at in c * ENCODE_CHUNK..((c + 1) * ENCODE_CHUNK).min(len) {
+                    if let Some(entry) = map.get_index(at) {
+                        out = postcard::to_extend(&entry, out)?;
+                    }
+                }
+                Ok(out)
+            })
+            .collect::<std::result::Result<_, postcard::Error>>()
+            .map_err(failed)?;
+        // A sequence is its length (a varint, as a usize is written), then its items.
+        let mut bytes = postcard::to_allocvec(&len).map_err(failed)?;
+        bytes.reserve(chunks.iter().map(Vec::len).sum());
+        for chunk in chunks {
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 
     /// The changes since the last snapshot (whole or delta), encoded; from now on changes
@@ -266,17 +299,6 @@ pub(crate) fn decode_chain<K: DeserializeOwned, V: DeserializeOwned>(
     Ok(entries)
 }
 
-/// The whole state a snapshot chain gives, encoded as [`Tracked::encode_whole`] encodes a map:
-/// the same entries in the same order, so a compacted snapshot reads back as the chain did.
-pub(crate) fn compact_chain<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
-    chain: &[Vec<u8>],
-    what: &str,
-) -> Result<Vec<u8>> {
-    let entries: Vec<(K, V)> = decode_chain(chain, what)?;
-    crate::data::encode_seq(entries.iter())
-        .map_err(|e| Error::Internal(format!("cannot serialize compacted {what}: {e}")))
-}
-
 /// Applies one delta: the state cut to `len` entries, then each changed position, in order;
 /// positions past the old end come in order and leave no gap, and a value alone goes only
 /// where an entry is.
@@ -335,6 +357,19 @@ pub(crate) fn keyed_share<K: Key, S: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_state_encoded_in_chunks_is_the_sequence_in_one_pass() {
+        let mut state: Tracked<String, u64> = Tracked::default();
+        for i in 0..(3 * ENCODE_CHUNK as u64 + 17) {
+            state.insert(format!("key-{i}"), i * 7);
+        }
+        state.swap_remove(&"key-5".to_string());
+        let one_pass = crate::data::encode_seq(state.iter()).expect("encode");
+        assert_eq!(state.encode_whole().expect("encode"), one_pass);
+        let back: Vec<(String, u64)> = decode_chain(&[one_pass], "state").expect("decode");
+        assert_eq!(back.len(), state.len());
+    }
 
     type State = Tracked<String, u64>;
 
