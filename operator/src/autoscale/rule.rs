@@ -3,8 +3,8 @@
 //! change through the scale subresource.
 //!
 //! The rule. Each look takes the last [`WINDOW`] batches that ran on the present workers and
-//! measures the records one worker processes per second of processing time (without the
-//! window's slowest batch: one stall is not a slower worker), the rate records
+//! measures the records one worker processes per second of processing time (going up, without
+//! the window's slowest batch: one stall is not a slower worker), the rate records
 //! arrive at (read, plus what the backlog grew by) and what waits (the sources' backlog, plus
 //! the scheduling delay's worth of input). Partitions are dealt out whole, so a batch takes as
 //! long as its busiest worker, who runs `ceil(partitions / workers)` of them: 3 workers over 4
@@ -545,28 +545,32 @@ fn estimate(
     let delay = newest.scheduling_delay_ms as f64 / 1000.0;
     let waiting = newest.backlog.unwrap_or(0) as f64 + arrival * delay;
     let effective = effective_workers(look.partitions, workers);
-    // Capacity leaves out the window's slowest batch once there are enough others: one batch
-    // the machine stalled (or a slow snapshot write) would read as a worker a third slower,
-    // and the backlog it left as more input; an overload slows every batch, not one.
+    let capacity = |skip: Option<usize>| {
+        let (records, processing) = window
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != skip)
+            .fold((0u64, 0.0f64), |(r, p), (_, b)| {
+                (r + b.records, p + b.processing_ms as f64 / 1000.0)
+            });
+        (records > 0 && processing > 0.0).then(|| records as f64 / (processing * effective))
+    };
+    let per_worker = capacity(None);
+    // Going up, capacity leaves out the window's slowest batch once there are enough others:
+    // one batch the machine stalled (or a slow snapshot write) would read as a worker a third
+    // slower, and the backlog it left as more input; an overload slows every batch, not one.
+    // Going down, every batch counts: the capacity that sizes a smaller count is the lower.
     let slowest = (window.len() > MIN_BATCHES)
         .then(|| (0..window.len()).max_by_key(|&i| (window[i].processing_ms, std::cmp::Reverse(i))))
         .flatten();
-    let (measured_records, measured_processing) = window
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i) != slowest)
-        .fold((0u64, 0.0f64), |(r, p), (_, b)| {
-            (r + b.records, p + b.processing_ms as f64 / 1000.0)
-        });
-    let per_worker = (measured_records > 0 && measured_processing > 0.0)
-        .then(|| measured_records as f64 / (measured_processing * effective));
+    let per_worker_up = capacity(slowest).or(per_worker);
     // What waited at the window's first batch: a queue that shrinks over the window is being
     // drained by the workers there are (just after a step up, say), and needs none more.
     let first = window[0];
     let waited =
         first.backlog.unwrap_or(0) as f64 + arrival * first.scheduling_delay_ms as f64 / 1000.0;
     let draining = waiting < waited * 0.9;
-    let behind = match per_worker {
+    let behind = match per_worker_up {
         Some(c) => {
             let spare = c * effective - arrival;
             waiting > 0.0
@@ -577,21 +581,21 @@ fn estimate(
     };
     let mut input = arrival;
     let mut need = f64::from(workers);
-    let needed = match per_worker {
-        Some(c) => {
+    let needed = match (per_worker, per_worker_up) {
+        (Some(c), Some(up)) => {
             let drain = if behind {
                 waiting / (DRAIN_INTERVALS * interval)
             } else {
                 0.0
             };
-            let capacity_at_target = c * effective * target;
-            let ratio = (arrival + drain) / capacity_at_target;
-            need = if behind || ratio > 1.0 + TOLERANCE {
+            let ratio_up = (arrival + drain) / (up * effective * target);
+            let ratio = (arrival + drain) / (c * effective * target);
+            need = if behind || ratio_up > 1.0 + TOLERANCE {
                 input = arrival_now;
                 // The input at the target, and what waits on top within the drain's
                 // intervals; draining is for a while, so it may take the headroom above the
                 // target too (sized at the target, a step with a backlog overshoots).
-                (arrival_now / (c * target)).max((arrival_now + drain) / c)
+                (arrival_now / (up * target)).max((arrival_now + drain) / up)
             } else if ratio < 1.0 - TOLERANCE {
                 arrival / (best_per_worker.map_or(c, |b| b.max(c)) * target)
             } else {
@@ -601,11 +605,11 @@ fn estimate(
         }
         // No records processed: an idle job needs the fewest; one with input but no time
         // measured cannot be judged, so it stays.
-        None if arrival == 0.0 && waiting == 0.0 => {
+        _ if arrival == 0.0 && waiting == 0.0 => {
             need = 0.0;
             0
         }
-        None => workers,
+        _ => workers,
     };
     Ok(Estimate {
         batches: window.len(),

@@ -81,7 +81,9 @@ type Emitted = (Value, Result<Value, String>);
 impl Compiler {
     /// `mapWithState`: `expr` over `key`, `value` and `state` for each record, and `onTimer`
     /// over `key`, `state` and `timer` for each due timer, returning `{state, emit, timer}`; a
-    /// failed evaluation leaves the state (and the timer) as it was and is counted.
+    /// failed evaluation leaves the state (and the timer) as it was and is counted. A timer
+    /// that fired is gone by then: after a failed `onTimer` the key keeps its state, and no
+    /// timer until a record sets one.
     pub(super) fn map_state_expr(
         &mut self,
         s: &DStream<(Value, Value)>,
