@@ -556,10 +556,11 @@ fn estimate(
         (records > 0 && processing > 0.0).then(|| records as f64 / (processing * effective))
     };
     let per_worker = capacity(None);
-    // Going up, capacity leaves out the window's slowest batch once there are enough others:
-    // one batch the machine stalled (or a slow snapshot write) would read as a worker a third
-    // slower, and the backlog it left as more input; an overload slows every batch, not one.
-    // Going down, every batch counts: the capacity that sizes a smaller count is the lower.
+    // Whether to go up (or the job is behind) is judged on a capacity without the window's
+    // slowest batch once there are enough others: one batch the machine stalled (or a slow
+    // snapshot write) would read as a worker a third slower, and the backlog it left as more
+    // input; an overload slows every batch, not one. How far to go, and going down, count
+    // every batch: the lower figure sizes the count.
     let slowest = (window.len() > MIN_BATCHES)
         .then(|| (0..window.len()).max_by_key(|&i| (window[i].processing_ms, std::cmp::Reverse(i))))
         .flatten();
@@ -595,7 +596,9 @@ fn estimate(
                 // The input at the target, and what waits on top within the drain's
                 // intervals; draining is for a while, so it may take the headroom above the
                 // target too (sized at the target, a step with a backlog overshoots).
-                (arrival_now / (up * target)).max((arrival_now + drain) / up)
+                // Sized on every batch: an overload slows them all, and a step sized on the
+                // faster figure falls short and takes a second one.
+                (arrival_now / (c * target)).max((arrival_now + drain) / c)
             } else if ratio < 1.0 - TOLERANCE {
                 arrival / (best_per_worker.map_or(c, |b| b.max(c)) * target)
             } else {
