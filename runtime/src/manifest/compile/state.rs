@@ -112,20 +112,23 @@ impl Compiler {
                   key: &Value,
                   value: Option<Value>,
                   state: &mut crate::dstream::State<Value>| {
-                let batch_value = reads_batch.then(|| batch_value(batch));
                 let result = match (value, state.fired_timer(), &on_timer) {
-                    (Some(value), _, _) => with_root(|root| {
-                        expr.eval_record_state(root, key, &value, state.get(), batch_value.as_ref())
+                    (Some(value), _, _) => with_batch(reads_batch.then_some(batch), |b| {
+                        with_root(|root| expr.eval_record_state(root, key, &value, state.get(), b))
                     }),
-                    (None, Some(at), Some(on_timer)) => with_root(|root| {
-                        on_timer.eval_timer(
-                            root,
-                            key,
-                            state.get(),
-                            &Value::Int(i64::try_from(at).unwrap_or(i64::MAX)),
-                            batch_value.as_ref(),
-                        )
-                    }),
+                    (None, Some(at), Some(on_timer)) => {
+                        with_batch(reads_batch.then_some(batch), |b| {
+                            with_root(|root| {
+                                on_timer.eval_timer(
+                                    root,
+                                    key,
+                                    state.get(),
+                                    &Value::Int(i64::try_from(at).unwrap_or(i64::MAX)),
+                                    b,
+                                )
+                            })
+                        })
+                    }
                     // A key timing out has no record: it leaves without a word.
                     (None, _, _) => return None,
                 };
@@ -164,6 +167,28 @@ impl Compiler {
             }
         }
     }
+}
+
+thread_local! {
+    /// The `batch` value last built on this thread, by the batch's time and stream time: built
+    /// once a batch and task thread, not once a record.
+    static BATCH: std::cell::RefCell<Option<((u64, u64), Value)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `batch` as an expression's variable (`None`: not bound).
+fn with_batch<R>(batch: Option<&BatchInfo>, f: impl FnOnce(Option<&Value>) -> R) -> R {
+    let Some(batch) = batch else {
+        return f(None);
+    };
+    BATCH.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        let id = (batch.time_ms, batch.offset_ms());
+        if cached.as_ref().is_none_or(|(at, _)| *at != id) {
+            *cached = Some((id, batch_value(batch)));
+        }
+        f(cached.as_ref().map(|(_, value)| value))
+    })
 }
 
 /// `batch` of a `mapWithState` expression.

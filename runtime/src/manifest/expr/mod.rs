@@ -58,25 +58,49 @@ impl Expr {
         }
     }
 
-    /// The in-place result, when the subset has one.
-    fn native(&self, bindings: Bindings<'_>) -> Option<Value> {
-        self.native
+    /// Evaluates with the variables `b` binds: in place when the subset has an answer, else
+    /// by cel-rust over copies of them.
+    fn eval_bound(&self, root: &Context<'_, '_>, b: Bindings<'_>) -> Result<Value, String> {
+        if let Some(v) = self
+            .native
             .as_ref()
-            .and_then(|node| node.eval(&bindings))
+            .and_then(|node| node.eval(&b))
             .map(native::Val::into_value)
+        {
+            return Ok(v);
+        }
+        let mut scope = root.new_inner_scope();
+        let single = [
+            ("record", b.record),
+            ("key", b.key),
+            ("value", b.value),
+            ("state", b.state),
+            ("batch", b.batch),
+            ("timer", b.timer),
+        ];
+        for (name, value) in single {
+            if let Some(value) = value {
+                scope.add_variable_from_value(name, to_cel(value));
+            }
+        }
+        if let Some(values) = b.values {
+            scope.add_variable_from_value(
+                "values",
+                Cel::List(Arc::new(values.iter().map(to_cel).collect())),
+            );
+        }
+        self.run(&scope)
     }
 
     /// Evaluates with `record` bound.
     pub fn eval_record(&self, root: &Context<'_, '_>, record: &Value) -> Result<Value, String> {
-        if let Some(v) = self.native(Bindings {
-            record: Some(record),
-            ..Bindings::default()
-        }) {
-            return Ok(v);
-        }
-        let mut scope = root.new_inner_scope();
-        scope.add_variable_from_value("record", to_cel(record));
-        self.run(&scope)
+        self.eval_bound(
+            root,
+            Bindings {
+                record: Some(record),
+                ..Bindings::default()
+            },
+        )
     }
 
     /// Evaluates with `key` and `value` bound.
@@ -86,17 +110,14 @@ impl Expr {
         key: &Value,
         value: &Value,
     ) -> Result<Value, String> {
-        if let Some(v) = self.native(Bindings {
-            key: Some(key),
-            value: Some(value),
-            ..Bindings::default()
-        }) {
-            return Ok(v);
-        }
-        let mut scope = root.new_inner_scope();
-        scope.add_variable_from_value("key", to_cel(key));
-        scope.add_variable_from_value("value", to_cel(value));
-        self.run(&scope)
+        self.eval_bound(
+            root,
+            Bindings {
+                key: Some(key),
+                value: Some(value),
+                ..Bindings::default()
+            },
+        )
     }
 
     /// Evaluates with `key`, `values` (a list) and `state` (`null` when absent) bound: a
@@ -108,22 +129,15 @@ impl Expr {
         values: &[Value],
         state: Option<&Value>,
     ) -> Result<Value, String> {
-        if let Some(v) = self.native(Bindings {
-            key: Some(key),
-            values: Some(values),
-            state: Some(state.unwrap_or(&NULL)),
-            ..Bindings::default()
-        }) {
-            return Ok(v);
-        }
-        let mut scope = root.new_inner_scope();
-        scope.add_variable_from_value("key", to_cel(key));
-        scope.add_variable_from_value(
-            "values",
-            Cel::List(Arc::new(values.iter().map(to_cel).collect())),
-        );
-        scope.add_variable_from_value("state", state.map_or(Cel::Null, to_cel));
-        self.run(&scope)
+        self.eval_bound(
+            root,
+            Bindings {
+                key: Some(key),
+                values: Some(values),
+                state: Some(state.unwrap_or(&NULL)),
+                ..Bindings::default()
+            },
+        )
     }
 
     /// Whether the expression reads the variable `name`: a variable that costs something to
@@ -142,23 +156,16 @@ impl Expr {
         state: Option<&Value>,
         batch: Option<&Value>,
     ) -> Result<Value, String> {
-        if let Some(v) = self.native(Bindings {
-            key: Some(key),
-            value: Some(value),
-            state: Some(state.unwrap_or(&NULL)),
-            batch,
-            ..Bindings::default()
-        }) {
-            return Ok(v);
-        }
-        let mut scope = root.new_inner_scope();
-        scope.add_variable_from_value("key", to_cel(key));
-        scope.add_variable_from_value("value", to_cel(value));
-        scope.add_variable_from_value("state", state.map_or(Cel::Null, to_cel));
-        if let Some(batch) = batch {
-            scope.add_variable_from_value("batch", to_cel(batch));
-        }
-        self.run(&scope)
+        self.eval_bound(
+            root,
+            Bindings {
+                key: Some(key),
+                value: Some(value),
+                state: Some(state.unwrap_or(&NULL)),
+                batch,
+                ..Bindings::default()
+            },
+        )
     }
 
     /// Evaluates with `key`, `state` (`null` when absent), `timer` (the time the key's timer
@@ -172,23 +179,16 @@ impl Expr {
         timer: &Value,
         batch: Option<&Value>,
     ) -> Result<Value, String> {
-        if let Some(v) = self.native(Bindings {
-            key: Some(key),
-            state: Some(state.unwrap_or(&NULL)),
-            timer: Some(timer),
-            batch,
-            ..Bindings::default()
-        }) {
-            return Ok(v);
-        }
-        let mut scope = root.new_inner_scope();
-        scope.add_variable_from_value("key", to_cel(key));
-        scope.add_variable_from_value("state", state.map_or(Cel::Null, to_cel));
-        scope.add_variable_from_value("timer", to_cel(timer));
-        if let Some(batch) = batch {
-            scope.add_variable_from_value("batch", to_cel(batch));
-        }
-        self.run(&scope)
+        self.eval_bound(
+            root,
+            Bindings {
+                key: Some(key),
+                state: Some(state.unwrap_or(&NULL)),
+                timer: Some(timer),
+                batch,
+                ..Bindings::default()
+            },
+        )
     }
 
     fn run(&self, scope: &Context<'_, '_>) -> Result<Value, String> {
