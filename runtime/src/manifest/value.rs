@@ -14,6 +14,13 @@ use crate::sink::ToText;
 /// (postcard, JSON), hashes and orders as the text it holds, as `String` does.
 pub type Name = compact_str::CompactString;
 
+/// A text value: kept inline up to 24 bytes as a [`Name`] is, so that words, keys, channel
+/// names and other short texts are made, copied, shuffled, decoded and freed without an
+/// allocation, and a large keyed state holds its short keys in its own entries. It encodes,
+/// hashes and orders as the text it holds, as `String` does, so checkpoints and shuffles
+/// written before read back and keys stay in their partitions.
+pub type Text = compact_str::CompactString;
+
 /// A record's fields, by name.
 pub type Fields = BTreeMap<Name, Value>;
 
@@ -24,7 +31,7 @@ pub enum Value {
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
+    Str(Text),
     List(Vec<Value>),
     Map(Fields),
 }
@@ -74,7 +81,7 @@ impl Value {
                 Some(i) => Value::Int(i),
                 None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
             },
-            Json::String(s) => Value::Str(s),
+            Json::String(s) => Value::Str(s.into()),
             Json::Array(a) => Value::List(a.into_iter().map(Value::from_json).collect()),
             Json::Object(o) => Value::Map(
                 o.into_iter()
@@ -103,7 +110,7 @@ impl Value {
             Value::Float(f) => serde_json::Number::from_f64(*f)
                 .map(Json::Number)
                 .unwrap_or(Json::Null),
-            Value::Str(s) => Json::String(s.clone()),
+            Value::Str(s) => Json::String(s.to_string()),
             Value::List(l) => Json::Array(l.iter().map(Value::to_json).collect()),
             Value::Map(m) => Json::Object(
                 m.iter()
@@ -176,11 +183,11 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
     }
 
     fn visit_str<E>(self, s: &str) -> Result<Value, E> {
-        Ok(Value::Str(s.to_owned()))
+        Ok(Value::Str(s.into()))
     }
 
     fn visit_string<E>(self, s: String) -> Result<Value, E> {
-        Ok(Value::Str(s))
+        Ok(Value::Str(s.into()))
     }
 
     fn visit_unit<E>(self) -> Result<Value, E> {
@@ -279,7 +286,7 @@ impl Hash for Value {
                 state.write_u8(2);
                 float_bits(*f).hash(state);
             }
-            Value::Str(s) => StrKey(s).hash(state),
+            Value::Str(s) => StrKey(s.as_str()).hash(state),
             Value::List(l) => {
                 state.write_u8(5);
                 l.hash(state);
@@ -340,8 +347,9 @@ mod tests {
         h.finish()
     }
 
-    /// Checkpoints and shuffles written with `String` names read back, and keys land in the
-    /// same partitions: a name encodes and hashes as the text it holds, short or long.
+    /// Checkpoints and shuffles written with `String` names and texts read back, and keys land
+    /// in the same partitions: a name or a text encodes and hashes as the text it holds, short
+    /// or long.
     #[test]
     fn names_encode_and_hash_as_text() {
         #[derive(Serialize)]
@@ -362,10 +370,12 @@ mod tests {
         let now = Value::Map(Fields::from([
             (Name::from("id"), Value::Int(7)),
             (Name::from(long), Value::Str("x".into())),
+            (Name::from("text"), Value::Str(long.into())),
         ]));
         let before = Before::Map(BTreeMap::from([
             ("id".to_string(), Before::Int(7)),
             (long.to_string(), Before::Str("x".into())),
+            ("text".to_string(), Before::Str(long.into())),
         ]));
         let bytes = postcard::to_allocvec(&now).expect("encodes");
         assert_eq!(bytes, postcard::to_allocvec(&before).expect("encodes"));
@@ -373,6 +383,7 @@ mod tests {
         assert_eq!(back, now);
         for name in ["id", long] {
             assert_eq!(hash(&Name::from(name)), hash(&name.to_string()));
+            assert_eq!(hash(&Value::Str(name.into())), hash(&StrKey(name)));
         }
     }
 

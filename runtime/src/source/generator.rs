@@ -155,7 +155,12 @@ impl TextGenerator {
     /// Nexmark event `index`, generated at its stream time: the event time is the processing
     /// time.
     pub fn nexmark_event(&self, index: u64) -> super::nexmark::Event {
-        let time_ms = (u128::from(index) * 1000 / u128::from(self.config.rate.max(1))) as u64;
+        let rate = self.config.rate.max(1);
+        // A 128-bit division is a library call, for every event: only past 2^64 is it needed.
+        let time_ms = match index.checked_mul(1000) {
+            Some(ms) => ms / rate,
+            None => (u128::from(index) * 1000 / u128::from(rate)) as u64,
+        };
         super::nexmark::generate(self.config.seed, index, time_ms)
     }
 

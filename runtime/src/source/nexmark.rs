@@ -11,6 +11,8 @@
 
 use std::fmt::Write;
 
+use compact_str::{CompactString, format_compact};
+
 /// Of every 50 events: 1 person, 3 auctions, 46 bids.
 const PERSON_PROPORTION: u64 = 1;
 const AUCTION_PROPORTION: u64 = 3;
@@ -181,8 +183,10 @@ pub struct Bid {
     pub auction: u64,
     pub bidder: u64,
     pub price: u64,
-    pub channel: String,
-    pub url: String,
+    /// Texts that are mostly one of a few constants: kept as references to them, or inline,
+    /// so that most bids are made without an allocation.
+    pub channel: CompactString,
+    pub url: CompactString,
     pub date_time: u64,
 }
 
@@ -266,10 +270,13 @@ pub fn generate(seed: u64, index: u64, time_ms: u64) -> Event {
                 if d.below(10) != 9 {
                     let _ = write!(url, "&channel_id={}", (channel as u32).reverse_bits());
                 }
-                (format!("channel-{channel}"), url)
+                (format_compact!("channel-{channel}"), url.into())
             } else {
                 let hot = d.below(HOT_CHANNELS.len() as u64) as usize;
-                (HOT_CHANNELS[hot].to_string(), HOT_URLS[hot].to_string())
+                (
+                    CompactString::const_new(HOT_CHANNELS[hot]),
+                    CompactString::const_new(HOT_URLS[hot]),
+                )
             };
             Event::Bid(Bid {
                 auction,

@@ -27,7 +27,7 @@ fn parse_pairs(origin: &str, text: &str) -> std::result::Result<Pairs, String> {
     {
         match line.split_once(',') {
             Some((k, v)) => {
-                table.insert(k.trim().to_string(), Value::Str(v.trim().to_string()));
+                table.insert(k.trim().to_string(), Value::Str(v.trim().into()));
             }
             // The line itself is not quoted: the file may hold anything, and this message
             // reaches logs, the job's status and its events.

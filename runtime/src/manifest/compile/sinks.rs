@@ -116,7 +116,7 @@ impl ColumnSource {
 /// The batch's time as RFC 3339 text in UTC with milliseconds, which PostgreSQL casts to
 /// `timestamptz` and `timestamp` alike.
 fn batch_time(cx: &BatchContext) -> Value {
-    Value::Str(cx.batch.display_time())
+    Value::Str(cx.batch.display_time().into())
 }
 
 impl Compiler {

@@ -10,7 +10,7 @@ use sluice_crds::{GeneratorFormat, SourceKind, SourceSpec, defaults};
 use super::{Compiler, kafka_client, local_path};
 use crate::dstream::DStream;
 use crate::kafka::{KafkaRecord, KafkaSource, StartingOffsets};
-use crate::manifest::value::{Fields, Name, Value};
+use crate::manifest::value::{Fields, Name, Text, Value};
 use crate::source::nexmark::Event;
 use crate::source::{FilesSource, GeneratorConfig, GeneratorSource, QueueSource, SocketSource};
 
@@ -22,7 +22,7 @@ impl Compiler {
                 format!("set exactly one of {}", SourceKind::NAMES.join(", ")),
             );
             // An empty queue keeps the graph well formed, so later steps are checked too.
-            return self.ctx.source(QueueSource::new(&s.name)).map(Value::Str);
+            return self.ctx.source(QueueSource::new(&s.name)).map(text);
         };
         let lines = match kind {
             SourceKind::Kafka(k) => return self.kafka(&s.name, k),
@@ -72,7 +72,7 @@ impl Compiler {
                 u16::try_from(sock.port).unwrap_or(0),
             )),
         };
-        lines.map(Value::Str)
+        lines.map(text)
     }
 
     fn kafka(&mut self, name: &str, k: &sluice_crds::KafkaSource) -> DStream<Value> {
@@ -97,7 +97,7 @@ impl Compiler {
         if k.metadata.unwrap_or(false) {
             stream.map(with_metadata)
         } else {
-            stream.map(|r: KafkaRecord| Value::Str(r.value))
+            stream.map(|r: KafkaRecord| text(r.value))
         }
     }
 }
@@ -105,9 +105,9 @@ impl Compiler {
 /// A Kafka record as a map, for pipelines that read its key, topic, partition, offset or time.
 fn with_metadata(r: KafkaRecord) -> Value {
     let mut fields = Fields::new();
-    fields.insert("key".into(), r.key.map_or(Value::Null, Value::Str));
-    fields.insert("value".into(), Value::Str(r.value));
-    fields.insert("topic".into(), Value::Str(r.topic.to_string()));
+    fields.insert("key".into(), r.key.map_or(Value::Null, text));
+    fields.insert("value".into(), text(r.value));
+    fields.insert("topic".into(), Value::Str(r.topic.as_ref().into()));
     fields.insert("partition".into(), Value::Int(i64::from(r.partition)));
     fields.insert("offset".into(), Value::Int(r.offset));
     fields.insert(
@@ -117,48 +117,55 @@ fn with_metadata(r: KafkaRecord) -> Value {
     Value::Map(fields)
 }
 
+/// Text read from outside (a line, a message) as a value: kept inline when short.
+fn text(s: String) -> Value {
+    Value::Str(s.into())
+}
+
 /// A Nexmark event as the record its JSON parses to (see [`Event::write_json`]).
+///
+/// The fields go straight into the map: collecting a list of them would allocate the list and
+/// sort it first, for every event the generator makes.
 pub(crate) fn nexmark_record(event: Event) -> Value {
     let int = |n: u64| Value::Int(i64::try_from(n).unwrap_or(i64::MAX));
-    let fields: Vec<(&str, Value)> = match event {
-        Event::Person(p) => vec![
-            ("type", Value::Str("person".into())),
-            ("id", int(p.id)),
-            ("name", Value::Str(p.name)),
-            ("emailAddress", Value::Str(p.email_address)),
-            ("creditCard", Value::Str(p.credit_card)),
-            ("city", Value::Str(p.city.into())),
-            ("state", Value::Str(p.state.into())),
-            ("dateTime", int(p.date_time)),
-        ],
-        Event::Auction(a) => vec![
-            ("type", Value::Str("auction".into())),
-            ("id", int(a.id)),
-            ("itemName", Value::Str(a.item_name)),
-            ("description", Value::Str(a.description)),
-            ("initialBid", int(a.initial_bid)),
-            ("reserve", int(a.reserve)),
-            ("dateTime", int(a.date_time)),
-            ("expires", int(a.expires)),
-            ("seller", int(a.seller)),
-            ("category", int(a.category)),
-        ],
-        Event::Bid(b) => vec![
-            ("type", Value::Str("bid".into())),
-            ("auction", int(b.auction)),
-            ("bidder", int(b.bidder)),
-            ("price", int(b.price)),
-            ("channel", Value::Str(b.channel)),
-            ("url", Value::Str(b.url)),
-            ("dateTime", int(b.date_time)),
-        ],
+    let mut fields = Fields::new();
+    let mut set = |name: &'static str, value: Value| {
+        fields.insert(Name::const_new(name), value);
     };
-    Value::Map(
-        fields
-            .into_iter()
-            .map(|(name, value)| (Name::from(name), value))
-            .collect(),
-    )
+    match event {
+        Event::Person(p) => {
+            set("type", Value::Str(Text::const_new("person")));
+            set("id", int(p.id));
+            set("name", text(p.name));
+            set("emailAddress", text(p.email_address));
+            set("creditCard", text(p.credit_card));
+            set("city", Value::Str(Text::const_new(p.city)));
+            set("state", Value::Str(Text::const_new(p.state)));
+            set("dateTime", int(p.date_time));
+        }
+        Event::Auction(a) => {
+            set("type", Value::Str(Text::const_new("auction")));
+            set("id", int(a.id));
+            set("itemName", text(a.item_name));
+            set("description", text(a.description));
+            set("initialBid", int(a.initial_bid));
+            set("reserve", int(a.reserve));
+            set("dateTime", int(a.date_time));
+            set("expires", int(a.expires));
+            set("seller", int(a.seller));
+            set("category", int(a.category));
+        }
+        Event::Bid(b) => {
+            set("type", Value::Str(Text::const_new("bid")));
+            set("auction", int(b.auction));
+            set("bidder", int(b.bidder));
+            set("price", int(b.price));
+            set("channel", Value::Str(b.channel));
+            set("url", Value::Str(b.url));
+            set("dateTime", int(b.date_time));
+        }
+    }
+    Value::Map(fields)
 }
 
 #[cfg(test)]

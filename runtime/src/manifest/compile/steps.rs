@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::exec::BatchContext;
 use crate::manifest::aggregate::Acc;
 use crate::manifest::expr::Expr;
-use crate::manifest::value::{StrKey, Value};
+use crate::manifest::value::{StrKey, Text, Value};
 use crate::sink::ToText;
 
 impl Compiler {
@@ -147,11 +147,11 @@ impl Compiler {
             StepKind::FlatMap(fm) => {
                 let op = format!("{path}.flatMap");
                 let lower = fm.lowercase.unwrap_or(false);
-                let case = move |p: &str| {
+                let case = move |p: &str| -> Text {
                     if lower {
-                        p.to_lowercase()
+                        Text::from_str_to_lowercase(p)
                     } else {
-                        p.to_string()
+                        p.into()
                     }
                 };
                 if let Some(e) = &fm.expr {
@@ -515,7 +515,7 @@ impl Compiler {
             per_record(cx, &op, pairs, |_, (k, v), out| match v {
                 Value::Str(text) => {
                     splitter.for_each(&text, |p| {
-                        out.push((k.clone(), case(Value::Str(p.to_string()))));
+                        out.push((k.clone(), case(Value::Str(p.into()))));
                     });
                     Ok(())
                 }
@@ -559,7 +559,7 @@ fn count_pieces(
                     match map.get_mut(&StrKey(piece)) {
                         Some(n) => *n += 1,
                         None => {
-                            map.insert(Value::Str(piece.to_string()), 1);
+                            map.insert(Value::Str(piece.into()), 1);
                         }
                     }
                 });

@@ -36,7 +36,7 @@ fn scalar() -> impl Strategy<Value = Value> {
             Just("-7"),
             Just("1.5"),
         ]
-        .prop_map(|s| Value::Str(s.to_string())),
+        .prop_map(|s| Value::Str(s.into())),
     ]
 }
 

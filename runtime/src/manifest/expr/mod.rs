@@ -277,7 +277,7 @@ fn to_cel(v: &Value) -> Cel {
         Value::Bool(b) => Cel::Bool(*b),
         Value::Int(i) => Cel::Int(*i),
         Value::Float(f) => Cel::Float(*f),
-        Value::Str(s) => Cel::String(Arc::new(s.clone())),
+        Value::Str(s) => Cel::String(Arc::new(s.to_string())),
         Value::List(l) => Cel::List(Arc::new(l.iter().map(to_cel).collect())),
         Value::Map(m) => {
             let map: std::collections::HashMap<CelKey, Cel> = m
@@ -298,8 +298,8 @@ fn from_cel(v: Cel) -> Result<Value, String> {
             .map(Value::Int)
             .unwrap_or(Value::Float(u as f64)),
         Cel::Float(f) => Value::Float(f),
-        Cel::String(s) => Value::Str(s.to_string()),
-        Cel::Bytes(b) => Value::Str(String::from_utf8_lossy(&b).into_owned()),
+        Cel::String(s) => Value::Str(s.as_str().into()),
+        Cel::Bytes(b) => Value::Str(String::from_utf8_lossy(&b).into()),
         Cel::List(l) => Value::List(l.iter().cloned().map(from_cel).collect::<Result<_, _>>()?),
         Cel::Map(m) => {
             let mut out = super::value::Fields::new();

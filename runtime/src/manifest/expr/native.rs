@@ -17,7 +17,7 @@ use cel::IdedExpr;
 use cel::common::ast::{EntryExpr, Expr as Ast, LiteralValue, operators};
 use regex::Regex;
 
-use super::super::value::{Fields, Name, Value};
+use super::super::value::{Fields, Name, Text, Value};
 
 /// The variables an evaluation binds; the others are undeclared.
 #[derive(Clone, Copy, Default)]
@@ -129,7 +129,7 @@ impl Node {
                 LiteralValue::Boolean(b) => Value::Bool(*b.inner()),
                 LiteralValue::Int(i) => Value::Int(*i.inner()),
                 LiteralValue::Double(d) => Value::Float(*d.inner()),
-                LiteralValue::String(s) => Value::Str(s.inner().to_string()),
+                LiteralValue::String(s) => Value::Str(Text::from(s.inner())),
                 LiteralValue::Null => Value::Null,
                 LiteralValue::UInt(_) | LiteralValue::Bytes(_) => return None,
             }),
@@ -538,7 +538,7 @@ fn binary(op: BinaryOp, left: Val<'_>, right: Val<'_>) -> Option<Value> {
             (View::Int(a), View::Int(b)) => Value::Int(a.checked_add(b)?),
             (View::Float(a), View::Float(b)) => Value::Float(a + b),
             (View::Str(a), View::Str(b)) => {
-                let mut s = String::with_capacity(a.len() + b.len());
+                let mut s = Text::with_capacity(a.len() + b.len());
                 s.push_str(a);
                 s.push_str(b);
                 Value::Str(s)
@@ -599,7 +599,7 @@ fn call(function: &Function, args: &[Node], b: &Bindings<'_>) -> Option<Value> {
         }),
         Function::String => match first.view() {
             View::Str(_) => first.into_value(),
-            View::Int(i) => Value::Str(i.to_string()),
+            View::Int(i) => Value::Str(compact_str::ToCompactString::to_compact_string(&i)),
             _ => return None,
         },
         Function::Int => match first.view() {
@@ -631,11 +631,16 @@ fn call(function: &Function, args: &[Node], b: &Bindings<'_>) -> Option<Value> {
             let View::Str(text) = first.view() else {
                 return None;
             };
-            Value::Str(match function {
-                Function::LowerAscii => text.to_ascii_lowercase(),
-                Function::UpperAscii => text.to_ascii_uppercase(),
-                _ => text.trim().to_string(),
-            })
+            let mut text = Text::from(match function {
+                Function::Trim => text.trim(),
+                _ => text,
+            });
+            match function {
+                Function::LowerAscii => text.make_ascii_lowercase(),
+                Function::UpperAscii => text.make_ascii_uppercase(),
+                _ => {}
+            }
+            Value::Str(text)
         }
         Function::Replace | Function::Split | Function::IndexOf | Function::Substring => {
             let rest = two_more(args, b)?;
@@ -679,14 +684,16 @@ fn strings(function: &Function, text: &str, args: &[Option<Val<'_>>; 2]) -> Opti
         _ => None,
     };
     Some(match function {
-        Function::Replace => Value::Str(text.replace(text_arg(0)?, text_arg(1)?)),
+        Function::Replace => Value::Str(text.replace(text_arg(0)?, text_arg(1)?).into()),
         Function::Split => {
             let separator = text_arg(0)?;
             let parts: Vec<Value> = if separator.is_empty() {
-                text.chars().map(|c| Value::Str(c.to_string())).collect()
+                text.chars()
+                    .map(|c| Value::Str(std::iter::once(c).collect()))
+                    .collect()
             } else {
                 text.split(separator)
-                    .map(|part| Value::Str(part.to_string()))
+                    .map(|part| Value::Str(part.into()))
                     .collect()
             };
             Value::List(parts)

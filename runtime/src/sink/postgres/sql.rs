@@ -115,7 +115,7 @@ pub fn column_text(value: &Value, json: bool) -> Option<String> {
             if *f > 0.0 { "Infinity" } else { "-Infinity" }.to_string()
         }
         Value::Float(f) => f.to_string(),
-        Value::Str(s) => s.clone(),
+        Value::Str(s) => s.to_string(),
         Value::List(_) | Value::Map(_) => value.to_json().to_string(),
     })
 }
