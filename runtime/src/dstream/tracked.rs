@@ -192,25 +192,51 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
             return crate::data::encode_seq(self.map.iter()).map_err(failed);
         }
         let map = &self.map;
-        let chunks: Vec<Vec<u8>> = (0..len.div_ceil(ENCODE_CHUNK))
+        let range = |c: usize| c * ENCODE_CHUNK..((c + 1) * ENCODE_CHUNK).min(len);
+        let chunks = len.div_ceil(ENCODE_CHUNK);
+        // Each chunk's size first, then each chunk encoded in its place in one buffer: nothing
+        // is copied after the encoding, and no chunk's buffer grows. A size reads an entry's
+        // lengths and numbers but not a key's text, so it costs little beside the encoding;
+        // gathering chunks encoded apart into one buffer took as long as encoding them.
+        let sizes: Vec<usize> = (0..chunks)
             .into_par_iter()
             .map(|c| {
-                let mut out = Vec::new();
-                for at in c * ENCODE_CHUNK..((c + 1) * ENCODE_CHUNK).min(len) {
-                    if let Some(entry) = map.get_index(at) {
-                        out = postcard::to_extend(&entry, out)?;
-                    }
-                }
-                Ok(out)
+                range(c)
+                    .filter_map(|at| map.get_index(at))
+                    .map(|entry| postcard::experimental::serialized_size(&entry))
+                    .sum::<std::result::Result<usize, _>>()
             })
             .collect::<std::result::Result<_, postcard::Error>>()
             .map_err(failed)?;
         // A sequence is its length (a varint, as a usize is written), then its items.
-        let mut bytes = postcard::to_allocvec(&len).map_err(failed)?;
-        bytes.reserve(chunks.iter().map(Vec::len).sum());
-        for chunk in chunks {
-            bytes.extend_from_slice(&chunk);
+        let head = postcard::to_allocvec(&len).map_err(failed)?;
+        let mut bytes = vec![0u8; head.len() + sizes.iter().sum::<usize>()];
+        let (first, mut rest) = bytes.split_at_mut(head.len());
+        first.copy_from_slice(&head);
+        let mut places = Vec::with_capacity(chunks);
+        for &size in &sizes {
+            let (place, after) = std::mem::take(&mut rest).split_at_mut(size);
+            places.push(place);
+            rest = after;
         }
+        places
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(c, mut out)| {
+                for at in range(c) {
+                    if let Some(entry) = map.get_index(at) {
+                        let used = postcard::to_slice(&entry, &mut *out)?.len();
+                        out = &mut std::mem::take(&mut out)[used..];
+                    }
+                }
+                // The sizes and the encoding disagreed: never write the zeros left over.
+                if out.is_empty() {
+                    Ok(())
+                } else {
+                    Err(postcard::Error::SerializeBufferFull)
+                }
+            })
+            .map_err(failed)?;
         Ok(bytes)
     }
 
