@@ -23,12 +23,17 @@ pub type StableBuildHasher = std::hash::BuildHasherDefault<StableHasher>;
 /// inserts and removals, so a restored checkpoint iterates exactly like the original.
 pub type KeyMap<K, V> = indexmap::IndexMap<K, V, StableBuildHasher>;
 
-/// The partition of `key` among `partitions`.
-pub fn partition_of<K: Hash + ?Sized>(key: &K, partitions: usize) -> usize {
+/// `key`'s hash with [`StableHasher`]: what places it in a partition.
+pub fn stable_hash<K: Hash + ?Sized>(key: &K) -> u64 {
     let mut hasher = StableHasher::default();
     key.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The partition of `key` among `partitions`.
+pub fn partition_of<K: Hash + ?Sized>(key: &K, partitions: usize) -> usize {
     // Fx leaves weak low bits; fold the high half in before taking the remainder.
-    let h = hasher.finish();
+    let h = stable_hash(key);
     let mixed = (h ^ (h >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
     (mixed % partitions as u64) as usize
 }

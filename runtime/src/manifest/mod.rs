@@ -4,6 +4,7 @@
 mod aggregate;
 mod compile;
 mod expr;
+mod fields;
 mod table;
 mod value;
 

@@ -1,7 +1,6 @@
 //! The dynamic record of manifest pipelines: text, numbers, or parsed JSON.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
@@ -21,8 +20,7 @@ pub type Name = compact_str::CompactString;
 /// written before read back and keys stay in their partitions.
 pub type Text = compact_str::CompactString;
 
-/// A record's fields, by name.
-pub type Fields = BTreeMap<Name, Value>;
+pub use super::fields::Fields;
 
 /// A record (or key, or value) in a manifest pipeline.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -338,13 +336,13 @@ impl ToText for Value {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use crate::data::StableHasher;
+    use crate::data::stable_hash;
 
     fn hash(v: &impl Hash) -> u64 {
-        let mut h = StableHasher::default();
-        v.hash(&mut h);
-        h.finish()
+        stable_hash(v)
     }
 
     /// Checkpoints and shuffles written with `String` names and texts read back, and keys land

@@ -124,48 +124,51 @@ fn text(s: String) -> Value {
 
 /// A Nexmark event as the record its JSON parses to (see [`Event::write_json`]).
 ///
-/// The fields go straight into the map: collecting a list of them would allocate the list and
-/// sort it first, for every event the generator makes.
+/// The fields are set in the order of their names, so each goes at the end of the record:
+/// collecting a list of them would allocate and sort it first, for every event made.
 pub(crate) fn nexmark_record(event: Event) -> Value {
     let int = |n: u64| Value::Int(i64::try_from(n).unwrap_or(i64::MAX));
-    let mut fields = Fields::new();
-    let mut set = |name: &'static str, value: Value| {
-        fields.insert(Name::const_new(name), value);
+    let kind = |name: &'static str| Value::Str(Text::const_new(name));
+    let fields = |pairs: &mut dyn Iterator<Item = (&'static str, Value)>| {
+        let mut fields = Fields::with_capacity(pairs.size_hint().0);
+        for (name, value) in pairs {
+            fields.insert(Name::const_new(name), value);
+        }
+        Value::Map(fields)
     };
     match event {
-        Event::Person(p) => {
-            set("type", Value::Str(Text::const_new("person")));
-            set("id", int(p.id));
-            set("name", text(p.name));
-            set("emailAddress", text(p.email_address));
-            set("creditCard", text(p.credit_card));
-            set("city", Value::Str(Text::const_new(p.city)));
-            set("state", Value::Str(Text::const_new(p.state)));
-            set("dateTime", int(p.date_time));
-        }
-        Event::Auction(a) => {
-            set("type", Value::Str(Text::const_new("auction")));
-            set("id", int(a.id));
-            set("itemName", text(a.item_name));
-            set("description", text(a.description));
-            set("initialBid", int(a.initial_bid));
-            set("reserve", int(a.reserve));
-            set("dateTime", int(a.date_time));
-            set("expires", int(a.expires));
-            set("seller", int(a.seller));
-            set("category", int(a.category));
-        }
-        Event::Bid(b) => {
-            set("type", Value::Str(Text::const_new("bid")));
-            set("auction", int(b.auction));
-            set("bidder", int(b.bidder));
-            set("price", int(b.price));
-            set("channel", Value::Str(b.channel));
-            set("url", Value::Str(b.url));
-            set("dateTime", int(b.date_time));
-        }
+        Event::Person(p) => fields(&mut IntoIterator::into_iter([
+            ("city", Value::Str(Text::const_new(p.city))),
+            ("creditCard", text(p.credit_card)),
+            ("dateTime", int(p.date_time)),
+            ("emailAddress", text(p.email_address)),
+            ("id", int(p.id)),
+            ("name", text(p.name)),
+            ("state", Value::Str(Text::const_new(p.state))),
+            ("type", kind("person")),
+        ])),
+        Event::Auction(a) => fields(&mut IntoIterator::into_iter([
+            ("category", int(a.category)),
+            ("dateTime", int(a.date_time)),
+            ("description", text(a.description)),
+            ("expires", int(a.expires)),
+            ("id", int(a.id)),
+            ("initialBid", int(a.initial_bid)),
+            ("itemName", text(a.item_name)),
+            ("reserve", int(a.reserve)),
+            ("seller", int(a.seller)),
+            ("type", kind("auction")),
+        ])),
+        Event::Bid(b) => fields(&mut IntoIterator::into_iter([
+            ("auction", int(b.auction)),
+            ("bidder", int(b.bidder)),
+            ("channel", Value::Str(b.channel)),
+            ("dateTime", int(b.date_time)),
+            ("price", int(b.price)),
+            ("type", kind("bid")),
+            ("url", Value::Str(b.url)),
+        ])),
     }
-    Value::Map(fields)
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ fn value() -> impl Strategy<Value = Value> {
                 inner,
                 0..3
             )
-            .prop_map(Value::Map),
+            .prop_map(|map| Value::Map(map.into_iter().collect())),
         ]
     })
 }
@@ -71,7 +71,7 @@ fn record() -> impl Strategy<Value = Value> {
         fields.insert("n".into(), Value::Int(n));
         fields.insert("x".into(), Value::Float(x));
         fields.insert("t".into(), Value::Str(t.into()));
-        Value::Map(fields)
+        Value::Map(fields.into_iter().collect())
     })
 }
 

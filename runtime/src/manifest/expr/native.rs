@@ -400,7 +400,7 @@ impl Node {
             // The keys are unique and sorted: inserted one by one, each goes at the end of the
             // map, where collecting would gather, sort and deduplicate them first.
             Node::Map(entries) => {
-                let mut fields = Fields::new();
+                let mut fields = Fields::with_capacity(entries.len());
                 for (k, v) in entries {
                     fields.insert(k.clone(), v.operand(b)?.into_value());
                 }
