@@ -543,18 +543,9 @@ fn sluice_run_serves_metrics_that_agree_with_the_commit_log() {
         ),
     )
     .expect("manifest");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let ui = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port()
-    );
+    let ui = format!("127.0.0.1:{}", support::free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("run")
         .arg(&manifest)
@@ -735,13 +726,7 @@ fn a_files_source_counts_the_bytes_and_lines_it_reads() {
         ),
     )
     .expect("manifest");
-    let addr = format!(
-        "127.0.0.1:{}",
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port()
-    );
+    let addr = format!("127.0.0.1:{}", support::free_port());
     let mut child = sluice()
         .arg("run")
         .arg(&manifest)

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,11 +17,7 @@ const TOKEN: &str = "test-token-0123456789";
 const BATCHES: u64 = 40;
 
 fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    support::free_port()
 }
 
 fn manifest(dir: &Path, out: &Path, checkpoint: &str) -> PathBuf {

@@ -21,6 +21,36 @@ pub fn s3s_fs() -> PathBuf {
         })
 }
 
+/// A port nothing listens on, for a child process to listen on.
+///
+/// A port the system picks (`bind` to port 0, then let go) comes from the range it also takes
+/// the local ports of outgoing connections from, so a connection made between the pick and the
+/// child's own `bind` can take it: a master once failed to serve its metrics with "Address
+/// already in use". These ports come from below that range (Linux's
+/// `ip_local_port_range`), in turn from a place that depends on the process, so no connection
+/// takes them and two tests of one binary never get the same one.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let first = ephemeral.saturating_sub(12_000).max(1_024);
+    let count = ephemeral.saturating_sub(first).max(1);
+    let start = std::process::id().wrapping_mul(7_919) % count;
+    for _ in 0..count {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = first + (start + n) % count;
+        if let Ok(port) = u16::try_from(port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free port between {first} and {}", first + count)
+}
+
 /// One s3s-fs process serving a directory.
 pub struct S3Server {
     pub root: PathBuf,
@@ -32,11 +62,7 @@ impl S3Server {
     /// Starts a server over `root` with one bucket.
     pub fn start(root: &Path, bucket: &str) -> S3Server {
         std::fs::create_dir_all(root.join(bucket)).expect("bucket directory");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         let mut server = S3Server {
             root: root.to_path_buf(),
             port,
