@@ -108,17 +108,28 @@ impl fmt::Debug for Fields {
 impl FromIterator<(Name, Value)> for Fields {
     /// A name given twice keeps its last value, as a `BTreeMap` collected does.
     fn from_iter<I: IntoIterator<Item = (Name, Value)>>(iter: I) -> Self {
-        let mut pairs: Vec<(Name, Value)> = iter.into_iter().collect();
-        // Stable: of equal names, the last one given stays last, and is the one kept.
+        Self::from_pairs(iter.into_iter().collect())
+    }
+}
+
+impl Fields {
+    /// The fields of `pairs`, in any order; a name given twice keeps its last value.
+    ///
+    /// Sorted once, in place: inserting pairs one by one in no order would move the ones after
+    /// each, which for a record of thousands of fields (a large JSON object) is quadratic.
+    pub fn from_pairs(mut pairs: Vec<(Name, Value)>) -> Self {
+        // Stable: of equal names, the one given last stays last. Sorted pairs cost one pass.
         pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut kept: Vec<(Name, Value)> = Vec::with_capacity(pairs.len());
-        for pair in pairs {
-            match kept.last_mut() {
-                Some(last) if last.0 == pair.0 => *last = pair,
-                _ => kept.push(pair),
+        // `dedup_by` keeps the first of a run of equal names: each later one's value is moved
+        // into it before the later one goes.
+        pairs.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(later, kept);
             }
-        }
-        Fields(kept)
+            same
+        });
+        Fields(pairs)
     }
 }
 
@@ -154,11 +165,11 @@ impl<'de> Deserialize<'de> for Fields {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
-                let mut fields = Fields(Vec::with_capacity(map.size_hint().unwrap_or(0).min(64)));
-                while let Some((name, value)) = map.next_entry::<Name, Value>()? {
-                    fields.insert(name, value);
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(pair) = map.next_entry::<Name, Value>()? {
+                    pairs.push(pair);
                 }
-                Ok(fields)
+                Ok(Fields::from_pairs(pairs))
             }
         }
         deserializer.deserialize_map(FieldsVisitor)
@@ -233,6 +244,34 @@ mod tests {
                 assert_eq!(fa.cmp(&fb), ma.cmp(&mb));
             }
         }
+    }
+
+    /// A large object, its names in reverse order and one given twice, reads as the map of its
+    /// fields, from JSON and from postcard (in one sort, not an insertion each).
+    #[test]
+    fn a_large_object_in_any_order_reads_as_its_map() {
+        let mut text = String::from("{");
+        for i in (0..5_000).rev() {
+            text.push_str(&format!("\"f{i:05}\":{i},"));
+        }
+        text.push_str("\"f00007\":-7}");
+        let Ok(Value::Map(fields)) = Value::parse_json(&text) else {
+            panic!("a record");
+        };
+        // The same pairs, in the same order, decoded by `Fields` itself: a list of pairs and a
+        // map of them encode alike in postcard.
+        let mut pairs: Vec<(Name, Value)> = (0..5_000)
+            .rev()
+            .map(|i| (Name::from(format!("f{i:05}")), Value::Int(i)))
+            .collect();
+        pairs.push(("f00007".into(), Value::Int(-7)));
+        let bytes = postcard::to_allocvec(&pairs).expect("encodes");
+        let decoded: Fields = postcard::from_bytes(&bytes).expect("decodes");
+        assert_eq!(fields, decoded);
+        assert_eq!(fields.len(), 5_000);
+        assert_eq!(fields.get("f00007"), Some(&Value::Int(-7)));
+        assert_eq!(fields.get("f04999"), Some(&Value::Int(4_999)));
+        assert!(fields.iter().map(|(k, _)| k).is_sorted());
     }
 
     #[test]

@@ -210,13 +210,13 @@ impl<'de> serde::de::Visitor<'de> for JsonVisitor {
 
     /// A key given twice keeps its last value, as `serde_json` does.
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut fields = Fields::new();
+        let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
         // A short name is read into place, not allocated.
         while let Some(key) = map.next_key::<Name>()? {
             let value = map.next_value_seed(JsonSeed)?;
-            fields.insert(key, value);
+            pairs.push((key, value));
         }
-        Ok(Value::Map(fields))
+        Ok(Value::Map(Fields::from_pairs(pairs)))
     }
 }
 
