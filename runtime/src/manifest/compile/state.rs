@@ -112,26 +112,20 @@ impl Compiler {
                   key: &Value,
                   value: Option<Value>,
                   state: &mut crate::dstream::State<Value>| {
-                let result = match (value, state.fired_timer(), &on_timer) {
-                    (Some(value), _, _) => with_batch(reads_batch.then_some(batch), |b| {
-                        with_root(|root| expr.eval_record_state(root, key, &value, state.get(), b))
-                    }),
-                    (None, Some(at), Some(on_timer)) => {
-                        with_batch(reads_batch.then_some(batch), |b| {
-                            with_root(|root| {
-                                on_timer.eval_timer(
-                                    root,
-                                    key,
-                                    state.get(),
-                                    &Value::Int(i64::try_from(at).unwrap_or(i64::MAX)),
-                                    b,
-                                )
-                            })
-                        })
-                    }
-                    // A key timing out has no record: it leaves without a word.
-                    (None, _, _) => return None,
-                };
+                let fired = state.fired_timer().zip(on_timer.as_ref());
+                let result = with_batch(reads_batch.then_some(batch), |b| {
+                    with_root(|root| match (&value, fired) {
+                        (Some(value), _) => {
+                            Some(expr.eval_record_state(root, key, value, state.get(), b))
+                        }
+                        (None, Some((at, on_timer))) => {
+                            let at = Value::Int(i64::try_from(at).unwrap_or(i64::MAX));
+                            Some(on_timer.eval_timer(root, key, state.get(), &at, b))
+                        }
+                        // A key timing out has no record: it leaves without a word.
+                        (None, None) => None,
+                    })
+                })?;
                 match apply_result(result, state, has_timers) {
                     Ok(emit) => emit.map(|out| (key.clone(), Ok(out))),
                     Err(message) => Some((key.clone(), Err(message))),
