@@ -192,7 +192,11 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
             return crate::data::encode_seq(self.map.iter()).map_err(failed);
         }
         let map = &self.map;
-        let range = |c: usize| c * ENCODE_CHUNK..((c + 1) * ENCODE_CHUNK).min(len);
+        let chunk = |c: usize| {
+            map.get_range(c * ENCODE_CHUNK..((c + 1) * ENCODE_CHUNK).min(len))
+                .into_iter()
+                .flat_map(|entries| entries.iter())
+        };
         let chunks = len.div_ceil(ENCODE_CHUNK);
         // Each chunk's size first, then each chunk encoded in its place in one buffer: nothing
         // is copied after the encoding, and no chunk's buffer grows. A size reads an entry's
@@ -201,8 +205,7 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
         let sizes: Vec<usize> = (0..chunks)
             .into_par_iter()
             .map(|c| {
-                range(c)
-                    .filter_map(|at| map.get_index(at))
+                chunk(c)
                     .map(|entry| postcard::experimental::serialized_size(&entry))
                     .sum::<std::result::Result<usize, _>>()
             })
@@ -223,11 +226,9 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
             .into_par_iter()
             .enumerate()
             .try_for_each(|(c, mut out)| {
-                for at in range(c) {
-                    if let Some(entry) = map.get_index(at) {
-                        let used = postcard::to_slice(&entry, &mut *out)?.len();
-                        out = &mut std::mem::take(&mut out)[used..];
-                    }
+                for entry in chunk(c) {
+                    let used = postcard::to_slice(&entry, &mut *out)?.len();
+                    out = &mut std::mem::take(&mut out)[used..];
                 }
                 // The sizes and the encoding disagreed: never write the zeros left over.
                 if out.is_empty() {

@@ -45,16 +45,33 @@ impl Fields {
     /// Where `name` is, or where it would go.
     fn find(&self, name: &str) -> Result<usize, usize> {
         if self.0.len() <= SCAN {
-            for (at, (key, _)) in self.0.iter().enumerate() {
-                let key = key.as_str();
-                if key.len() == name.len() && key == name {
-                    return Ok(at);
-                }
+            // Equality compares lengths before bytes: most names differ in length.
+            if let Some(at) = self.0.iter().position(|(key, _)| key.as_str() == name) {
+                return Ok(at);
             }
             // Not there: its place in the order, found only for an insertion.
             return Err(self.0.partition_point(|(key, _)| key.as_str() < name));
         }
         self.0.binary_search_by(|(key, _)| key.as_str().cmp(name))
+    }
+
+    /// The fields of `pairs`, in any order; a name given twice keeps its last value.
+    ///
+    /// Sorted once, in place: inserting pairs one by one in no order would move the ones after
+    /// each, which for a record of thousands of fields (a large JSON object) is quadratic.
+    pub fn from_pairs(mut pairs: Vec<(Name, Value)>) -> Self {
+        // Stable: of equal names, the one given last stays last. Sorted pairs cost one pass.
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        // `dedup_by` keeps the first of a run of equal names: each later one's value is moved
+        // into it before the later one goes.
+        pairs.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        Fields(pairs)
     }
 
     pub fn get(&self, name: &str) -> Option<&Value> {
@@ -69,16 +86,9 @@ impl Fields {
     /// Sets `name`'s value; the value it had, if any.
     pub fn insert(&mut self, name: Name, value: Value) -> Option<Value> {
         // Fields are mostly set in the order of their names: check the end first.
-        match self.0.last() {
-            None => {
-                self.0.push((name, value));
-                return None;
-            }
-            Some((last, _)) if last.as_str() < name.as_str() => {
-                self.0.push((name, value));
-                return None;
-            }
-            _ => {}
+        if self.0.last().is_none_or(|(last, _)| *last < name) {
+            self.0.push((name, value));
+            return None;
         }
         match self.find(&name) {
             Ok(at) => Some(std::mem::replace(&mut self.0[at].1, value)),
@@ -109,27 +119,6 @@ impl FromIterator<(Name, Value)> for Fields {
     /// A name given twice keeps its last value, as a `BTreeMap` collected does.
     fn from_iter<I: IntoIterator<Item = (Name, Value)>>(iter: I) -> Self {
         Self::from_pairs(iter.into_iter().collect())
-    }
-}
-
-impl Fields {
-    /// The fields of `pairs`, in any order; a name given twice keeps its last value.
-    ///
-    /// Sorted once, in place: inserting pairs one by one in no order would move the ones after
-    /// each, which for a record of thousands of fields (a large JSON object) is quadratic.
-    pub fn from_pairs(mut pairs: Vec<(Name, Value)>) -> Self {
-        // Stable: of equal names, the one given last stays last. Sorted pairs cost one pass.
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        // `dedup_by` keeps the first of a run of equal names: each later one's value is moved
-        // into it before the later one goes.
-        pairs.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                std::mem::swap(later, kept);
-            }
-            same
-        });
-        Fields(pairs)
     }
 }
 

@@ -15,6 +15,7 @@
 
 use cel::IdedExpr;
 use cel::common::ast::{EntryExpr, Expr as Ast, LiteralValue, operators};
+use compact_str::ToCompactString;
 use regex::Regex;
 
 use super::super::value::{Fields, Name, Text, Value};
@@ -599,7 +600,7 @@ fn call(function: &Function, args: &[Node], b: &Bindings<'_>) -> Option<Value> {
         }),
         Function::String => match first.view() {
             View::Str(_) => first.into_value(),
-            View::Int(i) => Value::Str(compact_str::ToCompactString::to_compact_string(&i)),
+            View::Int(i) => Value::Str(i.to_compact_string()),
             _ => return None,
         },
         Function::Int => match first.view() {
