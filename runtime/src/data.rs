@@ -38,6 +38,19 @@ pub fn partition_of<K: Hash + ?Sized>(key: &K, partitions: usize) -> usize {
     (mixed % partitions as u64) as usize
 }
 
+/// Items serialized as a sequence straight from their iterator, as a `Vec` of them would be.
+pub(crate) struct Seq<I>(pub I);
+
+impl<I> Serialize for Seq<I>
+where
+    I: ExactSizeIterator + Clone,
+    I::Item: Serialize,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.clone())
+    }
+}
+
 /// Serializes the items of `items` as postcard encodes a `Vec` of them, without collecting
 /// them first: a snapshot of ten million keys no longer builds a list of ten million
 /// references before encoding it.
@@ -46,16 +59,6 @@ where
     I: ExactSizeIterator + Clone,
     I::Item: Serialize,
 {
-    struct Seq<I>(I);
-    impl<I> Serialize for Seq<I>
-    where
-        I: ExactSizeIterator + Clone,
-        I::Item: Serialize,
-    {
-        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            serializer.collect_seq(self.0.clone())
-        }
-    }
     postcard::to_stdvec(&Seq(items))
 }
 

@@ -12,6 +12,7 @@ use crate::checkpoint::{SavedState, Snapshot, StateLayout};
 use crate::coordinator::rate::Backpressure;
 use sluice_crds::OnRecordError;
 
+use crate::dstream::tracked::EncodedDelta;
 use crate::error::{Error, Result};
 use crate::exec::{BatchContext, Executor, Outputs, Shared, Task, lock_unpoisoned};
 use crate::metrics::{BatchFlow, RuntimeMetrics};
@@ -32,9 +33,9 @@ pub(crate) trait Stateful: Send + Sync {
         let _ = part;
         None
     }
-    /// The partition's changes since its last snapshot, serialized (see
-    /// [`crate::dstream::tracked`]); they count from here afterwards.
-    fn delta(&self, part: usize) -> Result<Vec<u8>> {
+    /// The partition's changes since its last snapshot and the next stripe of its whole
+    /// state, serialized (see [`crate::dstream::tracked`]); changes count from here afterwards.
+    fn delta(&self, part: usize) -> Result<EncodedDelta> {
         Err(Error::Internal(format!(
             "a delta of partition {part} of a state that records no changes"
         )))
@@ -59,22 +60,15 @@ pub(crate) fn whole_only<'a>(chain: &'a [Vec<u8>], what: &str) -> Result<Option<
     }
 }
 
-/// Deltas since a partition's last whole state at most: recovery reads each one's file.
-const MAX_DELTAS: usize = 8;
-
 /// Where the changes the states record count from, for the next snapshot to be a delta on.
 #[derive(Clone, Debug, Default)]
 struct DeltaBase {
     /// The snapshot they count from (the last one taken, or the one restored); `None`: the
     /// next snapshot is whole.
     batch: Option<u64>,
-    /// Snapshots taken since the last whole one: each partition's whole rewrite comes round
-    /// at its own turn of this count (see [`Job::next_snapshot`]).
-    taken: u64,
-    /// By partition: deltas since its last whole state, and the entries they hold (absent:
-    /// none).
-    deltas: Vec<usize>,
-    entries: Vec<u64>,
+    /// By (operation, partition), for those whose last snapshot was a delta: what recovery
+    /// reads to rebuild it.
+    chains: BTreeMap<(usize, usize), Chain>,
 }
 
 impl DeltaBase {
@@ -85,13 +79,27 @@ impl DeltaBase {
             ..Self::default()
         }
     }
+}
 
-    fn deltas(&self, part: usize) -> usize {
-        self.deltas.get(part).copied().unwrap_or(0)
-    }
+/// Where a partition's chain of deltas starts (see [`crate::dstream::tracked`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Chain {
+    /// The first snapshot of the last completed stripe cycle, where recovery starts reading;
+    /// `None`: none completed since the last whole state, which recovery starts from.
+    from: Option<u64>,
+    /// The first snapshot of the stripe cycle under way.
+    cycle: Option<u64>,
+}
 
-    fn entries(&self, part: usize) -> u64 {
-        self.entries.get(part).copied().unwrap_or(0)
+impl Chain {
+    /// Adds the delta of `batch`, whose stripe `begins` and `ends` a cycle.
+    fn add(&mut self, batch: u64, begins: bool, ends: bool) {
+        if begins {
+            self.cycle = Some(batch);
+        }
+        if ends {
+            self.from = self.cycle;
+        }
     }
 }
 
@@ -605,7 +613,7 @@ impl Job {
 
     /// The whole state of the given partitions, for a checkpoint after `batch`.
     pub(crate) fn snapshot_of(&self, batch: u64, parts: &[usize]) -> Result<Snapshot> {
-        let snapshot = self.encode_snapshot(batch, parts, None)?;
+        let (snapshot, _) = self.encode_snapshot(batch, parts, None)?;
         *lock_unpoisoned(&self.delta_base) = if parts.len() == self.graph.partitions {
             DeltaBase::at(batch)
         } else {
@@ -615,68 +623,60 @@ impl Job {
     }
 
     /// The state of every stateful operation for a checkpoint after `batch`: as deltas on the
-    /// snapshot taken before (for the states that record their changes), each partition
-    /// whole again in its turn. The caller writes it, and after a failed write restores from a
-    /// written snapshot (which sets where the next delta counts from) before it takes
-    /// another.
+    /// snapshot taken before (for the states that record their changes), or whole. The caller
+    /// writes it, and after a failed write restores from a written snapshot (which sets where
+    /// the next delta counts from) before it takes another.
     ///
-    /// Recovery reads a partition's chain back to its last whole state, so a chain is kept
-    /// short: a partition is written whole once every [`MAX_DELTAS`] snapshots, at a turn of
-    /// its own (partition `p` when the snapshots taken since the last whole one, plus `p`, are
-    /// a multiple of it), and as soon as its deltas hold as many entries as its state. The
-    /// partitions take turns so that no one snapshot encodes the whole state: the batch a
-    /// snapshot is taken at waits for its encoding, and a whole state costs a read of every
-    /// key.
+    /// A partition's state is written whole once, then as deltas, each carrying a stripe of
+    /// the whole state (see [`crate::dstream::tracked`]): recovery reads a chain of deltas from
+    /// the start of the last completed stripe cycle, never longer than two cycles, and no
+    /// snapshot after the first encodes a whole state. The batch a snapshot is taken at waits
+    /// for its encoding, and a whole state costs a read of every key.
     pub(crate) fn next_snapshot(&self, batch: u64) -> Result<Snapshot> {
         let parts: Vec<usize> = (0..self.graph.partitions).collect();
         let mut base = lock_unpoisoned(&self.delta_base);
         let Some(on) = base.batch else {
-            let snapshot = self.encode_snapshot(batch, &parts, None)?;
+            let (snapshot, _) = self.encode_snapshot(batch, &parts, None)?;
             *base = DeltaBase::at(batch);
             return Ok(snapshot);
         };
-        let taken = base.taken + 1;
-        let mut deltas = vec![0; parts.len()];
-        let mut entries = vec![0; parts.len()];
         let mut as_delta = std::collections::BTreeSet::new();
-        for &part in &parts {
-            let (mut changes, mut held, mut tracked) = (0u64, 0u64, false);
-            for (_, state) in &self.stateful {
-                if let Some(n) = state.changes(part) {
-                    tracked = true;
-                    changes += n as u64;
-                    held += state.entries(part) as u64;
+        for (op, (_, state)) in self.stateful.iter().enumerate() {
+            for &part in &parts {
+                if state.changes(part).is_some() {
+                    as_delta.insert((op, part));
                 }
             }
-            let turn = (taken + part as u64).is_multiple_of(MAX_DELTAS as u64);
-            let delta = tracked
-                && !turn
-                && base.deltas(part) + 1 < MAX_DELTAS
-                && base.entries(part) + changes < held;
-            if delta {
-                as_delta.insert(part);
-                deltas[part] = base.deltas(part) + 1;
-                entries[part] = base.entries(part) + changes;
-            }
         }
-        let snapshot = self.encode_snapshot(batch, &parts, Some((on, &as_delta)))?;
+        let (mut snapshot, stripes) = self.encode_snapshot(batch, &parts, Some((on, &as_delta)))?;
+        let mut chains = BTreeMap::new();
+        for (key @ (op, part), (begins, ends)) in stripes {
+            let mut chain = base.chains.get(&key).copied().unwrap_or_default();
+            chain.add(batch, begins, ends);
+            if let Some(from) = chain.from {
+                snapshot
+                    .from
+                    .insert((self.stateful[op].0.clone(), part), from);
+            }
+            chains.insert(key, chain);
+        }
         *base = DeltaBase {
             batch: Some(batch),
-            taken,
-            deltas,
-            entries,
+            chains,
         };
         Ok(snapshot)
     }
 
-    /// Encodes the state of `parts`: whole, or with `delta`, the partitions it names as
-    /// deltas on its snapshot for the states that record their changes.
+    /// Encodes the state of `parts`: whole, or with `delta`, the (operation, partition) pairs
+    /// it names as deltas on its snapshot. Returns the snapshot and, for each delta, whether
+    /// its stripe begins and ends a cycle.
+    #[allow(clippy::type_complexity)]
     fn encode_snapshot(
         &self,
         batch: u64,
         parts: &[usize],
-        delta: Option<(u64, &std::collections::BTreeSet<usize>)>,
-    ) -> Result<Snapshot> {
+        delta: Option<(u64, &std::collections::BTreeSet<(usize, usize)>)>,
+    ) -> Result<(Snapshot, Vec<((usize, usize), (bool, bool))>)> {
         let mut snapshot = Snapshot {
             batch,
             layout: Some(self.state_layout()),
@@ -686,7 +686,8 @@ impl Job {
         // Every partition of every operation at once, on the task threads: the loop waits
         // for the encoding, so it takes all the cores the batches take.
         let stateful = &self.stateful;
-        let encoded: Vec<((usize, usize), bool, Vec<u8>)> = self.executor.install(|| {
+        type Encoded = ((usize, usize), Option<(bool, bool)>, Vec<u8>);
+        let encoded: Vec<Encoded> = self.executor.install(|| {
             let pairs: Vec<(usize, usize)> = (0..stateful.len())
                 .flat_map(|op| parts.iter().map(move |&part| (op, part)))
                 .collect();
@@ -694,23 +695,23 @@ impl Job {
                 .into_par_iter()
                 .map(|(op, part)| {
                     let state = &stateful[op].1;
-                    let delta = delta.is_some_and(|(_, parts)| parts.contains(&part))
-                        && state.changes(part).is_some();
-                    let bytes = if delta {
-                        state.delta(part)?
+                    if delta.is_some_and(|(_, pairs)| pairs.contains(&(op, part))) {
+                        let d = state.delta(part)?;
+                        Ok(((op, part), Some((d.begins, d.ends)), d.bytes))
                     } else {
-                        state.snapshot(part)?
-                    };
-                    Ok(((op, part), delta, bytes))
+                        Ok(((op, part), None, state.snapshot(part)?))
+                    }
                 })
                 .collect::<Result<_>>()
         })?;
         let mut bytes = vec![0u64; self.stateful.len()];
-        for ((op, part), delta, state) in encoded {
+        let mut stripes = Vec::new();
+        for ((op, part), stripe, state) in encoded {
             bytes[op] += state.len() as u64;
             let key = (self.stateful[op].0.clone(), part);
-            if delta {
+            if let Some(stripe) = stripe {
                 snapshot.deltas.insert(key.clone());
+                stripes.push(((op, part), stripe));
             }
             snapshot.parts.insert(key, state);
         }
@@ -722,7 +723,7 @@ impl Job {
                 }
             }
         }
-        Ok(snapshot)
+        Ok((snapshot, stripes))
     }
 
     /// Replaces all state with a snapshot's (or empties it).
@@ -733,16 +734,21 @@ impl Job {
         let layout = self.state_layout();
         *lock_unpoisoned(&self.delta_base) = match snapshot {
             Some(saved) if saved.layout.as_ref().is_none_or(|l| *l == layout) => {
-                let mut deltas = vec![0; self.graph.partitions];
-                for ((_, part), chain) in &saved.parts {
-                    if let Some(d) = deltas.get_mut(*part) {
-                        *d = (*d).max(chain.len().saturating_sub(1));
+                // A chain that starts at a stripe cycle goes on from there; the next cycle
+                // starts afresh (a state restored has its stripe cursor at the start).
+                let mut chains = BTreeMap::new();
+                for ((name, part), &from) in &saved.from {
+                    if let Some(op) = self.stateful.iter().position(|(n, _)| n == name) {
+                        let chain = Chain {
+                            from: Some(from),
+                            ..Chain::default()
+                        };
+                        chains.insert((op, *part), chain);
                     }
                 }
                 DeltaBase {
                     batch: Some(saved.batch),
-                    deltas,
-                    ..DeltaBase::default()
+                    chains,
                 }
             }
             _ => DeltaBase::default(),
@@ -945,13 +951,13 @@ mod tests {
     }
 
     /// Snapshots taken as deltas on the ones before read back, through their chain, as the
-    /// state each partition held, entries and order alike; and the deltas give way to a whole
-    /// snapshot before they outgrow the state.
+    /// state each partition held, entries and order alike: from the whole snapshot at first,
+    /// then from the start of a completed stripe cycle.
     #[test]
     fn delta_snapshots_restore_the_state_in_its_order() -> Result<()> {
         // 300 keys at first, then 15 records a batch: some keys leave (a multiple of 5),
         // come back, and from batch 21 on the untouched ones time out.
-        let input: Vec<Vec<(String, i64)>> = (1..=24u64)
+        let input: Vec<Vec<(String, i64)>> = (1..=40u64)
             .map(|b| {
                 if b == 1 {
                     return (0..300).map(|i| (format!("k{i}"), 1)).collect();
@@ -975,7 +981,8 @@ mod tests {
         // The same batches without snapshots, whose whole state is the reference.
         let mut reference = churning_job(&input)?;
         let mut kinds = Vec::new();
-        for batch in 1..=24 {
+        let mut from_cycles = Vec::new();
+        for batch in 1..=40 {
             job.run_batches(1)?;
             reference.run_batches(1)?;
             if batch % 2 != 0 {
@@ -990,10 +997,13 @@ mod tests {
             ckpt.write_snapshot(&snapshot)?;
             let saved = ckpt.snapshot_at(batch)?;
             assert!(
-                saved.depth < MAX_DELTAS,
+                saved.depth < 2 * crate::dstream::tracked::STRIPES,
                 "batch {batch}: a chain of {}",
                 saved.depth
             );
+            if !saved.from.is_empty() {
+                from_cycles.push(batch);
+            }
             let restored = churning_job(&[])?;
             restored.restore(Some(&saved))?;
             assert_eq!(
@@ -1003,12 +1013,15 @@ mod tests {
             );
         }
         let kinds: String = kinds.into_iter().collect();
-        // Whole once; then deltas, each partition whole again in its own turn (a snapshot of
-        // whole and delta files, read back as both), never all at once.
+        // Whole once; then deltas, never whole again (each delta carries a stripe of the
+        // whole state), and read back from a completed stripe cycle once one completed.
         assert!(kinds.starts_with("WD"), "{kinds}");
         assert!(!kinds[1..].contains('W'), "all whole again: {kinds}");
-        assert!(kinds.matches('M').count() >= 2, "{kinds}");
-        assert!(kinds.contains("DDD"), "{kinds}");
+        assert!(kinds.contains("DDDD"), "{kinds}");
+        assert!(
+            from_cycles.len() >= 4,
+            "chains from a cycle at {from_cycles:?}"
+        );
         Ok(())
     }
 

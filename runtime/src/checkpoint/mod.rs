@@ -161,10 +161,16 @@ pub struct StateFile {
     pub len: u64,
     pub crc32: u32,
     /// The file holds the partition's changes since the manifest's base snapshot, not its
-    /// whole state. Such files end in `.delta`, so that a binary from before deltas finds the
-    /// key unknown and falls back to an older snapshot rather than misreading one.
+    /// whole state. Such files end in `.stripe` (`.delta` before deltas carried stripes), so
+    /// that a binary from before finds the key unknown and falls back to an older snapshot
+    /// rather than misreading one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delta: bool,
+    /// For a delta that carries a stripe: the snapshot its chain starts at, the first of its
+    /// last completed stripe cycle (see `dstream::tracked`). Absent: the chain goes back to
+    /// the partition's last whole state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
 }
 
 /// State of every stateful operation and partition at the end of a batch, as it is written.
@@ -180,6 +186,9 @@ pub struct Snapshot {
     pub base: Option<u64>,
     /// The parts that hold the changes since `base` rather than the whole state.
     pub deltas: BTreeSet<(String, usize)>,
+    /// Of those, the ones whose chain starts at the first delta of a stripe cycle, with that
+    /// snapshot's batch (see [`StateFile::from`]).
+    pub from: BTreeMap<(String, usize), u64>,
 }
 
 /// A snapshot read back: every partition's state as the chain of encodings that gives it.
@@ -187,8 +196,13 @@ pub struct Snapshot {
 pub struct SavedState {
     pub batch: u64,
     /// By (operation name, partition): the whole state of this snapshot or an earlier one,
-    /// then the delta of each snapshot after that one up to this one, oldest first.
+    /// then the delta of each snapshot after that one up to this one, oldest first; or, for a
+    /// chain that starts at a stripe cycle, an empty item and then the deltas from the cycle's
+    /// first on (see `dstream::tracked::decode_chain`).
     pub parts: BTreeMap<(String, usize), Vec<Vec<u8>>>,
+    /// The chains that start at a stripe cycle, with its first snapshot's batch: where the
+    /// deltas written on this snapshot start theirs until another cycle completes.
+    pub from: BTreeMap<(String, usize), u64>,
     /// As [`Snapshot::layout`]; every snapshot of a chain has the same.
     pub layout: Option<StateLayout>,
     /// The most deltas any partition's chain holds.
@@ -218,7 +232,8 @@ pub(crate) fn state_file_part(batch: u64, key: &str) -> Option<(String, usize)> 
     let (op, file) = rest.rsplit_once('/')?;
     let stem = file
         .strip_suffix(".bin")
-        .or_else(|| file.strip_suffix(".delta"))?;
+        .or_else(|| file.strip_suffix(".delta"))
+        .or_else(|| file.strip_suffix(".stripe"))?;
     let part = stem.split('.').next()?.parse().ok()?;
     Some((op.to_string(), part))
 }
@@ -233,7 +248,7 @@ fn manifest_files(manifest: &Manifest) -> Result<PartFiles> {
     let mut files = BTreeMap::new();
     for file in &manifest.files {
         let part = state_file_part(manifest.batch, &file.key)
-            .filter(|_| file.delta == file.key.ends_with(".delta"))
+            .filter(|_| file.delta != file.key.ends_with(".bin"))
             .ok_or_else(|| Error::Checkpoint(format!("bad state key {}", file.key)))?;
         if let Some(twice) = files.insert(part, file.clone()) {
             let (op, part) = state_file_part(manifest.batch, &twice.key).unwrap_or_default();
@@ -243,6 +258,40 @@ fn manifest_files(manifest: &Manifest) -> Result<PartFiles> {
         }
     }
     Ok(files)
+}
+
+/// The oldest snapshot that a chain of `manifest`'s files reads, through the manifests of
+/// `complete`: back to each partition's whole state, or to the start of its stripe cycle. A
+/// chain broken by a missing manifest or file stops where it breaks (recovery skips such a
+/// snapshot; nothing below the break is read).
+fn chain_floor(manifest: &Manifest, complete: &BTreeMap<u64, Manifest>) -> u64 {
+    let mut floor = manifest.batch;
+    for file in &manifest.files {
+        let Some(part) = state_file_part(manifest.batch, &file.key) else {
+            continue;
+        };
+        let from = file.from.filter(|_| file.delta);
+        let (mut at, mut delta) = (manifest, file.delta);
+        while delta && from.is_none_or(|from| at.batch > from) {
+            let Some(older) = at
+                .base
+                .filter(|&b| b < at.batch)
+                .and_then(|b| complete.get(&b))
+            else {
+                break;
+            };
+            let Some(older_file) = older
+                .files
+                .iter()
+                .find(|f| state_file_part(older.batch, &f.key).as_ref() == Some(&part))
+            else {
+                break;
+            };
+            (at, delta) = (older, older_file.delta);
+        }
+        floor = floor.min(at.batch);
+    }
+    floor
 }
 
 /// What a write to the offset or commit log did: log entries are written once, by the first
@@ -734,7 +783,19 @@ impl Checkpointer {
         let mut files = Vec::new();
         for ((name, part), bytes) in &snapshot.parts {
             let delta = snapshot.deltas.contains(&(name.clone(), *part));
-            let suffix = if delta { "delta" } else { "bin" };
+            let from = snapshot.from.get(&(name.clone(), *part)).copied();
+            match from {
+                Some(from) if !delta || from > snapshot.batch => {
+                    return Err(Error::Internal(format!(
+                        "the snapshot of batch {} starts the chain of {name} partition {part} at batch {from}",
+                        snapshot.batch
+                    )));
+                }
+                _ => {}
+            }
+            // Deltas are written with stripes (`sluice-delta-v3`): a binary from before
+            // stripes finds the key unknown, as one from before deltas does `.delta`.
+            let suffix = if delta { "stripe" } else { "bin" };
             let key = format!("{dir}/{name}/{part}.{}{write:x}.{suffix}", self.writer);
             self.store.put(&key, bytes)?;
             files.push(StateFile {
@@ -742,6 +803,7 @@ impl Checkpointer {
                 len: bytes.len() as u64,
                 crc32: crc32fast::hash(bytes),
                 delta,
+                from,
             });
         }
         Ok(files)
@@ -862,6 +924,7 @@ impl Checkpointer {
         let mut saved = SavedState {
             batch: manifest.batch,
             parts: BTreeMap::new(),
+            from: BTreeMap::new(),
             layout,
             depth: 0,
         };
@@ -875,9 +938,12 @@ impl Checkpointer {
             if !wanted(part_key.1) {
                 continue;
             }
+            // Back to a whole state, or to the start of the file's stripe cycle.
+            let from = file.from.filter(|_| file.delta);
             let mut files = vec![file];
             let mut at = 0;
-            while files.last().is_some_and(|f| f.delta) {
+            let mut oldest = manifest.batch;
+            while files.last().is_some_and(|f| f.delta) && from.is_none_or(|from| oldest > from) {
                 if at == chain.len() {
                     let above = chain.last().map_or(&manifest, |(m, _)| m);
                     let next = self.base_manifest(above)?;
@@ -894,18 +960,32 @@ impl Checkpointer {
                         part_key.1
                     ))
                 })?;
+                oldest = older.batch;
                 files.push(file);
             }
             saved.depth = saved.depth.max(files.len() - 1);
             files.reverse();
+            if let Some(from) = from {
+                if oldest != from && files.first().is_some_and(|f| f.delta) {
+                    return Err(Error::Checkpoint(format!(
+                        "state/{name} starts the chain of {} partition {} at batch {from}, which its snapshots do not go through",
+                        part_key.0, part_key.1
+                    )));
+                }
+                saved.from.insert(part_key.clone(), from);
+            }
             plan.push((part_key, files));
         }
         let all: Vec<&StateFile> = plan.iter().flat_map(|(_, files)| files).collect();
         let mut read = self.read_state_files(&all)?.into_iter();
         for (part_key, files) in plan {
-            saved
-                .parts
-                .insert(part_key, read.by_ref().take(files.len()).collect());
+            // A chain that starts at a delta starts at a stripe cycle, onto unknown entries.
+            let mut chain: Vec<Vec<u8>> = Vec::with_capacity(files.len() + 1);
+            if files.first().is_some_and(|f| f.delta) {
+                chain.push(Vec::new());
+            }
+            chain.extend(read.by_ref().take(files.len()));
+            saved.parts.insert(part_key, chain);
         }
         Ok(saved)
     }
@@ -1009,16 +1089,16 @@ impl Checkpointer {
     /// they hold the source positions to resume at).
     pub fn prune(&self) -> Result<()> {
         let names = self.store.list("state")?;
-        // Complete snapshots (their manifests read), oldest first, with their bases.
-        let complete: Vec<(u64, Option<u64>)> = names
+        // Complete snapshots (their manifests read), oldest first.
+        let complete: BTreeMap<u64, Manifest> = names
             .iter()
             .filter_map(|n| parse_batch(n))
-            .filter_map(|b| Some((b, self.read_manifest(b).ok().flatten()?.base)))
+            .filter_map(|b| Some((b, self.read_manifest(b).ok().flatten()?)))
             .collect();
         // The state log serves recovery from the newest snapshot only (from an older one,
         // after damage, its batches are recomputed instead): it is the bulk of what a job
         // writes, so it goes as soon as a snapshot covers it.
-        if let Some(&(newest, _)) = complete.last() {
+        if let Some(&newest) = complete.keys().next_back() {
             let covered: Vec<String> = self
                 .state_log()?
                 .into_iter()
@@ -1030,17 +1110,13 @@ impl Checkpointer {
         if complete.len() <= self.retain {
             return Ok(());
         }
-        let bases: BTreeMap<u64, Option<u64>> = complete.iter().copied().collect();
-        // The oldest kept snapshot, and below it any that a kept one builds on: a binary from
-        // before deltas falls back to those and replays the logs from there.
-        let mut floor = complete[complete.len() - self.retain].0;
-        for &(_, base) in &complete[complete.len() - self.retain..] {
-            let mut below = base;
-            while let Some(b) = below {
-                floor = floor.min(b);
-                below = bases.get(&b).copied().flatten().filter(|&older| older < b);
-            }
-        }
+        // The oldest kept snapshot, and below it the oldest that a kept one's chains read.
+        let kept: Vec<&Manifest> = complete.values().rev().take(self.retain).collect();
+        let floor = kept
+            .iter()
+            .map(|m| chain_floor(m, &complete))
+            .min()
+            .unwrap_or(0);
         for name in &names {
             if parse_batch(name).is_some_and(|b| b < floor) {
                 self.store.delete(&format!("state/{name}"))?;
@@ -1158,6 +1234,7 @@ mod tests {
             len: bytes.len() as u64,
             crc32: crc32fast::hash(bytes),
             delta: false,
+            from: None,
         };
         c.write_manifest(5, vec![file], None, None)
             .expect("manifest");
@@ -1202,7 +1279,7 @@ mod tests {
             manifest
                 .files
                 .iter()
-                .any(|f| f.delta && f.key.ends_with(".delta"))
+                .any(|f| f.delta && f.key.ends_with(".stripe"))
         );
         // A delta without its base cannot be read: recovery falls back past it.
         c.store
@@ -1245,6 +1322,56 @@ mod tests {
         assert_eq!(c.snapshot_batches().expect("list"), vec![6, 5]);
         assert!(c.read_offsets(4).expect("read").is_none());
         assert_eq!(c.snapshot_at(6).expect("read").depth, 1);
+    }
+
+    /// Partitions written whole in turns, then deltas with stripes: every snapshot has a
+    /// delta, so following the manifests' bases would keep every snapshot; each file's chain
+    /// reads only back to its whole state or its stripe cycle's start.
+    #[test]
+    fn prune_keeps_what_each_partitions_chain_reads_and_no_more() {
+        let c = Checkpointer::new(Box::new(MemoryStore::default()), 1, 2);
+        let op = |part| ("000-state".to_string(), part);
+        let write = |snapshot: &Snapshot| {
+            c.write_offsets(&offsets(snapshot.batch, 1))
+                .expect("offsets");
+            c.write_snapshot(snapshot).expect("snapshot");
+            c.prune().expect("prune");
+        };
+        write(&partial(1, None, &[]));
+        // Turns: one partition whole, the other a delta on the snapshot before.
+        for b in 2..=5 {
+            write(&partial(b, Some(b - 1), &[(b % 2) as usize]));
+        }
+        assert_eq!(c.snapshot_batches().expect("list"), vec![5, 4, 3]);
+        assert_eq!(c.snapshot_at(5).expect("read").depth, 1);
+        // Deltas whose chains start at a stripe cycle: 6 to 7, then 7 to 8.
+        let striped = |batch: u64, from: u64| {
+            let mut s = partial(batch, Some(batch - 1), &[0, 1]);
+            s.from = [(op(0), from), (op(1), from)].into();
+            s
+        };
+        write(&striped(6, 6));
+        write(&striped(7, 6));
+        write(&striped(8, 7));
+        assert_eq!(c.snapshot_batches().expect("list"), vec![8, 7, 6]);
+        let read = c.snapshot_at(7).expect("read");
+        assert_eq!(read.parts[&op(0)], vec![vec![], vec![6, 0], vec![7, 0]]);
+        assert_eq!(read.from, [(op(0), 6), (op(1), 6)].into());
+        assert_eq!(read.depth, 1);
+        // A chain that does not go through the snapshot it starts at is damaged.
+        let mut skipped = striped(10, 9);
+        skipped.base = Some(8);
+        write(&skipped);
+        let err = c.snapshot_at(10).expect_err("passes batch 9");
+        assert!(
+            matches!(&err, Error::Checkpoint(m) if m.contains("at batch 9")),
+            "{err}"
+        );
+        // A stripe cycle's start is a delta's, and never later than the delta.
+        let mut whole = partial(11, Some(10), &[]);
+        whole.from = [(op(0), 11)].into();
+        assert!(c.write_state_files(&whole).is_err());
+        assert!(c.write_state_files(&striped(11, 12)).is_err());
     }
 
     #[test]

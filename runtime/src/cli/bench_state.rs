@@ -4,8 +4,8 @@
 //! 1. **load and steady**: the first batches bring `--keys` new keys (a million a batch), the
 //!    next ones each touch `--touched` keys drawn uniformly from all of them; `--snapshots`
 //!    snapshots [`SNAPSHOT_EVERY`] batches apart, from the first batch after the load: the
-//!    first whole, the next ones deltas on it (the keys touched since), each partition whole
-//!    again in its turn. Printed: resident memory per key, each
+//!    first whole, the next ones deltas on it (the keys touched since), each carrying a stripe
+//!    of the whole state. Printed: resident memory per key, each
 //!    snapshot's kind and size, their time, and what each adds to the batches it overlaps (the
 //!    wall time between batches, back to back).
 //! 2. **recovery**: a new job on the same checkpoint runs one batch; printed: the time from
@@ -288,18 +288,25 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
     let snapshot = ckpt.snapshot_at(newest).map_err(|e| e.to_string())?;
     let read = read_started.elapsed();
     let (bytes, depth) = (snapshot.bytes(), snapshot.depth);
+    // A chain from a stripe cycle starts with an empty item, not a file.
+    let read_files = snapshot.parts.values().flatten().filter(|f| !f.is_empty());
+    let (read_files, cycles) = (read_files.count(), snapshot.from.len());
+    let chains = snapshot.parts.len();
     drop(snapshot);
     println!(
-        "snapshots: {} on average from a batch to its manifest written ({snaps} snapshots); the newest (batch {newest}) read back in {:.0} ms: {:.0} MB, a whole state and {depth} deltas",
+        "snapshots: {} on average from a batch to its manifest written ({snaps} snapshots); the newest (batch {newest}) read back in {:.0} ms: {:.0} MB in {read_files} files ({cycles} of {chains} partitions from a stripe cycle, the rest from a whole state; the longest chain {} files)",
         secs(Duration::from_secs_f64(snap_secs / snaps.max(1) as f64)),
         read.as_secs_f64() * 1e3,
         bytes as f64 / 1e6,
+        depth + 1,
     );
     println!(
         "steady batches ({} keys touched): median {:.1} ms apart without a snapshot",
         args.touched,
         median.as_secs_f64() * 1e3
     );
+    // What each delta adds over the batches it overlaps, for their median.
+    let mut delta_shares = Vec::new();
     for s in &snapshot_batches {
         let around: Vec<String> = gaps
             .iter()
@@ -326,16 +333,29 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
                 bytes as f64 / args.keys as f64
             )
         });
+        let share = extra.as_secs_f64() / (median.as_secs_f64() * around.len() as f64).max(1e-9);
+        if !around.is_empty() && files.as_ref().is_some_and(|f| f.iter().any(|f| f.delta)) {
+            delta_shares.push(share);
+        }
         if !around.is_empty() {
             println!(
                 "  snapshot of batch {s} ({written}): {} ; {:.0} ms more than {} quiet batches ({:+.0} % over them)",
                 around.join(", "),
                 extra.as_secs_f64() * 1e3,
                 around.len(),
-                extra.as_secs_f64() / (median.as_secs_f64() * around.len() as f64).max(1e-9)
-                    * 100.0
+                share * 100.0
             );
         }
+    }
+    if !delta_shares.is_empty() {
+        delta_shares.sort_by(f64::total_cmp);
+        println!(
+            "deltas: median {:+.0} % over the batches each overlaps ({} deltas, from {:+.0} to {:+.0} %)",
+            delta_shares[delta_shares.len() / 2] * 100.0,
+            delta_shares.len(),
+            delta_shares[0] * 100.0,
+            delta_shares[delta_shares.len() - 1] * 100.0
+        );
     }
 
     // 2. Recovery: a new job on the same checkpoint, one batch.

@@ -399,6 +399,7 @@ mod tests {
             len: 1,
             crc32: 0,
             delta: false,
+            from: None,
         }
     }
 

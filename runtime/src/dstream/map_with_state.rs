@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::shuffle::{read_grouped, shuffle_by_key};
 use super::timers::Timers;
-use super::tracked::{Tracked, decode_chain, keyed_share};
+use super::tracked::{EncodedDelta, Tracked, decode_chain, keyed_share};
 use super::{Compute, DStream, Stateful};
 use crate::data::{Data, Key, KeyMap};
 use crate::error::{Error, Result};
@@ -229,7 +229,7 @@ impl<K: Key, V: Data, S: Data, U: Data> Stateful for MapState<K, V, S, U> {
         Some(lock_unpoisoned(&self.parts[part]).changes())
     }
 
-    fn delta(&self, part: usize) -> Result<Vec<u8>> {
+    fn delta(&self, part: usize) -> Result<EncodedDelta> {
         lock_unpoisoned(&self.parts[part]).encode_delta()
     }
 

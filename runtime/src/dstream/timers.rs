@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use super::tracked::{Tracked, decode_chain, keyed_share};
+use super::tracked::{EncodedDelta, Tracked, decode_chain, keyed_share};
 use crate::data::Key;
 use crate::error::Result;
 use crate::exec::lock_unpoisoned;
@@ -142,7 +142,7 @@ impl<K: Key> Stateful for Timers<K> {
         Some(lock_unpoisoned(&self.parts[part]).due.changes())
     }
 
-    fn delta(&self, part: usize) -> Result<Vec<u8>> {
+    fn delta(&self, part: usize) -> Result<EncodedDelta> {
         lock_unpoisoned(&self.parts[part]).due.encode_delta()
     }
 
@@ -216,7 +216,7 @@ mod tests {
         let whole = t.due.encode_whole().unwrap();
         t.set(&"a".to_string(), None);
         t.set(&"e".to_string(), Some(10));
-        let delta = t.due.encode_delta().unwrap();
+        let delta = t.due.encode_delta().unwrap().bytes;
         let stored = Timers::<String>::new(1);
         stored.restore(0, &[whole, delta]).unwrap();
         let mut restored = stored

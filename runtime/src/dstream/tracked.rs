@@ -24,6 +24,18 @@
 //! sequential pass: the changes in the order they were made, a position more than once if it
 //! changed more than once. Applied in order, they give the same state. The log is bounded (a
 //! quarter of the state); past that it is dropped and the delta is read from the map.
+//!
+//! Recovery reads a partition's chain of deltas back to where its whole state is, so the whole
+//! state must be written again from time to time; written at once, it held up the batch it was
+//! taken at (a read of every entry, and tens of megabytes for the writer). Instead, each delta
+//! also carries a stripe: the entries at the next [`STRIPES`]th of the positions, in order, so
+//! that in [`STRIPES`] snapshots (a cycle) every position has been written whole once. A chain
+//! then starts at the first delta of the last completed cycle rather than at a whole state:
+//! read from there onto unknown entries, its changes fill what they give whole, a value alone
+//! for an entry still unknown waits for its stripe (which holds the value at its own snapshot),
+//! and by the chain's end every entry is known. A stripe holds at least half as many entries
+//! as its delta holds changes, so a state that changes fast has shorter cycles, and a chain
+//! never holds many times the state.
 
 use fixedbitset::FixedBitSet;
 use serde::de::DeserializeOwned;
@@ -46,9 +58,30 @@ enum Change<K, V> {
 /// changed position's whole entry: [`LegacyDelta`].
 const DELTA_MAGIC: &[u8] = b"sluice-delta-v2\n";
 
+/// What starts a delta that carries a stripe (see the module's documentation): the delta,
+/// then the first position of its stripe and the stripe's entries.
+const STRIPED_MAGIC: &[u8] = b"sluice-delta-v3\n";
+
 /// A delta after [`DELTA_MAGIC`]: the state's length, then each changed position and what
 /// changed there.
 type Delta<K, V> = (u64, Vec<(u64, Change<K, V>)>);
+
+/// A delta after [`STRIPED_MAGIC`]: as [`Delta`], then the stripe's first position and its
+/// entries.
+type StripedDelta<K, V> = (u64, Vec<(u64, Change<K, V>)>, u64, Vec<(K, V)>);
+
+/// Snapshots in a stripe cycle: every position is written whole once in this many deltas.
+/// Recovery reads a chain of this many deltas to twice as many, and each delta writes this
+/// share of the state besides its changes.
+pub(crate) const STRIPES: usize = 16;
+
+/// The fewest entries a stripe holds (but for the last of a state): a small state is written
+/// whole in a delta or two. The unit tests' states are small, and their cycles take several
+/// deltas only with small stripes.
+#[cfg(not(test))]
+const MIN_STRIPE: usize = 1024;
+#[cfg(test)]
+const MIN_STRIPE: usize = 8;
 
 /// A delta as written before [`DELTA_MAGIC`]: the state's length, then each changed position
 /// and its entry.
@@ -72,6 +105,26 @@ pub(crate) struct Tracked<K, V> {
     changed: FixedBitSet,
     /// Of those, the positions that took another key.
     rekeyed: FixedBitSet,
+    /// Where the next delta's stripe starts.
+    stripe: StripeCursor,
+}
+
+/// Where a stripe cycle stands: the next stripe's first position, and the stripes the cycle
+/// has written so far.
+#[derive(Clone, Copy, Debug, Default)]
+struct StripeCursor {
+    at: usize,
+    taken: usize,
+}
+
+/// A delta's bytes, and where its stripe stands in its cycle.
+pub(crate) struct EncodedDelta {
+    pub bytes: Vec<u8>,
+    /// Its stripe starts a cycle (at the first position).
+    pub begins: bool,
+    /// Its stripe reaches the last position: with those since the cycle began, every position
+    /// was written whole.
+    pub ends: bool,
 }
 
 impl<K, V> Default for Tracked<K, V> {
@@ -81,6 +134,7 @@ impl<K, V> Default for Tracked<K, V> {
             changed: FixedBitSet::new(),
             rekeyed: FixedBitSet::new(),
             log: Some(Vec::new()),
+            stripe: StripeCursor::default(),
         }
     }
 }
@@ -186,6 +240,7 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
     pub fn encode_whole(&mut self) -> Result<Vec<u8>> {
         use rayon::prelude::*;
         self.clear_marks();
+        self.stripe = StripeCursor::default();
         let failed = |e: postcard::Error| Error::Internal(format!("cannot serialize state: {e}"));
         let len = self.map.len();
         if len <= ENCODE_CHUNK {
@@ -241,17 +296,21 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
         Ok(bytes)
     }
 
-    /// The changes since the last snapshot (whole or delta), encoded; from now on changes
-    /// count from here.
-    pub fn encode_delta(&mut self) -> Result<Vec<u8>> {
+    /// The changes since the last snapshot (whole or delta) and the next stripe, encoded; from
+    /// now on changes count from here.
+    pub fn encode_delta(&mut self) -> Result<EncodedDelta> {
         let len = self.map.len();
+        let (range, begins, ends) = self.next_stripe(self.changes());
+        // The range is within the map, so `get_range` always gives its entries.
+        let stripe = crate::data::Seq(self.map.get_range(range.clone()).unwrap_or_default().iter());
+        let at = range.start as u64;
         let bytes = match &self.log {
             Some(log) => {
                 // A change past the end was dropped by a later removal, and nothing read it
                 // since: a move into a lower position is logged with its key.
                 let changes: Vec<&(u64, Change<K, V>)> =
                     log.iter().filter(|(at, _)| *at < len as u64).collect();
-                postcard::to_extend(&(len as u64, changes), DELTA_MAGIC.to_vec())
+                postcard::to_extend(&(len as u64, changes, at, stripe), STRIPED_MAGIC.to_vec())
             }
             None => {
                 // The values are copied out first, then written. Each copy reads memory
@@ -273,11 +332,42 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
                         Some((at as u64, change))
                     })
                     .collect();
-                postcard::to_extend(&(len as u64, changes), DELTA_MAGIC.to_vec())
+                postcard::to_extend(&(len as u64, changes, at, stripe), STRIPED_MAGIC.to_vec())
             }
         };
         self.clear_marks();
-        bytes.map_err(|e| Error::Internal(format!("cannot serialize a state delta: {e}")))
+        let bytes =
+            bytes.map_err(|e| Error::Internal(format!("cannot serialize a state delta: {e}")))?;
+        Ok(EncodedDelta {
+            bytes,
+            begins,
+            ends,
+        })
+    }
+
+    /// The positions of the next delta's stripe, whether it begins a cycle and whether it
+    /// ends one; moves the cursor past it. The stripes left in a cycle share what is left of
+    /// the state, so a cycle ends in [`STRIPES`] deltas even while the state grows; and a
+    /// stripe holds at least half as many entries as the delta holds `changes`, so that the
+    /// changes a cycle's deltas hold stay under twice the state (a chain is read whole at
+    /// recovery, and a state whose keys all change often is cheaper read whole).
+    fn next_stripe(&mut self, changes: usize) -> (std::ops::Range<usize>, bool, bool) {
+        let len = self.map.len();
+        let StripeCursor { at, taken } = self.stripe;
+        let at = at.min(len);
+        let left = STRIPES.saturating_sub(taken).max(1);
+        let share = (len - at).div_ceil(left).max(MIN_STRIPE).max(changes / 2);
+        let end = at + share.min(len - at);
+        let ends = end == len;
+        self.stripe = if ends {
+            StripeCursor::default()
+        } else {
+            StripeCursor {
+                at: end,
+                taken: taken + 1,
+            }
+        };
+        (at..end, taken == 0, ends)
     }
 
     /// Replaces the state with `entries`, in their order; changes count from here.
@@ -291,73 +381,113 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
         }
         self.map = map;
         self.clear_marks();
+        self.stripe = StripeCursor::default();
         Ok(())
     }
 }
 
-/// The entries of a partition from its snapshot chain: the whole state of a snapshot, then the
-/// delta of each snapshot after it up to the one read, oldest first. An empty chain is an empty
-/// state.
+/// The entries of a partition from its snapshot chain, oldest first: the whole state of a
+/// snapshot, then the delta of each snapshot after it up to the one read; or an empty first
+/// item (never a whole state's encoding, which holds at least its length), then the deltas
+/// from the first of a completed stripe cycle on (see the module's documentation). An empty
+/// chain is an empty state.
 pub(crate) fn decode_chain<K: DeserializeOwned, V: DeserializeOwned>(
     chain: &[Vec<u8>],
     what: &str,
 ) -> Result<Vec<(K, V)>> {
     let unreadable = |e: postcard::Error| Error::Checkpoint(format!("{what} is unreadable: {e}"));
-    let Some((whole, deltas)) = chain.split_first() else {
+    let Some((first, deltas)) = chain.split_first() else {
         return Ok(Vec::new());
     };
-    let mut entries: Vec<(K, V)> = postcard::from_bytes(whole).map_err(unreadable)?;
+    let striped = first.is_empty();
+    let mut slots: Vec<Option<(K, V)>> = if striped {
+        Vec::new()
+    } else {
+        let whole: Vec<(K, V)> = postcard::from_bytes(first).map_err(unreadable)?;
+        whole.into_iter().map(Some).collect()
+    };
     for delta in deltas {
-        let (len, changed): Delta<K, V> = match delta.strip_prefix(DELTA_MAGIC) {
-            Some(body) => postcard::from_bytes(body).map_err(unreadable)?,
-            None => {
-                let (len, changed): LegacyDelta<(K, V)> =
-                    postcard::from_bytes(delta).map_err(unreadable)?;
-                let changed = changed
-                    .into_iter()
-                    .map(|(at, (k, v))| (at, Change::Entry(k, v)))
-                    .collect();
-                (len, changed)
-            }
-        };
-        apply(&mut entries, len, changed)
+        let (len, changed, stripe) = read_delta(delta).map_err(unreadable)?;
+        apply(&mut slots, len, changed, stripe, striped)
             .map_err(|why| Error::Checkpoint(format!("a delta of {what} {why}")))?;
     }
-    Ok(entries)
+    let len = slots.len();
+    slots
+        .into_iter()
+        .enumerate()
+        .map(|(at, slot)| {
+            slot.ok_or_else(|| {
+                Error::Checkpoint(format!(
+                    "the chain of {what} leaves position {at} of {len} unknown"
+                ))
+            })
+        })
+        .collect()
 }
 
-/// Applies one delta: the state cut to `len` entries, then each changed position, in order;
-/// positions past the old end come in order and leave no gap, and a value alone goes only
-/// where an entry is.
+/// A delta's length, changes and stripe (its first position and entries), in whichever format
+/// it was written.
+#[allow(clippy::type_complexity)]
+fn read_delta<K: DeserializeOwned, V: DeserializeOwned>(
+    delta: &[u8],
+) -> postcard::Result<(u64, Vec<(u64, Change<K, V>)>, Option<(u64, Vec<(K, V)>)>)> {
+    if let Some(body) = delta.strip_prefix(STRIPED_MAGIC) {
+        let (len, changed, at, stripe): StripedDelta<K, V> = postcard::from_bytes(body)?;
+        return Ok((len, changed, Some((at, stripe))));
+    }
+    if let Some(body) = delta.strip_prefix(DELTA_MAGIC) {
+        let (len, changed): Delta<K, V> = postcard::from_bytes(body)?;
+        return Ok((len, changed, None));
+    }
+    let (len, changed): LegacyDelta<(K, V)> = postcard::from_bytes(delta)?;
+    let changed = changed
+        .into_iter()
+        .map(|(at, (k, v))| (at, Change::Entry(k, v)))
+        .collect();
+    Ok((len, changed, None))
+}
+
+/// Applies one delta to the entries (`None`: not known yet, in a chain that starts at a stripe
+/// cycle): the state cut or grown to `len`, each changed position in order, then the stripe.
+/// In a chain from a whole state (`striped` false) every entry is known, so positions past the
+/// old end must be given whole and a value alone goes only where an entry is.
 fn apply<K, V>(
-    entries: &mut Vec<(K, V)>,
+    slots: &mut Vec<Option<(K, V)>>,
     len: u64,
     changed: Vec<(u64, Change<K, V>)>,
+    stripe: Option<(u64, Vec<(K, V)>)>,
+    striped: bool,
 ) -> Result<(), String> {
     let len = usize::try_from(len).map_err(|_| format!("has a length of {len}"))?;
-    entries.truncate(len);
+    let grown = slots.len().min(len);
+    slots.resize_with(len, || None);
     for (at, change) in changed {
-        let at = usize::try_from(at).unwrap_or(usize::MAX);
+        let slot = usize::try_from(at)
+            .ok()
+            .and_then(|at| slots.get_mut(at))
+            .ok_or_else(|| format!("writes position {at} of {len}"))?;
         match change {
-            Change::Value(v) if at < entries.len() => entries[at].1 = v,
-            Change::Entry(k, v) if at < entries.len() => entries[at] = (k, v),
-            Change::Entry(k, v) if at == entries.len() && at < len => entries.push((k, v)),
-            Change::Value(_) => {
-                return Err(format!(
-                    "gives a value alone to position {at} of {len} with {} filled",
-                    entries.len()
-                ));
-            }
-            Change::Entry(..) => {
-                return Err(format!(
-                    "writes position {at} of {len} with {} filled",
-                    entries.len()
-                ));
-            }
+            Change::Entry(k, v) => *slot = Some((k, v)),
+            Change::Value(v) => match slot {
+                Some((_, value)) => *value = v,
+                // The entry's stripe, later in the chain, holds it whole.
+                None if striped => {}
+                None => return Err(format!("gives a value alone to position {at} of {len}")),
+            },
         }
     }
-    if entries.len() != len {
-        return Err(format!("leaves positions {} to {len} empty", entries.len()));
+    if let Some((at, entries)) = stripe {
+        let n = entries.len();
+        let place = usize::try_from(at)
+            .ok()
+            .and_then(|at| slots.get_mut(at..at.checked_add(n)?))
+            .ok_or_else(|| format!("has a stripe of {n} entries at {at}, past {len}"))?;
+        for (slot, entry) in place.iter_mut().zip(entries) {
+            *slot = Some(entry);
+        }
+    }
+    if !striped && let Some(gap) = slots[grown..].iter().position(Option::is_none) {
+        return Err(format!("leaves position {} of {len} empty", grown + gap));
     }
     Ok(())
 }
@@ -427,7 +557,7 @@ mod tests {
         let mut chain = vec![state.encode_whole().expect("whole")];
         for round in 0..6 {
             churn(&mut state, 11 + round, 40 + 30 * round as usize);
-            chain.push(state.encode_delta().expect("delta"));
+            chain.push(state.encode_delta().expect("delta").bytes);
             let read: Vec<(String, u64)> = decode_chain(&chain, "state").expect("chain");
             assert_eq!(read, entries(&state), "after delta {round}");
         }
@@ -435,9 +565,9 @@ mod tests {
         for k in entries(&state) {
             state.swap_remove(&k.0);
         }
-        chain.push(state.encode_delta().expect("delta"));
+        chain.push(state.encode_delta().expect("delta").bytes);
         churn(&mut state, 99, 100);
-        chain.push(state.encode_delta().expect("delta"));
+        chain.push(state.encode_delta().expect("delta").bytes);
         let read: Vec<(String, u64)> = decode_chain(&chain, "state").expect("chain");
         assert_eq!(read, entries(&state));
     }
@@ -452,8 +582,14 @@ mod tests {
         state.insert("k5".into(), 50);
         state.swap_remove(&"k10".to_string());
         assert_eq!(state.changes(), 2, "k5 in place, k999 into k10's place");
-        let delta = state.encode_delta().expect("delta");
-        assert!(delta.len() * 100 < whole.len(), "{} bytes", delta.len());
+        let delta = state.encode_delta().expect("delta").bytes;
+        // The two changes, and a stripe of a STRIPES-th of the state.
+        assert!(
+            delta.len() < whole.len() / STRIPES + 32,
+            "{} bytes of {}",
+            delta.len(),
+            whole.len()
+        );
         assert_eq!(state.changes(), 0);
     }
 
@@ -467,10 +603,10 @@ mod tests {
         churn(&mut state, 5, 3 * MIN_LOG);
         assert!(state.log.is_none(), "the log was dropped");
         assert!(state.changes() <= 64, "{} changes", state.changes());
-        chain.push(state.encode_delta().expect("delta from the map"));
+        chain.push(state.encode_delta().expect("delta from the map").bytes);
         churn(&mut state, 9, 150);
         assert!(state.log.as_ref().is_some_and(|log| !log.is_empty()));
-        chain.push(state.encode_delta().expect("delta from the log"));
+        chain.push(state.encode_delta().expect("delta from the log").bytes);
         let read: Vec<(String, u64)> = decode_chain(&chain, "state").expect("chain");
         assert_eq!(read, entries(&state));
     }
@@ -494,7 +630,7 @@ mod tests {
             state.swap_remove(&format!("k{i}"));
         }
         state.insert("k20".into(), 20);
-        chain.push(state.encode_delta().expect("delta"));
+        chain.push(state.encode_delta().expect("delta").bytes);
         let read: Vec<(String, u64)> = decode_chain(&chain, "state").expect("chain");
         assert_eq!(read, entries(&state));
     }
@@ -507,19 +643,23 @@ mod tests {
             state.insert(long(i), i as u64);
         }
         let mut chain = vec![state.encode_whole().expect("whole")];
+        // A delta of no change: its stripe alone, of as many keys as the next ones'.
+        let stripe = state.encode_delta().expect("delta").bytes;
+        let stripe_len = stripe.len();
+        chain.push(stripe);
         // Ten values changed in place: no key in the delta.
         for i in 0..10 {
             state.insert(long(i), 1000 + i as u64);
         }
-        let values = state.encode_delta().expect("delta");
-        assert!(values.len() < 10 * 64, "{} bytes", values.len());
+        let values = state.encode_delta().expect("delta").bytes;
+        assert!(values.len() < stripe_len + 64, "{} bytes", values.len());
         chain.push(values);
         // A new key, then a removal that moves it (the last entry) into the removed key's
         // place: that position carries its key.
         state.insert(long(500), 5);
         state.swap_remove(&long(3));
-        let rekeyed = state.encode_delta().expect("delta");
-        assert!(rekeyed.len() > 64, "{} bytes", rekeyed.len());
+        let rekeyed = state.encode_delta().expect("delta").bytes;
+        assert!(rekeyed.len() > stripe_len + 64, "{} bytes", rekeyed.len());
         chain.push(rekeyed);
         let read: Vec<(String, u64)> = decode_chain(&chain, "state").expect("chain");
         assert_eq!(read, entries(&state));
@@ -584,5 +724,101 @@ mod tests {
             State::default().replace(twice, "keyed state"),
             Err(Error::Checkpoint(_))
         ));
+    }
+
+    /// Deltas alone, from an empty state through growth, churn and shrinking: read from the
+    /// start of the last completed stripe cycle onto unknown entries, each chain gives back the
+    /// state; a cycle ends within STRIPES deltas; read from a cycle not yet complete, the
+    /// chain leaves entries unknown, an error rather than a wrong state.
+    #[test]
+    fn a_chain_from_a_completed_stripe_cycle_gives_back_the_state() {
+        let mut state = State::default();
+        let mut deltas: Vec<EncodedDelta> = Vec::new();
+        let mut from: Option<usize> = None;
+        let mut cycle = 0;
+        // The state's length before the cycle under way, and after the last delta.
+        let (mut before_cycle, mut len_before) = (0, 0);
+        let mut incomplete = 0;
+        for round in 0..60u64 {
+            match round {
+                // Growth: new keys beyond the churned ones.
+                0..20 => {
+                    for i in 0..(round * 7) {
+                        state.insert(format!("g{round}-{i}"), i);
+                    }
+                    churn(&mut state, round + 1, 30);
+                }
+                // Changes in place, some removals.
+                20..45 => churn(&mut state, round + 1, 50),
+                // Shrinking.
+                _ => {
+                    let gone: Vec<String> = state.iter().take(9).map(|(k, _)| k.clone()).collect();
+                    for k in gone {
+                        state.swap_remove(&k);
+                    }
+                    churn(&mut state, round + 1, 5);
+                }
+            }
+            let delta = state.encode_delta().expect("delta");
+            let (begins, ends) = (delta.begins, delta.ends);
+            deltas.push(delta);
+            let at = deltas.len() - 1;
+            if begins {
+                cycle = at;
+                before_cycle = len_before;
+            }
+            len_before = state.len();
+            if ends {
+                assert!(at - cycle < STRIPES, "a cycle of {} deltas", at - cycle + 1);
+                from = Some(cycle);
+            } else if (20..45).contains(&round) && state.stripe.at + 64 < before_cycle {
+                // The cycle under way, read alone, has not written every entry yet: keys
+                // older than the cycle and untouched since (the 64 churned ones aside), past
+                // its stripes.
+                let mut partial = vec![Vec::new()];
+                partial.extend(deltas[cycle..].iter().map(|d| d.bytes.clone()));
+                let err = decode_chain::<String, u64>(&partial, "state")
+                    .expect_err("a cycle not complete");
+                assert!(
+                    matches!(&err, Error::Checkpoint(m) if m.contains("unknown")),
+                    "{err}"
+                );
+                incomplete += 1;
+            }
+            let Some(from) = from else {
+                continue;
+            };
+            let mut chain = vec![Vec::new()];
+            chain.extend(deltas[from..].iter().map(|d| d.bytes.clone()));
+            let read: Vec<(String, u64)> = decode_chain(&chain, "state").expect("chain");
+            assert_eq!(read, entries(&state), "round {round}, from delta {from}");
+        }
+        assert!(
+            from.is_some_and(|f| f > 20),
+            "cycles completed up to {from:?}"
+        );
+        assert!(incomplete >= 3, "{incomplete} incomplete cycles read");
+    }
+
+    #[test]
+    fn a_stripe_past_the_state_is_a_checkpoint_error() {
+        let mut state = State::default();
+        state.insert("a".into(), 1);
+        let whole = state.encode_whole().expect("whole");
+        let mut far = STRIPED_MAGIC.to_vec();
+        far.extend(
+            postcard::to_stdvec(&(
+                1u64,
+                Vec::<(u64, Change<String, u64>)>::new(),
+                1u64,
+                vec![("b".to_string(), 2u64)],
+            ))
+            .expect("encode"),
+        );
+        let err = decode_chain::<String, u64>(&[whole, far], "keyed state").expect_err("past");
+        assert!(
+            matches!(&err, Error::Checkpoint(m) if m.contains("stripe of 1 entries at 1")),
+            "{err}"
+        );
     }
 }

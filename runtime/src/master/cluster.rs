@@ -644,6 +644,7 @@ impl Runner for Cluster {
                     crc32: f.crc32,
                     // Workers write whole snapshots.
                     delta: false,
+                    from: None,
                 });
             }
         }
