@@ -90,7 +90,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100_000)]
     pub touched: u64,
     /// With --state: snapshots taken after the load, 10 batches apart: the first whole, the
-    /// next ones deltas, each partition whole again in its turn (9 or more show every turn).
+    /// next ones deltas, each with a stripe of the whole state (17 or more complete a stripe
+    /// cycle, so that recovery reads from one).
     #[arg(long, default_value_t = 4)]
     pub snapshots: u64,
     /// With --state: the checkpoint (`file:///dir` or `s3://bucket/prefix`, S3 settings from
