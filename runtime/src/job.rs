@@ -686,7 +686,9 @@ impl Job {
         // Every partition of every operation at once, on the task threads: the loop waits
         // for the encoding, so it takes all the cores the batches take.
         let stateful = &self.stateful;
-        type Encoded = ((usize, usize), Option<(bool, bool)>, Vec<u8>);
+        // Each part: its delta's stripe (whether it begins and ends a cycle), its bytes, and
+        // the whole state's size (or about, for a delta).
+        type Encoded = ((usize, usize), Option<(bool, bool)>, Vec<u8>, u64);
         let encoded: Vec<Encoded> = self.executor.install(|| {
             let pairs: Vec<(usize, usize)> = (0..stateful.len())
                 .flat_map(|op| parts.iter().map(move |&part| (op, part)))
@@ -697,17 +699,19 @@ impl Job {
                     let state = &stateful[op].1;
                     if delta.is_some_and(|(_, pairs)| pairs.contains(&(op, part))) {
                         let d = state.delta(part)?;
-                        Ok(((op, part), Some((d.begins, d.ends)), d.bytes))
+                        Ok(((op, part), Some((d.begins, d.ends)), d.bytes, d.whole_bytes))
                     } else {
-                        Ok(((op, part), None, state.snapshot(part)?))
+                        let whole = state.snapshot(part)?;
+                        let size = whole.len() as u64;
+                        Ok(((op, part), None, whole, size))
                     }
                 })
                 .collect::<Result<_>>()
         })?;
         let mut bytes = vec![0u64; self.stateful.len()];
         let mut stripes = Vec::new();
-        for ((op, part), stripe, state) in encoded {
-            bytes[op] += state.len() as u64;
+        for ((op, part), stripe, state, size) in encoded {
+            bytes[op] += size;
             let key = (self.stateful[op].0.clone(), part);
             if let Some(stripe) = stripe {
                 snapshot.deltas.insert(key.clone());
@@ -716,11 +720,9 @@ impl Job {
             snapshot.parts.insert(key, state);
         }
         if let Some(m) = &self.metrics {
-            // The gauge shows the whole state's size: a delta's says how much changed.
+            // The gauge shows the whole state's size, estimated from the stripes of deltas.
             for ((name, _), bytes) in self.stateful.iter().zip(bytes) {
-                if !snapshot.deltas.iter().any(|(op, _)| op == name) {
-                    m.state_bytes(name, bytes);
-                }
+                m.state_bytes(name, bytes);
             }
         }
         Ok((snapshot, stripes))

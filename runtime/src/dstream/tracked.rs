@@ -125,6 +125,9 @@ pub(crate) struct EncodedDelta {
     /// Its stripe reaches the last position: with those since the cycle began, every position
     /// was written whole.
     pub ends: bool,
+    /// About how many bytes the whole state would take: the stripe's bytes an entry, times
+    /// the entries.
+    pub whole_bytes: u64,
 }
 
 impl<K, V> Default for Tracked<K, V> {
@@ -310,7 +313,7 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
                 // since: a move into a lower position is logged with its key.
                 let changes: Vec<&(u64, Change<K, V>)> =
                     log.iter().filter(|(at, _)| *at < len as u64).collect();
-                postcard::to_extend(&(len as u64, changes, at, stripe), STRIPED_MAGIC.to_vec())
+                postcard::to_extend(&(len as u64, changes), STRIPED_MAGIC.to_vec())
             }
             None => {
                 // The values are copied out first, then written. Each copy reads memory
@@ -332,16 +335,28 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
                         Some((at as u64, change))
                     })
                     .collect();
-                postcard::to_extend(&(len as u64, changes, at, stripe), STRIPED_MAGIC.to_vec())
+                postcard::to_extend(&(len as u64, changes), STRIPED_MAGIC.to_vec())
             }
         };
+        // The stripe after the changes (a tuple's items are written one after another, so in
+        // two steps the bytes are the same): its share of the bytes measures the state's size.
+        let bytes = bytes.and_then(|changes| {
+            let before = changes.len();
+            let bytes = postcard::to_extend(&(at, stripe), changes)?;
+            Ok((bytes.len() - before, bytes))
+        });
         self.clear_marks();
-        let bytes =
+        let (stripe_bytes, bytes) =
             bytes.map_err(|e| Error::Internal(format!("cannot serialize a state delta: {e}")))?;
+        let whole_bytes = match range.len() {
+            0 => 0,
+            n => (stripe_bytes as u64).saturating_mul(len as u64) / n as u64,
+        };
         Ok(EncodedDelta {
             bytes,
             begins,
             ends,
+            whole_bytes,
         })
     }
 
@@ -798,6 +813,26 @@ mod tests {
             "cycles completed up to {from:?}"
         );
         assert!(incomplete >= 3, "{incomplete} incomplete cycles read");
+    }
+
+    #[test]
+    fn a_delta_estimates_the_whole_state_from_its_stripe() {
+        let mut state = State::default();
+        for i in 0..5000u64 {
+            state.insert(format!("key-{i:06}"), i * 1000);
+        }
+        let whole = state.encode_whole().expect("whole").len() as u64;
+        state.insert("key-000007".into(), 1);
+        let delta = state.encode_delta().expect("delta");
+        let estimate = delta.whole_bytes;
+        assert!(
+            estimate * 10 > whole * 9 && estimate * 10 < whole * 11,
+            "{estimate} bytes estimated, {whole} whole"
+        );
+        assert_eq!(
+            State::default().encode_delta().expect("empty").whole_bytes,
+            0
+        );
     }
 
     #[test]
