@@ -784,14 +784,13 @@ impl Checkpointer {
         for ((name, part), bytes) in &snapshot.parts {
             let delta = snapshot.deltas.contains(&(name.clone(), *part));
             let from = snapshot.from.get(&(name.clone(), *part)).copied();
-            match from {
-                Some(from) if !delta || from > snapshot.batch => {
-                    return Err(Error::Internal(format!(
-                        "the snapshot of batch {} starts the chain of {name} partition {part} at batch {from}",
-                        snapshot.batch
-                    )));
-                }
-                _ => {}
+            if let Some(from) = from
+                && (!delta || from > snapshot.batch)
+            {
+                return Err(Error::Internal(format!(
+                    "the snapshot of batch {} starts the chain of {name} partition {part} at batch {from}",
+                    snapshot.batch
+                )));
             }
             // Deltas are written with stripes (`sluice-delta-v3`): a binary from before
             // stripes finds the key unknown, as one from before deltas does `.delta`.

@@ -294,7 +294,7 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
     let chains = snapshot.parts.len();
     drop(snapshot);
     println!(
-        "snapshots: {} on average from a batch to its manifest written ({snaps} snapshots); the newest (batch {newest}) read back in {:.0} ms: {:.0} MB in {read_files} files ({cycles} of {chains} partitions from a stripe cycle, the rest from a whole state; the longest chain {} files)",
+        "snapshots: {} on average from a batch to its manifest written ({snaps} snapshots); the newest (batch {newest}) read back in {:.0} ms: {:.0} MB in {read_files} files ({cycles} of {chains} partition chains from a stripe cycle, the others from a whole state; the longest {} files)",
         secs(Duration::from_secs_f64(snap_secs / snaps.max(1) as f64)),
         read.as_secs_f64() * 1e3,
         bytes as f64 / 1e6,
@@ -334,10 +334,10 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
             )
         });
         let share = extra.as_secs_f64() / (median.as_secs_f64() * around.len() as f64).max(1e-9);
-        if !around.is_empty() && files.as_ref().is_some_and(|f| f.iter().any(|f| f.delta)) {
-            delta_shares.push(share);
-        }
         if !around.is_empty() {
+            if files.as_ref().is_some_and(|f| f.iter().any(|f| f.delta)) {
+                delta_shares.push(share);
+            }
             println!(
                 "  snapshot of batch {s} ({written}): {} ; {:.0} ms more than {} quiet batches ({:+.0} % over them)",
                 around.join(", "),

@@ -421,9 +421,10 @@ pub(crate) fn decode_chain<K: DeserializeOwned, V: DeserializeOwned>(
         let whole: Vec<(K, V)> = postcard::from_bytes(first).map_err(unreadable)?;
         whole.into_iter().map(Some).collect()
     };
+    let limit = chain.iter().map(Vec::len).sum();
     for delta in deltas {
         let (len, changed, stripe) = read_delta(delta).map_err(unreadable)?;
-        apply(&mut slots, len, changed, stripe, striped)
+        apply(&mut slots, len, changed, stripe, striped, limit)
             .map_err(|why| Error::Checkpoint(format!("a delta of {what} {why}")))?;
     }
     let len = slots.len();
@@ -472,8 +473,14 @@ fn apply<K, V>(
     changed: Vec<(u64, Change<K, V>)>,
     stripe: Option<(u64, Vec<(K, V)>)>,
     striped: bool,
+    limit: usize,
 ) -> Result<(), String> {
-    let len = usize::try_from(len).map_err(|_| format!("has a length of {len}"))?;
+    // Every entry is given by the chain, in a byte or more: a longer state is damage, refused
+    // before it is allocated.
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&len| len <= limit)
+        .ok_or_else(|| format!("has a length of {len}, more entries than its chain holds"))?;
     let grown = slots.len().min(len);
     slots.resize_with(len, || None);
     for (at, change) in changed {
@@ -753,7 +760,8 @@ mod tests {
         let mut cycle = 0;
         // The state's length before the cycle under way, and after the last delta.
         let (mut before_cycle, mut len_before) = (0, 0);
-        let mut incomplete = 0;
+        // Incomplete chains read, and of those refused for an entry left unknown.
+        let (mut incomplete, mut unknown) = (0, 0);
         for round in 0..60u64 {
             match round {
                 // Growth: new keys beyond the churned ones.
@@ -792,13 +800,17 @@ mod tests {
                 // its stripes.
                 let mut partial = vec![Vec::new()];
                 partial.extend(deltas[cycle..].iter().map(|d| d.bytes.clone()));
+                // Refused at the end (an entry unknown), or at once when the chain's bytes
+                // are too few for the state's length.
                 let err = decode_chain::<String, u64>(&partial, "state")
                     .expect_err("a cycle not complete");
                 assert!(
-                    matches!(&err, Error::Checkpoint(m) if m.contains("unknown")),
+                    matches!(&err, Error::Checkpoint(m)
+                        if m.contains("unknown") || m.contains("more entries than its chain holds")),
                     "{err}"
                 );
                 incomplete += 1;
+                unknown += usize::from(err.to_string().contains("unknown"));
             }
             let Some(from) = from else {
                 continue;
@@ -813,6 +825,10 @@ mod tests {
             "cycles completed up to {from:?}"
         );
         assert!(incomplete >= 3, "{incomplete} incomplete cycles read");
+        assert!(
+            unknown >= 1,
+            "none of {incomplete} incomplete cycles left an entry unknown"
+        );
     }
 
     #[test]
@@ -832,6 +848,26 @@ mod tests {
         assert_eq!(
             State::default().encode_delta().expect("empty").whole_bytes,
             0
+        );
+    }
+
+    #[test]
+    fn a_delta_longer_than_its_chain_holds_is_refused_before_it_is_allocated() {
+        let mut huge = STRIPED_MAGIC.to_vec();
+        huge.extend(
+            postcard::to_stdvec(&(
+                u64::MAX / 2,
+                vec![(0u64, Change::Entry("a".to_string(), 1u64))],
+                0u64,
+                Vec::<(String, u64)>::new(),
+            ))
+            .expect("encode"),
+        );
+        let err =
+            decode_chain::<String, u64>(&[Vec::new(), huge], "keyed state").expect_err("too long");
+        assert!(
+            matches!(&err, Error::Checkpoint(m) if m.contains("more entries than its chain holds")),
+            "{err}"
         );
     }
 
