@@ -27,11 +27,10 @@ pub(crate) trait Stateful: Send + Sync {
     /// The partition's whole state, serialized. A state that records its changes counts them
     /// from here.
     fn snapshot(&self, part: usize) -> Result<Vec<u8>>;
-    /// How many entries the partition's delta would hold now; `None` for a state that records
-    /// no changes, whose snapshots are always whole.
-    fn changes(&self, part: usize) -> Option<usize> {
-        let _ = part;
-        None
+    /// Whether the state records its changes, so that its snapshots can be deltas; one that
+    /// does not is always written whole.
+    fn records_changes(&self) -> bool {
+        false
     }
     /// The partition's changes since its last snapshot and the next stripe of its whole
     /// state, serialized (see [`crate::dstream::tracked`]); changes count from here afterwards.
@@ -640,14 +639,11 @@ impl Job {
             *base = DeltaBase::at(batch);
             return Ok(snapshot);
         };
-        let mut as_delta = std::collections::BTreeSet::new();
-        for (op, (_, state)) in self.stateful.iter().enumerate() {
-            for &part in &parts {
-                if state.changes(part).is_some() {
-                    as_delta.insert((op, part));
-                }
-            }
-        }
+        let as_delta: std::collections::BTreeSet<(usize, usize)> = (self.stateful.iter())
+            .enumerate()
+            .filter(|(_, (_, state))| state.records_changes())
+            .flat_map(|(op, _)| parts.iter().map(move |&part| (op, part)))
+            .collect();
         let (mut snapshot, stripes) = self.encode_snapshot(batch, &parts, Some((on, &as_delta)))?;
         let mut chains = BTreeMap::new();
         for (key @ (op, part), (begins, ends)) in stripes {

@@ -173,6 +173,21 @@ pub struct StateFile {
     pub from: Option<u64>,
 }
 
+impl StateFile {
+    /// Whether a chain that reads this file (the snapshot of `batch`'s) on its way back from
+    /// a newer one starting at `from` (see [`StateFile::from`]) goes on to the snapshot below:
+    /// a delta, above the chain's start. Recovery and retention both follow it, so that
+    /// retention keeps exactly what recovery reads.
+    fn chain_goes_below(&self, batch: u64, from: Option<u64>) -> bool {
+        self.delta && from.is_none_or(|from| batch > from)
+    }
+
+    /// Where the chain of a newest file starts: its `from`, for a delta.
+    fn chain_from(&self) -> Option<u64> {
+        self.from.filter(|_| self.delta)
+    }
+}
+
 /// State of every stateful operation and partition at the end of a batch, as it is written.
 #[derive(Debug, Default, PartialEq)]
 pub struct Snapshot {
@@ -270,9 +285,9 @@ fn chain_floor(manifest: &Manifest, complete: &BTreeMap<u64, Manifest>) -> u64 {
         let Some(part) = state_file_part(manifest.batch, &file.key) else {
             continue;
         };
-        let from = file.from.filter(|_| file.delta);
-        let (mut at, mut delta) = (manifest, file.delta);
-        while delta && from.is_none_or(|from| at.batch > from) {
+        let from = file.chain_from();
+        let (mut at, mut below) = (manifest, file);
+        while below.chain_goes_below(at.batch, from) {
             let Some(older) = at
                 .base
                 .filter(|&b| b < at.batch)
@@ -287,7 +302,7 @@ fn chain_floor(manifest: &Manifest, complete: &BTreeMap<u64, Manifest>) -> u64 {
             else {
                 break;
             };
-            (at, delta) = (older, older_file.delta);
+            (at, below) = (older, older_file);
         }
         floor = floor.min(at.batch);
     }
@@ -938,11 +953,14 @@ impl Checkpointer {
                 continue;
             }
             // Back to a whole state, or to the start of the file's stripe cycle.
-            let from = file.from.filter(|_| file.delta);
+            let from = file.chain_from();
             let mut files = vec![file];
             let mut at = 0;
             let mut oldest = manifest.batch;
-            while files.last().is_some_and(|f| f.delta) && from.is_none_or(|from| oldest > from) {
+            while files
+                .last()
+                .is_some_and(|f| f.chain_goes_below(oldest, from))
+            {
                 if at == chain.len() {
                     let above = chain.last().map_or(&manifest, |(m, _)| m);
                     let next = self.base_manifest(above)?;

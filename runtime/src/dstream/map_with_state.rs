@@ -225,8 +225,8 @@ impl<K: Key, V: Data, S: Data, U: Data> Stateful for MapState<K, V, S, U> {
         lock_unpoisoned(&self.parts[part]).encode_whole()
     }
 
-    fn changes(&self, part: usize) -> Option<usize> {
-        Some(lock_unpoisoned(&self.parts[part]).changes())
+    fn records_changes(&self) -> bool {
+        true
     }
 
     fn delta(&self, part: usize) -> Result<EncodedDelta> {

@@ -138,8 +138,8 @@ impl<K: Key> Stateful for Timers<K> {
         lock_unpoisoned(&self.parts[part]).due.encode_whole()
     }
 
-    fn changes(&self, part: usize) -> Option<usize> {
-        Some(lock_unpoisoned(&self.parts[part]).due.changes())
+    fn records_changes(&self) -> bool {
+        true
     }
 
     fn delta(&self, part: usize) -> Result<EncodedDelta> {
