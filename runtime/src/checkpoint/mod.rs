@@ -161,7 +161,8 @@ pub struct StateFile {
     pub len: u64,
     pub crc32: u32,
     /// The file holds the partition's changes since the manifest's base snapshot, not its
-    /// whole state. Such files end in `.stripe` (`.delta` before deltas carried stripes), so
+    /// whole state. Such files end in `.pieces` (`.stripe` before deltas were written in
+    /// pieces, `.delta` before they carried stripes), so
     /// that a binary from before finds the key unknown and falls back to an older snapshot
     /// rather than misreading one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -240,15 +241,16 @@ fn parse_batch(name: &str) -> Option<u64> {
 }
 
 /// The operation and partition of a state file of the snapshot of `batch`, from its key:
-/// `state/BATCH/OP/PART.WRITER.bin` (`.delta` for a delta), or `PART.bin` in checkpoints from
-/// before unique keys.
+/// `state/BATCH/OP/PART.WRITER.bin` (`.pieces` for a delta, `.stripe` or `.delta` in older
+/// checkpoints), or `PART.bin` in checkpoints from before unique keys.
 pub(crate) fn state_file_part(batch: u64, key: &str) -> Option<(String, usize)> {
     let rest = key.strip_prefix(&format!("state/{}/", batch_key(batch)))?;
     let (op, file) = rest.rsplit_once('/')?;
     let stem = file
         .strip_suffix(".bin")
         .or_else(|| file.strip_suffix(".delta"))
-        .or_else(|| file.strip_suffix(".stripe"))?;
+        .or_else(|| file.strip_suffix(".stripe"))
+        .or_else(|| file.strip_suffix(".pieces"))?;
     let part = stem.split('.').next()?.parse().ok()?;
     Some((op.to_string(), part))
 }
@@ -807,9 +809,10 @@ impl Checkpointer {
                     snapshot.batch
                 )));
             }
-            // Deltas are written with stripes (`sluice-delta-v3`): a binary from before
-            // stripes finds the key unknown, as one from before deltas does `.delta`.
-            let suffix = if delta { "stripe" } else { "bin" };
+            // Deltas are written in pieces (`sluice-delta-v4`): a binary from before pieces
+            // finds the key unknown, as one from before stripes does `.stripe` and one from
+            // before deltas `.delta`, and falls back to an older snapshot.
+            let suffix = if delta { "pieces" } else { "bin" };
             let key = format!("{dir}/{name}/{part}.{}{write:x}.{suffix}", self.writer);
             self.store.put(&key, bytes)?;
             files.push(StateFile {
@@ -1296,7 +1299,7 @@ mod tests {
             manifest
                 .files
                 .iter()
-                .any(|f| f.delta && f.key.ends_with(".stripe"))
+                .any(|f| f.delta && f.key.ends_with(".pieces"))
         );
         // A delta without its base cannot be read: recovery falls back past it.
         c.store

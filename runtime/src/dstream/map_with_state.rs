@@ -202,6 +202,12 @@ impl<K: Key, V: Data, S: Data, U: Data> Task for MapState<K, V, S, U> {
                 }
             }
         }
+        // The next snapshot's delta, written ahead while the partition's entries are at hand
+        // (see `tracked`): the snapshot's batch then has little left to write.
+        state.write_ahead()?;
+        if let Some(timers) = &mut timers {
+            timers.write_ahead()?;
+        }
         *lock_unpoisoned(&self.emitted[part]) = (now, out);
         Ok(())
     }

@@ -93,6 +93,11 @@ impl<K: Key> PartTimers<K> {
         fired.into_iter().map(|(at, _, key)| (key, at)).collect()
     }
 
+    /// Writes the next snapshot's delta ahead (see [`Tracked::write_ahead`]).
+    pub fn write_ahead(&mut self) -> Result<()> {
+        self.due.write_ahead()
+    }
+
     /// Timers in the partition.
     pub fn len(&self) -> usize {
         self.due.len()

@@ -36,6 +36,19 @@
 //! and by the chain's end every entry is known. A stripe holds at least half as many entries
 //! as its delta holds changes, so a state that changes fast has shorter cycles, and a chain
 //! never holds many times the state.
+//!
+//! The batch a snapshot is taken at would wait for the encoding of the delta's changes and its
+//! stripe. So once deltas are being taken, each batch writes the next delta ahead, as its
+//! state task ends: the changes logged since the batch before, then the next slice of the
+//! stripe, so that the stripe is written over the batches between two snapshots (at the pace
+//! of the last interval). The snapshot's batch writes what is left: its own changes (or,
+//! once the log was dropped, every changed entry read from the map), the rest of the stripe,
+//! and the state's length. A delta written so is a list of pieces in the order they were
+//! taken ([`Piece`]), and recovery replays them in that order: a stripe gives the entries as
+//! they were when it was taken, and the changes after it bring them to the snapshot. Replayed
+//! in order from any point between the two snapshots, the changes give the same entries:
+//! where a key took another's place, the change that put it there is in the log with it.
+//! Positions past the snapshot's length were cut by it, and are skipped.
 
 use fixedbitset::FixedBitSet;
 use serde::de::DeserializeOwned;
@@ -61,6 +74,26 @@ const DELTA_MAGIC: &[u8] = b"sluice-delta-v2\n";
 /// What starts a delta that carries a stripe (see the module's documentation): the delta,
 /// then the first position of its stripe and the stripe's entries.
 const STRIPED_MAGIC: &[u8] = b"sluice-delta-v3\n";
+
+/// What starts a delta written in pieces (see the module's documentation): each [`Piece`] in
+/// the order it was taken, the last one [`Piece::End`]. Written under another key than the
+/// deltas before it (`.pieces`), so that a binary from before skips it rather than misreads it.
+const PIECES_MAGIC: &[u8] = b"sluice-delta-v4\n";
+
+/// A part of a delta written in pieces, replayed in order onto the entries of the snapshot
+/// before: `C` the changes, `S` the stripe's entries (borrowed when written, owned when read).
+#[derive(Serialize, Deserialize)]
+enum Piece<C, S> {
+    /// Changes, in the order they were made.
+    Changes(C),
+    /// The entries from this position on, as they were when it was taken.
+    Stripe(u64, S),
+    /// The state's length at the snapshot: the last piece.
+    End(u64),
+}
+
+/// A piece as read back.
+type ReadPiece<K, V> = Piece<Vec<(u64, Change<K, V>)>, Vec<(K, V)>>;
 
 /// A delta after [`DELTA_MAGIC`]: the state's length, then each changed position and what
 /// changed there.
@@ -107,6 +140,8 @@ pub(crate) struct Tracked<K, V> {
     rekeyed: FixedBitSet,
     /// Where the next delta's stripe starts.
     stripe: StripeCursor,
+    /// The next delta, as written ahead so far.
+    next: NextDelta,
 }
 
 /// Where a stripe cycle stands: the next stripe's first position, and the stripes the cycle
@@ -115,6 +150,44 @@ pub(crate) struct Tracked<K, V> {
 struct StripeCursor {
     at: usize,
     taken: usize,
+}
+
+/// The next delta, written ahead of its snapshot as the batches run (see the module's
+/// documentation).
+#[derive(Default)]
+struct NextDelta {
+    /// Deltas are being taken, so the batches write the next one ahead. Off until a delta is
+    /// taken, and after a whole snapshot or a restore: a state written whole at every snapshot
+    /// (a distributed worker's) would write its pieces for nothing.
+    ahead: bool,
+    /// Its pieces so far, after [`PIECES_MAGIC`].
+    bytes: Vec<u8>,
+    /// How many of the log's changes are in `bytes`.
+    logged: usize,
+    /// The first position of its stripe: the cursor where it started.
+    from: usize,
+    /// The stripe entries it writes ahead, at most; the snapshot may add more.
+    share: usize,
+    /// Its stripe's entries written so far, and their bytes.
+    striped: usize,
+    stripe_bytes: usize,
+    /// Its stripe reached the state's end: it ends its cycle, and writes no more stripe.
+    ends: bool,
+    /// Batches that wrote ahead since the last delta, and between the two deltas before:
+    /// the stripe is written a `pace`th at a time.
+    batches: usize,
+    pace: usize,
+}
+
+impl NextDelta {
+    /// Its pieces so far, left empty: [`PIECES_MAGIC`] if none yet.
+    fn take_bytes(&mut self) -> Vec<u8> {
+        let mut bytes = std::mem::take(&mut self.bytes);
+        if bytes.is_empty() {
+            bytes.extend_from_slice(PIECES_MAGIC);
+        }
+        bytes
+    }
 }
 
 /// A delta's bytes, and where its stripe stands in its cycle.
@@ -138,8 +211,13 @@ impl<K, V> Default for Tracked<K, V> {
             rekeyed: FixedBitSet::new(),
             log: Some(Vec::new()),
             stripe: StripeCursor::default(),
+            next: NextDelta::default(),
         }
     }
+}
+
+fn encoding_failed(e: postcard::Error) -> Error {
+    Error::Internal(format!("cannot serialize a state delta: {e}"))
 }
 
 impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V> {
@@ -216,13 +294,25 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
         }
     }
 
-    fn clear_marks(&mut self) {
+    /// Changes count from here, and the next delta starts (written ahead with `ahead`).
+    fn clear_marks(&mut self, ahead: bool) {
         self.changed.clear();
         self.rekeyed.clear();
         match &mut self.log {
             Some(log) => log.clear(),
             None => self.log = Some(Vec::new()),
         }
+        let len = self.map.len();
+        let StripeCursor { at, taken } = self.stripe;
+        let at = at.min(len);
+        let left = STRIPES.saturating_sub(taken).max(1);
+        self.next = NextDelta {
+            ahead,
+            from: at,
+            share: (len - at).div_ceil(left).max(MIN_STRIPE),
+            pace: if ahead { self.next.batches } else { 0 },
+            ..NextDelta::default()
+        };
     }
 
     /// How many entries a delta would hold now, at most.
@@ -236,14 +326,13 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
 
     /// The whole state, encoded; from now on changes count from here.
     ///
-    /// The batch a snapshot is taken at waits for its encoding, and a partition is encoded
-    /// whole in its turn alone (see `Job::next_snapshot`): a large map is encoded in chunks on
-    /// the task threads, each chunk's entries as the sequence's items, so the bytes are the
-    /// sequence's as one pass would write them.
+    /// The batch a snapshot is taken at waits for its encoding: a large map is encoded in
+    /// chunks on the task threads, each chunk's entries as the sequence's items, so the bytes
+    /// are the sequence's as one pass would write them.
     pub fn encode_whole(&mut self) -> Result<Vec<u8>> {
         use rayon::prelude::*;
-        self.clear_marks();
         self.stripe = StripeCursor::default();
+        self.clear_marks(false);
         let failed = |e: postcard::Error| Error::Internal(format!("cannot serialize state: {e}"));
         let len = self.map.len();
         if len <= ENCODE_CHUNK {
@@ -299,59 +388,118 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
         Ok(bytes)
     }
 
-    /// The changes since the last snapshot (whole or delta) and the next stripe, encoded; from
+    /// Writes the next delta ahead, once deltas are being taken: the changes logged since the
+    /// last call, then the next `pace`th of the stripe. Called as a batch's state task ends,
+    /// so that the snapshot's batch has little left to write (see the module's documentation).
+    pub fn write_ahead(&mut self) -> Result<()> {
+        if !self.next.ahead {
+            return Ok(());
+        }
+        self.next.batches += 1;
+        self.write_logged()?;
+        let pace = self.next.pace;
+        if pace > 0 {
+            let slice = self.next.share.div_ceil(pace);
+            let room = self.next.share.saturating_sub(self.next.striped);
+            self.write_stripe(slice.min(room))?;
+        }
+        Ok(())
+    }
+
+    /// Appends the logged changes not yet in the next delta.
+    fn write_logged(&mut self) -> Result<()> {
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
+        let Some(new) = log.get(self.next.logged..).filter(|new| !new.is_empty()) else {
+            return Ok(());
+        };
+        let bytes = self.next.take_bytes();
+        self.next.bytes =
+            postcard::to_extend(&Piece::<_, ()>::Changes(new), bytes).map_err(encoding_failed)?;
+        self.next.logged = log.len();
+        Ok(())
+    }
+
+    /// Appends up to `entries` of the stripe, from the cursor on, as they are now; moves the
+    /// cursor past them. Reaching the state's end ends the delta's stripe.
+    fn write_stripe(&mut self, entries: usize) -> Result<()> {
+        if self.next.ends {
+            return Ok(());
+        }
+        let len = self.map.len();
+        let at = self.stripe.at.min(len);
+        let end = at + entries.min(len - at);
+        if end > at {
+            // The range is within the map, so `get_range` always gives its entries.
+            let stripe = crate::data::Seq(self.map.get_range(at..end).unwrap_or_default().iter());
+            let bytes = self.next.take_bytes();
+            let before = bytes.len();
+            self.next.bytes =
+                postcard::to_extend(&Piece::<(), _>::Stripe(at as u64, stripe), bytes)
+                    .map_err(encoding_failed)?;
+            self.next.stripe_bytes += self.next.bytes.len() - before;
+            self.next.striped += end - at;
+        }
+        self.stripe.at = end;
+        self.next.ends = end == len;
+        Ok(())
+    }
+
+    /// The next delta, finished: the changes since the last snapshot (whole or delta) that
+    /// the batches did not write ahead, the rest of its stripe, and the state's length. From
     /// now on changes count from here.
     pub fn encode_delta(&mut self) -> Result<EncodedDelta> {
         let len = self.map.len();
-        let (range, begins, ends) = self.next_stripe(self.changes());
-        // The range is within the map, so `get_range` always gives its entries.
-        let stripe = crate::data::Seq(self.map.get_range(range.clone()).unwrap_or_default().iter());
-        let at = range.start as u64;
-        let bytes = match &self.log {
-            Some(log) => {
-                // A change past the end was dropped by a later removal, and nothing read it
-                // since: a move into a lower position is logged with its key.
-                let changes: Vec<&(u64, Change<K, V>)> =
-                    log.iter().filter(|(at, _)| *at < len as u64).collect();
-                postcard::to_extend(&(len as u64, changes), STRIPED_MAGIC.to_vec())
-            }
-            None => {
-                // The values are copied out first, then written. Each copy reads memory
-                // independent of the others, so the processor overlaps their cache misses; the
-                // encoder, which branches on every value it reads, would take them one at a
-                // time (a probe of 250,000 changes of a 2.5 M-entry partition: 13 ms copied,
-                // 16–25 ms read in place).
-                let changes: Vec<(u64, Change<&K, V>)> = self
-                    .changed
-                    .ones()
-                    .take_while(|&at| at < len)
-                    .filter_map(|at| {
-                        let (k, v) = self.map.get_index(at)?;
-                        let change = if self.rekeyed.contains(at) {
-                            Change::Entry(k, v.clone())
-                        } else {
-                            Change::Value(v.clone())
-                        };
-                        Some((at as u64, change))
-                    })
-                    .collect();
-                postcard::to_extend(&(len as u64, changes), STRIPED_MAGIC.to_vec())
-            }
-        };
-        // The stripe after the changes (a tuple's items are written one after another, so in
-        // two steps the bytes are the same): its share of the bytes measures the state's size.
-        let bytes = bytes.and_then(|changes| {
-            let before = changes.len();
-            let bytes = postcard::to_extend(&(at, stripe), changes)?;
-            Ok((bytes.len() - before, bytes))
-        });
-        self.clear_marks();
-        let (stripe_bytes, bytes) =
-            bytes.map_err(|e| Error::Internal(format!("cannot serialize a state delta: {e}")))?;
-        let whole_bytes = match range.len() {
+        if self.log.is_some() {
+            self.write_logged()?;
+        } else {
+            // The values are copied out first, then written. Each copy reads memory
+            // independent of the others, so the processor overlaps their cache misses; the
+            // encoder, which branches on every value it reads, would take them one at a time
+            // (a probe of 250,000 changes of a 2.5 M-entry partition: 13 ms copied, 16–25 ms
+            // read in place). They are the entries as they are now, so they come after the
+            // changes and stripes written ahead (a change past the end was dropped by a
+            // later removal, and nothing read it since).
+            let changes: Vec<(u64, Change<&K, V>)> = self
+                .changed
+                .ones()
+                .take_while(|&at| at < len)
+                .filter_map(|at| {
+                    let (k, v) = self.map.get_index(at)?;
+                    let change = if self.rekeyed.contains(at) {
+                        Change::Entry(k, v.clone())
+                    } else {
+                        Change::Value(v.clone())
+                    };
+                    Some((at as u64, change))
+                })
+                .collect();
+            let bytes = self.next.take_bytes();
+            self.next.bytes = postcard::to_extend(&Piece::<_, ()>::Changes(changes), bytes)
+                .map_err(encoding_failed)?;
+        }
+        self.write_stripe(self.stripe_left(len))?;
+        let bytes = self.next.take_bytes();
+        let bytes = postcard::to_extend(&Piece::<(), ()>::End(len as u64), bytes)
+            .map_err(encoding_failed)?;
+        let begins = self.stripe.taken == 0;
+        let ends = self.next.ends;
+        let whole_bytes = match self.next.striped {
             0 => 0,
-            n => (stripe_bytes as u64).saturating_mul(len as u64) / n as u64,
+            n => (self.next.stripe_bytes as u64).saturating_mul(len as u64) / n as u64,
         };
+        self.stripe = if ends {
+            StripeCursor::default()
+        } else {
+            StripeCursor {
+                at: self.stripe.at,
+                taken: self.stripe.taken + 1,
+            }
+        };
+        self.clear_marks(true);
+        // The next delta about this one's size, so that its buffer does not grow by copies.
+        self.next.bytes.reserve(bytes.len());
         Ok(EncodedDelta {
             bytes,
             begins,
@@ -360,29 +508,22 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
         })
     }
 
-    /// The positions of the next delta's stripe, whether it begins a cycle and whether it
-    /// ends one; moves the cursor past it. The stripes left in a cycle share what is left of
-    /// the state, so a cycle ends in [`STRIPES`] deltas even while the state grows; and a
-    /// stripe holds at least half as many entries as the delta holds `changes`, so that the
-    /// changes a cycle's deltas hold stay under twice the state (a chain is read whole at
-    /// recovery, and a state whose keys all change often is cheaper read whole).
-    fn next_stripe(&mut self, changes: usize) -> (std::ops::Range<usize>, bool, bool) {
-        let len = self.map.len();
-        let StripeCursor { at, taken } = self.stripe;
-        let at = at.min(len);
-        let left = STRIPES.saturating_sub(taken).max(1);
-        let share = (len - at).div_ceil(left).max(MIN_STRIPE).max(changes / 2);
-        let end = at + share.min(len - at);
-        let ends = end == len;
-        self.stripe = if ends {
-            StripeCursor::default()
-        } else {
-            StripeCursor {
-                at: end,
-                taken: taken + 1,
-            }
-        };
-        (at..end, taken == 0, ends)
+    /// How many more entries the delta's stripe must hold at its snapshot. The stripes left
+    /// in a cycle share what is left of the state, so a cycle ends in [`STRIPES`] deltas even
+    /// while the state grows; and a stripe holds at least half as many entries as the delta
+    /// holds changes, so that the changes a cycle's deltas hold stay under twice the state (a
+    /// chain is read whole at recovery, and a state whose keys all change often is cheaper
+    /// read whole).
+    fn stripe_left(&self, len: usize) -> usize {
+        let from = self.next.from.min(len);
+        let left = STRIPES.saturating_sub(self.stripe.taken).max(1);
+        let share = (len - from)
+            .div_ceil(left)
+            .max(MIN_STRIPE)
+            .max(self.changes() / 2);
+        // The last stripe of a cycle takes everything left: with `left` 1, the share reaches
+        // the end from where the stripe started.
+        (from + share).saturating_sub(self.stripe.at.min(len))
     }
 
     /// Replaces the state with `entries`, in their order; changes count from here.
@@ -395,8 +536,8 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
             )));
         }
         self.map = map;
-        self.clear_marks();
         self.stripe = StripeCursor::default();
+        self.clear_marks(false);
         Ok(())
     }
 }
@@ -423,8 +564,8 @@ pub(crate) fn decode_chain<K: DeserializeOwned, V: DeserializeOwned>(
     };
     let limit = chain.iter().map(Vec::len).sum();
     for delta in deltas {
-        let (len, changed, stripe) = read_delta(delta).map_err(unreadable)?;
-        apply(&mut slots, len, changed, stripe, striped, limit)
+        let (len, pieces) = read_delta(delta).map_err(unreadable)?;
+        apply(&mut slots, len, pieces, striped, limit)
             .map_err(|why| Error::Checkpoint(format!("a delta of {what} {why}")))?;
     }
     let len = slots.len();
@@ -441,37 +582,53 @@ pub(crate) fn decode_chain<K: DeserializeOwned, V: DeserializeOwned>(
         .collect()
 }
 
-/// A delta's length, changes and stripe (its first position and entries), in whichever format
-/// it was written.
-#[allow(clippy::type_complexity)]
+/// A delta's length and pieces, in whichever format it was written. A delta from before pieces
+/// reads as its changes, then its stripe: it was applied so, onto entries cut or grown to its
+/// length first.
 fn read_delta<K: DeserializeOwned, V: DeserializeOwned>(
     delta: &[u8],
-) -> postcard::Result<(u64, Vec<(u64, Change<K, V>)>, Option<(u64, Vec<(K, V)>)>)> {
+) -> postcard::Result<(u64, Vec<ReadPiece<K, V>>)> {
+    if let Some(mut rest) = delta.strip_prefix(PIECES_MAGIC) {
+        let mut pieces = Vec::new();
+        loop {
+            let (piece, after) = postcard::take_from_bytes::<ReadPiece<K, V>>(rest)?;
+            rest = after;
+            match piece {
+                // Nothing may follow the end.
+                Piece::End(len) if rest.is_empty() => return Ok((len, pieces)),
+                Piece::End(_) => return Err(postcard::Error::DeserializeBadEncoding),
+                piece => pieces.push(piece),
+            }
+        }
+    }
     if let Some(body) = delta.strip_prefix(STRIPED_MAGIC) {
         let (len, changed, at, stripe): StripedDelta<K, V> = postcard::from_bytes(body)?;
-        return Ok((len, changed, Some((at, stripe))));
+        return Ok((
+            len,
+            vec![Piece::Changes(changed), Piece::Stripe(at, stripe)],
+        ));
     }
     if let Some(body) = delta.strip_prefix(DELTA_MAGIC) {
         let (len, changed): Delta<K, V> = postcard::from_bytes(body)?;
-        return Ok((len, changed, None));
+        return Ok((len, vec![Piece::Changes(changed)]));
     }
     let (len, changed): LegacyDelta<(K, V)> = postcard::from_bytes(delta)?;
     let changed = changed
         .into_iter()
         .map(|(at, (k, v))| (at, Change::Entry(k, v)))
         .collect();
-    Ok((len, changed, None))
+    Ok((len, vec![Piece::Changes(changed)]))
 }
 
 /// Applies one delta to the entries (`None`: not known yet, in a chain that starts at a stripe
-/// cycle): the state cut or grown to `len`, each changed position in order, then the stripe.
-/// In a chain from a whole state (`striped` false) every entry is known, so positions past the
-/// old end must be given whole and a value alone goes only where an entry is.
+/// cycle): the entries cut or grown to the delta's `len`, then its pieces replayed in order.
+/// A position at or past `len` was cut by the snapshot, and what a piece writes there is
+/// skipped. In a chain from a whole state (`striped` false) every entry is known, so positions
+/// past the old end must be given whole and a value alone goes only where an entry is.
 fn apply<K, V>(
     slots: &mut Vec<Option<(K, V)>>,
     len: u64,
-    changed: Vec<(u64, Change<K, V>)>,
-    stripe: Option<(u64, Vec<(K, V)>)>,
+    pieces: Vec<ReadPiece<K, V>>,
     striped: bool,
     limit: usize,
 ) -> Result<(), String> {
@@ -483,29 +640,37 @@ fn apply<K, V>(
         .ok_or_else(|| format!("has a length of {len}, more entries than its chain holds"))?;
     let grown = slots.len().min(len);
     slots.resize_with(len, || None);
-    for (at, change) in changed {
-        let slot = usize::try_from(at)
-            .ok()
-            .and_then(|at| slots.get_mut(at))
-            .ok_or_else(|| format!("writes position {at} of {len}"))?;
-        match change {
-            Change::Entry(k, v) => *slot = Some((k, v)),
-            Change::Value(v) => match slot {
-                Some((_, value)) => *value = v,
-                // The entry's stripe, later in the chain, holds it whole.
-                None if striped => {}
-                None => return Err(format!("gives a value alone to position {at} of {len}")),
-            },
-        }
-    }
-    if let Some((at, entries)) = stripe {
-        let n = entries.len();
-        let place = usize::try_from(at)
-            .ok()
-            .and_then(|at| slots.get_mut(at..at.checked_add(n)?))
-            .ok_or_else(|| format!("has a stripe of {n} entries at {at}, past {len}"))?;
-        for (slot, entry) in place.iter_mut().zip(entries) {
-            *slot = Some(entry);
+    for piece in pieces {
+        match piece {
+            Piece::Changes(changed) => {
+                for (at, change) in changed {
+                    let Some(slot) = usize::try_from(at).ok().and_then(|at| slots.get_mut(at))
+                    else {
+                        continue;
+                    };
+                    match change {
+                        Change::Entry(k, v) => *slot = Some((k, v)),
+                        Change::Value(v) => match slot {
+                            Some((_, value)) => *value = v,
+                            // The entry's stripe, later in the chain, holds it whole.
+                            None if striped => {}
+                            None => {
+                                return Err(format!(
+                                    "gives a value alone to position {at} of {len}"
+                                ));
+                            }
+                        },
+                    }
+                }
+            }
+            Piece::Stripe(at, entries) => {
+                let at = usize::try_from(at).unwrap_or(usize::MAX);
+                let place = slots.get_mut(at.min(len)..).unwrap_or_default();
+                for (slot, entry) in place.iter_mut().zip(entries) {
+                    *slot = Some(entry);
+                }
+            }
+            Piece::End(_) => {}
         }
     }
     if !striped && let Some(gap) = slots[grown..].iter().position(Option::is_none) {
@@ -764,17 +929,27 @@ mod tests {
         let (mut incomplete, mut unknown) = (0, 0);
         for round in 0..60u64 {
             match round {
-                // Growth: new keys beyond the churned ones.
+                // Growth: new keys beyond the churned ones, with a batch's pieces written
+                // ahead in between.
                 0..20 => {
                     for i in 0..(round * 7) {
                         state.insert(format!("g{round}-{i}"), i);
                     }
+                    state.write_ahead().expect("ahead");
                     churn(&mut state, round + 1, 30);
                 }
-                // Changes in place, some removals.
-                20..45 => churn(&mut state, round + 1, 50),
-                // Shrinking.
+                // Changes in place, some removals, written ahead in two batches (every
+                // third round at its snapshot alone).
+                20..45 if round % 3 == 0 => churn(&mut state, round + 1, 50),
+                20..45 => {
+                    churn(&mut state, round + 1, 25);
+                    state.write_ahead().expect("ahead");
+                    churn(&mut state, round + 100, 25);
+                    state.write_ahead().expect("ahead");
+                }
+                // Shrinking, past the stripe written ahead.
                 _ => {
+                    state.write_ahead().expect("ahead");
                     let gone: Vec<String> = state.iter().take(9).map(|(k, _)| k.clone()).collect();
                     for k in gone {
                         state.swap_remove(&k);
@@ -871,25 +1046,151 @@ mod tests {
         );
     }
 
+    /// Two states given the same changes, one writing its deltas ahead in batches and one at
+    /// its snapshots alone: each chain gives back the state, through growth, changes in
+    /// place, a log dropped in the middle of a delta, and shrinking past the stripe written
+    /// ahead; and the snapshots of the one written ahead finish less of their stripes.
     #[test]
-    fn a_stripe_past_the_state_is_a_checkpoint_error() {
+    fn a_delta_written_ahead_gives_back_what_one_written_at_once_does() {
+        let (mut ahead, mut at_once) = (State::default(), State::default());
+        for i in 0..300u64 {
+            ahead.insert(format!("k{i}"), i);
+            at_once.insert(format!("k{i}"), i);
+        }
+        let whole = ahead.encode_whole().expect("whole");
+        assert_eq!(whole, at_once.encode_whole().expect("whole"));
+        let (mut chain_ahead, mut chain_at_once) = (vec![whole.clone()], vec![whole]);
+        // Of the deltas' bytes once the pace is known (from the third delta on), those
+        // written ahead.
+        let (mut written_ahead, mut written) = (0, 0);
+        for round in 0..30u64 {
+            for batch in 0..4u64 {
+                let seed = round * 10 + batch + 1;
+                for state in [&mut ahead, &mut at_once] {
+                    match round {
+                        // Growth.
+                        0..8 => {
+                            for i in 0..40 {
+                                state.insert(format!("g{seed}-{i}"), i);
+                            }
+                            churn(state, seed, 20);
+                        }
+                        // More changes than the log keeps, in the middle of a delta.
+                        12 if batch == 2 => {
+                            for pass in 0..3 {
+                                for (i, k) in entries(state).into_iter().enumerate() {
+                                    state.insert(k.0, i as u64 * seed + pass);
+                                }
+                            }
+                        }
+                        // Shrinking.
+                        20.. => {
+                            let gone: Vec<String> =
+                                state.iter().take(15).map(|(k, _)| k.clone()).collect();
+                            for k in gone {
+                                state.swap_remove(&k);
+                            }
+                            churn(state, seed, 10);
+                        }
+                        _ => churn(state, seed, 40),
+                    }
+                }
+                ahead.write_ahead().expect("ahead");
+            }
+            if round == 12 {
+                assert!(ahead.log.is_none(), "the log was dropped in round 12");
+            }
+            let before = ahead.next.bytes.len();
+            let delta_ahead = ahead.encode_delta().expect("delta");
+            let delta_at_once = at_once.encode_delta().expect("delta");
+            if round >= 2 {
+                written_ahead += before;
+                written += delta_ahead.bytes.len();
+            }
+            chain_ahead.push(delta_ahead.bytes);
+            chain_at_once.push(delta_at_once.bytes);
+            for (chain, what) in [(&chain_ahead, "ahead"), (&chain_at_once, "at once")] {
+                let read: Vec<(String, u64)> = decode_chain(chain, "state").expect(what);
+                assert_eq!(read, entries(&at_once), "{what}, round {round}");
+            }
+            assert_eq!(entries(&ahead), entries(&at_once));
+        }
+        assert!(
+            written_ahead * 4 > written * 3,
+            "{written_ahead} of {written} bytes written ahead"
+        );
+    }
+
+    /// A checkpoint written before pieces goes on with them: a chain that starts at a stripe
+    /// cycle of deltas with stripes (`sluice-delta-v3`) and goes on in pieces reads.
+    #[test]
+    fn a_chain_from_before_pieces_goes_on_in_pieces() {
         let mut state = State::default();
-        state.insert("a".into(), 1);
-        let whole = state.encode_whole().expect("whole");
-        let mut far = STRIPED_MAGIC.to_vec();
-        far.extend(
+        churn(&mut state, 5, 300);
+        state.encode_whole().expect("whole");
+        churn(&mut state, 6, 50);
+        // The delta as written before pieces: no change, and a stripe of the whole state, so
+        // that it completes a cycle alone.
+        let mut v3 = STRIPED_MAGIC.to_vec();
+        v3.extend(
             postcard::to_stdvec(&(
-                1u64,
+                state.len() as u64,
                 Vec::<(u64, Change<String, u64>)>::new(),
-                1u64,
-                vec![("b".to_string(), 2u64)],
+                0u64,
+                entries(&state),
             ))
             .expect("encode"),
         );
-        let err = decode_chain::<String, u64>(&[whole, far], "keyed state").expect_err("past");
-        assert!(
-            matches!(&err, Error::Checkpoint(m) if m.contains("stripe of 1 entries at 1")),
-            "{err}"
-        );
+        state.encode_delta().expect("delta");
+        let mut chain = vec![Vec::new(), v3];
+        for round in 0..3 {
+            churn(&mut state, 7 + round, 40);
+            state.write_ahead().expect("ahead");
+            churn(&mut state, 17 + round, 40);
+            chain.push(state.encode_delta().expect("delta").bytes);
+        }
+        let read: Vec<(String, u64)> = decode_chain(&chain, "state").expect("chain");
+        assert_eq!(read, entries(&state));
+    }
+
+    #[test]
+    fn a_delta_in_pieces_ends_with_its_length_alone() {
+        let mut state = State::default();
+        state.insert("a".into(), 1);
+        let whole = state.encode_whole().expect("whole");
+        let piece = |p: &ReadPiece<String, u64>| postcard::to_stdvec(p).expect("encode");
+        let stripe = piece(&Piece::Stripe(0, vec![("b".to_string(), 2)]));
+        let end = piece(&Piece::End(1));
+        let delta = |pieces: &[&Vec<u8>]| {
+            let mut bytes = PIECES_MAGIC.to_vec();
+            for p in pieces {
+                bytes.extend_from_slice(p);
+            }
+            bytes
+        };
+        let read: Vec<(String, u64)> =
+            decode_chain(&[whole.clone(), delta(&[&stripe, &end])], "keyed state").expect("read");
+        assert_eq!(read, vec![("b".to_string(), 2)]);
+        for (pieces, why) in [
+            (vec![&stripe], "no end"),
+            (vec![&end, &stripe], "a piece after the end"),
+            (vec![&end, &end], "two ends"),
+        ] {
+            let err = decode_chain::<String, u64>(&[whole.clone(), delta(&pieces)], "keyed state")
+                .expect_err(why);
+            assert!(
+                matches!(&err, Error::Checkpoint(m) if m.contains("unreadable")),
+                "{why}: {err}"
+            );
+        }
+        // A stripe taken before the state shrank reaches past the snapshot's length: what is
+        // past it was cut, and is skipped.
+        let wide = piece(&Piece::Stripe(
+            0,
+            vec![("b".to_string(), 2), ("c".to_string(), 3)],
+        ));
+        let read: Vec<(String, u64)> =
+            decode_chain(&[whole, delta(&[&wide, &end])], "keyed state").expect("read");
+        assert_eq!(read, vec![("b".to_string(), 2)]);
     }
 }
