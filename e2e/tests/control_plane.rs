@@ -171,7 +171,13 @@ async fn scenario(cluster: &TestCluster, echo: &Path) -> Result<()> {
         "pods have their own addresses: {ip0} {ip1}"
     );
 
-    assert_eq!(request(&ip0, "whoami")?, "web-0");
+    // Without a readiness probe a pod is Ready once its process runs, as with a kubelet, which
+    // may be before the process listens: the first request waits for the port.
+    let whoami = wait_for("web-0 listening", Duration::from_secs(10), async || {
+        request(&ip0, "whoami").map(Some)
+    })
+    .await?;
+    assert_eq!(whoami, "web-0");
     // By name, through the headless Service, from inside a pod.
     let answer = wait_for(
         "web-0 reaching web-1.web",
