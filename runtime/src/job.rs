@@ -33,7 +33,8 @@ pub(crate) trait Stateful: Send + Sync {
         false
     }
     /// The partition's changes since its last snapshot and the next stripe of its whole
-    /// state, serialized (see [`crate::dstream::tracked`]); changes count from here afterwards.
+    /// state, serialized: what the batches did not write ahead, added to what they did (see
+    /// [`crate::dstream::tracked`]); changes count from here afterwards.
     fn delta(&self, part: usize) -> Result<EncodedDelta> {
         Err(Error::Internal(format!(
             "a delta of partition {part} of a state that records no changes"

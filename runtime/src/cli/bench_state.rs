@@ -305,8 +305,11 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
         args.touched,
         median.as_secs_f64() * 1e3
     );
-    // What each delta adds over the batches it overlaps, for their median.
+    // What each delta adds over the batches it overlaps, for their median; and, of those, its
+    // own batch (which waits for what is left of the encoding) and the one after it (which
+    // shares the cores with the checkpoint writer).
     let mut delta_shares = Vec::new();
+    let (mut own_batch, mut next_batch) = (Vec::new(), Vec::new());
     for s in &snapshot_batches {
         let around: Vec<String> = gaps
             .iter()
@@ -337,6 +340,12 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
         if !around.is_empty() {
             if files.as_ref().is_some_and(|f| f.iter().any(|f| f.delta)) {
                 delta_shares.push(share);
+                let above = |batch: u64| {
+                    let gap = gaps.iter().find(|(b, _)| *b == batch).map(|(_, d)| *d);
+                    gap.map(|d| d.as_secs_f64() - median.as_secs_f64())
+                };
+                own_batch.extend(above(*s));
+                next_batch.extend(above(s + 1));
             }
             println!(
                 "  snapshot of batch {s} ({written}): {} ; {:.0} ms more than {} quiet batches ({:+.0} % over them)",
@@ -355,6 +364,15 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
             delta_shares.len(),
             delta_shares[0] * 100.0,
             delta_shares[delta_shares.len() - 1] * 100.0
+        );
+        let middle = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).map_or(0.0, |s| s * 1e3)
+        };
+        println!(
+            "deltas: a delta's own batch took a median {:+.0} ms over a quiet one (the encoding left for it), the batch after it {:+.0} ms (beside the checkpoint writer)",
+            middle(own_batch),
+            middle(next_batch)
         );
     }
 

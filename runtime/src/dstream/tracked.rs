@@ -48,7 +48,10 @@
 //! they were when it was taken, and the changes after it bring them to the snapshot. Replayed
 //! in order from any point between the two snapshots, the changes give the same entries:
 //! where a key took another's place, the change that put it there is in the log with it.
-//! Positions past the snapshot's length were cut by it, and are skipped.
+//! Positions past the snapshot's length were cut by it, and are skipped. Changes written
+//! ahead leave the log (its bound counts them still), and only their positions stay, marked:
+//! if the log is dropped later, the delta's last piece reads every changed entry from the
+//! map, and replayed after the pieces before it, gives each its value at the snapshot.
 
 use fixedbitset::FixedBitSet;
 use serde::de::DeserializeOwned;
@@ -130,11 +133,12 @@ const MIN_LOG: usize = 1024;
 /// A partition's keyed state and the positions changed since its last snapshot.
 pub(crate) struct Tracked<K, V> {
     map: KeyMap<K, V>,
-    /// Every change since the last snapshot, in order, while there were few enough to keep;
-    /// `None` once there were too many (see the module's documentation).
+    /// Every change since the last snapshot not yet written ahead, in order, while there were
+    /// few enough to keep; `None` once there were too many (see the module's documentation).
     log: Option<Vec<(u64, Change<K, V>)>>,
-    /// Once the log is dropped: the positions written since the last snapshot (the log's
-    /// positions carried over, then every later change). Empty while the log is kept.
+    /// The positions written since the last snapshot that the log no longer holds: those of
+    /// the changes written ahead from it, and once it is dropped, every change (its positions
+    /// carried over). A dropped log's delta is read from the map at these positions.
     changed: FixedBitSet,
     /// Of those, the positions that took another key.
     rekeyed: FixedBitSet,
@@ -162,7 +166,7 @@ struct NextDelta {
     ahead: bool,
     /// Its pieces so far, after [`PIECES_MAGIC`].
     bytes: Vec<u8>,
-    /// How many of the log's changes are in `bytes`.
+    /// How many logged changes are in `bytes`, taken out of the log (their positions marked).
     logged: usize,
     /// The first position of its stripe: the cursor where it started.
     from: usize,
@@ -261,7 +265,7 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
             self.mark(at, rekeyed);
             return;
         };
-        if log.len() >= (self.map.len() / 4).max(MIN_LOG) {
+        if self.next.logged + log.len() >= (self.map.len() / 4).max(MIN_LOG) {
             let log = std::mem::take(log);
             self.log = None;
             for (was, change) in &log {
@@ -295,7 +299,7 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
     }
 
     /// Changes count from here, and the next delta starts (written ahead with `ahead`).
-    fn clear_marks(&mut self, ahead: bool) {
+    fn start_delta(&mut self, ahead: bool) {
         self.changed.clear();
         self.rekeyed.clear();
         match &mut self.log {
@@ -318,7 +322,7 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
     /// How many entries a delta would hold now, at most.
     pub fn changes(&self) -> usize {
         if let Some(log) = &self.log {
-            return log.len();
+            return self.next.logged + log.len();
         }
         let len = self.map.len().min(self.changed.len());
         self.changed.count_ones(..len)
@@ -332,7 +336,7 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
     pub fn encode_whole(&mut self) -> Result<Vec<u8>> {
         use rayon::prelude::*;
         self.stripe = StripeCursor::default();
-        self.clear_marks(false);
+        self.start_delta(false);
         let failed = |e: postcard::Error| Error::Internal(format!("cannot serialize state: {e}"));
         let len = self.map.len();
         if len <= ENCODE_CHUNK {
@@ -406,18 +410,26 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
         Ok(())
     }
 
-    /// Appends the logged changes not yet in the next delta.
+    /// Appends the logged changes to the next delta, and takes them out of the log: only
+    /// their positions are kept, marked, for a delta read from the map if the log is dropped
+    /// later.
     fn write_logged(&mut self) -> Result<()> {
-        let Some(log) = &self.log else {
+        if self.log.as_ref().is_none_or(Vec::is_empty) {
             return Ok(());
-        };
-        let Some(new) = log.get(self.next.logged..).filter(|new| !new.is_empty()) else {
+        }
+        let Some(mut log) = self.log.take() else {
             return Ok(());
         };
         let bytes = self.next.take_bytes();
-        self.next.bytes =
-            postcard::to_extend(&Piece::<_, ()>::Changes(new), bytes).map_err(encoding_failed)?;
-        self.next.logged = log.len();
+        let written = postcard::to_extend(&Piece::<_, ()>::Changes(&log), bytes);
+        for (at, change) in &log {
+            // A logged position is below the map's length at the time, so it fits usize.
+            self.mark(*at as usize, matches!(change, Change::Entry(..)));
+        }
+        self.next.logged += log.len();
+        log.clear();
+        self.log = Some(log);
+        self.next.bytes = written.map_err(encoding_failed)?;
         Ok(())
     }
 
@@ -497,7 +509,7 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
                 taken: self.stripe.taken + 1,
             }
         };
-        self.clear_marks(true);
+        self.start_delta(true);
         // The next delta about this one's size, so that its buffer does not grow by copies.
         self.next.bytes.reserve(bytes.len());
         Ok(EncodedDelta {
@@ -537,7 +549,7 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
         }
         self.map = map;
         self.stripe = StripeCursor::default();
-        self.clear_marks(false);
+        self.start_delta(false);
         Ok(())
     }
 }
@@ -1096,6 +1108,16 @@ mod tests {
                     }
                 }
                 ahead.write_ahead().expect("ahead");
+                // Written ahead (from the first delta on), the changes leave the log: their
+                // positions alone are kept.
+                let dropped = round == 12 && batch >= 2;
+                if round > 0 {
+                    assert_eq!(
+                        ahead.log.as_ref().map(Vec::len),
+                        (!dropped).then_some(0),
+                        "round {round}, batch {batch}"
+                    );
+                }
             }
             if round == 12 {
                 assert!(ahead.log.is_none(), "the log was dropped in round 12");
