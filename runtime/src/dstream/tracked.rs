@@ -268,10 +268,7 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
         if self.next.logged + log.len() >= (self.map.len() / 4).max(MIN_LOG) {
             let log = std::mem::take(log);
             self.log = None;
-            for (was, change) in &log {
-                // A logged position is below the map's length at the time, so it fits usize.
-                self.mark(*was as usize, matches!(change, Change::Entry(..)));
-            }
+            self.mark_logged(&log);
             self.mark(at, rekeyed);
             return;
         }
@@ -284,6 +281,14 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
             Change::Value(v.clone())
         };
         log.push((at as u64, change));
+    }
+
+    /// Marks the positions of logged changes, which the log will no longer hold.
+    fn mark_logged(&mut self, log: &[(u64, Change<K, V>)]) {
+        for (at, change) in log {
+            // A logged position is below the map's length at the time, so it fits usize.
+            self.mark(*at as usize, matches!(change, Change::Entry(..)));
+        }
     }
 
     fn mark(&mut self, at: usize, rekeyed: bool) {
@@ -414,23 +419,20 @@ impl<K: Key, V: Clone + Serialize + DeserializeOwned + Send + Sync> Tracked<K, V
     /// their positions are kept, marked, for a delta read from the map if the log is dropped
     /// later.
     fn write_logged(&mut self) -> Result<()> {
-        if self.log.as_ref().is_none_or(Vec::is_empty) {
-            return Ok(());
-        }
         let Some(mut log) = self.log.take() else {
             return Ok(());
         };
-        let bytes = self.next.take_bytes();
-        let written = postcard::to_extend(&Piece::<_, ()>::Changes(&log), bytes);
-        for (at, change) in &log {
-            // A logged position is below the map's length at the time, so it fits usize.
-            self.mark(*at as usize, matches!(change, Change::Entry(..)));
+        let mut written = Ok(());
+        if !log.is_empty() {
+            let bytes = self.next.take_bytes();
+            written = postcard::to_extend(&Piece::<_, ()>::Changes(&log), bytes)
+                .map(|bytes| self.next.bytes = bytes);
+            self.mark_logged(&log);
+            self.next.logged += log.len();
+            log.clear();
         }
-        self.next.logged += log.len();
-        log.clear();
         self.log = Some(log);
-        self.next.bytes = written.map_err(encoding_failed)?;
-        Ok(())
+        written.map_err(encoding_failed)
     }
 
     /// Appends up to `entries` of the stripe, from the cursor on, as they are now; moves the
