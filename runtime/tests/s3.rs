@@ -53,6 +53,29 @@ fn conformance(s: &dyn CheckpointStore) {
         s.get("epochs/1.json").expect("get").as_deref(),
         Some(&b"a"[..])
     );
+    // Several objects at once, across directories, each whole; a bad key among them fails.
+    let big = vec![7u8; 3 << 20];
+    s.put_many(&[
+        ("state/0003/a/0.bin", &big),
+        ("state/0003/a/1.bin", b"p1"),
+        ("state/0003/b/0.bin", b""),
+    ])
+    .expect("put_many");
+    assert_eq!(s.list("state/0003").expect("list"), vec!["a", "b"]);
+    assert_eq!(
+        s.list("state/0003/a").expect("list"),
+        vec!["0.bin", "1.bin"]
+    );
+    assert_eq!(s.get("state/0003/a/0.bin").expect("get"), Some(big));
+    assert_eq!(
+        s.get("state/0003/a/1.bin").expect("get").as_deref(),
+        Some(&b"p1"[..])
+    );
+    assert_eq!(
+        s.get("state/0003/b/0.bin").expect("get").as_deref(),
+        Some(&b""[..])
+    );
+    assert!(s.put_many(&[("../outside", b"x")]).is_err());
     s.delete("").expect("delete everything");
     assert_eq!(s.list("state").expect("list"), Vec::<String>::new());
     assert_eq!(s.get("job.json").expect("get"), None);

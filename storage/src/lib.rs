@@ -25,6 +25,14 @@ pub trait Store: Send + Sync {
     /// when one does. Of writers racing for one key, exactly one gets `true` (S3:
     /// `If-None-Match: *`), so a key written this way names one writer for good.
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool>;
+    /// Writes several objects, each atomically as [`Store::put`] does, and returns once all
+    /// are durable (a store that can writes them at once, or makes them durable together).
+    /// On an error some may be written and others not.
+    fn put_many(&self, objects: &[(&str, &[u8])]) -> Result<()> {
+        objects
+            .iter()
+            .try_for_each(|(key, bytes)| self.put(key, bytes))
+    }
     /// Reads an object; `None` when it does not exist.
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Reads several objects, in order (a store that can reads them at once).

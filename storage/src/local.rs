@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use crate::Store;
 use crate::error::{Result, StoreError};
-use crate::files::{remove_if_stale, write_atomically};
+use crate::files::{remove_if_stale, replace_file, sync_directory, write_atomically};
 
 /// Locks a mutex, ignoring poisoning: a store's map is whole after any panic.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,6 +74,24 @@ impl Store for LocalStore {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
         write_atomically(&dir, &path, bytes)
+    }
+
+    /// Every file fsynced and renamed in, then each directory they went to synced once: a
+    /// snapshot's partitions, written together, share one directory sync.
+    fn put_many(&self, objects: &[(&str, &[u8])]) -> Result<()> {
+        let mut dirs = Vec::new();
+        for (key, bytes) in objects {
+            let path = self.path(key)?;
+            let dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.root.clone());
+            replace_file(&dir, &path, bytes)?;
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        dirs.iter().try_for_each(|dir| sync_directory(dir))
     }
 
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool> {

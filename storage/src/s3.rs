@@ -33,10 +33,14 @@ const S3_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Reads of an object whose bytes fail the store's checksum before it counts as damaged.
 const GET_ATTEMPTS_ON_BAD_CHECKSUM: u32 = 3;
 
-/// Whether a body read failed the checksum the store sent with the object.
 /// Reads in flight at once in [`Store::get_many`].
 const PARALLEL_GETS: usize = 32;
 
+/// Writes in flight at once in [`Store::put_many`]: a snapshot's partitions, each up to tens of
+/// megabytes, so fewer than the reads of small objects.
+const PARALLEL_PUTS: usize = 8;
+
+/// Whether a body read failed the checksum the store sent with the object.
 fn is_checksum_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(e);
     while let Some(e) = next {
@@ -63,6 +67,20 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// Writes an object (see [`Store::put`]).
+    async fn put_async(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        crate::check_key(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .body(ByteStream::from(bytes.to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.fail("write", key, e))?;
+        Ok(())
+    }
+
     /// Reads an object (see [`Store::get`]).
     async fn get_async(&self, key: &str) -> Result<Option<Vec<u8>>> {
         crate::check_key(key)?;
@@ -291,17 +309,19 @@ impl Store for S3Store {
     }
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        crate::check_key(key)?;
-        let req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(self.key(key))
-            .body(ByteStream::from(bytes.to_vec()));
-        self.runtime
-            .block_on(req.send())
-            .map_err(|e| self.fail("write", key, e))?;
-        Ok(())
+        self.runtime.block_on(self.put_async(key, bytes))
+    }
+
+    /// The objects written at once, [`PARALLEL_PUTS`] in flight: a snapshot's partitions take
+    /// about one round trip rather than one each.
+    fn put_many(&self, objects: &[(&str, &[u8])]) -> Result<()> {
+        use futures::{StreamExt, TryStreamExt};
+        self.runtime.block_on(
+            futures::stream::iter(objects)
+                .map(|(key, bytes)| self.put_async(key, bytes))
+                .buffer_unordered(PARALLEL_PUTS)
+                .try_collect(),
+        )
     }
 
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool> {

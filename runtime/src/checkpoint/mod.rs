@@ -798,6 +798,7 @@ impl Checkpointer {
             )));
         }
         let mut files = Vec::new();
+        let mut contents: Vec<&[u8]> = Vec::new();
         for ((name, part), bytes) in &snapshot.parts {
             let delta = snapshot.deltas.contains(&(name.clone(), *part));
             let from = snapshot.from.get(&(name.clone(), *part)).copied();
@@ -814,7 +815,6 @@ impl Checkpointer {
             // before deltas `.delta`, and falls back to an older snapshot.
             let suffix = if delta { "pieces" } else { "bin" };
             let key = format!("{dir}/{name}/{part}.{}{write:x}.{suffix}", self.writer);
-            self.store.put(&key, bytes)?;
             files.push(StateFile {
                 key,
                 len: bytes.len() as u64,
@@ -822,7 +822,16 @@ impl Checkpointer {
                 delta,
                 from,
             });
+            contents.push(bytes);
         }
+        // Written together: on a local disk the partitions of an operation share one directory
+        // sync, on S3 they are in flight at once.
+        let objects: Vec<(&str, &[u8])> = files
+            .iter()
+            .zip(contents)
+            .map(|(file, bytes)| (file.key.as_str(), bytes))
+            .collect();
+        self.store.put_many(&objects)?;
         Ok(files)
     }
 
