@@ -598,7 +598,16 @@ fn master_and_workers_serve_metrics_that_add_up() {
 fn the_batch_timeline_page_shows_the_committed_batches_and_a_rescale() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let server = S3Server::start(&tmp.path().join("s3"), "ckpt");
-    let mut c = Cluster::new(tmp.path(), &server, "page")
+    // The commit log read below is pruned up to the oldest snapshot kept: with a snapshot
+    // every 5 batches and 8 kept it holds at least 35 batches, more than the page can lag
+    // behind (with the default 3 it held as few as 10, and a page a batch behind failed).
+    let out = tmp.path().join("page-out");
+    let checkpoint = format!(
+        "{{uri: \"s3://ckpt/page\", endpoint: \"{}\", pathStyle: true, interval: 5, retain: 8}}",
+        server.endpoint()
+    );
+    let job = manifest_with(tmp.path(), &out, &checkpoint, 6);
+    let mut c = Cluster::for_manifest(tmp.path(), job, out, 6)
         .serving_metrics()
         .stopping_after(100_000);
     c.start_master(2);
