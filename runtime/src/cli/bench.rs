@@ -200,6 +200,8 @@ fn manifest(scenario: Scenario, interval: &str, rate: u64, parallelism: u32) -> 
 struct Figures {
     records: u64,
     wall: Duration,
+    /// The process's CPU time over the run (every thread: the loop's, the task threads').
+    cpu: Duration,
     processing: Vec<Duration>,
     total_delay: Vec<Duration>,
 }
@@ -307,6 +309,7 @@ fn measure(run: Run<'_>, args: &BenchArgs, threads: usize) -> Result<Figures, St
     let seen: Arc<Mutex<Vec<BatchProgress>>> = Arc::default();
     let sink = seen.clone();
     let started = Instant::now();
+    let cpu_before = super::bench_files::process_cpu();
     local::run(
         job,
         LocalOptions {
@@ -325,6 +328,7 @@ fn measure(run: Run<'_>, args: &BenchArgs, threads: usize) -> Result<Figures, St
     )
     .map_err(|e| e.to_string())?;
     let wall = started.elapsed();
+    let cpu = super::bench_files::process_cpu().saturating_sub(cpu_before);
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
     let mut processing: Vec<Duration> = seen.iter().map(|p| p.report.processing).collect();
     let mut total_delay: Vec<Duration> = seen.iter().map(|p| p.total_delay).collect();
@@ -333,6 +337,7 @@ fn measure(run: Run<'_>, args: &BenchArgs, threads: usize) -> Result<Figures, St
     Ok(Figures {
         records: seen.iter().map(|p| p.report.records).sum(),
         wall,
+        cpu,
         processing,
         total_delay,
     })
@@ -481,19 +486,35 @@ pub(crate) fn bench(args: BenchArgs) -> ExitCode {
 fn compare(args: &BenchArgs, scenarios: &[Scenario], kinds: [(&str, usize, bool); 2]) -> ExitCode {
     let [(first, _, _), (second, _, _)] = kinds;
     println!(
-        "{:<10} {:>14} {:>14} {:>8}",
+        "lines/s is (lines per CPU second) x (busy cores); the ratio of each between the kinds says which one moved: busy cores what the engine keeps running, CPU per line the work and the cores' speed"
+    );
+    println!(
+        "{:<10} {:>14} {:>14} {:>7} | {:>7} {:>7} {:>7} | {:>10} {:>10} {:>7}",
         "job",
         format!("{first} lines/s"),
         format!("{second} lines/s"),
+        "ratio",
+        "busy",
+        "busy",
+        "ratio",
+        "CPU us/kl",
+        "CPU us/kl",
         "ratio"
     );
     for &scenario in scenarios {
         let name = scenario.name();
-        let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        // Per kind: lines/s, busy cores, CPU microseconds per thousand lines.
+        let mut runs: [[Vec<f64>; 3]; 2] = Default::default();
         for _ in 0..args.rounds.max(1) {
-            for (rates, (_, threads, metrics)) in rates.iter_mut().zip(kinds) {
+            for (runs, (_, threads, metrics)) in runs.iter_mut().zip(kinds) {
                 match measure(Run::throughput(scenario, args, metrics), args, threads) {
-                    Ok(f) => rates.push(f.records as f64 / f.wall.as_secs_f64()),
+                    Ok(f) => {
+                        let wall = f.wall.as_secs_f64();
+                        let cpu = f.cpu.as_secs_f64();
+                        runs[0].push(f.records as f64 / wall);
+                        runs[1].push(cpu / wall);
+                        runs[2].push(cpu * 1e9 / f.records.max(1) as f64);
+                    }
                     Err(e) => {
                         eprintln!("sluice bench: {name}: {e}");
                         return ExitCode::from(EXIT_FAILED);
@@ -501,11 +522,18 @@ fn compare(args: &BenchArgs, scenarios: &[Scenario], kinds: [(&str, usize, bool)
                 }
             }
         }
-        let [a, b] = rates.map(|mut r| {
-            r.sort_by(f64::total_cmp);
-            r[r.len() / 2]
+        let [[rate_a, busy_a, cpu_a], [rate_b, busy_b, cpu_b]] = runs.map(|kind| {
+            kind.map(|mut r| {
+                r.sort_by(f64::total_cmp);
+                r[r.len() / 2]
+            })
         });
-        println!("{name:<10} {a:>14.0} {b:>14.0} {:>8.2}", b / a);
+        println!(
+            "{name:<10} {rate_a:>14.0} {rate_b:>14.0} {:>7.2} | {busy_a:>7.2} {busy_b:>7.2} {:>7.2} | {cpu_a:>10.0} {cpu_b:>10.0} {:>7.2}",
+            rate_b / rate_a,
+            busy_b / busy_a,
+            cpu_b / cpu_a
+        );
     }
     ExitCode::SUCCESS
 }

@@ -3,10 +3,14 @@
 //! each interval into the files sink: with a checkpoint in a local directory (offset log,
 //! commits and snapshots fsynced) snapshotting every 10 batches, the same snapshotting at most
 //! once a second (`snapshotEvery: 1s`), and without a checkpoint; the differences are what
-//! the checkpoint costs.
+//! the checkpoint costs. Beside each run a probe thread asks to sleep a millisecond at a
+//! time and records how late it wakes: the machine's own stalls in that run, against which
+//! a p99 over a few hundred batches can be read.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::bench::{BenchArgs, compile_manifest, percentile, run_options};
 use super::bench_files::Scratch;
@@ -61,6 +65,54 @@ impl Job {
     }
 }
 
+/// A wake-up later than this is a stall of the machine, not the timer's slack.
+const STALL: Duration = Duration::from_millis(5);
+
+/// A thread that sleeps a millisecond at a time until stopped, timing how late it wakes: a
+/// late wake-up is time the machine gave no thread of this process, whatever the engine did.
+struct StallProbe {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<Duration>>,
+}
+
+/// The stalls one probe saw.
+#[derive(Clone, Copy, Default)]
+struct Stalls {
+    /// Wake-ups later than [`STALL`].
+    count: usize,
+    /// The latest wake-up, beyond the millisecond asked for.
+    worst: Duration,
+}
+
+impl StallProbe {
+    fn start() -> Result<Self, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-probe".into())
+            .spawn(move || {
+                let mut late = Vec::new();
+                while !stopping.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
+                    std::thread::sleep(Duration::from_millis(1));
+                    late.push(asked.elapsed().saturating_sub(Duration::from_millis(1)));
+                }
+                late
+            })
+            .map_err(|e| format!("cannot start the stall probe: {e}"))?;
+        Ok(Self { stop, thread })
+    }
+
+    fn finish(self) -> Stalls {
+        self.stop.store(true, Ordering::Relaxed);
+        let late = self.thread.join().unwrap_or_default();
+        Stalls {
+            count: late.iter().filter(|d| **d > STALL).count(),
+            worst: late.iter().max().copied().unwrap_or_default(),
+        }
+    }
+}
+
 /// What one run showed.
 struct Latency {
     e2e_p50: Duration,
@@ -69,6 +121,8 @@ struct Latency {
     /// adds to the wait for the interval to close.
     delay_p99: Duration,
     processing_p99: Duration,
+    /// The machine's stalls during the run.
+    stalls: Stalls,
 }
 
 fn run(
@@ -98,7 +152,8 @@ fn run(
     let batches = WARM + (seconds * 1000).div_ceil(interval_ms).max(10);
     let seen: Arc<Mutex<Vec<BatchProgress>>> = Arc::default();
     let sink = seen.clone();
-    local::run(
+    let probe = StallProbe::start()?;
+    let ran = local::run(
         compiled,
         LocalOptions {
             store,
@@ -120,8 +175,9 @@ fn run(
                 }),
             )
         },
-    )
-    .map_err(|e| e.to_string())?;
+    );
+    let stalls = probe.finish();
+    ran.map_err(|e| e.to_string())?;
     let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
     let measured: Vec<&BatchProgress> = seen.iter().skip(WARM as usize).collect();
     if measured.is_empty() {
@@ -147,6 +203,7 @@ fn run(
         e2e_p99: percentile(&e2e, 0.99),
         delay_p99: percentile(&delay, 0.99),
         processing_p99: percentile(&processing, 0.99),
+        stalls,
     })
 }
 
@@ -163,6 +220,7 @@ impl Latency {
             e2e_p99: of(|l| l.e2e_p99),
             delay_p99: of(|l| l.delay_p99),
             processing_p99: of(|l| l.processing_p99),
+            stalls: Stalls::default(),
         }
     }
 }
@@ -184,7 +242,11 @@ pub(super) fn bench_latency(args: &BenchArgs, threads: usize) -> Result<(), Stri
         "e2e: from a line's time (spread over its batch's interval) to its batch's output written; delay: from the batch's time to then; proc: the batch's processing alone"
     );
     println!(
-        "{:<14} {:>9} | {:>9} {:>9} {:>9} {:>9} | {:>11} {:>9} | {:>13} {:>9}",
+        "stalls: a probe thread's 1 ms sleeps that woke over {} ms late, over the row's runs, and the latest (the machine's pauses, which no engine can hide)",
+        STALL.as_millis()
+    );
+    println!(
+        "{:<14} {:>9} | {:>9} {:>9} {:>9} {:>9} | {:>11} {:>9} | {:>13} {:>9} | {:>6} {:>9}",
         "job",
         "interval",
         "e2e p50",
@@ -194,7 +256,9 @@ pub(super) fn bench_latency(args: &BenchArgs, threads: usize) -> Result<(), Stri
         "1s: e2e p99",
         "delay p99",
         "none: e2e p99",
-        "delay p99"
+        "delay p99",
+        "stalls",
+        "worst"
     );
     let rounds = args.rounds.max(1);
     for job in [Job::Stateless, Job::RunningCount] {
@@ -214,9 +278,13 @@ pub(super) fn bench_latency(args: &BenchArgs, threads: usize) -> Result<(), Stri
                     runs.push(run(job, interval, kind, seconds, args, threads)?);
                 }
             }
+            let stalls = runs.iter().flatten().map(|l| l.stalls);
+            let (stall_count, stall_worst) = stalls.fold((0, Duration::ZERO), |(n, w), s| {
+                (n + s.count, w.max(s.worst))
+            });
             let [with, spaced, without] = runs.map(|r| Latency::median(&r));
             println!(
-                "{:<14} {:>7}ms | {:>9} {:>9} {:>9} {:>9} | {:>11} {:>9} | {:>13} {:>9}",
+                "{:<14} {:>7}ms | {:>9} {:>9} {:>9} {:>9} | {:>11} {:>9} | {:>13} {:>9} | {:>6} {:>9}",
                 job.name(),
                 interval,
                 ms(with.e2e_p50),
@@ -226,7 +294,9 @@ pub(super) fn bench_latency(args: &BenchArgs, threads: usize) -> Result<(), Stri
                 ms(spaced.e2e_p99),
                 ms(spaced.delay_p99),
                 ms(without.e2e_p99),
-                ms(without.delay_p99)
+                ms(without.delay_p99),
+                stall_count,
+                ms(stall_worst)
             );
         }
     }
