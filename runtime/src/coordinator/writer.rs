@@ -25,6 +25,26 @@ use super::protocol;
 use crate::checkpoint::{Checkpointer, CommitEntry, Logged, Snapshot, StateFile, StateLayout};
 use crate::exec::Outputs;
 
+/// The writer thread's nice value: below the task threads, so that a snapshot's bytes (copied,
+/// checksummed, fsynced: tens of milliseconds of CPU for a large state) are written in the
+/// time the batches leave the cores idle rather than taken from the batch that runs beside
+/// them. It still gets a share when they never idle, and its waits are for the disk, not CPU.
+const WRITER_NICE: i32 = 10;
+
+/// Lowers this thread's priority to [`WRITER_NICE`] (Linux: nice values are per thread). A
+/// refusal costs nothing but the batches' share, so it is logged, not raised.
+fn yield_to_batches() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let me = Some(rustix::thread::gettid());
+        let current = getpriority_process(me).unwrap_or(0);
+        if let Err(e) = setpriority_process(me, current.max(WRITER_NICE)) {
+            tracing::debug!(error = %e, "the checkpoint writer keeps the batches' priority");
+        }
+    }
+}
+
 /// Writes queued before [`CheckpointWriter::submit`] waits: a store slower than the batches
 /// then slows the batches rather than letting entries pile up.
 const MAX_QUEUED: usize = 16;
@@ -207,6 +227,7 @@ impl Drop for Gone<'_> {
 
 fn write_loop(shared: &Shared, ckpt: &Checkpointer, epoch: u64, outputs: &Outputs) {
     let _gone = Gone(shared);
+    yield_to_batches();
     loop {
         let write = {
             let mut state = shared.lock();
@@ -424,6 +445,34 @@ mod tests {
         fn delete(&self, _: &str) -> sluice_storage::Result<()> {
             Ok(())
         }
+    }
+
+    /// The nice value of the calling thread, as the kernel reports it.
+    #[cfg(target_os = "linux")]
+    fn own_nice() -> i32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        // Fields after the command's closing parenthesis start at the third (state); the
+        // nice value is the nineteenth.
+        let (_, rest) = stat.rsplit_once(')').expect("a command name");
+        rest.split_whitespace()
+            .nth(16)
+            .and_then(|n| n.parse().ok())
+            .expect("a nice value")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_writer_thread_runs_below_the_task_threads() {
+        let (before, after) = std::thread::spawn(|| {
+            let before = own_nice();
+            yield_to_batches();
+            (before, own_nice())
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(after, before.max(WRITER_NICE), "from {before}");
+        // The thread that asked is the only one lowered.
+        assert_eq!(own_nice(), before);
     }
 
     #[test]
