@@ -51,7 +51,8 @@ pub struct BenchArgs {
     pub rounds: usize,
     /// End-to-end latency against the batch interval (5, 10, 20, 50, 100 and 1000 ms) at
     /// 10,000 lines/s, paced for --paced-seconds per run, a stateless job and a running count
-    /// into the files sink, with a local checkpoint (exactly once) and without.
+    /// into the files sink, with a local checkpoint (exactly once) and without; beside each run
+    /// a probe thread counts the machine's stalls (1 ms sleeps that woke over 5 ms late).
     #[arg(long)]
     pub latency: bool,
     /// The Nexmark queries of examples/nexmark (q0-q8, q12-q14, q17-q19, q21, q22)
@@ -63,7 +64,8 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',')]
     pub queries: Vec<String>,
     /// Throughput with one task thread and with --threads (default: one per core), in
-    /// alternating runs, and their ratio: how the engine scales with threads.
+    /// alternating runs, and their ratio: how the engine scales with threads. Split into busy
+    /// cores (what the engine keeps running) and CPU per line (the work and the cores' speed).
     #[arg(long)]
     pub scaling: bool,
     /// Where lines come from: the generator inside the job, or files a feeder thread renames
