@@ -60,6 +60,16 @@ impl LocalStore {
         check_key(key)?;
         Ok(self.root.join(key))
     }
+
+    /// The file of `key` and the directory it goes in (whose sync makes its name durable).
+    fn path_in_dir(&self, key: &str) -> Result<(PathBuf, PathBuf)> {
+        let path = self.path(key)?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        Ok((path, dir))
+    }
 }
 
 impl Store for LocalStore {
@@ -68,11 +78,7 @@ impl Store for LocalStore {
     }
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<()> {
-        let path = self.path(key)?;
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
+        let (path, dir) = self.path_in_dir(key)?;
         write_atomically(&dir, &path, bytes)
     }
 
@@ -81,11 +87,7 @@ impl Store for LocalStore {
     fn put_many(&self, objects: &[(&str, &[u8])]) -> Result<()> {
         let mut dirs = Vec::new();
         for (key, bytes) in objects {
-            let path = self.path(key)?;
-            let dir = path
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| self.root.clone());
+            let (path, dir) = self.path_in_dir(key)?;
             replace_file(&dir, &path, bytes)?;
             if !dirs.contains(&dir) {
                 dirs.push(dir);
@@ -95,11 +97,7 @@ impl Store for LocalStore {
     }
 
     fn put_new(&self, key: &str, bytes: &[u8]) -> Result<bool> {
-        let path = self.path(key)?;
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
+        let (path, dir) = self.path_in_dir(key)?;
         crate::files::write_new(&dir, &path, bytes)
     }
 

@@ -215,6 +215,12 @@ pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// The median of `values` (the upper one of an even count); 0 without any.
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// One run of a scenario.
 struct Run<'a> {
     scenario: Scenario,
@@ -524,12 +530,7 @@ fn compare(args: &BenchArgs, scenarios: &[Scenario], kinds: [(&str, usize, bool)
                 }
             }
         }
-        let [[rate_a, busy_a, cpu_a], [rate_b, busy_b, cpu_b]] = runs.map(|kind| {
-            kind.map(|mut r| {
-                r.sort_by(f64::total_cmp);
-                r[r.len() / 2]
-            })
-        });
+        let [[rate_a, busy_a, cpu_a], [rate_b, busy_b, cpu_b]] = runs.map(|kind| kind.map(median));
         println!(
             "{name:<10} {rate_a:>14.0} {rate_b:>14.0} {:>7.2} | {busy_a:>7.2} {busy_b:>7.2} {:>7.2} | {cpu_a:>10.0} {cpu_b:>10.0} {:>7.2}",
             rate_b / rate_a,

@@ -72,7 +72,7 @@ const STALL: Duration = Duration::from_millis(5);
 /// late wake-up is time the machine gave no thread of this process, whatever the engine did.
 struct StallProbe {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Vec<Duration>>,
+    thread: JoinHandle<Stalls>,
 }
 
 /// The stalls one probe saw.
@@ -91,13 +91,17 @@ impl StallProbe {
         let thread = std::thread::Builder::new()
             .name("sluice-probe".into())
             .spawn(move || {
-                let mut late = Vec::new();
+                let mut stalls = Stalls::default();
                 while !stopping.load(Ordering::Relaxed) {
                     let asked = Instant::now();
                     std::thread::sleep(Duration::from_millis(1));
-                    late.push(asked.elapsed().saturating_sub(Duration::from_millis(1)));
+                    let late = asked.elapsed().saturating_sub(Duration::from_millis(1));
+                    stalls = stalls.and(Stalls {
+                        count: usize::from(late > STALL),
+                        worst: late,
+                    });
                 }
-                late
+                stalls
             })
             .map_err(|e| format!("cannot start the stall probe: {e}"))?;
         Ok(Self { stop, thread })
@@ -105,10 +109,16 @@ impl StallProbe {
 
     fn finish(self) -> Stalls {
         self.stop.store(true, Ordering::Relaxed);
-        let late = self.thread.join().unwrap_or_default();
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+impl Stalls {
+    /// The stalls of both: counted together, the latest of the two.
+    fn and(self, other: Stalls) -> Stalls {
         Stalls {
-            count: late.iter().filter(|d| **d > STALL).count(),
-            worst: late.iter().max().copied().unwrap_or_default(),
+            count: self.count + other.count,
+            worst: self.worst.max(other.worst),
         }
     }
 }
@@ -208,7 +218,7 @@ fn run(
 }
 
 impl Latency {
-    /// Each figure's median over `runs`.
+    /// Each figure's median over `runs`, and the stalls of them all.
     fn median(runs: &[Latency]) -> Latency {
         let of = |f: fn(&Latency) -> Duration| {
             let mut v: Vec<Duration> = runs.iter().map(f).collect();
@@ -220,7 +230,9 @@ impl Latency {
             e2e_p99: of(|l| l.e2e_p99),
             delay_p99: of(|l| l.delay_p99),
             processing_p99: of(|l| l.processing_p99),
-            stalls: Stalls::default(),
+            stalls: runs
+                .iter()
+                .fold(Stalls::default(), |all, l| all.and(l.stalls)),
         }
     }
 }
@@ -278,11 +290,8 @@ pub(super) fn bench_latency(args: &BenchArgs, threads: usize) -> Result<(), Stri
                     runs.push(run(job, interval, kind, seconds, args, threads)?);
                 }
             }
-            let stalls = runs.iter().flatten().map(|l| l.stalls);
-            let (stall_count, stall_worst) = stalls.fold((0, Duration::ZERO), |(n, w), s| {
-                (n + s.count, w.max(s.worst))
-            });
             let [with, spaced, without] = runs.map(|r| Latency::median(&r));
+            let stalls = with.stalls.and(spaced.stalls).and(without.stalls);
             println!(
                 "{:<14} {:>7}ms | {:>9} {:>9} {:>9} {:>9} | {:>11} {:>9} | {:>13} {:>9} | {:>6} {:>9}",
                 job.name(),
@@ -295,8 +304,8 @@ pub(super) fn bench_latency(args: &BenchArgs, threads: usize) -> Result<(), Stri
                 ms(spaced.delay_p99),
                 ms(without.e2e_p99),
                 ms(without.delay_p99),
-                stall_count,
-                ms(stall_worst)
+                stalls.count,
+                ms(stalls.worst)
             );
         }
     }

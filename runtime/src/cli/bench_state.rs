@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 
-use super::bench::BenchArgs;
+use super::bench::{self, BenchArgs};
 use super::bench_files::Scratch;
 use crate::checkpoint::{CheckpointStore, Checkpointer, open_store};
 use crate::coordinator::BatchProgress;
@@ -365,14 +365,10 @@ pub(super) fn bench_state(args: &BenchArgs, threads: usize) -> Result<(), String
             delta_shares[0] * 100.0,
             delta_shares[delta_shares.len() - 1] * 100.0
         );
-        let middle = |mut v: Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).map_or(0.0, |s| s * 1e3)
-        };
         println!(
             "deltas: a delta's own batch took a median {:+.0} ms over a quiet one (the encoding left for it), the batch after it {:+.0} ms (beside the checkpoint writer)",
-            middle(own_batch),
-            middle(next_batch)
+            bench::median(own_batch) * 1e3,
+            bench::median(next_batch) * 1e3
         );
     }
 
